@@ -1,0 +1,3 @@
+from spikec.cli import main
+
+main()

@@ -1,0 +1,80 @@
+"""The `spikec` command line.
+
+Each subcommand lives in its own module under spikec/commands/ and is imported
+lazily, so `spikec --help` stays fast and a broken optional dependency of one
+command cannot break the others. Only commands that work are registered.
+"""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+
+import click
+
+from spikec import __version__
+from spikec.errors import SpikecError
+
+# name -> "module:attribute" of a click.Command. Register a command here only once
+# it works end to end.
+COMMANDS: dict[str, str] = {
+    "compile": "spikec.commands.compile:compile_command",
+    "inspect": "spikec.commands.inspect:inspect_command",
+}
+
+
+class _LazyGroup(click.Group):
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted(COMMANDS)
+
+    def get_command(self, ctx: click.Context, name: str) -> click.Command | None:
+        target = COMMANDS.get(name)
+        if target is None:
+            return None
+        module_name, attr = target.split(":")
+        return getattr(importlib.import_module(module_name), attr)
+
+
+@click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="spikec")
+@click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug); tracebacks on errors.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int) -> None:
+    """spikec: compile multimodal LLMs into spike-driven models.
+
+    \b
+    Workflow:
+      spikec export CHECKPOINT -o OUTDIR     Hugging Face folder -> ONNX graphs + manifest
+      spikec compile INPUT -o OUT            quantize, rewrite into spiking ops, lower
+      spikec run MODEL --target ort|fpga     run a compiled model
+    (commands not listed below are not available in this version)
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["verbose"] = verbose
+    level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point: user errors become one line and a non-zero exit."""
+    verbose = any(a in ("-v", "-vv", "-vvv", "--verbose") for a in (argv if argv is not None else sys.argv[1:]))
+    try:
+        cli.main(args=argv, prog_name="spikec", standalone_mode=False)
+    except SpikecError as exc:
+        if verbose:
+            raise
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(1)
+    except click.exceptions.Abort:
+        click.echo("error: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("error: interrupted", err=True)
+        sys.exit(130)
+    sys.exit(0)

@@ -1,0 +1,85 @@
+"""The command line: help, version, errors as one line with a non-zero exit."""
+
+from __future__ import annotations
+
+import onnx
+
+from graphs import messy_linear
+from spikec import __version__
+
+
+def test_version_and_help(run_cli):
+    r = run_cli("--version")
+    assert r.code == 0 and __version__ in r.out
+    r = run_cli("--help")
+    assert r.code == 0 and "compile" in r.out and "inspect" in r.out and "--verbose" in r.out
+
+
+def test_only_working_commands_are_registered(run_cli):
+    from spikec.cli import COMMANDS, cli
+
+    import click
+
+    ctx = click.Context(cli)
+    for name in COMMANDS:
+        assert cli.get_command(ctx, name) is not None, name
+
+
+def test_missing_file_is_one_line_error(run_cli, tmp_path):
+    r = run_cli("compile", str(tmp_path / "nope.onnx"), "-o", str(tmp_path / "out.onnx"))
+    assert r.code != 0
+    assert r.err.strip().startswith("error: ") and "nope.onnx" in r.err and "no such file" in r.err
+    assert "Traceback" not in r.err
+    assert not (tmp_path / "out.onnx").exists()
+
+
+def test_non_onnx_and_truncated_files(run_cli, tmp_path):
+    junk = tmp_path / "junk.onnx"
+    junk.write_text("hello, I am not a model")
+    r = run_cli("inspect", str(junk))
+    assert r.code != 0 and "error: " in r.err and "junk.onnx" in r.err and "Traceback" not in r.err
+    data = messy_linear().SerializeToString()
+    trunc = tmp_path / "trunc.onnx"
+    trunc.write_bytes(data[:-7])
+    r = run_cli("compile", str(trunc), "-o", str(tmp_path / "o.onnx"))
+    assert r.code != 0 and "trunc.onnx" in r.err and "Traceback" not in r.err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_external_data_outside_folder(run_cli, tmp_path):
+    folder = tmp_path / "m"
+    folder.mkdir()
+    path = folder / "m.onnx"
+    onnx.save(messy_linear(), str(path), save_as_external_data=True, location="w.bin", size_threshold=0)
+    proto = onnx.load(str(path), load_external_data=False)
+    for t in proto.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = "../../etc/passwd"
+    onnx.save(proto, str(path))
+    r = run_cli("compile", str(path), "-o", str(tmp_path / "o.onnx"))
+    assert r.code != 0 and "escapes the model's folder" in r.err and "Traceback" not in r.err
+    assert not (tmp_path / "o.onnx").exists()
+
+
+def test_verbose_shows_traceback(run_cli, tmp_path):
+    import pytest
+
+    from spikec.errors import SpikecError
+
+    with pytest.raises(SpikecError):
+        from spikec import cli
+
+        cli.main(["-v", "inspect", str(tmp_path / "nope.onnx")])
+
+
+def test_compile_and_inspect_commands(run_cli, tmp_path):
+    src = tmp_path / "in.onnx"
+    onnx.save(messy_linear(), str(src))
+    r = run_cli("compile", str(src), "-o", str(tmp_path / "out.onnx"), "--dump-ir", str(tmp_path / "d"), "--report", str(tmp_path / "r.json"))
+    assert r.code == 0, r.err
+    assert "fold-constants" in r.out and (tmp_path / "r.json").exists() and (tmp_path / "d" / "report.json").exists()
+    r = run_cli("inspect", str(tmp_path / "out.onnx"))
+    assert r.code == 0 and "MatMul" in r.out and "parameters: 36" in r.out
+    r = run_cli("compile", str(src), "-o", str(tmp_path / "out.onnx"), "--passes", "fold-constants,no-such-pass")
+    assert r.code != 0 and "unknown pass 'no-such-pass'" in r.err

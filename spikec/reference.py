@@ -1,0 +1,345 @@
+"""Numeric reference: the executable form of SEMANTICS.md sections 1-3.
+
+Every other target (ONNX Runtime graphs, the instruction-set simulator, the RTL) is
+checked bit for bit against this module, so it is plain numpy that spells out every
+rounding, every integer width and every float32 operation order.
+
+Codes. A b-bit symmetric code has Qb = 2**(b-1) - 1 and
+    q = clamp(rint(float32(x) / float32(s)), -Qb, +Qb)      rint: half to even,
+one float32 division then rounding, as ONNX QuantizeLinear does, so imported QDQ
+graphs agree bit for bit. Scales are max|.| / Qb in float32, per tensor, per token
+(last axis) or per output channel of a [K, N] MatMul weight (column j). A slice that
+is all zero gets scale 1.0: a zero scale would divide by zero, and 1.0 codes it as 0.
+
+TC-LIF. T timesteps carry |q| <= 2**T - 1 (b = T + 1 bits) as ternary int8 planes,
+MSB first, plane t weighted 2**(T-1-t): q = sum_t 2**(T-1-t) * S_t.
+Rate IF. b bits take 2**b - 1 binary uint8 planes of the offset code
+c = q + 2**(b-1); the offset is folded into the accumulator as
+-2**(b-1) * sum_k W_q[k, j].
+
+Spiking product. acc <- 2*acc + S_t @ W_q (Horner, MSB first) in int32 numpy
+arithmetic, which wraps as hardware would; check_overflow rejects
+K * (2**T - 1) * Qw > 2**31 - 1, so it never wraps and equals q @ W_q exactly.
+A token with T_i < T_max has zero planes at the top (it starts later).
+
+Float32 order of operations for a linear layer (fixed; every target matches it):
+    q   = quantize(x, s_x, 2**T_i - 1)          per-token code width
+    acc = spike_matmul(q, W_q, T)               int32, exact
+    y   = (float32(acc) * s_x) * s_w[None, :]   two float32 multiplies, in this order
+    y   = y + bias                              float32, only when bias is given
+float32(acc) rounds half to even once |acc| > 2**24; that rounding is part of the
+contract, not an error.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from spikec.errors import SpikecError
+
+INT32_MAX = 2**31 - 1
+MAX_T = 31  # codes |q| <= 2**T - 1 must fit int32
+
+
+# ---------------------------------------------------------------- validation helpers
+
+
+def _fail(op: str, where: str, msg: str) -> SpikecError:
+    return SpikecError(f"{op}{f' at {where}' if where else ''}: {msg}")
+
+
+def _codes(a, op: str, where: str, name: str = "q") -> np.ndarray:
+    """Integer codes as int64, so validation arithmetic itself cannot wrap."""
+    a = np.asarray(a)
+    if a.dtype.kind not in "iu":
+        raise _fail(op, where, f"{name} must hold integer codes, got dtype {a.dtype}")
+    return a.astype(np.int64)
+
+
+def _int_param(v, lo: int, hi: int, op: str, where: str, name: str) -> np.ndarray:
+    """An int (or int array) parameter such as T or bits, checked to lie in [lo, hi]."""
+    a = np.asarray(v)
+    if a.dtype.kind not in "iu" or (a.size and (a.min() < lo or a.max() > hi)):
+        raise _fail(op, where, f"{name} must be integers in {lo}..{hi}, got {v!r}")
+    return a.astype(np.int64)
+
+
+def _token_T(T_tokens, tokens: tuple, op: str, where: str) -> np.ndarray:
+    """Per-token timesteps broadcast to the token shape [..., N]; a scalar broadcasts."""
+    T = _int_param(T_tokens, 1, MAX_T, op, where, "T_tokens")
+    try:
+        return np.broadcast_to(T, tokens)
+    except ValueError:
+        raise _fail(op, where, f"T_tokens {T.shape} does not match tokens {tokens}") from None
+
+
+def _check_range(q: np.ndarray, bound, op: str, where: str, what: str) -> None:
+    bound = np.broadcast_to(bound, q.shape)
+    bad = np.abs(q) > bound
+    if bad.any():
+        i = tuple(int(k) for k in np.argwhere(bad)[0])
+        raise _fail(op, where, f"code {q[i]} at index {i} exceeds +-{bound[i]} ({what})")
+
+
+def _check_matmul(q: np.ndarray, w: np.ndarray, op: str, where: str) -> None:
+    if q.ndim < 2 or w.ndim < 2 or q.shape[-1] != w.shape[-2]:
+        raise _fail(op, where, f"cannot multiply q {q.shape} by w_q {w.shape}")
+    try:
+        np.broadcast_shapes(q.shape[:-2], w.shape[:-2])
+    except ValueError:
+        raise _fail(op, where, f"batch dims of q {q.shape} and w_q {w.shape} differ") from None
+    if w.size and np.abs(w).max() > INT32_MAX:
+        raise _fail(op, where, "w_q codes do not fit int32")
+
+
+def _amax(a: np.ndarray) -> int:
+    return int(np.abs(a).max()) if a.size else 0
+
+
+# ---------------------------------------------------------------- codes and scales
+
+
+def qmax(bits: int) -> int:
+    """Largest symmetric b-bit code, 2**(bits-1) - 1."""
+    return int(2 ** (int(_int_param(bits, 2, 32, "qmax", "", "bits")) - 1) - 1)
+
+
+def _qmax_of(bits, op: str, where: str):
+    """qmax for an int or an array of per-token bits (int64 array, exact)."""
+    b = _int_param(bits, 2, 32, op, where, "bits")
+    return (np.int64(1) << (b - 1)) - 1
+
+
+def quantize(x, scale, qmax, where: str = "") -> np.ndarray:
+    """q = clamp(rint(x / scale), -qmax, +qmax) as int32; scale and qmax broadcast."""
+    op = "quantize"
+    x = np.asarray(x, dtype=np.float32)  # ORT QuantizeLinear takes float32 input
+    s = np.asarray(scale, dtype=np.float32)
+    qm = _int_param(qmax, 0, INT32_MAX, op, where, "qmax")
+    try:
+        out_shape = np.broadcast_shapes(x.shape, s.shape, qm.shape)
+    except ValueError:
+        out_shape = None
+    if out_shape != x.shape:
+        raise _fail(op, where, f"scale {s.shape} / qmax {qm.shape} do not broadcast to x {x.shape}")
+    if not np.all(np.isfinite(s) & (s > 0)):
+        raise _fail(op, where, "scale must be finite and > 0")
+    if np.isnan(x).any():
+        raise _fail(op, where, "x contains NaN")  # +-inf saturate, as in ORT
+    r = np.rint(x / s)  # float32 / float32, then half-to-even: exactly QuantizeLinear
+    # Clamp in float64, where every int32 bound is exact (float32 cannot hold 2**31 - 1).
+    return np.clip(r.astype(np.float64), -qm, qm).astype(np.int32)
+
+
+def dequantize(q, scale) -> np.ndarray:
+    """float32(q) * float32(scale)."""
+    return np.asarray(q).astype(np.float32) * np.asarray(scale, dtype=np.float32)
+
+
+def _scale(amax: np.ndarray, q_max, op: str) -> np.ndarray:
+    if not np.all(np.isfinite(amax)):
+        raise SpikecError(f"{op}: input contains inf or NaN")
+    s = amax.astype(np.float32) / np.asarray(q_max).astype(np.float32)
+    # An all-zero (or denormal, where s underflows) slice gets 1.0: it codes as 0.
+    return np.where(s > 0, s, np.float32(1.0)).astype(np.float32)
+
+
+def scale_per_tensor(x, bits) -> np.float32:
+    """One float32 scale: max|x| / Qb."""
+    x = np.asarray(x, dtype=np.float32)
+    if x.size == 0:
+        raise SpikecError("scale_per_tensor: empty tensor")
+    q_max = _qmax_of(bits, "scale_per_tensor", "")
+    return np.float32(_scale(np.abs(x).max(), q_max, "scale_per_tensor"))
+
+
+def scale_per_token(x, bits) -> np.ndarray:
+    """float32 [..., N, 1]: max over the last axis / Qb. bits: int, or per token [..., N]."""
+    x = np.asarray(x, dtype=np.float32)
+    q_max = _qmax_of(bits, "scale_per_token", "")
+    return _scale(np.abs(x).max(axis=-1, keepdims=True), q_max[..., None], "scale_per_token")
+
+
+def scale_per_channel(w, bits) -> np.ndarray:
+    """float32 [..., N] for a MatMul weight [..., K, N]: s_w[j] = max_k |W[k, j]| / Q."""
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim < 2:
+        raise SpikecError(f"scale_per_channel: weight must be [K, N], got shape {w.shape}")
+    q_max = _qmax_of(bits, "scale_per_channel", "")
+    return _scale(np.abs(w).max(axis=-2), q_max, "scale_per_channel")
+
+
+# ---------------------------------------------------------------- spike encodings
+
+
+def tclif_encode(q, T: int, where: str = "") -> np.ndarray:
+    """Ternary TC-LIF planes int8 [T, *q.shape], MSB first: sum_t 2**(T-1-t) * planes[t] == q."""
+    op = "tclif_encode"
+    q = _codes(q, op, where)
+    T = int(_int_param(T, 1, MAX_T, op, where, "T"))
+    _check_range(q, 2**T - 1, op, where, f"2**T - 1 for T={T}")
+    shift = np.arange(T - 1, -1, -1).reshape((T,) + (1,) * q.ndim)  # bit T-1-t at step t
+    digits = (np.abs(q)[None] >> shift) & 1  # binary digits of |q|, MSB first
+    return (np.sign(q)[None] * digits).astype(np.int8)
+
+
+def tclif_neuron(q, T: int, where: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """The neuron view of SEMANTICS.md section 2, step by step; only used to prove
+    tclif_encode. Returns (planes int8 [T, ...], final membrane int32, all zero)."""
+    op = "tclif_neuron"
+    u = _codes(q, op, where)  # membrane u_0 = q
+    T = int(_int_param(T, 1, MAX_T, op, where, "T"))
+    _check_range(u, 2**T - 1, op, where, f"2**T - 1 for T={T}")
+    planes = np.empty((T,) + u.shape, dtype=np.int8)
+    for t in range(T):
+        theta = 2 ** (T - 1 - t)
+        s = np.sign(u) * (np.abs(u) >= theta)  # fire with the membrane's sign
+        planes[t] = s
+        u = u - s * theta  # soft reset: subtract what the spike carried
+    return planes, u.astype(np.int32)
+
+
+def tclif_encode_tokens(q, T_tokens, where: str = "") -> np.ndarray:
+    """Planes int8 [T_max, ..., N, K] for codes q [..., N, K] with per-token T [..., N]
+    (a scalar broadcasts). Token i's own T_i planes sit at the bottom; the T_max - T_i
+    planes above them are zero, so the token simply starts later."""
+    op = "tclif_encode_tokens"
+    q = _codes(q, op, where)
+    if q.ndim < 1:
+        raise _fail(op, where, "q must have a last (feature) axis")
+    T = _token_T(T_tokens, q.shape[:-1], op, where)
+    # Checked per token here so the message names the offending token's own bound.
+    _check_range(q, ((np.int64(1) << T) - 1)[..., None], op, where, "2**T_i - 1 of its token")
+    T_max = int(T.max()) if T.size else 1
+    planes = np.zeros((T_max,) + q.shape, dtype=np.int8)
+    for Ti in np.unique(T):
+        rows = T == Ti
+        planes[T_max - Ti :, rows] = tclif_encode(q[rows], int(Ti), where)
+    return planes
+
+
+def rate_if_encode(q, bits: int, where: str = "") -> np.ndarray:
+    """Rate-IF planes uint8 [2**bits - 1, *q.shape]: s_t = 1 for t < c = q + 2**(bits-1)."""
+    op = "rate_if_encode"
+    q = _codes(q, op, where)
+    Qb = int(_qmax_of(bits, op, where))
+    # Symmetric codes only (|q| <= Qb), so c lies in [1, 2**b - 1]; c = 0 is never used.
+    _check_range(q, Qb, op, where, f"2**(bits-1) - 1 for bits={bits}")
+    c = q + (Qb + 1)
+    t = np.arange(2 * Qb + 1).reshape((-1,) + (1,) * q.ndim)
+    return (t < c[None]).astype(np.uint8)
+
+
+def rate_if_bias_fold(w_q, bits: int) -> np.ndarray:
+    """int32 [..., N]: -2**(bits-1) * sum_k W_q[k, j], removing the rate-IF offset."""
+    w = _codes(w_q, "rate_if_bias_fold", "", "w_q")
+    fold = -(int(_qmax_of(bits, "rate_if_bias_fold", "")) + 1) * w.sum(axis=-2)
+    if np.abs(fold).max(initial=0) > INT32_MAX:
+        raise SpikecError("rate_if_bias_fold: folded bias does not fit int32")
+    return fold.astype(np.int32)
+
+
+# ---------------------------------------------------------------- products
+
+
+def overflow_free(K: int, T: int, w_qmax: int) -> bool:
+    """True when K * (2**T - 1) * w_qmax fits int32. This bounds |q @ W_q| and every
+    Horner partial sum (each is a prefix of the code's bits, so no larger)."""
+    return int(K) * (2 ** int(T) - 1) * int(w_qmax) <= INT32_MAX
+
+
+def check_overflow(K: int, T: int, w_qmax: int, where: str = "") -> None:
+    """Raise SpikecError when an int32 accumulator could overflow for this shape."""
+    if not overflow_free(K, T, w_qmax):
+        bound = int(K) * (2 ** int(T) - 1) * int(w_qmax)
+        raise SpikecError(
+            f"{where or 'matmul'}: int32 accumulator can overflow: K={K} * (2**{T} - 1) * "
+            f"Qw={w_qmax} = {bound} > 2**31 - 1; split K or lower T"
+        )
+
+
+def _horner(planes: np.ndarray, w: np.ndarray) -> np.ndarray:
+    """acc <- 2*acc + S_t @ W in int32: numpy wraps silently like hardware, so the
+    guard, not int64, is what keeps the result exact."""
+    w32 = w.astype(np.int32)
+    acc = planes[0].astype(np.int32) @ w32
+    for plane in planes[1:]:
+        acc = np.int32(2) * acc + plane.astype(np.int32) @ w32
+    return acc
+
+
+def spike_matmul(q, w_q, T_tokens, where: str = "") -> np.ndarray:
+    """Bit-serial TC-LIF product int32 [..., N, M] of q [..., N, K] and w_q [..., K, M]
+    with per-token timesteps T_tokens [..., N] (a scalar broadcasts). Equals q @ w_q."""
+    op = "spike_matmul"
+    q, w = _codes(q, op, where), _codes(w_q, op, where, "w_q")
+    _check_matmul(q, w, op, where)
+    planes = tclif_encode_tokens(q, T_tokens, where)
+    # The data's own max |W_q| is the tightest bound that still proves no wrap; the
+    # compiler applies check_overflow with the format's Qw (127 or 7) instead.
+    check_overflow(q.shape[-1], planes.shape[0], _amax(w), where or op)
+    return _horner(planes, w)
+
+
+def rate_if_matmul(q, w_q, bits: int, where: str = "") -> np.ndarray:
+    """Rate-IF product int32: sum_t S_t @ W_q over 2**bits - 1 planes, plus the folded
+    offset bias. Equals q @ w_q."""
+    op = "rate_if_matmul"
+    q, w = _codes(q, op, where), _codes(w_q, op, where, "w_q")
+    _check_matmul(q, w, op, where)
+    planes = rate_if_encode(q, bits, where)
+    # The plane sum is c @ W with c <= 2**bits - 1: the TC-LIF bound with T = bits.
+    check_overflow(q.shape[-1], bits, _amax(w), where or op)
+    w32 = w.astype(np.int32)
+    acc = planes[0].astype(np.int32) @ w32
+    for plane in planes[1:]:
+        acc = acc + plane.astype(np.int32) @ w32
+    return acc + np.expand_dims(rate_if_bias_fold(w, bits), -2)
+
+
+def integer_matmul(q, w_q, where: str = "") -> np.ndarray:
+    """Plain q @ w_q in int64, then a checked cast to int32: the fake-quantized path."""
+    op = "integer_matmul"
+    q, w = _codes(q, op, where), _codes(w_q, op, where, "w_q")
+    _check_matmul(q, w, op, where)
+    acc = q @ w
+    if np.abs(acc).max(initial=0) > INT32_MAX:
+        raise _fail(op, where, "result does not fit int32")
+    return acc.astype(np.int32)
+
+
+def _linear(x, s_x, w_q, s_w, bias, T_tokens, where: str, op: str, spiking: bool):
+    x = np.asarray(x, dtype=np.float32)
+    w = _codes(w_q, op, where, "w_q")
+    if x.ndim < 2:
+        raise _fail(op, where, f"x must be [..., N, K], got shape {x.shape}")
+    T = _token_T(T_tokens, x.shape[:-1], op, where)
+    s_x = np.asarray(s_x, dtype=np.float32)
+    if s_x.ndim not in (0, x.ndim) or (s_x.ndim and s_x.shape[-1] != 1):
+        raise _fail(op, where, f"s_x must be a scalar or per token [..., N, 1], got {s_x.shape}")
+    s_w = np.asarray(s_w, dtype=np.float32)
+    if s_w.shape != w.shape[-1:]:
+        raise _fail(op, where, f"s_w must be [{w.shape[-1]}] (per output channel), not {s_w.shape}")
+    q = quantize(x, s_x, ((np.int64(1) << T) - 1)[..., None], where)  # b_i = T_i + 1 bits
+    if spiking:
+        acc = spike_matmul(q, w, T, where)
+    else:
+        _check_matmul(q, w, op, where)
+        # Same guard as the spiking path, so both accept exactly the same inputs.
+        check_overflow(x.shape[-1], int(T.max()) if T.size else 1, _amax(w), where or op)
+        acc = integer_matmul(q, w, where)
+    y = (acc.astype(np.float32) * s_x) * s_w  # the fixed float32 order, left to right
+    if bias is not None:
+        y = y + np.asarray(bias, dtype=np.float32)
+    return y
+
+
+def spiking_linear(x, s_x, w_q, s_w, bias, T_tokens, where: str = "") -> np.ndarray:
+    """float32 [..., N, M]: quantize x per token width 2**T_i - 1, spike_matmul, dequantize."""
+    return _linear(x, s_x, w_q, s_w, bias, T_tokens, where, "spiking_linear", spiking=True)
+
+
+def fake_quant_linear(x, s_x, w_q, s_w, bias, T_tokens, where: str = "") -> np.ndarray:
+    """The same layer through integer_matmul (the fake-quantized ANN path); bit-identical
+    to spiking_linear."""
+    return _linear(x, s_x, w_q, s_w, bias, T_tokens, where, "fake_quant_linear", spiking=False)

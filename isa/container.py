@@ -1,0 +1,248 @@
+"""The .sbin container: one file holding everything a compiled model needs.
+
+Layout (all integers little-endian; docs/sbin.md is the normative description):
+
+    offset 0      header, 64 bytes
+    table_offset  section table: section_count entries of 48 bytes,
+                  then the name table (UTF-8 names, back to back)
+    ...           section payloads, each starting at a multiple of ALIGN (4096)
+                  so a reader can memory-map weights and graphs in place
+
+Header:  magic(8) version_major(u16) version_minor(u16) flags(u32)
+         section_count(u32) table_offset(u64) table_size(u64) file_size(u64)
+         table_crc32(u32) header_crc32(u32) reserved(12)
+Entry:   name_offset(u32) name_size(u32) kind(u32) flags(u32)
+         offset(u64) size(u64) crc32(u32) reserved(u32) reserved(u64)
+
+The reader validates in an order that never trusts a number before it is checked:
+file size, magic, version, header CRC, table bounds, table CRC, then every
+section's bounds, alignment and overlap -- all before any payload is touched.
+Payloads are memory-mapped (no copy, no allocation proportional to a declared
+size) and their CRC32 is checked on first access (or all at once with
+`verify_all`). Writing is deterministic (no timestamps, sections in the order
+given) and atomic.
+"""
+
+from __future__ import annotations
+
+import enum
+import mmap
+import os
+import struct
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable
+
+from spikec import atomic
+from spikec.errors import SpikecError
+
+MAGIC = b"\x89SBIN\r\n\x1a"  # non-ASCII first byte and CR/LF catch text-mode mangling, as PNG's does
+VERSION_MAJOR = 1
+VERSION_MINOR = 0
+ALIGN = 4096
+HEADER = struct.Struct("<8sHHIIQQQII12x")
+ENTRY = struct.Struct("<IIIIQQIIQ")
+MAX_SECTIONS = 65536
+MAX_NAME = 1024
+
+assert HEADER.size == 64 and ENTRY.size == 48
+
+
+class SectionKind(enum.IntEnum):
+    """What a section holds. Readers ignore kinds they do not know (minor versions may add some)."""
+
+    RAW = 0
+    MANIFEST = 1  # JSON: graph roles, modalities, T assignment, quantization, file list
+    ONNX = 2  # a serialized ONNX ModelProto
+    FILE = 3  # an opaque file of the checkpoint (tokenizer, processor config, ...)
+    JSON = 4  # other JSON (compile report, MED, MSTS search)
+    PROGRAM = 5  # accelerator instruction stream
+    WEIGHTS = 6  # packed accelerator weights
+    HWCONFIG = 7  # accelerator hardware configuration
+
+
+@dataclass(frozen=True)
+class Section:
+    name: str
+    kind: SectionKind | int
+    offset: int
+    size: int
+    crc32: int
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) // ALIGN * ALIGN
+
+
+# ---------------------------------------------------------------- writing
+
+
+def write_sbin(path: str | os.PathLike, sections: Iterable[tuple[str, int, bytes | bytearray | memoryview]]) -> Path:
+    """Write sections (name, kind, payload) to `path`, atomically and deterministically."""
+    items = [(name, int(kind), memoryview(data).cast("B")) for name, kind, data in sections]
+    names = [n for n, _, _ in items]
+    if len(set(names)) != len(names):
+        raise SpikecError(f"{path}: duplicate section names in {names}")
+    if len(items) > MAX_SECTIONS:
+        raise SpikecError(f"{path}: {len(items)} sections exceed the format's limit of {MAX_SECTIONS}")
+    name_blob = b""
+    name_refs = []
+    for n in names:
+        encoded = n.encode("utf-8")
+        if not encoded or len(encoded) > MAX_NAME:
+            raise SpikecError(f"{path}: section name '{n}' must be 1..{MAX_NAME} bytes")
+        name_refs.append((len(name_blob), len(encoded)))
+        name_blob += encoded
+    table_offset = HEADER.size
+    table_size = ENTRY.size * len(items) + len(name_blob)
+    cursor = _align(table_offset + table_size)
+    entries = []
+    layout = []
+    for (name_off, name_len), (_, kind, data) in zip(name_refs, items):
+        entries.append(ENTRY.pack(name_off, name_len, kind, 0, cursor, len(data), zlib.crc32(data), 0, 0))
+        layout.append(cursor)
+        cursor = _align(cursor + len(data))
+    file_size = cursor
+    table = b"".join(entries) + name_blob
+    header = _pack_header(len(items), table_offset, table_size, file_size, zlib.crc32(table))
+    final = Path(path)
+    with atomic.atomic_path(final) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(header)
+            f.write(table)
+            for offset, (_, _, data) in zip(layout, items):
+                f.write(b"\0" * (offset - f.tell()))
+                f.write(data)
+            f.write(b"\0" * (file_size - f.tell()))
+    return final
+
+
+def _pack_header(count: int, table_offset: int, table_size: int, file_size: int, table_crc: int) -> bytes:
+    fields = (MAGIC, VERSION_MAJOR, VERSION_MINOR, 0, count, table_offset, table_size, file_size, table_crc)
+    unsigned = HEADER.pack(*fields, 0)
+    return HEADER.pack(*fields, zlib.crc32(unsigned))
+
+
+# ---------------------------------------------------------------- reading
+
+
+class SbinFile:
+    """A validated, memory-mapped .sbin file. Use as a context manager or call close()."""
+
+    def __init__(self, path: str | os.PathLike, *, verify_all: bool = False) -> None:
+        self.path = Path(path)
+        self._mm: mmap.mmap | None = None
+        self._verified: set[str] = set()
+        self.sections: dict[str, Section] = {}
+        self._open()
+        if verify_all:
+            for name in self.sections:
+                self.read(name)
+
+    def _fail(self, msg: str) -> SpikecError:
+        return SpikecError(f"{self.path}: {msg}")
+
+    def _open(self) -> None:
+        p = self.path
+        if not p.exists():
+            raise self._fail("no such file")
+        if not p.is_file():
+            raise self._fail("not a file")
+        size = p.stat().st_size
+        if size < HEADER.size:
+            raise self._fail(f"{size} bytes is too short for a .sbin header ({HEADER.size} bytes); truncated?")
+        with open(p, "rb") as f:
+            self._mm = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        mm = self._mm
+        magic, major, minor, flags, count, table_offset, table_size, file_size, table_crc, header_crc = HEADER.unpack_from(mm, 0)
+        if magic != MAGIC:
+            raise self._fail("not a .sbin file (bad magic)")
+        if major != VERSION_MAJOR:
+            raise self._fail(f"unsupported .sbin version {major}.{minor} (this spikec reads {VERSION_MAJOR}.x)")
+        check = HEADER.pack(magic, major, minor, flags, count, table_offset, table_size, file_size, table_crc, 0)
+        if zlib.crc32(check) != header_crc:
+            raise self._fail("header checksum mismatch (corrupt header)")
+        if file_size != size:
+            raise self._fail(f"header says {file_size} bytes but the file has {size}; truncated or padded")
+        if count > MAX_SECTIONS:
+            raise self._fail(f"section count {count} exceeds the limit {MAX_SECTIONS}")
+        if table_size < count * ENTRY.size or table_offset < HEADER.size or table_offset + table_size > size:
+            raise self._fail(f"section table [{table_offset}, {table_offset + table_size}) lies outside the file ({size} bytes)")
+        table = mm[table_offset : table_offset + table_size]
+        if zlib.crc32(table) != table_crc:
+            raise self._fail("section table checksum mismatch (corrupt table)")
+        names_base = count * ENTRY.size
+        spans = []
+        for i in range(count):
+            name_off, name_len, kind, _flags, offset, length, crc, _r0, _r1 = ENTRY.unpack_from(table, i * ENTRY.size)
+            if name_len == 0 or name_len > MAX_NAME or names_base + name_off + name_len > table_size:
+                raise self._fail(f"section {i}: name lies outside the section table")
+            try:
+                name = table[names_base + name_off : names_base + name_off + name_len].decode("utf-8")
+            except UnicodeDecodeError:
+                raise self._fail(f"section {i}: name is not UTF-8") from None
+            if name in self.sections:
+                raise self._fail(f"section '{name}' appears twice")
+            if offset % ALIGN:
+                raise self._fail(f"section '{name}': offset {offset} is not aligned to {ALIGN}")
+            if offset < table_offset + table_size or offset + length > size:
+                raise self._fail(f"section '{name}': [{offset}, {offset + length}) lies outside the file ({size} bytes)")
+            spans.append((offset, offset + length, name))
+            self.sections[name] = Section(name, _kind(kind), offset, length, crc)
+        spans.sort()
+        for (s0, e0, n0), (s1, _e1, n1) in zip(spans, spans[1:]):
+            if s1 < e0:
+                raise self._fail(f"sections '{n0}' and '{n1}' overlap")
+
+    def view(self, name: str) -> memoryview:
+        """The payload of a section as a zero-copy view, its checksum verified on first access."""
+        section = self.sections.get(name)
+        if section is None:
+            raise self._fail(f"no section '{name}' (sections: {', '.join(self.sections) or 'none'})")
+        assert self._mm is not None
+        data = memoryview(self._mm)[section.offset : section.offset + section.size]
+        if name not in self._verified:
+            if zlib.crc32(data) != section.crc32:
+                data.release()
+                raise self._fail(f"section '{name}': checksum mismatch (corrupt data)")
+            self._verified.add(name)
+        return data
+
+    def read(self, name: str) -> bytes:
+        """The payload of a section as bytes (a copy)."""
+        with self.view(name) as v:
+            return bytes(v)
+
+    def names(self, kind: SectionKind | None = None) -> list[str]:
+        return [s.name for s in self.sections.values() if kind is None or s.kind == kind]
+
+    def close(self) -> None:
+        if self._mm is not None:
+            try:
+                self._mm.close()
+            except BufferError:
+                pass  # a caller still holds a view; the map closes when it is released
+            self._mm = None
+
+    def __enter__(self) -> "SbinFile":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _kind(value: int) -> SectionKind | int:
+    try:
+        return SectionKind(value)
+    except ValueError:
+        return value  # unknown kinds of a newer minor version are kept, not rejected
+
+
+def is_sbin(path: str | os.PathLike) -> bool:
+    """Whether the file starts with the .sbin magic (cheap sniffing for `inspect`)."""
+    try:
+        with open(path, "rb") as f:
+            return f.read(len(MAGIC)) == MAGIC
+    except OSError:
+        return False

@@ -1,0 +1,127 @@
+"""Load a model and its processor: a save_pretrained folder or a built-in tiny name.
+
+Every way a folder can be wrong ends in a SpikecError that names the file or tensor:
+no config.json, an unsupported architecture, no weights, pickle-only weights
+without --allow-pickle, a missing tensor or one of the wrong shape.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from spikec.errors import SpikecError
+
+log = logging.getLogger(__name__)
+
+# Never reach the network, whatever the environment says.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+
+
+@dataclass
+class Loaded:
+    model: Any  # a transformers *ForConditionalGeneration in eval mode, float32, eager attention
+    processor: Any
+    adapter: type
+    source: str
+
+
+def _quiet_transformers() -> None:
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+
+
+def load(source: str | os.PathLike, *, allow_pickle: bool = False) -> Loaded:
+    from spikec.frontend.tiny import TINY, build_tiny
+
+    _quiet_transformers()
+    src = str(source)
+    if src in TINY and not Path(src).exists():
+        from spikec.frontend.adapters import adapter_for
+
+        model, processor = build_tiny(src)
+        model.config._attn_implementation = "eager"
+        return Loaded(model, processor, adapter_for(model.config.model_type), src)
+    return load_folder(Path(src), allow_pickle=allow_pickle)
+
+
+def _weight_files(folder: Path) -> tuple[list[Path], list[Path]]:
+    safe = sorted(folder.glob("*.safetensors"))
+    pickled = sorted(p for p in folder.glob("*.bin") if p.name.startswith("pytorch_model")) + sorted(
+        folder.glob("*.pt")) + sorted(folder.glob("*.pth"))
+    return safe, pickled
+
+
+def load_folder(folder: Path, *, allow_pickle: bool = False) -> Loaded:
+    import torch
+    from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
+
+    from spikec.frontend.adapters import adapter_for
+    from spikec.frontend.tiny import TINY
+
+    if not folder.is_dir():
+        raise SpikecError(f"{folder}: not a folder and not a built-in model name ({', '.join(TINY)})")
+    cfg_path = folder / "config.json"
+    if not cfg_path.is_file():
+        raise SpikecError(f"{folder}: no config.json (expected a folder written by save_pretrained)")
+    # Check the architecture from the raw JSON first: an unsupported model is reported
+    # as such even when its config would not validate in transformers.
+    try:
+        raw = json.loads(cfg_path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SpikecError(f"{cfg_path}: not valid JSON: {exc}") from exc
+    if not isinstance(raw, dict) or "model_type" not in raw:
+        raise SpikecError(f"{cfg_path}: no model_type field")
+    adapter = adapter_for(raw["model_type"], where=str(cfg_path))
+    try:
+        config = AutoConfig.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:
+        raise SpikecError(f"{cfg_path}: cannot read the config: {exc}") from exc
+
+    safe, pickled = _weight_files(folder)
+    if not safe and not pickled:
+        raise SpikecError(f"{folder}: no weight files (*.safetensors)")
+    if not safe and not allow_pickle:
+        raise SpikecError(
+            f"{pickled[0]}: pickle-only checkpoint; pickle files can run code when loaded. "
+            "Convert it to safetensors, or pass --allow-pickle if you trust it"
+        )
+    log.info("loading %s (%s) from %s", config.model_type, "safetensors" if safe else "pickle", folder)
+    try:
+        model, info = AutoModelForImageTextToText.from_pretrained(
+            folder, config=config, local_files_only=True, dtype=torch.float32, attn_implementation="eager",
+            output_loading_info=True, ignore_mismatched_sizes=True, use_safetensors=bool(safe),
+        )
+    except SpikecError:
+        raise
+    except Exception as exc:
+        raise SpikecError(f"{folder}: cannot load the weights: {exc}") from exc
+    _check_loading_info(folder, info)
+    try:
+        processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:
+        raise SpikecError(f"{folder}: cannot load the processor/tokenizer files: {exc}") from exc
+    return Loaded(model.eval(), processor, adapter, str(folder))
+
+
+def _check_loading_info(folder: Path, info: dict) -> None:
+    mismatched = sorted(info.get("mismatched_keys") or [], key=str)
+    if mismatched:
+        first = mismatched[0]
+        if isinstance(first, tuple) and len(first) == 3:
+            name, got, want = first
+            detail = f"tensor {name} has shape {list(got)}, the config needs {list(want)}"
+        else:
+            detail = f"tensor {first} has the wrong shape for the config"
+        more = f" (and {len(mismatched) - 1} more)" if len(mismatched) > 1 else ""
+        raise SpikecError(f"{folder}: {detail}{more}")
+    missing = sorted(info.get("missing_keys") or [])
+    if missing:
+        more = f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""
+        raise SpikecError(f"{folder}: weights missing: tensor {missing[0]} not found in the checkpoint{more}")

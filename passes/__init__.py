@@ -1,7 +1,10 @@
 """Compiler passes: one module per pass (or family of small generic passes).
 
 `PASSES` maps every pass name to its class; `GENERIC_PIPELINE` is the clean-up
-pipeline that runs on any ONNX model.
+pipeline that runs on any ONNX model; `SPIKING_PIPELINE` is the default of
+`spikec compile`: clean up, quantize, rewrite into spiking ops, measure MED, assign
+timesteps (docs/passes.md). Passes with `uses_context = True` take the compile's
+shared `CompileContext` (options, calibration data, float model) in their constructor.
 """
 
 from __future__ import annotations
@@ -13,11 +16,17 @@ from spikec.passes.generic import (
     ShapeInference,
     TopologicalSort,
 )
+from spikec.passes.import_qdq import ImportQdq
 from spikec.passes.manager import CompileReport, PassManager, PassRecord, SpikecPass
+from spikec.passes.med import Med
+from spikec.passes.msts import Msts
+from spikec.passes.quantize import Quantize
+from spikec.passes.spike_rewrite import SpikeRewrite
 
 PASSES: dict[str, type[SpikecPass]] = {
     cls.name: cls
-    for cls in (ShapeInference, FoldConstants, EliminateIdentity, EliminateDeadNodes, TopologicalSort)
+    for cls in (ShapeInference, FoldConstants, EliminateIdentity, EliminateDeadNodes, TopologicalSort,
+                Quantize, ImportQdq, SpikeRewrite, Med, Msts)
 }
 
 GENERIC_PIPELINE: tuple[str, ...] = (
@@ -28,4 +37,9 @@ GENERIC_PIPELINE: tuple[str, ...] = (
     "shape-inference",
 )
 
-__all__ = ["PASSES", "GENERIC_PIPELINE", "PassManager", "CompileReport", "PassRecord", "SpikecPass"]
+SPIKING_PIPELINE: tuple[str, ...] = GENERIC_PIPELINE + ("quantize", "spike-rewrite", "med", "msts")
+# For a model already quantized to QDQ by another tool (chosen automatically when the
+# input has QuantizeLinear/DequantizeLinear nodes).
+QDQ_PIPELINE: tuple[str, ...] = ("import-qdq",) + GENERIC_PIPELINE + ("spike-rewrite", "med", "msts")
+
+__all__ = ["PASSES", "GENERIC_PIPELINE", "SPIKING_PIPELINE", "QDQ_PIPELINE", "PassManager", "CompileReport", "PassRecord", "SpikecPass"]

@@ -1,48 +1,284 @@
 """The compile driver: load, run the pass pipeline, save.
 
-`compile_onnx` is what `spikec compile` calls; it is also the Python API.
+`compile_onnx` compiles one ONNX file; `compile_folder` compiles every graph of a front-end
+export folder together (one report); `compile_path` picks between them and is what
+`spikec compile` calls. All output goes through `write_output` (one function, so the
+later .sbin container replaces only it).
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Callable, Sequence
 
+import numpy as np
+import onnx_ir as ir
+
+from spikec import atomic
 from spikec import ir as spir
+from spikec import ops
 from spikec.errors import SpikecError
-from spikec.passes import GENERIC_PIPELINE, PASSES, CompileReport, PassManager, SpikecPass
+from spikec.passes import GENERIC_PIPELINE, PASSES, QDQ_PIPELINE, SPIKING_PIPELINE, CompileReport, PassManager, SpikecPass
+from spikec.passes.options import CompileContext, SpikeOptions
 
 log = logging.getLogger(__name__)
 
 
-def build_pipeline(names: Sequence[str]) -> list[SpikecPass]:
+def build_pipeline(names: Sequence[str], context: CompileContext | None = None) -> list[SpikecPass]:
     """Instantiate passes by name; an unknown name is a user error listing the known ones."""
     passes = []
+    context = context or CompileContext()
     for name in names:
         cls = PASSES.get(name)
         if cls is None:
             raise SpikecError(f"--passes: unknown pass '{name}' (known: {', '.join(sorted(PASSES))})")
-        passes.append(cls())
+        passes.append(cls(context) if getattr(cls, "uses_context", False) else cls())
     return passes
+
+
+def default_pipeline(model: ir.Model) -> tuple[str, ...]:
+    """SPIKING_PIPELINE, or QDQ_PIPELINE for a model that already has Q/DQ nodes."""
+    qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph)
+    return QDQ_PIPELINE if qdq else SPIKING_PIPELINE
+
+
+def load_inlined(path: Path) -> ir.Model:
+    """spir.load_model with external weights read into memory.
+
+    spikec.ir.verify hands onnx.checker a proto whose external-data references it resolves
+    against the current directory, which fails for export folders; until verify resolves
+    them against the model's folder, the compile driver keeps the (small) weights inline.
+    """
+    model = spir.load_model(path)
+    for v in model.graph.initializers.values():
+        t = v.const_value
+        if t is not None and isinstance(t, ir.ExternalTensor):
+            v.const_value = ir.Tensor(t.numpy(), name=v.name)
+    return model
+
+
+# ---------------------------------------------------------------- calibration
+
+
+def _role_in_export(path: Path) -> tuple[Path, str] | None:
+    manifest = path.parent / "manifest.json"
+    if not manifest.is_file():
+        return None
+    try:
+        graphs = json.loads(manifest.read_text()).get("graphs", {})
+    except json.JSONDecodeError:
+        return None
+    for role, g in graphs.items():
+        if g.get("file") == path.name:
+            return path.parent, role
+    return None
+
+
+def calibration_feeds(options: SpikeOptions, model: ir.Model, input_path: Path, role: str | None = None,
+                      folder_feeds: dict | None = None) -> list[dict] | None:
+    from spikec import calibration as C
+
+    if not options.calib:
+        return None
+    calib = Path(options.calib)
+    names = [v.name for v in model.graph.inputs]
+    if folder_feeds is not None:
+        return folder_feeds.get(role) or None
+    if calib.suffix == ".npz" and calib.is_file():
+        return C.load_npz(calib, names, role)[: max(options.calib_samples, 1) * 8]
+    if calib.is_dir():
+        found = _role_in_export(input_path)
+        if found is None:
+            raise SpikecError(f"--calib {calib}: a folder of image+prompt pairs needs an export folder (or a graph "
+                              f"inside one) as INPUT, to run the checkpoint's processor; for a single ONNX file "
+                              f"pass an .npz of its graph inputs")
+        return C.export_folder_feeds(found[0], calib, options.calib_samples).get(found[1]) or None
+    raise SpikecError(f"--calib {calib}: not found, or neither an .npz file nor a folder")
+
+
+# ---------------------------------------------------------------- reports
+
+
+def layer_table(model: ir.Model, med: dict | None) -> list[dict]:
+    """Per spiking (or quantized) product: T per modality, scales, bits, MED of its layer."""
+    names = ops.modalities(model)
+    meds = {r["layer"]: r.get("med") for r in (med or {}).get("layers", [])}
+    rows = []
+    for node in ops.spikec_nodes(model, ops.QUANT_LINEAR, ops.QUANT_MATMUL, ops.SPIKE_MATMUL):
+        T = ops.get_timesteps(node)
+        enc = node
+        if node.op_type == ops.SPIKE_MATMUL:
+            p = node.inputs[0].producer()
+            enc = p if p is not None else node
+        scale_kind = ops.attr(enc, "act_scale", "dynamic")
+        scales = None
+        if scale_kind == "static":
+            clip = ops.clip_table(enc, len(names))
+            scales = {}
+            for m, n in enumerate(names):
+                c = float(clip[m, T[m] - 1]) if T[m] <= ops.CLIP_T else float("nan")
+                scales[n] = None if np.isnan(c) else float(np.float32(c) / np.float32(2 ** T[m] - 1))
+        layer = ops.attr(node, "layer")
+        rows.append({
+            "name": node.name, "op": node.op_type, "layer": layer, "timesteps": dict(zip(names, T)),
+            "wbits": ops.attr(node, "wbits", ops.attr(node, "bbits")), "neuron": ops.attr(node, "neuron"),
+            "act_scale": scale_kind, "act_scales": scales, "med": meds.get(layer),
+        })
+    return rows
+
+
+def _finish_report(report: CompileReport, ctx: CompileContext, model: ir.Model) -> CompileReport:
+    report.extra.update({k: v for k, v in ctx.results.items()})
+    report.extra["options"] = {k: v for k, v in vars(ctx.options).items()}
+    report.extra["calibration"] = {"source": ctx.calib_source or None, "feeds": len(ctx.feeds or [])}
+    if ops.spikec_nodes(model):
+        report.extra["layers"] = layer_table(model, ctx.results.get("med"))
+    return report
+
+
+# ---------------------------------------------------------------- output
+
+
+def write_output(kind: str, output: Path, graphs: dict[str, ir.Model], *, reports: dict[str, dict],
+                 source_dir: Path | None = None) -> list[Path]:
+    """Write the compiled result: `kind` 'onnx' (one graph to OUTPUT.onnx, MED beside it as
+    OUTPUT.med.json/.png) or 'folder' (a folder mirroring the export folder: graphs under
+    their manifest names, manifest.json and processor/ copied, <graph>.med.json/.png and
+    report.json). Everything is written under temporary names and renamed when complete."""
+    from spikec.passes.med import write_artifacts
+
+    if kind == "onnx":
+        (name, model), = graphs.items()
+        written = spir.save_model(model, output)
+        med = reports.get(name, {}).get("med")
+        if med is not None:
+            written += write_artifacts(med, output.with_suffix(""), title=output.name)
+        return written
+    with atomic.atomic_path(output, is_dir=True) as tmp:
+        manifest = json.loads((source_dir / "manifest.json").read_text())
+        for role, model in graphs.items():
+            spir.save_model(model, tmp / manifest["graphs"][role]["file"])
+            med = reports.get(role, {}).get("med")
+            if med is not None:
+                write_artifacts(med, tmp / role, title=f"{role} ({source_dir.name})")
+        proc = manifest.get("processor")
+        if proc and (source_dir / proc).is_dir():
+            shutil.copytree(source_dir / proc, tmp / proc)
+        manifest["compiled"] = {"by": "spikec compile", "passes": "see report.json"}
+        atomic.write_text(tmp / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+        atomic.write_text(tmp / "report.json", json.dumps(reports, indent=2, default=_json_default) + "\n")
+    return [output]
+
+
+def _json_default(o):
+    if isinstance(o, (np.floating, np.integer)):
+        return o.item()
+    return str(o)
+
+
+# ---------------------------------------------------------------- drivers
+
+
+def _compile_model(model: ir.Model, ctx: CompileContext, pipeline: Sequence[str] | None, input_name: str,
+                   dump_dir, progress) -> CompileReport:
+    names = list(pipeline) if pipeline is not None else list(default_pipeline(model))
+    manager = PassManager(build_pipeline(names, ctx), dump_dir=dump_dir, progress=progress)
+    report = manager.run(model, input_name=input_name)
+    return _finish_report(report, ctx, model)
 
 
 def compile_onnx(
     input_path: str | Path,
     output_path: str | Path,
     *,
-    pipeline: Sequence[str] = GENERIC_PIPELINE,
+    pipeline: Sequence[str] | None = GENERIC_PIPELINE,
+    options: SpikeOptions | None = None,
     dump_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> CompileReport:
-    """Compile one ONNX file through `pipeline` and write the result to `output_path`."""
+    """Compile one ONNX file through `pipeline` (None: the default spiking or QDQ pipeline)."""
     output_path = Path(output_path)
     if output_path.suffix != ".onnx":
         raise SpikecError(f"-o {output_path}: unsupported output type '{output_path.suffix}' (this version writes .onnx)")
     if Path(input_path).resolve() == output_path.resolve():
         raise SpikecError(f"-o {output_path}: the output would overwrite the input; choose another path")
-    model = spir.load_model(input_path)
-    manager = PassManager(build_pipeline(pipeline), dump_dir=dump_dir, progress=progress)
-    report = manager.run(model, input_name=str(input_path))
-    spir.save_model(model, output_path)
+    options = (options or SpikeOptions()).validate()
+    model = load_inlined(Path(input_path))
+    ctx = CompileContext(options=options)
+    found = _role_in_export(Path(input_path))
+    if found is not None and found[1] == "vision":
+        ctx.graph_modality = ops.DEFAULT_MODALITIES.index("vision")
+    if pipeline is None or any(n in ("quantize", "import-qdq", "med", "msts") for n in pipeline):
+        ctx.feeds = calibration_feeds(options, model, Path(input_path))
+        ctx.calib_source = options.calib or ""
+    report = _compile_model(model, ctx, pipeline, str(input_path), dump_dir, progress)
+    write_output("onnx", output_path, {"graph": model}, reports={"graph": report.extra})
     return report
+
+
+def compile_folder(
+    input_dir: str | Path,
+    output_dir: str | Path,
+    *,
+    pipeline: Sequence[str] | None = None,
+    options: SpikeOptions | None = None,
+    dump_dir: str | Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> CompileReport:
+    """Compile every graph of an export folder (vision, embed, lm) together: one report."""
+    from spikec import calibration as C
+    from spikec.frontend import manifest as mf
+
+    input_dir, output_dir = Path(input_dir), Path(output_dir)
+    if input_dir.resolve() == output_dir.resolve():
+        raise SpikecError(f"-o {output_dir}: the output would overwrite the input folder; choose another path")
+    manifest = mf.read(input_dir)
+    options = (options or SpikeOptions()).validate()
+    folder_feeds = None
+    if options.calib and Path(options.calib).is_dir():
+        progress and progress(f"calibration: running {options.calib} through the float graphs")
+        folder_feeds = C.export_folder_feeds(input_dir, options.calib, options.calib_samples)
+    modality_ids = manifest.get("modality", {"text": 0, "vision": 1})
+    # The language model first: with --budget its search picks Tv, which the vision encoder then uses.
+    roles = sorted(manifest["graphs"], key=lambda r: {"lm": 0, "vision": 1}.get(r, 2))
+    graphs, reports, records, extra = {}, {}, [], {"graphs": {}}
+    for role in roles:
+        path = input_dir / manifest["graphs"][role]["file"]
+        model = load_inlined(path)
+        opts = SpikeOptions(**vars(options))
+        if role != "lm" and "lm" in reports:
+            chosen = (reports["lm"].get("msts") or {}).get("timesteps")
+            if options.budget is not None and isinstance(chosen, dict) and "vision" in chosen:
+                opts.budget, opts.tv = None, chosen["vision"]
+        ctx = CompileContext(options=opts, graph_modality=modality_ids.get("vision") if role == "vision" else None)
+        if role == "vision" and "modality" not in [v.name for v in model.graph.inputs]:
+            ctx.graph_modality = modality_ids.get("vision", 1)
+        ctx.feeds = calibration_feeds(opts, model, path, role, folder_feeds)
+        ctx.calib_source = options.calib or ""
+        if opts.act_scale == "auto" and not ctx.feeds:
+            opts.act_scale = "dynamic"
+        sub_dump = Path(dump_dir) / role if dump_dir is not None else None
+        report = _compile_model(model, ctx, pipeline, str(path), sub_dump,
+                                (lambda m, r=role: progress(f"{r}: {m}")) if progress else None)
+        graphs[role] = model
+        reports[role] = report.extra
+        extra["graphs"][role] = report.extra
+        for rec in report.passes:
+            rec.name = f"{role}/{rec.name}"
+            records.append(rec)
+    write_output("folder", output_dir, graphs, reports=reports, source_dir=input_dir)
+    return CompileReport(input=str(input_dir), passes=records, properties=[], extra=extra)
+
+
+def compile_path(input_path: str | Path, output: str | Path, **kw) -> CompileReport:
+    """A folder with manifest.json compiles as an export folder, anything else as one ONNX file."""
+    p = Path(input_path)
+    if p.is_dir():
+        if not (p / "manifest.json").is_file():
+            raise SpikecError(f"{p}: a folder INPUT must be an export folder of `spikec export` (no manifest.json)")
+        return compile_folder(p, output, **kw)
+    kw.setdefault("pipeline", None)
+    return compile_onnx(p, output, **kw)

@@ -171,7 +171,7 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
 def verify(model: ir.Model, *, after: str = "") -> None:
     """onnx.checker + strict shape inference + every registered spikec invariant."""
     stage = f" after pass '{after}'" if after else ""
-    proto = to_proto(model)
+    proto = _without_external_weights(to_proto(model))
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
@@ -185,6 +185,23 @@ def verify(model: ir.Model, *, after: str = "") -> None:
             check(model)
         except SpikecError as exc:
             raise SpikecError(f"verifier{stage}: invariant '{name}': {exc}") from None
+
+
+def _without_external_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Turn externally stored initializers into typed graph inputs, for checking only.
+
+    onnx.checker resolves external-data locations against a folder it is not given
+    when handed a proto; the references were validated by load_model, and what the
+    checker and shape inference need of a weight is its type and shape."""
+    external = [t for t in proto.graph.initializer if t.data_location == onnx.TensorProto.EXTERNAL]
+    if not external:
+        return proto
+    keep = [t for t in proto.graph.initializer if t.data_location != onnx.TensorProto.EXTERNAL]
+    del proto.graph.initializer[:]
+    proto.graph.initializer.extend(keep)
+    for t in external:
+        proto.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
+    return proto
 
 
 # ---------------------------------------------------------------- summarising
@@ -272,7 +289,7 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool 
         if external_data:
             ir.save(model, written, external_data=data_name, size_threshold_bytes=EXTERNAL_TENSOR_MIN_BYTES)
         else:
-            proto = _inline_external_tensors(to_proto(model), model)
+            proto = inline_external_tensors(to_proto(model), model)
             written.write_bytes(proto.SerializeToString(deterministic=True))
         results = []
         if external_data:
@@ -285,7 +302,7 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool 
         shutil.rmtree(tmpdir, ignore_errors=True)
 
 
-def _inline_external_tensors(proto: onnx.ModelProto, model: ir.Model) -> onnx.ModelProto:
+def inline_external_tensors(proto: onnx.ModelProto, model: ir.Model) -> onnx.ModelProto:
     """Make a self-contained proto: external tensors (e.g. of a loaded model) get their bytes inlined."""
     if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
         return proto

@@ -1,4 +1,4 @@
-"""`spikec compile`: run the pass pipeline over a model."""
+"""`spikec compile`: run the pass pipeline over a model (one ONNX file or an export folder)."""
 
 from __future__ import annotations
 
@@ -6,12 +6,13 @@ from pathlib import Path
 
 import click
 
-from spikec.passes import GENERIC_PIPELINE, PASSES
+from spikec.passes import PASSES, QDQ_PIPELINE, SPIKING_PIPELINE
 
 
 @click.command("compile")
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path), help="Output model (.onnx).")
+@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
+              help="Output: a .onnx file for a single graph, or a folder for an export folder INPUT.")
 @click.option(
     "--dump-ir",
     "dump_dir",
@@ -21,25 +22,67 @@ from spikec.passes import GENERIC_PIPELINE, PASSES
 @click.option(
     "--passes",
     "pass_list",
-    default=",".join(GENERIC_PIPELINE),
-    show_default=True,
-    help=f"Comma-separated pipeline. Known passes: {', '.join(sorted(PASSES))}.",
+    default=None,
+    help=f"Comma-separated pipeline (default: {','.join(SPIKING_PIPELINE)}; for a QDQ input: "
+         f"{','.join(QDQ_PIPELINE)}). Known passes: {', '.join(sorted(PASSES))}.",
 )
 @click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the JSON compile report here.")
-def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_list: str, report_path: Path | None) -> None:
-    """Compile INPUT (an ONNX file) through the pass pipeline into OUTPUT."""
+@click.option("--wbits", type=click.Choice(["8", "4"]), default="8", show_default=True, help="Weight bits (per output channel, round to nearest).")
+@click.option("--act-scale", type=click.Choice(["auto", "static", "dynamic"]), default="auto", show_default=True,
+              help="Activation scales: static per modality from calibration, or dynamic per token (auto: static when --calib is given).")
+@click.option("--calib", type=click.Path(path_type=Path), help="Calibration data: a folder of image+prompt pairs, or an .npz of graph inputs.")
+@click.option("--calib-method", type=click.Choice(["max", "percentile", "mse"]), default="max", show_default=True)
+@click.option("--percentile", type=float, default=99.99, show_default=True, help="Percentile of |x| for --calib-method percentile.")
+@click.option("--calib-samples", type=int, default=8, show_default=True, help="Calibration image+prompt pairs used at most.")
+@click.option("--smooth", type=float, default=None, help="SmoothQuant alpha (folded into the preceding norm or linear layer).")
+@click.option("--neuron", type=click.Choice(["tc-lif", "if"]), default="tc-lif", show_default=True)
+@click.option("--tv", type=int, default=None, help="Timesteps of vision tokens (default 3).")
+@click.option("--tt", type=int, default=None, help="Timesteps of text tokens (default 4).")
+@click.option("--budget", type=float, default=None, help="Effective timesteps per token: search Tv/Tt (and per layer) for least error.")
+@click.option("--spike-attention", is_flag=True, help="Also spike the attention products Q @ K^T and P @ V.")
+@click.option("--no-per-layer", "per_layer", flag_value=False, default=True, help="With --budget: one T per modality for all layers.")
+def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_list: str | None, report_path: Path | None,
+                    wbits: str, act_scale: str, calib: Path | None, calib_method: str, percentile: float, calib_samples: int,
+                    smooth: float | None, neuron: str, tv: int | None, tt: int | None, budget: float | None,
+                    spike_attention: bool, per_layer: bool) -> None:
+    """Compile INPUT (an ONNX file, or an export folder of `spikec export`) into OUTPUT."""
     from spikec import atomic
-    from spikec.compiler import compile_onnx
+    from spikec.compiler import compile_path
+    from spikec.passes.options import SpikeOptions
 
-    names = [n.strip() for n in pass_list.split(",") if n.strip()]
-    report = compile_onnx(
-        input_path, output, pipeline=names, dump_dir=dump_dir, progress=lambda m: click.echo(m, err=True)
-    )
+    options = SpikeOptions(
+        wbits=int(wbits), act_scale=act_scale, calib=str(calib) if calib else None, calib_method=calib_method,
+        percentile=percentile, calib_samples=calib_samples, smooth=smooth, neuron=neuron, tv=tv, tt=tt,
+        budget=budget, spike_attention=spike_attention, per_layer=per_layer,
+    ).validate()
+    names = None if pass_list is None else [n.strip() for n in pass_list.split(",") if n.strip()]
+    report = compile_path(input_path, output, pipeline=names, options=options, dump_dir=dump_dir,
+                          progress=lambda m: click.echo(m, err=True))
     if report_path is not None:
         atomic.write_text(report_path, report.to_json())
     click.echo(f"compiled {input_path} -> {output}")
-    click.echo(f"{'pass':<24} {'time (s)':>9} {'nodes':>7} {'param bytes':>12}  changed")
+    click.echo(f"{'pass':<28} {'time (s)':>9} {'nodes':>7} {'param bytes':>12}  changed")
     for r in report.passes:
-        click.echo(f"{r.name:<24} {r.wall_s:>9.3f} {r.nodes:>7} {r.parameter_bytes:>12}  {'yes' if r.modified else 'no'}")
+        click.echo(f"{r.name:<28} {r.wall_s:>9.3f} {r.nodes:>7} {r.parameter_bytes:>12}  {'yes' if r.modified else 'no'}")
+    graphs = report.extra.get("graphs") or {"": report.extra}
+    for role, extra in graphs.items():
+        _print_layers(role, extra)
     if dump_dir is not None:
         click.echo(f"IR dumps and report.json in {dump_dir}")
+
+
+def _print_layers(role: str, extra: dict) -> None:
+    msts = extra.get("msts") or {}
+    if msts.get("mode") == "budget":
+        u = msts["uniform"]
+        click.echo(f"{role + ': ' if role else ''}msts: T={msts['timesteps']} budget {msts['budget']} (used "
+                   f"{msts['budget_used']:.3f}) error {msts['error']:.6g}; uniform T={u['T']} error {u['error']:.6g}")
+    rows = extra.get("layers") or []
+    if not rows:
+        return
+    click.echo(f"{role + ': ' if role else ''}{'layer':>5} {'op':<26} {'T':<18} {'bits':>4} {'scale':<8} {'MED':>6}")
+    for r in rows:
+        T = "/".join(f"{k[0]}{v}" for k, v in r["timesteps"].items())
+        med = "" if r.get("med") is None else f"{r['med']:.3f}"
+        click.echo(f"{'':{len(role) + 2 if role else 0}}{str(r.get('layer', '')):>5} {r['name'][:26]:<26} {T:<18} "
+                   f"{str(r.get('wbits')):>4} {r['act_scale']:<8} {med:>6}")

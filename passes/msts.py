@@ -1,0 +1,262 @@
+"""msts: modality-specific temporal scales, i.e. the timesteps of every spikec op.
+
+Two modes:
+- explicit: --tv/--tt (defaults 3/4) set T per modality on every op;
+- --budget B: a search for the least output error under a budget of effective
+  timesteps per token. With N_m calibration tokens of modality m, the budget of a
+  global choice is sum_m N_m T_m / sum_m N_m (SEMANTICS.md section 4); with per-layer
+  choices each layer group's budget is weighted by its share of the multiply-accumulates
+  (K * N per token of its spiking ops).
+
+The search, measured on calibration data against the float model:
+1. global: every maximal (Pareto) choice of T per modality (1..SEARCH_T) that fits the
+   budget is evaluated; the uniform T = floor(B) is always evaluated as the baseline.
+   With two modalities that is at most SEARCH_T points.
+2. per layer (MED as the guide): for the layers with the largest MED, move one timestep
+   from the modality that evolves less in that layer (smaller e[l, m]) to the one that
+   evolves more, then the other way; keep a move only if it fits the budget and lowers
+   the measured error.
+Error: mean KL(softmax(float logits) || softmax(spiking logits)) over the text tokens
+for a graph with a `logits` output, else the relative squared error of the first output.
+The chosen T lands in the ops' `timesteps` attributes; the report gives T, the budget
+used, the error, and the uniform-T error at the same budget.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from spikec import calibration as C
+from spikec import ops
+from spikec.errors import SpikecError
+from spikec.passes.import_qdq import imported_timesteps
+from spikec.passes.manager import SpikecPass
+from spikec.passes.med import MED_KEY, assign_layers, layers_of
+from spikec.passes.options import CompileContext
+from spikec.passes.quantize import MODALITY_INPUT, modality_of_graph
+
+log = logging.getLogger(__name__)
+
+SEARCH_T = 8
+REFINE_LAYERS = 3
+MSTS_KEY = "spikec.msts"
+
+
+def _kl_text(ref: np.ndarray, out: np.ndarray, mods: np.ndarray | None, text_id: int, keep) -> float:
+    a = ref.astype(np.float64).reshape(-1, ref.shape[-1])
+    b = out.astype(np.float64).reshape(-1, out.shape[-1])
+    sel = np.ones(a.shape[0], bool) if keep is None else keep.copy()
+    if mods is not None and (sel & (mods == text_id)).any():
+        sel &= mods == text_id
+    a, b = a[sel], b[sel]
+    la = a - a.max(-1, keepdims=True)
+    la -= np.log(np.exp(la).sum(-1, keepdims=True))
+    lb = b - b.max(-1, keepdims=True)
+    lb -= np.log(np.exp(lb).sum(-1, keepdims=True))
+    return float(np.mean(np.sum(np.exp(la) * (la - lb), axis=-1)))
+
+
+class Evaluator:
+    """Measured output error of the model under a timestep assignment."""
+
+    def __init__(self, model: ir.Model, ctx: CompileContext, names: list[str]) -> None:
+        self.model, self.ctx, self.names = model, ctx, names
+        self.feeds = ctx.feeds
+        self.out_name = model.graph.outputs[0].name
+        self.logits = "logits" in self.out_name or any(o.name == "logits" for o in model.graph.outputs)
+        if self.logits:
+            self.out_name = "logits"
+        self.ref = [r[self.out_name] for r in C.run_ort(ctx.float_model, self.feeds, [self.out_name])]
+        self.text_id = names.index("text") if "text" in names else 0
+        self.evaluations = 0
+
+    def error(self) -> float:
+        self.evaluations += 1
+        sess = ops.evaluator(self.model)
+        known = set(sess.input_names)
+        total = 0.0
+        for feed, ref in zip(self.feeds, self.ref):
+            out = sess.run([self.out_name], {k: v for k, v in feed.items() if k in known})[0]
+            if self.logits:
+                mods = feed.get(MODALITY_INPUT)
+                mods = None if mods is None else np.asarray(mods).reshape(-1)
+                mask = feed.get("attention_mask")
+                keep = None if mask is None or mask.size != ref.size // ref.shape[-1] else mask.reshape(-1) != 0
+                total += _kl_text(ref, out, mods, self.text_id, keep)
+            else:
+                total += float(np.sum((out.astype(np.float64) - ref) ** 2) / max(np.sum(ref.astype(np.float64) ** 2), 1e-30))
+        return total / len(self.feeds)
+
+
+def token_counts(ctx: CompileContext, names: list[str], const_mod: int) -> np.ndarray:
+    counts = np.zeros(len(names))
+    for feed in ctx.feeds or []:
+        mods = feed.get(MODALITY_INPUT)
+        if mods is None:
+            first = next(iter(v for v in feed.values() if hasattr(v, "shape")))
+            n = first.shape[0] if first.ndim else 1
+            counts[const_mod] += n
+            continue
+        mods = np.asarray(mods).reshape(-1)
+        mask = feed.get("attention_mask")
+        keep = np.ones(mods.shape, bool) if mask is None or mask.size != mods.size else mask.reshape(-1) != 0
+        for m in range(len(names)):
+            counts[m] += int(np.sum(keep & (mods == m)))
+    return counts
+
+
+class Msts(SpikecPass):
+    """Assign timesteps per modality (and per layer where it pays)."""
+
+    name = "msts"
+    needs = ("quantized",)
+    guarantees = ("timesteps-assigned",)
+    uses_context = True
+
+    def __init__(self, context: CompileContext | None = None) -> None:
+        self.ctx = context or CompileContext()
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        opts = self.ctx.options.validate()
+        names = ops.modalities(model)
+        timed = ops.spikec_nodes(model, *ops.TIMED_OPS)
+        if not timed:
+            self.ctx.results["msts"] = {"skipped": "no spikec ops"}
+            return ir.passes.PassResult(model, False)
+        if any("layer" not in n.attributes for n in timed):
+            assign_layers(model, layers_of(model.graph)[1])
+        n_groups = 1 + max(int(ops.attr(n, "layer", 0)) for n in timed)
+        groups = [[n for n in timed if int(ops.attr(n, "layer", 0)) == g] for g in range(n_groups)]
+        _, const_mod = modality_of_graph(model, self.ctx)
+
+        def apply(table: np.ndarray) -> None:  # table [groups, modalities]
+            for g, nodes in enumerate(groups):
+                for n in nodes:
+                    if not ops.attr(n, "act_unsigned"):  # an imported offset code fixes its own width
+                        ops.set_timesteps(n, table[g].tolist(), model)
+
+        can_measure = bool(self.ctx.feeds) and self.ctx.float_model is not None
+        if opts.budget is None and opts.tv is None and opts.tt is None and imported_timesteps(model):
+            result = {"mode": "imported", "timesteps": "kept at the imported QDQ precision (--tv/--tt or --budget "
+                                                       "override)"}
+            if can_measure:
+                result["error"] = Evaluator(model, self.ctx, names).error()
+            self._finish(model, result)
+            return ir.passes.PassResult(model, False)
+        if opts.budget is None:
+            T = opts.timesteps(names)
+            table = np.tile(np.asarray(T, np.int64), (n_groups, 1))
+            apply(table)
+            result = {"mode": "explicit", "timesteps": dict(zip(names, T))}
+            if can_measure:
+                result["error"] = Evaluator(model, self.ctx, names).error()
+                counts = token_counts(self.ctx, names, const_mod)
+                if counts.sum():
+                    result["budget_used"] = float(counts @ np.asarray(T) / counts.sum())
+            self._finish(model, result)
+            return ir.passes.PassResult(model, True)
+
+        if not can_measure:
+            raise SpikecError("--budget: the timestep search measures output error on calibration data; pass --calib PATH"
+                              " (or give --tv/--tt instead of --budget)")
+        B = float(opts.budget)
+        counts = token_counts(self.ctx, names, const_mod)
+        present = [m for m in range(len(names)) if counts[m] > 0]
+        if not present:
+            raise SpikecError("--budget: the calibration data has no tokens")
+        weights = np.array([sum(_macs(n) for n in nodes if n.op_type != ops.SPIKE_ENCODE) for nodes in groups], float)
+        weights = np.where(weights > 0, weights, 1.0)
+        frac = counts / counts.sum()
+
+        def budget(table: np.ndarray) -> float:
+            return float(np.sum(weights[:, None] * table * frac[None, :]) / weights.sum())
+
+        ev = Evaluator(model, self.ctx, names)
+        base_T = opts.timesteps(names)
+        tried: dict[tuple, float] = {}
+
+        def err_of(table: np.ndarray) -> float:
+            key = tuple(table.reshape(-1).tolist())
+            if key not in tried:
+                apply(table)
+                tried[key] = ev.error()
+            return tried[key]
+
+        def global_table(choice: dict[int, int]) -> np.ndarray:
+            row = np.array([choice.get(m, base_T[m]) for m in range(len(names))], np.int64)
+            return np.tile(row, (n_groups, 1))
+
+        # 1. global: the Pareto frontier of per-modality T under the budget.
+        feasible = []
+        for combo in itertools.product(range(1, SEARCH_T + 1), repeat=len(present)):
+            if float(np.dot(frac[present], combo)) <= B + 1e-9:
+                feasible.append(combo)
+        frontier = [c for c in feasible if not any(d != c and all(x >= y for x, y in zip(d, c)) for d in feasible)]
+        T_uniform = int(min(SEARCH_T, np.floor(B + 1e-9)))
+        uniform = global_table({m: T_uniform for m in present})
+        uniform_err = err_of(uniform)
+        candidates = []
+        for combo in frontier:
+            table = global_table(dict(zip(present, combo)))
+            candidates.append({"timesteps": {names[m]: int(t) for m, t in zip(present, combo)},
+                               "budget": budget(table), "error": err_of(table)})
+        best = min(candidates + [{"timesteps": {names[m]: T_uniform for m in present}, "budget": budget(uniform),
+                                  "error": uniform_err}], key=lambda c: (c["error"], c["budget"]))
+        best_table = global_table({names.index(k): v for k, v in best["timesteps"].items()})
+        best_err = best["error"]
+        global_choice = dict(best)
+
+        # 2. per layer, guided by MED: the most modality-discrepant layers first.
+        moves = []
+        med = json.loads(model.metadata_props.get(MED_KEY, "{}") or "{}")
+        meds, es = med.get("med") or [], med.get("e") or []
+        if opts.per_layer and len(present) == 2 and meds:
+            order = sorted((l for l in range(min(len(meds), n_groups)) if meds[l] is not None),
+                           key=lambda l: -meds[l])[:REFINE_LAYERS]
+            for l in order:
+                e = es[l]
+                hi, lo = sorted(present, key=lambda m: -(e.get(names[m]) or 0.0))
+                for up, down in ((hi, lo), (lo, hi)):
+                    t = best_table.copy()
+                    t[l, up] += 1
+                    t[l, down] -= 1
+                    if t[l, down] < 1 or t[l, up] > SEARCH_T or budget(t) > B + 1e-9:
+                        continue
+                    err = err_of(t)
+                    accepted = err < best_err
+                    moves.append({"layer": l, "med": meds[l], "more": names[up], "less": names[down],
+                                  "error": err, "accepted": accepted})
+                    if accepted:
+                        best_table, best_err = t, err
+                        break
+        apply(best_table)
+        per_layer = [{"layer": g, "timesteps": {names[m]: int(best_table[g, m]) for m in range(len(names))}}
+                     for g in range(n_groups)]
+        result = {
+            "mode": "budget", "budget": B, "token_counts": {names[m]: int(counts[m]) for m in range(len(names))},
+            "timesteps": global_choice["timesteps"], "global_error": global_choice["error"],
+            "per_layer": per_layer, "budget_used": budget(best_table), "error": best_err,
+            "uniform": {"T": T_uniform, "budget_used": budget(uniform), "error": uniform_err},
+            "candidates": candidates, "layer_moves": moves, "evaluations": ev.evaluations,
+            "error_metric": "mean KL(float || spiking) over text-token logits" if ev.logits
+                            else "relative squared error of the first output",
+        }
+        self._finish(model, result)
+        return ir.passes.PassResult(model, True)
+
+    def _finish(self, model: ir.Model, result: dict) -> None:
+        self.ctx.results["msts"] = result
+        keep = {k: result[k] for k in ("mode", "timesteps", "budget", "budget_used", "error", "uniform") if k in result}
+        model.metadata_props[MSTS_KEY] = json.dumps(keep, sort_keys=True)
+
+
+def _macs(node: ir.Node) -> float:
+    w = node.inputs[2] if node.op_type == ops.QUANT_LINEAR else (node.inputs[3] if len(node.inputs) > 3 else None)
+    if w is not None and w.shape is not None and all(isinstance(d, int) for d in w.shape):
+        return float(np.prod(list(w.shape)[-2:]))
+    return 0.0

@@ -1,0 +1,92 @@
+"""Options and shared state of the spiking passes (quantize ... msts) in one compile.
+
+`SpikeOptions` are the user's choices (the `spikec compile` flags). `CompileContext`
+is what the passes of one graph share: the options, the calibration feeds, the float
+model (captured before the first pass changes anything, so `med` and `msts` can
+compare against it), and `results`, which the compile driver copies into the report
+(CompileReport.extra). Passes also write what later passes need into the model's
+metadata_props (e.g. `spikec.med`), so a dumped IR carries it too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import onnx
+
+from spikec.errors import SpikecError
+from spikec.ops import ACT_SCALES, MAX_T, NEURONS
+
+CALIB_METHODS = ("max", "percentile", "mse")
+DEFAULT_TT, DEFAULT_TV = 4, 3  # the paper's operating point Tv/Tt = 3/4
+
+
+@dataclasses.dataclass
+class SpikeOptions:
+    wbits: int = 8
+    act_scale: str = "auto"  # static | dynamic | auto (static when --calib is given, else dynamic)
+    calib: str | None = None
+    calib_method: str = "max"
+    percentile: float = 99.99
+    calib_samples: int = 8  # image+prompt pairs (or npz feeds) used at most
+    smooth: float | None = None  # SmoothQuant alpha
+    neuron: str = "tc-lif"
+    tv: int | None = None
+    tt: int | None = None
+    budget: float | None = None
+    spike_attention: bool = False
+    per_layer: bool = True  # msts may refine T per layer
+
+    def validate(self) -> "SpikeOptions":
+        if self.wbits not in (4, 8):
+            raise SpikecError(f"--wbits {self.wbits}: weights are int8 or int4 (--wbits 8 or 4)")
+        if self.act_scale not in ACT_SCALES + ("auto",):
+            raise SpikecError(f"--act-scale {self.act_scale}: choose static or dynamic")
+        if self.calib_method not in CALIB_METHODS:
+            raise SpikecError(f"--calib-method {self.calib_method}: choose one of {', '.join(CALIB_METHODS)}")
+        if not 0 < self.percentile <= 100:
+            raise SpikecError(f"--percentile {self.percentile}: must be in (0, 100]")
+        if self.smooth is not None and not 0 <= self.smooth <= 1:
+            raise SpikecError(f"--smooth {self.smooth}: alpha must be in [0, 1]")
+        if self.neuron not in NEURONS:
+            raise SpikecError(f"--neuron {self.neuron}: choose one of {', '.join(NEURONS)}")
+        for flag, t in (("--tv", self.tv), ("--tt", self.tt)):
+            if t is not None and not 1 <= t <= MAX_T:
+                raise SpikecError(f"{flag} {t}: timesteps must be 1..{MAX_T} (T = 0 would carry no spikes)")
+        if self.budget is not None:
+            if not 1 <= self.budget <= MAX_T:
+                raise SpikecError(f"--budget {self.budget}: effective timesteps per token must be in 1..{MAX_T}")
+            if self.tv is not None and self.tt is not None:
+                raise SpikecError("--budget: give either --budget or both --tv and --tt, not all three")
+        if self.act_scale == "static" and not self.calib:
+            raise SpikecError("--act-scale static: static activation scales need calibration data; pass --calib PATH "
+                              "(a folder of image+prompt pairs or an .npz of graph inputs) or use --act-scale dynamic")
+        if self.calib_samples < 1:
+            raise SpikecError(f"--calib-samples {self.calib_samples}: must be >= 1")
+        return self
+
+    @property
+    def static(self) -> bool:
+        return self.act_scale == "static" or (self.act_scale == "auto" and bool(self.calib))
+
+    def timesteps(self, names: list[str]) -> list[int]:
+        """Per-modality T from --tv/--tt (defaults 3/4); unknown modalities get Tt."""
+        tt = self.tt if self.tt is not None else DEFAULT_TT
+        tv = self.tv if self.tv is not None else DEFAULT_TV
+        return [tv if n == "vision" else tt for n in names]
+
+
+@dataclasses.dataclass
+class CompileContext:
+    options: SpikeOptions = dataclasses.field(default_factory=SpikeOptions)
+    feeds: list[dict] | None = None  # calibration feeds of this graph (None: no calibration data)
+    calib_source: str = ""
+    float_model: onnx.ModelProto | None = None  # the graph before quantization
+    graph_modality: int | None = None  # modality id of every token when the graph has no modality input
+    results: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def require_feeds(self, who: str) -> list[dict]:
+        if not self.feeds:
+            raise SpikecError(f"pass '{who}': needs calibration data; pass --calib PATH")
+        return self.feeds

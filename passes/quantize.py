@@ -1,0 +1,389 @@
+"""quantize: every linear layer (MatMul/Gemm over a constant weight) becomes spikec::QuantLinear.
+
+What it does, in order:
+1. find the linear layers: MatMul(x, W) or Gemm(x, W, C) with W a constant (initializer,
+   Constant node, or a Transpose of one: the transpose is folded), and a following
+   Add of a constant [N] vector fused as the bias. Attention products (both operands
+   activations) become spikec::QuantMatMul with --spike-attention, else stay float.
+   Everything else matrix-like (Conv patch embeddings, Gemm with transA, ...) stays
+   float; the report lists each with the reason.
+2. SmoothQuant (--smooth ALPHA): per input channel j, s_j = max|X_j|^a / max|W_j|^(1-a)
+   over calibration data; W <- diag(s) W and X <- X / s, where X / s is folded into the
+   producer of X so the graph gains no op: the weight of a norm (Mul by a constant
+   vector, LayerNormalization scale and bias), or the output columns of a preceding
+   linear layer feeding X through Mul (the SwiGLU up-projection) or directly. Layers
+   whose input has another producer are not smoothed (reported).
+3. weights: per output channel symmetric, round to nearest (spikec.reference).
+4. activations: static per-modality clip tables from calibration (max, percentile,
+   mse), or dynamic per-token scales; see spikec.ops for the semantics.
+
+The QuantLinear keeps the MatMul's node name, so reports, MED and the float model line up.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+
+import numpy as np
+import onnx_ir as ir
+
+from spikec import calibration as C
+from spikec import ir as spir
+from spikec import ops
+from spikec import reference as R
+from spikec.errors import SpikecError
+from spikec.passes.manager import SpikecPass
+from spikec.passes.options import CompileContext
+
+log = logging.getLogger(__name__)
+
+MODALITY_INPUT = "modality"
+FLOAT_MATRIX_OPS = ("Conv", "ConvTranspose", "Einsum", "MatMulInteger", "QLinearMatMul", "Gemm", "MatMul")
+
+
+@dataclasses.dataclass
+class Linear:
+    node: ir.Node  # the MatMul / Gemm
+    x: ir.Value
+    w: np.ndarray  # float32 [K, N]
+    bias: np.ndarray | None
+    out: ir.Value  # the value the QuantLinear replaces (the bias Add's output when fused)
+    old_nodes: list[ir.Node]
+
+
+def const_array(v: ir.Value | None) -> np.ndarray | None:
+    """The value as a constant array: an initializer, a Constant node, or Transpose of one."""
+    if v is None:
+        return None
+    if v.const_value is not None:
+        return v.const_value.numpy()
+    p = v.producer()
+    if p is None:
+        return None
+    if p.op_type == "Constant" and p.domain in ("", "ai.onnx"):
+        a = p.attributes.get("value")
+        return None if a is None else a.value.numpy()
+    if p.op_type == "Transpose" and p.domain in ("", "ai.onnx"):
+        inner = const_array(p.inputs[0])
+        if inner is None:
+            return None
+        perm = ops.attr(p, "perm")
+        return np.transpose(inner, perm) if perm is not None else inner.T
+    return None
+
+
+def graph_modality_input(model: ir.Model) -> ir.Value | None:
+    for v in model.graph.inputs:
+        if v.name == MODALITY_INPUT:
+            return v
+    return None
+
+
+def _single_consumer(v: ir.Value) -> ir.Node | None:
+    users = {id(u.node): u.node for u in v.uses()}
+    return next(iter(users.values())) if len(users) == 1 else None
+
+
+def _is_graph_output(model: ir.Model, v: ir.Value) -> bool:
+    return any(o is v for o in model.graph.outputs)
+
+
+def _bias_of(model: ir.Model, out: ir.Value, n: int) -> tuple[np.ndarray | None, ir.Node | None]:
+    """A following Add of a constant [N] vector (either operand order)."""
+    if _is_graph_output(model, out):
+        return None, None
+    add = _single_consumer(out)
+    if add is None or add.op_type != "Add" or add.domain not in ("", "ai.onnx"):
+        return None, None
+    other = add.inputs[1] if add.inputs[0] is out else add.inputs[0]
+    b = const_array(other)
+    if b is None or b.size != n or b.shape[-1:] != (n,):
+        return None, None
+    return b.reshape(n).astype(np.float32), add
+
+
+def find_linears(model: ir.Model) -> tuple[list[Linear], list[ir.Node], list[dict]]:
+    """(linear layers, attention products, [{name, op, reason}] left in float)."""
+    linears, attention, floats = [], [], []
+    for node in list(model.graph):
+        if node.domain not in ("", "ai.onnx") or node.op_type not in FLOAT_MATRIX_OPS:
+            continue
+        where = {"name": node.name, "op": node.op_type}
+        if node.op_type in ("Conv", "ConvTranspose"):
+            floats.append({**where, "reason": "convolution (e.g. a patch embedding) is not a MatMul/Gemm linear layer"})
+            continue
+        if node.op_type in ("Einsum", "MatMulInteger", "QLinearMatMul"):
+            floats.append({**where, "reason": f"{node.op_type} is not rewritten (export MatMul/Gemm instead)"})
+            continue
+        a, b = node.inputs[0], node.inputs[1]
+        w = const_array(b)
+        if node.op_type == "MatMul":
+            if w is None:
+                if const_array(a) is None:
+                    attention.append(node)
+                else:
+                    floats.append({**where, "reason": "constant left operand (weight @ activation)"})
+                continue
+            if w.ndim != 2:
+                floats.append({**where, "reason": f"weight of rank {w.ndim} (only [K, N] weights are linear layers)"})
+                continue
+            w = w.astype(np.float32)
+            bias, add = _bias_of(model, node.outputs[0], w.shape[1])
+            old = [node] + ([add] if add is not None else [])
+            out = add.outputs[0] if add is not None else node.outputs[0]
+            linears.append(Linear(node, a, w, bias, out, old))
+            continue
+        # Gemm: Y = alpha * A' @ B' + beta * C
+        if ops.attr(node, "transA", 0):
+            floats.append({**where, "reason": "Gemm with transA=1"})
+            continue
+        if w is None or w.ndim != 2:
+            floats.append({**where, "reason": "Gemm whose B is not a constant 2-D weight"})
+            continue
+        w = (w.T if ops.attr(node, "transB", 0) else w).astype(np.float32) * np.float32(ops.attr(node, "alpha", 1.0))
+        bias = None
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            c = const_array(node.inputs[2])
+            if c is None or c.size != w.shape[1]:
+                floats.append({**where, "reason": "Gemm whose C is not a constant [N] bias"})
+                continue
+            bias = (c.reshape(-1) * np.float32(ops.attr(node, "beta", 1.0))).astype(np.float32)
+        linears.append(Linear(node, a, w, bias, node.outputs[0], [node]))
+    return linears, attention, floats
+
+
+# ---------------------------------------------------------------- SmoothQuant
+
+
+def _smooth_target(x: ir.Value, group: list[Linear], by_out: dict[int, Linear]):
+    """Where X / s can be folded: ('norm', node), ('layernorm', node), ('linear', Linear) or ('', why)."""
+    consumers = {id(u.node) for u in x.uses()}
+    if consumers != {id(g.node) for g in group}:
+        return "", "its input also feeds ops other than linear layers"
+    if id(x) in by_out:  # directly the output of another linear layer
+        return "linear", by_out[id(x)]
+    p = x.producer()
+    if p is None:
+        return "", "its input is a graph input"
+    k = group[0].w.shape[0]
+    if p.op_type == "LayerNormalization" and p.inputs[1] is not None and p.inputs[1].const_value is not None \
+            and len(p.inputs[1].uses()) == 1:
+        return "layernorm", p
+    if p.op_type == "Mul":
+        for i in (0, 1):
+            v = p.inputs[i]
+            c = v.const_value
+            if c is not None and c.numpy().ndim >= 1 and c.numpy().shape[-1] == k and len(v.uses()) == 1:
+                return "norm", p
+        for i in (0, 1):  # SwiGLU: act(gate) * up, with up a linear layer used only here
+            up = by_out.get(id(p.inputs[i]))
+            if up is not None and len(p.inputs[i].uses()) == 1 and p.inputs[1 - i] is not p.inputs[i]:
+                return "linear", up
+    return "", f"its input comes from {p.op_type} '{p.name}', which is neither a norm weight nor a linear layer"
+
+
+def smooth(linears: list[Linear], feeds: list[dict], alpha: float, float_proto) -> tuple[dict, list[dict]]:
+    """Apply SmoothQuant in place (weights in `linears`, the producers' constants in the model).
+
+    Returns ({activation name: s}, notes): the smoothed activation is X / s."""
+    groups: dict[int, list[Linear]] = {}
+    for lin in linears:
+        groups.setdefault(id(lin.x), []).append(lin)
+    by_out = {id(lin.out): lin for lin in linears}
+    acts = C.run_ort(float_proto, feeds, [g[0].x.name for g in groups.values()])
+    scales, notes = {}, []
+    for group in groups.values():
+        x = group[0].x
+        kind, target = _smooth_target(x, group, by_out)
+        names = [g.node.name for g in group]
+        if not kind:
+            notes.extend({"name": n, "smoothed": False, "reason": target} for n in names)
+            continue
+        xmax = np.max([np.abs(a[x.name]).reshape(-1, a[x.name].shape[-1]).max(axis=0) for a in acts], axis=0)
+        wmax = np.max([np.abs(g.w).max(axis=1) for g in group], axis=0)
+        s = (np.power(np.maximum(xmax, 1e-5), alpha) / np.power(np.maximum(wmax, 1e-5), 1 - alpha)).astype(np.float32)
+        s = np.where(np.isfinite(s) & (s > 0), s, np.float32(1.0)).astype(np.float32)
+        for g in group:
+            g.w = (g.w * s[:, None]).astype(np.float32)
+        if kind == "linear":
+            target.w = (target.w / s[None, :]).astype(np.float32)
+            if target.bias is not None:
+                target.bias = (target.bias / s).astype(np.float32)
+            where = f"linear '{target.node.name}'"
+        else:
+            idx = (1, 2) if kind == "layernorm" else tuple(i for i in (0, 1) if target.inputs[i].const_value is not None)[:1]
+            for i in idx:
+                v = target.inputs[i] if len(target.inputs) > i else None
+                if v is not None and v.const_value is not None:
+                    v.const_value = ir.Tensor((v.const_value.numpy() / s).astype(np.float32), name=v.name)
+            where = f"{target.op_type} '{target.name}'"
+        scales[x.name] = s
+        notes.extend({"name": n, "smoothed": True, "folded_into": where} for n in names)
+    return scales, notes
+
+
+# ---------------------------------------------------------------- the pass
+
+
+def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+    base, k = name, 1
+    while name in graph.initializers:
+        name, k = f"{base}_{k}", k + 1
+    v = ir.Value(name=name, type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), shape=ir.Shape(array.shape),
+                 const_value=ir.Tensor(array, name=name))
+    graph.register_initializer(v)
+    return v
+
+
+def _replace(model: ir.Model, old_nodes: list[ir.Node], old_out: ir.Value, new: ir.Node) -> None:
+    new_out = new.outputs[0]
+    new_out.shape, new_out.type = old_out.shape, old_out.type
+    ir.convenience.replace_nodes_and_values(model.graph, old_nodes[-1], old_nodes, [new], [old_out], [new_out])
+
+
+def _drop_unused_initializers(model: ir.Model, values) -> None:
+    """Remove the replaced weights: unused initializers, and the Constant/Transpose nodes
+    that produced a folded weight once nothing reads them."""
+    stack = [v for v in values if v is not None]
+    while stack:
+        v = stack.pop()
+        if v.uses() or _is_graph_output(model, v):
+            continue
+        if v.name in model.graph.initializers:
+            model.graph.initializers.pop(v.name)
+            continue
+        p = v.producer()
+        if p is not None and p.op_type in ("Constant", "Transpose") and p.graph is model.graph \
+                and not any(o.uses() or _is_graph_output(model, o) for o in p.outputs):
+            inputs = list(p.inputs)
+            model.graph.remove(p, safe=True)
+            stack.extend(i for i in inputs if i is not None)
+
+
+def modality_of_graph(model: ir.Model, ctx: CompileContext) -> tuple[ir.Value | None, int]:
+    names = ops.modalities(model)
+    mod_in = graph_modality_input(model)
+    if mod_in is not None:
+        return mod_in, -1
+    if ctx.graph_modality is not None:
+        return None, ctx.graph_modality
+    guess = "vision" if any(v.name == "pixel_values" for v in model.graph.inputs) else "text"
+    return None, names.index(guess) if guess in names else 0
+
+
+def capture_float(model: ir.Model, ctx: CompileContext, *, refresh: bool = False) -> None:
+    """Keep the float graph for med/msts (only while the graph has no spikec ops yet).
+
+    `refresh` replaces an earlier capture: quantize captures the graph as the clean-up
+    passes left it, so the value names med and msts look up are those of this graph."""
+    if (ctx.float_model is None or refresh) and not ops.spikec_nodes(model):
+        ctx.float_model = spir.inline_external_tensors(spir.to_proto(model), model)
+
+
+class Quantize(SpikecPass):
+    """Weights per output channel (int8/int4), activations static per modality or dynamic per token."""
+
+    name = "quantize"
+    guarantees = ("quantized",)
+    invalidates = ("shapes-inferred",)
+    uses_context = True
+
+    def __init__(self, context: CompileContext | None = None) -> None:
+        self.ctx = context or CompileContext()
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        opts = self.ctx.options.validate()
+        capture_float(model, self.ctx, refresh=True)
+        ops.ensure_opset(model)
+        names = ops.modalities(model)
+        mod_in, const_mod = modality_of_graph(model, self.ctx)
+        T = opts.timesteps(names)
+        linears, attention, floats = find_linears(model)
+        static = opts.static
+        if static and linears and not self.ctx.feeds:
+            raise SpikecError("--act-scale static: no calibration data for this graph; pass --calib PATH "
+                              "or use --act-scale dynamic")
+        smooth_notes, smooth_s = [], {}
+        if opts.smooth is not None:
+            feeds = self.ctx.require_feeds("quantize (--smooth)")
+            smooth_s, smooth_notes = smooth(linears, feeds, opts.smooth, self.ctx.float_model)
+        clips = {}
+        if static and linears:
+            # Activations of the float graph; a smoothed layer sees X / s (its producer was rescaled).
+            acts = C.run_ort(self.ctx.float_model, self.ctx.feeds, [lin.x.name for lin in linears] +
+                             ([MODALITY_INPUT] if mod_in is not None else []))
+            for lin in linears:
+                rows = [[] for _ in names]
+                s = smooth_s.get(lin.x.name, np.float32(1.0))
+                for a in acts:
+                    x = (a[lin.x.name] / s).astype(np.float32)
+                    per = C.tokens_by_modality(x, a.get(MODALITY_INPUT), const_mod, len(names), lin.node.name)
+                    for m, r in enumerate(per):
+                        rows[m].append(r)
+                clips[lin.node.name] = np.stack(
+                    [C.clip_row(np.concatenate(r) if r else np.zeros((0, 1), np.float32), opts.calib_method,
+                                opts.percentile) for r in rows])
+        layers = []
+        for lin in linears:
+            w = lin.w
+            s_w = R.scale_per_channel(w, opts.wbits)
+            w_q = R.quantize(w, s_w, R.qmax(opts.wbits), lin.node.name).astype(np.int8)
+            base = lin.node.name or lin.out.name
+            inputs = [lin.x, mod_in, _initializer(model.graph, f"{base}.W_q", w_q),
+                      _initializer(model.graph, f"{base}.s_w", s_w)]
+            if lin.bias is not None:
+                inputs.append(_initializer(model.graph, f"{base}.bias", lin.bias))
+            attrs = [ir.AttrInt64("wbits", opts.wbits), ir.AttrInt64s("timesteps", T),
+                     ir.AttrString("act_scale", "static" if static else "dynamic")]
+            if static:
+                attrs.append(ir.AttrFloat32s("act_clip", [float(c) for c in clips[lin.node.name].reshape(-1)]))
+            if mod_in is None:
+                attrs.append(ir.AttrInt64("modality_id", const_mod))
+            old_inputs = [v for n in lin.old_nodes for v in n.inputs]
+            new = ir.Node(ops.DOMAIN, ops.QUANT_LINEAR, inputs, attrs, name=lin.node.name, num_outputs=1)
+            self._guard(new, w.shape[0], T, opts.wbits)
+            _replace(model, lin.old_nodes, lin.out, new)
+            _drop_unused_initializers(model, old_inputs)
+            row = {"name": lin.node.name, "kind": "linear", "K": int(w.shape[0]), "N": int(w.shape[1]),
+                   "wbits": opts.wbits, "act_scale": "static" if static else "dynamic", "bias": lin.bias is not None}
+            if static:
+                row["clip"] = {names[m]: _num(clips[lin.node.name][m, T[m] - 1]) for m in range(len(names))}
+            layers.append(row)
+        for node in attention:
+            if not opts.spike_attention:
+                floats.append({"name": node.name, "op": "MatMul",
+                               "reason": "attention product (activation x activation); --spike-attention converts it"})
+                continue
+            a, b = node.inputs[0], node.inputs[1]
+            attrs = [ir.AttrInt64s("timesteps", T), ir.AttrInt64("bbits", 8)]
+            if mod_in is None:
+                attrs.append(ir.AttrInt64("modality_id", const_mod))
+            new = ir.Node(ops.DOMAIN, ops.QUANT_MATMUL, [a, b, mod_in], attrs, name=node.name, num_outputs=1)
+            k = a.shape[-1] if a.shape is not None and len(a.shape) else None
+            if isinstance(k, int):
+                self._guard(new, k, T, 8)
+            _replace(model, [node], node.outputs[0], new)
+            layers.append({"name": node.name, "kind": "attention", "K": k if isinstance(k, int) else None,
+                           "wbits": 8, "act_scale": "dynamic"})
+        for note in smooth_notes:
+            next((r for r in layers if r["name"] == note["name"]), {})["smooth"] = note
+        self.ctx.results["quantize"] = {
+            "wbits": opts.wbits, "act_scale": "static" if static else "dynamic",
+            "calib_method": opts.calib_method if static else None, "smooth_alpha": opts.smooth,
+            "timesteps": dict(zip(names, T)), "layers": layers, "float": floats,
+        }
+        log.info("quantize: %d linear, %d attention, %d left float", len(linears), len(layers) - len(linears), len(floats))
+        return ir.passes.PassResult(model, bool(layers))
+
+    @staticmethod
+    def _guard(node: ir.Node, K: int, T, wbits: int) -> None:
+        try:
+            ops.check_overflow_now(node, K, T, wbits)
+        except SpikecError as exc:
+            raise SpikecError(f"quantize: {exc}") from None
+
+
+def _num(x) -> float | None:
+    x = float(x)
+    return None if np.isnan(x) else x

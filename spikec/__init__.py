@@ -14,4 +14,15 @@ try:
 except PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0.0.0+unknown"
 
-__all__ = ["SpikecError", "__version__"]
+
+
+def load(path, *, target: str = "ort", mode: str = "fused", threads: int | None = None):
+    """Open a compiled model (.sbin): `spikec.load("model.sbin").generate(image, prompt)`.
+
+    See spikec.runtime.model.CompiledModel."""
+    from spikec.runtime.model import load as _load
+
+    return _load(path, target=target, mode=mode, threads=threads)
+
+
+__all__ = ["SpikecError", "__version__", "load"]

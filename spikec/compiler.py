@@ -8,6 +8,7 @@ later .sbin container replaces only it).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import shutil
@@ -168,6 +169,11 @@ def write_output(kind: str, output: Path, graphs: dict[str, ir.Model], *, report
         if proc and (source_dir / proc).is_dir():
             shutil.copytree(source_dir / proc, tmp / proc)
         manifest["compiled"] = {"by": "spikec compile", "passes": "see report.json"}
+        # T per modality as msts chose it, per graph (what `spikec inspect` shows)
+        manifest["timesteps"] = {
+            role: (reports.get(role, {}).get("msts") or {}).get("timesteps")
+            for role in graphs if isinstance((reports.get(role, {}).get("msts") or {}).get("timesteps"), dict)
+        }
         atomic.write_text(tmp / "manifest.json", json.dumps(manifest, indent=2) + "\n")
         atomic.write_text(tmp / "report.json", json.dumps(reports, indent=2, default=_json_default) + "\n")
     return [output]
@@ -274,7 +280,14 @@ def compile_folder(
 
 
 def compile_path(input_path: str | Path, output: str | Path, **kw) -> CompileReport:
-    """A folder with manifest.json compiles as an export folder, anything else as one ONNX file."""
+    """A folder with manifest.json compiles as an export folder, anything else as one ONNX file.
+
+    An OUTPUT ending in .sbin gets the whole compiled model packed into one container
+    (docs/sbin.md): the folder is compiled beside it under a temporary name, packed with
+    the compile report, and removed."""
+    output = Path(output)
+    if output.suffix == ".sbin":
+        return _compile_to_sbin(Path(input_path), output, **kw)
     p = Path(input_path)
     if p.is_dir():
         if not (p / "manifest.json").is_file():
@@ -282,3 +295,35 @@ def compile_path(input_path: str | Path, output: str | Path, **kw) -> CompileRep
         return compile_folder(p, output, **kw)
     kw.setdefault("pipeline", None)
     return compile_onnx(p, output, **kw)
+
+
+def _compile_to_sbin(input_path: Path, output: Path, **kw) -> CompileReport:
+    import tempfile
+
+    from spikec.isa.container import SectionKind
+    from spikec.package import pack_folder
+
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.build-", dir=output.parent) as tmp:
+        folder = Path(tmp) / "model"
+        if input_path.is_dir():
+            report = compile_path(input_path, folder, **kw)
+        else:
+            folder.mkdir()
+            kw.setdefault("pipeline", None)
+            report = compile_onnx(input_path, folder / "model.onnx", **kw)
+            manifest = {"format": "spikec-model", "version": 1, "source": str(input_path),
+                        "modality": {name: i for i, name in enumerate(ops.DEFAULT_MODALITIES)},
+                        "graphs": {"model": {"file": "model.onnx", "role": "model"}}}
+            msts = (report.extra.get("msts") or {}).get("timesteps")
+            if isinstance(msts, dict):
+                manifest["timesteps"] = {"model": msts}
+            atomic.write_text(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+        report_json = json.dumps(dataclasses.asdict(report), indent=2, default=_json_default, sort_keys=True)
+        # wall times differ run to run; the container must not, so the packed report drops them
+        packed = json.loads(report_json)
+        for rec in packed.get("passes", []):
+            rec.pop("wall_s", None)
+        pack_folder(folder, output, extra=[("report", SectionKind.JSON,
+                                            (json.dumps(packed, indent=2, sort_keys=True) + "\n").encode())])
+    return report

@@ -1,4 +1,4 @@
-"""`spikec inspect`: summarise a model file."""
+"""`spikec inspect`: summarise an ONNX model or a .sbin file."""
 
 from __future__ import annotations
 
@@ -8,31 +8,75 @@ from pathlib import Path
 import click
 
 
+def _print_onnx_summary(info: dict, indent: str = "") -> None:
+    def fmt(v: dict) -> str:
+        shape = "?" if v["shape"] is None else "[" + ", ".join(str(d) for d in v["shape"]) + "]"
+        return f"{indent}  {v['name']}: {v['dtype']} {shape}"
+
+    click.echo(f"{indent}inputs:")
+    for v in info["inputs"]:
+        click.echo(fmt(v))
+    click.echo(f"{indent}outputs:")
+    for v in info["outputs"]:
+        click.echo(fmt(v))
+    click.echo(f"{indent}opsets: " + ", ".join(f"{d or 'ai.onnx'}={v}" for d, v in info["opsets"].items()))
+    click.echo(f"{indent}parameters: {info['parameters']:,} ({info['parameter_bytes']:,} bytes)")
+    click.echo(f"{indent}nodes: {info['nodes']}")
+    for op, n in sorted(info["ops"].items(), key=lambda kv: (-kv[1], kv[0])):
+        click.echo(f"{indent}  {op:<32} {n:>6}")
+
+
+def _inspect_sbin(path: Path, as_json: bool) -> None:
+    import onnx_ir as ir
+
+    from spikec import ir as spir
+    from spikec.package import SbinModel
+
+    with SbinModel(path) as m:
+        sections = [
+            {"name": s.name, "kind": getattr(s.kind, "name", str(s.kind)), "offset": s.offset, "size": s.size}
+            for s in m.file.sections.values()
+        ]
+        graphs = {role: spir.summary(ir.from_proto(m.graph(role))) for role in m.roles}
+        manifest = m.manifest
+    info = {
+        "file": str(path),
+        "size": path.stat().st_size,
+        "sections": sections,
+        "modality": manifest.get("modality"),
+        "timesteps": manifest.get("timesteps"),
+        "graphs": graphs,
+    }
+    if as_json:
+        click.echo(json.dumps(info, indent=2))
+        return
+    click.echo(f"{path}: .sbin, {info['size']:,} bytes, {len(sections)} sections")
+    for s in sections:
+        click.echo(f"  {s['name']:<40} {s['kind']:<9} {s['size']:>12,} bytes @ {s['offset']}")
+    if info["modality"]:
+        click.echo("modalities: " + ", ".join(f"{k}={v}" for k, v in info["modality"].items()))
+    if info["timesteps"]:
+        click.echo("timesteps per modality: " + json.dumps(info["timesteps"], sort_keys=True))
+    for role, summary in graphs.items():
+        click.echo(f"graph '{role}':")
+        _print_onnx_summary(summary, indent="  ")
+
+
 @click.command("inspect")
 @click.argument("path", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON.")
 def inspect_command(path: Path, as_json: bool) -> None:
-    """Show a model's inputs/outputs, op histogram and parameter count."""
+    """Summarise PATH: an ONNX model (I/O, op histogram, parameters) or a .sbin
+    (sections, timesteps per modality, and each graph's summary)."""
     from spikec import ir as spir
+    from spikec.isa.container import is_sbin
 
+    if is_sbin(path):
+        _inspect_sbin(path, as_json)
+        return
     info = spir.summary(spir.load_model(path))
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return
-
-    def fmt(v: dict) -> str:
-        shape = "?" if v["shape"] is None else "[" + ", ".join(str(d) for d in v["shape"]) + "]"
-        return f"  {v['name']}: {v['dtype']} {shape}"
-
     click.echo(f"{path}")
-    click.echo("inputs:")
-    for v in info["inputs"]:
-        click.echo(fmt(v))
-    click.echo("outputs:")
-    for v in info["outputs"]:
-        click.echo(fmt(v))
-    click.echo("opsets: " + ", ".join(f"{d or 'ai.onnx'}={v}" for d, v in info["opsets"].items()))
-    click.echo(f"parameters: {info['parameters']:,} ({info['parameter_bytes']:,} bytes)")
-    click.echo(f"nodes: {info['nodes']}")
-    for op, n in sorted(info["ops"].items(), key=lambda kv: (-kv[1], kv[0])):
-        click.echo(f"  {op:<32} {n:>6}")
+    _print_onnx_summary(info)

@@ -1,0 +1,102 @@
+"""`spikec.load(path)`: one Python API over a compiled model, whatever the target.
+
+    model = spikec.load("model.sbin")                 # target "ort", fused mode
+    print(model.generate(image, "What digit is this?"))
+    outputs = model.run({"inputs_embeds": ...}, graph="lm")
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from spikec.errors import SpikecError
+
+TARGETS = ("ort",)
+
+
+class CompiledModel:
+    """A .sbin opened on a target. Close it (or use `with`) to release the file."""
+
+    def __init__(self, path: str | os.PathLike, *, target: str = "ort", mode: str = "fused",
+                 threads: int | None = None) -> None:
+        from spikec.package import SbinModel
+        from spikec.runtime import ort_target
+
+        if target not in TARGETS:
+            raise SpikecError(f"--target: '{target}' is not available (targets: {', '.join(TARGETS)})")
+        self.path = Path(path)
+        self.target, self.mode = target, mode
+        self.sbin = SbinModel(self.path)
+        self.manifest = self.sbin.manifest
+        self.sessions = ort_target.create_sessions(self.sbin, mode, threads or ort_target.default_threads())
+        self._generator = None
+
+    @property
+    def modality_names(self) -> list[str]:
+        table = self.manifest.get("modality") or {"text": 0, "vision": 1}
+        return [name for name, _ in sorted(table.items(), key=lambda kv: kv[1])]
+
+    def generator(self):
+        """The front end's greedy generation loop, driven by this target's sessions."""
+        if self._generator is None:
+            from spikec.frontend.generate import OrtGenerator
+
+            self._generator = OrtGenerator(self.sbin.folder(), sessions=self.sessions)
+        return self._generator
+
+    def generate(self, image: Any, prompt: str, max_new_tokens: int = 32) -> str:
+        """Image (a PIL image or a path) + prompt -> text, greedy."""
+        if isinstance(image, (str, os.PathLike)):
+            image = load_image(image)
+        return self.generator().generate(image, prompt, max_new_tokens=max_new_tokens)
+
+    def run(self, feeds: dict[str, np.ndarray], graph: str | None = None) -> dict[str, np.ndarray]:
+        """Raw tensors through one graph (by role; the only graph if there is one)."""
+        if graph is None:
+            if len(self.sessions) != 1:
+                raise SpikecError(f"--graph: choose one of {', '.join(sorted(self.sessions))}")
+            graph = next(iter(self.sessions))
+        sess = self.sessions.get(graph)
+        if sess is None:
+            raise SpikecError(f"--graph: no graph '{graph}' (graphs: {', '.join(sorted(self.sessions))})")
+        outs = sess.run(None, feeds)
+        return dict(zip(sess.output_names, outs))
+
+    def stats(self) -> dict:
+        """Spike statistics accumulated so far (exact mode records them)."""
+        from spikec.runtime.ort_target import spike_stats
+
+        if self.mode != "exact":
+            raise SpikecError("spike statistics need mode='exact' (bit-identical to fused, but it counts spikes)")
+        return spike_stats(self.sessions, self.modality_names)
+
+    def close(self) -> None:
+        self.sbin.close()
+
+    def __enter__(self) -> "CompiledModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def load_image(path: str | os.PathLike):
+    from PIL import Image, UnidentifiedImageError
+
+    p = Path(path)
+    if not p.is_file():
+        raise SpikecError(f"--image {p}: no such file")
+    try:
+        with Image.open(p) as im:
+            return im.convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise SpikecError(f"--image {p}: not an image ({exc})") from None
+
+
+def load(path: str | os.PathLike, *, target: str = "ort", mode: str = "fused", threads: int | None = None) -> CompiledModel:
+    """Open a compiled model (.sbin) on a target."""
+    return CompiledModel(path, target=target, mode=mode, threads=threads)

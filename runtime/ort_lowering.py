@@ -1,0 +1,473 @@
+"""Spiking ops on stock onnxruntime: lower the `spikec` domain to model-local functions.
+
+Every spikec node becomes a call to a function in the domain `spikec.ort` whose body
+uses only standard ONNX ops; onnxruntime inlines model-local functions when it
+builds a session, so users need no native library. (PyOp custom ops from
+onnxruntime-extensions would also work, but cross into Python on every call.)
+Per-node constants -- T, scales and code widths per modality, the rate-IF offset
+fold -- become small initializers passed as function inputs, so one function body
+serves every node of a variant and the graph stays readable in Netron.
+
+Two modes, bit-identical to each other and to `spikec.reference`:
+
+- fused (default): a spiking product is computed as integer products. onnxruntime's
+  MatMulInteger takes uint8 activations with a zero point and int8 weights, so a
+  TC-LIF code |q| <= 127 (T <= 7) is one MatMulInteger of (q + 128) with zero point
+  128. Wider codes (T up to 16) are split into 7-bit digit groups, q = sum_j 128^j d_j,
+  and accumulated Horner-style in int32 -- the same bit-serial identity as the spike
+  planes, seven planes at a time.
+- exact: the spike planes themselves. For TC-LIF, plane t of a code is
+  sign(q) * bit_(T_max-1-t)(|q|) (zero planes at the top for tokens with fewer steps),
+  accumulated as acc <- 2 acc + S_t @ W; for rate IF, plane t is [c > t] of the offset
+  code c. Each spiking op also outputs its spike count per modality, which the
+  runtime turns into spike rates and synaptic operations.
+
+A third mode, fakequant, is the ANN baseline the spiking model is compared with: the
+same codes and scales, but the product is a float32 MatMul of the codes (what
+"fake quantization" means in ANN quantization). It equals the integer product only
+while every partial sum is an integer below 2**24, which the lowering checks per node
+(K * (2**T - 1) * Qw < 2**24); it exists to test the other two against an independent
+formulation and for the accuracy table, not for speed.
+
+Numerics follow SEMANTICS.md and the reference's float32 order:
+q = clip(round_half_even(x / s), -Q, Q) with one float32 division; the scale is the
+per-modality static value (precomputed in float32 exactly as the reference does) or
+the dynamic per-token max|x| / Q; y = (float32(acc) * s_x) * s_w (+ bias).
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from onnx import TensorProto, helper
+
+from spikec import ops as sops
+from spikec import reference as R
+from spikec.errors import SpikecError
+
+log = logging.getLogger(__name__)
+
+DOMAIN = "spikec.ort"
+VERSION = 1
+STATS_PREFIX = "spikec.spikes/"
+DIGIT_BITS = 7  # |digit| <= 127: q + 128 fits uint8 for MatMulInteger
+MODES = ("fused", "exact", "fakequant")
+
+
+# ---------------------------------------------------------------- function bodies
+
+
+def _fn(name: str, inputs: list[str], outputs: list[str], nodes: list[onnx.NodeProto], opset: int) -> onnx.FunctionProto:
+    return helper.make_function(
+        DOMAIN, name, inputs, outputs, nodes, opset_imports=[helper.make_opsetid("", opset)]
+    )
+
+
+def _c(name: str, value, dtype=np.float32) -> onnx.NodeProto:
+    return helper.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
+
+
+def _encode_fn(name: str, dynamic: bool, opset: int) -> onnx.FunctionProto:
+    """(x, s_tok, q_tok) -> (q int32, s float32 [..., N, 1]).
+
+    s_tok / q_tok are the per-token static scale and largest code (float32, [..., N, 1]);
+    for dynamic scales s_tok is unused and the scale is max|x| / Q per token."""
+    n = []
+    if dynamic:
+        n += [
+            helper.make_node("Abs", ["x"], ["ax"]),
+            _c("axes", [-1], np.int64),
+            helper.make_node("ReduceMax", ["ax", "axes"], ["amax"], keepdims=1),
+            helper.make_node("Div", ["amax", "q_tok"], ["s0"]),
+            _c("zero", 0.0),
+            _c("one", 1.0),
+            helper.make_node("Greater", ["s0", "zero"], ["pos"]),
+            helper.make_node("Where", ["pos", "s0", "one"], ["s"]),
+        ]
+    else:
+        n += [helper.make_node("Identity", ["s_tok"], ["s"])]
+    n += [
+        helper.make_node("Div", ["x", "s"], ["xs"]),
+        helper.make_node("Round", ["xs"], ["r"]),  # half to even, as QuantizeLinear
+        helper.make_node("Neg", ["q_tok"], ["nq"]),
+        helper.make_node("Max", ["r", "nq"], ["r1"]),
+        helper.make_node("Min", ["r1", "q_tok"], ["r2"]),
+        helper.make_node("Cast", ["r2"], ["q"], to=TensorProto.INT32),
+    ]
+    return _fn(name, ["x", "s_tok", "q_tok"], ["q", "s"], n, opset)
+
+
+def _code_fn(name: str, opset: int) -> onnx.FunctionProto:
+    """(b, q_max) -> (q_b int32, s_b float32 []): per-tensor dynamic code of an attention operand."""
+    n = [
+        helper.make_node("Abs", ["b"], ["ab"]),
+        helper.make_node("ReduceMax", ["ab"], ["amax"], keepdims=0),
+        helper.make_node("Div", ["amax", "q_max"], ["s0"]),
+        _c("zero", 0.0),
+        _c("one", 1.0),
+        helper.make_node("Greater", ["s0", "zero"], ["pos"]),
+        helper.make_node("Where", ["pos", "s0", "one"], ["s"]),
+        helper.make_node("Div", ["b", "s"], ["bs"]),
+        helper.make_node("Round", ["bs"], ["r"]),
+        helper.make_node("Neg", ["q_max"], ["nq"]),
+        helper.make_node("Max", ["r", "nq"], ["r1"]),
+        helper.make_node("Min", ["r1", "q_max"], ["r2"]),
+        helper.make_node("Cast", ["r2"], ["q"], to=TensorProto.INT32),
+    ]
+    return _fn(name, ["b", "q_max"], ["q", "s"], n, opset)
+
+
+def _mmi(n: list, a: str, w8: str, out: str, offset: int, tag: str) -> None:
+    """out = int32 (a @ w) for int32 codes a with 0 <= a + offset <= 255, via MatMulInteger."""
+    n += [
+        _c(f"{tag}_off", offset, np.int32),
+        helper.make_node("Add", [a, f"{tag}_off"], [f"{tag}_u32"]),
+        helper.make_node("Cast", [f"{tag}_u32"], [f"{tag}_u8"], to=TensorProto.UINT8),
+        _c(f"{tag}_zp", offset, np.uint8),
+        helper.make_node("MatMulInteger", [f"{tag}_u8", w8, f"{tag}_zp"], [out]),
+    ]
+
+
+def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_bias: bool) -> onnx.FunctionProto:
+    """(q, s_x, w, s_w, [bias], off_tok, accb_tok, onehot) -> (y, [spikes]).
+
+    tc-lif fused: `planes` is the number of 7-bit digit groups; exact: the number of
+    spike planes T_max. rate IF: off_tok is the per-token offset 2**(b_i-1) and accb_tok
+    the folded int32 offset per token; fused splits c into digit groups, exact
+    sums `planes` = 2**b_max - 1 binary planes."""
+    n: list[onnx.NodeProto] = [helper.make_node("Cast", ["w"], ["w8"], to=TensorProto.INT8)]
+    inputs = ["q", "s_x", "w", "s_w"] + (["bias"] if with_bias else []) + ["off_tok", "accb_tok", "onehot"]
+    outputs = ["y"]
+    if neuron == "if":
+        n.append(helper.make_node("Add", ["q", "off_tok"], ["code"]))  # c = q + 2**(b-1) >= 0
+        n.append(helper.make_node("Identity", ["code"], ["mag"]))
+    else:
+        n.append(helper.make_node("Abs", ["q"], ["mag"]))
+        n.append(helper.make_node("Sign", ["q"], ["sgn"]))
+    if mode == "fused":
+        # Horner over digit groups, most significant first: acc <- 128 acc + d_j @ W.
+        for j in reversed(range(planes)):
+            n += [
+                _c(f"div{j}", 128**j, np.int32),
+                _c(f"m{j}", 128, np.int32),
+                helper.make_node("Div", ["mag", f"div{j}"], [f"sh{j}"]),
+                helper.make_node("Mod", [f"sh{j}", f"m{j}"], [f"dig{j}"]),
+            ]
+            if neuron == "if":
+                _mmi(n, f"dig{j}", "w8", f"p{j}", 0, f"g{j}")
+            else:
+                n.append(helper.make_node("Mul", ["sgn", f"dig{j}"], [f"sd{j}"]))
+                _mmi(n, f"sd{j}", "w8", f"p{j}", 128, f"g{j}")
+            if j == planes - 1:
+                n.append(helper.make_node("Identity", [f"p{j}"], [f"acc{j}"]))
+            else:
+                n += [
+                    helper.make_node("Mul", [f"acc{j + 1}", f"m{j}"], [f"sc{j}"]),
+                    helper.make_node("Add", [f"sc{j}", f"p{j}"], [f"acc{j}"]),
+                ]
+        n.append(helper.make_node("Identity", ["acc0"], ["acc_s"]))
+    else:
+        outputs.append("spikes")
+        n += [_c("two", 2, np.int32), _c("one_i", 1, np.int32), _c("axes_k", [-1], np.int64)]
+        for t in range(planes):
+            if neuron == "if":
+                # plane t of a rate-coded offset code: 1 while t < c
+                n += [
+                    _c(f"t{t}", t, np.int32),
+                    helper.make_node("Greater", ["mag", f"t{t}"], [f"b{t}"]),
+                    helper.make_node("Cast", [f"b{t}"], [f"s{t}"], to=TensorProto.INT32),
+                ]
+                _mmi(n, f"s{t}", "w8", f"p{t}", 0, f"g{t}")
+            else:
+                # plane t (MSB first) of T_max: sign(q) * bit_(T_max-1-t)(|q|)
+                n += [
+                    _c(f"d{t}", 2 ** (planes - 1 - t), np.int32),
+                    helper.make_node("Div", ["mag", f"d{t}"], [f"sh{t}"]),
+                    helper.make_node("Mod", [f"sh{t}", "two"], [f"bit{t}"]),
+                    helper.make_node("Mul", ["sgn", f"bit{t}"], [f"s{t}"]),
+                ]
+                _mmi(n, f"s{t}", "w8", f"p{t}", 128, f"g{t}")
+            # spikes fired by this plane, per token: sum_k |S_t|
+            n += [
+                helper.make_node("Abs", [f"s{t}"], [f"as{t}"]),
+                helper.make_node("ReduceSum", [f"as{t}", "axes_k"], [f"cnt{t}"], keepdims=0),
+            ]
+            if t == 0:
+                n.append(helper.make_node("Identity", [f"p{t}"], [f"acc{t}"]))
+                n.append(helper.make_node("Identity", [f"cnt{t}"], [f"tot{t}"]))
+            else:
+                step = "Add" if neuron == "if" else None
+                if step is None:
+                    n.append(helper.make_node("Mul", [f"acc{t - 1}", "two"], [f"dbl{t}"]))
+                    n.append(helper.make_node("Add", [f"dbl{t}", f"p{t}"], [f"acc{t}"]))
+                else:
+                    n.append(helper.make_node("Add", [f"acc{t - 1}", f"p{t}"], [f"acc{t}"]))
+                n.append(helper.make_node("Add", [f"tot{t - 1}", f"cnt{t}"], [f"tot{t}"]))
+        last = planes - 1
+        n.append(helper.make_node("Identity", [f"acc{last}"], ["acc_s"]))
+        # spikes per modality: token counts [..., N] dotted with one-hot modality [..., N, M]
+        n += [
+            helper.make_node("Cast", [f"tot{last}"], ["tot_f"], to=TensorProto.INT64),
+            helper.make_node("Unsqueeze", ["tot_f", "axes_k"], ["tot_u"]),
+            helper.make_node("Mul", ["tot_u", "onehot"], ["per_mod"]),
+            helper.make_node("Shape", ["onehot"], ["oh_shape"]),
+            helper.make_node("Size", ["oh_shape"], ["oh_rank"]),
+            _c("one64", 1, np.int64),
+            helper.make_node("Sub", ["oh_rank", "one64"], ["lead_rank"]),
+            _c("zero64", 0, np.int64),
+            helper.make_node("Range", ["zero64", "lead_rank", "one64"], ["lead_axes"]),
+            helper.make_node("ReduceSum", ["per_mod", "lead_axes"], ["spk"], keepdims=0),
+            helper.make_node("ReduceSum", ["onehot", "lead_axes"], ["tok"], keepdims=0),
+            _c("axis0", [0], np.int64),
+            helper.make_node("Unsqueeze", ["spk", "axis0"], ["spk_u"]),
+            helper.make_node("Unsqueeze", ["tok", "axis0"], ["tok_u"]),
+            helper.make_node("Concat", ["spk_u", "tok_u"], ["spikes"], axis=0),
+        ]
+    if neuron == "if":
+        n.append(helper.make_node("Add", ["acc_s", "accb_tok"], ["acc"]))
+    else:
+        n.append(helper.make_node("Identity", ["acc_s"], ["acc"]))
+    n += [
+        helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["accf", "s_x"], ["y0"]),
+        helper.make_node("Mul", ["y0", "s_w"], ["y1" if with_bias else "y"]),
+    ]
+    if with_bias:
+        n.append(helper.make_node("Add", ["y1", "bias"], ["y"]))
+    return _fn(name, inputs, outputs, n, opset)
+
+
+def _fakequant_fn(name: str, opset: int, with_bias: bool) -> onnx.FunctionProto:
+    """(q, s_x, w, s_w, [bias]) -> y: float32 MatMul of integer codes, then the reference's scale order."""
+    n = [
+        helper.make_node("Cast", ["q"], ["qf"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", ["w"], ["wf"], to=TensorProto.FLOAT),
+        helper.make_node("MatMul", ["qf", "wf"], ["accf"]),
+        helper.make_node("Mul", ["accf", "s_x"], ["y0"]),
+        helper.make_node("Mul", ["y0", "s_w"], ["y1" if with_bias else "y"]),
+    ]
+    if with_bias:
+        n.append(helper.make_node("Add", ["y1", "bias"], ["y"]))
+    return _fn(name, ["q", "s_x", "w", "s_w"] + (["bias"] if with_bias else []), ["y"], n, opset)
+
+
+# ---------------------------------------------------------------- the lowering
+
+
+def _rank(v: ir.Value) -> int | None:
+    """A value's rank; a spike code has its encoder input's rank (custom ops have no shape inference)."""
+    if v.shape is not None:
+        return len(v.shape)
+    producer = v.producer()
+    if producer is not None and producer.domain in (sops.DOMAIN, DOMAIN) and producer.inputs:
+        return _rank(producer.inputs[0])
+    return None
+
+
+@dataclass
+class LoweringStats:
+    """What the lowering did: node count, the exact mode's stats outputs (int64 [2, n_mod]:
+    spikes, tokens per modality) and per spiking product K, M, T per modality, neuron."""
+
+    nodes: int = 0
+    stats_outputs: tuple[str, ...] = ()
+    layers: dict | None = None
+
+
+class _Lowerer:
+    def __init__(self, model: ir.Model, mode: str) -> None:
+        if mode not in MODES:
+            raise SpikecError(f"--mode: '{mode}' is not one of {', '.join(MODES)}")
+        self.model, self.mode = model, mode
+        self.graph = model.graph
+        self.names = sops.modalities(model)
+        self.opset = max(model.opset_imports.get("", 18), 18)
+        self.functions: dict[str, onnx.FunctionProto] = {}
+        self.stats: list[str] = []
+        self.layers: dict[str, dict] = {}
+        self._n = 0
+
+    # -- helpers -------------------------------------------------------------
+    def _const(self, base: str, array: np.ndarray) -> ir.Value:
+        self._n += 1
+        name = f"{base}.{self._n}"
+        v = ir.Value(name=name, type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), shape=ir.Shape(array.shape),
+                     const_value=ir.Tensor(array, name=name))
+        self.graph.register_initializer(v)
+        return v
+
+    def _insert(self, before: ir.Node, op: str, inputs, n_out: int = 1, domain: str = "", **attrs) -> list[ir.Value]:
+        """Create a helper node for the spikec node being lowered (placed by _replace)."""
+        node = ir.node(op, inputs, attributes=attrs, domain=domain, num_outputs=n_out)
+        self._pending.append(node)
+        return list(node.outputs)
+
+    def _modality(self, node: ir.Node, x: ir.Value, mod_index: int) -> ir.Value:
+        """The per-token modality tensor of a node: its input, or a constant of x's token shape."""
+        mod = node.inputs[mod_index] if len(node.inputs) > mod_index else None
+        if mod is not None:
+            return mod
+        const = sops.attr(node, "modality_id")
+        if const is None:
+            raise SpikecError(f"node '{node.name}': no modality input and no modality attribute")
+        shape = self._insert(node, "Shape", [x], end=-1)[0]
+        fill = ir.Tensor(np.array([int(const)], dtype=np.int64))
+        mod = self._insert(node, "ConstantOfShape", [shape], value=fill)[0]
+        rank = _rank(x)
+        if rank is not None:  # the token shape: x's without its last axis
+            mod.type, mod.shape = ir.TensorType(ir.DataType.INT64), ir.Shape([None] * (rank - 1))
+        return mod
+
+    def _per_token(self, node: ir.Node, table: np.ndarray, mod: ir.Value, x: ir.Value, tag: str) -> ir.Value:
+        """Gather a per-modality table by token and unsqueeze to x's rank ([..., N, 1] or [..., N, M])."""
+        tv = self._const(f"{node.name}.{tag}", table)
+        g = self._insert(node, "Gather", [tv, mod], axis=0)[0]
+        x_rank, m_rank = _rank(x), _rank(mod)
+        if x_rank is None or m_rank is None:
+            raise SpikecError(f"node '{node.name}': ranks of its input and modality must be known (run shape inference)")
+        extra = table.ndim - 1  # a [n_mod, M] table gathers to [..., N, M]
+        if m_rank == x_rank - 1:
+            axes = [] if extra else [-1]
+        elif m_rank == x_rank - 2:  # attention [B, H, N, K] vs modality [B, N]: heads broadcast
+            axes = [1] if extra else [1, m_rank + 1]
+        else:
+            raise SpikecError(f"node '{node.name}': modality rank {m_rank} does not fit activations of rank {x_rank}")
+        if not axes:
+            return g
+        return self._insert(node, "Unsqueeze", [g, self._const("axes", np.array(axes, np.int64))])[0]
+
+    def _function(self, name: str, build) -> str:
+        if name not in self.functions:
+            self.functions[name] = build()
+        return name
+
+    # -- ops -----------------------------------------------------------------
+    def timesteps(self, node: ir.Node) -> np.ndarray:
+        return np.asarray(sops.get_timesteps(node), dtype=np.int64)
+
+    def static_scales(self, node: ir.Node, T: np.ndarray) -> np.ndarray:
+        """float32 [n_mod]: clip(m, T_m) / (2**T_m - 1), the reference's float32 rule."""
+        if sops.attr(node, "act_scale", "dynamic") != "static":
+            return np.ones(len(T), np.float32)
+        clip = sops.clip_table(node, len(self.names))
+        c = clip[np.arange(len(T)), np.clip(T, 1, sops.CLIP_T) - 1].astype(np.float32)
+        s = (c / ((np.int64(1) << T) - 1).astype(np.float32)).astype(np.float32)
+        # modalities calibration never saw keep NaN: any token of them gives NaN -> caught by tests/reference
+        return np.where(np.isnan(s) | (s > 0), s, np.float32(1.0)).astype(np.float32)
+
+    def encode(self, node: ir.Node, x: ir.Value, mod: ir.Value, T: np.ndarray) -> list[ir.Value]:
+        dynamic = sops.attr(node, "act_scale", "dynamic") == "dynamic"
+        s_tok = self._per_token(node, self.static_scales(node, T), mod, x, "scale")
+        q_tok = self._per_token(node, ((np.int64(1) << T) - 1).astype(np.float32), mod, x, "qmax")
+        fname = self._function("EncodeDynamic" if dynamic else "EncodeStatic",
+                               lambda: _encode_fn("EncodeDynamic" if dynamic else "EncodeStatic", dynamic, self.opset))
+        return self._insert(node, fname, [x, s_tok, q_tok], n_out=2, domain=DOMAIN)
+
+    def matmul(self, node: ir.Node, q: ir.Value, s_x: ir.Value, mod: ir.Value, w: ir.Value, s_w: ir.Value,
+               bias: ir.Value | None, T: np.ndarray) -> ir.Value:
+        neuron = sops.attr(node, "neuron", "tc-lif") or "tc-lif"
+        t_max = int(T.max())
+        if self.mode == "fakequant":
+            K = w.shape[-2] if w.shape is not None and len(w.shape) >= 2 else None
+            if isinstance(K, int) and w.const_value is not None:
+                bound = K * (2**t_max - 1) * int(np.abs(w.const_value.numpy().astype(np.int64)).max(initial=0))
+                if bound >= 2**24:
+                    raise SpikecError(f"node '{node.name}': fakequant mode is exact only below 2**24 "
+                                      f"(K={K}, T={t_max}: bound {bound}); use fused or exact")
+            name = f"SpikeMatMul_fakequant{'_bias' if bias is not None else ''}"
+            fn = self._function(name, lambda: _fakequant_fn(name, self.opset, bias is not None))
+            return self._insert(node, fn, [q, s_x, w, s_w] + ([bias] if bias is not None else []), domain=DOMAIN)[0]
+        if neuron == "if":
+            bits = T + 1
+            b_max = int(bits.max())
+            planes = (2**b_max - 1) if self.mode == "exact" else -(-b_max // DIGIT_BITS)
+            off = (np.int64(1) << (bits - 1)).astype(np.int32)
+            if w.const_value is None:
+                raise SpikecError(f"node '{node.name}': rate-IF needs constant weights for its offset fold")
+            accb = np.stack([R.rate_if_bias_fold(w.const_value.numpy(), int(b)) for b in bits]).astype(np.int32)
+        else:
+            planes = t_max if self.mode == "exact" else -(-t_max // DIGIT_BITS)
+            off = np.zeros(len(T), np.int32)
+            accb = np.zeros((len(T), 1), np.int32)
+        off_tok = self._per_token(node, off, mod, q, "offset")
+        accb_tok = self._per_token(node, accb, mod, q, "accbias")
+        onehot = self._per_token(node, np.eye(len(self.names), dtype=np.int64), mod, q, "onehot")
+        name = f"SpikeMatMul_{neuron.replace('-', '')}_{self.mode}_{planes}{'_bias' if bias is not None else ''}"
+        fn = self._function(name, lambda: _matmul_fn(name, neuron, self.mode, planes, self.opset, bias is not None))
+        inputs = [q, s_x, w, s_w] + ([bias] if bias is not None else []) + [off_tok, accb_tok, onehot]
+        outs = self._insert(node, fn, inputs, n_out=2 if self.mode == "exact" else 1, domain=DOMAIN)
+        if self.mode == "exact":
+            stat = outs[1]
+            stat.name = f"{STATS_PREFIX}{node.name}"
+            stat.type, stat.shape = ir.TensorType(ir.DataType.INT64), ir.Shape([2, len(self.names)])
+            self._stat_outputs.append(stat)
+        shape = w.shape
+        self.layers[node.name] = {
+            "K": int(shape[-2]) if shape is not None and isinstance(shape[-2], int) else None,
+            "M": int(shape[-1]) if shape is not None and isinstance(shape[-1], int) else None,
+            "timesteps": [int(t) for t in T], "neuron": neuron, "weights": w.const_value is not None,
+        }
+        return outs[0]
+
+    def code(self, node: ir.Node) -> list[ir.Value]:
+        bits = int(sops.attr(node, "bits", 8))
+        qv = self._const(f"{node.name}.qmax", np.array(R.qmax(bits), np.float32))
+        fname = self._function("Code", lambda: _code_fn("Code", self.opset))
+        return self._insert(node, fname, [node.inputs[0], qv], n_out=2, domain=DOMAIN)
+
+    def lower(self, node: ir.Node) -> list[ir.Value]:
+        """New values replacing `node`'s outputs, built from helper nodes in self._pending."""
+        op = node.op_type
+        if op == sops.SPIKE_ENCODE:
+            x = node.inputs[0]
+            return self.encode(node, x, self._modality(node, x, 1), self.timesteps(node))
+        if op == sops.SPIKE_MATMUL:
+            q, s_x = node.inputs[0], node.inputs[1]
+            mod = self._modality(node, q, 2)
+            bias = node.inputs[5] if len(node.inputs) > 5 else None
+            return [self.matmul(node, q, s_x, mod, node.inputs[3], node.inputs[4], bias, self.timesteps(node))]
+        if op == sops.SPIKE_CODE:
+            return self.code(node)
+        if op == sops.QUANT_LINEAR:
+            # The fake-quantized form runs too: encode + fused product, the same numbers.
+            x = node.inputs[0]
+            mod = self._modality(node, x, 1)
+            T = self.timesteps(node)
+            q, s = self.encode(node, x, mod, T)
+            q.shape = x.shape
+            bias = node.inputs[4] if len(node.inputs) > 4 else None
+            return [self.matmul(node, q, s, mod, node.inputs[2], node.inputs[3], bias, T)]
+        raise SpikecError(f"node '{node.name}': {sops.DOMAIN}::{op} has no onnxruntime lowering")
+
+    def run(self) -> LoweringStats:
+        count = 0
+        for node in list(self.graph):
+            if node.domain != sops.DOMAIN:
+                continue
+            count += 1
+            self._pending, self._stat_outputs = [], []
+            new_values = self.lower(node)
+            for n in self._pending:
+                if n.domain == DOMAIN:
+                    n.name = node.name  # keep the layer's name on its call, for dumps and stats
+            ir.convenience.replace_nodes_and_values(
+                self.graph, node, [node], self._pending, list(node.outputs), new_values
+            )
+            for stat in self._stat_outputs:
+                self.graph.outputs.append(stat)
+                self.stats.append(stat.name)
+        self.model.opset_imports[DOMAIN] = VERSION
+        self.model.opset_imports.pop(sops.DOMAIN, None)
+        for fp in self.functions.values():
+            f = ir.serde.deserialize_function(fp)
+            self.model.functions[f.identifier()] = f
+        return LoweringStats(count, tuple(self.stats), self.layers)
+
+
+def lower_for_ort(model: ir.Model, mode: str = "fused") -> LoweringStats:
+    """Rewrite every spikec node of `model` in place into spikec.ort function calls."""
+    return _Lowerer(model, mode).run()

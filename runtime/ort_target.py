@@ -1,0 +1,138 @@
+"""The ONNX Runtime target: run a .sbin's spiking graphs on stock onnxruntime.
+
+The .sbin stores target-neutral spiking graphs (`spikec` domain, reference
+semantics). At load time each graph is lowered for onnxruntime
+(`runtime/ort_lowering.py`) in `fused` mode (integer products, fast) or `exact`
+mode (explicit spike planes, with spike counts per layer and modality); the two
+give bit-identical outputs. Sessions wrap onnxruntime's so that the front end's
+generation loop (`spikec.frontend.generate.OrtGenerator`) drives them unchanged.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import os
+
+import numpy as np
+import onnx_ir as ir
+
+from spikec import ir as spir
+from spikec.errors import SpikecError
+from spikec.runtime.ort_lowering import MODES, STATS_PREFIX, lower_for_ort
+
+log = logging.getLogger(__name__)
+
+
+class StatsSession:
+    """An onnxruntime session that hides the exact mode's stats outputs from callers
+    and accumulates them (spikes and tokens per modality, per spiking product)."""
+
+    def __init__(self, role: str, model: ir.Model, mode: str, threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        self.role = role
+        lowered = lower_for_ort(model, mode)
+        self.layers = lowered.layers or {}
+        opts = ort.SessionOptions()
+        opts.log_severity_level = 3
+        if threads:
+            opts.intra_op_num_threads = threads
+        proto = spir.to_proto(model)
+        proto = spir.inline_external_tensors(proto, model)
+        try:
+            self.session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own exception types
+            raise SpikecError(f"graph '{role}': onnxruntime cannot load the lowered graph: {exc}") from None
+        self.input_names = [i.name for i in self.session.get_inputs()]
+        outputs = [o.name for o in self.session.get_outputs()]
+        self.output_names = [o for o in outputs if not o.startswith(STATS_PREFIX)]
+        self.stats_names = [o for o in outputs if o.startswith(STATS_PREFIX)]
+        self.counts: dict[str, np.ndarray] = collections.defaultdict(lambda: 0)
+        self.calls = 0
+
+    def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise SpikecError(f"graph '{self.role}': missing inputs {missing} (expects {self.input_names})")
+        wanted = list(output_names) if output_names else self.output_names
+        outs = self.session.run(wanted + self.stats_names, {n: feeds[n] for n in self.input_names})
+        for name, value in zip(self.stats_names, outs[len(wanted):]):
+            self.counts[name[len(STATS_PREFIX):]] = self.counts[name[len(STATS_PREFIX):]] + value
+        self.calls += 1
+        return outs[: len(wanted)]
+
+    def get_inputs(self):
+        return self.session.get_inputs()
+
+    def get_outputs(self):
+        return [o for o in self.session.get_outputs() if not o.name.startswith(STATS_PREFIX)]
+
+
+def create_sessions(sbin, mode: str = "fused", threads: int | None = None) -> dict[str, StatsSession]:
+    """Lowered sessions for every graph role of an opened .sbin (spikec.package.SbinModel)."""
+    if mode not in MODES:
+        raise SpikecError(f"--mode: '{mode}' is not one of {', '.join(MODES)}")
+    sessions = {}
+    for role in sbin.roles:
+        model = ir.from_proto(sbin.graph(role))
+        sessions[role] = StatsSession(role, model, mode, threads)
+    return sessions
+
+
+def spike_stats(sessions: dict[str, StatsSession], modality_names: list[str]) -> dict:
+    """Per spiking product and modality: spikes, tokens, spike rate, SOPs, float MACs.
+
+    rate = spikes / (tokens * K * planes), planes = T (TC-LIF) or 2**(T+1) - 1 (rate IF);
+    a synaptic operation is one nonzero spike meeting one weight, so SOPs = spikes * M;
+    the float model's MACs for the same product are tokens * K * M."""
+    layers = []
+    totals = collections.Counter()
+    for role, sess in sessions.items():
+        for name, counts in sess.counts.items():
+            info = sess.layers.get(name, {})
+            K, M, T = info.get("K"), info.get("M"), info.get("timesteps", [])
+            counts = np.asarray(counts)
+            if counts.ndim != 2:
+                continue
+            row = {"graph": role, "layer": name, "K": K, "M": M, "neuron": info.get("neuron"), "modalities": {}}
+            for m, mod in enumerate(modality_names):
+                spikes, tokens = int(counts[0, m]), int(counts[1, m])
+                if tokens == 0:
+                    continue
+                t = int(T[m]) if m < len(T) else 0
+                planes = t if info.get("neuron") != "if" else 2 ** (t + 1) - 1
+                possible = tokens * (K or 0) * planes
+                sops = spikes * (M or 0)
+                macs = tokens * (K or 0) * (M or 0)
+                row["modalities"][mod] = {
+                    "T": t, "tokens": tokens, "spikes": spikes,
+                    "rate": spikes / possible if possible else 0.0, "sops": sops, "float_macs": macs,
+                }
+                totals[f"{mod}.tokens_T"] += tokens * t
+                totals[f"{mod}.tokens"] += tokens
+                totals["sops"] += sops
+                totals["macs"] += macs
+                totals["spikes"] += spikes
+                totals["possible"] += possible
+            layers.append(row)
+    tok = sum(totals[f"{m}.tokens"] for m in modality_names)
+    summary = {
+        "spiking_products": len(layers),
+        "spikes": totals["spikes"],
+        "spike_rate": totals["spikes"] / totals["possible"] if totals["possible"] else 0.0,
+        "sops": totals["sops"],
+        "float_macs": totals["macs"],
+        "sops_per_mac": totals["sops"] / totals["macs"] if totals["macs"] else 0.0,
+        # token-layer weighted: (sum_i T_i) / N over every spiking product a token passes
+        "effective_timesteps": sum(totals[f"{m}.tokens_T"] for m in modality_names) / tok if tok else 0.0,
+        "effective_timesteps_by_modality": {
+            m: totals[f"{m}.tokens_T"] / totals[f"{m}.tokens"] for m in modality_names if totals[f"{m}.tokens"]
+        },
+    }
+    return {"summary": summary, "layers": layers}
+
+
+def default_threads() -> int | None:
+    value = os.environ.get("SPIKEC_THREADS")
+    return int(value) if value else None

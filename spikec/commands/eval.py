@@ -1,0 +1,36 @@
+"""`spikec eval`: exact-match accuracy on an evaluation folder."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+@click.command("eval")
+@click.argument("model", type=click.Path(path_type=Path))
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
+              help="Evaluation folder: data.jsonl + images (docs/default-model.md).")
+@click.option("--target", type=click.Choice(["ort"]), default="ort", show_default=True, help="Target for a .sbin MODEL.")
+@click.option("--mode", type=click.Choice(["fused", "exact", "fakequant"]), default="fused", show_default=True)
+@click.option("--limit", type=click.IntRange(1), help="Evaluate only the first N items.")
+@click.option("--max-new-tokens", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the result (with predictions) as JSON.")
+def eval_command(model, data_dir, target, mode, limit, max_new_tokens, json_path):
+    """Accuracy of MODEL (checkpoint folder, export folder or .sbin) on --data."""
+    from spikec import atomic
+    from spikec.evaluate import evaluate
+
+    def progress(done: int, total: int) -> None:
+        if done % 100 == 0 or done == total:
+            click.echo(f"  {done}/{total}", err=True)
+
+    r = evaluate(model, data_dir, target=target, mode=mode, limit=limit, max_new_tokens=max_new_tokens, progress=progress)
+    click.echo(f"{r.model}: {r.correct}/{r.total} = {100 * r.accuracy:.2f}% exact match ({r.seconds:.1f} s)")
+    for t, (c, n) in sorted(r.by_type.items()):
+        click.echo(f"  {t:<10} {c}/{n} = {100 * c / n:.2f}%")
+    if json_path is not None:
+        data = r.to_dict()
+        data["predictions"] = r.predictions
+        atomic.write_text(json_path, json.dumps(data, indent=2) + "\n")

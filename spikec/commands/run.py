@@ -1,0 +1,84 @@
+"""`spikec run`: execute a compiled model (.sbin) on a target."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+
+def _print_stats(stats: dict) -> None:
+    s = stats["summary"]
+    click.echo("spike statistics (exact mode):")
+    click.echo(f"  spiking products run: {s['spiking_products']}")
+    click.echo(f"  spikes: {s['spikes']:,}   spike rate: {s['spike_rate']:.4f}")
+    click.echo(f"  synaptic ops (SOPs): {s['sops']:,}   float MACs of the same products: {s['float_macs']:,}"
+               f"   SOPs/MAC: {s['sops_per_mac']:.4f}")
+    by_mod = ", ".join(f"{m} {t:.2f}" for m, t in s["effective_timesteps_by_modality"].items())
+    click.echo(f"  effective timesteps per token: {s['effective_timesteps']:.3f} ({by_mod})")
+    click.echo(f"  {'layer':<48} {'modality':<8} {'T':>2} {'tokens':>7} {'rate':>7} {'SOPs':>12}")
+    for row in stats["layers"]:
+        for mod, r in row["modalities"].items():
+            click.echo(f"  {row['graph'] + ':' + row['layer']:<48.48} {mod:<8} {r['T']:>2} {r['tokens']:>7} "
+                       f"{r['rate']:>7.4f} {r['sops']:>12,}")
+
+
+@click.command("run")
+@click.argument("model_path", metavar="MODEL.sbin", type=click.Path(path_type=Path))
+@click.option("--target", type=click.Choice(["ort"]), default="ort", show_default=True,
+              help="Where to run: ort = ONNX Runtime (the accelerator target arrives with the ISA).")
+@click.option("--mode", type=click.Choice(["fused", "exact", "fakequant"]), default="fused", show_default=True,
+              help="fused: integer products; exact: explicit spike planes (bit-identical, counts spikes); fakequant: the ANN baseline, float MatMul of the same codes.")
+@click.option("--image", type=click.Path(path_type=Path), help="Input image for generation.")
+@click.option("--prompt", help="Text prompt for generation.")
+@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option("--inputs", "inputs_path", type=click.Path(path_type=Path, dir_okay=False),
+              help="Raw input tensors (.npz keyed by graph input name).")
+@click.option("--graph", help="With --inputs: which graph to run (vision, embed, lm, ...).")
+@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="With --inputs: write outputs (.npz).")
+@click.option("--stats", is_flag=True, help="Print per-layer spike rate, SOPs and effective timesteps (runs exact mode).")
+@click.option("--stats-json", type=click.Path(path_type=Path, dir_okay=False), help="Also write the statistics as JSON.")
+def run_command(model_path, target, mode, image, prompt, max_new_tokens, inputs_path, graph, output, stats, stats_json):
+    """Run MODEL.sbin: image + prompt to text, or raw tensors (--inputs/-o)."""
+    import numpy as np
+
+    from spikec import atomic
+    from spikec.errors import SpikecError
+    from spikec.runtime.model import load
+
+    generating = image is not None or prompt is not None
+    if generating == (inputs_path is not None):
+        raise SpikecError("give either --image and --prompt (generation) or --inputs (raw tensors)")
+    if generating and (image is None or prompt is None):
+        raise SpikecError("generation needs both --image and --prompt")
+    if output is not None and inputs_path is None:
+        raise SpikecError("-o/--output goes with --inputs")
+    if stats or stats_json:
+        mode = "exact"
+    with load(model_path, target=target, mode=mode) as model:
+        if generating:
+            click.echo(model.generate(image, prompt, max_new_tokens=max_new_tokens))
+        else:
+            if not inputs_path.is_file():
+                raise SpikecError(f"--inputs {inputs_path}: no such file")
+            try:
+                with np.load(inputs_path, allow_pickle=False) as data:
+                    feeds = {k: data[k] for k in data.files}
+            except (ValueError, OSError) as exc:
+                raise SpikecError(f"--inputs {inputs_path}: not a readable .npz ({exc})") from None
+            outs = model.run(feeds, graph=graph)
+            if output is not None:
+                with atomic.atomic_path(output) as tmp:
+                    with open(tmp, "wb") as f:
+                        np.savez(f, **outs)
+                click.echo(f"wrote {len(outs)} outputs to {output}")
+            else:
+                for k, v in outs.items():
+                    click.echo(f"{k}: {v.dtype} {list(v.shape)}")
+        if stats or stats_json:
+            report = model.stats()
+            if stats:
+                _print_stats(report)
+            if stats_json:
+                atomic.write_text(stats_json, json.dumps(report, indent=2) + "\n")

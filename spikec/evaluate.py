@@ -1,0 +1,163 @@
+"""The evaluation harness: exact-match accuracy of a model on an evaluation folder.
+
+An evaluation folder is `DIR/data.jsonl` (one object a line: "image" relative to DIR,
+"prompt", "answer", optional "type") plus the images; see docs/default-model.md.
+The model under test is any of:
+
+- a Hugging Face checkpoint folder (float, transformers' own `generate`),
+- an export folder of `spikec export` (float graphs on onnxruntime),
+- a compiled .sbin (spiking graphs on a target: `ort`, fused or exact mode).
+
+All three see the same inputs: the checkpoint's processor and the front end's prompt
+format (`spikec.frontend.export.processor_inputs`), greedy decoding, and the answer is
+the decoded new text, stripped. Accuracy is exact match, overall and per type.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Iterable
+
+from spikec.errors import SpikecError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class EvalResult:
+    model: str
+    data: str
+    total: int
+    correct: int
+    by_type: dict[str, list[int]] = field(default_factory=dict)  # type -> [correct, total]
+    predictions: list[str] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def accuracy(self) -> float:
+        return self.correct / self.total if self.total else 0.0
+
+    def to_dict(self) -> dict:
+        return {
+            "model": self.model, "data": self.data, "total": self.total, "correct": self.correct,
+            "accuracy": self.accuracy, "seconds": round(self.seconds, 3),
+            "by_type": {t: {"correct": c, "total": n, "accuracy": c / n if n else 0.0} for t, (c, n) in sorted(self.by_type.items())},
+        }
+
+
+def load_items(data_dir: str | os.PathLike) -> list[dict]:
+    """Read DIR/data.jsonl, checking every line names an existing image, a prompt and an answer."""
+    data_dir = Path(data_dir)
+    path = data_dir / "data.jsonl"
+    if not path.is_file():
+        raise SpikecError(f"--data {data_dir}: no data.jsonl (see docs/default-model.md for the layout)")
+    items = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise SpikecError(f"{path}:{n}: invalid JSON ({exc})") from None
+        for key in ("image", "prompt", "answer"):
+            if not isinstance(obj.get(key), str):
+                raise SpikecError(f"{path}:{n}: field '{key}' missing or not a string")
+        image = (data_dir / obj["image"]).resolve()
+        if not image.is_relative_to(data_dir.resolve()) or not image.is_file():
+            raise SpikecError(f"{path}:{n}: image '{obj['image']}' not found inside {data_dir}")
+        obj["image_path"] = image
+        items.append(obj)
+    if not items:
+        raise SpikecError(f"{path}: no items")
+    return items
+
+
+Predictor = Callable[[object, str], str]
+
+
+def _float_predictor(folder: Path, max_new_tokens: int) -> Predictor:
+    import torch
+
+    from spikec.frontend.export import processor_inputs
+    from spikec.frontend.loading import load
+
+    loaded = load(folder)
+
+    def predict(image, prompt: str) -> str:
+        inputs = processor_inputs((loaded.adapter, loaded.processor), [image], [prompt])
+        with torch.no_grad():
+            out = loaded.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        new = out[0, inputs["input_ids"].shape[1]:]
+        return loaded.processor.tokenizer.decode(new, skip_special_tokens=True)
+
+    return predict
+
+
+def _onnx_predictor(folder: Path, max_new_tokens: int) -> Predictor:
+    from spikec.frontend.generate import OrtGenerator
+
+    gen = OrtGenerator(folder)
+    return lambda image, prompt: gen.generate(image, prompt, max_new_tokens=max_new_tokens)
+
+
+def predictor_for(model: str | os.PathLike, *, target: str = "ort", mode: str = "fused",
+                  max_new_tokens: int = 8) -> tuple[Predictor, str, object]:
+    """(predict(image, prompt) -> text, kind, handle) for a checkpoint, export folder or .sbin."""
+    path = Path(model)
+    from spikec.isa.container import is_sbin
+
+    if path.is_file() and is_sbin(path):
+        from spikec.runtime.model import load
+
+        compiled = load(path, target=target, mode=mode)
+        return (lambda image, prompt: compiled.generate(image, prompt, max_new_tokens=max_new_tokens)), f"sbin/{target}/{mode}", compiled
+    if path.is_dir() and (path / "manifest.json").is_file():
+        return _onnx_predictor(path, max_new_tokens), "onnx", None
+    if path.is_dir() and (path / "config.json").is_file():
+        return _float_predictor(path, max_new_tokens), "float", None
+    raise SpikecError(f"{path}: not a .sbin, an export folder (manifest.json) or a checkpoint folder (config.json)")
+
+
+def evaluate(model: str | os.PathLike, data_dir: str | os.PathLike, *, target: str = "ort", mode: str = "fused",
+             limit: int | None = None, max_new_tokens: int = 8,
+             progress: Callable[[int, int], None] | None = None) -> EvalResult:
+    """Exact-match accuracy of `model` on the evaluation folder `data_dir`."""
+    from spikec.runtime.model import load_image
+
+    items = load_items(data_dir)
+    if limit is not None:
+        items = items[:limit]
+    predict, kind, handle = predictor_for(model, target=target, mode=mode, max_new_tokens=max_new_tokens)
+    result = EvalResult(model=f"{model} ({kind})", data=str(data_dir), total=0, correct=0)
+    by_type: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
+    start = time.perf_counter()
+    try:
+        for i, item in enumerate(items):
+            text = predict(load_image(item["image_path"]), item["prompt"]).strip()
+            ok = text == item["answer"].strip()
+            result.total += 1
+            result.correct += ok
+            t = by_type[item.get("type", "all")]
+            t[0] += ok
+            t[1] += 1
+            result.predictions.append(text)
+            if progress is not None:
+                progress(i + 1, len(items))
+    finally:
+        if handle is not None:
+            handle.close()
+    result.by_type = dict(by_type)
+    result.seconds = time.perf_counter() - start
+    return result
+
+
+def agreement(a: Iterable[str], b: Iterable[str]) -> tuple[int, int]:
+    """(items with identical predictions, items) of two runs over the same data."""
+    pairs = list(zip(a, b))
+    return sum(x == y for x, y in pairs), len(pairs)

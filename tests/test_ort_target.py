@@ -1,0 +1,147 @@
+"""The ONNX Runtime target: compile an export folder to .sbin, run it, generate.
+
+- fused == exact bit for bit, and the exact mode's spike counts are real;
+- every spiking product on ORT equals the numpy reference given the same inputs;
+- at T = 8 for both modalities, generation equals the fake-quantized model's tokens
+  (float MatMul over the same codes: an independent formulation), on two architectures;
+- the CLI: generation, raw tensors, stats, and clear errors.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+
+from spike_graphs import exported
+from spikec import ops as sops
+from spikec import reference as R
+from spikec.compiler import compile_path
+from spikec.frontend.export import sample_image
+from spikec.passes.options import SpikeOptions
+from spikec.runtime.model import load
+from spikec.runtime.ort_lowering import lower_for_ort
+
+ARCHS = ["tiny-llava", "tiny-qwen2-vl"]
+
+
+@functools.cache
+def compiled(name: str, tv: int = 3, tt: int = 4) -> str:
+    import tempfile
+    from pathlib import Path
+
+    out = Path(tempfile.mkdtemp(prefix="spikec-test-sbin-")) / f"{name}-{tv}-{tt}.sbin"
+    compile_path(exported(name), out, options=SpikeOptions(tv=tv, tt=tt).validate())
+    return str(out)
+
+
+def _lm_feeds(model, prompt="What is in the image?"):
+    gen = model.generator()
+    proc = gen.prepare([sample_image()], [prompt])
+    embeds, mask, pos, modality, _ = gen.prefill_inputs(proc)
+    feeds = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": pos, "modality": modality}
+    feeds.update(zip([f"past_key_values.{i}.{kv}" for i in range(gen.n_layers) for kv in ("key", "value")],
+                     gen.empty_past(embeds.shape[0])))
+    return feeds
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_fused_and_exact_are_bit_identical(name):
+    path = compiled(name)
+    with load(path, mode="fused") as fused, load(path, mode="exact") as exact:
+        feeds = _lm_feeds(fused)
+        assert (feeds["modality"] == 1).any() and (feeds["modality"] == 0).any()
+        for role, sub in (("lm", feeds),):
+            a, b = fused.run(sub, graph=role), exact.run(sub, graph=role)
+            assert a.keys() == b.keys()
+            for k in a:
+                np.testing.assert_array_equal(a[k], b[k], err_msg=k)
+        stats = exact.stats()
+    s = stats["summary"]
+    assert s["spikes"] > 0 and 0 < s["spike_rate"] < 1
+    assert s["effective_timesteps_by_modality"] == {"text": 4.0, "vision": 3.0}
+    n_text, n_vis = int((feeds["modality"] == 0).sum()), int((feeds["modality"] == 1).sum())
+    assert s["effective_timesteps"] == pytest.approx((4 * n_text + 3 * n_vis) / (n_text + n_vis))
+
+
+def test_every_spiking_product_on_ort_equals_the_reference():
+    """Capture each SpikeEncode input and SpikeMatMul output on ORT; recompute with spikec.reference."""
+    path = compiled("tiny-llava")
+    with load(path) as m:
+        feeds = _lm_feeds(m)
+        model = ir.from_proto(m.sbin.graph("lm"))
+    pairs = []
+    for mm in sops.spikec_nodes(model, sops.SPIKE_MATMUL):
+        enc = mm.inputs[0].producer()
+        if enc is None or enc.op_type != sops.SPIKE_ENCODE or mm.inputs[3].const_value is None:
+            continue
+        pairs.append((enc, mm, enc.inputs[0].name, mm.outputs[0].name))
+        for v in (enc.inputs[0], mm.outputs[0]):
+            if v not in model.graph.outputs:
+                model.graph.outputs.append(v)
+    assert len(pairs) >= 7 * 2  # every linear layer of the 2-layer LM
+    infos = [(enc, mm, x, y, mm.inputs[3].const_value.numpy(), mm.inputs[4].const_value.numpy(),
+              mm.inputs[5].const_value.numpy() if len(mm.inputs) > 5 and mm.inputs[5] is not None else None,
+              sops.get_timesteps(mm)) for enc, mm, x, y in pairs]
+    lower_for_ort(model, "fused")
+    import onnxruntime as ort
+
+    from spikec import ir as spir
+
+    sess = ort.InferenceSession(spir.to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [o.name for o in sess.get_outputs()]
+    outs = dict(zip(names, sess.run(None, {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}})))
+    mod = feeds["modality"]
+    for enc, mm, x, y, w_q, s_w, bias, T in infos:
+        xv = outs[x]
+        T_tok = np.asarray(T)[mod]
+        s_x = R.scale_per_token(xv, T_tok + 1)  # the default (dynamic) activation scales
+        want = R.spiking_linear(xv, s_x, w_q, s_w, bias, T_tok, where=mm.name)
+        np.testing.assert_array_equal(outs[y], want, err_msg=mm.name)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_generation_at_T8_equals_fake_quantized_tokens(name):
+    path = compiled(name, 8, 8)
+    image = sample_image()
+    with load(path, mode="fused") as spiking, load(path, mode="fakequant") as fake:
+        ids_s = spiking.generator().generate_ids(spiking.generator().prepare([image], ["What is in the image?"]), 8)
+        ids_f = fake.generator().generate_ids(fake.generator().prepare([image], ["What is in the image?"]), 8)
+    assert ids_s.shape == (1, 8)
+    np.testing.assert_array_equal(ids_s, ids_f)
+
+
+def test_sbin_is_deterministic(tmp_path):
+    a, b = tmp_path / "a.sbin", tmp_path / "b.sbin"
+    opts = SpikeOptions(tv=3, tt=4).validate()
+    compile_path(exported("tiny-llava"), a, options=opts)
+    compile_path(exported("tiny-llava"), b, options=opts)
+    assert a.read_bytes() == b.read_bytes()
+
+
+def test_run_cli_generation_inputs_and_errors(run_cli, tmp_path):
+    path = compiled("tiny-llava")
+    img = tmp_path / "img.png"
+    sample_image().save(img)
+    r = run_cli("run", path, "--image", str(img), "--prompt", "What is in the image?", "--max-new-tokens", "3", "--stats")
+    assert r.code == 0, r.err
+    assert "effective timesteps per token" in r.out and "SOPs" in r.out
+    with load(path) as m:
+        feeds = _lm_feeds(m)
+    np.savez(tmp_path / "in.npz", **feeds)
+    r = run_cli("run", path, "--inputs", str(tmp_path / "in.npz"), "--graph", "lm", "-o", str(tmp_path / "out.npz"))
+    assert r.code == 0, r.err
+    with np.load(tmp_path / "out.npz") as out, load(path) as m:
+        np.testing.assert_array_equal(out["logits"], m.run(feeds, graph="lm")["logits"])
+    bad = tmp_path / "bad.png"
+    bad.write_text("not an image")
+    r = run_cli("run", path, "--image", str(bad), "--prompt", "x")
+    assert r.code != 0 and "not an image" in r.err and "Traceback" not in r.err
+    r = run_cli("run", path, "--inputs", str(tmp_path / "in.npz"))
+    assert r.code != 0 and "--graph" in r.err
+    r = run_cli("run", str(tmp_path / "in.npz"), "--inputs", str(tmp_path / "in.npz"))
+    assert r.code != 0 and "bad magic" in r.err
+    r = run_cli("inspect", path)
+    assert r.code == 0 and '"vision": 3' in r.out and "SpikeMatMul" in r.out

@@ -258,7 +258,7 @@ def check_overflow(K: int, T: int, w_qmax: int, where: str = "") -> None:
         )
 
 
-def _horner(planes: np.ndarray, w: np.ndarray) -> np.ndarray:
+def horner(planes: np.ndarray, w: np.ndarray) -> np.ndarray:
     """acc <- 2*acc + S_t @ W in int32: numpy wraps silently like hardware, so the
     guard, not int64, is what keeps the result exact."""
     w32 = w.astype(np.int32)
@@ -278,7 +278,7 @@ def spike_matmul(q, w_q, T_tokens, where: str = "") -> np.ndarray:
     # The data's own max |W_q| is the tightest bound that still proves no wrap; the
     # compiler applies check_overflow with the format's Qw (127 or 7) instead.
     check_overflow(q.shape[-1], planes.shape[0], _amax(w), where or op)
-    return _horner(planes, w)
+    return horner(planes, w)
 
 
 def rate_if_matmul(q, w_q, bits: int, where: str = "") -> np.ndarray:

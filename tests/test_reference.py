@@ -282,7 +282,7 @@ def test_spike_matmul_at_k_max_does_not_wrap(T, Qw):
     with pytest.raises(SpikecError, match="overflow"):
         ref.spike_matmul(q1, w1, T)
     # The guard is what keeps it exact: one more row of K really wraps int32.
-    wrapped = int(ref._horner(ref.tclif_encode(q1, T), w1)[0, 0])
+    wrapped = int(ref.horner(ref.tclif_encode(q1, T), w1)[0, 0])
     assert wrapped == (K + 1) * (2**T - 1) * Qw - 2**32
 
 

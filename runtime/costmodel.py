@@ -1,0 +1,188 @@
+"""Cycle and energy model of the accelerator (docs/isa.md, "Cost model").
+
+Cycles come from the hardware configuration (PE array, vector lanes, clock, DRAM
+bandwidth and latency); energy from the 45 nm constants of SEMANTICS.md section 6, with
+memory traffic counted next to arithmetic. Each instruction's cost depends only on its
+fields, except SPMM, whose PE-array time grows with the spike vectors that are not all
+zero (the hardware skips all-zero (token, plane, k-chunk) vectors) -- the simulator
+passes that count in; without it the cost is the dense worst case. The simulator adds
+the per-instruction cycles along the load/compute/store timeline (modules overlap,
+dependency tokens order them), so a program's cycles are its critical path.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from spikec.isa.encoding import Instruction
+from spikec.isa.fields import ELEMENT_BYTES, AccMode, Buffer, EncodeDst, Opcode, ScaleMode, VecFlag, VecFunc, WeightFormat
+from spikec.isa.hwconfig import HwConfig
+
+
+@dataclass(frozen=True)
+class Energy45nm:
+    """pJ per operation. Source: M. Horowitz, "Computing's energy problem (and what we can
+    do about it)", ISSCC 2014, 45 nm, as quoted in SEMANTICS.md section 6."""
+
+    int32_add: float = 0.1
+    int8_add: float = 0.03
+    fp32_add: float = 0.9
+    fp32_mult: float = 3.7
+    # 64-bit SRAM read by array size; a buffer is charged the smallest class that holds it
+    # (above 1 MB the 1 MB figure, an underestimate). Writes are charged as reads.
+    sram64: tuple[tuple[int, float], ...] = ((8 * 1024, 10.0), (32 * 1024, 20.0), (1024 * 1024, 100.0))
+    # One 64-bit DRAM access: Horowitz gives 1.3 to 2.6 nJ; we use the low end so the
+    # memory share is not overstated (pass dram64=2600.0 for the high end).
+    dram64: float = 1300.0
+    source: str = "Horowitz, ISSCC 2014, 45 nm (SEMANTICS.md section 6)"
+
+    def sram_pj_per_byte(self, size_bytes: int) -> float:
+        for limit, pj in self.sram64:
+            if size_bytes <= limit:
+                return pj / 8
+        return self.sram64[-1][1] / 8
+
+
+ENERGY = Energy45nm()
+
+# float32 operations per element of each function: (adds, mults, passes over the row).
+# Compares, rint and int->float conversions count as adds; a division counts as a
+# multiply (an assumption: Horowitz gives no divider figure). EXP is the ISA's exp
+# (docs/isa.md): 3 mults + 3 adds of range reduction, 6 mults + 5 adds of polynomial,
+# the final two adds and the 2**k scaling (one add): 10 mults, 11 adds.
+EXP = (11, 10)
+VEC_OPS: dict[VecFunc, tuple[int, int, int]] = {
+    VecFunc.COPY: (0, 0, 1),
+    VecFunc.ADD: (1, 0, 1),
+    VecFunc.MUL: (0, 1, 1),
+    VecFunc.ADD_ROW: (1, 0, 1),
+    VecFunc.MUL_ROW: (0, 1, 1),
+    VecFunc.SCALE: (0, 1, 1),
+    VecFunc.DEQ: (1, 2, 1),  # +1 add with BIAS
+    VecFunc.RMSNORM: (1, 3, 2),
+    VecFunc.LAYERNORM: (4, 3, 3),
+    VecFunc.SOFTMAX: (3 + EXP[0], 1 + EXP[1], 3),
+    VecFunc.SILU: (1 + EXP[0], 1 + EXP[1], 1),
+    VecFunc.GELU: (5 + EXP[0], 7 + EXP[1], 1),
+    VecFunc.ROPE: (1, 2, 1),
+}
+ENCODE_OPS = {ScaleMode.DYNAMIC: (3, 1, 2), ScaleMode.STATIC: (2, 1, 1)}  # |x|/max, divide, rint, clamp
+
+
+@dataclass
+class Cost:
+    cycles: int = 0
+    dram_read: int = 0  # bytes
+    dram_write: int = 0
+    sram_read: dict[Buffer, int] = field(default_factory=dict)  # bytes per buffer
+    sram_write: dict[Buffer, int] = field(default_factory=dict)
+    pe_adds: int = 0  # int32 adds in the PE array
+    fp_adds: int = 0
+    fp_mults: int = 0
+
+    def energy_pj(self, cfg: HwConfig, e: Energy45nm = ENERGY) -> dict[str, float]:
+        sram = sum(n * e.sram_pj_per_byte(cfg.buffer_bytes(b)) for d in (self.sram_read, self.sram_write) for b, n in d.items())
+        return {
+            "dram": (self.dram_read + self.dram_write) / 8 * e.dram64,
+            "sram": sram,
+            "pe": self.pe_adds * e.int32_add,
+            "vec": self.fp_adds * e.fp32_add + self.fp_mults * e.fp32_mult,
+        }
+
+
+def _ceil(a: int | float, b: int | float) -> int:
+    return int(math.ceil(a / b))
+
+
+def dma_cost(cfg: HwConfig, ins: Instruction) -> Cost:
+    """LOAD/STORE: fixed latency, then each row as one burst at the DRAM bandwidth."""
+    buf = Buffer(ins.buf)
+    row_bytes = ins.cols * ELEMENT_BYTES[buf]
+    total = ins.rows * row_bytes
+    c = Cost(cycles=cfg.dram_latency_cycles + ins.rows * _ceil(row_bytes, cfg.dram_bytes_per_cycle))
+    if ins.op == Opcode.LOAD:
+        c.dram_read, c.sram_write = total, {buf: total}
+    else:
+        c.dram_write, c.sram_read = total, {buf: total}
+    return c
+
+
+def spmm_dense_vectors(cfg: HwConfig, ins: Instruction) -> int:
+    """Spike vectors of an SPMM with nothing skipped: n tokens x planes x k-chunks."""
+    planes = ins.t if ins.neuron == 0 else 2 ** (ins.t + 1) - 1
+    return ins.n * planes * _ceil(ins.k, cfg.pe_rows)
+
+
+def spmm_cost(cfg: HwConfig, ins: Instruction, vectors: int | None = None, spikes: int | None = None) -> Cost:
+    """Weight-stationary PE array of pe_rows x pe_cols. For each weight tile (k-chunk of
+    pe_rows, m-chunk of pe_cols): pe_rows cycles to load it, then one cycle per spike vector
+    (token, plane) of that k-chunk that is not all zero. `vectors` counts those over all
+    k-chunks (dense when None); `spikes` the nonzero spikes (dense bound when None)."""
+    R, C = cfg.pe_rows, cfg.pe_cols
+    kc, mc = _ceil(ins.k, R), _ceil(ins.m, C)
+    if vectors is None:
+        vectors = spmm_dense_vectors(cfg, ins)
+    if spikes is None:
+        spikes = vectors * min(R, ins.k)
+    wbytes = ins.k * ins.m if ins.wfmt == WeightFormat.INT8 else _ceil(ins.k * ins.m, 2)
+    acc_bytes = ins.n * ins.m * 4
+    c = Cost(cycles=cfg.spmm_setup_cycles + mc * (kc * R + vectors))
+    # SOPs (one add per nonzero spike per output feature) plus one Horner/accumulate add
+    # per processed vector per PE column.
+    c.pe_adds = spikes * ins.m + vectors * mc * C
+    c.sram_read = {
+        Buffer.INP: mc * ins.n * ins.k * 2,  # codes re-read for every m-chunk
+        Buffer.WGT: wbytes,  # every weight once (weight stationary)
+        Buffer.ACC: acc_bytes * (kc - 1 + (ins.acc_mode == AccMode.ACCUMULATE)),
+    }
+    c.sram_write = {Buffer.ACC: acc_bytes * kc}
+    return c
+
+
+def encode_cost(cfg: HwConfig, ins: Instruction) -> Cost:
+    adds, mults, passes = ENCODE_OPS[ScaleMode(ins.scale)]
+    elems = ins.n * ins.len
+    dst = Buffer.INP if ins.dst_buf == EncodeDst.INP else Buffer.WGT
+    c = Cost(cycles=cfg.vec_setup_cycles + ins.n * passes * _ceil(ins.len, cfg.vec_lanes))
+    c.fp_adds, c.fp_mults = adds * elems, mults * elems
+    c.sram_read = {Buffer.VEC: passes * elems * 4}
+    c.sram_write = {dst: elems * ELEMENT_BYTES[dst]}
+    if ins.scale == ScaleMode.DYNAMIC:
+        c.sram_write[Buffer.SCL] = ins.n * 4
+    else:
+        c.sram_read[Buffer.SCL] = 4
+    return c
+
+
+def vec_cost(cfg: HwConfig, ins: Instruction) -> Cost:
+    func = VecFunc(ins.func)
+    adds, mults, passes = VEC_OPS[func]
+    if func == VecFunc.DEQ and ins.flags & VecFlag.BIAS:
+        adds += 1
+    elems = ins.n * ins.len
+    c = Cost(cycles=cfg.vec_setup_cycles + ins.n * passes * _ceil(ins.len, cfg.vec_lanes))
+    c.fp_adds, c.fp_mults = adds * elems, mults * elems
+    src = Buffer.ACC if func == VecFunc.DEQ else Buffer.VEC
+    # src0 is read once per pass; full-size second operands (ADD, MUL, ROPE's cos and sin)
+    # once; row vectors and scalars stay in lane registers and are not counted.
+    second = elems * 4 if func in (VecFunc.ADD, VecFunc.MUL, VecFunc.ROPE) else 0
+    if src == Buffer.ACC:
+        c.sram_read = {Buffer.ACC: passes * elems * 4}
+    else:
+        c.sram_read = {Buffer.VEC: passes * elems * 4 + second}
+    c.sram_write = {Buffer.VEC: elems * 4}
+    return c
+
+
+def instruction_cost(cfg: HwConfig, ins: Instruction, vectors: int | None = None, spikes: int | None = None) -> Cost:
+    op = ins.op
+    if op in (Opcode.LOAD, Opcode.STORE):
+        return dma_cost(cfg, ins)
+    if op == Opcode.SPMM:
+        return spmm_cost(cfg, ins, vectors, spikes)
+    if op == Opcode.ENCODE:
+        return encode_cost(cfg, ins)
+    if op == Opcode.VEC:
+        return vec_cost(cfg, ins)
+    return Cost(cycles=1)  # FINISH

@@ -10,6 +10,7 @@ shared `CompileContext` (options, calibration data, float model) in their constr
 from __future__ import annotations
 
 from spikec.passes.generic import (
+    EliminateCommonSubexpressions,
     EliminateDeadNodes,
     EliminateIdentity,
     FoldConstants,
@@ -26,6 +27,7 @@ from spikec.passes.spike_rewrite import SpikeRewrite
 PASSES: dict[str, type[SpikecPass]] = {
     cls.name: cls
     for cls in (ShapeInference, FoldConstants, EliminateIdentity, EliminateDeadNodes, TopologicalSort,
+                EliminateCommonSubexpressions,
                 Quantize, ImportQdq, SpikeRewrite, Med, Msts)
 }
 
@@ -37,9 +39,13 @@ GENERIC_PIPELINE: tuple[str, ...] = (
     "shape-inference",
 )
 
-SPIKING_PIPELINE: tuple[str, ...] = GENERIC_PIPELINE + ("quantize", "spike-rewrite", "med", "msts")
+# CSE after spike-rewrite merges the spike encoders of products that read the same
+# activation (Q/K/V, gate/up): one encoder per activation, as the hardware would have.
+SPIKING_PIPELINE: tuple[str, ...] = GENERIC_PIPELINE + (
+    "quantize", "spike-rewrite", "eliminate-common-subexpressions", "med", "msts")
 # For a model already quantized to QDQ by another tool (chosen automatically when the
 # input has QuantizeLinear/DequantizeLinear nodes).
-QDQ_PIPELINE: tuple[str, ...] = ("import-qdq",) + GENERIC_PIPELINE + ("spike-rewrite", "med", "msts")
+QDQ_PIPELINE: tuple[str, ...] = ("import-qdq",) + GENERIC_PIPELINE + (
+    "spike-rewrite", "eliminate-common-subexpressions", "med", "msts")
 
 __all__ = ["PASSES", "GENERIC_PIPELINE", "SPIKING_PIPELINE", "QDQ_PIPELINE", "PassManager", "CompileReport", "PassRecord", "SpikecPass"]

@@ -76,3 +76,15 @@ class TopologicalSort(SpikecPass):
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         return common.TopologicalSortPass()(model)
+
+
+class EliminateCommonSubexpressions(SpikecPass):
+    """Merge nodes that compute the same thing from the same inputs (onnx-ir's CSE).
+
+    After spike-rewrite this is what lets Q, K and V (and gate and up) share one spike
+    encoder: their SpikeEncode nodes have the same input and attributes."""
+
+    name = "eliminate-common-subexpressions"
+
+    def call(self, model: ir.Model) -> ir.passes.PassResult:
+        return common.CommonSubexpressionEliminationPass()(model)

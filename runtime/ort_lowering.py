@@ -145,18 +145,28 @@ def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_
     if neuron == "if":
         n.append(helper.make_node("Add", ["q", "off_tok"], ["code"]))  # c = q + 2**(b-1) >= 0
         n.append(helper.make_node("Identity", ["code"], ["mag"]))
-    else:
+    elif mode == "exact" or planes > 1:
         n.append(helper.make_node("Abs", ["q"], ["mag"]))
         n.append(helper.make_node("Sign", ["q"], ["sgn"]))
-    if mode == "fused":
+    if mode == "fused" and planes == 1:
+        # |code| fits one 7-bit group: the product is one MatMulInteger, no digit split
+        if neuron == "if":
+            _mmi(n, "code", "w8", "acc0", 0, "g0")
+        else:
+            _mmi(n, "q", "w8", "acc0", 128, "g0")
+        n.append(helper.make_node("Identity", ["acc0"], ["acc_s"]))
+    elif mode == "fused":
         # Horner over digit groups, most significant first: acc <- 128 acc + d_j @ W.
         for j in reversed(range(planes)):
-            n += [
-                _c(f"div{j}", 128**j, np.int32),
-                _c(f"m{j}", 128, np.int32),
-                helper.make_node("Div", ["mag", f"div{j}"], [f"sh{j}"]),
-                helper.make_node("Mod", [f"sh{j}", f"m{j}"], [f"dig{j}"]),
-            ]
+            n += [_c(f"m{j}", 128, np.int32)]
+            src = "mag"
+            if j > 0:  # the lowest group needs no shift
+                n += [_c(f"div{j}", 128**j, np.int32), helper.make_node("Div", ["mag", f"div{j}"], [f"sh{j}"])]
+                src = f"sh{j}"
+            if j < planes - 1:  # the highest group is already < 128
+                n.append(helper.make_node("Mod", [src, f"m{j}"], [f"dig{j}"]))
+            else:
+                n.append(helper.make_node("Identity", [src], [f"dig{j}"]))
             if neuron == "if":
                 _mmi(n, f"dig{j}", "w8", f"p{j}", 0, f"g{j}")
             else:

@@ -27,6 +27,7 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Pa
     prefix = f".{final.name}.tmp-"
     if is_dir:
         tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+        tmp.chmod(0o755)  # mkdtemp makes it 0700; the output is an ordinary folder
     else:
         fd, name = tempfile.mkstemp(prefix=prefix, dir=final.parent)
         os.close(fd)

@@ -153,7 +153,6 @@ def export_loaded(loaded: Loaded, outdir: Path, *, opset: int = DEFAULT_OPSET,
     text_model = adapter.text_model(model)
     graphs = {}
     with atomic_path(outdir, is_dir=True) as tmp:
-        tmp.chmod(0o755)  # mkdtemp makes it 0700; the output is an ordinary folder
         # 1. Vision encoder + projector, traced on the processor's output for a sample image.
         t0 = time.time()
         progress("exporting vision encoder + projector")

@@ -3,7 +3,7 @@
 `PASSES` maps every pass name to its class; `GENERIC_PIPELINE` is the clean-up
 pipeline that runs on any ONNX model; `SPIKING_PIPELINE` is the default of
 `spikec compile`: clean up, quantize, rewrite into spiking ops, measure MED, assign
-timesteps (docs/passes.md). Passes with `uses_context = True` take the compile's
+timesteps (docs/passes.md). Passes derived from `ContextPass` take the compile's
 shared `CompileContext` (options, calibration data, float model) in their constructor.
 """
 

@@ -37,8 +37,7 @@ import onnx_ir as ir
 from spikec import ops
 from spikec import reference as R
 from spikec.errors import SpikecError
-from spikec.passes.manager import SpikecPass
-from spikec.passes.options import CompileContext
+from spikec.passes.options import ContextPass
 from spikec.passes.quantize import (_bias_of, _drop_unused_initializers, _initializer, _replace, capture_float,
                                     const_array, modality_of_graph)
 
@@ -87,17 +86,12 @@ def _bits(dtype: np.dtype) -> int:
     return 4 if "4" in str(dtype) else 8 * np.dtype(dtype).itemsize
 
 
-class ImportQdq(SpikecPass):
+class ImportQdq(ContextPass):
     """QDQ products -> spikec::QuantLinear; the rest of the Q/DQ folded or kept as float ops."""
 
     name = "import-qdq"
     guarantees = ("quantized",)
     invalidates = ("shapes-inferred",)
-    uses_context = True
-
-    def __init__(self, context: CompileContext | None = None) -> None:
-        self.ctx = context or CompileContext()
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         g = model.graph
         for node in g:

@@ -30,8 +30,7 @@ import onnx_ir as ir
 from spikec import atomic
 from spikec import calibration as C
 from spikec import ops
-from spikec.passes.manager import SpikecPass
-from spikec.passes.options import CompileContext
+from spikec.passes.options import ContextPass
 from spikec.passes.quantize import MODALITY_INPUT, capture_float, modality_of_graph
 
 log = logging.getLogger(__name__)
@@ -139,16 +138,11 @@ def measure(float_proto, feeds: list[dict], pairs, names: list[str], const_mod: 
     return rows
 
 
-class Med(SpikecPass):
+class Med(ContextPass):
     """Measure e[l, m] and MED[l] on the float model; tag spikec ops with their layer."""
 
     name = "med"
     guarantees = ("med-measured",)
-    uses_context = True
-
-    def __init__(self, context: CompileContext | None = None) -> None:
-        self.ctx = context or CompileContext()
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         capture_float(model, self.ctx)
         pairs, ends = layers_of(model.graph)

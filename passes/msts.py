@@ -35,9 +35,8 @@ from spikec import calibration as C
 from spikec import ops
 from spikec.errors import SpikecError
 from spikec.passes.import_qdq import imported_timesteps
-from spikec.passes.manager import SpikecPass
 from spikec.passes.med import MED_KEY, assign_layers, layers_of
-from spikec.passes.options import CompileContext
+from spikec.passes.options import CompileContext, ContextPass
 from spikec.passes.quantize import MODALITY_INPUT, modality_of_graph
 
 log = logging.getLogger(__name__)
@@ -110,17 +109,12 @@ def token_counts(ctx: CompileContext, names: list[str], const_mod: int) -> np.nd
     return counts
 
 
-class Msts(SpikecPass):
+class Msts(ContextPass):
     """Assign timesteps per modality (and per layer where it pays)."""
 
     name = "msts"
     needs = ("quantized",)
     guarantees = ("timesteps-assigned",)
-    uses_context = True
-
-    def __init__(self, context: CompileContext | None = None) -> None:
-        self.ctx = context or CompileContext()
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         opts = self.ctx.options.validate()
         names = ops.modalities(model)

@@ -16,6 +16,7 @@ from typing import Any
 import onnx
 
 from spikec.errors import SpikecError
+from spikec.passes.manager import SpikecPass
 from spikec.ops import ACT_SCALES, MAX_T, NEURONS
 
 CALIB_METHODS = ("max", "percentile", "mse")
@@ -90,3 +91,13 @@ class CompileContext:
         if not self.feeds:
             raise SpikecError(f"pass '{who}': needs calibration data; pass --calib PATH")
         return self.feeds
+
+
+class ContextPass(SpikecPass):
+    """A pass that reads and writes the compile's shared CompileContext (options,
+    calibration feeds, the float model, results for the report)."""
+
+    uses_context = True
+
+    def __init__(self, context: CompileContext | None = None) -> None:
+        self.ctx = context or CompileContext()

@@ -33,8 +33,7 @@ from spikec import ir as spir
 from spikec import ops
 from spikec import reference as R
 from spikec.errors import SpikecError
-from spikec.passes.manager import SpikecPass
-from spikec.passes.options import CompileContext
+from spikec.passes.options import CompileContext, ContextPass
 
 log = logging.getLogger(__name__)
 
@@ -281,17 +280,12 @@ def capture_float(model: ir.Model, ctx: CompileContext, *, refresh: bool = False
         ctx.float_model = spir.inline_external_tensors(spir.to_proto(model), model)
 
 
-class Quantize(SpikecPass):
+class Quantize(ContextPass):
     """Weights per output channel (int8/int4), activations static per modality or dynamic per token."""
 
     name = "quantize"
     guarantees = ("quantized",)
     invalidates = ("shapes-inferred",)
-    uses_context = True
-
-    def __init__(self, context: CompileContext | None = None) -> None:
-        self.ctx = context or CompileContext()
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         opts = self.ctx.options.validate()
         capture_float(model, self.ctx, refresh=True)

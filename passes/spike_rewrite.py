@@ -26,8 +26,7 @@ import onnx_ir as ir
 
 from spikec import ops
 from spikec.errors import SpikecError
-from spikec.passes.manager import SpikecPass
-from spikec.passes.options import CompileContext
+from spikec.passes.options import ContextPass
 from spikec.passes.quantize import _initializer
 
 log = logging.getLogger(__name__)
@@ -44,18 +43,13 @@ def _value(name: str, dtype: ir.DataType, shape=None) -> ir.Value:
     return ir.Value(name=name, type=ir.TensorType(dtype), shape=shape)
 
 
-class SpikeRewrite(SpikecPass):
+class SpikeRewrite(ContextPass):
     """QuantLinear/QuantMatMul -> SpikeEncode + SpikeMatMul (tc-lif or rate IF)."""
 
     name = "spike-rewrite"
     needs = ("quantized",)
     guarantees = ("spiking",)
     invalidates = ("shapes-inferred",)
-    uses_context = True
-
-    def __init__(self, context: CompileContext | None = None) -> None:
-        self.ctx = context or CompileContext()
-
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         neuron = self.ctx.options.neuron
         names = ops.modalities(model)

@@ -202,7 +202,6 @@ def test_reload_from_folder_exports_same_graphs_all(exported, tmp_path, name):
 
 @pytest.mark.slow
 def test_smolvlm_through_idefics3_adapter(tmp_path):
-    pytest.importorskip("num2words")  # SmolVLMProcessor needs it; not in the pinned environment
     from spikec.frontend.adapters import adapter_for
     from spikec.frontend.loading import Loaded
     from spikec.frontend.tiny import tiny_smolvlm

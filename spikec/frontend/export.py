@@ -65,6 +65,8 @@ def format_prompt(adapter, processor, prompt: str) -> str:
 def processor_inputs(loaded_or_parts, images, prompts: list[str]) -> dict:
     adapter, processor = loaded_or_parts
     texts = [format_prompt(adapter, processor, p) for p in prompts]
+    if adapter.images_per_prompt_nested:
+        images = [[image] for image in images]  # one list of images per prompt (SmolVLM insists)
     return dict(processor(images=images, text=texts, return_tensors="pt", padding=True))
 
 

@@ -27,6 +27,8 @@ class Adapter:
     mrope = False  # position_ids are [3, batch, seq] (multimodal rotary) instead of [batch, seq]
     # Prompt layout when the processor has no chat template; {image} is the processor's image token.
     prompt_layout = "{image}\n{prompt}"
+    # The processor wants images as one list per prompt ([[img], [img]]) instead of a flat list.
+    images_per_prompt_nested = False
 
     # ---- torch side -------------------------------------------------------------
     @staticmethod

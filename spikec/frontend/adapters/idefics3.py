@@ -27,6 +27,7 @@ class Idefics3Adapter(Adapter):
     family = "idefics3"
     model_types = ("idefics3", "smolvlm")
     prompt_layout = "{image}{prompt}"
+    images_per_prompt_nested = True
 
     @classmethod
     def vision_module(cls, model):

@@ -15,14 +15,14 @@ import numpy as np
 
 from spikec.errors import SpikecError
 
-TARGETS = ("ort",)
+TARGETS = ("ort", "fpga")
 
 
 class CompiledModel:
     """A .sbin opened on a target. Close it (or use `with`) to release the file."""
 
     def __init__(self, path: str | os.PathLike, *, target: str = "ort", mode: str = "fused",
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, device: str = "sim") -> None:
         from spikec.package import SbinModel
         from spikec.runtime import ort_target
 
@@ -32,7 +32,17 @@ class CompiledModel:
         self.target, self.mode = target, mode
         self.sbin = SbinModel(self.path)
         self.manifest = self.sbin.manifest
-        self.sessions = ort_target.create_sessions(self.sbin, mode, threads or ort_target.default_threads())
+        self.runner = None
+        try:
+            if target == "fpga":
+                from spikec.runtime import fpga_target
+
+                self.sessions, self.runner = fpga_target.create_sessions(self.sbin, device)
+            else:
+                self.sessions = ort_target.create_sessions(self.sbin, mode, threads or ort_target.default_threads())
+        except BaseException:
+            self.sbin.close()
+            raise
         self._generator = None
 
     @property
@@ -70,6 +80,10 @@ class CompiledModel:
         """Spike statistics accumulated so far (exact mode records them)."""
         from spikec.runtime.ort_target import spike_stats
 
+        if self.target == "fpga":
+            from spikec.runtime.fpga_target import report
+
+            return report(self.runner)
         if self.mode != "exact":
             raise SpikecError("spike statistics need mode='exact' (bit-identical to fused, but it counts spikes)")
         return spike_stats(self.sessions, self.modality_names)
@@ -97,6 +111,7 @@ def load_image(path: str | os.PathLike):
         raise SpikecError(f"--image {p}: not an image ({exc})") from None
 
 
-def load(path: str | os.PathLike, *, target: str = "ort", mode: str = "fused", threads: int | None = None) -> CompiledModel:
-    """Open a compiled model (.sbin) on a target."""
-    return CompiledModel(path, target=target, mode=mode, threads=threads)
+def load(path: str | os.PathLike, *, target: str = "ort", mode: str = "fused", threads: int | None = None,
+         device: str = "sim") -> CompiledModel:
+    """Open a compiled model (.sbin) on a target ("fpga": spiking products on `device`)."""
+    return CompiledModel(path, target=target, mode=mode, threads=threads, device=device)

@@ -20,6 +20,7 @@ from spikec.errors import SpikecError
 # it works end to end.
 COMMANDS: dict[str, str] = {
     "compile": "spikec.commands.compile:compile_command",
+    "disasm": "spikec.commands.disasm:disasm_command",
     "eval": "spikec.commands.eval:eval_command",
     "export": "spikec.commands.export:export_command",
     "inspect": "spikec.commands.inspect:inspect_command",

@@ -279,15 +279,21 @@ def compile_folder(
     return CompileReport(input=str(input_dir), passes=records, properties=[], extra=extra)
 
 
-def compile_path(input_path: str | Path, output: str | Path, **kw) -> CompileReport:
+def compile_path(input_path: str | Path, output: str | Path, *, isa: bool = False, hwconfig: str = "default",
+                 **kw) -> CompileReport:
     """A folder with manifest.json compiles as an export folder, anything else as one ONNX file.
 
     An OUTPUT ending in .sbin gets the whole compiled model packed into one container
     (docs/sbin.md): the folder is compiled beside it under a temporary name, packed with
-    the compile report, and removed."""
+    the compile report, and removed. With `isa`, the spiking products are also lowered to
+    the accelerator (passes/lower_isa.py) for the hardware configuration `hwconfig`
+    (a built-in name or a JSON path), adding the sections isa/hwconfig, isa/weights,
+    isa/kernels and isa/program (docs/isa.md, "Lowering and the fpga target")."""
     output = Path(output)
     if output.suffix == ".sbin":
-        return _compile_to_sbin(Path(input_path), output, **kw)
+        return _compile_to_sbin(Path(input_path), output, isa=isa, hwconfig=hwconfig, **kw)
+    if isa:
+        raise SpikecError(f"--isa: the accelerator lowering is packed into a .sbin; give -o {Path(output).with_suffix('.sbin').name}")
     p = Path(input_path)
     if p.is_dir():
         if not (p / "manifest.json").is_file():
@@ -297,7 +303,35 @@ def compile_path(input_path: str | Path, output: str | Path, **kw) -> CompileRep
     return compile_onnx(p, output, **kw)
 
 
-def _compile_to_sbin(input_path: Path, output: Path, **kw) -> CompileReport:
+ISA_SECTIONS = ("isa/hwconfig", "isa/weights", "isa/kernels", "isa/program")
+
+
+def isa_sections(folder: Path, hwconfig: str = "default") -> tuple[list[tuple[str, int, bytes]], dict]:
+    """Lower the compiled graphs of a model folder to the accelerator: the four isa/*
+    sections and the fallback report (host ops per graph)."""
+    from spikec.isa.container import SectionKind
+    from spikec.isa.encoding import encode_program
+    from spikec.isa.hwconfig import HwConfig
+    from spikec.passes import lower_isa
+
+    cfg = HwConfig.load(hwconfig)
+    manifest = json.loads((folder / "manifest.json").read_text())
+    graphs = {role: load_inlined(folder / g["file"]) for role, g in manifest["graphs"].items()}
+    art = lower_isa.lower_graphs(graphs, cfg)
+    program = encode_program(lower_isa.representative_program(art))
+    sections = [
+        ("isa/hwconfig", SectionKind.HWCONFIG, cfg.to_json()),
+        ("isa/weights", SectionKind.WEIGHTS, art.weights),
+        ("isa/kernels", SectionKind.JSON, art.kernels_json()),
+        ("isa/program", SectionKind.PROGRAM, program),
+    ]
+    summary = {"hwconfig": cfg.name, "kernels": len(art.kernels), "weights_bytes": len(art.weights),
+               "program_instructions": len(program) // 16, **art.fallback}
+    return sections, summary
+
+
+def _compile_to_sbin(input_path: Path, output: Path, *, isa: bool = False, hwconfig: str = "default",
+                     **kw) -> CompileReport:
     import tempfile
 
     from spikec.isa.container import SectionKind
@@ -319,11 +353,15 @@ def _compile_to_sbin(input_path: Path, output: Path, **kw) -> CompileReport:
             if isinstance(msts, dict):
                 manifest["timesteps"] = {"model": msts}
             atomic.write_text(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
+        extra_sections: list = []
+        if isa:
+            extra_sections, report.extra["isa"] = isa_sections(folder, hwconfig)
         report_json = json.dumps(dataclasses.asdict(report), indent=2, default=_json_default, sort_keys=True)
         # wall times differ run to run; the container must not, so the packed report drops them
         packed = json.loads(report_json)
         for rec in packed.get("passes", []):
             rec.pop("wall_s", None)
         pack_folder(folder, output, extra=[("report", SectionKind.JSON,
-                                            (json.dumps(packed, indent=2, sort_keys=True) + "\n").encode())])
+                                            (json.dumps(packed, indent=2, sort_keys=True) + "\n").encode()),
+                                           *extra_sections])
     return report

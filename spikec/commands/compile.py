@@ -40,11 +40,14 @@ from spikec.passes import PASSES, QDQ_PIPELINE, SPIKING_PIPELINE
 @click.option("--tt", type=int, default=None, help="Timesteps of text tokens (default 4).")
 @click.option("--budget", type=float, default=None, help="Effective timesteps per token: search Tv/Tt (and per layer) for least error.")
 @click.option("--spike-attention", is_flag=True, help="Also spike the attention products Q @ K^T and P @ V.")
+@click.option("--isa", is_flag=True, help="Also lower the spiking products to the accelerator (needs -o MODEL.sbin; "
+              "for `spikec run --target fpga` and `spikec disasm`).")
+@click.option("--hwconfig", default="default", show_default=True, help="With --isa: the hardware configuration (built-in name or JSON path).")
 @click.option("--no-per-layer", "per_layer", flag_value=False, default=True, help="With --budget: one T per modality for all layers.")
 def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_list: str | None, report_path: Path | None,
                     wbits: str, act_scale: str, calib: Path | None, calib_method: str, percentile: float, calib_samples: int,
                     smooth: float | None, neuron: str, tv: int | None, tt: int | None, budget: float | None,
-                    spike_attention: bool, per_layer: bool) -> None:
+                    spike_attention: bool, isa: bool, hwconfig: str, per_layer: bool) -> None:
     """Compile INPUT (an ONNX file, or an export folder of `spikec export`) into OUTPUT."""
     from spikec import atomic
     from spikec.compiler import compile_path
@@ -57,7 +60,7 @@ def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_
     ).validate()
     names = None if pass_list is None else [n.strip() for n in pass_list.split(",") if n.strip()]
     report = compile_path(input_path, output, pipeline=names, options=options, dump_dir=dump_dir,
-                          progress=lambda m: click.echo(m, err=True))
+                          progress=lambda m: click.echo(m, err=True), isa=isa, hwconfig=hwconfig)
     if report_path is not None:
         atomic.write_text(report_path, report.to_json())
     click.echo(f"compiled {input_path} -> {output}")
@@ -67,6 +70,8 @@ def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_
     graphs = report.extra.get("graphs") or {"": report.extra}
     for role, extra in graphs.items():
         _print_layers(role, extra)
+    if isa:
+        _print_isa(report.extra.get("isa") or {})
     if dump_dir is not None:
         click.echo(f"IR dumps and report.json in {dump_dir}")
 
@@ -86,3 +91,14 @@ def _print_layers(role: str, extra: dict) -> None:
         med = "" if r.get("med") is None else f"{r['med']:.3f}"
         click.echo(f"{'':{len(role) + 2 if role else 0}}{str(r.get('layer', '')):>5} {r['name'][:26]:<26} {T:<18} "
                    f"{str(r.get('wbits')):>4} {r['act_scale']:<8} {med:>6}")
+
+
+def _print_isa(isa: dict) -> None:
+    click.echo(f"accelerator ({isa.get('hwconfig')}): {isa.get('kernels')} kernels, {isa.get('weights_bytes'):,} weight bytes, "
+               f"representative program {isa.get('program_instructions')} instructions")
+    for role, g in (isa.get("graphs") or {}).items():
+        ops = ", ".join(f"{k} {v}" for k, v in g["host_ops"].items())
+        click.echo(f"  {role}: {g['device_kernels']} kernels on the device; host fallback: {ops or 'none'}")
+        for node, why in g["not_lowered"].items():
+            click.echo(f"    not lowered: {node}: {why}")
+    click.echo(f"  note: {isa.get('note')}")

@@ -24,10 +24,32 @@ def _print_stats(stats: dict) -> None:
                        f"{r['rate']:>7.4f} {r['sops']:>12,}")
 
 
+def _print_fpga(r: dict) -> None:
+    g = r["gpu"]
+    click.echo(f"fpga target (device simulator, hwconfig '{r['hwconfig']}' at {r['clock_mhz']:g} MHz): "
+               f"{r['calls']} kernel calls, {r['tokens']:,} token-rows, effective timesteps {r['effective_timesteps']:.3f}")
+    click.echo(f"  device cycles: {r['cycles']:,}   modeled latency of the spiking products: {r['latency_s'] * 1e3:.4f} ms")
+    parts = ", ".join(f"{k} {v * 1e-6:.3f}" for k, v in r["energy_pj_by_component"].items())
+    click.echo(f"  modeled energy: {r['energy_j'] * 1e6:.3f} uJ ({parts} uJ; 45 nm Horowitz constants, docs/isa.md section 7)")
+    click.echo(f"  spikes: {r['spikes']:,}   spike density: {r['spike_density']:.4f}   SOPs: {r['sops']:,}   "
+               f"float MACs of the same products: {r['float_macs']:,}")
+    click.echo(f"  spike vectors processed: {r['spike_vectors']:,}, skipped (all zero): {r['skipped_vectors']:,}   "
+               f"DRAM traffic: {r['dram_bytes']:,} bytes")
+    click.echo(f"  modeled GPU baseline: {g['name']}, roofline per product (max(2*MACs/peak, FP16 bytes/bandwidth)), "
+               f"energy = power x time")
+    click.echo(f"    GPU time {g['seconds'] * 1e6:.3f} us, energy {g['energy_j'] * 1e6:.3f} uJ ({g['bytes']:,} bytes)")
+    click.echo(f"  modeled throughput ratio (GPU time / accelerator time): {r['throughput_ratio']:.4g}   "
+               f"modeled energy-efficiency ratio (GPU energy / accelerator energy): {r['efficiency_ratio']:.4g}")
+    click.echo("  (host fallback ops -- norms, softmax, rotary, attention -- are not included on either side)")
+
+
 @click.command("run")
 @click.argument("model_path", metavar="MODEL.sbin", type=click.Path(path_type=Path))
-@click.option("--target", type=click.Choice(["ort"]), default="ort", show_default=True,
-              help="Where to run: ort = ONNX Runtime (the accelerator target arrives with the ISA).")
+@click.option("--target", type=click.Choice(["ort", "fpga"]), default="ort", show_default=True,
+              help="Where to run: ort = ONNX Runtime; fpga = spiking products on the accelerator (a model compiled "
+                   "with --isa), everything else on the host.")
+@click.option("--device", type=click.Choice(["sim"]), default="sim", show_default=True,
+              help="With --target fpga: the device (sim = the functional simulator and cost model).")
 @click.option("--mode", type=click.Choice(["fused", "exact", "fakequant"]), default="fused", show_default=True,
               help="fused: integer products; exact: explicit spike planes (bit-identical, counts spikes); fakequant: the ANN baseline, float MatMul of the same codes.")
 @click.option("--image", type=click.Path(path_type=Path), help="Input image for generation.")
@@ -39,7 +61,7 @@ def _print_stats(stats: dict) -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="With --inputs: write outputs (.npz).")
 @click.option("--stats", is_flag=True, help="Print per-layer spike rate, SOPs and effective timesteps (runs exact mode).")
 @click.option("--stats-json", type=click.Path(path_type=Path, dir_okay=False), help="Also write the statistics as JSON.")
-def run_command(model_path, target, mode, image, prompt, max_new_tokens, inputs_path, graph, output, stats, stats_json):
+def run_command(model_path, target, device, mode, image, prompt, max_new_tokens, inputs_path, graph, output, stats, stats_json):
     """Run MODEL.sbin: image + prompt to text, or raw tensors (--inputs/-o)."""
     import numpy as np
 
@@ -54,9 +76,9 @@ def run_command(model_path, target, mode, image, prompt, max_new_tokens, inputs_
         raise SpikecError("generation needs both --image and --prompt")
     if output is not None and inputs_path is None:
         raise SpikecError("-o/--output goes with --inputs")
-    if stats or stats_json:
+    if (stats or stats_json) and target == "ort":
         mode = "exact"
-    with load(model_path, target=target, mode=mode) as model:
+    with load(model_path, target=target, mode=mode, device=device) as model:
         if generating:
             click.echo(model.generate(image, prompt, max_new_tokens=max_new_tokens))
         else:
@@ -79,6 +101,6 @@ def run_command(model_path, target, mode, image, prompt, max_new_tokens, inputs_
         if stats or stats_json:
             report = model.stats()
             if stats:
-                _print_stats(report)
+                (_print_fpga if target == "fpga" else _print_stats)(report)
             if stats_json:
                 atomic.write_text(stats_json, json.dumps(report, indent=2) + "\n")

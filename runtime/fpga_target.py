@@ -1,0 +1,281 @@
+"""The `fpga` target: spiking products on the accelerator (through the Device interface),
+everything else on the host.
+
+A .sbin compiled with `--isa` carries `isa/hwconfig`, `isa/weights` (packed weights and
+scales), `isa/kernels` (one descriptor per lowered SpikeEncode -> SpikeMatMul pair) and
+`isa/program` (a representative program, for `spikec disasm`). At load time the weights
+image is written once into device DRAM. Each graph is rewritten so that every lowered
+pair becomes one `spikec.fpga::DeviceLinear(x, modality?)` node, and the graph runs on
+onnx's reference evaluator with the spikec kernels for whatever spiking op stayed on
+the host; a DeviceLinear call writes its activations (rows grouped by modality) into
+DRAM, builds the call's instruction stream from the descriptor
+(`passes.lower_isa.build_program`), runs it on the device and reads the results back.
+The device's integer path and DEQ order are the reference's, so the outputs equal
+`spikec.reference.spiking_linear` bit for bit.
+
+Counters accumulate over calls: device cycles (calls run one after another, so they
+add), energy by component, spikes and SOPs; plus the float MACs and FP16 weight bytes of
+the same products, for the modeled GPU comparison (`gpu_baseline`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+import onnx
+from onnx import helper
+from onnx.reference.op_run import OpRun
+
+from spikec import ops as sops
+from spikec.errors import SpikecError
+from spikec.isa.hwconfig import HwConfig
+from spikec.passes import lower_isa
+from spikec.runtime.device import Counters, Device
+
+DOMAIN = "spikec.fpga"
+DEVICES = ("sim",)
+
+
+# ---------------------------------------------------------------- the modeled GPU baseline
+
+
+@dataclass(frozen=True)
+class GpuBaseline:
+    """An FP16 GPU on a roofline: per product, time = max(2 * MACs / peak, bytes / bandwidth),
+    energy = power * time (board power at full load: a generous GPU, since it is charged
+    only while running these products). Default: an A100-class part (312 TFLOP/s dense FP16
+    tensor cores, 2.0 TB/s HBM2e, 400 W TDP; NVIDIA A100 80GB SXM datasheet)."""
+
+    name: str = "A100-class FP16 (312 TFLOP/s, 2.0 TB/s, 400 W)"
+    peak_flops: float = 312e12
+    bandwidth: float = 2.0e12
+    power_w: float = 400.0
+
+
+GPU_A100 = GpuBaseline()
+
+
+@dataclass
+class FpgaCounters:
+    device: Counters = field(default_factory=Counters)
+    calls: int = 0
+    tokens: int = 0  # token-rows through the products (a token counts once per product)
+    tokens_T: int = 0  # sum over those rows of their T
+    possible_spikes: int = 0  # sum over rows of K * planes (T for TC-LIF, 2**(T+1) - 1 for rate IF)
+    float_macs: int = 0  # tokens * K * M of the same products
+    gpu_bytes: int = 0  # FP16 bytes a GPU moves for them: weights once per call, x and y
+    gpu_seconds: float = 0.0  # the roofline time of each product, summed
+
+    def add(self, c: Counters) -> None:
+        d = self.device
+        for f in dataclasses.fields(Counters):
+            if f.name == "energy_pj":
+                for k, v in c.energy_pj.items():
+                    d.energy_pj[k] = d.energy_pj.get(k, 0.0) + v
+            else:
+                setattr(d, f.name, getattr(d, f.name) + getattr(c, f.name))
+
+
+class KernelRunner:
+    """Runs lowered kernels on a Device: the weights image is written once, then each call
+    writes x, builds and loads its program, runs it and reads y."""
+
+    def __init__(self, device: Device, weights: bytes, kernels: list[dict], gpu: GpuBaseline = GPU_A100) -> None:
+        self.device, self.cfg = device, device.config
+        self.kernels = kernels
+        self.gpu = gpu
+        self.io_base = lower_isa._align(len(weights), 4096)
+        if self.io_base > self.cfg.dram_bytes:
+            raise SpikecError(f"isa/weights: {len(weights)} bytes exceed the device DRAM ({self.cfg.dram_bytes} bytes)")
+        device.write(0, weights)
+        self.stats = FpgaCounters()
+
+    def reset(self) -> None:
+        """Start the counters afresh (e.g. between prefill and decode measurements)."""
+        self.stats = FpgaCounters()
+
+    def __call__(self, index: int, x: np.ndarray, mods: np.ndarray, where: str = "") -> np.ndarray:
+        k = self.kernels[index]
+        K, M = k["K"], k["M"]
+        x = np.asarray(x, np.float32)
+        lead = x.shape[:-1]
+        xf = x.reshape(-1, K)
+        mf = np.asarray(mods, np.int64).reshape(-1)
+        T = np.asarray(k["timesteps"], np.int64)
+        names = k["modalities"]
+        if mf.size and (mf.min() < 0 or mf.max() >= len(T)):
+            bad = int(mf[(mf < 0) | (mf >= len(T))][0])
+            raise SpikecError(f"node '{where}': modality id {bad} has no timesteps (modalities: {names})")
+        if xf.shape[0] == 0:
+            return np.zeros((*lead, M), np.float32)
+        order = np.argsort(mf, kind="stable")
+        xs, ms = xf[order], mf[order]
+        x_addr = self.io_base
+        y_addr = lower_isa._align(x_addr + xs.nbytes, 4096)
+        if y_addr + 4 * xs.shape[0] * M > self.cfg.dram_bytes:
+            raise SpikecError(f"node '{where}': {xs.shape[0]} tokens do not fit the device DRAM")
+        groups = []
+        for m in np.unique(ms):
+            rows = np.flatnonzero(ms == m)
+            if k["act_scale"] == "static" and k["static_scales"][int(m)] is None:
+                raise SpikecError(
+                    f"node '{where}': no static scale for modality '{names[int(m)]}': the calibration data had no "
+                    f"{names[int(m)]} tokens at this layer; calibrate with such tokens or use --act-scale dynamic")
+            groups.append(lower_isa.Group(k, int(m), int(rows[0]), len(rows), x_addr, y_addr))
+        prog = lower_isa.build_program(groups, self.cfg)
+        from spikec.isa.encoding import encode_program
+
+        self.device.write(x_addr, np.ascontiguousarray(xs, "<f4").tobytes())
+        self.device.load_program(encode_program(prog))
+        try:
+            ctr = self.device.run()
+        except SpikecError as exc:
+            raise SpikecError(f"node '{where}' on the device: {exc}") from None
+        ys = self.device.read_array(y_addr, (xs.shape[0], M), "<f4")
+        y = np.empty_like(ys)
+        y[order] = ys
+        st = self.stats
+        st.add(ctr)
+        n = xs.shape[0]
+        st.calls += 1
+        st.tokens += n
+        st.tokens_T += int(T[ms].sum())
+        planes = T[ms] if k["neuron"] != "if" else (2 ** (T[ms] + 1) - 1)
+        st.possible_spikes += int(planes.sum()) * K
+        st.float_macs += n * K * M
+        nbytes = 2 * (K * M + n * K + n * M)
+        st.gpu_bytes += nbytes
+        st.gpu_seconds += max(2.0 * n * K * M / self.gpu.peak_flops, nbytes / self.gpu.bandwidth)
+        return y.reshape(*lead, M)
+
+
+def _device_op(runner: KernelRunner, names) -> type:
+    class DeviceLinear(OpRun):
+        op_domain = DOMAIN
+
+        def _run(self, x, modality=None, kernel=None, modality_id=None):
+            node = self.onnx_node.name
+            mods = sops.token_modality(modality, -1 if modality_id is None else int(modality_id), x.shape[:-1], node)
+            return (runner(int(kernel), x, mods, node),)
+
+    return DeviceLinear
+
+
+def rewrite_graph(proto: onnx.ModelProto, kernels: list[dict]) -> onnx.ModelProto:
+    """Replace each lowered SpikeMatMul (and its SpikeEncode, once unused) by DeviceLinear."""
+    by_node = {k["node"]: k for k in kernels}
+    g = proto.graph
+    producers = {o: n for n in g.node for o in n.output}
+    new_nodes = []
+    for n in g.node:
+        k = by_node.pop(n.name, None) if n.domain == sops.DOMAIN and n.op_type == sops.SPIKE_MATMUL else None
+        if k is None:
+            new_nodes.append(n)
+            continue
+        enc = producers.get(n.input[0])
+        if enc is None or enc.name != k["encoder"]:
+            raise SpikecError(f"isa/kernels: kernel {k['index']} names encoder '{k['encoder']}', the graph has another")
+        mod = n.input[2] if len(n.input) > 2 else ""
+        attrs = {"kernel": int(k["index"])}
+        if k["modality_id"] >= 0:
+            attrs["modality_id"] = int(k["modality_id"])
+        new_nodes.append(helper.make_node("DeviceLinear", [enc.input[0], mod], list(n.output), name=n.name,
+                                          domain=DOMAIN, **attrs))
+    if by_node:
+        raise SpikecError(f"isa/kernels: kernels for nodes the graph does not have: {sorted(by_node)[:3]}")
+    # drop encoders nothing reads any more
+    while True:
+        used = {i for n in new_nodes for i in n.input} | {o.name for o in g.output}
+        keep = [n for n in new_nodes if not (n.domain == sops.DOMAIN and n.op_type == sops.SPIKE_ENCODE
+                                             and not any(o in used for o in n.output))]
+        if len(keep) == len(new_nodes):
+            break
+        new_nodes = keep
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    del out.graph.node[:]
+    out.graph.node.extend(new_nodes)
+    if not any(o.domain == DOMAIN for o in out.opset_import):
+        out.opset_import.append(helper.make_opsetid(DOMAIN, 1))
+    return out
+
+
+class FpgaSession:
+    """One graph on the fpga target, with onnxruntime's `run(None, feeds)` interface."""
+
+    def __init__(self, role: str, proto: onnx.ModelProto, kernels: list[dict], runner: KernelRunner) -> None:
+        from spikec.ops import _kernels
+
+        self.role = role
+        mine = [k for k in kernels if k["graph"] == role]
+        names = sops.DEFAULT_MODALITIES
+        for p in proto.metadata_props:
+            if p.key == sops.MODALITIES_KEY:
+                names = tuple(json.loads(p.value))
+        rewritten = rewrite_graph(proto, mine)
+        from onnx.reference import ReferenceEvaluator
+
+        self.session = ReferenceEvaluator(rewritten, new_ops=[*_kernels(names), _device_op(runner, names)])
+        self.input_names = list(self.session.input_names)
+        self.output_names = list(self.session.output_names)
+        self.kernels = len(mine)
+
+    def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+        missing = [n for n in self.input_names if n not in feeds]
+        if missing:
+            raise SpikecError(f"graph '{self.role}': missing inputs {missing} (expects {self.input_names})")
+        wanted = list(output_names) if output_names else self.output_names
+        return self.session.run(wanted, {n: feeds[n] for n in self.input_names})
+
+
+def make_device(name: str, cfg: HwConfig) -> Device:
+    if name == "sim":
+        from spikec.runtime.simulator import Simulator
+
+        return Simulator(cfg)
+    raise SpikecError(f"--device: '{name}' is not available (devices: {', '.join(DEVICES)})")
+
+
+def create_sessions(sbin, device: str = "sim") -> tuple[dict[str, FpgaSession], KernelRunner]:
+    from spikec.isa.encoding import decode_program
+
+    missing = [s for s in ("isa/hwconfig", "isa/weights", "isa/kernels", "isa/program") if s not in sbin.file.sections]
+    if missing:
+        raise SpikecError(f"{sbin.path}: no accelerator sections ({', '.join(missing)} missing); "
+                          f"compile with `spikec compile --isa -o MODEL.sbin` for --target fpga")
+    cfg = HwConfig.from_json(sbin.file.read("isa/hwconfig"), f"{sbin.path}:isa/hwconfig")
+    doc = lower_isa.load_kernels(sbin.file.read("isa/kernels"), f"{sbin.path}:isa/kernels")
+    try:
+        decode_program(sbin.file.read("isa/program"))
+    except SpikecError as exc:
+        raise SpikecError(f"{sbin.path}: section 'isa/program' is not a valid accelerator program: {exc}") from None
+    runner = KernelRunner(make_device(device, cfg), sbin.file.read("isa/weights"), doc["kernels"])
+    sessions = {role: FpgaSession(role, sbin.graph(role), doc["kernels"], runner) for role in sbin.roles}
+    return sessions, runner
+
+
+def report(runner: KernelRunner) -> dict:
+    """Device counters, modeled latency and energy, and the modeled GPU comparison."""
+    st, cfg, gpu = runner.stats, runner.cfg, runner.gpu
+    d = st.device
+    secs = d.cycles / (cfg.clock_mhz * 1e6)
+    energy_j = d.energy_total_pj * 1e-12
+    possible = d.spike_vectors + d.skipped_vectors
+    gpu_j = st.gpu_seconds * gpu.power_w
+    return {
+        "hwconfig": cfg.name, "clock_mhz": cfg.clock_mhz, "calls": st.calls, "tokens": st.tokens,
+        "effective_timesteps": st.tokens_T / st.tokens if st.tokens else 0.0,
+        "cycles": d.cycles, "latency_s": secs, "energy_j": energy_j,
+        "energy_pj_by_component": dict(d.energy_pj), "spikes": d.spikes, "sops": d.sops,
+        "spike_vectors": d.spike_vectors, "skipped_vectors": d.skipped_vectors,
+        "spike_density": d.spikes / st.possible_spikes if st.possible_spikes else 0.0,
+        "vector_density": d.spike_vectors / possible if possible else 0.0,
+        "float_macs": st.float_macs, "dram_bytes": d.dram_read_bytes + d.dram_write_bytes,
+        "gpu": {"name": gpu.name, "peak_flops": gpu.peak_flops, "bandwidth_Bps": gpu.bandwidth, "power_w": gpu.power_w,
+                "seconds": st.gpu_seconds, "energy_j": gpu_j, "bytes": st.gpu_bytes},
+        "throughput_ratio": st.gpu_seconds / secs if secs else 0.0,  # > 1: the accelerator is faster
+        "efficiency_ratio": gpu_j / energy_j if energy_j else 0.0,  # > 1: the accelerator uses less energy
+    }

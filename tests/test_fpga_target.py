@@ -1,0 +1,247 @@
+"""The accelerator lowering (passes/lower_isa.py) and the fpga target (runtime/fpga_target.py).
+
+- a lowered kernel on the simulator equals spikec.reference bit for bit (several token
+  groups, int8 and int4 weights, rate IF, static scales; M-tiling and token chunking
+  forced by the `small` configuration), and its programs pass the simulator's
+  dependency, race and bounds checks;
+- the representative program stored in the .sbin runs on the simulator and
+  `spikec disasm` re-assembles to identical bytes;
+- on tiny-llava at T = 8 the fpga target generates the ORT target's tokens;
+- device cycles grow with the sum of per-token T (Tv/Tt 2/4 < 4/4 on the same input);
+- a missing or corrupted program section is a clear error.
+"""
+
+from __future__ import annotations
+
+import functools
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from spike_graphs import exported
+from spikec import ops as sops
+from spikec import reference as R
+from spikec.compiler import compile_path
+from spikec.errors import SpikecError
+from spikec.frontend.export import sample_image
+from spikec.isa.asm import assemble_program
+from spikec.isa.container import SbinFile, SectionKind, write_sbin
+from spikec.isa.encoding import encode_program
+from spikec.isa.hwconfig import HwConfig
+from spikec.passes import lower_isa
+from spikec.passes.options import SpikeOptions
+from spikec.runtime.fpga_target import KernelRunner
+from spikec.runtime.model import load
+from spikec.runtime.simulator import Simulator
+
+PROMPT = "What is in the image?"
+
+
+def _linear_graph(K, M, T, wbits=8, neuron="tc-lif", scale="dynamic", bias=True, seed=0):
+    """x [N, K] + modality [N] -> SpikeEncode -> SpikeMatMul -> y [N, M]."""
+    rng = np.random.default_rng(seed)
+    qw = R.qmax(wbits)
+    w = rng.integers(-qw, qw + 1, size=(K, M)).astype(np.int8)
+    s_w = rng.uniform(0.001, 0.02, M).astype(np.float32)
+    inits = [numpy_helper.from_array(w, "W_q"), numpy_helper.from_array(s_w, "s_w")]
+    mm_in = ["q", "s_x", "modality", "W_q", "s_w"]
+    if bias:
+        inits.append(numpy_helper.from_array(rng.standard_normal(M).astype(np.float32), "bias"))
+        mm_in.append("bias")
+    enc_attrs = {"timesteps": T, "act_scale": scale, "neuron": neuron}
+    if scale == "static":
+        clip = np.full((2, sops.CLIP_T), np.nan, np.float32)
+        clip[0], clip[1] = 2.5, 4.0
+        enc_attrs["act_clip"] = [float(c) for c in clip.ravel()]
+    if neuron == "if":
+        if not bias:
+            mm_in.append("")
+        inits.append(numpy_helper.from_array(sops.if_offset_table(w, T), "acc_bias"))
+        mm_in.append("acc_bias")
+    nodes = [
+        helper.make_node("SpikeEncode", ["x", "modality"], ["q", "s_x"], name="enc", domain=sops.DOMAIN, **enc_attrs),
+        helper.make_node("SpikeMatMul", mm_in, ["y"], name="mm", domain=sops.DOMAIN, timesteps=T, neuron=neuron, wbits=wbits),
+    ]
+    graph = helper.make_graph(nodes, "lin", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", K]),
+                                             helper.make_tensor_value_info("modality", TensorProto.INT64, ["n"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", M])], initializer=inits)
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(sops.DOMAIN, 1)])
+    model = ir.from_proto(proto)
+    sops.ensure_opset(model)
+    return model, w, s_w, numpy_helper.to_array(inits[2]) if bias else None
+
+
+CASES = [  # (config, K, M, T, wbits, neuron, scale, bias)
+    ("small", 40, 100, [4, 3], 8, "tc-lif", "dynamic", True),  # M tiles and token chunks on 'small'
+    ("small", 24, 30, [5, 2], 4, "tc-lif", "dynamic", False),
+    ("default", 48, 40, [3, 2], 8, "if", "dynamic", True),
+    ("default", 32, 20, [6, 4], 8, "tc-lif", "static", True),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[f"{c[0]}-{c[5]}-w{c[4]}-{c[6]}" for c in CASES])
+def test_kernel_on_the_simulator_equals_the_reference(case):
+    cfg_name, K, M, T, wbits, neuron, scale, bias = case
+    cfg = HwConfig.load(cfg_name)
+    model, w, s_w, b = _linear_graph(K, M, T, wbits, neuron, scale, bias)
+    art = lower_isa.lower_graphs({"g": model}, cfg)
+    assert len(art.kernels) == 1 and art.fallback["graphs"]["g"]["host_ops"] == {}
+    k = art.kernels[0]
+    if cfg_name == "small":
+        assert len(k["tiles"]) > 1 or k["n_max"] < 27
+    rng = np.random.default_rng(1)
+    n = 27
+    x = (rng.standard_normal((n, K)) * 2).astype(np.float32)
+    mods = rng.integers(0, 2, n)  # mixed, unsorted: the runner groups them by modality
+    runner = KernelRunner(Simulator(cfg), art.weights, art.kernels)
+    y = runner(0, x, mods, "mm")
+    want = sops.run_reference(model, {"x": x, "modality": mods})[0]
+    assert y.dtype == np.float32 and y.shape == (n, M)
+    np.testing.assert_array_equal(y.view(np.int32), want.view(np.int32))  # bit for bit
+    if neuron == "tc-lif" and scale == "dynamic":
+        T_tok = np.asarray(T)[mods]
+        ref = R.spiking_linear(x, R.scale_per_token(x, T_tok + 1), w, s_w, b, T_tok)
+        np.testing.assert_array_equal(y.view(np.int32), ref.view(np.int32))
+    st = runner.stats
+    assert st.device.cycles > 0 and st.device.spikes > 0 and st.tokens_T == int(np.asarray(T)[mods].sum())
+    # decode-shaped call (one token) and an empty one
+    np.testing.assert_array_equal(runner(0, x[:1], mods[:1], "mm"), want[:1])
+    assert runner(0, x[:0], mods[:0], "mm").shape == (0, M)
+
+
+def test_kernel_overflow_is_rejected():
+    model, *_ = _linear_graph(4096, 4, [15, 15], wbits=8)  # 4096 * (2**15 - 1) * 127 > 2**31 - 1
+    with pytest.raises(SpikecError, match="overflow|int32"):
+        lower_isa.lower_graphs({"g": model}, HwConfig.load("default"))
+
+
+# ---------------------------------------------------------------- tiny-llava
+
+
+@functools.cache
+def compiled_isa(tv: int, tt: int) -> str:
+    out = Path(tempfile.mkdtemp(prefix="spikec-test-isa-")) / f"tiny-llava-{tv}-{tt}.sbin"
+    compile_path(exported("tiny-llava"), out, options=SpikeOptions(tv=tv, tt=tt).validate(), isa=True)
+    return str(out)
+
+
+def test_representative_program_runs_and_disasm_reassembles(run_cli, tmp_path):
+    path = compiled_isa(3, 4)
+    with SbinFile(path) as f:
+        program = f.read("isa/program")
+        weights = f.read("isa/weights")
+        cfg = HwConfig.from_json(f.read("isa/hwconfig"))
+        doc = lower_isa.load_kernels(f.read("isa/kernels"))
+        assert f.sections["isa/program"].kind == SectionKind.PROGRAM
+        assert f.sections["isa/weights"].kind == SectionKind.WEIGHTS
+    assert len(doc["kernels"]) == 23  # 15 LM products + 8 vision products
+    assert doc["fallback"]["graphs"]["lm"]["host_ops"]["Softmax"] == 2
+    # the stored program is the representative one; it passes the simulator's checks
+    groups = lower_isa.representative_groups(doc["kernels"], len(weights))
+    assert encode_program(lower_isa.build_program(groups, cfg)) == program
+    sim = Simulator(cfg)
+    sim.write(0, weights)
+    rng = np.random.default_rng(0)
+    for g in groups:
+        sim.write_array(g.x_addr + 4 * g.row0 * g.kernel["K"], rng.standard_normal(g.kernel["K"]), "<f4")
+    sim.load_program(program)
+    ctr = sim.run()
+    assert ctr.cycles > 0 and ctr.spikes > 0
+    # spikec disasm: text that re-assembles to the identical bytes
+    res = run_cli("disasm", path)
+    assert res.code == 0, res.err
+    assert "SPMM" in res.out and "ENCODE" in res.out and res.out.rstrip().splitlines()[-1].startswith("FINISH")
+    assert assemble_program(res.out) == program
+    res = run_cli("disasm", path, "-o", str(tmp_path / "p.s"))
+    assert res.code == 0 and assemble_program((tmp_path / "p.s").read_text()) == program
+
+
+def test_fpga_generation_at_T8_equals_ort_tokens():
+    path = compiled_isa(8, 8)
+    image = sample_image()
+    with load(path, target="fpga") as fpga, load(path) as ort_model:
+        g = fpga.generator()
+        ids_f = g.generate_ids(g.prepare([image], [PROMPT]), 5)
+        g = ort_model.generator()
+        ids_o = g.generate_ids(g.prepare([image], [PROMPT]), 5)
+        stats = fpga.stats()
+    assert ids_f.shape == (1, 5)
+    np.testing.assert_array_equal(ids_f, ids_o)
+    assert stats["cycles"] > 0 and stats["energy_j"] > 0 and stats["effective_timesteps"] == 8.0
+    assert 0 < stats["spike_density"] < 1 and stats["gpu"]["seconds"] > 0 and stats["throughput_ratio"] > 0
+
+
+def _lm_feeds(model):
+    gen = model.generator()
+    embeds, mask, pos, modality, _ = gen.prefill_inputs(gen.prepare([sample_image()], [PROMPT]))
+    feeds = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": pos, "modality": modality}
+    feeds.update(zip([f"past_key_values.{i}.{kv}" for i in range(gen.n_layers) for kv in ("key", "value")],
+                     gen.empty_past(embeds.shape[0])))
+    return feeds
+
+
+def test_cycles_grow_with_the_sum_of_per_token_timesteps():
+    with load(compiled_isa(4, 4), target="fpga") as m:
+        feeds = _lm_feeds(m)  # runs the vision graph on the device too
+        m.runner.reset()
+        m.run(feeds, graph="lm")
+        r44 = m.stats()
+    with load(compiled_isa(2, 4), target="fpga") as m:
+        m.run(feeds, graph="lm")
+        r24 = m.stats()
+    n_vis, n_all = int((feeds["modality"] == 1).sum()), feeds["modality"].size
+    assert 0 < n_vis < n_all
+    assert r24["effective_timesteps"] == pytest.approx((2 * n_vis + 4 * (n_all - n_vis)) / n_all)
+    assert r24["tokens"] == r44["tokens"]
+    assert r24["cycles"] < r44["cycles"]
+    assert r24["spike_vectors"] < r44["spike_vectors"]
+
+
+def test_fpga_cli_and_clear_errors(run_cli, tmp_path):
+    path = compiled_isa(3, 4)
+    image = tmp_path / "img.png"
+    sample_image().save(image)
+    res = run_cli("run", path, "--target", "fpga", "--image", str(image), "--prompt", PROMPT,
+                  "--max-new-tokens", "2", "--stats")
+    assert res.code == 0, res.err
+    assert "device cycles" in res.out and "modeled" in res.out and "throughput ratio" in res.out
+    # a model compiled without --isa
+    plain = tmp_path / "plain.sbin"
+    compile_path(exported("tiny-llava"), plain, options=SpikeOptions(tv=3, tt=4).validate())
+    res = run_cli("run", str(plain), "--target", "fpga", "--image", str(image), "--prompt", PROMPT)
+    assert res.code == 1 and "compile with `spikec compile --isa" in res.err
+    # a corrupted payload: the container's checksum catches it
+    data = bytearray(Path(path).read_bytes())
+    with SbinFile(path) as f:
+        sec = f.sections["isa/program"]
+        sections = [(name, s.kind, f.read(name)) for name, s in f.sections.items()]
+    data[sec.offset + 5] ^= 0x40
+    bad = tmp_path / "bad.sbin"
+    bad.write_bytes(bytes(data))
+    with pytest.raises(SpikecError, match="isa/program.*checksum"):
+        load(bad, target="fpga")
+    res = run_cli("disasm", str(bad))
+    assert res.code == 1 and "checksum" in res.err
+    # a well-formed container whose program does not decode (reserved bits set)
+    prog = bytearray(dict((n, d) for n, _, d in sections)["isa/program"])
+    prog[15] = 0xFF
+    bad2 = tmp_path / "bad2.sbin"
+    write_sbin(bad2, [(n, k, bytes(prog) if n == "isa/program" else d) for n, k, d in sections])
+    with pytest.raises(SpikecError, match="isa/program.*not a valid accelerator program"):
+        load(bad2, target="fpga")
+    res = run_cli("disasm", str(bad2))
+    assert res.code == 1 and "not a valid accelerator program" in res.err
+
+
+def test_isa_compile_is_deterministic_and_needs_sbin(tmp_path):
+    a, b = tmp_path / "a.sbin", tmp_path / "b.sbin"
+    opts = SpikeOptions(tv=3, tt=4).validate()
+    compile_path(exported("tiny-llava"), a, options=opts, isa=True)
+    compile_path(exported("tiny-llava"), b, options=opts, isa=True)
+    assert a.read_bytes() == b.read_bytes()
+    with pytest.raises(SpikecError, match="--isa"):
+        compile_path(exported("tiny-llava"), tmp_path / "folder", options=opts, isa=True)

@@ -10,7 +10,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytest.importorskip("sklearn")
 
 from spikec.datasets import digits as D  # noqa: E402
 from spikec.errors import SpikecError  # noqa: E402

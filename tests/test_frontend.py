@@ -19,7 +19,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["TRANSFORMERS_DISABLE_TORCH_CHECK"] = "1"
 
-torch = pytest.importorskip("torch")
+import torch
 
 from spikec.frontend.export import export_loaded, sample_image  # noqa: E402
 from spikec.frontend.generate import OrtGenerator  # noqa: E402

@@ -64,7 +64,7 @@ class FpgaCounters:
     calls: int = 0
     tokens: int = 0  # token-rows through the products (a token counts once per product)
     tokens_T: int = 0  # sum over those rows of their T
-    possible_spikes: int = 0  # sum over rows of K * planes (T for TC-LIF, 2**(T+1) - 1 for rate IF)
+    possible_spikes: int = 0  # sum over rows of K * planes (T for TC-LIF, 2**(T+1) - 1 for rate IF) * M-tiles
     float_macs: int = 0  # tokens * K * M of the same products
     gpu_bytes: int = 0  # FP16 bytes a GPU moves for them: weights once per call, x and y
     gpu_seconds: float = 0.0  # the roofline time of each product, summed
@@ -144,7 +144,9 @@ class KernelRunner:
         st.tokens += n
         st.tokens_T += int(T[ms].sum())
         planes = T[ms] if k["neuron"] != "if" else (2 ** (T[ms] + 1) - 1)
-        st.possible_spikes += int(planes.sum()) * K
+        # The device counts a spike each time the PE array consumes it, i.e. once per
+        # M-tile the kernel is split into; the possible spikes are counted the same way.
+        st.possible_spikes += int(planes.sum()) * K * len(k["tiles"])
         st.float_macs += n * K * M
         nbytes = 2 * (K * M + n * K + n * M)
         st.gpu_bytes += nbytes

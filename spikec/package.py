@@ -43,14 +43,11 @@ def _graph_bytes(path: Path) -> bytes:
 def pack_folder(folder: str | os.PathLike, out: str | os.PathLike,
                 extra: Iterable[tuple[str, int, bytes]] = ()) -> Path:
     """Pack a model folder (manifest.json + graphs + processor files) into `out` (.sbin)."""
+    from spikec.frontend.manifest import load_json
+
     folder = Path(folder)
     manifest_path = folder / "manifest.json"
-    if not manifest_path.is_file():
-        raise SpikecError(f"{folder}: no manifest.json (not a folder written by `spikec export` or `spikec compile`)")
-    try:
-        manifest = json.loads(manifest_path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SpikecError(f"{manifest_path}: invalid JSON: {exc}") from None
+    manifest = load_json(folder)
     graphs = manifest.get("graphs")
     if not isinstance(graphs, dict) or not graphs:
         raise SpikecError(f"{manifest_path}: field 'graphs' must name at least one graph")

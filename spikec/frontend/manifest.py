@@ -89,14 +89,24 @@ def write(path: Path, manifest: dict) -> None:
     write_text(path, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
 
 
-def read(outdir: str | Path) -> dict:
+def load_json(outdir: str | Path) -> dict:
+    """manifest.json of a model folder as a dict, whatever wrote it (export or compile)."""
     path = Path(outdir) / MANIFEST
     if not path.is_file():
-        raise SpikecError(f"{path}: not found (not a folder written by `spikec export`)")
+        raise SpikecError(f"{path}: not found (not a folder written by `spikec export` or `spikec compile`)")
     try:
         m = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise SpikecError(f"{path}: invalid JSON: {exc}") from exc
+        raise SpikecError(f"{path}: invalid JSON: {exc}") from None
+    if not isinstance(m, dict):
+        raise SpikecError(f"{path}: expected a JSON object")
+    return m
+
+
+def read(outdir: str | Path) -> dict:
+    """The front end's manifest, checked to be of the format and version this spikec reads."""
+    path = Path(outdir) / MANIFEST
+    m = load_json(outdir)
     if m.get("format") != FORMAT or m.get("version") != VERSION:
         raise SpikecError(f"{path}: format {m.get('format')!r} version {m.get('version')!r}; expected {FORMAT} {VERSION}")
     return m

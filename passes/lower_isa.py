@@ -31,6 +31,7 @@ from spikec.errors import SpikecError
 from spikec.isa.encoding import Instruction
 from spikec.isa.fields import AccMode, Buffer, EncodeDst, Neuron, Opcode, ScaleMode, VecFlag, VecFunc, WeightFormat
 from spikec.isa.hwconfig import HwConfig
+from spikec.runtime import costmodel
 
 KERNELS_FORMAT = "spikec-isa-kernels"
 KERNELS_VERSION = 1
@@ -243,72 +244,202 @@ def _ins(op: Opcode, **kw) -> Instruction:
     return Instruction(op, **{k: int(v) for k, v in kw.items()})
 
 
+@dataclass
+class _Step:
+    """One (chunk, M-tile) step of a program: SPMM + VEC DEQ + STORE, plus the loads it needs."""
+
+    g: Group
+    r0: int  # first row of the chunk in the call's x / y arrays
+    n: int
+    tile: dict
+    u: int  # sequence number of the tile's load (WGT / [s_w | bias] slot u % 2)
+    load_tile: bool  # this step loads the tile (the tile's first chunk)
+    load_x: bool  # this step loads the chunk's rows (and static scale) and ENCODEs them
+    e: int  # sequence number of the chunk's encode (VEC input slot e % 2)
+    q: int  # scale set (static-scale slots (q % 2) * n_static + idx)
+    idx: int  # the chunk's index in its scale set
+    inp: int  # INP address of the chunk's codes
+    row: int  # the chunk's first dynamic scale in SCL
+
+
+def _pack_chunks(chunks: list[tuple[Group, int, int]], rows_cap: int,
+                 chunks_cap: int | None) -> list[list[tuple[Group, int, int]]]:
+    """Consecutive chunks packed, in order, into blocks of at most rows_cap rows (and at most
+    chunks_cap chunks); a chunk is never split, so packing adds no instruction."""
+    blocks: list[list[tuple[Group, int, int]]] = []
+    rows = 0
+    for ch in chunks:
+        if not blocks or rows + ch[2] > rows_cap or (chunks_cap is not None and len(blocks[-1]) >= chunks_cap):
+            blocks.append([])
+            rows = 0
+        blocks[-1].append(ch)
+        rows += ch[2]
+    return blocks
+
+
+def _plan_segment(groups: list[Group], cfg: HwConfig, rows_cap: int, chunks_cap: int | None) -> tuple[str, list]:
+    """Tile-outer order for the consecutive groups of one kernel: ("resident", blocks) or
+    ("reencode", chunks), whichever costs less energy by the cost model (runtime/costmodel.py:
+    the weight loads against the rows' loads and ENCODEs; DRAM dominates both).
+
+    resident: the chunks (at most n_max tokens, as before) are packed in order into blocks
+    whose codes INP holds (`rows_cap` rows; static scales: at most `chunks_cap` chunks);
+    per block, every chunk is LOADed and ENCODEd once into its own INP rows, then each
+    weight tile is loaded once and all the block's chunks run against it. Weights move
+    once per block, rows once.
+    reencode: each weight tile is loaded once per call; per tile, every chunk's rows are
+    LOADed and ENCODEd again into INP 0. Weights move once, rows once per M-tile."""
+    k = groups[0].kernel
+    K, n_max, tiles = k["K"], k["n_max"], k["tiles"]
+    chunks = [(g, g.row0 + r, min(n_max, g.n - r)) for g in groups for r in range(0, g.n, n_max)]
+    static = k["act_scale"] == "static"
+
+    def energy(*ins: Instruction) -> float:
+        return sum(sum(costmodel.instruction_cost(cfg, i).energy_pj(cfg).values()) for i in ins)
+
+    W = energy(*(_ins(Opcode.LOAD, buf=Buffer.WGT, rows=t["w_bytes"] // TILE_ALIGN, cols=TILE_ALIGN, stride=TILE_ALIGN)
+                 for t in tiles), *(_ins(Opcode.LOAD, buf=Buffer.SCL, rows=1, cols=2 * t["m"]) for t in tiles))
+    X = sum(energy(_ins(Opcode.LOAD, buf=Buffer.VEC, rows=n, cols=K, stride=4 * K),
+                   _ins(Opcode.ENCODE, n=n, len=K, t=1, scale=ScaleMode.STATIC if static else ScaleMode.DYNAMIC),
+                   *([_ins(Opcode.LOAD, buf=Buffer.SCL, rows=1, cols=1)] if static else [])) for _, _, n in chunks)
+    blocks = _pack_chunks(chunks, rows_cap, chunks_cap)
+    if W + len(tiles) * X <= len(blocks) * W + X:
+        return "reencode", chunks
+    return "resident", blocks
+
+
 def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
     """The instruction stream for a list of token groups (of one or several kernels).
 
-    Each group is split into chunks of at most the kernel's n_max tokens; each chunk is
-    one ENCODE and, per M-tile, one step: LOAD weights tile + [s_w | bias] (slot s % 2),
-    SPMM, VEC DEQ (slot s % 2), STORE. Tokens (docs/isa.md section 5): the last LOAD of
-    step s pushes l2c, popped by the step's first compute instruction; the step's DEQ
-    pushes c2l for the LOADs of step s + 2 (the slot it frees); each STORE pushes s2c for
-    the DEQ of step s + 2, which overwrites the STORE's VEC slot, or, for the last
-    STORE, for FINISH."""
-    steps = []  # (group, chunk row0, chunk n, chunk index, tile, first tile of chunk)
-    chunk = 0
+    Consecutive groups of one kernel form a segment, run tile-outer (see `_plan_segment`):
+    each weight tile and its [s_w | bias] are loaded once per segment (or once per block
+    of rows whose codes INP holds) and every token chunk runs against them while they are
+    resident. A step is one (chunk, M-tile) pair: SPMM, VEC DEQ (output slot s % 2), STORE,
+    preceded, when it needs them, by a *load group*: the chunk's rows into VEC (slot e % 2,
+    e counting encodes) with its static scale, ENCODEd by the step, and/or the weight tile
+    into WGT and [s_w | bias] into SCL (slot u % 2, u counting tile loads). Tokens
+    (docs/isa.md section 5): the last LOAD of a load group pushes l2c, popped by its step's
+    first compute instruction; a load group that overwrites a slot an earlier step read pops
+    c2l, pushed by the DEQ of the last such step (or of the next step whose DEQ pushes for
+    no earlier group), at the latest the step before the previous load group's step; each
+    STORE pushes s2c for the DEQ of step s + 2, which overwrites the STORE's VEC slot, or,
+    for the last STORE, for FINISH."""
+    segs: list[list[Group]] = []
     for g in groups:
-        for r0 in range(0, g.n, g.kernel["n_max"]):
-            n = min(g.kernel["n_max"], g.n - r0)
-            for j, tile in enumerate(g.kernel["tiles"]):
-                steps.append((g, g.row0 + r0, n, chunk, tile, j == 0))
-            chunk += 1
-    if not steps:
+        if g.n <= 0:
+            continue
+        if segs and segs[-1][0].kernel is g.kernel:
+            segs[-1].append(g)
+        else:
+            segs.append([g])
+    if not segs:
         raise SpikecError("build_program: no tokens")
-    x_slot = max(n * g.kernel["K"] for g, _, n, *_ in steps)
-    o_slot = max(n * t["m"] for g, _, n, _, t, _ in steps)
-    w_slot = max(t["w_bytes"] for *_, t, _ in steps)
-    mt_max = max(t["m"] for *_, t, _ in steps)
-    n_max = max(n for _, _, n, *_ in steps)
+    scl_elems, inp_elems = cfg.buffer_elems(Buffer.SCL), cfg.buffer_elems(Buffer.INP)
+    mt_max = max(t["m"] for seg in segs for t in seg[0].kernel["tiles"])
+    budget = scl_elems - 4 * mt_max  # SCL left for dynamic scales and static-scale slots
+    n_dyn = max([min(g.n, g.kernel["n_max"]) for seg in segs for g in seg if g.kernel["act_scale"] != "static"], default=0)
+    chunks_cap = max(1, (budget - n_dyn) // 2)
+    plans: list[tuple[list[Group], str, list]] = [None] * len(segs)
+    # static segments first: their slots per scale set bound the rows of dynamic blocks
+    for i, seg in enumerate(segs):
+        k = seg[0].kernel
+        if k["act_scale"] == "static":
+            plans[i] = (seg, *_plan_segment(seg, cfg, inp_elems // k["K"], chunks_cap))
+    n_static = max([len(b) for seg, mode, blocks in filter(None, plans) if mode == "resident" for b in blocks]
+                   + [1 for p in plans if p is not None], default=0)
+    for i, seg in enumerate(segs):
+        if plans[i] is None:
+            k = seg[0].kernel
+            plans[i] = (seg, *_plan_segment(seg, cfg, max(1, min(inp_elems // k["K"], budget - 2 * n_static)), None))
+    steps: list[_Step] = []
+    u = e = q = 0
+    for seg, mode, blocks in plans:
+        tiles, K = seg[0].kernel["tiles"], seg[0].kernel["K"]
+        if mode == "reencode":
+            for tile in tiles:
+                for ci, (g, r0, n) in enumerate(blocks):
+                    steps.append(_Step(g, r0, n, tile, u, ci == 0, True, e, q, 0, 0, 0))
+                    e, q = e + 1, q + 1
+                u += 1
+            continue
+        for block in blocks:
+            offs = np.cumsum([0] + [n for _, _, n in block]).tolist()
+            for ti, tile in enumerate(tiles):
+                for ci, (g, r0, n) in enumerate(block):
+                    steps.append(_Step(g, r0, n, tile, u, ci == 0, ti == 0, e + ci, q, ci, offs[ci] * K, offs[ci]))
+                u += 1
+            e, q = e + len(block), q + 1
+    x_slot = max(st.n * st.g.kernel["K"] for st in steps)
+    o_slot = max(st.n * st.tile["m"] for st in steps)
+    w_slot = max(st.tile["w_bytes"] for st in steps)
+    n_sx = max([st.row + st.n for st in steps if st.g.kernel["act_scale"] != "static"], default=0)
     VX = (0, x_slot)
     VO = (2 * x_slot, 2 * x_slot + o_slot)
-    SX, SST = 0, (n_max, n_max + 1)
-    SSB = (n_max + 2, n_max + 2 + 2 * mt_max)
+    SX, SST = 0, n_sx
+    SSB = (n_sx + 2 * n_static, n_sx + 2 * n_static + 2 * mt_max)
     WS = (0, w_slot)
-    if 2 * x_slot + 2 * o_slot > cfg.buffer_elems(Buffer.VEC) or SSB[1] + 2 * mt_max > cfg.buffer_elems(Buffer.SCL) \
-            or 2 * w_slot > cfg.buffer_elems(Buffer.WGT):
+    if 2 * x_slot + 2 * o_slot > cfg.buffer_elems(Buffer.VEC) or SSB[1] + 2 * mt_max > scl_elems \
+            or 2 * w_slot > cfg.buffer_elems(Buffer.WGT) or max(st.inp + st.n * st.g.kernel["K"] for st in steps) > inp_elems:
         raise SpikecError(f"build_program: the kernels' tiles do not fit the buffers of config '{cfg.name}'")
     S = len(steps)
+    # c2l: a load group pops a token only if it overwrites a slot some earlier step read; the
+    # token comes from the DEQ of the last such step (later if that DEQ already pushes for
+    # an earlier group: pushes and pops pair up in order), never later than the step before
+    # the previous load group's, so the load module runs up to two groups ahead.
+    pops: set[int] = set()  # steps whose load group pops c2l
+    pushers: set[int] = set()  # steps whose DEQ pushes c2l
+    last_w, last_x, last_st = [-1, -1], [-1, -1], [-1, -1]  # last step reading each WGT/SSB, VEC x, static slot
+    last_push = -1
+    for s, st in enumerate(steps):
+        static = st.g.kernel["act_scale"] == "static"
+        if st.load_x or st.load_tile:
+            need = max(last_x[st.e % 2] if st.load_x else -1, last_st[st.q % 2] if st.load_x and static else -1,
+                       last_w[st.u % 2] if st.load_tile else -1)
+            if need >= 0:
+                last_push = max(need, last_push + 1)
+                assert last_push < s, "c2l token pushed after the load group that waits for it"
+                pops.add(s)
+                pushers.add(last_push)
+        last_w[st.u % 2] = s
+        if st.load_x:
+            last_x[st.e % 2] = s
+        if static:
+            last_st[st.q % 2] = s
     prog: list[Instruction] = []
-    for s, (g, r0, n, c, tile, first) in enumerate(steps):
+    for s, st in enumerate(steps):
+        g, r0, n, tile = st.g, st.r0, st.n, st.tile
         k = g.kernel
         K, M, mt = k["K"], k["M"], tile["m"]
         static = k["act_scale"] == "static"
         T = int(k["timesteps"][g.modality])
+        scl = SST + (st.q % 2) * n_static + st.idx if static else SX + st.row
         # load module
         loads = []
-        if first:
-            loads.append(dict(buf=Buffer.VEC, sram=VX[c % 2], dram=g.x_addr + 4 * r0 * K, stride=4 * K, rows=n, cols=K))
+        if st.load_x:
+            loads.append(dict(buf=Buffer.VEC, sram=VX[st.e % 2], dram=g.x_addr + 4 * r0 * K, stride=4 * K, rows=n, cols=K))
             if static:
-                loads.append(dict(buf=Buffer.SCL, sram=SST[c % 2], dram=k["static_offset"] + 4 * g.modality, stride=4, rows=1, cols=1))
-        loads.append(dict(buf=Buffer.WGT, sram=WS[s % 2], dram=tile["w"], stride=TILE_ALIGN, rows=tile["w_bytes"] // TILE_ALIGN, cols=TILE_ALIGN))
-        loads.append(dict(buf=Buffer.SCL, sram=SSB[s % 2], dram=tile["sb"], stride=8 * mt, rows=1, cols=2 * mt))
+                loads.append(dict(buf=Buffer.SCL, sram=scl, dram=k["static_offset"] + 4 * g.modality, stride=4, rows=1, cols=1))
+        if st.load_tile:
+            loads.append(dict(buf=Buffer.WGT, sram=WS[st.u % 2], dram=tile["w"], stride=TILE_ALIGN,
+                              rows=tile["w_bytes"] // TILE_ALIGN, cols=TILE_ALIGN))
+            loads.append(dict(buf=Buffer.SCL, sram=SSB[st.u % 2], dram=tile["sb"], stride=8 * mt, rows=1, cols=2 * mt))
         for i, kw in enumerate(loads):
-            prog.append(_ins(Opcode.LOAD, **kw, pop_next=int(i == 0 and s >= 2), push_next=int(i == len(loads) - 1)))
+            prog.append(_ins(Opcode.LOAD, **kw, pop_next=int(i == 0 and s in pops), push_next=int(i == len(loads) - 1)))
         # compute module
-        scl = SST[c % 2] if static else SX
         compute = []
-        if first:
-            compute.append((Opcode.ENCODE, dict(src=VX[c % 2], dst=0, dst_buf=EncodeDst.INP, n=n, len=K, t=T,
+        if st.load_x:
+            compute.append((Opcode.ENCODE, dict(src=VX[st.e % 2], dst=st.inp, dst_buf=EncodeDst.INP, n=n, len=K, t=T,
                                                 scale=ScaleMode.STATIC if static else ScaleMode.DYNAMIC, scl=scl)))
-        compute.append((Opcode.SPMM, dict(inp=0, wgt=WS[s % 2], acc=0, n=n, k=K, m=mt, acc_stride=mt, t=T,
+        compute.append((Opcode.SPMM, dict(inp=st.inp, wgt=WS[st.u % 2], acc=0, n=n, k=K, m=mt, acc_stride=mt, t=T,
                                           neuron=Neuron.IF if k["neuron"] == "if" else Neuron.TCLIF,
                                           wfmt=WeightFormat.INT4 if k["wbits"] == 4 else WeightFormat.INT8,
                                           acc_mode=AccMode.OVERWRITE)))
         flags = (0 if static else VecFlag.PER_ROW) | (VecFlag.BIAS if k["has_bias"] else 0)
         compute.append((Opcode.VEC, dict(func=VecFunc.DEQ, flags=int(flags), dst=VO[s % 2], src0=0, src1=scl,
-                                         src2=SSB[s % 2], n=n, len=mt, pop_next=int(s >= 2),
-                                         push_prev=int(s + 2 < S), push_next=1)))
+                                         src2=SSB[st.u % 2], n=n, len=mt, pop_next=int(s >= 2),
+                                         push_prev=int(s in pushers), push_next=1)))
         for i, (op, kw) in enumerate(compute):
-            if i == 0:
+            if i == 0 and loads:
                 kw["pop_prev"] = 1
             prog.append(_ins(op, **kw))
         # store module

@@ -245,3 +245,33 @@ def test_isa_compile_is_deterministic_and_needs_sbin(tmp_path):
     assert a.read_bytes() == b.read_bytes()
     with pytest.raises(SpikecError, match="--isa"):
         compile_path(exported("tiny-llava"), tmp_path / "folder", options=opts, isa=True)
+
+
+@pytest.mark.parametrize("order", ["resident", "reencode"])
+@pytest.mark.parametrize("scale", ["dynamic", "static"])
+def test_both_tile_orders_are_bit_exact(monkeypatch, order, scale):
+    """The lowering picks tile-outer 'resident' (codes kept in INP across M-tiles) or
+    're-encode' by modeled energy; force each on 'small' (M tiles, several chunks)."""
+    cfg = HwConfig.load("small")
+    model, *_ = _linear_graph(40, 100, [4, 3], 8, "tc-lif", scale, True)
+    art = lower_isa.lower_graphs({"g": model}, cfg)
+    assert len(art.kernels[0]["tiles"]) > 1
+    chosen = []
+
+    def forced(groups, cfg_, rows_cap, chunks_cap):
+        k = groups[0].kernel
+        chunks = [(g, g.row0 + r, min(k["n_max"], g.n - r)) for g in groups for r in range(0, g.n, k["n_max"])]
+        plan = (order, chunks) if order == "reencode" else ("resident", lower_isa._pack_chunks(chunks, rows_cap, chunks_cap))
+        chosen.append(plan[0])
+        return plan
+
+    monkeypatch.setattr(lower_isa, "_plan_segment", forced)
+    rng = np.random.default_rng(5)
+    n = 70
+    x = (rng.standard_normal((n, 40)) * 2).astype(np.float32)
+    mods = rng.integers(0, 2, n)
+    runner = KernelRunner(Simulator(cfg), art.weights, art.kernels)
+    y = runner(0, x, mods, "mm")
+    want = sops.run_reference(model, {"x": x, "modality": mods})[0]
+    np.testing.assert_array_equal(y.view(np.int32), want.view(np.int32))
+    assert chosen and set(chosen) == {order}

@@ -156,9 +156,6 @@ def test_eval_folder_needs_data_jsonl(tmp_path):
 
 # --------------------------------------------------------------------------- bundled model
 
-needs_model = pytest.mark.skipif(
-    not (MODEL_DIR / "config.json").is_file(), reason="models/digits-llava is not present"
-)
 
 
 @pytest.fixture(scope="module")
@@ -174,7 +171,6 @@ def bundled():
     return processor, model
 
 
-@needs_model
 def test_bundled_model_is_a_small_llava(bundled):
     processor, model = bundled
     assert type(model).__name__ == "LlavaForConditionalGeneration"
@@ -192,7 +188,6 @@ def test_bundled_model_is_a_small_llava(bundled):
     assert processor.tokenizer.unk_token_id not in x["input_ids"][0].tolist()
 
 
-@needs_model
 def test_bundled_model_chat_template_gives_the_prompt_format(bundled):
     processor, _ = bundled
     msgs = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "is the digit even?"}]}]
@@ -201,7 +196,6 @@ def test_bundled_model_chat_template_gives_the_prompt_format(bundled):
     )
 
 
-@needs_model
 def test_bundled_model_answers_test_items(bundled, tmp_path):
     import torch
 
@@ -232,7 +226,6 @@ def test_bundled_model_answers_test_items(bundled, tmp_path):
     assert all(len(v) >= 2 for v in by_image.values())
 
 
-@needs_model
 def test_bundled_model_single_item_generate(bundled):
     """The call from the docs, unbatched: processor(images=..., text=...) then generate."""
     import torch

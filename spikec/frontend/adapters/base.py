@@ -29,6 +29,8 @@ class Adapter:
     prompt_layout = "{image}\n{prompt}"
     # The processor wants images as one list per prompt ([[img], [img]]) instead of a flat list.
     images_per_prompt_nested = False
+    # Name of the exported vision graph's leading (dynamic) axis of pixel_values.
+    image_axis = "images"
 
     # ---- torch side -------------------------------------------------------------
     @staticmethod
@@ -42,14 +44,16 @@ class Adapter:
 
     @classmethod
     def vision_dynamic_shapes(cls, feeds: dict[str, np.ndarray]) -> dict[str, dict[int, Any]]:
-        """Dynamic axes of each vision input, as torch.export dims."""
-        raise NotImplementedError
+        """Dynamic axes of each vision input, as torch.export dims (default: the image axis
+        of a single `pixel_values` input, named `image_axis`)."""
+        return {"pixel_values": {0: torch.export.Dim(cls.image_axis, min=1, max=1024)}}
 
     # ---- host side --------------------------------------------------------------
     @classmethod
     def vision_feeds(cls, config, proc_out: dict) -> dict[str, np.ndarray]:
-        """Vision-graph inputs, in graph order, from the processor's outputs."""
-        raise NotImplementedError
+        """Vision-graph inputs, in graph order, from the processor's outputs (default: the
+        processor's `pixel_values` alone, float32)."""
+        return {"pixel_values": to_numpy(proc_out["pixel_values"]).astype(np.float32)}
 
     @classmethod
     def image_token_id(cls, config) -> int:

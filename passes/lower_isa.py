@@ -11,14 +11,16 @@ run time because the token count varies (prefill vs decode). `representative_pro
 is the stream for one token of each modality per kernel, stored in the .sbin for
 `spikec disasm` and for checking.
 
-Everything else (norms, softmax, rotary, attention products, residual adds, ...) runs
-on the host in the fpga target; `fallback_report` counts those ops per graph. Lowering
-them to the vector unit (VEC RMSNORM/LAYERNORM/SOFTMAX/ROPE/...) is future work.
+Norms, softmax, SiLU, rotary embeddings and elementwise adds/products become *vector
+kernels* (passes/lower_vec.py: one VEC function each, constants in the same image).
+Everything else (attention products, erf GELU, masks, reshapes, ...) runs on the host in
+the fpga target; the `fallback` report counts those ops per graph.
 """
 
 from __future__ import annotations
 
 import collections
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -100,10 +102,11 @@ class IsaArtifact:
     weights: bytes
     kernels: list[dict]
     fallback: dict
+    vec_kernels: list[dict] = dataclasses.field(default_factory=list)
 
     def kernels_json(self) -> bytes:
         doc = {"format": KERNELS_FORMAT, "version": KERNELS_VERSION, "hwconfig": self.hwconfig.name,
-               "kernels": self.kernels, "fallback": self.fallback}
+               "kernels": self.kernels, "vec_kernels": self.vec_kernels, "fallback": self.fallback}
         return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
 
@@ -136,12 +139,18 @@ def _why_not(mm: ir.Node, enc: ir.Node | None) -> str | None:
     return None
 
 
-def lower_graphs(graphs: dict[str, ir.Model], cfg: HwConfig) -> IsaArtifact:
-    """Kernels for every lowerable spiking product of the graphs (roles in sorted order)."""
+def lower_graphs(graphs: dict[str, ir.Model], cfg: HwConfig, vec: bool = True) -> IsaArtifact:
+    """Kernels for every lowerable spiking product of the graphs (roles in sorted order) and,
+    with `vec`, vector kernels for the norms, softmax, activations, rotary embeddings and
+    elementwise ops whose numerics are the vector unit's (passes/lower_vec.py)."""
+    from spikec.passes import lower_vec
+
     image = bytearray()
     kernels: list[dict] = []
-    fallback: dict = {"graphs": {}, "note": "host ops run on the host CPU (onnx reference evaluator) in the fpga "
-                      "target; lowering them to the vector unit (VEC RMSNORM/LAYERNORM/SOFTMAX/ROPE/SILU/GELU) is future work"}
+    vec_kernels: list[dict] = []
+    fallback: dict = {"graphs": {}, "note": "host ops run on the host CPU (onnx reference evaluator) in the fpga target: "
+                      "attention products, erf GELU, masks, shape ops and whatever matches no vector kernel "
+                      "(docs/isa.md section 9)"}
     for role in sorted(graphs):
         model = graphs[role]
         names = sops.modalities(model)
@@ -206,23 +215,32 @@ def lower_graphs(graphs: dict[str, ir.Model], cfg: HwConfig) -> IsaArtifact:
             desc["weights_bytes"] = len(image) - base
             kernels.append(desc)
             lowered.add(mm.name)
+        on_vec: set[str] = set()
+        vec_funcs = collections.Counter()
+        if vec:
+            mine, why = lower_vec.lower_graph(model, role, cfg, image, len(vec_kernels))
+            vec_kernels += mine
+            not_lowered.update(why)
+            for k in mine:
+                on_vec.update(k["nodes"])
+                vec_funcs[k["func"]] += 1
         host = collections.Counter()
         fused_enc = set()
         for mm in sops.spikec_nodes(model, sops.SPIKE_MATMUL):
             if mm.name in lowered:
                 fused_enc.add(mm.inputs[0].producer().name)
         for node in ir.traversal.RecursiveGraphIterator(model.graph):
-            if node.name in lowered:
+            if node.name in lowered or node.name in on_vec:
                 continue
             if sops.is_spikec(node, sops.SPIKE_ENCODE) and node.name in fused_enc:
                 continue  # runs as the kernels' ENCODE (its outputs still feed host ops only if used)
             host[f"{node.domain + '::' if node.domain else ''}{node.op_type}"] += 1
-        fallback["graphs"][role] = {"device_kernels": len(lowered), "host_ops": dict(sorted(host.items())),
-                                    "not_lowered": dict(sorted(not_lowered.items()))}
+        fallback["graphs"][role] = {"device_kernels": len(lowered), "vec_kernels": dict(sorted(vec_funcs.items())),
+                                    "host_ops": dict(sorted(host.items())), "not_lowered": dict(sorted(not_lowered.items()))}
     if len(image) > cfg.dram_bytes // 2:
         raise SpikecError(f"--isa: the packed weights ({len(image)} bytes) exceed half of the device DRAM "
                           f"({cfg.dram_bytes} bytes, config '{cfg.name}'); activations need the rest")
-    return IsaArtifact(cfg, bytes(image), kernels, fallback)
+    return IsaArtifact(cfg, bytes(image), kernels, fallback, vec_kernels)
 
 
 # ---------------------------------------------------------------- programs

@@ -1,5 +1,5 @@
-"""The `fpga` target: spiking products on the accelerator (through the Device interface),
-everything else on the host.
+"""The `fpga` target: spiking products and vector kernels on the accelerator (through the
+Device interface), everything else on the host.
 
 A .sbin compiled with `--isa` carries `isa/hwconfig`, `isa/weights` (packed weights and
 scales), `isa/kernels` (one descriptor per lowered SpikeEncode -> SpikeMatMul pair) and
@@ -11,11 +11,15 @@ the host; a DeviceLinear call writes its activations (rows grouped by modality) 
 DRAM, builds the call's instruction stream from the descriptor
 (`passes.lower_isa.build_program`), runs it on the device and reads the results back.
 The device's integer path and DEQ order are the reference's, so the outputs equal
-`spikec.reference.spiking_linear` bit for bit.
+`spikec.reference.spiking_linear` bit for bit. Likewise each vector kernel (`vec_kernels`
+in `isa/kernels`, passes/lower_vec.py) becomes one `spikec.fpga::DeviceVec(operands...)`
+node replacing the host ops it matched: a call writes the operands, runs
+`lower_vec.build_vec_program` (LOAD -> VEC -> STORE per chunk of rows) and reads the rows
+back.
 
 Counters accumulate over calls: device cycles (calls run one after another, so they
-add), energy by component, spikes and SOPs; plus the float MACs and FP16 weight bytes of
-the same products, for the modeled GPU comparison (`gpu_baseline`).
+add), energy by component, spikes and SOPs; plus the float MACs and FP16 bytes of the
+same products and vector ops, for the modeled GPU comparison (`GpuBaseline`).
 """
 
 from __future__ import annotations
@@ -31,12 +35,14 @@ from onnx.reference.op_run import OpRun
 
 from spikec import ops as sops
 from spikec.errors import SpikecError
+from spikec.isa.encoding import encode_program
+from spikec.isa.fields import VecFunc
 from spikec.isa.hwconfig import HwConfig
-from spikec.passes import lower_isa
+from spikec.passes import lower_isa, lower_vec
 from spikec.runtime.device import Counters, Device
 
 DOMAIN = "spikec.fpga"
-DEVICES = ("sim",)
+DEVICES = ("sim", "rtl")
 
 
 # ---------------------------------------------------------------- the modeled GPU baseline
@@ -44,10 +50,12 @@ DEVICES = ("sim",)
 
 @dataclass(frozen=True)
 class GpuBaseline:
-    """An FP16 GPU on a roofline: per product, time = max(2 * MACs / peak, bytes / bandwidth),
-    energy = power * time (board power at full load: a generous GPU, since it is charged
-    only while running these products). Default: an A100-class part (312 TFLOP/s dense FP16
-    tensor cores, 2.0 TB/s HBM2e, 400 W TDP; NVIDIA A100 80GB SXM datasheet)."""
+    """An FP16 GPU on a roofline: per product, time = max(2 * MACs / peak, bytes / bandwidth);
+    per vector op (elementwise, norms, softmax: bandwidth-bound), time = FP16 bytes read and
+    written / bandwidth; energy = power * time (board power at full load: a generous GPU,
+    since it is charged only while running these ops). Default: an A100-class part
+    (312 TFLOP/s dense FP16 tensor cores, 2.0 TB/s HBM2e, 400 W TDP; NVIDIA A100 80GB SXM
+    datasheet)."""
 
     name: str = "A100-class FP16 (312 TFLOP/s, 2.0 TB/s, 400 W)"
     peak_flops: float = 312e12
@@ -66,8 +74,12 @@ class FpgaCounters:
     tokens_T: int = 0  # sum over those rows of their T
     possible_spikes: int = 0  # sum over rows of K * planes (T for TC-LIF, 2**(T+1) - 1 for rate IF) * M-tiles
     float_macs: int = 0  # tokens * K * M of the same products
-    gpu_bytes: int = 0  # FP16 bytes a GPU moves for them: weights once per call, x and y
-    gpu_seconds: float = 0.0  # the roofline time of each product, summed
+    vec_calls: int = 0  # vector-kernel calls (their cycles and energy are in `device` too)
+    vec_elements: int = 0  # result elements of those calls
+    vec_cycles: int = 0  # device cycles of those calls
+    gpu_bytes: int = 0  # FP16 bytes a GPU moves: per product weights once per call, x and y; per vector op operands and result
+    gpu_seconds: float = 0.0  # the roofline time of each product and vector op, summed
+    gpu_vec_seconds: float = 0.0  # the vector ops' part of gpu_seconds
 
     def add(self, c: Counters) -> None:
         d = self.device
@@ -81,11 +93,15 @@ class FpgaCounters:
 
 class KernelRunner:
     """Runs lowered kernels on a Device: the weights image is written once, then each call
-    writes x, builds and loads its program, runs it and reads y."""
+    writes its operands, builds and loads its program, runs it and reads the result.
+    `runner(index, x, mods)` calls a spiking product, `runner.vec(index, operands)` a
+    vector kernel."""
 
-    def __init__(self, device: Device, weights: bytes, kernels: list[dict], gpu: GpuBaseline = GPU_A100) -> None:
+    def __init__(self, device: Device, weights: bytes, kernels: list[dict], gpu: GpuBaseline = GPU_A100,
+                 vec_kernels: list[dict] = ()) -> None:
         self.device, self.cfg = device, device.config
         self.kernels = kernels
+        self.vec_kernels = list(vec_kernels)
         self.gpu = gpu
         self.io_base = lower_isa._align(len(weights), 4096)
         if self.io_base > self.cfg.dram_bytes:
@@ -96,6 +112,18 @@ class KernelRunner:
     def reset(self) -> None:
         """Start the counters afresh (e.g. between prefill and decode measurements)."""
         self.stats = FpgaCounters()
+
+    def _run(self, prog, writes: list[tuple[int, bytes]], where: str):
+        """Write the operands, load and run the program; the call's device counters."""
+        for addr, data in writes:
+            self.device.write(addr, data)
+        self.device.load_program(encode_program(prog))
+        try:
+            ctr = self.device.run()
+        except SpikecError as exc:
+            raise SpikecError(f"node '{where}' on the device: {exc}") from None
+        self.stats.add(ctr)
+        return ctr
 
     def __call__(self, index: int, x: np.ndarray, mods: np.ndarray, where: str = "") -> np.ndarray:
         k = self.kernels[index]
@@ -126,19 +154,11 @@ class KernelRunner:
                     f"{names[int(m)]} tokens at this layer; calibrate with such tokens or use --act-scale dynamic")
             groups.append(lower_isa.Group(k, int(m), int(rows[0]), len(rows), x_addr, y_addr))
         prog = lower_isa.build_program(groups, self.cfg)
-        from spikec.isa.encoding import encode_program
-
-        self.device.write(x_addr, np.ascontiguousarray(xs, "<f4").tobytes())
-        self.device.load_program(encode_program(prog))
-        try:
-            ctr = self.device.run()
-        except SpikecError as exc:
-            raise SpikecError(f"node '{where}' on the device: {exc}") from None
+        self._run(prog, [(x_addr, np.ascontiguousarray(xs, "<f4").tobytes())], where)
         ys = self.device.read_array(y_addr, (xs.shape[0], M), "<f4")
         y = np.empty_like(ys)
         y[order] = ys
         st = self.stats
-        st.add(ctr)
         n = xs.shape[0]
         st.calls += 1
         st.tokens += n
@@ -153,8 +173,56 @@ class KernelRunner:
         st.gpu_seconds += max(2.0 * n * K * M / self.gpu.peak_flops, nbytes / self.gpu.bandwidth)
         return y.reshape(*lead, M)
 
+    def vec(self, index: int, operands, where: str = "") -> np.ndarray:
+        """One call of vector kernel `index` on the host graph's operands (x, then y1 for
+        ADD/MUL or the cos, sin tables for ROPE): the result, shaped like x."""
+        k = self.vec_kernels[index]
+        func = VecFunc[k["func"]]
+        x = np.asarray(operands[0], np.float32)
+        L = x.shape[-1] if x.ndim else 1
+        if (k["len"] is not None and L != k["len"]) or L > k["max_len"]:
+            want = k["len"] if k["len"] is not None else f"at most {k['max_len']} (VEC of config '{self.cfg.name}')"
+            raise SpikecError(f"node '{where}': rows of {L} elements; the {func.name} vector kernel takes {want}")
+        n = x.size // L if L else 0
+        rows = [x.reshape(n, L)]
+        if func in (VecFunc.ADD, VecFunc.MUL):
+            y1 = np.asarray(operands[1], np.float32)
+            if y1.shape != x.shape:
+                raise SpikecError(f"node '{where}': {func.name} operands of shapes {x.shape} and {y1.shape}")
+            rows.append(y1.reshape(n, L))
+        elif func == VecFunc.ROPE:
+            h = L // 2
+            for t in operands[1:]:
+                try:
+                    t = np.broadcast_to(np.asarray(t, np.float32), x.shape)
+                except ValueError:
+                    raise SpikecError(f"node '{where}': rotary table {np.shape(t)} does not broadcast to {x.shape}") from None
+                if not np.array_equal(t[..., :h].view(np.int32), t[..., h:].view(np.int32)):
+                    raise SpikecError(f"node '{where}': the rotary table's halves differ (not rotate-half)")
+                rows.append(t[..., :h].reshape(n, h))
+        if n == 0:
+            return np.zeros(x.shape, np.float32)
+        writes, addrs, addr = [], [], self.io_base
+        for r in rows:
+            addrs.append(addr)
+            writes.append((addr, np.ascontiguousarray(r, "<f4").tobytes()))
+            addr = lower_isa._align(addr + 4 * r.size, lower_isa.TILE_ALIGN)
+        if addr + 4 * n * L > self.cfg.dram_bytes:
+            raise SpikecError(f"node '{where}': {n} rows of {L} elements do not fit the device DRAM")
+        ctr = self._run(lower_vec.build_vec_program(k, n, L, addrs, addr, self.cfg), writes, where)
+        y = self.device.read_array(addr, (n, L), "<f4").reshape(x.shape)
+        st = self.stats
+        st.vec_calls += 1
+        st.vec_elements += n * L
+        st.vec_cycles += ctr.cycles
+        nbytes = 2 * (sum(int(np.size(o)) for o in operands) + k["vec_const_len"] + n * L)  # FP16, read + written
+        st.gpu_bytes += nbytes
+        st.gpu_seconds += nbytes / self.gpu.bandwidth
+        st.gpu_vec_seconds += nbytes / self.gpu.bandwidth
+        return y
 
-def _device_op(runner: KernelRunner, names) -> type:
+
+def _device_ops(runner: KernelRunner, names) -> list[type]:
     class DeviceLinear(OpRun):
         op_domain = DOMAIN
 
@@ -163,16 +231,37 @@ def _device_op(runner: KernelRunner, names) -> type:
             mods = sops.token_modality(modality, -1 if modality_id is None else int(modality_id), x.shape[:-1], node)
             return (runner(int(kernel), x, mods, node),)
 
-    return DeviceLinear
+    class DeviceVec(OpRun):
+        op_domain = DOMAIN
+
+        def _run(self, *operands, kernel=None):
+            return (runner.vec(int(kernel), operands, self.onnx_node.name),)
+
+    return [DeviceLinear, DeviceVec]
 
 
-def rewrite_graph(proto: onnx.ModelProto, kernels: list[dict]) -> onnx.ModelProto:
-    """Replace each lowered SpikeMatMul (and its SpikeEncode, once unused) by DeviceLinear."""
+def rewrite_graph(proto: onnx.ModelProto, kernels: list[dict], vec_kernels: list[dict] = ()) -> onnx.ModelProto:
+    """Replace each lowered SpikeMatMul (and its SpikeEncode, once unused) by DeviceLinear,
+    and the host nodes of each vector kernel by one DeviceVec where its output is made."""
     by_node = {k["node"]: k for k in kernels}
+    by_vec = {k["node"]: k for k in vec_kernels}
+    drop = {name for k in vec_kernels for name in k["nodes"]}
+    missing = drop - {n.name for n in proto.graph.node}
+    if missing:
+        raise SpikecError(f"isa/kernels: vector kernels for nodes the graph does not have: {sorted(missing)[:3]}")
     g = proto.graph
     producers = {o: n for n in g.node for o in n.output}
     new_nodes = []
     for n in g.node:
+        v = by_vec.get(n.name)
+        if v is not None:
+            if list(n.output[:1]) != [v["output"]]:
+                raise SpikecError(f"isa/kernels: vector kernel {v['index']} makes '{v['output']}', node '{n.name}' another")
+            new_nodes.append(helper.make_node("DeviceVec", v["inputs"], [v["output"]], name=n.name, domain=DOMAIN,
+                                              kernel=int(v["index"])))
+            continue
+        if n.name in drop:
+            continue
         k = by_node.pop(n.name, None) if n.domain == sops.DOMAIN and n.op_type == sops.SPIKE_MATMUL else None
         if k is None:
             new_nodes.append(n)
@@ -208,22 +297,25 @@ def rewrite_graph(proto: onnx.ModelProto, kernels: list[dict]) -> onnx.ModelProt
 class FpgaSession:
     """One graph on the fpga target, with onnxruntime's `run(None, feeds)` interface."""
 
-    def __init__(self, role: str, proto: onnx.ModelProto, kernels: list[dict], runner: KernelRunner) -> None:
+    def __init__(self, role: str, proto: onnx.ModelProto, kernels: list[dict], runner: KernelRunner,
+                 vec_kernels: list[dict] = ()) -> None:
         from spikec.ops import _kernels
 
         self.role = role
         mine = [k for k in kernels if k["graph"] == role]
+        mine_vec = [k for k in vec_kernels if k["graph"] == role]
         names = sops.DEFAULT_MODALITIES
         for p in proto.metadata_props:
             if p.key == sops.MODALITIES_KEY:
                 names = tuple(json.loads(p.value))
-        rewritten = rewrite_graph(proto, mine)
+        rewritten = rewrite_graph(proto, mine, mine_vec)
         from onnx.reference import ReferenceEvaluator
 
-        self.session = ReferenceEvaluator(rewritten, new_ops=[*_kernels(names), _device_op(runner, names)])
+        self.session = ReferenceEvaluator(rewritten, new_ops=[*_kernels(names), *_device_ops(runner, names)])
         self.input_names = list(self.session.input_names)
         self.output_names = list(self.session.output_names)
         self.kernels = len(mine)
+        self.vec_kernels = len(mine_vec)
 
     def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         missing = [n for n in self.input_names if n not in feeds]
@@ -238,6 +330,10 @@ def make_device(name: str, cfg: HwConfig) -> Device:
         from spikec.runtime.simulator import Simulator
 
         return Simulator(cfg)
+    if name == "rtl":
+        from spikec.runtime.rtl_device import RtlDevice
+
+        return RtlDevice(cfg)
     raise SpikecError(f"--device: '{name}' is not available (devices: {', '.join(DEVICES)})")
 
 
@@ -255,12 +351,14 @@ def create_sessions(sbin, device: str = "sim") -> tuple[dict[str, FpgaSession], 
     except SpikecError as exc:
         raise SpikecError(f"{sbin.path}: section 'isa/program' is not a valid accelerator program: {exc}") from None
     runner = KernelRunner(make_device(device, cfg), sbin.file.read("isa/weights"), doc["kernels"])
-    sessions = {role: FpgaSession(role, sbin.graph(role), doc["kernels"], runner) for role in sbin.roles}
+    runner.vec_kernels = doc.get("vec_kernels", [])  # absent in .sbin files compiled before the vector lowering
+    sessions = {role: FpgaSession(role, sbin.graph(role), doc["kernels"], runner, runner.vec_kernels) for role in sbin.roles}
     return sessions, runner
 
 
 def report(runner: KernelRunner) -> dict:
-    """Device counters, modeled latency and energy, and the modeled GPU comparison."""
+    """Device counters, modeled latency and energy, and the modeled GPU comparison; both
+    sides count the lowered spiking products and the lowered vector ops (host ops neither)."""
     st, cfg, gpu = runner.stats, runner.cfg, runner.gpu
     d = st.device
     secs = d.cycles / (cfg.clock_mhz * 1e6)
@@ -276,8 +374,9 @@ def report(runner: KernelRunner) -> dict:
         "spike_density": d.spikes / st.possible_spikes if st.possible_spikes else 0.0,
         "vector_density": d.spike_vectors / possible if possible else 0.0,
         "float_macs": st.float_macs, "dram_bytes": d.dram_read_bytes + d.dram_write_bytes,
+        "vec_calls": st.vec_calls, "vec_elements": st.vec_elements, "vec_cycles": st.vec_cycles,
         "gpu": {"name": gpu.name, "peak_flops": gpu.peak_flops, "bandwidth_Bps": gpu.bandwidth, "power_w": gpu.power_w,
-                "seconds": st.gpu_seconds, "energy_j": gpu_j, "bytes": st.gpu_bytes},
+                "seconds": st.gpu_seconds, "vec_seconds": st.gpu_vec_seconds, "energy_j": gpu_j, "bytes": st.gpu_bytes},
         "throughput_ratio": st.gpu_seconds / secs if secs else 0.0,  # > 1: the accelerator is faster
         "efficiency_ratio": gpu_j / energy_j if energy_j else 0.0,  # > 1: the accelerator uses less energy
     }

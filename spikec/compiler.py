@@ -325,7 +325,8 @@ def isa_sections(folder: Path, hwconfig: str = "default") -> tuple[list[tuple[st
         ("isa/kernels", SectionKind.JSON, art.kernels_json()),
         ("isa/program", SectionKind.PROGRAM, program),
     ]
-    summary = {"hwconfig": cfg.name, "kernels": len(art.kernels), "weights_bytes": len(art.weights),
+    summary = {"hwconfig": cfg.name, "kernels": len(art.kernels), "vec_kernels": len(art.vec_kernels),
+               "weights_bytes": len(art.weights),
                "program_instructions": len(program) // 16, **art.fallback}
     return sections, summary
 

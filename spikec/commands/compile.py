@@ -94,11 +94,14 @@ def _print_layers(role: str, extra: dict) -> None:
 
 
 def _print_isa(isa: dict) -> None:
-    click.echo(f"accelerator ({isa.get('hwconfig')}): {isa.get('kernels')} kernels, {isa.get('weights_bytes'):,} weight bytes, "
-               f"representative program {isa.get('program_instructions')} instructions")
+    click.echo(f"accelerator ({isa.get('hwconfig')}): {isa.get('kernels')} kernels, {isa.get('vec_kernels', 0)} vector "
+               f"kernels, {isa.get('weights_bytes'):,} weight bytes, representative program "
+               f"{isa.get('program_instructions')} instructions")
     for role, g in (isa.get("graphs") or {}).items():
         ops = ", ".join(f"{k} {v}" for k, v in g["host_ops"].items())
-        click.echo(f"  {role}: {g['device_kernels']} kernels on the device; host fallback: {ops or 'none'}")
+        vec = ", ".join(f"{k} {v}" for k, v in g.get("vec_kernels", {}).items())
+        click.echo(f"  {role}: {g['device_kernels']} kernels on the device, vector kernels: {vec or 'none'}; "
+                   f"host fallback: {ops or 'none'}")
         for node, why in g["not_lowered"].items():
             click.echo(f"    not lowered: {node}: {why}")
     click.echo(f"  note: {isa.get('note')}")

@@ -27,20 +27,25 @@ def _print_stats(stats: dict) -> None:
 def _print_fpga(r: dict) -> None:
     g = r["gpu"]
     click.echo(f"fpga target (device simulator, hwconfig '{r['hwconfig']}' at {r['clock_mhz']:g} MHz): "
-               f"{r['calls']} kernel calls, {r['tokens']:,} token-rows, effective timesteps {r['effective_timesteps']:.3f}")
-    click.echo(f"  device cycles: {r['cycles']:,}   modeled latency of the spiking products: {r['latency_s'] * 1e3:.4f} ms")
+               f"{r['calls']} kernel calls, {r['tokens']:,} token-rows, effective timesteps {r['effective_timesteps']:.3f}; "
+               f"{r.get('vec_calls', 0)} vector-kernel calls, {r.get('vec_elements', 0):,} elements")
+    click.echo(f"  device cycles: {r['cycles']:,} ({r.get('vec_cycles', 0):,} in vector kernels)   modeled latency of "
+               f"the spiking products and vector ops: {r['latency_s'] * 1e3:.4f} ms")
     parts = ", ".join(f"{k} {v * 1e-6:.3f}" for k, v in r["energy_pj_by_component"].items())
     click.echo(f"  modeled energy: {r['energy_j'] * 1e6:.3f} uJ ({parts} uJ; 45 nm Horowitz constants, docs/isa.md section 7)")
     click.echo(f"  spikes: {r['spikes']:,}   spike density: {r['spike_density']:.4f}   SOPs: {r['sops']:,}   "
                f"float MACs of the same products: {r['float_macs']:,}")
     click.echo(f"  spike vectors processed: {r['spike_vectors']:,}, skipped (all zero): {r['skipped_vectors']:,}   "
                f"DRAM traffic: {r['dram_bytes']:,} bytes")
-    click.echo(f"  modeled GPU baseline: {g['name']}, roofline per product (max(2*MACs/peak, FP16 bytes/bandwidth)), "
-               f"energy = power x time")
-    click.echo(f"    GPU time {g['seconds'] * 1e6:.3f} us, energy {g['energy_j'] * 1e6:.3f} uJ ({g['bytes']:,} bytes)")
+    click.echo(f"  modeled GPU baseline: {g['name']}, roofline per product (max(2*MACs/peak, FP16 bytes/bandwidth)) "
+               f"and per vector op (FP16 bytes read and written / bandwidth), energy = power x time")
+    click.echo(f"    GPU time {g['seconds'] * 1e6:.3f} us ({g.get('vec_seconds', 0.0) * 1e6:.3f} us vector ops), "
+               f"energy {g['energy_j'] * 1e6:.3f} uJ ({g['bytes']:,} bytes)")
     click.echo(f"  modeled throughput ratio (GPU time / accelerator time): {r['throughput_ratio']:.4g}   "
                f"modeled energy-efficiency ratio (GPU energy / accelerator energy): {r['efficiency_ratio']:.4g}")
-    click.echo("  (host fallback ops -- norms, softmax, rotary, attention -- are not included on either side)")
+    click.echo("  (both sides count the spiking products and the vector ops lowered to the device -- norms, softmax, "
+               "SiLU, rotary, residual adds; host fallback ops -- attention products, erf GELU, masks, shape ops -- "
+               "are on neither side)")
 
 
 @click.command("run")
@@ -48,8 +53,10 @@ def _print_fpga(r: dict) -> None:
 @click.option("--target", type=click.Choice(["ort", "fpga"]), default="ort", show_default=True,
               help="Where to run: ort = ONNX Runtime; fpga = spiking products on the accelerator (a model compiled "
                    "with --isa), everything else on the host.")
-@click.option("--device", type=click.Choice(["sim"]), default="sim", show_default=True,
-              help="With --target fpga: the device (sim = the functional simulator and cost model).")
+@click.option("--device", type=click.Choice(["sim", "rtl"]), default="sim", show_default=True,
+              help="With --target fpga: the device (sim = the functional simulator and cost model; rtl = the "
+                   "SystemVerilog core in rtl/ co-simulated with Verilator, cycles measured, energy modeled; "
+                   "needs Verilator, which `make test` installs).")
 @click.option("--mode", type=click.Choice(["fused", "exact", "fakequant"]), default="fused", show_default=True,
               help="fused: integer products; exact: explicit spike planes (bit-identical, counts spikes); fakequant: the ANN baseline, float MatMul of the same codes.")
 @click.option("--image", type=click.Path(path_type=Path), help="Input image for generation.")

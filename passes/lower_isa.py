@@ -12,8 +12,10 @@ is the stream for one token of each modality per kernel, stored in the .sbin for
 `spikec disasm` and for checking.
 
 Norms, softmax, SiLU, rotary embeddings and elementwise adds/products become *vector
-kernels* (passes/lower_vec.py: one VEC function each, constants in the same image).
-Everything else (attention products, erf GELU, masks, reshapes, ...) runs on the host in
+kernels* (passes/lower_vec.py: one VEC function each, constants in the same image), and
+the attention products Q @ K^T, P @ V (with --spike-attention) *attention kernels*
+(passes/lower_attn.py: no constants; both operands are ENCODEd on chip per call).
+Everything else (erf GELU, masks, reshapes, ...) runs on the host in
 the fpga target; the `fallback` report counts those ops per graph.
 """
 
@@ -103,10 +105,12 @@ class IsaArtifact:
     kernels: list[dict]
     fallback: dict
     vec_kernels: list[dict] = dataclasses.field(default_factory=list)
+    attn_kernels: list[dict] = dataclasses.field(default_factory=list)
 
     def kernels_json(self) -> bytes:
         doc = {"format": KERNELS_FORMAT, "version": KERNELS_VERSION, "hwconfig": self.hwconfig.name,
-               "kernels": self.kernels, "vec_kernels": self.vec_kernels, "fallback": self.fallback}
+               "kernels": self.kernels, "vec_kernels": self.vec_kernels, "attn_kernels": self.attn_kernels,
+               "fallback": self.fallback}
         return (json.dumps(doc, indent=1, sort_keys=True) + "\n").encode()
 
 
@@ -140,23 +144,28 @@ def _why_not(mm: ir.Node, enc: ir.Node | None) -> str | None:
 
 
 def lower_graphs(graphs: dict[str, ir.Model], cfg: HwConfig, vec: bool = True) -> IsaArtifact:
-    """Kernels for every lowerable spiking product of the graphs (roles in sorted order) and,
+    """Kernels for every lowerable spiking product of the graphs (roles in sorted order), attention
+    kernels for the activation x activation products (passes/lower_attn.py) and,
     with `vec`, vector kernels for the norms, softmax, activations, rotary embeddings and
     elementwise ops whose numerics are the vector unit's (passes/lower_vec.py)."""
-    from spikec.passes import lower_vec
+    from spikec.passes import lower_attn, lower_vec
 
     image = bytearray()
     kernels: list[dict] = []
     vec_kernels: list[dict] = []
+    attn_kernels: list[dict] = []
     fallback: dict = {"graphs": {}, "note": "host ops run on the host CPU (onnx reference evaluator) in the fpga target: "
-                      "attention products, erf GELU, masks, shape ops and whatever matches no vector kernel "
+                      "erf GELU, masks, shape ops, attention products not spiked or not lowerable, and whatever matches no vector kernel "
                       "(docs/isa.md section 9)"}
     for role in sorted(graphs):
         model = graphs[role]
         names = sops.modalities(model)
         lowered: set[str] = set()
-        not_lowered: dict[str, str] = {}
+        attn, not_lowered = lower_attn.lower_graph(model, role, len(attn_kernels))
+        attn_kernels += attn
         for mm in sops.spikec_nodes(model, sops.SPIKE_MATMUL):
+            if lower_attn.is_attention(mm):
+                continue
             enc = mm.inputs[0].producer()
             why = _why_not(mm, enc)
             where = f"graph '{role}', node '{mm.name}'"
@@ -229,18 +238,20 @@ def lower_graphs(graphs: dict[str, ir.Model], cfg: HwConfig, vec: bool = True) -
         for mm in sops.spikec_nodes(model, sops.SPIKE_MATMUL):
             if mm.name in lowered:
                 fused_enc.add(mm.inputs[0].producer().name)
+        on_attn = {name for k in attn for name in (k["node"], k["encoder"], k["code"], k["transpose"]) if name}
         for node in ir.traversal.RecursiveGraphIterator(model.graph):
-            if node.name in lowered or node.name in on_vec:
+            if node.name in lowered or node.name in on_vec or node.name in on_attn:
                 continue
             if sops.is_spikec(node, sops.SPIKE_ENCODE) and node.name in fused_enc:
                 continue  # runs as the kernels' ENCODE (its outputs still feed host ops only if used)
             host[f"{node.domain + '::' if node.domain else ''}{node.op_type}"] += 1
-        fallback["graphs"][role] = {"device_kernels": len(lowered), "vec_kernels": dict(sorted(vec_funcs.items())),
+        fallback["graphs"][role] = {"device_kernels": len(lowered), "attn_kernels": len(attn),
+                                    "vec_kernels": dict(sorted(vec_funcs.items())),
                                     "host_ops": dict(sorted(host.items())), "not_lowered": dict(sorted(not_lowered.items()))}
     if len(image) > cfg.dram_bytes // 2:
         raise SpikecError(f"--isa: the packed weights ({len(image)} bytes) exceed half of the device DRAM "
                           f"({cfg.dram_bytes} bytes, config '{cfg.name}'); activations need the rest")
-    return IsaArtifact(cfg, bytes(image), kernels, fallback, vec_kernels)
+    return IsaArtifact(cfg, bytes(image), kernels, fallback, vec_kernels, attn_kernels)
 
 
 # ---------------------------------------------------------------- programs

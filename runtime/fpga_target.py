@@ -15,7 +15,11 @@ The device's integer path and DEQ order are the reference's, so the outputs equa
 in `isa/kernels`, passes/lower_vec.py) becomes one `spikec.fpga::DeviceVec(operands...)`
 node replacing the host ops it matched: a call writes the operands, runs
 `lower_vec.build_vec_program` (LOAD -> VEC -> STORE per chunk of rows) and reads the rows
-back.
+back. Each attention kernel (`attn_kernels`, passes/lower_attn.py: Q @ K^T, P @ V with
+--spike-attention) becomes one `spikec.fpga::DeviceMatMul(a, modality?, b)` node: a call
+writes both operands, runs `lower_attn.build_attention_program` (b ENCODEd into WGT with its
+per-tensor scale, each head's rows ENCODEd into INP, SPMM, DEQ, STORE) and reads back, bit
+for bit the host's SpikeEncode/SpikeCode/SpikeMatMul.
 
 Counters accumulate over calls: device cycles (calls run one after another, so they
 add), energy by component, spikes and SOPs; plus the float MACs and FP16 bytes of the
@@ -34,11 +38,12 @@ from onnx import helper
 from onnx.reference.op_run import OpRun
 
 from spikec import ops as sops
+from spikec import reference as R
 from spikec.errors import SpikecError
 from spikec.isa.encoding import encode_program
 from spikec.isa.fields import VecFunc
 from spikec.isa.hwconfig import HwConfig
-from spikec.passes import lower_isa, lower_vec
+from spikec.passes import lower_attn, lower_isa, lower_vec
 from spikec.runtime.device import Counters, Device
 
 DOMAIN = "spikec.fpga"
@@ -80,6 +85,8 @@ class FpgaCounters:
     gpu_bytes: int = 0  # FP16 bytes a GPU moves: per product weights once per call, x and y; per vector op operands and result
     gpu_seconds: float = 0.0  # the roofline time of each product and vector op, summed
     gpu_vec_seconds: float = 0.0  # the vector ops' part of gpu_seconds
+    attn_calls: int = 0  # attention-kernel calls on the device (also in calls, tokens, float_macs, gpu_*)
+    attn_host_calls: int = 0  # attention-kernel calls whose right operand exceeds one ENCODE row: run on the host
 
     def add(self, c: Counters) -> None:
         d = self.device
@@ -95,13 +102,14 @@ class KernelRunner:
     """Runs lowered kernels on a Device: the weights image is written once, then each call
     writes its operands, builds and loads its program, runs it and reads the result.
     `runner(index, x, mods)` calls a spiking product, `runner.vec(index, operands)` a
-    vector kernel."""
+    vector kernel, `runner.attention(index, a, b, mods)` an attention product."""
 
     def __init__(self, device: Device, weights: bytes, kernels: list[dict], gpu: GpuBaseline = GPU_A100,
-                 vec_kernels: list[dict] = ()) -> None:
+                 vec_kernels: list[dict] = (), attn_kernels: list[dict] = ()) -> None:
         self.device, self.cfg = device, device.config
         self.kernels = kernels
         self.vec_kernels = list(vec_kernels)
+        self.attn_kernels = list(attn_kernels)
         self.gpu = gpu
         self.io_base = lower_isa._align(len(weights), 4096)
         if self.io_base > self.cfg.dram_bytes:
@@ -167,11 +175,80 @@ class KernelRunner:
         # The device counts a spike each time the PE array consumes it, i.e. once per
         # M-tile the kernel is split into; the possible spikes are counted the same way.
         st.possible_spikes += int(planes.sum()) * K * len(k["tiles"])
+        self._count_product(n, K, M, 1)
+        return y.reshape(*lead, M)
+
+    def _count_product(self, n: int, K: int, M: int, heads: int) -> None:
+        """Float MACs and the GPU roofline of `heads` products of n rows, [K, M] right operands
+        (weights or an activation), each read once per call."""
+        st = self.stats
         st.float_macs += n * K * M
-        nbytes = 2 * (K * M + n * K + n * M)
+        nbytes = 2 * (heads * K * M + n * K + n * M)
         st.gpu_bytes += nbytes
         st.gpu_seconds += max(2.0 * n * K * M / self.gpu.peak_flops, nbytes / self.gpu.bandwidth)
-        return y.reshape(*lead, M)
+
+    def attention(self, index: int, a: np.ndarray, b: np.ndarray, modality, modality_id: int = -1,
+                  where: str = "") -> np.ndarray:
+        """One call of attention kernel `index`: a [..., S, K] @ b [..., K, N] (b [..., N, K] when
+        the kernel reads K^T untransposed: wtrans), leading (batch, head) dims broadcast. The
+        device codes a per token and b with one per-tensor scale, as the host's SpikeEncode /
+        SpikeCode / SpikeMatMul do; a b larger than one ENCODE row runs on the host instead."""
+        k = self.attn_kernels[index]
+        a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+        if k["wtrans"]:
+            b = np.swapaxes(b, -1, -2)
+        lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
+        S, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+        if b.shape[-2] != K:
+            raise SpikecError(f"node '{where}': cannot multiply {a.shape} by {b.shape}")
+        a, b = np.broadcast_to(a, (*lead, S, K)), np.broadcast_to(b, (*lead, K, N))
+        mods = sops.token_modality(modality, modality_id, a.shape[:-1], where)
+        T = np.asarray(k["timesteps"], np.int64)
+        if mods.size and (mods.min() < 0 or mods.max() >= len(T)):
+            bad = int(mods[(mods < 0) | (mods >= len(T))].flat[0])
+            raise SpikecError(f"node '{where}': modality id {bad} has no timesteps (modalities: {k['modalities']})")
+        H = int(np.prod(lead))
+        if H * S * N == 0:
+            return np.zeros((*lead, S, N), np.float32)
+        T_tok = T[mods]
+        R.check_overflow(K, int(T_tok.max()), R.qmax(k["bits"]), f"node '{where}'")
+        n_max = lower_attn.plan_attention(self.cfg, K, N, b.size)
+        if isinstance(n_max, str):
+            self.stats.attn_host_calls += 1
+            return host_attention(a, b, T_tok, k["bits"], where)
+        # rows grouped per head, then by modality (stable), in chunks of at most n_max
+        head = np.repeat(np.arange(H), S)
+        mf = mods.reshape(-1)
+        order = np.lexsort((mf, head))
+        xs = a.reshape(H * S, K)[order]
+        key = head[order] * len(T) + mf[order]
+        chunks = []
+        for r in np.flatnonzero(np.r_[True, key[1:] != key[:-1]]).tolist():
+            end = int(np.searchsorted(key, key[r], side="right"))
+            chunks += [(int(key[r] // len(T)), r0, min(n_max, end - r0), int(T[key[r] % len(T)]))
+                       for r0 in range(r, end, n_max)]
+        # operands in this layout: the wtrans kernel's b is [N, K] per head, as the graph made it
+        bw = np.swapaxes(b, -1, -2) if k["wtrans"] else b
+        a_addr = self.io_base
+        b_addr = lower_isa._align(a_addr + xs.nbytes, lower_isa.TILE_ALIGN)
+        y_addr = lower_isa._align(b_addr + 4 * b.size, lower_isa.TILE_ALIGN)
+        scratch = lower_isa._align(y_addr + 4 * H * S * N, lower_isa.TILE_ALIGN)
+        if scratch + 4 > self.cfg.dram_bytes:
+            raise SpikecError(f"node '{where}': the attention operands do not fit the device DRAM")
+        prog = lower_attn.build_attention_program(k, chunks, K, N, b.size, (a_addr, b_addr, y_addr, scratch), self.cfg)
+        self._run(prog, [(a_addr, np.ascontiguousarray(xs, "<f4").tobytes()),
+                         (b_addr, np.ascontiguousarray(bw, "<f4").tobytes())], where)
+        ys = self.device.read_array(y_addr, (H * S, N), "<f4")
+        y = np.empty_like(ys)
+        y[order] = ys
+        st = self.stats
+        st.calls += 1
+        st.attn_calls += 1
+        st.tokens += H * S
+        st.tokens_T += int(T_tok.sum())
+        st.possible_spikes += int(T_tok.sum()) * K
+        self._count_product(H * S, K, N, H)
+        return y.reshape(*lead, S, N)
 
     def vec(self, index: int, operands, where: str = "") -> np.ndarray:
         """One call of vector kernel `index` on the host graph's operands (x, then y1 for
@@ -222,6 +299,16 @@ class KernelRunner:
         return y
 
 
+def host_attention(a: np.ndarray, b: np.ndarray, T_tok: np.ndarray, bits: int, where: str = "") -> np.ndarray:
+    """The host's SpikeEncode (dynamic, per token) -> SpikeCode (per tensor) -> SpikeMatMul of
+    a [..., S, K] and b [..., K, N], with spikec.reference."""
+    s_a = R.scale_per_token(a, T_tok + 1)
+    q = R.quantize(a, s_a, ((np.int64(1) << T_tok) - 1)[..., None], where)
+    s_b = R.scale_per_tensor(b, bits)
+    q_b = R.quantize(b, s_b, R.qmax(bits), where)
+    return sops.dequantize_acc(R.spike_matmul(q, q_b, T_tok, where), s_a, np.full(b.shape[-1], s_b, np.float32), None)
+
+
 def _device_ops(runner: KernelRunner, names) -> list[type]:
     class DeviceLinear(OpRun):
         op_domain = DOMAIN
@@ -237,13 +324,25 @@ def _device_ops(runner: KernelRunner, names) -> list[type]:
         def _run(self, *operands, kernel=None):
             return (runner.vec(int(kernel), operands, self.onnx_node.name),)
 
-    return [DeviceLinear, DeviceVec]
+    class DeviceMatMul(OpRun):
+        op_domain = DOMAIN
+
+        def _run(self, a, modality=None, b=None, kernel=None, modality_id=None):
+            mid = -1 if modality_id is None else int(modality_id)
+            return (runner.attention(int(kernel), a, b, modality, mid, self.onnx_node.name),)
+
+    return [DeviceLinear, DeviceVec, DeviceMatMul]
 
 
-def rewrite_graph(proto: onnx.ModelProto, kernels: list[dict], vec_kernels: list[dict] = ()) -> onnx.ModelProto:
+def rewrite_graph(proto: onnx.ModelProto, kernels: list[dict], vec_kernels: list[dict] = (),
+                  attn_kernels: list[dict] = ()) -> onnx.ModelProto:
     """Replace each lowered SpikeMatMul (and its SpikeEncode, once unused) by DeviceLinear,
-    and the host nodes of each vector kernel by one DeviceVec where its output is made."""
+    each lowered attention SpikeMatMul (and its SpikeEncode, SpikeCode and bypassed Transpose,
+    once unused) by DeviceMatMul, and the host nodes of each vector kernel by one DeviceVec
+    where its output is made."""
     by_node = {k["node"]: k for k in kernels}
+    by_attn = {k["node"]: k for k in attn_kernels}
+    bypassed = {k["transpose"] for k in attn_kernels if k["transpose"]}
     by_vec = {k["node"]: k for k in vec_kernels}
     drop = {name for k in vec_kernels for name in k["nodes"]}
     missing = drop - {n.name for n in proto.graph.node}
@@ -262,6 +361,18 @@ def rewrite_graph(proto: onnx.ModelProto, kernels: list[dict], vec_kernels: list
             continue
         if n.name in drop:
             continue
+        a = by_attn.pop(n.name, None) if n.domain == sops.DOMAIN and n.op_type == sops.SPIKE_MATMUL else None
+        if a is not None:
+            enc, code = producers.get(n.input[0]), producers.get(n.input[3])
+            if enc is None or enc.name != a["encoder"] or code is None or code.name != a["code"]:
+                raise SpikecError(f"isa/kernels: attention kernel {a['index']} names encoders "
+                                  f"'{a['encoder']}', '{a['code']}', the graph has others")
+            attrs = {"kernel": int(a["index"])}
+            if a["modality_id"] >= 0:
+                attrs["modality_id"] = int(a["modality_id"])
+            new_nodes.append(helper.make_node("DeviceMatMul", [a["a"], n.input[2] if len(n.input) > 2 else "", a["b"]],
+                                              list(n.output), name=n.name, domain=DOMAIN, **attrs))
+            continue
         k = by_node.pop(n.name, None) if n.domain == sops.DOMAIN and n.op_type == sops.SPIKE_MATMUL else None
         if k is None:
             new_nodes.append(n)
@@ -275,13 +386,13 @@ def rewrite_graph(proto: onnx.ModelProto, kernels: list[dict], vec_kernels: list
             attrs["modality_id"] = int(k["modality_id"])
         new_nodes.append(helper.make_node("DeviceLinear", [enc.input[0], mod], list(n.output), name=n.name,
                                           domain=DOMAIN, **attrs))
-    if by_node:
-        raise SpikecError(f"isa/kernels: kernels for nodes the graph does not have: {sorted(by_node)[:3]}")
-    # drop encoders nothing reads any more
+    if by_node or by_attn:
+        raise SpikecError(f"isa/kernels: kernels for nodes the graph does not have: {sorted({*by_node, *by_attn})[:3]}")
+    # drop encoders (and transposes a kernel bypasses) nothing reads any more
     while True:
         used = {i for n in new_nodes for i in n.input} | {o.name for o in g.output}
-        keep = [n for n in new_nodes if not (n.domain == sops.DOMAIN and n.op_type == sops.SPIKE_ENCODE
-                                             and not any(o in used for o in n.output))]
+        keep = [n for n in new_nodes if not (((n.domain == sops.DOMAIN and n.op_type in (sops.SPIKE_ENCODE, sops.SPIKE_CODE))
+                                              or n.name in bypassed) and not any(o in used for o in n.output))]
         if len(keep) == len(new_nodes):
             break
         new_nodes = keep
@@ -298,17 +409,18 @@ class FpgaSession:
     """One graph on the fpga target, with onnxruntime's `run(None, feeds)` interface."""
 
     def __init__(self, role: str, proto: onnx.ModelProto, kernels: list[dict], runner: KernelRunner,
-                 vec_kernels: list[dict] = ()) -> None:
+                 vec_kernels: list[dict] = (), attn_kernels: list[dict] = ()) -> None:
         from spikec.ops import _kernels
 
         self.role = role
         mine = [k for k in kernels if k["graph"] == role]
         mine_vec = [k for k in vec_kernels if k["graph"] == role]
+        mine_attn = [k for k in attn_kernels if k["graph"] == role]
         names = sops.DEFAULT_MODALITIES
         for p in proto.metadata_props:
             if p.key == sops.MODALITIES_KEY:
                 names = tuple(json.loads(p.value))
-        rewritten = rewrite_graph(proto, mine, mine_vec)
+        rewritten = rewrite_graph(proto, mine, mine_vec, mine_attn)
         from onnx.reference import ReferenceEvaluator
 
         self.session = ReferenceEvaluator(rewritten, new_ops=[*_kernels(names), *_device_ops(runner, names)])
@@ -316,6 +428,7 @@ class FpgaSession:
         self.output_names = list(self.session.output_names)
         self.kernels = len(mine)
         self.vec_kernels = len(mine_vec)
+        self.attn_kernels = len(mine_attn)
 
     def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         missing = [n for n in self.input_names if n not in feeds]
@@ -352,7 +465,9 @@ def create_sessions(sbin, device: str = "sim") -> tuple[dict[str, FpgaSession], 
         raise SpikecError(f"{sbin.path}: section 'isa/program' is not a valid accelerator program: {exc}") from None
     runner = KernelRunner(make_device(device, cfg), sbin.file.read("isa/weights"), doc["kernels"])
     runner.vec_kernels = doc.get("vec_kernels", [])  # absent in .sbin files compiled before the vector lowering
-    sessions = {role: FpgaSession(role, sbin.graph(role), doc["kernels"], runner, runner.vec_kernels) for role in sbin.roles}
+    runner.attn_kernels = doc.get("attn_kernels", [])  # absent before the attention lowering
+    sessions = {role: FpgaSession(role, sbin.graph(role), doc["kernels"], runner, runner.vec_kernels,
+                                  runner.attn_kernels) for role in sbin.roles}
     return sessions, runner
 
 
@@ -375,6 +490,7 @@ def report(runner: KernelRunner) -> dict:
         "vector_density": d.spike_vectors / possible if possible else 0.0,
         "float_macs": st.float_macs, "dram_bytes": d.dram_read_bytes + d.dram_write_bytes,
         "vec_calls": st.vec_calls, "vec_elements": st.vec_elements, "vec_cycles": st.vec_cycles,
+        "attn_calls": st.attn_calls, "attn_host_calls": st.attn_host_calls,
         "gpu": {"name": gpu.name, "peak_flops": gpu.peak_flops, "bandwidth_Bps": gpu.bandwidth, "power_w": gpu.power_w,
                 "seconds": st.gpu_seconds, "vec_seconds": st.gpu_vec_seconds, "energy_j": gpu_j, "bytes": st.gpu_bytes},
         "throughput_ratio": st.gpu_seconds / secs if secs else 0.0,  # > 1: the accelerator is faster

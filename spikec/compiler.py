@@ -326,6 +326,7 @@ def isa_sections(folder: Path, hwconfig: str = "default") -> tuple[list[tuple[st
         ("isa/program", SectionKind.PROGRAM, program),
     ]
     summary = {"hwconfig": cfg.name, "kernels": len(art.kernels), "vec_kernels": len(art.vec_kernels),
+               "attn_kernels": len(art.attn_kernels),
                "weights_bytes": len(art.weights),
                "program_instructions": len(program) // 16, **art.fallback}
     return sections, summary

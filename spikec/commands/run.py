@@ -28,7 +28,9 @@ def _print_fpga(r: dict) -> None:
     g = r["gpu"]
     click.echo(f"fpga target (device simulator, hwconfig '{r['hwconfig']}' at {r['clock_mhz']:g} MHz): "
                f"{r['calls']} kernel calls, {r['tokens']:,} token-rows, effective timesteps {r['effective_timesteps']:.3f}; "
-               f"{r.get('vec_calls', 0)} vector-kernel calls, {r.get('vec_elements', 0):,} elements")
+               f"{r.get('vec_calls', 0)} vector-kernel calls, {r.get('vec_elements', 0):,} elements"
+               + (f"; of the kernel calls {r['attn_calls']} attention products (+{r['attn_host_calls']} on the host: "
+                  f"right operand over one ENCODE row)" if r.get("attn_calls") or r.get("attn_host_calls") else ""))
     click.echo(f"  device cycles: {r['cycles']:,} ({r.get('vec_cycles', 0):,} in vector kernels)   modeled latency of "
                f"the spiking products and vector ops: {r['latency_s'] * 1e3:.4f} ms")
     parts = ", ".join(f"{k} {v * 1e-6:.3f}" for k, v in r["energy_pj_by_component"].items())

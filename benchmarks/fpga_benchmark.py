@@ -81,32 +81,18 @@ def make_kernel(cfg: HwConfig, index: int, K: int, M: int, wbits: int = 8, bias:
     plan = lower_isa.plan_tiles(cfg, K, M, wbits)
     if isinstance(plan, str):
         raise ValueError(plan)
-    mt, n_max = plan
-    A = lower_isa._align
-    image = bytearray() if rng is not None else None
+    mt, n_max, kt = plan
+    w = s_w = b = None
     if rng is not None:
         w = rng.integers(-lower_isa.R.qmax(wbits), lower_isa.R.qmax(wbits) + 1, size=(K, M))
         s_w = (rng.random(M) * 0.01 + 0.001).astype(np.float32)
         b = rng.standard_normal(M).astype(np.float32) if bias else np.zeros(M, np.float32)
-    off, tiles = base, []
-    for m0 in range(0, M, mt):
-        m1 = min(M, m0 + mt)
-        wlen = lower_isa.weight_bytes(K, m1 - m0, wbits)
-        w_off = off
-        off += A(wlen, lower_isa.TILE_ALIGN)
-        sb_off = off
-        off = A(off + 8 * (m1 - m0), lower_isa.TILE_ALIGN)
-        if image is not None:
-            wb = lower_isa.pack_weights(w[:, m0:m1], wbits)
-            image += wb + bytes(A(len(wb), lower_isa.TILE_ALIGN) - len(wb))
-            image += np.concatenate([s_w[m0:m1], b[m0:m1]]).astype("<f4").tobytes()
-            image += bytes(A(len(image), lower_isa.TILE_ALIGN) - len(image))
-        tiles.append({"m0": m0, "m": m1 - m0, "w": w_off, "w_bytes": A(wlen, lower_isa.TILE_ALIGN), "sb": sb_off})
+    tiles, image, off = lower_isa.kernel_tiles(K, M, mt, kt, wbits, base, w, s_w, b)
     desc = {"index": index, "graph": "lm", "node": f"linear_{index}", "encoder": f"encode_{index}", "layer": None,
             "K": K, "M": M, "wbits": wbits, "neuron": "tc-lif", "timesteps": list(T_BY_MOD), "modalities": MODS,
             "modality_id": -1, "act_scale": "dynamic", "has_bias": bias, "m_tile": mt, "n_max": n_max,
-            "tiles": tiles, "weights_offset": base, "weights_bytes": off - base}
-    return desc, (bytes(image) if image is not None else off)
+            "k_tile": kt, "tiles": tiles, "weights_offset": base, "weights_bytes": off - base}
+    return desc, (image if image is not None else off)
 
 
 # ---------------------------------------------------------------- cost-only timeline
@@ -333,8 +319,9 @@ def model_2b(cfg: HwConfig, dens: dict[int, tuple[float, float]], wbits: int, n_
 
         cyc, en, tot = timeline(prog, cfg, counts)
         per_call.append((name, K, M, dict(cycles=cyc, energy=en, tot=tot, gpu_s=gpu_call(n, K, M), macs=n * K * M,
-                                          steps=sum(1 for ins in prog if ins.op == Opcode.SPMM), n_max=desc["n_max"],
-                                          m_tile=desc["m_tile"]), None))
+                                          steps=sum(1 for ins in prog if ins.op == Opcode.VEC),
+                                          spmms=sum(1 for ins in prog if ins.op == Opcode.SPMM), n_max=desc["n_max"],
+                                          m_tile=desc["m_tile"], k_tile=desc["k_tile"] if desc["k_tile"] < K else None), None))
     L = QWEN["layers"]
     ok = [c for c in per_call if c[3] is not None]
     cyc = L * sum(c[3]["cycles"] for c in ok)
@@ -349,7 +336,9 @@ def model_2b(cfg: HwConfig, dens: dict[int, tuple[float, float]], wbits: int, n_
 def print_2b(cfg: HwConfig, r: dict, wbits: int, wall: float) -> None:
     skipped = [f"{c[0]} ({c[4]})" for c in r["per_call"] if c[3] is None]
     print(f"  wbits={wbits}: per layer " + ", ".join(
-        f"{c[0]} {c[3]['cycles']:,} cyc (m_tile {c[3]['m_tile']}, n_max {c[3]['n_max']}, {c[3]['steps']} steps)"
+        f"{c[0]} {c[3]['cycles']:,} cyc (m_tile {c[3]['m_tile']}, "
+        + (f"k_tile {c[3]['k_tile']}, " if c[3]['k_tile'] else "") + f"n_max {c[3]['n_max']}, {c[3]['steps']} steps"
+        + (f", {c[3]['spmms']} SPMMs" if c[3]['k_tile'] else "") + ")"
         for c in r["per_call"] if c[3] is not None))
     if skipped:
         print(f"    NOT lowerable, excluded on both sides: {'; '.join(skipped)}")

@@ -68,31 +68,86 @@ def pack_weights(w: np.ndarray, wbits: int) -> bytes:
 # ---------------------------------------------------------------- tiling
 
 
-def plan_tiles(cfg: HwConfig, K: int, M: int, wbits: int) -> tuple[int, int] | str:
-    """(m_tile, n_max) for a kernel on this configuration, or the reason it does not fit.
+def plan_tiles(cfg: HwConfig, K: int, M: int, wbits: int) -> tuple[int, int, int] | str:
+    """(m_tile, n_max, k_tile) for a kernel on this configuration, or the reason it does not fit.
 
     Buffers hold two slots of the weight tile (WGT) and of [s_w | bias] (SCL) so the next
     tile loads while this one computes; VEC holds two slots of the input rows and two of
-    the output rows; INP one chunk of codes, ACC one chunk of accumulators."""
+    the output rows; INP one chunk of codes, ACC one chunk of accumulators. `k_tile == K`
+    unless no weight tile [K, pe_cols] fits two WGT slots: then K is tiled (docs/isa.md
+    section 9, "K-tiling"): each weight tile is split into k-pieces [k_tile, m_tile] (two
+    fit WGT), the codes of the whole row stay in INP, and the pieces' SPMMs accumulate
+    into ACC (the per-token dynamic scale is still taken over the whole row)."""
     if K > MAX_LEN:
         return f"K={K} exceeds the ISA's {MAX_LEN}"
     wgt, scl = cfg.buffer_elems(Buffer.WGT), cfg.buffer_elems(Buffer.SCL)
     inp, acc, vec = cfg.buffer_elems(Buffer.INP), cfg.buffer_elems(Buffer.ACC), cfg.buffer_elems(Buffer.VEC)
+
+    def n_of(mt: int) -> int:
+        return int(min(MAX_N, inp // K, vec // (2 * K + 2 * mt), acc // mt, scl - 2 - 4 * mt))
+
+    def fits(kt: int, mt: int) -> bool:
+        return 2 * _align(weight_bytes(kt, mt, wbits), TILE_ALIGN) <= wgt and 4 * mt + 3 <= scl
+
     mt = min(M, MAX_LEN)
-
-    def fits(mt: int) -> bool:
-        return 2 * _align(weight_bytes(K, mt, wbits), TILE_ALIGN) <= wgt and 4 * mt + 3 <= scl
-
-    if not fits(mt):
+    if not fits(K, mt):
         mt = (mt // cfg.pe_cols) * cfg.pe_cols
-        while mt > 0 and not fits(mt):
+        while mt > 0 and not fits(K, mt):
             mt -= cfg.pe_cols
-    if mt <= 0:
-        return f"K={K} does not fit a {cfg.pe_cols}-column weight tile in WGT ({wgt} bytes, two slots)"
-    n = min(MAX_N, inp // K, vec // (2 * K + 2 * mt), acc // mt, scl - 2 - 4 * mt)
-    if n < 1:
-        return f"one token of K={K}, M-tile={mt} does not fit the on-chip buffers"
-    return mt, int(n)
+    if mt > 0:
+        n = n_of(mt)
+        if n < 1:
+            return f"one token of K={K}, M-tile={mt} does not fit the on-chip buffers"
+        return mt, n, K
+    # K-tiling: among M-tiles (multiples of pe_cols, or M), the one with the fewest weight
+    # pieces (SPMMs and LOADs per chunk), then the fewest k-pieces (ENCODEs per token), then
+    # the most tokens per chunk
+    best = None
+    cands = sorted({min(M, MAX_LEN)} | set(range(cfg.pe_cols, min(M, MAX_LEN) + 1, cfg.pe_cols)))
+    for mt in cands:
+        if 4 * mt + 3 > scl:
+            continue
+        kt = (K // cfg.pe_rows) * cfg.pe_rows
+        while kt > 0 and not fits(kt, mt):
+            kt -= cfg.pe_rows
+        n = n_of(mt)
+        if kt <= 0 or n < 1:
+            continue
+        key = (-(-M // mt) * -(-K // kt), -(-K // kt), -n)
+        if best is None or key < best[0]:
+            best = (key, (mt, n, kt))
+    if best is None:
+        return (f"K={K} does not fit a {cfg.pe_cols}-column weight tile in WGT ({wgt} bytes, two slots), "
+                f"nor does a K-tiled one fit the on-chip buffers")
+    return best[1]
+
+
+def kernel_tiles(K: int, M: int, mt: int, kt: int, wbits: int, base: int, w: np.ndarray | None = None,
+                 s_w: np.ndarray | None = None, bias: np.ndarray | None = None) -> tuple[list[dict], bytes | None, int]:
+    """The weights image of one kernel from DRAM offset `base`: per M-tile, its k-pieces
+    `w[k0:k0+kt, m0:m1]` (row-major, int8 or packed int4, each padded to 64 bytes; one piece,
+    the whole tile, when kt == K), then [s_w | bias] (float32). Returns the tiles (piece c
+    of a tile at `w + c * w_bytes`), the image bytes (None without `w`) and the end offset."""
+    image = bytearray() if w is not None else None
+    off, tiles = base, []
+    for m0 in range(0, M, mt):
+        m1 = min(M, m0 + mt)
+        w_off = off
+        for k0 in range(0, K, kt):
+            k1 = min(K, k0 + kt)
+            wlen = weight_bytes(k1 - k0, m1 - m0, wbits)
+            if image is not None:
+                image += pack_weights(w[k0:k1, m0:m1], wbits) + bytes(_align(wlen, TILE_ALIGN) - wlen)
+            off += _align(wlen, TILE_ALIGN)
+        sb_off = off
+        off = _align(off + 8 * (m1 - m0), TILE_ALIGN)
+        if image is not None:
+            sb = np.concatenate([s_w[m0:m1], bias[m0:m1] if bias is not None else np.zeros(m1 - m0, np.float32)])
+            image += sb.astype("<f4").tobytes()
+            image += bytes(off - base - len(image))
+        tiles.append({"m0": m0, "m": m1 - m0, "w": w_off,
+                      "w_bytes": _align(weight_bytes(min(kt, K), m1 - m0, wbits), TILE_ALIGN), "sb": sb_off})
+    return tiles, (bytes(image) if image is not None else None), off
 
 
 # ---------------------------------------------------------------- kernels
@@ -189,32 +244,23 @@ def lower_graphs(graphs: dict[str, ir.Model], cfg: HwConfig, vec: bool = True) -
                 continue
             # the int32 accumulator bound, per modality's T (SEMANTICS.md section 3)
             R.check_overflow(K, max(T) + (1 if neuron == "if" else 0), R.qmax(wbits), where)
-            mt, n_max = plan
             s_w = mm.inputs[4].const_value.numpy().astype(np.float32)
             bias_v = mm.inputs[5] if len(mm.inputs) > 5 else None
             bias = bias_v.const_value.numpy().astype(np.float32) if bias_v is not None and bias_v.const_value is not None else None
             if bias_v is not None and bias is None:
                 not_lowered[mm.name] = "bias is not constant"
                 continue
+            mt, n_max, kt = plan
             base = len(image)
-            tiles = []
-            for m0 in range(0, M, mt):
-                m1 = min(M, m0 + mt)
-                wb = pack_weights(w[:, m0:m1], wbits)
-                w_off = len(image)
-                image += wb + bytes(_align(len(wb), TILE_ALIGN) - len(wb))
-                sb = np.concatenate([s_w[m0:m1], bias[m0:m1] if bias is not None else np.zeros(m1 - m0, np.float32)])
-                sb_off = len(image)
-                image += sb.astype("<f4").tobytes()
-                image += bytes(_align(len(image), TILE_ALIGN) - len(image))
-                tiles.append({"m0": m0, "m": m1 - m0, "w": w_off, "w_bytes": _align(len(wb), TILE_ALIGN), "sb": sb_off})
+            tiles, wimg, _ = kernel_tiles(K, M, mt, kt, wbits, base, w, s_w, bias)
+            image += wimg
             scale = sops.attr(enc, "act_scale", "dynamic")
             desc = {
                 "index": len(kernels), "graph": role, "node": mm.name, "encoder": enc.name,
                 "layer": sops.attr(mm, "layer"), "K": K, "M": M, "wbits": wbits, "neuron": neuron,
                 "timesteps": T, "modalities": names, "modality_id": int(sops.attr(mm, "modality_id", -1)),
                 "act_scale": scale, "has_bias": bias is not None, "m_tile": mt, "n_max": n_max,
-                "tiles": tiles, "weights_offset": base,
+                "k_tile": kt, "tiles": tiles, "weights_offset": base,
             }
             if scale == "static":
                 desc["static_scales"] = _static_scales(enc, T, names)
@@ -275,7 +321,9 @@ def _ins(op: Opcode, **kw) -> Instruction:
 
 @dataclass
 class _Step:
-    """One (chunk, M-tile) step of a program: SPMM + VEC DEQ + STORE, plus the loads it needs."""
+    """One (chunk, M-tile) step of a program: SPMM + VEC DEQ + STORE, plus the loads it needs.
+    With K-tiling, one (chunk, M-tile, k-piece) step: SPMM (accumulating after the first
+    piece), and DEQ + STORE only on the last piece."""
 
     g: Group
     r0: int  # first row of the chunk in the call's x / y arrays
@@ -289,6 +337,11 @@ class _Step:
     idx: int  # the chunk's index in its scale set
     inp: int  # INP address of the chunk's codes
     row: int  # the chunk's first dynamic scale in SCL
+    kc: int = 0  # k-piece index (K-tiling)
+    k0: int = 0  # first input feature of the piece
+    kl: int = 0  # the piece's features (0: the whole K)
+    acc: int = 0  # ACC address of the chunk's accumulators
+    last_k: bool = True  # the tile's last k-piece: DEQ + STORE follow (and [s_w | bias] loads with it)
 
 
 def _pack_chunks(chunks: list[tuple[Group, int, int]], rows_cap: int,
@@ -322,6 +375,9 @@ def _plan_segment(groups: list[Group], cfg: HwConfig, rows_cap: int, chunks_cap:
     K, n_max, tiles = k["K"], k["n_max"], k["tiles"]
     chunks = [(g, g.row0 + r, min(n_max, g.n - r)) for g in groups for r in range(0, g.n, n_max)]
     static = k["act_scale"] == "static"
+    if k.get("k_tile", K) < K:
+        # K-tiled: re-encoding would reload every k-piece per chunk, so the codes stay resident
+        return "resident", _pack_chunks(chunks, rows_cap, chunks_cap)
 
     def energy(*ins: Instruction) -> float:
         return sum(sum(costmodel.instruction_cost(cfg, i).energy_pj(cfg).values()) for i in ins)
@@ -363,7 +419,11 @@ def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
             segs.append([g])
     if not segs:
         raise SpikecError("build_program: no tokens")
-    scl_elems, inp_elems = cfg.buffer_elems(Buffer.SCL), cfg.buffer_elems(Buffer.INP)
+    scl_elems, inp_elems, acc_elems = cfg.buffer_elems(Buffer.SCL), cfg.buffer_elems(Buffer.INP), cfg.buffer_elems(Buffer.ACC)
+
+    def rows_cap(k: dict) -> int:  # rows whose codes (and, K-tiled, accumulators) a block keeps on chip
+        return inp_elems // k["K"] if k.get("k_tile", k["K"]) >= k["K"] else min(inp_elems // k["K"], acc_elems // k["m_tile"])
+
     mt_max = max(t["m"] for seg in segs for t in seg[0].kernel["tiles"])
     budget = scl_elems - 4 * mt_max  # SCL left for dynamic scales and static-scale slots
     n_dyn = max([min(g.n, g.kernel["n_max"]) for seg in segs for g in seg if g.kernel["act_scale"] != "static"], default=0)
@@ -373,13 +433,13 @@ def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
     for i, seg in enumerate(segs):
         k = seg[0].kernel
         if k["act_scale"] == "static":
-            plans[i] = (seg, *_plan_segment(seg, cfg, inp_elems // k["K"], chunks_cap))
+            plans[i] = (seg, *_plan_segment(seg, cfg, rows_cap(k), chunks_cap))
     n_static = max([len(b) for seg, mode, blocks in filter(None, plans) if mode == "resident" for b in blocks]
                    + [1 for p in plans if p is not None], default=0)
     for i, seg in enumerate(segs):
         if plans[i] is None:
             k = seg[0].kernel
-            plans[i] = (seg, *_plan_segment(seg, cfg, max(1, min(inp_elems // k["K"], budget - 2 * n_static)), None))
+            plans[i] = (seg, *_plan_segment(seg, cfg, max(1, min(rows_cap(k), budget - 2 * n_static)), None))
     steps: list[_Step] = []
     u = e = q = 0
     for seg, mode, blocks in plans:
@@ -391,12 +451,22 @@ def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
                     e, q = e + 1, q + 1
                 u += 1
             continue
+        kt, mtk = seg[0].kernel.get("k_tile", K), seg[0].kernel["m_tile"]
         for block in blocks:
             offs = np.cumsum([0] + [n for _, _, n in block]).tolist()
             for ti, tile in enumerate(tiles):
-                for ci, (g, r0, n) in enumerate(block):
-                    steps.append(_Step(g, r0, n, tile, u, ci == 0, ti == 0, e + ci, q, ci, offs[ci] * K, offs[ci]))
-                u += 1
+                if kt >= K:
+                    for ci, (g, r0, n) in enumerate(block):
+                        steps.append(_Step(g, r0, n, tile, u, ci == 0, ti == 0, e + ci, q, ci, offs[ci] * K, offs[ci]))
+                    u += 1
+                    continue
+                # K-tiled: piece-outer, chunk-inner; each chunk accumulates in its own ACC rows
+                for kc, k0 in enumerate(range(0, K, kt)):
+                    kl = min(kt, K - k0)
+                    for ci, (g, r0, n) in enumerate(block):
+                        steps.append(_Step(g, r0, n, tile, u, ci == 0, ti == 0 and kc == 0, e + ci, q, ci, offs[ci] * K,
+                                           offs[ci], kc, k0, kl, offs[ci] * mtk, k0 + kl >= K))
+                    u += 1
             e, q = e + len(block), q + 1
     x_slot = max(st.n * st.g.kernel["K"] for st in steps)
     o_slot = max(st.n * st.tile["m"] for st in steps)
@@ -408,9 +478,11 @@ def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
     SSB = (n_sx + 2 * n_static, n_sx + 2 * n_static + 2 * mt_max)
     WS = (0, w_slot)
     if 2 * x_slot + 2 * o_slot > cfg.buffer_elems(Buffer.VEC) or SSB[1] + 2 * mt_max > scl_elems \
-            or 2 * w_slot > cfg.buffer_elems(Buffer.WGT) or max(st.inp + st.n * st.g.kernel["K"] for st in steps) > inp_elems:
+            or 2 * w_slot > cfg.buffer_elems(Buffer.WGT) or max(st.inp + st.n * st.g.kernel["K"] for st in steps) > inp_elems \
+            or max(st.acc + st.n * st.tile["m"] for st in steps) > acc_elems:
         raise SpikecError(f"build_program: the kernels' tiles do not fit the buffers of config '{cfg.name}'")
-    S = len(steps)
+    outs = np.cumsum([0] + [int(st.last_k) for st in steps]).tolist()  # output (DEQ/STORE) index of each step
+    S = outs[-1]  # outputs (VEC output slot o % 2)
     # c2l: a load group pops a token only if it overwrites a slot some earlier step read; the
     # token comes from the DEQ of the last such step (later if that DEQ already pushes for
     # an earlier group: pushes and pops pair up in order), never later than the step before
@@ -439,6 +511,8 @@ def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
         g, r0, n, tile = st.g, st.r0, st.n, st.tile
         k = g.kernel
         K, M, mt = k["K"], k["M"], tile["m"]
+        o = outs[s]
+        ktiled = st.kl > 0
         static = k["act_scale"] == "static"
         T = int(k["timesteps"][g.modality])
         scl = SST + (st.q % 2) * n_static + st.idx if static else SX + st.row
@@ -449,31 +523,51 @@ def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
             if static:
                 loads.append(dict(buf=Buffer.SCL, sram=scl, dram=k["static_offset"] + 4 * g.modality, stride=4, rows=1, cols=1))
         if st.load_tile:
-            loads.append(dict(buf=Buffer.WGT, sram=WS[st.u % 2], dram=tile["w"], stride=TILE_ALIGN,
-                              rows=tile["w_bytes"] // TILE_ALIGN, cols=TILE_ALIGN))
-            loads.append(dict(buf=Buffer.SCL, sram=SSB[st.u % 2], dram=tile["sb"], stride=8 * mt, rows=1, cols=2 * mt))
+            w_rows = (_align(weight_bytes(st.kl, mt, k["wbits"]), TILE_ALIGN) if ktiled else tile["w_bytes"]) // TILE_ALIGN
+            loads.append(dict(buf=Buffer.WGT, sram=WS[st.u % 2], dram=tile["w"] + st.kc * tile["w_bytes"],
+                              stride=TILE_ALIGN, rows=w_rows, cols=TILE_ALIGN))
+            if st.last_k:
+                loads.append(dict(buf=Buffer.SCL, sram=SSB[st.u % 2], dram=tile["sb"], stride=8 * mt, rows=1, cols=2 * mt))
         for i, kw in enumerate(loads):
             prog.append(_ins(Opcode.LOAD, **kw, pop_next=int(i == 0 and s in pops), push_next=int(i == len(loads) - 1)))
         # compute module
         compute = []
-        if st.load_x:
+        mode = ScaleMode.STATIC if static else ScaleMode.DYNAMIC
+        if st.load_x and ktiled and n > 1:
+            # K-tiled codes: piece c of the chunk is its own packed block [n, kl_c] at inp + n * k0_c.
+            # The dynamic scale needs the whole row: one dynamic ENCODE of the rows (its codes, in
+            # the same INP rows, are overwritten), then per token and piece a static ENCODE with
+            # that token's scale from SCL (x / s with the same s: the same codes).
+            if not static:
+                compute.append((Opcode.ENCODE, dict(src=VX[st.e % 2], dst=st.inp, dst_buf=EncodeDst.INP, n=n, len=K,
+                                                    t=T, scale=ScaleMode.DYNAMIC, scl=scl)))
+            for i in range(n):
+                for k0 in range(0, K, k["k_tile"]):
+                    kl = min(k["k_tile"], K - k0)
+                    compute.append((Opcode.ENCODE, dict(src=VX[st.e % 2] + i * K + k0, dst=st.inp + n * k0 + i * kl,
+                                                        dst_buf=EncodeDst.INP, n=1, len=kl, t=T, scale=ScaleMode.STATIC,
+                                                        scl=scl if static else scl + i)))
+        elif st.load_x:  # (one row: its [1, K] codes are already the pieces' blocks)
             compute.append((Opcode.ENCODE, dict(src=VX[st.e % 2], dst=st.inp, dst_buf=EncodeDst.INP, n=n, len=K, t=T,
-                                                scale=ScaleMode.STATIC if static else ScaleMode.DYNAMIC, scl=scl)))
-        compute.append((Opcode.SPMM, dict(inp=st.inp, wgt=WS[st.u % 2], acc=0, n=n, k=K, m=mt, acc_stride=mt, t=T,
+                                                scale=mode, scl=scl)))
+        compute.append((Opcode.SPMM, dict(inp=st.inp + n * st.k0, wgt=WS[st.u % 2], acc=st.acc, n=n,
+                                          k=st.kl if ktiled else K, m=mt, acc_stride=mt, t=T,
                                           neuron=Neuron.IF if k["neuron"] == "if" else Neuron.TCLIF,
                                           wfmt=WeightFormat.INT4 if k["wbits"] == 4 else WeightFormat.INT8,
-                                          acc_mode=AccMode.OVERWRITE)))
-        flags = (0 if static else VecFlag.PER_ROW) | (VecFlag.BIAS if k["has_bias"] else 0)
-        compute.append((Opcode.VEC, dict(func=VecFunc.DEQ, flags=int(flags), dst=VO[s % 2], src0=0, src1=scl,
-                                         src2=SSB[st.u % 2], n=n, len=mt, pop_next=int(s >= 2),
-                                         push_prev=int(s in pushers), push_next=1)))
+                                          acc_mode=AccMode.ACCUMULATE if st.kc > 0 else AccMode.OVERWRITE)))
+        if st.last_k:
+            flags = (0 if static else VecFlag.PER_ROW) | (VecFlag.BIAS if k["has_bias"] else 0)
+            compute.append((Opcode.VEC, dict(func=VecFunc.DEQ, flags=int(flags), dst=VO[o % 2], src0=st.acc, src1=scl,
+                                             src2=SSB[st.u % 2], n=n, len=mt, pop_next=int(o >= 2), push_next=1)))
+        compute[-1][1]["push_prev"] = int(s in pushers)  # after the step's last read of its slots
         for i, (op, kw) in enumerate(compute):
             if i == 0 and loads:
                 kw["pop_prev"] = 1
             prog.append(_ins(op, **kw))
         # store module
-        prog.append(_ins(Opcode.STORE, buf=Buffer.VEC, sram=VO[s % 2], dram=g.y_addr + 4 * (r0 * M + tile["m0"]),
-                         stride=4 * M, rows=n, cols=mt, pop_prev=1, push_prev=int(s + 2 < S or s == S - 1)))
+        if st.last_k:
+            prog.append(_ins(Opcode.STORE, buf=Buffer.VEC, sram=VO[o % 2], dram=g.y_addr + 4 * (r0 * M + tile["m0"]),
+                             stride=4 * M, rows=n, cols=mt, pop_prev=1, push_prev=int(o + 2 < S or o == S - 1)))
     prog.append(_ins(Opcode.FINISH, pop_next=1))
     return prog
 

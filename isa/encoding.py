@@ -127,6 +127,34 @@ def check(ins: Instruction) -> None:
                 raise SpikecError(f"{where} {func.name}: '{name}' is unused and must be 0")
         if func == VecFunc.ROPE and ins.len % 2:
             raise SpikecError(f"{where} ROPE: len {ins.len} must be even (rotate-half pairs)")
+        src = vec_dst_overlap(ins)
+        if src:
+            raise SpikecError(f"{where} {func.name}: dst [{ins.dst}, {ins.dst + ins.n * ins.len}) overlaps {src} "
+                              f"other than exactly in place (a streaming vector unit writes while it reads)")
+
+
+def vec_dst_overlap(ins: Instruction) -> str | None:
+    """For a VEC instruction whose destination overlaps a VEC source other than exactly in
+    place (dst == src0, or dst == src1 for ADD/MUL), which source; else None. Exactly in
+    place is fine (each element is read before it is written), partial overlap is not
+    (docs/isa.md section 3): the vector unit streams rows, so it would read results."""
+    if ins.op != Opcode.VEC:
+        return None
+    func, n, L = VecFunc(ins.func), ins.n, ins.len
+    d0, d1 = ins.dst, ins.dst + n * L
+    srcs = []
+    if func != VecFunc.DEQ:
+        srcs.append(("src0", ins.src0, n * L, ins.dst == ins.src0))
+    size1 = {VecFunc.ADD: n * L, VecFunc.MUL: n * L, VecFunc.ADD_ROW: L, VecFunc.MUL_ROW: L, VecFunc.RMSNORM: L,
+             VecFunc.LAYERNORM: 2 * L, VecFunc.ROPE: n * (L // 2)}.get(func)
+    if size1:
+        srcs.append(("src1", ins.src1, size1, func in (VecFunc.ADD, VecFunc.MUL) and ins.dst == ins.src1))
+    if func == VecFunc.ROPE:
+        srcs.append(("src2", ins.src2, n * (L // 2), False))
+    for name, a0, size, exact in srcs:
+        if d0 < a0 + size and a0 < d1 and not exact:
+            return name
+    return None
 
 
 # ---------------------------------------------------------------- bytes

@@ -13,7 +13,7 @@ from hypothesis import strategies as st
 from spikec.errors import SpikecError
 from spikec.isa import fields as F
 from spikec.isa.asm import assemble, assemble_program, disassemble_program, format_instruction
-from spikec.isa.encoding import Instruction, decode, decode_program, encode, encode_program
+from spikec.isa.encoding import Instruction, decode, decode_program, encode, encode_program, vec_dst_overlap
 from spikec.isa.hwconfig import HwConfig, builtin_names
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "isa.md"
@@ -43,6 +43,12 @@ def instructions(draw, op=None):
         v["src2"] = v["src2"] if s2 else 0
         if v["func"] == F.VecFunc.ROPE:
             v["len"] = max(2, v["len"] - v["len"] % 2)
+        # No partial overlap of dst and a source: first try in place, else small disjoint regions.
+        if vec_dst_overlap(Instruction(op, **v)):
+            v["dst"] = v["src0"]
+        if vec_dst_overlap(Instruction(op, **v)):
+            v.update(n=1, len=min(v["len"], 64), dst=0, src0=0)
+            v["src1"], v["src2"] = (128 if s1 else 0), (256 if s2 else 0)
     return Instruction(op, **v)
 
 

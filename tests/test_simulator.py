@@ -428,10 +428,11 @@ def test_cost_model_hand_example():
     assert c.cycles == 13
     assert costmodel.spmm_cost(cfg, spmm).cycles == 4 + 8 + 6  # dense: all 6 vectors
     # LOAD INP 1 x 16 bytes: latency 32 + ceil(16 / 8) = 34; LOAD WGT 32 bytes: 32 + 4 = 36;
-    # STORE ACC 16 bytes: 34. Timeline: the loads run back to back (70), the SPMM waits for
-    # the second one's token (70 + 13 = 83), the store for the SPMM's (83 + 34 = 117), then FINISH (1).
-    assert (ctr.busy_load, ctr.busy_compute, ctr.busy_store) == (70, 13 + 1, 34)
-    assert ctr.cycles == 118
+    # STORE ACC 16 bytes: 34 + 1 (the write acknowledgement). Timeline: the loads run back
+    # to back (70), the SPMM waits for the second one's token (70 + 13 = 83), the store for
+    # the SPMM's (83 + 35 = 118), then FINISH (1).
+    assert (ctr.busy_load, ctr.busy_compute, ctr.busy_store) == (70, 13 + 1, 35)
+    assert ctr.cycles == 119
     # Energy (pJ, Horowitz 45 nm): DRAM 64 bytes = 8 words x 1300; SRAM: every buffer of the
     # small config is <= 8 KiB -> 10 pJ per 8 bytes; PE: 4 SOPs + 1 vector x 4 columns = 8 int32 adds x 0.1.
     assert ctr.energy_pj["dram"] == pytest.approx((16 + 32 + 16) / 8 * 1300)

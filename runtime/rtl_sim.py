@@ -41,7 +41,7 @@ COUNTERS = (
 
 
 def rtl_dir() -> Path:
-    """The RTL sources: the repository's rtl/."""
+    """The RTL sources: the checkout's rtl/, installed as the package data spikec/rtl/."""
     return REPO / "rtl"
 
 
@@ -70,6 +70,16 @@ def sources() -> list[Path]:
     return [rtl / "generated" / "spikec_isa_pkg.sv", fp32, *core, rtl / "tb" / "tb_top.sv", rtl / "tb" / "dram.cpp"]
 
 
+def default_cache() -> Path:
+    """Where builds are kept: $SPIKEC_RTL_CACHE, else build/rtl/ in a checkout (git-ignored),
+    else the user's cache folder (an installed package must not write into site-packages)."""
+    if os.environ.get("SPIKEC_RTL_CACHE"):
+        return Path(os.environ["SPIKEC_RTL_CACHE"])
+    if (REPO / ".git").exists():
+        return REPO / "build" / "rtl"
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spikec" / "rtl"
+
+
 def _key(params: dict[str, int], srcs: list[Path], env: dict) -> str:
     h = hashlib.sha256()
     version = subprocess.run(["verilator", "--version"], env=env, capture_output=True, text=True).stdout
@@ -84,12 +94,12 @@ def _key(params: dict[str, int], srcs: list[Path], env: dict) -> str:
 
 def build(cfg: HwConfig, cache_dir: Path | None = None) -> Path:
     """The testbench binary for `cfg` (Verilator --binary), built once per hash of the
-    sources and parameters under `cache_dir` (default <repo>/build/rtl/). A build goes to
+    sources and parameters under `cache_dir` (default: `default_cache()`). A build goes to
     a temporary directory renamed into place, so concurrent builds do not collide."""
     env = verilator_env()
     params = svgen.params(cfg)
     srcs = sources()
-    cache = Path(cache_dir) if cache_dir is not None else REPO / "build" / "rtl"
+    cache = Path(cache_dir) if cache_dir is not None else default_cache()
     final = cache / _key(params, srcs, env)
     binary = final / BINARY_NAME
     if binary.exists():

@@ -40,5 +40,10 @@ def test_wheel_holds_only_spikec(tmp_path):
     tops = {name.split("/")[0] for name in zipfile.ZipFile(wheel).namelist()}
     assert tops == {"spikec", next(t for t in tops if t.endswith(".dist-info"))}
     names = zipfile.ZipFile(wheel).namelist()
-    for sub in ("passes", "isa", "runtime"):
+    for sub in ("passes", "isa", "runtime", "rtl"):
         assert f"spikec/{sub}/__init__.py" in names
+    # --device rtl builds the SystemVerilog from the installed package
+    from spikec.runtime import rtl_sim
+
+    for src in rtl_sim.sources():
+        assert f"spikec/rtl/{src.relative_to(rtl_sim.rtl_dir()).as_posix()}" in names

@@ -14,6 +14,20 @@
 //     builds a mux per variable per enclosing `if`/`case` level, so a call placed inside
 //     branches multiplies elaboration time (the reason for the coding style below).
 //     rtl/tests/fp32_tb.sv (module fp32_ops) shows the pattern.
+//   * synth_ecp5 and f32_exp: Yosys 0.23's `share` pass (SAT resource sharing, run by
+//     synth_ecp5 with no option to turn it off) runs out of memory (> 22 GB) on a
+//     combinational f32_exp: exp's 20-odd chained operations make its activation
+//     patterns explode. Synthesise designs that use f32_exp without `share`: run
+//     `synth_ecp5 -top T -run begin:coarse`, then synth_ecp5's coarse commands minus
+//     `share` (proc; flatten; tribuf -logic; deminout; opt_expr; opt_clean; check;
+//     opt -nodffe -nosdff; fsm; opt; wreduce; peepopt; opt_clean;
+//     techmap -map +/cmp2lut.v -D LUT_WIDTH=4; opt_expr; opt_clean;
+//     techmap -map +/mul2dsp.v -map +/ecp5/dsp_map.v -D DSP_A_MAXWIDTH=18
+//       -D DSP_B_MAXWIDTH=18 -D DSP_A_MINWIDTH=2 -D DSP_B_MINWIDTH=2 -D DSP_NAME=$__MUL18X18;
+//     chtype -set $mul t:$__soft_mul; alumacc; opt; memory -nomap; opt_clean), then
+//     `synth_ecp5 -top T -run map_ram:`. (Generic `synth` has -noshare.) That takes
+//     about 2 minutes and 0.75 GB for one f32_exp: 18.6k LUT4 + 38 MULT18X18D, so a
+//     combinational exp per lane is expensive. add+mul+div together: 3.3k LUT4 + 4 DSPs.
 //   * Yosys 0.23 also rejects `return`; functions here assign their own name instead.
 //     Code inside the functions is plain Verilog-2005 style (blocking assignments,
 //     `for` loops with constant bounds, no structs, no casts), all declarations at the

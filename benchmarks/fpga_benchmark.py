@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import io
 import json
 import tempfile
 import time
@@ -220,20 +219,9 @@ def part1(repeat: int) -> None:
 
 
 def export_digits(tmp: Path) -> Path:
-    import logging
-    import warnings
+    from spikec.frontend.export import export_quietly
 
-    from spikec.frontend.export import export
-
-    out = tmp / "export"
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            export(str(ROOT / "models" / "digits-llava"), out)
-        finally:
-            logging.disable(logging.NOTSET)
-    return out
+    return export_quietly(str(ROOT / "models" / "digits-llava"), tmp / "export")
 
 
 def run_digits(export_dir: Path, tmp: Path, cfg_name_or_path: str, item, image) -> tuple[dict, list]:

@@ -103,19 +103,9 @@ def shrink(cfg, opts: dict, tries: int = 400, seed0: int = 10_000) -> tuple[int,
 
 
 def export_digits(out: Path) -> Path:
-    import logging
-    import warnings
+    from spikec.frontend.export import export_quietly
 
-    from spikec.frontend.export import export
-
-    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        logging.disable(logging.WARNING)
-        try:
-            export(str(ROOT / "models" / "digits-llava"), out)
-        finally:
-            logging.disable(logging.NOTSET)
-    return out
+    return export_quietly(str(ROOT / "models" / "digits-llava"), out)
 
 
 def capture_lm_call(sbin: Path, graph: str = "lm") -> dict:

@@ -246,3 +246,21 @@ def export(source: str, outdir: str | os.PathLike, *, allow_pickle: bool = False
     progress(f"loading {source}")
     loaded = load(source, allow_pickle=allow_pickle)
     return export_loaded(loaded, Path(outdir), opset=opset, progress=progress)
+
+
+def export_quietly(source: str, outdir: str | os.PathLike) -> Path:
+    """`export` with torch's exporter chatter (stdout, warnings, log records) silenced, for
+    scripts and benchmarks that print figures of their own. Returns OUTDIR."""
+    import contextlib
+    import io
+    import logging
+    import warnings
+
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        logging.disable(logging.WARNING)
+        try:
+            export(source, outdir)
+        finally:
+            logging.disable(logging.NOTSET)
+    return Path(outdir)

@@ -64,6 +64,7 @@ class Device(abc.ABC):
     (functional + cost model); later an RTL co-simulation and a board driver."""
 
     config: HwConfig
+    label: str = "device"  # what reports call it
 
     @abc.abstractmethod
     def load_program(self, program: bytes) -> None:

@@ -481,7 +481,7 @@ def report(runner: KernelRunner) -> dict:
     possible = d.spike_vectors + d.skipped_vectors
     gpu_j = st.gpu_seconds * gpu.power_w
     return {
-        "hwconfig": cfg.name, "clock_mhz": cfg.clock_mhz, "calls": st.calls, "tokens": st.tokens,
+        "device": runner.device.label, "hwconfig": cfg.name, "clock_mhz": cfg.clock_mhz, "calls": st.calls, "tokens": st.tokens,
         "effective_timesteps": st.tokens_T / st.tokens if st.tokens else 0.0,
         "cycles": d.cycles, "latency_s": secs, "energy_j": energy_j,
         "energy_pj_by_component": dict(d.energy_pj), "spikes": d.spikes, "sops": d.sops,

@@ -95,6 +95,8 @@ class RtlDevice(Device):
     the testbench's timeout per run (default: 8x the cost model's serial dense bound of the
     program, plus 200,000)."""
 
+    label = "RTL co-simulation (Verilator), measured cycles"
+
     def __init__(self, config: HwConfig | str = "default", cache_dir: str | Path | None = None,
                  max_cycles: int | None = None) -> None:
         self.config = config if isinstance(config, HwConfig) else HwConfig.load(config)

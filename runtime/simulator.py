@@ -299,6 +299,8 @@ class Simulator(Device):
     """Functional simulator with the cost model's timeline. `Simulator("small")` or
     `Simulator(HwConfig.load(path))`."""
 
+    label = "functional simulator, modeled cycles"
+
     def __init__(self, config: HwConfig | str = "default") -> None:
         self.config = config if isinstance(config, HwConfig) else HwConfig.load(config)
         cfg = self.config

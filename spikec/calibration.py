@@ -33,6 +33,7 @@ import onnx
 
 from spikec import reference as R
 from spikec.errors import SpikecError
+from spikec.paths import resolve_inside
 from spikec.ops import CLIP_T, token_modality
 
 log = logging.getLogger(__name__)
@@ -83,8 +84,9 @@ def image_prompt_pairs(folder: str | Path) -> list[tuple[Path, str]]:
                 continue
             try:
                 row = json.loads(line)
-                pairs.append((folder / row["image"], str(row["prompt"])))
-            except (json.JSONDecodeError, KeyError, TypeError) as exc:
+                image = resolve_inside(folder, row["image"], where=f"--calib {jsonl}: line {n}: field 'image'")
+                pairs.append((image, str(row["prompt"])))
+            except (json.JSONDecodeError, KeyError, TypeError, RecursionError, ValueError) as exc:
                 raise SpikecError(f"--calib {jsonl}: line {n}: expected {{\"image\": ..., \"prompt\": ...}} ({exc})") from None
     else:
         for img in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):

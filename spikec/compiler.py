@@ -65,15 +65,14 @@ def load_inlined(path: Path) -> ir.Model:
 
 
 def _role_in_export(path: Path) -> tuple[Path, str] | None:
-    manifest = path.parent / "manifest.json"
-    if not manifest.is_file():
+    """(export folder, role) when `path` is a graph named by the manifest.json beside it."""
+    from spikec.frontend import manifest as mf
+
+    if not (path.parent / mf.MANIFEST).is_file():
         return None
-    try:
-        graphs = json.loads(manifest.read_text()).get("graphs", {})
-    except json.JSONDecodeError:
-        return None
-    for role, g in graphs.items():
-        if g.get("file") == path.name:
+    manifest = mf.load_json(path.parent)
+    for role in manifest["graphs"]:
+        if mf.graph_path(path.parent, manifest, role) == path.resolve():
             return path.parent, role
     return None
 
@@ -158,16 +157,24 @@ def write_output(kind: str, output: Path, graphs: dict[str, ir.Model], *, report
         if med is not None:
             written += write_artifacts(med, output.with_suffix(""), title=output.name)
         return written
+    from spikec.frontend import manifest as mf
+    from spikec.paths import files_inside
+
     with atomic.atomic_path(output, is_dir=True) as tmp:
-        manifest = json.loads((source_dir / "manifest.json").read_text())
+        # every path below comes from the source manifest: resolved inside its folder (reading)
+        # and inside the new one (writing), so nothing outside either is touched
+        manifest = mf.load_json(source_dir)
         for role, model in graphs.items():
-            spir.save_model(model, tmp / manifest["graphs"][role]["file"])
+            spir.save_model(model, mf.graph_path(tmp, manifest, role))
             med = reports.get(role, {}).get("med")
             if med is not None:
                 write_artifacts(med, tmp / role, title=f"{role} ({source_dir.name})")
-        proc = manifest.get("processor")
-        if proc and (source_dir / proc).is_dir():
-            shutil.copytree(source_dir / proc, tmp / proc)
+        proc = mf.processor_path(source_dir, manifest)
+        if proc is not None and proc.is_dir():
+            dest = mf.processor_path(tmp, manifest)
+            for rel, f in files_inside(proc, where=f"{source_dir / mf.MANIFEST}: processor file"):
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(f, dest / rel)
         manifest["compiled"] = {"by": "spikec compile", "passes": "see report.json"}
         # T per modality as msts chose it, per graph (what `spikec inspect` shows)
         manifest["timesteps"] = {
@@ -252,7 +259,7 @@ def compile_folder(
     roles = sorted(manifest["graphs"], key=lambda r: {"lm": 0, "vision": 1}.get(r, 2))
     graphs, reports, records, extra = {}, {}, [], {"graphs": {}}
     for role in roles:
-        path = input_dir / manifest["graphs"][role]["file"]
+        path = mf.graph_path(input_dir, manifest, role)
         model = load_inlined(path)
         opts = SpikeOptions(**vars(options))
         if role != "lm" and "lm" in reports:
@@ -309,14 +316,15 @@ ISA_SECTIONS = ("isa/hwconfig", "isa/weights", "isa/kernels", "isa/program")
 def isa_sections(folder: Path, hwconfig: str = "default") -> tuple[list[tuple[str, int, bytes]], dict]:
     """Lower the compiled graphs of a model folder to the accelerator: the four isa/*
     sections and the fallback report (host ops per graph)."""
+    from spikec.frontend import manifest as mf
     from spikec.isa.container import SectionKind
     from spikec.isa.encoding import encode_program
     from spikec.isa.hwconfig import HwConfig
     from spikec.passes import lower_isa
 
     cfg = HwConfig.load(hwconfig)
-    manifest = json.loads((folder / "manifest.json").read_text())
-    graphs = {role: load_inlined(folder / g["file"]) for role, g in manifest["graphs"].items()}
+    manifest = mf.load_json(folder)
+    graphs = {role: load_inlined(mf.graph_path(folder, manifest, role)) for role in manifest["graphs"]}
     art = lower_isa.lower_graphs(graphs, cfg)
     program = encode_program(lower_isa.representative_program(art))
     sections = [

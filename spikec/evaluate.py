@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from spikec.errors import SpikecError
+from spikec.paths import resolve_inside
 
 log = logging.getLogger(__name__)
 
@@ -68,8 +69,8 @@ def load_items(data_dir: str | os.PathLike) -> list[dict]:
         for key in ("image", "prompt", "answer"):
             if not isinstance(obj.get(key), str):
                 raise SpikecError(f"{path}:{n}: field '{key}' missing or not a string")
-        image = (data_dir / obj["image"]).resolve()
-        if not image.is_relative_to(data_dir.resolve()) or not image.is_file():
+        image = resolve_inside(data_dir, obj["image"], where=f"{path}:{n}: field 'image'")
+        if not image.is_file():
             raise SpikecError(f"{path}:{n}: image '{obj['image']}' not found inside {data_dir}")
         obj["image_path"] = image
         items.append(obj)

@@ -31,6 +31,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from spikec.errors import SpikecError
+from spikec.paths import resolve_inside
 
 log = logging.getLogger(__name__)
 
@@ -103,14 +104,8 @@ def check_external_data(proto: onnx.ModelProto, model_path: Path) -> None:
             continue
         info = {e.key: e.value for e in t.external_data}
         where = f"{model_path}: tensor '{t.name}'"
-        location = info.get("location")
-        if not location:
-            raise SpikecError(f"{where}: external data has no location")
-        if os.path.isabs(location):
-            raise SpikecError(f"{where}: external data location '{location}' is absolute; it must be relative to the model's folder")
-        data_path = (base / location).resolve()
-        if not data_path.is_relative_to(base):
-            raise SpikecError(f"{where}: external data location '{location}' escapes the model's folder {base}")
+        data_path = resolve_inside(base, info.get("location"), where=f"{where}: external data location")
+        location = info["location"]
         if not data_path.is_file():
             raise SpikecError(f"{where}: external data file '{location}' not found next to the model")
         try:
@@ -131,6 +126,16 @@ def check_external_data(proto: onnx.ModelProto, model_path: Path) -> None:
                 f"{where}: external data length {length} does not match dims {list(t.dims)} "
                 f"of {onnx.TensorProto.DataType.Name(t.data_type)} ({expected} bytes)"
             )
+
+
+def check_self_contained(proto: onnx.ModelProto, *, where: str) -> None:
+    """Refuse any tensor with external data: for graphs stored inside another file (a .sbin),
+    where no folder exists to resolve a location against, and onnxruntime would resolve it
+    against the current directory (an arbitrary read)."""
+    for t in _iter_tensor_protos(proto.graph):
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
+            raise SpikecError(f"{where}: tensor '{t.name[:80]}' refers to external data; an embedded graph "
+                              f"must be self-contained")
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:

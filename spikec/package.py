@@ -24,11 +24,15 @@ import onnx
 
 from spikec import ir as spir
 from spikec.errors import SpikecError
+from spikec.paths import check_name, files_inside, resolve_inside
 from spikec.isa.container import SbinFile, SectionKind, write_sbin
 
 MANIFEST_SECTION = "manifest"
 GRAPH_PREFIX = "graph/"
 FILE_PREFIX = "files/"
+# Where the processor files of a .sbin are extracted, inside a private temporary folder:
+# a fixed name, never the manifest's own `processor` field.
+PROCESSOR_DIR = "processor"
 
 
 def _graph_bytes(path: Path) -> bytes:
@@ -42,30 +46,28 @@ def _graph_bytes(path: Path) -> bytes:
 
 def pack_folder(folder: str | os.PathLike, out: str | os.PathLike,
                 extra: Iterable[tuple[str, int, bytes]] = ()) -> Path:
-    """Pack a model folder (manifest.json + graphs + processor files) into `out` (.sbin)."""
-    from spikec.frontend.manifest import load_json
+    """Pack a model folder (manifest.json + graphs + processor files) into `out` (.sbin).
+
+    Every path comes from the folder's manifest and is resolved inside `folder`
+    (frontend.manifest.graph_path / processor_path): nothing outside it is packed."""
+    from spikec.frontend import manifest as mf
 
     folder = Path(folder)
-    manifest_path = folder / "manifest.json"
-    manifest = load_json(folder)
-    graphs = manifest.get("graphs")
-    if not isinstance(graphs, dict) or not graphs:
-        raise SpikecError(f"{manifest_path}: field 'graphs' must name at least one graph")
+    manifest_path = folder / mf.MANIFEST
+    manifest = mf.load_json(folder)
+    graphs = manifest["graphs"]
     sections: list[tuple[str, int, bytes]] = []
     packed_manifest = json.loads(json.dumps(manifest))
     for role in sorted(graphs):
-        entry = graphs[role]
-        if not isinstance(entry, dict) or "file" not in entry:
-            raise SpikecError(f"{manifest_path}: graphs.{role} has no 'file'")
-        sections.append((GRAPH_PREFIX + role, SectionKind.ONNX, _graph_bytes(folder / entry["file"])))
+        sections.append((GRAPH_PREFIX + role, SectionKind.ONNX, _graph_bytes(mf.graph_path(folder, manifest, role))))
         packed_manifest["graphs"][role]["file"] = GRAPH_PREFIX + role
-    processor = manifest.get("processor")
-    if processor:
-        proc_dir = folder / processor
+    proc_dir = mf.processor_path(folder, manifest)
+    if proc_dir is not None:
         if not proc_dir.is_dir():
-            raise SpikecError(f"{manifest_path}: processor folder '{processor}' not found")
-        for f in sorted(p for p in proc_dir.rglob("*") if p.is_file()):
-            sections.append((FILE_PREFIX + f.relative_to(proc_dir).as_posix(), SectionKind.FILE, f.read_bytes()))
+            raise SpikecError(f"{manifest_path}: processor folder '{manifest['processor']}' not found")
+        packed_manifest["processor"] = PROCESSOR_DIR
+        for rel, f in files_inside(proc_dir, where=f"{manifest_path}: processor file"):
+            sections.append((FILE_PREFIX + rel, SectionKind.FILE, f.read_bytes()))
     manifest_bytes = (json.dumps(packed_manifest, indent=2, sort_keys=True) + "\n").encode()
     return write_sbin(out, [(MANIFEST_SECTION, SectionKind.MANIFEST, manifest_bytes), *sections, *extra])
 
@@ -80,13 +82,18 @@ class SbinModel:
             self.manifest = json.loads(self.file.read(MANIFEST_SECTION))
         except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise SpikecError(f"{self.path}: section 'manifest' is not valid JSON: {exc}") from None
+        if not isinstance(self.manifest, dict):
+            raise SpikecError(f"{self.path}: section 'manifest' is not a JSON object")
         graphs = self.manifest.get("graphs")
-        if not isinstance(graphs, dict):
+        if not isinstance(graphs, dict) or not graphs:
             raise SpikecError(f"{self.path}: manifest has no 'graphs' table")
         for role, entry in graphs.items():
+            check_name(role, where=f"{self.path}: manifest graph role")
             section = entry.get("file") if isinstance(entry, dict) else None
-            if section not in self.file.sections:
-                raise SpikecError(f"{self.path}: manifest graph '{role}' names a missing section {section!r}")
+            if not isinstance(section, str) or section not in self.file.sections:
+                raise SpikecError(f"{self.path}: manifest graph '{role}' names a missing section {section!r:.80}")
+            if self.file.sections[section].kind != SectionKind.ONNX:
+                raise SpikecError(f"{self.path}: manifest graph '{role}' names section '{section}', which is not ONNX")
         self._tmp: tempfile.TemporaryDirectory | None = None
 
     @property
@@ -99,10 +106,14 @@ class SbinModel:
         return self.file.read(self.manifest["graphs"][role]["file"])
 
     def graph(self, role: str) -> onnx.ModelProto:
+        """Graph `role` as a ModelProto, refused unless self-contained: a .sbin is one file,
+        so an external-data reference could only point outside it."""
         try:
-            return onnx.load_from_string(self.graph_bytes(role))
+            proto = onnx.load_from_string(self.graph_bytes(role))
         except Exception as exc:  # protobuf raises several types for bad bytes
             raise SpikecError(f"{self.path}: graph '{role}' is not a valid ONNX model ({exc})") from None
+        spir.check_self_contained(proto, where=f"{self.path}: graph '{role}'")
+        return proto
 
     def section_json(self, name: str) -> dict | None:
         if name not in self.file.sections:
@@ -110,20 +121,31 @@ class SbinModel:
         return json.loads(self.file.read(name))
 
     def folder(self) -> Path:
-        """A temporary folder laid out like the source model folder (manifest.json +
-        processor files), for code that loads processors from disk. Removed on close()."""
+        """A private temporary folder laid out like a model folder: manifest.json and the
+        processor files under `processor/`, for code that loads processors from disk.
+
+        spikec creates it (mkdtemp, mode 0700) and removes it on close(). The manifest's own
+        `processor` field is never used as a path here: the copy written says `processor`,
+        and every FILE section name is checked to stay inside that folder."""
         if self._tmp is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="spikec-sbin-")
             root = Path(self._tmp.name)
-            (root / "manifest.json").write_text(json.dumps(self.manifest, indent=2))
-            proc = root / (self.manifest.get("processor") or "processor")
+            manifest = dict(self.manifest, processor=PROCESSOR_DIR)
+            (root / "manifest.json").write_text(json.dumps(manifest, indent=2))
+            proc = root / PROCESSOR_DIR
+            proc.mkdir()
             for name in self.file.names(SectionKind.FILE):
-                rel = name[len(FILE_PREFIX):]
-                target = (proc / rel).resolve()
-                if not target.is_relative_to(proc.resolve()):
-                    raise SpikecError(f"{self.path}: file section '{name}' escapes the processor folder")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(self.file.read(name))
+                where = f"{self.path}: file section"
+                if not name.startswith(FILE_PREFIX):
+                    raise SpikecError(f"{where} '{name[:80]}' is not under '{FILE_PREFIX}'")
+                target = resolve_inside(proc, name[len(FILE_PREFIX):], where=f"{where} '{name[:80]}'")
+                try:
+                    target.parent.mkdir(parents=True, exist_ok=True)
+                    with open(target, "xb") as f:  # exclusive: two sections may not name one file
+                        f.write(self.file.read(name))
+                except OSError as exc:
+                    raise SpikecError(f"{where} '{name[:80]}' cannot be extracted: it collides with another "
+                                      f"file section ({exc.strerror})") from None
         return Path(self._tmp.name)
 
     def close(self) -> None:

@@ -58,7 +58,7 @@ def test_external_data_outside_folder(run_cli, tmp_path):
                 e.value = "../../etc/passwd"
     onnx.save(proto, str(path))
     r = run_cli("compile", str(path), "-o", str(tmp_path / "o.onnx"))
-    assert r.code != 0 and "escapes the model's folder" in r.err and "Traceback" not in r.err
+    assert r.code != 0 and "escapes its folder" in r.err and "Traceback" not in r.err
     assert not (tmp_path / "o.onnx").exists()
 
 

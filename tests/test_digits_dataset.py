@@ -136,8 +136,8 @@ def test_eval_folder_round_trips(tmp_path):
         ("not json", "not valid JSON"),
         ("[1, 2]", "expected a JSON object"),
         ('{"image": "images/a.png", "prompt": "q"}', "'answer'"),
-        ('{"image": "/etc/passwd", "prompt": "q", "answer": "a"}', "must be relative"),
-        ('{"image": "../x.png", "prompt": "q", "answer": "a"}', "leaves"),
+        ('{"image": "/etc/passwd", "prompt": "q", "answer": "a"}', "is absolute"),
+        ('{"image": "../x.png", "prompt": "q", "answer": "a"}', "escapes"),
         ('{"image": "images/missing.png", "prompt": "q", "answer": "a"}', "not found"),
     ],
 )

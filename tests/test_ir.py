@@ -59,7 +59,7 @@ def test_external_data_roundtrip(tmp_path):
 @pytest.mark.parametrize(
     "fields, message",
     [
-        ({"location": "../outside.bin"}, "escapes the model's folder"),
+        ({"location": "../outside.bin"}, "escapes its folder"),
         ({"location": "/etc/passwd"}, "is absolute"),
         ({"location": "missing.bin"}, "not found"),
         ({"offset": 10**12}, "lies outside"),

@@ -47,6 +47,7 @@ import numpy as np
 
 from spikec.atomic import atomic_path
 from spikec.errors import SpikecError
+from spikec.paths import resolve_inside
 
 QUESTION_TYPES: tuple[str, ...] = ("digit", "parity", "compare", "add")
 SPLITS: tuple[str, ...] = ("train", "validation", "test")
@@ -274,7 +275,6 @@ def load_eval_folder(directory: str | os.PathLike) -> list[EvalItem]:
     data = root / "data.jsonl"
     if not data.is_file():
         raise SpikecError(f"{data}: no such file (an evaluation folder needs data.jsonl)")
-    root_resolved = root.resolve()
     out: list[EvalItem] = []
     with data.open(encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
@@ -291,11 +291,7 @@ def load_eval_folder(directory: str | os.PathLike) -> list[EvalItem]:
                 if not isinstance(rec.get(key), str):
                     raise SpikecError(f"{where}: missing or non-string {key!r}")
             rel = rec["image"]
-            if Path(rel).is_absolute():
-                raise SpikecError(f"{where}: image path {rel!r} must be relative to {root}")
-            path = (root / rel).resolve()
-            if root_resolved not in path.parents:
-                raise SpikecError(f"{where}: image path {rel!r} leaves {root}")
+            path = resolve_inside(root, rel, where=f"{where}: field 'image'")
             if not path.is_file():
                 raise SpikecError(f"{where}: image {rel!r} not found")
             qtype = rec.get("type")

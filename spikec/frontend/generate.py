@@ -35,8 +35,8 @@ def create_sessions(outdir: str | Path, manifest: dict | None = None, providers:
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sessions = {}
-    for role, g in manifest["graphs"].items():
-        path = outdir / g["file"]
+    for role in manifest["graphs"]:
+        path = mf.graph_path(outdir, manifest, role)
         if not path.is_file():
             raise SpikecError(f"{path}: graph file named by manifest.json is missing")
         sessions[role] = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
@@ -56,7 +56,9 @@ class OrtGenerator:
         self.outdir = Path(outdir)
         self.manifest = mf.read(self.outdir)
         self.adapter = adapter_by_family(self.manifest["family"])
-        proc_dir = self.outdir / self.manifest["processor"]
+        proc_dir = mf.processor_path(self.outdir, self.manifest)
+        if proc_dir is None or not proc_dir.is_dir():
+            raise SpikecError(f"{self.outdir / mf.MANIFEST}: field 'processor' names no processor folder")
         self.processor = AutoProcessor.from_pretrained(proc_dir, local_files_only=True)
         self.config = AutoConfig.from_pretrained(proc_dir, local_files_only=True)
         self.sessions = sessions if sessions is not None else create_sessions(self.outdir, self.manifest, providers)

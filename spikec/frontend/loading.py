@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from spikec.errors import SpikecError
+from spikec.paths import resolve_inside
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ def load_folder(folder: Path, *, allow_pickle: bool = False) -> Loaded:
     except Exception as exc:
         raise SpikecError(f"{cfg_path}: cannot read the config: {exc}") from exc
 
+    _check_shard_index(folder)
     safe, pickled = _weight_files(folder)
     if not safe and not pickled:
         raise SpikecError(f"{folder}: no weight files (*.safetensors)")
@@ -108,6 +110,23 @@ def load_folder(folder: Path, *, allow_pickle: bool = False) -> Loaded:
     except Exception as exc:
         raise SpikecError(f"{folder}: cannot load the processor/tokenizer files: {exc}") from exc
     return Loaded(model.eval(), processor, adapter, str(folder))
+
+
+def _check_shard_index(folder: Path) -> None:
+    """The shard names of a sharded checkpoint's index stay inside the folder: transformers
+    joins them to the folder, so an absolute or `..` name would read a file from elsewhere."""
+    for index in sorted(folder.glob("*.index.json")):
+        try:
+            doc = json.loads(index.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+            raise SpikecError(f"{index}: not valid JSON: {str(exc)[:200]}") from None
+        weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
+        if not isinstance(weight_map, dict):
+            raise SpikecError(f"{index}: field 'weight_map' must be an object of tensor name -> shard file")
+        for name in sorted(set(map(str, weight_map.values()))):
+            shard = resolve_inside(folder, name, where=f"{index}: weight_map shard")
+            if not shard.is_file():
+                raise SpikecError(f"{index}: weight_map names shard '{name[:80]}', which is not in {folder}")
 
 
 def _check_loading_info(folder: Path, info: dict) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from spikec.atomic import write_text
 from spikec.errors import SpikecError
+from spikec.paths import check_name, check_relative, resolve_inside
 
 MANIFEST = "manifest.json"
 FORMAT, VERSION = "spikec-frontend", 1
@@ -90,17 +91,50 @@ def write(path: Path, manifest: dict) -> None:
 
 
 def load_json(outdir: str | Path) -> dict:
-    """manifest.json of a model folder as a dict, whatever wrote it (export or compile)."""
+    """manifest.json of a model folder as a dict, whatever wrote it (export or compile).
+
+    The paths it holds come from a file someone else may have made: every graph role must
+    be a plain name (it names output files), every graph `file` and the `processor` folder
+    a relative path with no `..` (spikec.paths); `graph_path` / `processor_path` then
+    resolve them inside the folder, symlinks included. Raises SpikecError naming the field.
+    """
     path = Path(outdir) / MANIFEST
     if not path.is_file():
         raise SpikecError(f"{path}: not found (not a folder written by `spikec export` or `spikec compile`)")
     try:
-        m = json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise SpikecError(f"{path}: invalid JSON: {exc}") from None
+        m = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
+        raise SpikecError(f"{path}: invalid JSON: {str(exc)[:200]}") from None
     if not isinstance(m, dict):
         raise SpikecError(f"{path}: expected a JSON object")
+    check_paths(m, where=str(path))
     return m
+
+
+def check_paths(m: dict, *, where: str) -> None:
+    """The path-like fields of a manifest: graph roles, graph files, the processor folder."""
+    graphs = m.get("graphs")
+    if not isinstance(graphs, dict) or not graphs:
+        raise SpikecError(f"{where}: field 'graphs' must be an object naming at least one graph")
+    for role, entry in graphs.items():
+        check_name(role, where=f"{where}: graph role")
+        if not isinstance(entry, dict):
+            raise SpikecError(f"{where}: graphs.{role} must be an object")
+        check_relative(entry.get("file"), where=f"{where}: graphs.{role}.file")
+    if m.get("processor") is not None:
+        check_relative(m["processor"], where=f"{where}: field 'processor'")
+
+
+def graph_path(folder: str | Path, m: dict, role: str) -> Path:
+    """The file of graph `role`, resolved inside `folder` (SpikecError on an escape)."""
+    return resolve_inside(folder, m["graphs"][role]["file"], where=f"{Path(folder) / MANIFEST}: graphs.{role}.file")
+
+
+def processor_path(folder: str | Path, m: dict) -> Path | None:
+    """The processor folder, resolved inside `folder`; None when the manifest names none."""
+    if m.get("processor") is None:
+        return None
+    return resolve_inside(folder, m["processor"], where=f"{Path(folder) / MANIFEST}: field 'processor'")
 
 
 def read(outdir: str | Path) -> dict:

@@ -38,8 +38,11 @@ from spikec import atomic
 from spikec.errors import SpikecError
 
 MAGIC = b"\x89SBIN\r\n\x1a"  # non-ASCII first byte and CR/LF catch text-mode mangling, as PNG's does
-VERSION_MAJOR = 1
+# 2.0: graphs may keep their weights in TENSOR sections (docs/sbin.md, "Weights"), which a
+# 1.x reader would not resolve. 1.x files (self-contained graphs) are still read.
+VERSION_MAJOR = 2
 VERSION_MINOR = 0
+READABLE_MAJORS = (1, 2)
 ALIGN = 4096
 HEADER = struct.Struct("<8sHHIIQQQII12x")
 ENTRY = struct.Struct("<IIIIQQIIQ")
@@ -60,6 +63,7 @@ class SectionKind(enum.IntEnum):
     PROGRAM = 5  # accelerator instruction stream
     WEIGHTS = 6  # packed accelerator weights
     HWCONFIG = 7  # accelerator hardware configuration
+    TENSOR = 8  # one weight of a graph: raw little-endian bytes, named by the graph's initializer
 
 
 @dataclass(frozen=True)
@@ -158,8 +162,10 @@ class SbinFile:
         magic, major, minor, flags, count, table_offset, table_size, file_size, table_crc, header_crc = HEADER.unpack_from(mm, 0)
         if magic != MAGIC:
             raise self._fail("not a .sbin file (bad magic)")
-        if major != VERSION_MAJOR:
-            raise self._fail(f"unsupported .sbin version {major}.{minor} (this spikec reads {VERSION_MAJOR}.x)")
+        if major not in READABLE_MAJORS:
+            raise self._fail(f"unsupported .sbin version {major}.{minor} (this spikec reads "
+                             f"{', '.join(f'{m}.x' for m in READABLE_MAJORS)}); recompile the model with this spikec")
+        self.version = (major, minor)
         check = HEADER.pack(magic, major, minor, flags, count, table_offset, table_size, file_size, table_crc, 0)
         if zlib.crc32(check) != header_crc:
             raise self._fail("header checksum mismatch (corrupt header)")

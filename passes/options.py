@@ -15,6 +15,8 @@ from typing import Any
 
 import onnx
 
+from spikec import ir as spir
+
 from spikec.errors import SpikecError
 from spikec.passes.manager import SpikecPass
 from spikec.ops import ACT_SCALES, MAX_T, NEURONS
@@ -83,7 +85,7 @@ class CompileContext:
     options: SpikeOptions = dataclasses.field(default_factory=SpikeOptions)
     feeds: list[dict] | None = None  # calibration feeds of this graph (None: no calibration data)
     calib_source: str = ""
-    float_model: onnx.ModelProto | None = None  # the graph before quantization
+    float_model: spir.Frozen | None = None  # the graph before quantization (weights as views, not copies)
     graph_modality: int | None = None  # modality id of every token when the graph has no modality input
     results: dict[str, Any] = dataclasses.field(default_factory=dict)
 

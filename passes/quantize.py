@@ -215,7 +215,7 @@ def smooth(linears: list[Linear], feeds: list[dict], alpha: float, float_proto) 
             for i in idx:
                 v = target.inputs[i] if len(target.inputs) > i else None
                 if v is not None and v.const_value is not None:
-                    v.const_value = ir.Tensor((v.const_value.numpy() / s).astype(np.float32), name=v.name)
+                    v.const_value = spir.new_tensor((v.const_value.numpy() / s).astype(np.float32), v.name)
             where = f"{target.op_type} '{target.name}'"
         scales[x.name] = s
         notes.extend({"name": n, "smoothed": True, "folded_into": where} for n in names)
@@ -230,7 +230,7 @@ def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     while name in graph.initializers:
         name, k = f"{base}_{k}", k + 1
     v = ir.Value(name=name, type=ir.TensorType(ir.DataType.from_numpy(array.dtype)), shape=ir.Shape(array.shape),
-                 const_value=ir.Tensor(array, name=name))
+                 const_value=spir.new_tensor(array, name))
     graph.register_initializer(v)
     return v
 
@@ -277,7 +277,7 @@ def capture_float(model: ir.Model, ctx: CompileContext, *, refresh: bool = False
     `refresh` replaces an earlier capture: quantize captures the graph as the clean-up
     passes left it, so the value names med and msts look up are those of this graph."""
     if (ctx.float_model is None or refresh) and not ops.spikec_nodes(model):
-        ctx.float_model = spir.inline_external_tensors(spir.to_proto(model), model)
+        ctx.float_model = spir.freeze(model)
 
 
 class Quantize(ContextPass):

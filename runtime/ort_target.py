@@ -38,10 +38,9 @@ class StatsSession:
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads
-        proto = spir.to_proto(model)
-        proto = spir.inline_external_tensors(proto, model)
         try:
-            self.session = ort.InferenceSession(proto.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            # weights reach onnxruntime as views of the .sbin's memory map, not copies
+            self.session = spir.ort_session(model, opts)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise SpikecError(f"graph '{role}': onnxruntime cannot load the lowered graph: {exc}") from None
         self.input_names = [i.name for i in self.session.get_inputs()]
@@ -75,7 +74,7 @@ def create_sessions(sbin, mode: str = "fused", threads: int | None = None) -> di
         raise SpikecError(f"--mode: '{mode}' is not one of {', '.join(MODES)}")
     sessions = {}
     for role in sbin.roles:
-        model = ir.from_proto(sbin.graph(role))
+        model = sbin.model(role)
         sessions[role] = StatsSession(role, model, mode, threads)
     return sessions
 

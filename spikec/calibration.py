@@ -31,6 +31,7 @@ from typing import Sequence
 import numpy as np
 import onnx
 
+from spikec import ir as spir
 from spikec import reference as R
 from spikec.errors import SpikecError
 from spikec.paths import resolve_inside
@@ -148,15 +149,19 @@ def with_outputs(proto: onnx.ModelProto, names: Sequence[str]) -> onnx.ModelProt
     return m
 
 
-def run_ort(proto: onnx.ModelProto, feeds_list: Sequence[dict], names: Sequence[str]) -> list[dict[str, np.ndarray]]:
-    """Run `proto` on each feed with ORT; return the values `names` (inputs or any intermediate)."""
+def run_ort(graph: spir.Frozen | onnx.ModelProto, feeds_list: Sequence[dict],
+            names: Sequence[str]) -> list[dict[str, np.ndarray]]:
+    """Run `graph` on each feed with ORT; return the values `names` (inputs or any intermediate).
+
+    A `spikec.ir.Frozen` graph keeps its weights as views (memory-mapped), whatever its size."""
     import onnxruntime as ort
 
-    m = with_outputs(proto, names)
+    frozen = graph if isinstance(graph, spir.Frozen) else spir.Frozen(graph, {})
+    m = with_outputs(frozen.proto, names)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep every value
-    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    sess = spir.ort_session(spir.Frozen(m, frozen.weights), opts)
     input_names = {i.name for i in sess.get_inputs()}
     fetch = [n for n in dict.fromkeys(names) if n not in input_names]
     results = []

@@ -8,10 +8,12 @@ later .sbin container replaces only it).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
 import shutil
+import tempfile
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -46,19 +48,15 @@ def default_pipeline(model: ir.Model) -> tuple[str, ...]:
     return QDQ_PIPELINE if qdq else SPIKING_PIPELINE
 
 
-def load_inlined(path: Path) -> ir.Model:
-    """spir.load_model with external weights read into memory.
-
-    spikec.ir.verify hands onnx.checker a proto whose external-data references it resolves
-    against the current directory, which fails for export folders; until verify resolves
-    them against the model's folder, the compile driver keeps the (small) weights inline.
-    """
-    model = spir.load_model(path)
-    for v in model.graph.initializers.values():
-        t = v.const_value
-        if t is not None and isinstance(t, ir.ExternalTensor):
-            v.const_value = ir.Tensor(t.numpy(), name=v.name)
-    return model
+@contextlib.contextmanager
+def weight_spill(output: Path):
+    """A private folder beside `output` for the weights passes make (spikec.ir.spill_weights),
+    removed at the end: a compile holds one layer's weights in memory, not the model's.
+    Beside the output rather than in /tmp, which may be memory (tmpfs)."""
+    output.parent.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{output.name}.weights-", dir=output.parent) as tmp:
+        with spir.spill_weights(tmp):
+            yield
 
 
 # ---------------------------------------------------------------- calibration
@@ -219,16 +217,17 @@ def compile_onnx(
     if Path(input_path).resolve() == output_path.resolve():
         raise SpikecError(f"-o {output_path}: the output would overwrite the input; choose another path")
     options = (options or SpikeOptions()).validate()
-    model = load_inlined(Path(input_path))
-    ctx = CompileContext(options=options)
-    found = _role_in_export(Path(input_path))
-    if found is not None and found[1] == "vision":
-        ctx.graph_modality = ops.DEFAULT_MODALITIES.index("vision")
-    if pipeline is None or any(n in ("quantize", "import-qdq", "med", "msts") for n in pipeline):
-        ctx.feeds = calibration_feeds(options, model, Path(input_path))
-        ctx.calib_source = options.calib or ""
-    report = _compile_model(model, ctx, pipeline, str(input_path), dump_dir, progress)
-    write_output("onnx", output_path, {"graph": model}, reports={"graph": report.extra})
+    with weight_spill(output_path):
+        model = spir.load_model(Path(input_path))
+        ctx = CompileContext(options=options)
+        found = _role_in_export(Path(input_path))
+        if found is not None and found[1] == "vision":
+            ctx.graph_modality = ops.DEFAULT_MODALITIES.index("vision")
+        if pipeline is None or any(n in ("quantize", "import-qdq", "med", "msts") for n in pipeline):
+            ctx.feeds = calibration_feeds(options, model, Path(input_path))
+            ctx.calib_source = options.calib or ""
+        report = _compile_model(model, ctx, pipeline, str(input_path), dump_dir, progress)
+        write_output("onnx", output_path, {"graph": model}, reports={"graph": report.extra})
     return report
 
 
@@ -258,32 +257,37 @@ def compile_folder(
     # The language model first: with --budget its search picks Tv, which the vision encoder then uses.
     roles = sorted(manifest["graphs"], key=lambda r: {"lm": 0, "vision": 1}.get(r, 2))
     graphs, reports, records, extra = {}, {}, [], {"graphs": {}}
-    for role in roles:
-        path = mf.graph_path(input_dir, manifest, role)
-        model = load_inlined(path)
-        opts = SpikeOptions(**vars(options))
-        if role != "lm" and "lm" in reports:
-            chosen = (reports["lm"].get("msts") or {}).get("timesteps")
-            if options.budget is not None and isinstance(chosen, dict) and "vision" in chosen:
-                opts.budget, opts.tv = None, chosen["vision"]
-        ctx = CompileContext(options=opts, graph_modality=modality_ids.get("vision") if role == "vision" else None)
-        if role == "vision" and "modality" not in [v.name for v in model.graph.inputs]:
-            ctx.graph_modality = modality_ids.get("vision", 1)
-        ctx.feeds = calibration_feeds(opts, model, path, role, folder_feeds)
-        ctx.calib_source = options.calib or ""
-        if opts.act_scale == "auto" and not ctx.feeds:
-            opts.act_scale = "dynamic"
-        sub_dump = Path(dump_dir) / role if dump_dir is not None else None
-        report = _compile_model(model, ctx, pipeline, str(path), sub_dump,
-                                (lambda m, r=role: progress(f"{r}: {m}")) if progress else None)
-        graphs[role] = model
-        reports[role] = report.extra
-        extra["graphs"][role] = report.extra
-        for rec in report.passes:
-            rec.name = f"{role}/{rec.name}"
-            records.append(rec)
-    write_output("folder", output_dir, graphs, reports=reports, source_dir=input_dir)
+    with weight_spill(output_dir):
+        for role in roles:
+            path = mf.graph_path(input_dir, manifest, role)
+            opts = SpikeOptions(**vars(options))
+            if role != "lm" and "lm" in reports:
+                chosen = (reports["lm"].get("msts") or {}).get("timesteps")
+                if options.budget is not None and isinstance(chosen, dict) and "vision" in chosen:
+                    opts.budget, opts.tv = None, chosen["vision"]
+            graphs[role], report = _compile_role(role, path, opts, modality_ids, pipeline, folder_feeds,
+                                                 Path(dump_dir) / role if dump_dir is not None else None,
+                                                 (lambda m, r=role: progress(f"{r}: {m}")) if progress else None)
+            reports[role] = extra["graphs"][role] = report.extra
+            for rec in report.passes:
+                rec.name = f"{role}/{rec.name}"
+                records.append(rec)
+        write_output("folder", output_dir, graphs, reports=reports, source_dir=input_dir)
     return CompileReport(input=str(input_dir), passes=records, properties=[], extra=extra)
+
+
+def _compile_role(role: str, path: Path, opts: SpikeOptions, modality_ids: dict, pipeline, folder_feeds, dump_dir,
+                  progress) -> tuple[ir.Model, CompileReport]:
+    """One graph of an export folder through the pipeline (weights stay memory-mapped)."""
+    model = spir.load_model(path)
+    ctx = CompileContext(options=opts, graph_modality=modality_ids.get("vision") if role == "vision" else None)
+    if role == "vision" and "modality" not in [v.name for v in model.graph.inputs]:
+        ctx.graph_modality = modality_ids.get("vision", 1)
+    ctx.feeds = calibration_feeds(opts, model, path, role, folder_feeds)
+    ctx.calib_source = opts.calib or ""
+    if opts.act_scale == "auto" and not ctx.feeds:
+        opts.act_scale = "dynamic"
+    return model, _compile_model(model, ctx, pipeline, str(path), dump_dir, progress)
 
 
 def compile_path(input_path: str | Path, output: str | Path, *, isa: bool = False, hwconfig: str = "default",
@@ -324,7 +328,7 @@ def isa_sections(folder: Path, hwconfig: str = "default") -> tuple[list[tuple[st
 
     cfg = HwConfig.load(hwconfig)
     manifest = mf.load_json(folder)
-    graphs = {role: load_inlined(mf.graph_path(folder, manifest, role)) for role in manifest["graphs"]}
+    graphs = {role: spir.load_model(mf.graph_path(folder, manifest, role)) for role in manifest["graphs"]}
     art = lower_isa.lower_graphs(graphs, cfg)
     program = encode_program(lower_isa.representative_program(art))
     sections = [

@@ -18,6 +18,9 @@ rewriter operate on. This module adds what spikec needs around it:
 from __future__ import annotations
 
 import collections
+import contextlib
+import contextvars
+import dataclasses
 import logging
 import os
 import shutil
@@ -96,6 +99,36 @@ def _tensor_nbytes(t: onnx.TensorProto) -> int | None:
     return (count * bitwidth + 7) // 8
 
 
+# Element types a weight may have when its bytes are mapped as a numpy array.
+_MAPPABLE = {
+    onnx.TensorProto.FLOAT: np.float32, onnx.TensorProto.FLOAT16: np.float16, onnx.TensorProto.DOUBLE: np.float64,
+    onnx.TensorProto.INT8: np.int8, onnx.TensorProto.UINT8: np.uint8, onnx.TensorProto.INT16: np.int16,
+    onnx.TensorProto.UINT16: np.uint16, onnx.TensorProto.INT32: np.int32, onnx.TensorProto.UINT32: np.uint32,
+    onnx.TensorProto.INT64: np.int64, onnx.TensorProto.UINT64: np.uint64, onnx.TensorProto.BOOL: np.bool_,
+}
+MAX_TENSOR_BYTES = 2**40  # 1 TiB: far above any real weight, far below what overflows
+
+
+def tensor_layout(t: onnx.TensorProto, *, where: str) -> tuple[np.dtype, tuple[int, ...], int]:
+    """(numpy dtype, shape, bytes) of a weight whose raw bytes are to be mapped, from its
+    declared type and dims alone, in Python integers (no overflow). Raises SpikecError
+    naming `where` for a type that cannot be mapped (STRING, UNDEFINED, sub-byte types), a
+    negative dim, or a size over MAX_TENSOR_BYTES."""
+    dtype = _MAPPABLE.get(t.data_type)
+    if dtype is None:
+        raise SpikecError(f"{where}: element type {t.data_type} cannot be stored as raw weight bytes")
+    shape = tuple(int(d) for d in t.dims)
+    if any(d < 0 for d in shape):
+        raise SpikecError(f"{where}: negative dimension in dims {list(shape)[:8]}")
+    count = 1
+    for d in shape:
+        count *= d
+    nbytes = count * np.dtype(dtype).itemsize
+    if nbytes > MAX_TENSOR_BYTES:
+        raise SpikecError(f"{where}: dims {list(shape)[:8]} declare {nbytes} bytes, over the limit of {MAX_TENSOR_BYTES}")
+    return np.dtype(dtype).newbyteorder("<"), shape, nbytes
+
+
 def check_external_data(proto: onnx.ModelProto, model_path: Path) -> None:
     """Refuse external data outside the model's folder or outside its data file."""
     base = model_path.resolve().parent
@@ -128,11 +161,16 @@ def check_external_data(proto: onnx.ModelProto, model_path: Path) -> None:
             )
 
 
-def check_self_contained(proto: onnx.ModelProto, *, where: str) -> None:
+def check_self_contained(proto: onnx.ModelProto, *, where: str, initializers: bool = True) -> None:
     """Refuse any tensor with external data: for graphs stored inside another file (a .sbin),
     where no folder exists to resolve a location against, and onnxruntime would resolve it
-    against the current directory (an arbitrary read)."""
-    for t in _iter_tensor_protos(proto.graph):
+    against the current directory (an arbitrary read). With `initializers=False` the main
+    graph's initializers are left to the caller (a .sbin resolves them to its own sections)."""
+    tensors = _iter_tensor_protos(proto.graph)
+    if not initializers:
+        skip = {id(t) for t in proto.graph.initializer}
+        tensors = (t for t in tensors if id(t) not in skip)
+    for t in tensors:
         if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
             raise SpikecError(f"{where}: tensor '{t.name[:80]}' refers to external data; an embedded graph "
                               f"must be self-contained")
@@ -174,9 +212,12 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
 
 
 def verify(model: ir.Model, *, after: str = "") -> None:
-    """onnx.checker + strict shape inference + every registered spikec invariant."""
+    """onnx.checker + strict shape inference + every registered spikec invariant.
+
+    Works on models of any size: big weights are never serialised (see `freeze`), so the
+    proto checked is the graph and its small constants, far below protobuf's 2 GiB."""
     stage = f" after pass '{after}'" if after else ""
-    proto = _without_external_weights(to_proto(model))
+    proto = _without_external_weights(freeze(model).proto)
     try:
         onnx.checker.check_model(proto)
     except onnx.checker.ValidationError as exc:
@@ -207,6 +248,145 @@ def _without_external_weights(proto: onnx.ModelProto) -> onnx.ModelProto:
     for t in external:
         proto.graph.input.append(onnx.helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)))
     return proto
+
+
+# ---------------------------------------------------------------- big weights, never copied
+
+# Tensors of at least this many bytes never enter a serialised proto: the verifier, ORT
+# sessions and .sbin packing handle them as references and pass their bytes as views.
+BIG_TENSOR_BYTES = 64 * 1024
+# The external-data location of a weight that `freeze` left out of a proto. Nothing reads
+# it: ORT sessions get the bytes through add_external_initializers (`ort_session`).
+FROZEN_LOCATION = "spikec-frozen-weight"
+
+
+@dataclasses.dataclass
+class Frozen:
+    """A graph serialised without its big weights, and those weights by initializer name.
+
+    `proto` holds every weight of `BIG_TENSOR_BYTES` or more (and every external one) as
+    an external-data reference; `weights` holds the tensor objects themselves
+    (memory-mapped or in memory; `.numpy()` gives a view, not a copy)."""
+
+    proto: onnx.ModelProto
+    weights: dict[str, ir.TensorProtocol]
+
+    def inlined(self) -> onnx.ModelProto:
+        """A self-contained copy with every weight's bytes inlined (small models only: the
+        numpy reference evaluator; raises SpikecError past protobuf's 2 GiB)."""
+        total = sum(t.nbytes for t in self.weights.values())
+        if self.proto.ByteSize() + total >= 2**31:
+            raise SpikecError(f"graph '{self.proto.graph.name}': {total} bytes of weights cannot be inlined into one "
+                              f"proto (protobuf's 2 GiB limit)")
+        proto = onnx.ModelProto()
+        proto.CopyFrom(self.proto)
+        for t in proto.graph.initializer:
+            if t.name in self.weights:
+                t.CopyFrom(ir.serde.serialize_tensor(ir.Tensor(self.weights[t.name].numpy(), name=t.name)))
+        return proto
+
+
+def freeze(model: ir.Model, min_bytes: int | None = None) -> Frozen:
+    """Serialise `model` with its big weights (`min_bytes`, default BIG_TENSOR_BYTES) as
+    references (main graph initializers).
+
+    The proto's size is that of the graph and its small constants, whatever the model's
+    size; no weight is copied. The model is unchanged afterwards."""
+    min_bytes = BIG_TENSOR_BYTES if min_bytes is None else min_bytes
+    swapped = []
+    for value in model.graph.initializers.values():
+        t = value.const_value
+        if t is None or isinstance(t, ir.ExternalTensor) or t.nbytes < min_bytes:
+            continue
+        value.const_value = ir.ExternalTensor(FROZEN_LOCATION, 0, t.nbytes, t.dtype, shape=t.shape, name=value.name)
+        swapped.append((value, t))
+    try:
+        proto = to_proto(model)
+    finally:
+        for value, t in swapped:
+            value.const_value = t
+    weights = {}
+    for t in proto.graph.initializer:
+        if t.data_location == onnx.TensorProto.EXTERNAL:
+            weights[t.name] = model.graph.initializers[t.name].const_value
+    return Frozen(proto, weights)
+
+
+def ort_session(graph: "Frozen | ir.Model", options=None, providers: list[str] | None = None):
+    """An onnxruntime InferenceSession over `graph` without copying its big weights.
+
+    The weights go to onnxruntime as OrtValues over their own buffers (a memory map of
+    the export's data file, of a compile's spill file or of a .sbin), through
+    SessionOptions.add_external_initializers; the proto handed over stays small. Raises
+    onnxruntime's own exceptions (callers turn them into SpikecError with context)."""
+    import onnxruntime as ort
+
+    frozen = graph if isinstance(graph, Frozen) else freeze(graph)
+    if options is None:
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+    names = list(frozen.weights)
+    values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(frozen.weights[n].numpy())) for n in names]
+    if names:
+        options.add_external_initializers(names, values)
+    session = ort.InferenceSession(frozen.proto.SerializeToString(), options,
+                                   providers=providers or ["CPUExecutionProvider"])
+    session.spikec_weights = values  # onnxruntime reads these buffers for the session's lifetime
+    return session
+
+
+class WeightStore:
+    """Weights made during a compile, written to one file as they are produced.
+
+    A pass that quantizes a 7B model must not hold its weights in memory: each new big
+    tensor is appended to `folder/weights.bin` (64-byte aligned) and comes back as a
+    memory-mapped ir.ExternalTensor, so the process holds one layer's worth at a time."""
+
+    FILE = "weights.bin"
+
+    def __init__(self, folder: str | os.PathLike) -> None:
+        self.folder = Path(folder)
+        self.path = self.folder / self.FILE
+        self._file = open(self.path, "wb")
+        self.bytes_written = 0
+
+    def put(self, array: np.ndarray, name: str) -> ir.ExternalTensor:
+        array = np.ascontiguousarray(array)
+        pad = -self._file.tell() % 64
+        self._file.write(b"\0" * pad)
+        offset = self._file.tell()
+        self._file.write(array.data if array.size else b"")
+        self._file.flush()
+        self.bytes_written += array.nbytes
+        return ir.ExternalTensor(self.FILE, offset, array.nbytes, ir.DataType.from_numpy(array.dtype),
+                                 shape=ir.Shape(array.shape), name=name, base_dir=str(self.folder))
+
+    def close(self) -> None:
+        self._file.close()
+
+
+_STORE: contextvars.ContextVar[WeightStore | None] = contextvars.ContextVar("spikec_weight_store", default=None)
+
+
+@contextlib.contextmanager
+def spill_weights(folder: str | os.PathLike):
+    """While active, `new_tensor` writes big tensors to a WeightStore in `folder`."""
+    store = WeightStore(folder)
+    token = _STORE.set(store)
+    try:
+        yield store
+    finally:
+        _STORE.reset(token)
+        store.close()
+
+
+def new_tensor(array: np.ndarray, name: str) -> ir.TensorProtocol:
+    """The tensor a pass makes for a new or changed weight: in memory when small or when
+    no `spill_weights` is active, else written out at once and memory-mapped."""
+    store = _STORE.get()
+    if store is not None and array.nbytes >= BIG_TENSOR_BYTES:
+        return store.put(array, name)
+    return ir.Tensor(array, name=name)
 
 
 # ---------------------------------------------------------------- summarising
@@ -260,13 +440,14 @@ def to_text(model: ir.Model, *, max_inline_bytes: int = 256) -> str:
     Weight values are what makes a text dump unreadable (and for real models, GBs
     long); they are marked external so the printer shows type and shape only.
     """
-    proto = to_proto(model)
+    proto = freeze(model).proto
     for t in proto.graph.initializer:
-        if t.data_location != onnx.TensorProto.EXTERNAL and len(t.SerializeToString()) > max_inline_bytes:
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.SerializeToString()) > max_inline_bytes:
             t.ClearField("raw_data")
             for field in ("float_data", "int32_data", "int64_data", "double_data", "uint64_data", "string_data"):
                 t.ClearField(field)
             t.data_location = onnx.TensorProto.EXTERNAL
+            del t.external_data[:]
             entry = t.external_data.add()
             entry.key, entry.value = "location", "<elided>"
     return onnx.printer.to_text(proto)

@@ -337,7 +337,9 @@ def _kernels(names: Sequence[str]) -> list[type]:
     return [type(cls.__name__, (cls,), {"modality_names": tuple(names), "op_domain": DOMAIN}) for cls in _KERNELS.values()]
 
 
-def evaluator(model: ir.Model | onnx.ModelProto) -> ReferenceEvaluator:
+def evaluator(model: ir.Model | onnx.ModelProto | spir.Frozen) -> ReferenceEvaluator:
+    if isinstance(model, spir.Frozen):
+        model = model.inlined()
     proto = model if isinstance(model, onnx.ModelProto) else spir.to_proto(model)
     names = DEFAULT_MODALITIES
     for p in proto.metadata_props:
@@ -360,7 +362,7 @@ def evaluator(model: ir.Model | onnx.ModelProto) -> ReferenceEvaluator:
     return ReferenceEvaluator(proto, new_ops=_kernels(names))
 
 
-def run_reference(model: ir.Model | onnx.ModelProto, feeds: dict, outputs: Sequence[str] | None = None) -> list[np.ndarray]:
+def run_reference(model: ir.Model | onnx.ModelProto | spir.Frozen, feeds: dict, outputs: Sequence[str] | None = None) -> list[np.ndarray]:
     """Run any graph (standard + spikec ops) with the numpy reference kernels."""
     sess = evaluator(model)
     known = set(sess.input_names)

@@ -28,12 +28,19 @@ ARCHS = ["tiny-llava", "tiny-qwen2-vl"]
 
 
 @functools.cache
-def compiled(name: str, tv: int = 3, tt: int = 4) -> str:
+def compiled(name: str, tv: int = 3, tt: int = 4, tensor_bytes: int | None = None) -> str:
+    """A compiled .sbin; `tensor_bytes` lowers spikec.ir.BIG_TENSOR_BYTES so that the tiny
+    model's weights are spilled while compiling and stored as mapped TENSOR sections."""
     import tempfile
     from pathlib import Path
 
-    out = Path(tempfile.mkdtemp(prefix="spikec-test-sbin-")) / f"{name}-{tv}-{tt}.sbin"
-    compile_path(exported(name), out, options=SpikeOptions(tv=tv, tt=tt).validate())
+    from spikec import ir as spir
+
+    out = Path(tempfile.mkdtemp(prefix="spikec-test-sbin-")) / f"{name}-{tv}-{tt}-{tensor_bytes}.sbin"
+    with pytest.MonkeyPatch.context() as mp:
+        if tensor_bytes is not None:
+            mp.setattr(spir, "BIG_TENSOR_BYTES", tensor_bytes)
+        compile_path(exported(name), out, options=SpikeOptions(tv=tv, tt=tt).validate())
     return str(out)
 
 
@@ -66,12 +73,17 @@ def test_fused_and_exact_are_bit_identical(name):
     assert s["effective_timesteps"] == pytest.approx((4 * n_text + 3 * n_vis) / (n_text + n_vis))
 
 
-def test_every_spiking_product_on_ort_equals_the_reference():
-    """Capture each SpikeEncode input and SpikeMatMul output on ORT; recompute with spikec.reference."""
-    path = compiled("tiny-llava")
+@pytest.mark.parametrize("tensor_bytes", [None, 1024], ids=["inline-weights", "mapped-weights"])
+def test_every_spiking_product_on_ort_equals_the_reference(tensor_bytes):
+    """Capture each SpikeEncode input and SpikeMatMul output on ORT; recompute with spikec.reference.
+    With mapped weights the products read int8 codes from the .sbin's TENSOR sections."""
+    path = compiled("tiny-llava", tensor_bytes=tensor_bytes)
     with load(path) as m:
         feeds = _lm_feeds(m)
-        model = ir.from_proto(m.sbin.graph("lm"))
+        model = m.sbin.model("lm")
+        if tensor_bytes is not None:
+            assert any(not v.const_value.numpy().flags.writeable for v in model.graph.initializers.values()
+                       if v.const_value is not None and v.const_value.nbytes >= tensor_bytes)
     pairs = []
     for mm in sops.spikec_nodes(model, sops.SPIKE_MATMUL):
         enc = mm.inputs[0].producer()
@@ -90,7 +102,7 @@ def test_every_spiking_product_on_ort_equals_the_reference():
 
     from spikec import ir as spir
 
-    sess = ort.InferenceSession(spir.to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    sess = spir.ort_session(model)  # mapped weights reach onnxruntime as views
     names = [o.name for o in sess.get_outputs()]
     outs = dict(zip(names, sess.run(None, {k: v for k, v in feeds.items() if k in {i.name for i in sess.get_inputs()}})))
     mod = feeds["modality"]

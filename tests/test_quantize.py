@@ -11,7 +11,7 @@ import pytest
 from spike_graphs import as_model, export_feeds, exported, mixed_feeds, mixed_lm, run_passes, save
 from spikec import ops
 from spikec import reference as R
-from spikec.compiler import load_inlined
+from spikec.ir import load_model as load_inlined
 from spikec.errors import SpikecError
 from spikec.passes.options import SpikeOptions
 

@@ -88,8 +88,8 @@ def test_truncation(sbin, keep):
 
 
 def test_unknown_version(sbin):
-    _repack(sbin, header={1: 2})
-    with pytest.raises(SpikecError, match="unsupported .sbin version 2.0"):
+    _repack(sbin, header={1: 3})
+    with pytest.raises(SpikecError, match="unsupported .sbin version 3.0"):
         SbinFile(sbin)
 
 

@@ -12,7 +12,7 @@ from spike_graphs import as_model, export_feeds, exported, mixed_feeds, mixed_lm
 from spikec import ir as spir
 from spikec import ops
 from spikec import reference as R
-from spikec.compiler import load_inlined
+from spikec.ir import load_model as load_inlined
 from spikec.errors import SpikecError
 
 

@@ -27,8 +27,6 @@ def _print_onnx_summary(info: dict, indent: str = "") -> None:
 
 
 def _inspect_sbin(path: Path, as_json: bool) -> None:
-    import onnx_ir as ir
-
     from spikec import ir as spir
     from spikec.package import SbinModel
 
@@ -37,7 +35,7 @@ def _inspect_sbin(path: Path, as_json: bool) -> None:
             {"name": s.name, "kind": getattr(s.kind, "name", str(s.kind)), "offset": s.offset, "size": s.size}
             for s in m.file.sections.values()
         ]
-        graphs = {role: spir.summary(ir.from_proto(m.graph(role))) for role in m.roles}
+        graphs = {role: spir.summary(m.model(role)) for role in m.roles}
         manifest = m.manifest
     info = {
         "file": str(path),

@@ -59,9 +59,19 @@ class CompiledModel:
         return self._generator
 
     def generate(self, image: Any, prompt: str, max_new_tokens: int = 32) -> str:
-        """Image (a PIL image or a path) + prompt -> text, greedy."""
+        """Image (a PIL image or a path) + prompt -> text, greedy.
+
+        A path is read by `spikec.images.load_image` (8-bit RGB; high-depth images scaled,
+        decompression bombs and corrupt files refused). Raises SpikecError naming the file
+        ("--image PATH: ...") for an unreadable image or one the processor refuses.
+        """
         if isinstance(image, (str, os.PathLike)):
-            image = load_image(image)
+            from spikec.images import naming_image
+
+            path = image
+            image = load_image(path)
+            with naming_image(path, where=f"--image {path}"):
+                return self.generator().generate(image, prompt, max_new_tokens=max_new_tokens)
         return self.generator().generate(image, prompt, max_new_tokens=max_new_tokens)
 
     def run(self, feeds: dict[str, np.ndarray], graph: str | None = None) -> dict[str, np.ndarray]:
@@ -98,17 +108,15 @@ class CompiledModel:
         self.close()
 
 
-def load_image(path: str | os.PathLike):
-    from PIL import Image, UnidentifiedImageError
+def load_image(path: str | os.PathLike, *, where: str | None = None):
+    """An image file as an 8-bit RGB PIL image: `spikec.images.load_image`.
 
-    p = Path(path)
-    if not p.is_file():
-        raise SpikecError(f"--image {p}: no such file")
-    try:
-        with Image.open(p) as im:
-            return im.convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise SpikecError(f"--image {p}: not an image ({exc})") from None
+    Kept here for the code that imports it from this module. `where` defaults to
+    "--image PATH"; errors are SpikecErrors naming the file (see spikec.images).
+    """
+    from spikec import images
+
+    return images.load_image(path, where=f"--image {path}" if where is None else where)
 
 
 def load(path: str | os.PathLike, *, target: str = "ort", mode: str = "fused", threads: int | None = None,

@@ -76,9 +76,19 @@ def load_npz(path: str | Path, input_names: Sequence[str], graph: str | None = N
 
 
 def image_prompt_pairs(folder: str | Path) -> list[tuple[Path, str]]:
+    """(image path, prompt) pairs of a calibration folder (layouts in the module doc).
+
+    Raises SpikecError naming the folder, data.jsonl line or image at fault. The images
+    are only checked to exist here; `export_folder_feeds` reads them.
+    """
+    return [(img, prompt) for img, prompt, _ in _image_prompt_rows(folder)]
+
+
+def _image_prompt_rows(folder: str | Path) -> list[tuple[Path, str, str]]:
+    """`image_prompt_pairs` plus, for each pair, where it came from ("--calib DIR/data.jsonl:3", "--calib DIR/a.png")."""
     folder = Path(folder)
     jsonl = folder / "data.jsonl"
-    pairs = []
+    rows = []
     if jsonl.is_file():
         for n, line in enumerate(jsonl.read_text().splitlines(), 1):
             if not line.strip():
@@ -86,7 +96,7 @@ def image_prompt_pairs(folder: str | Path) -> list[tuple[Path, str]]:
             try:
                 row = json.loads(line)
                 image = resolve_inside(folder, row["image"], where=f"--calib {jsonl}: line {n}: field 'image'")
-                pairs.append((image, str(row["prompt"])))
+                rows.append((image, str(row["prompt"]), f"--calib {jsonl}:{n}"))
             except (json.JSONDecodeError, KeyError, TypeError, RecursionError, ValueError) as exc:
                 raise SpikecError(f"--calib {jsonl}: line {n}: expected {{\"image\": ..., \"prompt\": ...}} ({exc})") from None
     else:
@@ -94,28 +104,33 @@ def image_prompt_pairs(folder: str | Path) -> list[tuple[Path, str]]:
             txt = img.with_suffix(".txt")
             if not txt.is_file():
                 raise SpikecError(f"--calib {folder}: image {img.name} has no prompt file {txt.name}")
-            pairs.append((img, txt.read_text().strip()))
-    if not pairs:
+            rows.append((img, txt.read_text().strip(), f"--calib {img}"))
+    if not rows:
         raise SpikecError(f"--calib {folder}: no image+prompt pairs (expected data.jsonl or NAME.png + NAME.txt)")
-    for img, _ in pairs:
+    for img, _, _ in rows:
         if not img.is_file():
             raise SpikecError(f"--calib {folder}: image {img} not found")
-    return pairs
+    return rows
 
 
 def export_folder_feeds(export_dir: str | Path, calib_folder: str | Path, max_samples: int) -> dict[str, list[dict]]:
-    """Feeds of every graph of an export folder from image+prompt pairs (float graphs, ORT)."""
-    from PIL import Image
+    """Feeds of every graph of an export folder from image+prompt pairs (float graphs, ORT).
 
+    Images are read by `spikec.images.load_image` (8-bit RGB; high-depth images scaled).
+    Raises SpikecError naming the image file (and its data.jsonl line) for an image that
+    cannot be read or that the checkpoint's processor refuses.
+    """
     from spikec.frontend import manifest as mf
     from spikec.frontend.adapters.base import to_numpy
     from spikec.frontend.generate import OrtGenerator
+    from spikec.images import load_image, naming_image
 
     gen = OrtGenerator(export_dir)
     feeds: dict[str, list[dict]] = {role: [] for role in gen.manifest["graphs"]}
-    for img_path, prompt in image_prompt_pairs(calib_folder)[:max_samples]:
-        image = Image.open(img_path).convert("RGB")
-        proc = gen.prepare([image], [prompt])
+    for img_path, prompt, where in _image_prompt_rows(calib_folder)[:max_samples]:
+        image = load_image(img_path, where=where)
+        with naming_image(img_path, where=where):
+            proc = gen.prepare([image], [prompt])
         if "vision" in feeds:
             feeds["vision"].append(gen.adapter.vision_feeds(gen.config, proc))
         if "embed" in feeds:

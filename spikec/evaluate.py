@@ -53,7 +53,12 @@ class EvalResult:
 
 
 def load_items(data_dir: str | os.PathLike) -> list[dict]:
-    """Read DIR/data.jsonl, checking every line names an existing image, a prompt and an answer."""
+    """Read DIR/data.jsonl, checking every line names an existing image, a prompt and an answer.
+
+    Returns the JSON objects in order, each with "image_path" (the image, resolved inside
+    DIR) and "line" (its line number in data.jsonl) added. Raises SpikecError naming the
+    file and line. The images themselves are read later, by `evaluate`.
+    """
     data_dir = Path(data_dir)
     path = data_dir / "data.jsonl"
     if not path.is_file():
@@ -73,6 +78,7 @@ def load_items(data_dir: str | os.PathLike) -> list[dict]:
         if not image.is_file():
             raise SpikecError(f"{path}:{n}: image '{obj['image']}' not found inside {data_dir}")
         obj["image_path"] = image
+        obj["line"] = n  # for error messages: f"--data {path}:{line}"
         items.append(obj)
     if not items:
         raise SpikecError(f"{path}: no items")
@@ -128,8 +134,13 @@ def predictor_for(model: str | os.PathLike, *, target: str = "ort", mode: str = 
 def evaluate(model: str | os.PathLike, data_dir: str | os.PathLike, *, target: str = "ort", mode: str = "fused",
              limit: int | None = None, max_new_tokens: int = 8,
              progress: Callable[[int, int], None] | None = None) -> EvalResult:
-    """Exact-match accuracy of `model` on the evaluation folder `data_dir`."""
-    from spikec.runtime.model import load_image
+    """Exact-match accuracy of `model` on the evaluation folder `data_dir`.
+
+    Each image is read by `spikec.images.load_image`; an image that cannot be read, or
+    that the model's processor refuses, raises SpikecError "--data DIR/data.jsonl:N:
+    <image file>: ..." naming the line and the file.
+    """
+    from spikec.images import load_image, naming_image
 
     items = load_items(data_dir)
     if limit is not None:
@@ -140,7 +151,10 @@ def evaluate(model: str | os.PathLike, data_dir: str | os.PathLike, *, target: s
     start = time.perf_counter()
     try:
         for i, item in enumerate(items):
-            text = predict(load_image(item["image_path"]), item["prompt"]).strip()
+            where = f"--data {Path(data_dir) / 'data.jsonl'}:{item['line']}"
+            image = load_image(item["image_path"], where=where)
+            with naming_image(item["image_path"], where=where):
+                text = predict(image, item["prompt"]).strip()
             ok = text == item["answer"].strip()
             result.total += 1
             result.correct += ok

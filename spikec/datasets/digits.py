@@ -90,14 +90,19 @@ class EvalItem:
     answer: str
     qtype: str | None = None
     extra: dict = field(default_factory=dict, compare=False)
+    source: str = field(default="", compare=False)  # "DIR/data.jsonl:N" this item was read from
 
     def open_image(self):
-        """The image as a PIL image (fully loaded, file closed)."""
-        from PIL import Image
+        """The image as an 8-bit PIL image (fully loaded, file closed), read by `spikec.images.read_image`.
 
-        with Image.open(self.image_path) as im:
-            im.load()
-            return im.copy()
+        8-bit images keep their mode (the folders `write_eval_folder` makes give mode "L");
+        16-bit, 32-bit integer and float images are scaled to 8-bit "L" (never clipped).
+        Raises SpikecError naming `source` and the file for a missing, corrupt or truncated
+        image or a decompression bomb.
+        """
+        from spikec.images import read_image
+
+        return read_image(self.image_path, where=self.source or None)
 
 
 # --------------------------------------------------------------------------- images
@@ -304,6 +309,7 @@ def load_eval_folder(directory: str | os.PathLike) -> list[EvalItem]:
                     answer=rec["answer"],
                     qtype=qtype if isinstance(qtype, str) else None,
                     extra=extra,
+                    source=where,
                 )
             )
     return out

@@ -63,11 +63,31 @@ def format_prompt(adapter, processor, prompt: str) -> str:
 
 
 def processor_inputs(loaded_or_parts, images, prompts: list[str]) -> dict:
+    """The checkpoint's processor on one image per prompt: a dict of torch tensors.
+
+    `loaded_or_parts` is (adapter, processor); `images` are PIL images (read files with
+    `spikec.images.load_image`), `prompts` the bare questions (see `format_prompt`).
+    Raises `spikec.images.ProcessorRefusedImage` (a SpikecError), "image WxH: the
+    <family> processor refuses it: <its message>", when the processor raises ValueError
+    or TypeError (Qwen2-VL: an aspect ratio over 200, or a side under its factor); a
+    caller that knows the file adds its name with `spikec.images.naming_image`.
+    """
     adapter, processor = loaded_or_parts
     texts = [format_prompt(adapter, processor, p) for p in prompts]
-    if adapter.images_per_prompt_nested:
+    flat = list(images) if images is not None else []
+    if adapter.images_per_prompt_nested and images is not None:
         images = [[image] for image in images]  # one list of images per prompt (SmolVLM insists)
-    return dict(processor(images=images, text=texts, return_tensors="pt", padding=True))
+    try:
+        return dict(processor(images=images, text=texts, return_tensors="pt", padding=True))
+    except (ValueError, TypeError) as exc:
+        from spikec.images import ProcessorRefusedImage
+
+        sizes = ", ".join(f"{im.size[0]}x{im.size[1]}" if isinstance(getattr(im, "size", None), tuple)  # PIL: (w, h)
+                          else type(im).__name__ for im in flat)
+        what = f"image {sizes}" if len(flat) == 1 else f"images {sizes}" if flat else "input without an image"
+        family = adapter.family or type(processor).__name__
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        raise ProcessorRefusedImage(f"{what}: the {family} processor refuses it: {message}") from None
 
 
 def _export_graph(module, kwargs: dict, output_names: list[str], dynamic_shapes, opset: int):

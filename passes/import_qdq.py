@@ -181,7 +181,7 @@ class ImportQdq(ContextPass):
         s_w = (s_w * np.float32(alpha)).astype(np.float32)
         wbits = _bits(w_int.dtype)
         qw = R.qmax(wbits)
-        if np.abs(w_q.astype(np.int64)).max(initial=0) > qw:
+        if R.absmax_int(w_q) > qw:
             raise SpikecError(f"{where}: weight '{wdq.inputs[0].name}' has code {int(w_q.min())} outside the symmetric "
                               f"range +-{qw} (quantize weights with WeightSymmetric=True)")
         # Bias: Gemm's C, or an Add of a constant / DQ(constant) right after the product.

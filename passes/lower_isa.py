@@ -230,7 +230,7 @@ def lower_graphs(graphs: dict[str, ir.Model], cfg: HwConfig, vec: bool = True) -
                 wbits = int(sops.attr(mm, "wbits", 8))
                 neuron = sops.attr(mm, "neuron", "tc-lif")
                 T = sops.get_timesteps(mm)
-                qw = int(np.abs(w.astype(np.int64)).max(initial=0))
+                qw = R.absmax_int(w)
                 if w.ndim != 2:
                     why = f"weights of rank {w.ndim}"
                 elif wbits not in (4, 8) or qw > R.qmax(wbits):

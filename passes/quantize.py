@@ -127,7 +127,7 @@ def find_linears(model: ir.Model) -> tuple[list[Linear], list[ir.Node], list[dic
             if w.ndim != 2:
                 floats.append({**where, "reason": f"weight of rank {w.ndim} (only [K, N] weights are linear layers)"})
                 continue
-            w = w.astype(np.float32)
+            w = w.astype(np.float32, copy=False)  # a memory-mapped weight stays mapped
             bias, add = _bias_of(model, node.outputs[0], w.shape[1])
             old = [node] + ([add] if add is not None else [])
             out = add.outputs[0] if add is not None else node.outputs[0]
@@ -140,7 +140,9 @@ def find_linears(model: ir.Model) -> tuple[list[Linear], list[ir.Node], list[dic
         if w is None or w.ndim != 2:
             floats.append({**where, "reason": "Gemm whose B is not a constant 2-D weight"})
             continue
-        w = (w.T if ops.attr(node, "transB", 0) else w).astype(np.float32) * np.float32(ops.attr(node, "alpha", 1.0))
+        w = (w.T if ops.attr(node, "transB", 0) else w).astype(np.float32, copy=False)
+        alpha = np.float32(ops.attr(node, "alpha", 1.0))
+        w = w * alpha if alpha != 1 else w
         bias = None
         if len(node.inputs) > 2 and node.inputs[2] is not None:
             c = const_array(node.inputs[2])
@@ -223,6 +225,27 @@ def smooth(linears: list[Linear], feeds: list[dict], alpha: float, float_proto) 
 
 
 # ---------------------------------------------------------------- the pass
+
+
+# Columns of a weight quantized at once: about 2**24 elements (64 MiB of float32), so the
+# float64 temporaries of the reference's rounding stay small even for a 150k-row LM head.
+WEIGHT_BLOCK_ELEMENTS = 1 << 24
+
+
+def quantize_weight(w: np.ndarray, wbits: int, where: str) -> tuple[np.ndarray, np.ndarray]:
+    """Per-output-channel symmetric RTN of a weight float32 [K, N] (may be memory-mapped):
+    (codes int8 [K, N], scales float32 [N]), exactly spikec.reference's scale_per_channel
+    and quantize, computed one block of columns at a time (each column is independent)."""
+    K, N = w.shape
+    cols = max(1, WEIGHT_BLOCK_ELEMENTS // max(K, 1))
+    w_q = np.empty((K, N), np.int8)
+    s_w = np.empty(N, np.float32)
+    for j in range(0, N, cols):
+        block = w[:, j:j + cols]
+        s = R.scale_per_channel(block, wbits)
+        w_q[:, j:j + cols] = R.quantize(block, s, R.qmax(wbits), where)
+        s_w[j:j + cols] = s
+    return w_q, s_w
 
 
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
@@ -321,8 +344,7 @@ class Quantize(ContextPass):
         layers = []
         for lin in linears:
             w = lin.w
-            s_w = R.scale_per_channel(w, opts.wbits)
-            w_q = R.quantize(w, s_w, R.qmax(opts.wbits), lin.node.name).astype(np.int8)
+            w_q, s_w = quantize_weight(w, opts.wbits, lin.node.name)
             base = lin.node.name or lin.out.name
             inputs = [lin.x, mod_in, _initializer(model.graph, f"{base}.W_q", w_q),
                       _initializer(model.graph, f"{base}.s_w", s_w)]

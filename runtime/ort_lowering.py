@@ -384,7 +384,7 @@ class _Lowerer:
         if self.mode == "fakequant":
             K = w.shape[-2] if w.shape is not None and len(w.shape) >= 2 else None
             if isinstance(K, int) and w.const_value is not None:
-                bound = K * (2**t_max - 1) * int(np.abs(w.const_value.numpy().astype(np.int64)).max(initial=0))
+                bound = K * (2**t_max - 1) * R.absmax_int(w.const_value.numpy())
                 if bound >= 2**24:
                     raise SpikecError(f"node '{node.name}': fakequant mode is exact only below 2**24 "
                                       f"(K={K}, T={t_max}: bound {bound}); use fused or exact")

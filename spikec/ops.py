@@ -444,7 +444,7 @@ def check_spikec_ops(model: ir.Model) -> None:
             qw = R.qmax(int(wbits))
             if w.dtype.kind not in "iu":
                 raise SpikecError(f"{where}: W_q must hold integer codes, got {w.dtype}")
-            if w.size and np.abs(w.astype(np.int64)).max() > qw:
+            if R.absmax_int(w) > qw:
                 raise SpikecError(f"{where}: W_q codes exceed +-{qw} for wbits={wbits}")
             s_w = _const(node.inputs[w_val_index(node) + 1])
             if s_w is not None and (s_w.shape != w.shape[-1:] or not np.all(np.isfinite(s_w) & (s_w > 0))):

@@ -131,6 +131,15 @@ def quantize(x, scale, qmax, where: str = "") -> np.ndarray:
     return np.clip(r.astype(np.float64), -qm, qm).astype(np.int32)
 
 
+def absmax_int(a) -> int:
+    """max |a| of an integer array as a Python int (0 when empty), without a widened copy:
+    a 2B model's int8 head would need 1.9 GB as int64. |-128| is 128, not int8's -128."""
+    a = np.asarray(a)
+    if a.size == 0:
+        return 0
+    return max(abs(int(a.max())), abs(int(a.min())))
+
+
 def dequantize(q, scale) -> np.ndarray:
     """float32(q) * float32(scale)."""
     return np.asarray(q).astype(np.float32) * np.asarray(scale, dtype=np.float32)

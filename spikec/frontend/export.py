@@ -90,16 +90,27 @@ def processor_inputs(loaded_or_parts, images, prompts: list[str]) -> dict:
         raise ProcessorRefusedImage(f"{what}: the {family} processor refuses it: {message}") from None
 
 
-def _export_graph(module, kwargs: dict, output_names: list[str], dynamic_shapes, opset: int):
+def _export_graph(module, kwargs: dict, output_names: list[str], dynamic_shapes, opset: int, weights=None, *,
+                  args: tuple = (), input_names: list[str] | None = None):
+    """torch.onnx.export (dynamo) of `module`, optimized as torch.onnx would. With `weights`
+    (streaming.CheckpointWeights) the module is a trace model without weight values: the
+    graph is exported unoptimized, bound to the checkpoint's tensors (lazily), then optimized."""
     import torch
 
     module.eval()
     with torch.no_grad():
         prog = torch.onnx.export(
-            module, (), kwargs=kwargs, dynamo=True, opset_version=opset, input_names=list(kwargs),
-            output_names=output_names, dynamic_shapes=dynamic_shapes, optimize=True, verbose=False,
+            module, args, kwargs=kwargs or None, dynamo=True, opset_version=opset,
+            input_names=input_names or list(kwargs), output_names=output_names,
+            dynamic_shapes=dynamic_shapes, optimize=weights is None, verbose=False,
         )
-    return prog.model
+    model = prog.model
+    if weights is not None:
+        from spikec.frontend import streaming
+
+        weights.bind(model)
+        streaming.optimize(model)
+    return model
 
 
 def _ensure_inputs(model, names_shapes: dict[str, tuple[str, list]]) -> None:
@@ -185,7 +196,7 @@ def export_loaded(loaded: Loaded, outdir: Path, *, opset: int = DEFAULT_OPSET,
         feeds = adapter.vision_feeds(config, proc_out)
         vkw = {k: torch.from_numpy(v) for k, v in feeds.items()}
         vision = _export_graph(adapter.vision_module(model), vkw, ["image_features"],
-                               adapter.vision_dynamic_shapes(feeds), opset)
+                               adapter.vision_dynamic_shapes(feeds), opset, loaded.weights)
         _save(vision, tmp / "vision.onnx")
         graphs["vision"] = mf.graph_entry("vision.onnx", "vision encoder + projector: image -> features, one row per "
                                           "image token", vision)
@@ -198,7 +209,7 @@ def export_loaded(loaded: Loaded, outdir: Path, *, opset: int = DEFAULT_OPSET,
         ids = torch.zeros(2, 5, dtype=torch.long)
         b, s = torch.export.Dim("batch"), torch.export.Dim("seq")
         embed = _export_graph(EmbedWrapper(text_model.get_input_embeddings()), {"input_ids": ids},
-                              ["inputs_embeds"], {"input_ids": {0: b, 1: s}}, opset)
+                              ["inputs_embeds"], {"input_ids": {0: b, 1: s}}, opset, loaded.weights)
         _save(embed, tmp / "embed.onnx")
         graphs["embed"] = mf.graph_entry("embed.onnx", "token embedding: input_ids -> inputs_embeds", embed)
         del embed
@@ -222,7 +233,7 @@ def export_loaded(loaded: Loaded, outdir: Path, *, opset: int = DEFAULT_OPSET,
         dyn["past"] = tuple({0: b, 2: past} for _ in past_names)
         wrapper = LMWrapper(text_model, model.lm_head, n_layers)
         # The wrapper takes past tensors as *past; pass them positionally in that order.
-        lm = _export_lm(wrapper, kw, past_names, ["logits"] + present_names, dyn, opset)
+        lm = _export_lm(wrapper, kw, past_names, ["logits"] + present_names, dyn, opset, loaded.weights)
         import onnx_ir as ir
 
         _ensure_inputs(lm, {"modality": (ir.DataType.INT64, ["batch", "seq"])})
@@ -244,27 +255,19 @@ def export_loaded(loaded: Loaded, outdir: Path, *, opset: int = DEFAULT_OPSET,
     return manifest
 
 
-def _export_lm(wrapper, kw, past_names, output_names, dyn, opset):
+def _export_lm(wrapper, kw, past_names, output_names, dyn, opset, weights=None):
     """Export LMWrapper: named inputs first, then the past tensors as the *past varargs."""
-    import torch
-
     fixed = ["inputs_embeds", "attention_mask", "position_ids", "modality"]
     args = tuple(kw[n] for n in fixed) + tuple(kw[n] for n in past_names)
     shapes = tuple(dyn[n] for n in fixed) + (dyn["past"],)
-    wrapper.eval()
-    with torch.no_grad():
-        prog = torch.onnx.export(
-            wrapper, args, dynamo=True, opset_version=opset, input_names=fixed + past_names,
-            output_names=output_names, dynamic_shapes=shapes, optimize=True, verbose=False,
-        )
-    return prog.model
+    return _export_graph(wrapper, {}, output_names, shapes, opset, weights, args=args, input_names=fixed + past_names)
 
 
 def export(source: str, outdir: str | os.PathLike, *, allow_pickle: bool = False, opset: int = DEFAULT_OPSET,
            progress: Callable[[str], None] = lambda s: None) -> dict:
     """Load SOURCE (folder or built-in tiny name) and export it into OUTDIR."""
     progress(f"loading {source}")
-    loaded = load(source, allow_pickle=allow_pickle)
+    loaded = load(source, allow_pickle=allow_pickle, stream=True)
     return export_loaded(loaded, Path(outdir), opset=opset, progress=progress)
 
 

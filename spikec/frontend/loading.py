@@ -2,7 +2,8 @@
 
 Every way a folder can be wrong ends in a SpikecError that names the file or tensor:
 no config.json, an unsupported architecture, no weights, pickle-only weights
-without --allow-pickle, a missing tensor or one of the wrong shape.
+without --allow-pickle, a missing tensor or one of the wrong shape, a tensor holding
+NaN or inf.
 """
 
 from __future__ import annotations
@@ -30,6 +31,9 @@ class Loaded:
     processor: Any
     adapter: type
     source: str
+    # With stream=True: the checkpoint's tensors for a `model` that has no weight values
+    # (spikec.frontend.streaming); None when `model` holds real float32 weights.
+    weights: Any = None
 
 
 def _quiet_transformers() -> None:
@@ -38,7 +42,11 @@ def _quiet_transformers() -> None:
     hf_logging.disable_progress_bar()
 
 
-def load(source: str | os.PathLike, *, allow_pickle: bool = False) -> Loaded:
+def load(source: str | os.PathLike, *, allow_pickle: bool = False, stream: bool = False) -> Loaded:
+    """A built-in tiny model, or a checkpoint folder. With `stream` (export), a folder gives a
+    trace model without weight values plus its memory-mapped tensors (Loaded.weights), so
+    that memory stays bounded by one tensor whatever the model's size; without it, a float32
+    model with real weights (evaluation of the float model)."""
     from spikec.frontend.tiny import TINY, build_tiny
 
     _quiet_transformers()
@@ -49,7 +57,7 @@ def load(source: str | os.PathLike, *, allow_pickle: bool = False) -> Loaded:
         model, processor = build_tiny(src)
         model.config._attn_implementation = "eager"
         return Loaded(model, processor, adapter_for(model.config.model_type), src)
-    return load_folder(Path(src), allow_pickle=allow_pickle)
+    return load_folder(Path(src), allow_pickle=allow_pickle, stream=stream)
 
 
 def _weight_files(folder: Path) -> tuple[list[Path], list[Path]]:
@@ -59,7 +67,7 @@ def _weight_files(folder: Path) -> tuple[list[Path], list[Path]]:
     return safe, pickled
 
 
-def load_folder(folder: Path, *, allow_pickle: bool = False) -> Loaded:
+def load_folder(folder: Path, *, allow_pickle: bool = False, stream: bool = False) -> Loaded:
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
 
@@ -96,20 +104,63 @@ def load_folder(folder: Path, *, allow_pickle: bool = False) -> Loaded:
         )
     log.info("loading %s (%s) from %s", config.model_type, "safetensors" if safe else "pickle", folder)
     try:
+        # Streaming keeps the stored dtype: safetensors are then memory-mapped, not converted.
         model, info = AutoModelForImageTextToText.from_pretrained(
-            folder, config=config, local_files_only=True, dtype=torch.float32, attn_implementation="eager",
-            output_loading_info=True, ignore_mismatched_sizes=True, use_safetensors=bool(safe),
+            folder, config=config, local_files_only=True, dtype="auto" if stream else torch.float32,
+            attn_implementation="eager", output_loading_info=True, ignore_mismatched_sizes=True,
+            use_safetensors=bool(safe),
         )
     except SpikecError:
         raise
     except Exception as exc:
         raise SpikecError(f"{folder}: cannot load the weights: {exc}") from exc
     _check_loading_info(folder, info)
+    _check_finite(folder, model, safe)
+    weights = None
+    if stream:
+        from spikec.frontend.streaming import CheckpointWeights, trace_model
+
+        values, model = model, trace_model(model)
+        weights = CheckpointWeights(model, values)
     try:
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     except Exception as exc:
         raise SpikecError(f"{folder}: cannot load the processor/tokenizer files: {exc}") from exc
-    return Loaded(model.eval(), processor, adapter, str(folder))
+    return Loaded(model.eval(), processor, adapter, str(folder), weights)
+
+
+def _check_finite(folder: Path, model, safe: list[Path], chunk: int = 1 << 24) -> None:
+    """Refuse NaN/+-inf in the loaded weights (every parameter, `chunk` elements at a time).
+
+    Raises SpikecError naming the checkpoint's own tensor (found in the *.safetensors files,
+    read tensor by tensor, only once a bad parameter was seen) and the model parameter."""
+    import torch
+
+    bad = None
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if p.is_floating_point() and not all(bool(torch.isfinite(c).all()) for c in p.reshape(-1).split(chunk)):
+                bad = name
+                break
+    if bad is None:
+        return
+    where = f"parameter {bad}"
+    try:
+        from safetensors import safe_open
+
+        for path in safe:
+            with safe_open(str(path), framework="pt") as f:
+                for key in f.keys():
+                    t = f.get_tensor(key)
+                    if t.is_floating_point() and not bool(torch.isfinite(t).all()):
+                        where = f"tensor {key} in {path.name} (model parameter {bad})"
+                        raise StopIteration
+    except StopIteration:
+        pass
+    except Exception as exc:  # naming the checkpoint tensor is a courtesy: keep the model's name
+        log.debug("could not find the checkpoint tensor of %s: %s", bad, exc)
+    raise SpikecError(f"{folder}: {where} holds NaN or inf: the checkpoint is corrupt "
+                      "(a broken fine-tune, merge or conversion); spikec does not export it")
 
 
 def _check_shard_index(folder: Path) -> None:

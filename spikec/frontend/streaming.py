@@ -1,0 +1,134 @@
+"""Export in bounded memory: trace a model with no weights, stream the checkpoint's tensors.
+
+A 7B checkpoint in bf16 is 16.6 GB; converted to the float32 the graphs compute in, 33 GB:
+more than this machine has. Tracing does not need weight values (torch.export traces
+with fake tensors), so the exporter works on two models of the same class and config:
+
+- the *trace model*: float32 parameters allocated uninitialized (`torch.empty`, never
+  written, so the kernel backs them with no memory) under transformers' `no_init_weights`,
+  with the buffers (rotary `inv_freq` and the like) computed as a float32 load would;
+- the *values model*: `from_pretrained(dtype="auto")`, which memory-maps the
+  safetensors shards in their stored dtype (zero-copy: file-backed pages only).
+
+After `torch.onnx.export(..., optimize=False)` each ONNX initializer still holds the trace
+model's parameter; `CheckpointWeights.bind` recognises it (by storage address), renames
+it to the parameter's module path (`model.language_model.layers.0.mlp.down_proj.weight`)
+and gives it an `onnx_ir.LazyTensor` that converts the mapped value to float32 when the
+graph is saved, one tensor at a time. A weight used only through a 2-D Transpose (every
+nn.Linear: the exporter writes `MatMul(x, Transpose(W))`) is stored transposed instead,
+which is what torch.onnx's own optimizer would fold (onnxscript always folds Transpose of
+a constant); the same optimizer then runs on the bound graph. Peak memory is the largest
+tensor in float32, twice (conversion and transpose), plus the runtime.
+
+Conversion: bf16 and fp16 to float32 are exact (every value is representable), so the
+graph's weights equal a float32 load of the same checkpoint bit for bit.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+
+def trace_model(values_model) -> Any:
+    """A model of `values_model`'s class and config whose float parameters are float32 and
+    uninitialized (not backed by memory until written), buffers computed for real."""
+    import torch
+    from transformers.initialization import no_init_weights
+
+    config = values_model.config
+    with no_init_weights():
+        model = type(values_model)(config)
+    model.config._attn_implementation = "eager"
+    # Sub-configs may carry the checkpoint's dtype: make every float parameter float32,
+    # keeping ties (one new tensor per original tensor).
+    replaced: dict[int, torch.nn.Parameter] = {}
+    for module in model.modules():
+        for name, p in list(module._parameters.items()):
+            if p is not None and p.is_floating_point() and p.dtype != torch.float32:
+                module._parameters[name] = replaced.setdefault(
+                    id(p), torch.nn.Parameter(torch.empty(p.shape, dtype=torch.float32), requires_grad=False))
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return model.eval()
+
+
+class CheckpointWeights:
+    """The values of a trace model's parameters, read from the values model on demand."""
+
+    def __init__(self, trace, values) -> None:
+        self._fqn_by_storage: dict[int, str] = {}
+        for fqn, p in trace.named_parameters(remove_duplicate=False):
+            if p.numel():
+                self._fqn_by_storage.setdefault(p.data_ptr(), fqn)
+        self._values = dict(values.named_parameters(remove_duplicate=False))
+        missing = sorted(set(self._fqn_by_storage.values()) - set(self._values))
+        if missing:
+            from spikec.errors import SpikecError
+
+            raise SpikecError(f"checkpoint: parameter {missing[0]} of the model has no value "
+                              f"(and {len(missing) - 1} more)")
+
+    def _value(self, fqn: str, transpose: bool):
+        import onnx_ir as ir
+        import torch
+
+        def load() -> ir.Tensor:
+            t = self._values[fqn].detach().to(torch.float32)
+            a = t.numpy()
+            return ir.Tensor(np.ascontiguousarray(a.T) if transpose else a)
+
+        return load
+
+    def bind(self, model) -> int:
+        """Give every initializer that is a trace parameter its checkpoint value (lazy),
+        named by its module path; fold 2-D Transposes of those weights. Returns the count."""
+        import onnx_ir as ir
+        import torch
+
+        graph = model.graph
+        taken = set(graph.initializers) | {v.name for v in graph.inputs}
+        bound = 0
+        for name, value in list(graph.initializers.items()):
+            raw = getattr(value.const_value, "raw", None)
+            if not isinstance(raw, torch.Tensor) or raw.numel() == 0:
+                continue
+            fqn = self._fqn_by_storage.get(raw.data_ptr())
+            if fqn is None:
+                continue  # a buffer: its real value stays
+            uses = list(value.uses())
+            node = uses[0].node if len(uses) == 1 else None
+            perm = None if node is None else node.attributes.get("perm")
+            transpose = (node is not None and node.op_type == "Transpose" and node.domain in ("", "ai.onnx")
+                         and raw.dim() == 2 and (perm is None or list(perm.as_ints()) == [1, 0]))
+            shape = list(raw.shape)[::-1] if transpose else list(raw.shape)
+            lazy = ir.LazyTensor(self._value(fqn, transpose), dtype=ir.DataType.FLOAT, shape=ir.Shape(shape),
+                                 name=fqn)
+            new_name = fqn if fqn not in taken or fqn == name else f"{fqn}.{bound}"
+            taken.add(new_name)
+            if transpose:
+                folded = ir.Value(name=f".{new_name}.folding", type=ir.TensorType(ir.DataType.FLOAT),
+                                  shape=ir.Shape(shape), const_value=lazy)
+                graph.register_initializer(folded)
+                node.outputs[0].replace_all_uses_with(folded)
+                graph.remove(node, safe=True)
+                graph.initializers.pop(name)
+                folded.name = new_name
+            else:
+                value.const_value = lazy
+                value.name = new_name
+            bound += 1
+        return bound
+
+
+def optimize(model) -> None:
+    """What torch.onnx.export(optimize=True) runs (torch 2.14 / onnxscript 0.7), on a bound
+    graph: the big transposes are already folded, so nothing large is materialised."""
+    import onnxscript
+
+    onnxscript.optimizer.optimize_ir(model)
+    onnxscript.rewriter.onnx_fusions.fuse(model)

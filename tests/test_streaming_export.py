@@ -1,0 +1,59 @@
+"""Export in bounded memory (spikec.frontend.streaming) gives the float32 export's graphs.
+
+Checkpoints saved by transformers in bf16 and fp16 (two families, built here from the
+tiny configs): `spikec export` traces a model without weight values and streams the
+memory-mapped tensors; the graphs must have the same ops, the same weight values bit for
+bit (bf16/fp16 -> float32 is exact) and generate the same tokens as exporting a float32
+load of the same checkpoint. Initializers carry the checkpoint's module paths.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from spikec.frontend.export import export_loaded, sample_image
+from spikec.frontend.generate import OrtGenerator
+from spikec.frontend.loading import load
+from spikec.frontend.tiny import build_tiny
+
+
+@pytest.fixture(scope="module", params=[("tiny-qwen2-vl", torch.bfloat16), ("tiny-llava", torch.float16)],
+                ids=["qwen2-vl-bf16", "llava-fp16"])
+def exports(request, tmp_path_factory):
+    name, dtype = request.param
+    d = tmp_path_factory.mktemp(name)
+    model, processor = build_tiny(name)
+    model.to(dtype).save_pretrained(d / "ckpt")
+    processor.save_pretrained(d / "ckpt")
+    streamed = load(str(d / "ckpt"), stream=True)
+    assert streamed.weights is not None
+    # the trace model's weights are never written: uninitialized float32 storage
+    assert {p.dtype for p in streamed.model.parameters()} == {torch.float32}
+    export_loaded(streamed, d / "stream")
+    export_loaded(load(str(d / "ckpt")), d / "float32")
+    return d / "stream", d / "float32"
+
+
+@pytest.mark.parametrize("role", ["vision", "embed", "lm"])
+def test_same_ops_and_weight_bits(exports, role):
+    a, b = (onnx.load(str(p / f"{role}.onnx")) for p in exports)
+    assert Counter(n.op_type for n in a.graph.node) == Counter(n.op_type for n in b.graph.node)
+
+    def values(m):
+        return sorted((tuple(t.dims), onnx.numpy_helper.to_array(t).tobytes()) for t in m.graph.initializer)
+
+    assert values(a) == values(b)
+    big = [t.name for t in a.graph.initializer if len(t.dims) == 2 and min(t.dims) > 8]
+    # module paths such as model.language_model.layers.0.mlp.down_proj.weight, not val_N
+    assert big and all(n.endswith(".weight") and not n.startswith("val_") for n in big), big
+
+
+def test_same_tokens(exports):
+    gens = [OrtGenerator(p) for p in exports]
+    ids = [g.generate_ids(g.prepare([sample_image()], ["What is in the image?"]), 6) for g in gens]
+    np.testing.assert_array_equal(ids[0], ids[1])

@@ -198,6 +198,29 @@ def _why_not(mm: ir.Node, enc: ir.Node | None) -> str | None:
     return None
 
 
+def _check_fits_dram(graphs: dict[str, ir.Model], cfg: HwConfig) -> None:
+    """Refuse before packing anything when the spiking products' weights alone (at their
+    bits, before tile padding: a lower bound) exceed half the device DRAM, naming the need,
+    the capacity and what to change. Reads shapes only: no weight is touched."""
+    need, biggest = 0, ("", 0)
+    for role in sorted(graphs):
+        for mm in sops.spikec_nodes(graphs[role], sops.SPIKE_MATMUL):
+            w = mm.inputs[3] if len(mm.inputs) > 3 else None
+            if w is None or w.const_value is None or w.shape is None or len(w.shape) != 2:
+                continue
+            K, M = (int(d) for d in w.shape)
+            nbytes = weight_bytes(K, M, int(sops.attr(mm, "wbits", 8)))
+            need += nbytes
+            biggest = max(biggest, (f"graph '{role}', node '{mm.name}'", nbytes), key=lambda b: b[1])
+    if need > cfg.dram_bytes // 2:
+        hint = "compile with --wbits 4, or " if any(
+            int(sops.attr(mm, "wbits", 8)) == 8 for g in graphs.values() for mm in sops.spikec_nodes(g, sops.SPIKE_MATMUL)) else ""
+        raise SpikecError(
+            f"--isa: the spiking products' weights need at least {need / 2**20:.1f} MiB of device DRAM (the largest, "
+            f"{biggest[0]}, {biggest[1] / 2**20:.1f} MiB), but config '{cfg.name}' has {cfg.dram_mib} MiB, half of it "
+            f"for weights; {hint}use a --hwconfig with dram_mib >= {-(-2 * need // 2**20)}")
+
+
 def lower_graphs(graphs: dict[str, ir.Model], cfg: HwConfig, vec: bool = True) -> IsaArtifact:
     """Kernels for every lowerable spiking product of the graphs (roles in sorted order), attention
     kernels for the activation x activation products (passes/lower_attn.py) and,
@@ -205,6 +228,7 @@ def lower_graphs(graphs: dict[str, ir.Model], cfg: HwConfig, vec: bool = True) -
     elementwise ops whose numerics are the vector unit's (passes/lower_vec.py)."""
     from spikec.passes import lower_attn, lower_vec
 
+    _check_fits_dram(graphs, cfg)
     image = bytearray()
     kernels: list[dict] = []
     vec_kernels: list[dict] = []

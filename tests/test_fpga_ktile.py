@@ -116,3 +116,26 @@ def test_untiled_kernels_and_old_descriptors_are_unchanged():
         if desc is k:
             first = encode_program(prog)
     assert encode_program(prog) == first
+
+
+def test_weights_over_the_device_dram_are_refused_before_packing(tmp_path):
+    """A model whose weights cannot fit the configured DRAM is refused naming the need,
+    the capacity, the largest product and what to change; no .sbin is left."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    from spikec.compiler import compile_path
+    from spikec.errors import SpikecError
+
+    w = np.random.default_rng(0).standard_normal((2048, 1024)).astype(np.float32)  # 2 MiB of int8 codes
+    g = helper.make_graph([helper.make_node("MatMul", ["x", "W"], ["y"], name="big_proj")], "g",
+                          [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", 2048])],
+                          [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", 1024])],
+                          [numpy_helper.from_array(w, "W")])
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 18)]), str(tmp_path / "m.onnx"))
+    d = json.loads(HwConfig.load("small").to_json())
+    d["dram_mib"] = 1
+    (tmp_path / "tiny-dram.json").write_text(json.dumps(d))
+    with pytest.raises(SpikecError, match=r"need at least 2\.0 MiB.*'big_proj'.*has 1 MiB.*--wbits 4.*dram_mib >= 4"):
+        compile_path(tmp_path / "m.onnx", tmp_path / "m.sbin", isa=True, hwconfig=str(tmp_path / "tiny-dram.json"))
+    assert not (tmp_path / "m.sbin").exists()

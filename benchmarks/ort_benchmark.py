@@ -1,27 +1,73 @@
-"""ORT target speed: spiking (fused) vs the float ONNX model, same machine, same run.
+"""ORT target speed: spikec (fused) vs float and vs ONNX Runtime's own int8 / int4, one run.
 
-For each shape it exports a LLaVA-family model with random weights (the tiny built-in
-one, and a larger one with a hidden size of 1024), compiles it to .sbin (Tv/Tt = 3/4,
-int8 weights, dynamic per-token scales), and times the language model graph:
+For each shape it exports a multimodal model with random weights, compiles it with spikec,
+quantizes the same exported language-model graph (lm.onnx) with onnxruntime's own tools,
+and times the language model on onnxruntime, every variant in the same process:
 
-- prefill: one sequence of `--seq` tokens (the first quarter vision tokens), batch 1;
-- decode: one new text token with a KV cache of `--seq` tokens;
+  float      the float32 export (lm.onnx, weights in lm.onnx.data)
+  ort-int8   onnxruntime.quantization.quantize_dynamic: int8 weights per output channel
+             (weight_type QInt8, per_channel, reduce_range off), activations uint8 per
+             tensor, quantized at run time (DynamicQuantizeLinear + MatMulInteger, which the
+             session fuses into com.microsoft DynamicQuantizeMatMul); MatMuls with a
+             constant weight only (MatMulConstBOnly, the default of dynamic mode)
+  ort-int4   matmul_nbits_quantizer.MatMulNBitsQuantizer: com.microsoft MatMulNBits, 4-bit
+             symmetric weights in blocks of --block-size along K, --accuracy-level 4 (int8
+             activations, MLAS' integer kernel; 0 would dequantize to float32 and SGEMM)
+  spikec-w8  `spikec compile EXPORT -o x.sbin --wbits 8` (Tv/Tt = 3/4, dynamic per-token
+             scales), run by spikec.runtime.model.load(sbin, mode="fused")
+  spikec-w4  the same with --wbits 4
 
-each as the median of `--repeat` runs after warm-up, on `--threads` intra-op threads.
-Printed as milliseconds and as float/spiking ratios (> 1: spiking is faster).
+Shapes (--only, one or more; default tiny and large):
 
-    python benchmarks/ort_benchmark.py [--seq 256] [--repeat 20] [--threads 2] [--only tiny|large]
+  tiny   the built-in tiny LLaVA (hidden 32, 2 layers)
+  large  a LLaVA (CLIP + Llama) with hidden 1024, --layers text layers (default 2)
+  2b     Qwen2-VL-2B-Instruct's text widths (hidden 1536, intermediate 8960, 12 heads,
+         2 KV heads, vocab 151936, tied LM head) with --layers text layers (default 2) and
+         1 vision layer, written by benchmarks/make_checkpoint.py (random weights; about
+         2 GB of disk under the temporary folder, a few minutes to export and quantize)
+
+Phases: prefill of one sequence of --seq tokens (the first quarter vision tokens), batch 1,
+and decode of one text token with a KV cache of --seq tokens. After two warm-up runs of
+every variant, the variants are timed round-robin (one run each per repeat, the starting
+variant rotating), so machine noise hits them alike; each cell is the median of --repeat
+runs on --threads intra-op threads. All sessions get the same SessionOptions, with the
+intra-op threads' spinning off (session.intra_op.allow_spinning = 0): five sessions' idle
+spinning threads would otherwise take a small machine's cores from the one being timed
+(--spin restores onnxruntime's default). spikec's session is the graph that
+spikec.runtime.model.load(sbin, mode="fused") runs, built with these options and checked
+bit for bit against load()'s output before timing. Ratios are time(other) / time(spikec): > 1 means
+spikec is faster. `rel.err` is ||logits - float logits|| / ||float logits|| on the prefill
+input, a check that every variant computes the same model.
+
+With --profile DIR, each variant is then run under onnxruntime's profiler
+(SessionOptions.enable_profiling; the JSON traces are kept in DIR) and the time of its
+nodes is printed by op type, per phase.
+
+    python benchmarks/ort_benchmark.py [--only tiny large 2b] [--layers 2] [--seq 256] [--repeat 20]
+        [--threads 2] [--variants float ort-int8 ort-int4 spikec-w8 spikec-w4] [--block-size 32]
+        [--accuracy-level 4] [--spin] [--profile DIR] [--workdir DIR]
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
+import json
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
+
+HERE = Path(__file__).resolve().parent
+SHAPES = ("tiny", "large", "2b")
+VARIANTS = ("float", "ort-int8", "ort-int4", "spikec-w8", "spikec-w4")
+
+
+# ---------------------------------------------------------------- checkpoints
 
 
 def large_llava(folder: Path, hidden: int = 1024, layers: int = 2) -> Path:
@@ -49,6 +95,155 @@ def large_llava(folder: Path, hidden: int = 1024, layers: int = 2) -> Path:
     return folder
 
 
+def qwen2_vl_2b(folder: Path, layers: int = 2) -> Path:
+    """Qwen2-VL-2B-Instruct's widths, `layers` text layers and 1 vision layer, random weights
+    (benchmarks/make_checkpoint.py, in a child process so its memory is returned)."""
+    subprocess.run([sys.executable, str(HERE / "make_checkpoint.py"), "--model", "qwen2-vl-2b", "-o", str(folder),
+                    "--text-layers", str(layers), "--vision-layers", "1", "--force"],
+                   check=True, stdout=subprocess.DEVNULL)
+    return folder
+
+
+def checkpoint(shape: str, tmp: Path, layers: int) -> str:
+    if shape == "tiny":
+        return "tiny-llava"
+    if shape == "large":
+        return str(large_llava(tmp / "large-ckpt", layers=layers))
+    return str(qwen2_vl_2b(tmp / "2b-ckpt", layers))
+
+
+# ---------------------------------------------------------------- the variants
+
+
+def ort_int8(lm: Path, out: Path) -> Path:
+    """quantize_dynamic of the float lm.onnx: per-channel int8 weights (QInt8: the u8 x s8
+    kernels; reduce_range off: this matters only on CPUs without VNNI, where u8 x s8 pairs
+    can saturate vpmaddubsw; per_channel: one scale per output column, as spikec's weights)."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    logging.getLogger().setLevel(logging.ERROR)  # "consider pre-processing" warning
+    quantize_dynamic(lm, out, per_channel=True, reduce_range=False, weight_type=QuantType.QInt8,
+                     use_external_data_format=True, extra_options={"MatMulConstBOnly": True})
+    return out
+
+
+def ort_int4(lm: Path, out: Path, block_size: int, accuracy_level: int) -> Path:
+    """MatMulNBits (4-bit, symmetric, blocks of `block_size` along K) of the float lm.onnx."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    logging.getLogger("onnxruntime.quantization").setLevel(logging.ERROR)
+    model = onnx.load(str(lm), load_external_data=True)  # the quantizer needs the weights themselves
+    q = MatMulNBitsQuantizer(model, bits=4, block_size=block_size, is_symmetric=True, accuracy_level=accuracy_level)
+    q.process()
+    q.model.save_model_to_file(str(out), use_external_data_format=True)  # > 2 GiB protos cannot be saved inline
+    return out
+
+
+def prepare(shape: str, tmp: Path, args) -> tuple[Path, dict[str, Path]]:
+    """Export the shape and build every requested variant: (export folder, {variant: file})."""
+    from spikec.compiler import compile_path
+    from spikec.frontend import manifest as mf
+    from spikec.frontend.export import export_quietly
+    from spikec.passes.options import SpikeOptions
+
+    def step(what: str, fn):
+        t = time.perf_counter()
+        print(f"[{shape}] {what} ...", end="", flush=True)
+        r = fn()
+        print(f" {time.perf_counter() - t:.1f} s", flush=True)
+        return r
+
+    export_dir = tmp / f"{shape}-export"
+    source = step("checkpoint", lambda: checkpoint(shape, tmp, args.layers))
+    step("export", lambda: export_quietly(source, export_dir))
+    lm = export_dir / mf.read(export_dir)["graphs"]["lm"]["file"]
+    files = {"float": lm}
+    for v in args.variants:
+        if v == "ort-int8":
+            files[v] = step("quantize_dynamic int8", lambda: ort_int8(lm, tmp / f"{shape}-lm-int8.onnx"))
+        elif v == "ort-int4":
+            files[v] = step(f"MatMulNBits int4 (block {args.block_size})",
+                            lambda: ort_int4(lm, tmp / f"{shape}-lm-int4.onnx", args.block_size, args.accuracy_level))
+        elif v.startswith("spikec-w"):
+            bits = int(v[len("spikec-w"):])
+            sbin = tmp / f"{shape}-w{bits}.sbin"
+            step(f"spikec compile --wbits {bits}", lambda: compile_path(
+                export_dir, sbin, options=SpikeOptions(tv=3, tt=4, wbits=bits).validate()))
+            files[v] = sbin
+    return export_dir, files
+
+
+def session_options(threads: int, spin: bool = False, profile: str | None = None):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.log_severity_level = 3
+    if not spin:
+        # Idle sessions' worker threads spin after each run; with five sessions on a small
+        # shared machine they take the cores from the session being timed (10x outliers).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    if profile:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile
+    return opts
+
+
+class Runner:
+    """One variant's language-model session, all made with the same SessionOptions.
+
+    spikec's is the graph that spikec.runtime.model.load(sbin, mode="fused") runs (the .sbin's
+    lm lowered by lower_for_ort in fused mode, weights handed over by spikec.ir.ort_session),
+    built here so that it gets these options too; check_against_load() compares it with
+    load()'s session bit for bit."""
+
+    def __init__(self, variant: str, path: Path, threads: int, spin: bool = False, profile: str | None = None) -> None:
+        import onnxruntime as ort
+
+        self.variant, self.path, self.threads, self.closer = variant, path, threads, None
+        opts = session_options(threads, spin, profile)
+        if variant.startswith("spikec"):
+            from spikec import ir as spir
+            from spikec.package import SbinModel
+            from spikec.runtime.ort_lowering import lower_for_ort
+
+            sbin = SbinModel(path)
+            graph = sbin.model("lm")
+            lower_for_ort(graph, "fused")
+            self.session, self.closer = spir.ort_session(graph, opts), sbin
+        else:
+            self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+        self.inputs = [i.name for i in self.session.get_inputs()]
+
+    def run(self, feeds: dict) -> list:
+        return self.session.run(None, {n: feeds[n] for n in self.inputs})
+
+    def check_against_load(self, feeds: dict, outputs: list) -> None:
+        """Raise unless spikec.runtime.model.load(sbin, mode="fused") gives the same outputs."""
+        from spikec.runtime.model import load
+
+        with load(self.path, mode="fused", threads=self.threads) as model:
+            ref = model.sessions["lm"].run(None, {n: feeds[n] for n in self.inputs})
+        for a, b in zip(outputs, ref):
+            if not np.array_equal(a, b, equal_nan=True):
+                raise SystemExit(f"{self.variant}: the benchmark's session differs from spikec.runtime.model.load()")
+
+    def end_profiling(self) -> str:
+        return self.session.end_profiling()
+
+    def close(self) -> None:
+        if self.closer is not None:
+            self.closer.close()
+
+
+# ---------------------------------------------------------------- timing
+
+
 def lm_feeds(manifest: dict, seq: int, past: int, rng) -> dict:
     lm = manifest["lm"]
     n_layers, n_kv, head_dim, hidden = lm["num_layers"], lm["num_kv_heads"], lm["head_dim"], lm["hidden_size"]
@@ -67,74 +262,185 @@ def lm_feeds(manifest: dict, seq: int, past: int, rng) -> dict:
     return feeds
 
 
-def time_ms(fn, repeat: int) -> float:
-    fn()
-    fn()  # warm-up: first runs allocate
-    samples = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        samples.append((time.perf_counter() - t) * 1000)
-    return statistics.median(samples)
-
-
-def bench(name: str, export_dir: Path, sbin: Path, seq: int, repeat: int, threads: int) -> dict:
-    import onnxruntime as ort
-
-    from spikec.frontend import manifest as mf
-    from spikec.runtime.model import load
-
-    manifest = mf.read(export_dir)
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    float_lm = ort.InferenceSession(str(export_dir / manifest["graphs"]["lm"]["file"]), opts, providers=["CPUExecutionProvider"])
-    spiking = load(sbin, mode="fused", threads=threads)
-    spiking_lm = spiking.sessions["lm"]
-    rng = np.random.default_rng(0)
-    out = {"model": name, "hidden": manifest["lm"]["hidden_size"], "layers": manifest["lm"]["num_layers"]}
-    for phase, (s, past) in {"prefill": (seq, 0), "decode": (1, seq)}.items():
-        feeds = lm_feeds(manifest, s, past, rng)
-        f = time_ms(lambda: float_lm.run(None, feeds), repeat)
-        q = time_ms(lambda: spiking_lm.run(None, feeds), repeat)
-        out[phase] = {"float_ms": f, "spiking_ms": q, "speedup": f / q}
-    spiking.close()
+def fit_feeds(feeds: dict, session) -> dict:
+    """Position ids of the rank the graph declares (Qwen2-VL's M-RoPE takes [3, B, N]: t, h, w)."""
+    out = dict(feeds)
+    for i in session.get_inputs():
+        if i.name == "position_ids" and len(i.shape) != out["position_ids"].ndim:
+            pos = out["position_ids"].reshape(1, -1)
+            out["position_ids"] = np.broadcast_to(pos, (3, 1, pos.shape[1])).copy() if len(i.shape) == 3 else pos
     return out
 
 
+def time_round_robin(runners: list[Runner], feeds: dict, repeat: int) -> dict[str, list[float]]:
+    """Two warm-up runs each, then `repeat` rounds of one timed run per variant (start rotating)."""
+    for r in runners:
+        r.run(feeds)
+        r.run(feeds)
+    samples: dict[str, list[float]] = {r.variant: [] for r in runners}
+    for i in range(repeat):
+        for k in range(len(runners)):
+            r = runners[(i + k) % len(runners)]
+            t = time.perf_counter()
+            r.run(feeds)
+            samples[r.variant].append((time.perf_counter() - t) * 1000)
+    return samples
+
+
+def rel_err(y: np.ndarray, ref: np.ndarray) -> float:
+    y, ref = np.asarray(y, np.float64), np.asarray(ref, np.float64)
+    return float(np.linalg.norm(y - ref) / max(np.linalg.norm(ref), 1e-30))
+
+
+def bench(shape: str, export_dir: Path, files: dict[str, Path], args) -> dict:
+    from spikec.frontend import manifest as mf
+
+    manifest = mf.read(export_dir)
+    runners = [Runner(v, files[v], args.threads, args.spin) for v in files]
+    rng = np.random.default_rng(0)
+    lm = manifest["lm"]
+    out = {"shape": shape, "hidden": lm["hidden_size"], "layers": lm["num_layers"],
+           "heads": lm["hidden_size"] // lm["head_dim"], "kv_heads": lm["num_kv_heads"],
+           "head_dim": lm["head_dim"], "family": manifest.get("family"), "phases": {}, "rel_err": {}}
+    phase_feeds = {}
+    for phase, (s, past) in {"prefill": (args.seq, 0), "decode": (1, args.seq)}.items():
+        feeds = fit_feeds(lm_feeds(manifest, s, past, rng), runners[0].session)
+        phase_feeds[phase] = feeds
+        if phase == "prefill":
+            outs = {r.variant: r.run(feeds) for r in runners}
+            for r in runners:
+                if r.variant.startswith("spikec"):
+                    r.check_against_load(feeds, outs[r.variant])
+            ys = {v: o[0] for v, o in outs.items()}
+            out["vocab"] = int(ys["float"].shape[-1])
+            out["rel_err"] = {v: rel_err(y, ys["float"]) for v, y in ys.items()}
+        samples = time_round_robin(runners, feeds, args.repeat)
+        out["phases"][phase] = {v: statistics.median(t) for v, t in samples.items()}
+    for r in runners:
+        r.close()
+    if args.profile:
+        out["profile"] = profile(shape, files, phase_feeds, args)
+    return out
+
+
+# ---------------------------------------------------------------- profiling
+
+
+def profile(shape: str, files: dict[str, Path], phase_feeds: dict, args, runs: int = 5) -> dict:
+    """Per variant and phase: {op type: (microseconds per run, node count)} from onnxruntime's profiler."""
+    folder = Path(args.profile)
+    folder.mkdir(parents=True, exist_ok=True)
+    result: dict = {}
+    for v, path in files.items():
+        for phase, feeds in phase_feeds.items():
+            r = Runner(v, path, args.threads, args.spin, profile=str(folder / f"{shape}-{v}-{phase}"))
+            r.run(feeds)
+            r.run(feeds)  # warm-up, dropped below
+            for _ in range(runs):
+                r.run(feeds)
+            trace = r.end_profiling()
+            r.close()
+            result.setdefault(v, {})[phase] = aggregate(trace, skip_runs=2)
+    return result
+
+
+def aggregate(trace: str, skip_runs: int = 0) -> dict:
+    """op type -> [us per run, nodes] over the model_run events after the first `skip_runs`."""
+    events = json.loads(Path(trace).read_text())
+    runs = sorted(e["ts"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run")
+    if len(runs) <= skip_runs:
+        return {}
+    start = runs[skip_runs]
+    per_op: dict[str, list] = collections.defaultdict(lambda: [0.0, set()])
+    total_run = sum(e["dur"] for e in events if e.get("cat") == "Session" and e.get("name") == "model_run"
+                    and e["ts"] >= start)
+    n = len(runs) - skip_runs
+    for e in events:
+        if e.get("cat") != "Node" or e["ts"] < start or not e["name"].endswith("_kernel_time"):
+            continue
+        op = e.get("args", {}).get("op_name", "?")
+        per_op[op][0] += e["dur"]
+        per_op[op][1].add(e["name"])
+    table = {op: (us / n, len(nodes)) for op, (us, nodes) in per_op.items()}
+    table["(model_run)"] = (total_run / n, 0)
+    return table
+
+
+def print_profile(shape: str, prof: dict, top: int = 12) -> None:
+    for v, phases in prof.items():
+        for phase, table in phases.items():
+            run_us = table.get("(model_run)", (0.0, 0))[0]
+            ops = sorted(((op, us, n) for op, (us, n) in table.items() if op != "(model_run)"), key=lambda t: -t[1])
+            nodes_us = sum(us for _, us, _ in ops)
+            print(f"\n  profile [{shape}] {v} {phase}: model_run {run_us / 1000:.2f} ms, kernels {nodes_us / 1000:.2f} ms")
+            for op, us, n in ops[:top]:
+                print(f"    {op:<28} {us / 1000:8.3f} ms {100 * us / max(nodes_us, 1e-9):5.1f} %  ({n} nodes)")
+            rest = sum(us for _, us, _ in ops[top:])
+            if rest:
+                print(f"    {'(other ops)':<28} {rest / 1000:8.3f} ms {100 * rest / max(nodes_us, 1e-9):5.1f} %")
+
+
+# ---------------------------------------------------------------- report
+
+
+RATIOS = (("spikec-w8", "ort-int8", "w8/int8"), ("spikec-w4", "ort-int4", "w4/nbits"),
+          ("spikec-w8", "float", "w8/float"), ("spikec-w4", "float", "w4/float"))
+
+
+def print_table(r: dict, args) -> None:
+    variants = list(r["phases"]["prefill"])
+    print(f"\n{r['shape']}: {r['family'] or ''} hidden {r['hidden']}, {r['layers']} text layers, heads "
+          f"{r['heads']}/{r['kv_heads']} (head_dim {r['head_dim']}), vocab {r.get('vocab')}; "
+          f"prefill {args.seq} tokens ({args.seq // 4} vision), decode 1 token after {args.seq}")
+    ratios = [(a, b, label) for a, b, label in RATIOS if a in variants and b in variants]
+    head = f"{'phase':<8}" + "".join(f"{v:>11}" for v in variants) + " |" + "".join(f"{lab:>9}" for _, _, lab in ratios)
+    print(head)
+    for phase, ms in r["phases"].items():
+        line = f"{phase:<8}" + "".join(f"{ms[v]:>8.2f} ms" if ms[v] >= 10 else f"{ms[v]:>8.3f} ms" for v in variants)
+        line += " |" + "".join(f"{ms[b] / ms[a]:>8.2f}x" for a, b, _ in ratios)
+        print(line)
+    print(f"{'rel.err':<8}" + "".join(f"{r['rel_err'][v]:>11.4f}" for v in variants) + "    (prefill logits vs float)")
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--seq", type=int, default=256)
-    ap.add_argument("--repeat", type=int, default=20)
-    ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--only", choices=["tiny", "large"])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--only", nargs="+", choices=SHAPES, help="shapes to run (default: tiny large)")
+    ap.add_argument("--layers", type=int, default=2, help="text layers of the large and 2b shapes (default 2)")
+    ap.add_argument("--seq", type=int, default=256, help="prefill length and decode KV-cache length (default 256)")
+    ap.add_argument("--repeat", type=int, default=20, help="timed runs per variant and phase (default 20)")
+    ap.add_argument("--threads", type=int, default=2, help="onnxruntime intra-op threads (default 2)")
+    ap.add_argument("--variants", nargs="+", choices=VARIANTS, default=list(VARIANTS),
+                    help="variants to time (float is always included, as the reference)")
+    ap.add_argument("--block-size", type=int, default=32, choices=[32, 128], help="MatMulNBits block size (default 32)")
+    ap.add_argument("--accuracy-level", type=int, default=4, choices=[0, 1, 2, 3, 4],
+                    help="MatMulNBits accuracy_level: 4 = int8 activations (default), 0 = float32 compute")
+    ap.add_argument("--spin", action="store_true",
+                    help="let idle sessions' threads spin (onnxruntime's default; off here, see the docstring)")
+    ap.add_argument("--profile", metavar="DIR", help="also profile every variant with onnxruntime's profiler")
+    ap.add_argument("--workdir", type=Path, help="keep exports and quantized models here (default: a temporary folder)")
     args = ap.parse_args()
+    args.variants = ["float"] + [v for v in VARIANTS if v in args.variants and v != "float"]
+    shapes = args.only or ["tiny", "large"]
 
-    from spikec.compiler import compile_path
-    from spikec.frontend.export import export
-    from spikec.passes.options import SpikeOptions
-
-    rows = []
-    with tempfile.TemporaryDirectory() as tmp:
-        tmp = Path(tmp)
-        sources = {"tiny": lambda: "tiny-llava", "large": lambda: str(large_llava(tmp / "large-ckpt"))}
-        for name, source in sources.items():
-            if args.only and name != args.only:
-                continue
-            print(f"[{name}] export, compile ...", flush=True)
-            export(source(), tmp / name)
-            compile_path(tmp / name, tmp / f"{name}.sbin", options=SpikeOptions(tv=3, tt=4).validate())
-            rows.append(bench(name, tmp / name, tmp / f"{name}.sbin", args.seq, args.repeat, args.threads))
     import onnxruntime
 
-    print(f"\nonnxruntime {onnxruntime.__version__}, {args.threads} threads, seq {args.seq}, median of {args.repeat}")
-    print(f"{'model':<7} {'hidden':>6} {'layers':>6} | {'prefill float':>13} {'spiking':>8} {'ratio':>6} | "
-          f"{'decode float':>12} {'spiking':>8} {'ratio':>6} | decode tok/s float / spiking")
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="spikec-ortbench-") as tmp:
+        tmp = args.workdir or Path(tmp)
+        tmp.mkdir(parents=True, exist_ok=True)
+        for shape in [s for s in SHAPES if s in shapes]:
+            export_dir, files = prepare(shape, tmp, args)
+            print(f"[{shape}] timing {', '.join(files)} ...", flush=True)
+            rows.append(bench(shape, export_dir, files, args))
+
+    print(f"\nonnxruntime {onnxruntime.__version__}, {args.threads} intra-op threads, median of {args.repeat} "
+          f"round-robin runs, spinning {'on' if args.spin else 'off'}; MatMulNBits block {args.block_size}, accuracy_level {args.accuracy_level}; "
+          f"spikec Tv/Tt 3/4, fused; ratios = other / spikec (> 1: spikec faster)")
     for r in rows:
-        p, d = r["prefill"], r["decode"]
-        print(f"{r['model']:<7} {r['hidden']:>6} {r['layers']:>6} | {p['float_ms']:>10.2f} ms {p['spiking_ms']:>5.2f} ms "
-              f"{p['speedup']:>5.2f}x | {d['float_ms']:>9.3f} ms {d['spiking_ms']:>5.3f} ms {d['speedup']:>5.2f}x | "
-              f"{1000 / d['float_ms']:.0f} / {1000 / d['spiking_ms']:.0f}")
+        print_table(r, args)
+    for r in rows:
+        if "profile" in r:
+            print_profile(r["shape"], r["profile"])
 
 
 if __name__ == "__main__":

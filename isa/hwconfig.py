@@ -87,22 +87,22 @@ class HwConfig:
         if not isinstance(d, dict):
             raise SpikecError(f"{source}: expected a JSON object, got {type(d).__name__}")
         known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(d) - known)
+        unknown = sorted(map(str, set(d) - known))
         if unknown:
-            raise SpikecError(f"{source}: unknown field(s) {', '.join(map(str, unknown))}")
+            raise SpikecError(f"{source}: unknown field(s) {', '.join(repr(u[:40]) for u in unknown[:8])}")
         missing = [f for f in known if f not in d]
         if missing:
             raise SpikecError(f"{source}: missing field(s) {', '.join(sorted(missing))}")
         name = d["name"]
-        if not isinstance(name, str) or not name:
-            raise SpikecError(f"{source}: field 'name' must be a non-empty string, got {name!r}")
+        if not isinstance(name, str) or not name or len(name) > 256:
+            raise SpikecError(f"{source}: field 'name' must be a non-empty string of at most 256 characters, got {name!r:.80}")
         values: dict[str, object] = {"name": name}
         for key, (kind, lo, hi, meaning) in _SPEC.items():
             v = d[key]
             bad_type = isinstance(v, bool) or not isinstance(v, (int, float)) or (kind is int and not isinstance(v, int))
             if bad_type or not (isinstance(v, int) or math.isfinite(v)) or not lo <= v <= hi:
                 want = "an integer" if kind is int else "a number"
-                raise SpikecError(f"{source}: field '{key}' ({meaning}) must be {want} in {lo:g}..{hi:g}, got {v!r}")
+                raise SpikecError(f"{source}: field '{key}' ({meaning}) must be {want} in {lo:g}..{hi:g}, got {v!r:.80}")
             values[key] = kind(v)
         cfg = cls(**values)  # type: ignore[arg-type]
         for buf, key in _KIB_FIELD.items():
@@ -117,11 +117,11 @@ class HwConfig:
 
     @classmethod
     def from_json(cls, text: str | bytes, source: str = "hwconfig") -> "HwConfig":
-        try:
-            d = json.loads(text)
-        except (ValueError, UnicodeDecodeError) as e:
-            raise SpikecError(f"{source}: not valid JSON ({e})") from None
-        return cls.from_dict(d, source)
+        from spikec.schema import parse_json
+
+        # every failure of the JSON itself (invalid UTF-8, 5,000-digit numbers, deep nesting) is
+        # a SpikecError naming the file; then every field is checked by from_dict
+        return cls.from_dict(parse_json(text, where=source, max_bytes=1 << 20), source)
 
     @classmethod
     def load(cls, name_or_path: str | os.PathLike = "default") -> "HwConfig":
@@ -136,6 +136,8 @@ class HwConfig:
             text = p.read_text(encoding="utf-8")
         except OSError as e:
             raise SpikecError(f"{p}: cannot read hardware configuration ({e.strerror})") from None
+        except UnicodeDecodeError as e:
+            raise SpikecError(f"{p}: not valid UTF-8 ({e.reason} at byte {e.start})") from None
         return cls.from_json(text, str(p))
 
     def to_dict(self) -> dict:

@@ -7,11 +7,85 @@ docs/libraries.md for which library does what.
 
 from __future__ import annotations
 
+import numpy as np
 import onnx_ir as ir
 import onnx_ir.passes.common as common
 import onnxscript.optimizer
 
+from spikec.errors import SpikecError
 from spikec.passes.manager import SpikecPass
+
+# Elements checked at once by check_finite: a memory-mapped weight is read slice by slice,
+# never copied whole (the bool temporary is 16 MiB).
+FINITE_CHUNK = 1 << 24
+# Ops whose constant inputs are weights: +-inf there is corruption, never a valid value
+# (a float mask may hold -inf, and reaches Add/Where/Min/Max, which are not listed).
+WEIGHT_READERS = frozenset({
+    "MatMul", "Gemm", "Conv", "ConvTranspose", "Einsum", "Gather", "Mul", "Div", "PRelu",
+    "LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization", "SkipLayerNormalization",
+    "BatchNormalization", "InstanceNormalization", "GroupNormalization",
+})
+
+
+def first_nonfinite(array, *, nan_only: bool = False) -> tuple[tuple[int, ...], float, int] | None:
+    """(index, value, count) of the first NaN (or +-inf unless `nan_only`) in `array`, or None.
+
+    Works on any float array numpy can view (float16/32/64, ml_dtypes bfloat16, a memory
+    map), `FINITE_CHUNK` elements at a time, so a multi-GB weight is never copied."""
+    a = np.asarray(array)
+    flat = a.reshape(-1)
+    first, count = None, 0
+    for i in range(0, flat.size, FINITE_CHUNK):
+        chunk = flat[i:i + FINITE_CHUNK]
+        bad = np.isnan(chunk) if nan_only else ~np.isfinite(chunk)
+        n = int(np.count_nonzero(bad))
+        if n and first is None:
+            j = i + int(np.flatnonzero(bad)[0])
+            first = (tuple(int(k) for k in np.unravel_index(j, a.shape)), float(flat[j]))
+        count += n
+    return None if first is None else (first[0], first[1], count)
+
+
+def nonfinite_message(what: str, found: tuple[tuple[int, ...], float, int]) -> str:
+    """'<what> holds NaN at index [3, 5] (2 non-finite values): ...' for check_finite's finding."""
+    index, value, count = found
+    kind = "NaN" if np.isnan(value) else ("+inf" if value > 0 else "-inf")
+    return (f"{what} holds {kind} at index {list(index)} ({count} non-finite value{'s' if count != 1 else ''}): "
+            f"the weights are corrupt (a broken checkpoint, fine-tune or merge); fix or re-export them")
+
+
+def check_finite_initializers(model: ir.Model) -> None:
+    """Refuse non-finite float constants: every float initializer and Constant node of the
+    graph. NaN is refused everywhere; +-inf where an op in WEIGHT_READERS reads the
+    constant (a norm weight, an embedding, a linear or conv weight). Raises SpikecError
+    naming the initializer (its ONNX name: the checkpoint's name in an export) and a node
+    that reads it. Slices of FINITE_CHUNK elements: memory-mapped weights stay mapped."""
+
+    def readers(v: ir.Value) -> list[ir.Node]:
+        return [u.node for u in v.uses()]
+
+    def check(v: ir.Value, tensor, what: str) -> None:
+        if tensor is None or not tensor.dtype.is_floating_point():
+            return
+        users = readers(v)
+        strict = any(n.op_type in WEIGHT_READERS and n.domain in ("", "ai.onnx") for n in users)
+        try:
+            array = tensor.numpy()
+        except Exception as exc:  # unreadable external data is reported by whoever reads it
+            raise SpikecError(f"{what} '{v.name}': cannot read its data ({exc})") from None
+        found = first_nonfinite(array, nan_only=not strict)
+        if found is not None:
+            node = next((n for n in users if n.op_type in WEIGHT_READERS), users[0] if users else None)
+            read_by = f" (read by node '{node.name}', {node.op_type})" if node is not None else ""
+            raise SpikecError(nonfinite_message(f"{what} '{v.name}'{read_by}", found))
+
+    for v in model.graph.initializers.values():
+        check(v, v.const_value, "initializer")
+    for node in ir.traversal.RecursiveGraphIterator(model.graph):
+        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+            attr = node.attributes.get("value")
+            if attr is not None and attr.type == ir.AttributeType.TENSOR:
+                check(node.outputs[0], attr.value, f"Constant node '{node.name}' output")
 
 
 class ShapeInference(SpikecPass):
@@ -27,6 +101,9 @@ class ShapeInference(SpikecPass):
 class FoldConstants(SpikecPass):
     """Evaluate nodes whose inputs are all constant (onnxscript's constant folder).
 
+    First it refuses non-finite weights (check_finite_initializers): SpikecError naming
+    the initializer and a node reading it.
+
     Size limits keep folding from materialising large tensors (e.g. an expanded
     attention mask) into the weights.
     """
@@ -39,6 +116,9 @@ class FoldConstants(SpikecPass):
         self.output_size_limit = output_size_limit
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
+        # The first pass of every pipeline (SPIKING and QDQ): weights are read here first,
+        # so a NaN/inf weight is refused before folding spreads it (check_finite_initializers).
+        check_finite_initializers(model)
         result = onnxscript.optimizer.fold_constants_ir(
             model,
             onnx_shape_inference=False,

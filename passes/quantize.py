@@ -15,7 +15,11 @@ What it does, in order:
    whose input has another producer are not smoothed (reported).
 3. weights: per output channel symmetric, round to nearest (spikec.reference).
 4. activations: static per-modality clip tables from calibration (max, percentile,
-   mse), or dynamic per-token scales; see spikec.ops for the semantics.
+   mse), or dynamic per-token scales; see spikec.ops for the semantics. A modality the
+   graph can carry with no calibration token is refused (naming layer and modality); a
+   layer silent on the calibration data (clip 0) is warned about and gets the fallback
+   scale of spikec.reference.static_scale (1.0).
+Weights (and fused biases) holding NaN or inf are refused, naming node and initializer.
 
 The QuantLinear keeps the MatMul's node name, so reports, MED and the float model line up.
 """
@@ -33,6 +37,7 @@ from spikec import ir as spir
 from spikec import ops
 from spikec import reference as R
 from spikec.errors import SpikecError
+from spikec.passes.generic import first_nonfinite, nonfinite_message
 from spikec.passes.options import CompileContext, ContextPass
 
 log = logging.getLogger(__name__)
@@ -70,6 +75,51 @@ def const_array(v: ir.Value | None) -> np.ndarray | None:
         perm = ops.attr(p, "perm")
         return np.transpose(inner, perm) if perm is not None else inner.T
     return None
+
+
+def _const_source_name(v: ir.Value) -> str:
+    """The name of the constant behind a weight operand (through a folded Transpose)."""
+    p = v.producer()
+    if v.const_value is None and p is not None and p.op_type == "Transpose" and p.inputs:
+        return _const_source_name(p.inputs[0])
+    return v.name or "?"
+
+
+def check_finite_weights(linears: list[Linear]) -> None:
+    """Every linear layer's float weight (and fused bias) is finite: SpikecError naming the
+    node and the weight's initializer otherwise (chunked: see passes.generic.first_nonfinite)."""
+    for lin in linears:
+        w_name = _const_source_name(lin.node.inputs[1])
+        for what, array in ((f"weight '{w_name}'", lin.w), ("bias", lin.bias)):
+            found = None if array is None else first_nonfinite(array)
+            if found is not None:
+                raise SpikecError("quantize: " + nonfinite_message(f"node '{lin.node.name}': {what}", found))
+
+
+def check_static_clips(clips: dict[str, np.ndarray], names: list[str], carried: list[int]) -> list[dict]:
+    """Refuse a modality with no calibration tokens; list the layers silent on the calibration data.
+
+    `carried` are the modality ids the graph can carry (every modality for a graph with a
+    per-token `modality` input, else its constant one). A NaN clip row for one of them means
+    the calibration data had no token of it: SpikecError naming the modality and the layer.
+    A clip of 0 (all-zero activations: a silent layer) is warned about, naming the layer;
+    its static scale is the fallback spikec.reference.static_scale gives (1.0). Returns
+    [{"name", "modality"}] of the silent pairs."""
+    silent = []
+    for layer, clip in clips.items():
+        for m in carried:
+            if np.isnan(clip[m]).all():
+                raise SpikecError(
+                    f"quantize: layer '{layer}': the calibration data has no '{names[m]}' tokens, so there is no "
+                    f"static scale for modality '{names[m]}', which this graph's modality input can carry; "
+                    f"calibrate with {names[m]} tokens (e.g. image+prompt pairs) or use --act-scale dynamic")
+            if not np.any(clip[m] > 0):
+                silent.append({"name": layer, "modality": names[m]})
+                log.warning("quantize: layer '%s' is silent on the calibration data for %s tokens (all-zero "
+                            "activations, clip 0): its static scale falls back to %g (spikec.reference.static_scale), "
+                            "so nonzero inputs at run time are coded on that scale; calibrate with data that "
+                            "exercises it or use --act-scale dynamic", layer, names[m], float(R.ZERO_RANGE_SCALE))
+    return silent
 
 
 def graph_modality_input(model: ir.Model) -> ir.Value | None:
@@ -317,6 +367,7 @@ class Quantize(ContextPass):
         mod_in, const_mod = modality_of_graph(model, self.ctx)
         T = opts.timesteps(names)
         linears, attention, floats = find_linears(model)
+        check_finite_weights(linears)
         static = opts.static
         if static and linears and not self.ctx.feeds:
             raise SpikecError("--act-scale static: no calibration data for this graph; pass --calib PATH "
@@ -333,14 +384,22 @@ class Quantize(ContextPass):
             for lin in linears:
                 rows = [[] for _ in names]
                 s = smooth_s.get(lin.x.name, np.float32(1.0))
-                for a in acts:
+                for i, a in enumerate(acts):
                     x = (a[lin.x.name] / s).astype(np.float32)
+                    if not np.isfinite(x).all():
+                        raise SpikecError(
+                            f"quantize: layer '{lin.node.name}': its input '{lin.x.name}' holds NaN or inf on "
+                            f"calibration feed {i} (the float model overflows or reads non-finite inputs there)")
                     per = C.tokens_by_modality(x, a.get(MODALITY_INPUT), const_mod, len(names), lin.node.name)
                     for m, r in enumerate(per):
                         rows[m].append(r)
                 clips[lin.node.name] = np.stack(
                     [C.clip_row(np.concatenate(r) if r else np.zeros((0, 1), np.float32), opts.calib_method,
                                 opts.percentile) for r in rows])
+        silent = []
+        if static and linears:
+            carried = list(range(len(names))) if mod_in is not None else [const_mod]
+            silent = check_static_clips(clips, names, carried)
         layers = []
         for lin in linears:
             w = lin.w
@@ -365,6 +424,9 @@ class Quantize(ContextPass):
                    "wbits": opts.wbits, "act_scale": "static" if static else "dynamic", "bias": lin.bias is not None}
             if static:
                 row["clip"] = {names[m]: _num(clips[lin.node.name][m, T[m] - 1]) for m in range(len(names))}
+                quiet = [r["modality"] for r in silent if r["name"] == lin.node.name]
+                if quiet:  # clip 0: the static scale is the fallback of spikec.reference.static_scale
+                    row["silent"] = {"modalities": quiet, "fallback_scale": float(R.ZERO_RANGE_SCALE)}
             layers.append(row)
         for node in attention:
             if not opts.spike_attention:
@@ -388,6 +450,7 @@ class Quantize(ContextPass):
             "wbits": opts.wbits, "act_scale": "static" if static else "dynamic",
             "calib_method": opts.calib_method if static else None, "smooth_alpha": opts.smooth,
             "timesteps": dict(zip(names, T)), "layers": layers, "float": floats,
+            "silent": silent,
         }
         log.info("quantize: %d linear, %d attention, %d left float", len(linears), len(layers) - len(linears), len(floats))
         return ir.passes.PassResult(model, bool(layers))

@@ -39,6 +39,7 @@ from onnx.reference.op_run import OpRun
 
 from spikec import ops as sops
 from spikec import reference as R
+from spikec import schema
 from spikec.errors import SpikecError
 from spikec.isa.encoding import encode_program
 from spikec.isa.fields import VecFunc
@@ -147,6 +148,12 @@ class KernelRunner:
             raise SpikecError(f"node '{where}': modality id {bad} has no timesteps (modalities: {names})")
         if xf.shape[0] == 0:
             return np.zeros((*lead, M), np.float32)
+        # Non-finite activations (docs/passes.md): a token holding NaN or +-inf fires no spike
+        # and its output row is NaN, on every target. The device faults on NaN, so the host
+        # sends such rows as zeros and writes NaN over their results.
+        bad = ~np.isfinite(xf).all(axis=-1)
+        if bad.any():
+            xf = np.where(bad[:, None], np.float32(0), xf)
         order = np.argsort(mf, kind="stable")
         xs, ms = xf[order], mf[order]
         x_addr = self.io_base
@@ -166,6 +173,7 @@ class KernelRunner:
         ys = self.device.read_array(y_addr, (xs.shape[0], M), "<f4")
         y = np.empty_like(ys)
         y[order] = ys
+        y[bad] = np.nan
         st = self.stats
         n = xs.shape[0]
         st.calls += 1
@@ -212,10 +220,20 @@ class KernelRunner:
             return np.zeros((*lead, S, N), np.float32)
         T_tok = T[mods]
         R.check_overflow(K, int(T_tok.max()), R.qmax(k["bits"]), f"node '{where}'")
+        # Non-finite operands (docs/passes.md): the right operand has one scale, so a NaN or
+        # +-inf anywhere in it makes the whole product NaN; a bad row of the left operand
+        # makes its output row NaN. The device never sees them.
+        if not np.isfinite(b).all():
+            return np.full((*lead, S, N), np.nan, np.float32)
+        bad_rows = ~np.isfinite(a).all(axis=-1)
+        if bad_rows.any():
+            a = np.where(bad_rows[..., None], np.float32(0), a)
         n_max = lower_attn.plan_attention(self.cfg, K, N, b.size)
         if isinstance(n_max, str):
             self.stats.attn_host_calls += 1
-            return host_attention(a, b, T_tok, k["bits"], where)
+            y = host_attention(a, b, T_tok, k["bits"], where)
+            y[bad_rows] = np.nan
+            return y
         # rows grouped per head, then by modality (stable), in chunks of at most n_max
         head = np.repeat(np.arange(H), S)
         mf = mods.reshape(-1)
@@ -248,7 +266,10 @@ class KernelRunner:
         st.tokens_T += int(T_tok.sum())
         st.possible_spikes += int(T_tok.sum()) * K
         self._count_product(H * S, K, N, H)
-        return y.reshape(*lead, S, N)
+        y = y.reshape(*lead, S, N)
+        if bad_rows.any():
+            y[bad_rows] = np.nan
+        return y
 
     def vec(self, index: int, operands, where: str = "") -> np.ndarray:
         """One call of vector kernel `index` on the host graph's operands (x, then y1 for
@@ -335,7 +356,7 @@ def _device_ops(runner: KernelRunner, names) -> list[type]:
 
 
 def rewrite_graph(proto: onnx.ModelProto, kernels: list[dict], vec_kernels: list[dict] = (),
-                  attn_kernels: list[dict] = ()) -> onnx.ModelProto:
+                  attn_kernels: list[dict] = (), where: str = "isa/kernels") -> onnx.ModelProto:
     """Replace each lowered SpikeMatMul (and its SpikeEncode, once unused) by DeviceLinear,
     each lowered attention SpikeMatMul (and its SpikeEncode, SpikeCode and bypassed Transpose,
     once unused) by DeviceMatMul, and the host nodes of each vector kernel by one DeviceVec
@@ -347,7 +368,7 @@ def rewrite_graph(proto: onnx.ModelProto, kernels: list[dict], vec_kernels: list
     drop = {name for k in vec_kernels for name in k["nodes"]}
     missing = drop - {n.name for n in proto.graph.node}
     if missing:
-        raise SpikecError(f"isa/kernels: vector kernels for nodes the graph does not have: {sorted(missing)[:3]}")
+        raise SpikecError(f"{where}: vector kernels for nodes the graph does not have: {sorted(missing)[:3]}")
     g = proto.graph
     producers = {o: n for n in g.node for o in n.output}
     new_nodes = []
@@ -355,7 +376,7 @@ def rewrite_graph(proto: onnx.ModelProto, kernels: list[dict], vec_kernels: list
         v = by_vec.get(n.name)
         if v is not None:
             if list(n.output[:1]) != [v["output"]]:
-                raise SpikecError(f"isa/kernels: vector kernel {v['index']} makes '{v['output']}', node '{n.name}' another")
+                raise SpikecError(f"{where}: vector kernel {v['index']} makes '{v['output']}', node '{n.name}' another")
             new_nodes.append(helper.make_node("DeviceVec", v["inputs"], [v["output"]], name=n.name, domain=DOMAIN,
                                               kernel=int(v["index"])))
             continue
@@ -363,9 +384,12 @@ def rewrite_graph(proto: onnx.ModelProto, kernels: list[dict], vec_kernels: list
             continue
         a = by_attn.pop(n.name, None) if n.domain == sops.DOMAIN and n.op_type == sops.SPIKE_MATMUL else None
         if a is not None:
+            if len(n.input) < 4:
+                raise SpikecError(f"{where}: attention kernel {a['index']} is for node '{n.name}', which has "
+                                  f"{len(n.input)} inputs, not the 4 of an attention product")
             enc, code = producers.get(n.input[0]), producers.get(n.input[3])
             if enc is None or enc.name != a["encoder"] or code is None or code.name != a["code"]:
-                raise SpikecError(f"isa/kernels: attention kernel {a['index']} names encoders "
+                raise SpikecError(f"{where}: attention kernel {a['index']} names encoders "
                                   f"'{a['encoder']}', '{a['code']}', the graph has others")
             attrs = {"kernel": int(a["index"])}
             if a["modality_id"] >= 0:
@@ -377,9 +401,9 @@ def rewrite_graph(proto: onnx.ModelProto, kernels: list[dict], vec_kernels: list
         if k is None:
             new_nodes.append(n)
             continue
-        enc = producers.get(n.input[0])
-        if enc is None or enc.name != k["encoder"]:
-            raise SpikecError(f"isa/kernels: kernel {k['index']} names encoder '{k['encoder']}', the graph has another")
+        enc = producers.get(n.input[0]) if len(n.input) else None
+        if enc is None or enc.name != k["encoder"] or not len(enc.input):
+            raise SpikecError(f"{where}: kernel {k['index']} names encoder '{k['encoder']}', the graph has another")
         mod = n.input[2] if len(n.input) > 2 else ""
         attrs = {"kernel": int(k["index"])}
         if k["modality_id"] >= 0:
@@ -387,7 +411,19 @@ def rewrite_graph(proto: onnx.ModelProto, kernels: list[dict], vec_kernels: list
         new_nodes.append(helper.make_node("DeviceLinear", [enc.input[0], mod], list(n.output), name=n.name,
                                           domain=DOMAIN, **attrs))
     if by_node or by_attn:
-        raise SpikecError(f"isa/kernels: kernels for nodes the graph does not have: {sorted({*by_node, *by_attn})[:3]}")
+        raise SpikecError(f"{where}: kernels for nodes the graph does not have: {sorted({*by_node, *by_attn})[:3]}")
+    # every value a node reads is still made by someone (descriptors naming values the graph
+    # does not have would otherwise fail inside the evaluator at the first call)
+    avail = {v.name for v in g.input} | {t.name for t in g.initializer} | {o for n in new_nodes for o in n.output}
+    for n in new_nodes:
+        for name in n.input:
+            if name and name not in avail:
+                raise SpikecError(f"{where}: after the device rewrite, node '{n.name[:80]}' reads '{name[:80]}', which "
+                                  f"nothing in graph '{g.name[:80]}' makes (a kernel names values the graph does not have)")
+    for o in g.output:
+        if o.name not in avail:
+            raise SpikecError(f"{where}: after the device rewrite, nothing in graph '{g.name[:80]}' makes its output "
+                              f"'{o.name[:80]}'")
     # drop encoders (and transposes a kernel bypasses) nothing reads any more
     while True:
         used = {i for n in new_nodes for i in n.input} | {o.name for o in g.output}
@@ -409,7 +445,7 @@ class FpgaSession:
     """One graph on the fpga target, with onnxruntime's `run(None, feeds)` interface."""
 
     def __init__(self, role: str, proto: onnx.ModelProto, kernels: list[dict], runner: KernelRunner,
-                 vec_kernels: list[dict] = (), attn_kernels: list[dict] = ()) -> None:
+                 vec_kernels: list[dict] = (), attn_kernels: list[dict] = (), where: str = "isa/kernels") -> None:
         from spikec.ops import _kernels
 
         self.role = role
@@ -419,8 +455,14 @@ class FpgaSession:
         names = sops.DEFAULT_MODALITIES
         for p in proto.metadata_props:
             if p.key == sops.MODALITIES_KEY:
-                names = tuple(json.loads(p.value))
-        rewritten = rewrite_graph(proto, mine, mine_vec, mine_attn)
+                mw = f"graph '{role}': metadata '{sops.MODALITIES_KEY}'"
+                names = tuple(schema.str_list(schema.parse_json(p.value, where=mw), where=mw, length=(1, MAX_MODALITIES),
+                                              max_len=64))
+        for k in [*mine, *mine_attn]:
+            if len(k["timesteps"]) > len(names):
+                raise SpikecError(f"{where}: kernel for node '{k['node']}' has timesteps for {len(k['timesteps'])} "
+                                  f"modalities, graph '{role}' has {len(names)}")
+        rewritten = rewrite_graph(proto, mine, mine_vec, mine_attn, where)
         from onnx.reference import ReferenceEvaluator
 
         self.session = ReferenceEvaluator(rewritten, new_ops=[*_kernels(names), *_device_ops(runner, names)])
@@ -450,6 +492,140 @@ def make_device(name: str, cfg: HwConfig) -> Device:
     raise SpikecError(f"--device: '{name}' is not available (devices: {', '.join(DEVICES)})")
 
 
+# ---------------------------------------------------------------- the isa/kernels section, checked
+
+MAX_KERNELS = 1 << 16  # descriptors of each kind in one file
+MAX_M = 1 << 20  # output features of one product (M-tiles are bounded by the ISA's fields)
+MAX_MODALITIES = 256
+_VEC_FUNCS = tuple(f.name for f in VecFunc if f not in (VecFunc.DEQ, VecFunc.COPY))  # what lower_vec emits
+
+
+def _str(d: dict, key: str, where: str, nullable: bool = False):
+    return schema.get(d, key, str, where=where, max=4096, nullable=nullable)
+
+
+def _timesteps(k: dict, where: str, t_max: int) -> tuple[list[int], int]:
+    T = schema.int_list(schema.get(k, "timesteps", list, where=where), where=f"{where}: field 'timesteps'", min=1,
+                        max=t_max, length=(1, MAX_MODALITIES))
+    schema.str_list(schema.get(k, "modalities", list, where=where, min=len(T), max=len(T)),
+                    where=f"{where}: field 'modalities'", max_len=64)
+    mid = schema.get(k, "modality_id", int, where=where, min=-1, max=len(T) - 1)
+    return T, mid
+
+
+def _check_product(k: object, i: int, cfg: HwConfig, weights_len: int, where: str) -> None:
+    """A spiking-product descriptor: types and ranges, its tiles exactly the layout
+    `lower_isa.kernel_tiles` gives its shape (inside isa/weights), its chunk and tiles
+    within the configuration's buffers, and its int32 bound."""
+    from spikec.isa.fields import Buffer
+
+    schema.check(k, dict, where=where)
+    schema.get(k, "index", int, where=where, choices=(i,))
+    for key in ("graph", "node", "encoder"):
+        _str(k, key, where)
+    K = schema.get(k, "K", int, where=where, min=1, max=lower_isa.MAX_LEN)
+    M = schema.get(k, "M", int, where=where, min=1, max=MAX_M)
+    wbits = schema.get(k, "wbits", int, where=where, choices=(4, 8))
+    neuron = schema.get(k, "neuron", str, where=where, choices=("tc-lif", "if"))
+    T, _ = _timesteps(k, where, lower_isa.ISA_MAX_T if neuron == "tc-lif" else 7)
+    R.check_overflow(K, max(T) + (1 if neuron == "if" else 0), R.qmax(wbits), where)
+    act = schema.get(k, "act_scale", str, where=where, choices=("static", "dynamic"))
+    schema.get(k, "has_bias", bool, where=where)
+    mt = schema.get(k, "m_tile", int, where=where, min=1, max=min(M, lower_isa.MAX_LEN))
+    kt = schema.get(k, "k_tile", int, where=where, min=1, max=K, default=K)
+    n_max = schema.get(k, "n_max", int, where=where, min=1, max=lower_isa.MAX_N)
+    base = schema.get(k, "weights_offset", int, where=where, min=0, max=weights_len)
+    # the same fit plan_tiles checks when compiling, against this file's configuration
+    elems = {b: cfg.buffer_elems(b) for b in Buffer}
+    if (2 * lower_isa._align(lower_isa.weight_bytes(kt, mt, wbits), lower_isa.TILE_ALIGN) > elems[Buffer.WGT]
+            or 4 * mt + 3 > elems[Buffer.SCL]
+            or n_max > min(elems[Buffer.INP] // K, elems[Buffer.VEC] // (2 * K + 2 * mt), elems[Buffer.ACC] // mt,
+                           elems[Buffer.SCL] - 2 - 4 * mt)):
+        raise SpikecError(f"{where}: m_tile {mt}, k_tile {kt}, n_max {n_max} do not fit the buffers of hardware "
+                          f"configuration '{cfg.name}'")
+    tiles, _, end = lower_isa.kernel_tiles(K, M, mt, kt, wbits, base)
+    if k.get("tiles") != tiles:
+        raise SpikecError(f"{where}: field 'tiles' is not the layout of a [{K}, {M}] kernel in M-tiles of {mt} "
+                          f"(k_tile {kt}) at offset {base}")
+    if end > weights_len:
+        raise SpikecError(f"{where}: its weights end at byte {end}, past the end of isa/weights ({weights_len} bytes)")
+    if act == "static":
+        scales = schema.get(k, "static_scales", list, where=where, min=len(T), max=len(T))
+        for m, sc in enumerate(scales):
+            schema.check(sc, float, where=f"{where}: field 'static_scales[{m}]'", nullable=True, min=0)
+        off = schema.get(k, "static_offset", int, where=where, min=0, max=weights_len)
+        if off + 4 * len(T) > weights_len:
+            raise SpikecError(f"{where}: field 'static_offset' {off} + {4 * len(T)} bytes lies past isa/weights "
+                              f"({weights_len} bytes)")
+
+
+def _check_vec(k: object, i: int, cfg: HwConfig, weights_len: int, where: str) -> None:
+    """A vector-kernel descriptor: a function lower_vec emits, operand names as many as the
+    function takes, row lengths the configuration's VEC holds, constants inside isa/weights."""
+    schema.check(k, dict, where=where)
+    schema.get(k, "index", int, where=where, choices=(i,))
+    _str(k, "graph", where)
+    func = VecFunc[schema.get(k, "func", str, where=where, choices=_VEC_FUNCS)]
+    node = _str(k, "node", where)
+    _str(k, "output", where)
+    nodes = schema.str_list(schema.get(k, "nodes", list, where=where), where=f"{where}: field 'nodes'",
+                            length=(1, 1024))
+    if node not in nodes:
+        raise SpikecError(f"{where}: field 'node' {schema.describe(node)} is not one of its 'nodes'")
+    length = schema.get(k, "len", int, where=where, min=1, max=lower_isa.MAX_LEN, nullable=True)
+    top = schema.get(k, "max_len", int, where=where, min=1, max=lower_isa.MAX_LEN)
+    if length is not None and length != top:
+        raise SpikecError(f"{where}: field 'max_len' {top} differs from its fixed 'len' {length}")
+    plan = lower_vec.plan_vec(cfg, func, top)
+    if isinstance(plan, str):
+        raise SpikecError(f"{where}: rows of 'max_len' {top}: {plan}")
+    n_ops = len(lower_vec.operand_cols(func, top))
+    schema.str_list(schema.get(k, "inputs", list, where=where, min=n_ops, max=n_ops), where=f"{where}: field 'inputs'")
+    rows = lower_vec.CONST_ROWS.get(func, 0)
+    clen = schema.get(k, "vec_const_len", int, where=where, min=0, max=lower_isa.MAX_LEN * 2)
+    if rows:
+        if length is None or clen != rows * length:
+            raise SpikecError(f"{where}: {func.name} needs {rows} constant row(s) of a fixed 'len', "
+                              f"'vec_const_len' is {clen}")
+        off = schema.get(k, "vec_const", int, where=where, min=0, max=weights_len)
+        if off + 4 * clen > weights_len:
+            raise SpikecError(f"{where}: field 'vec_const' {off} + {4 * clen} bytes lies past isa/weights")
+    if func in lower_vec.HAS_SCALAR:
+        off = schema.get(k, "scl_const", int, where=where, min=0, max=weights_len)
+        if off + 4 > weights_len:
+            raise SpikecError(f"{where}: field 'scl_const' {off} lies past isa/weights ({weights_len} bytes)")
+
+
+def _check_attention(k: object, i: int, where: str) -> None:
+    """An attention-kernel descriptor: names, timesteps (TC-LIF, T <= 15), code bits 2..8."""
+    schema.check(k, dict, where=where)
+    schema.get(k, "index", int, where=where, choices=(i,))
+    for key in ("graph", "node", "encoder", "code", "a", "b"):
+        _str(k, key, where)
+    _str(k, "transpose", where, nullable=True)
+    schema.get(k, "wtrans", bool, where=where)
+    schema.get(k, "bits", int, where=where, min=2, max=8)
+    _timesteps(k, where, lower_isa.ISA_MAX_T)
+
+
+def check_kernels(doc: dict, cfg: HwConfig, weights_len: int, where: str) -> tuple[list[dict], list[dict], list[dict]]:
+    """The descriptors of an isa/kernels document, each checked once against the file's
+    hardware configuration and weights image, so that no call can fail on them later:
+    (kernels, vec_kernels, attn_kernels). `vec_kernels` and `attn_kernels` may be absent
+    (files compiled before those lowerings). Raises SpikecError naming `where`, the
+    descriptor ("kernels[3]") and the field."""
+    out = []
+    for key, check in (("kernels", _check_product), ("vec_kernels", _check_vec), ("attn_kernels", _check_attention)):
+        items = schema.get(doc, key, list, where=where, max=MAX_KERNELS, default=None if key == "kernels" else [])
+        if items is None:
+            raise SpikecError(f"{where}: field 'kernels' is missing")
+        for i, k in enumerate(items):
+            w = f"{where}: {key}[{i}]"
+            check(k, i, w) if check is _check_attention else check(k, i, cfg, weights_len, w)
+        out.append(items)
+    return out[0], out[1], out[2]
+
+
 def create_sessions(sbin, device: str = "sim") -> tuple[dict[str, FpgaSession], KernelRunner]:
     from spikec.isa.encoding import decode_program
 
@@ -458,16 +634,22 @@ def create_sessions(sbin, device: str = "sim") -> tuple[dict[str, FpgaSession], 
         raise SpikecError(f"{sbin.path}: no accelerator sections ({', '.join(missing)} missing); "
                           f"compile with `spikec compile --isa -o MODEL.sbin` for --target fpga")
     cfg = HwConfig.from_json(sbin.file.read("isa/hwconfig"), f"{sbin.path}:isa/hwconfig")
-    doc = lower_isa.load_kernels(sbin.file.read("isa/kernels"), f"{sbin.path}:isa/kernels")
+    where = f"{sbin.path}:isa/kernels"
+    doc = schema.parse_json(sbin.file.read("isa/kernels"), where=where)
+    if not isinstance(doc, dict) or doc.get("format") != lower_isa.KERNELS_FORMAT \
+            or doc.get("version") != lower_isa.KERNELS_VERSION:
+        raise SpikecError(f"{where}: not a {lower_isa.KERNELS_FORMAT} v{lower_isa.KERNELS_VERSION} document")
+    weights = sbin.file.read("isa/weights")
+    # vec_kernels and attn_kernels are absent in files compiled before those lowerings
+    kernels, vec_kernels, attn_kernels = check_kernels(doc, cfg, len(weights), where)
     try:
         decode_program(sbin.file.read("isa/program"))
     except SpikecError as exc:
         raise SpikecError(f"{sbin.path}: section 'isa/program' is not a valid accelerator program: {exc}") from None
-    runner = KernelRunner(make_device(device, cfg), sbin.file.read("isa/weights"), doc["kernels"])
-    runner.vec_kernels = doc.get("vec_kernels", [])  # absent in .sbin files compiled before the vector lowering
-    runner.attn_kernels = doc.get("attn_kernels", [])  # absent before the attention lowering
-    sessions = {role: FpgaSession(role, sbin.graph(role), doc["kernels"], runner, runner.vec_kernels,
-                                  runner.attn_kernels) for role in sbin.roles}
+    runner = KernelRunner(make_device(device, cfg), weights, kernels, vec_kernels=vec_kernels,
+                          attn_kernels=attn_kernels)
+    sessions = {role: FpgaSession(role, sbin.graph(role), kernels, runner, vec_kernels, attn_kernels, where=where)
+                for role in sbin.roles}
     return sessions, runner
 
 

@@ -59,11 +59,17 @@ class CompiledModel:
         return self._generator
 
     def generate(self, image: Any, prompt: str, max_new_tokens: int = 32) -> str:
-        """Image (a PIL image or a path) + prompt -> text, greedy.
+        """Image (a PIL image, a path, or None for a text-only prompt) + prompt -> text, greedy.
 
-        A path is read by `spikec.images.load_image` (8-bit RGB; high-depth images scaled,
-        decompression bombs and corrupt files refused). Raises SpikecError naming the file
-        ("--image PATH: ...") for an unreadable image or one the processor refuses.
+        The text before the first EOS: "" when the model answers EOS first. A path is read by
+        `spikec.images.load_image` (8-bit RGB; high-depth images scaled, decompression bombs
+        and corrupt files refused). None: the prompt alone, the vision graph is not called
+        (`OrtGenerator.generate`). Raises SpikecError, with the CLI's wording, for: a file
+        that cannot be read or that the processor refuses ("--image PATH: ..."); a prompt
+        that is not a str, or that holds the image token more often than images are given
+        ("--prompt: ..."); max_new_tokens that is not an int >= 1 ("max_new_tokens
+        (--max-new-tokens): ..."; 0 is refused, as by the CLI); a processor that needs an
+        image when image is None (naming the family); logits that hold NaN or +inf.
         """
         if isinstance(image, (str, os.PathLike)):
             from spikec.images import naming_image

@@ -33,6 +33,12 @@ Numerics follow SEMANTICS.md and the reference's float32 order:
 q = clip(round_half_even(x / s), -Q, Q) with one float32 division; the scale is the
 per-modality static value (precomputed in float32 exactly as the reference does) or
 the dynamic per-token max|x| / Q; y = (float32(acc) * s_x) * s_w (+ bias).
+
+Non-finite activations (docs/passes.md): a token whose input row holds NaN or +-inf is
+encoded as code 0 with scale NaN, so its output row is NaN, in every mode, exactly as
+spikec.reference.encode_tokens; the encoders detect such rows with IsNaN(ReduceSum(x * 0))
+(exact: 0 * x is NaN only for NaN and +-inf, and a sum meeting a NaN is NaN), never with
+ReduceMax or Max, which do not propagate NaN in onnxruntime.
 """
 
 from __future__ import annotations
@@ -71,27 +77,52 @@ def _c(name: str, value, dtype=np.float32) -> onnx.NodeProto:
     return helper.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
 
 
+def _nonfinite_nodes(src: str, axes: list[int] | None, extra_bad: str | None = None) -> list[onnx.NodeProto]:
+    """Nodes computing `bad` (bool, keepdims over `axes`; all axes when None): True where the
+    reduced slice of `src` holds NaN or +-inf (or where `extra_bad` is True).
+
+    0 * x is +-0 for a finite x and NaN for NaN and +-inf, and a sum that meets a NaN is NaN
+    in every order, so IsNaN(ReduceSum(x * 0)) is exact. (ReduceMax and Max do not
+    propagate NaN in onnxruntime, so the max|x| of the dynamic scale cannot tell.)"""
+    n = [
+        _c("nf_zero", 0.0),
+        helper.make_node("Mul", [src, "nf_zero"], ["nf_z"]),
+    ]
+    if axes is None:
+        n.append(helper.make_node("ReduceSum", ["nf_z"], ["nf_sum"], keepdims=0))
+    else:
+        n += [_c("nf_axes", axes, np.int64), helper.make_node("ReduceSum", ["nf_z", "nf_axes"], ["nf_sum"], keepdims=1)]
+    n.append(helper.make_node("IsNaN", ["nf_sum"], ["bad0" if extra_bad else "bad"]))
+    if extra_bad:
+        n += [helper.make_node("IsNaN", [extra_bad], ["bad1"]), helper.make_node("Or", ["bad0", "bad1"], ["bad"])]
+    return n
+
+
 def _encode_fn(name: str, dynamic: bool, opset: int) -> onnx.FunctionProto:
     """(x, s_tok, q_tok) -> (q int32, s float32 [..., N, 1]).
 
     s_tok / q_tok are the per-token static scale and largest code (float32, [..., N, 1]);
-    for dynamic scales s_tok is unused and the scale is max|x| / Q per token."""
-    n = []
+    for dynamic scales s_tok is unused and the scale is max|x| / Q per token.
+    Non-finite rule (spikec.reference.encode_tokens): a token whose row of x holds NaN or
+    +-inf (or, static, whose scale is NaN) gets code 0 on its whole row and scale NaN."""
+    n = _nonfinite_nodes("x", [-1], None if dynamic else "s_tok")
+    n += [_c("zero", 0.0), _c("one", 1.0), _c("nan", np.nan)]
     if dynamic:
         n += [
             helper.make_node("Abs", ["x"], ["ax"]),
             _c("axes", [-1], np.int64),
             helper.make_node("ReduceMax", ["ax", "axes"], ["amax"], keepdims=1),
             helper.make_node("Div", ["amax", "q_tok"], ["s0"]),
-            _c("zero", 0.0),
-            _c("one", 1.0),
             helper.make_node("Greater", ["s0", "zero"], ["pos"]),
-            helper.make_node("Where", ["pos", "s0", "one"], ["s"]),
+            helper.make_node("Where", ["pos", "s0", "one"], ["s1"]),
         ]
     else:
-        n += [helper.make_node("Identity", ["s_tok"], ["s"])]
+        n += [helper.make_node("Identity", ["s_tok"], ["s1"])]
     n += [
-        helper.make_node("Div", ["x", "s"], ["xs"]),
+        helper.make_node("Where", ["bad", "one", "s1"], ["sd"]),  # the divisor: 1.0 for a bad token
+        helper.make_node("Where", ["bad", "nan", "s1"], ["s"]),
+        helper.make_node("Where", ["bad", "zero", "x"], ["xc"]),  # its row codes as 0
+        helper.make_node("Div", ["xc", "sd"], ["xs"]),
         helper.make_node("Round", ["xs"], ["r"]),  # half to even, as QuantizeLinear
         helper.make_node("Neg", ["q_tok"], ["nq"]),
         helper.make_node("Max", ["r", "nq"], ["r1"]),
@@ -102,16 +133,21 @@ def _encode_fn(name: str, dynamic: bool, opset: int) -> onnx.FunctionProto:
 
 
 def _code_fn(name: str, opset: int) -> onnx.FunctionProto:
-    """(b, q_max) -> (q_b int32, s_b float32 []): per-tensor dynamic code of an attention operand."""
-    n = [
+    """(b, q_max) -> (q_b int32, s_b float32 []): per-tensor dynamic code of an attention operand.
+    A NaN or +-inf anywhere in b: q_b = 0 everywhere and s_b = NaN (spikec.reference.encode_tensor)."""
+    n = _nonfinite_nodes("b", None) + [
         helper.make_node("Abs", ["b"], ["ab"]),
         helper.make_node("ReduceMax", ["ab"], ["amax"], keepdims=0),
         helper.make_node("Div", ["amax", "q_max"], ["s0"]),
         _c("zero", 0.0),
         _c("one", 1.0),
+        _c("nan", np.nan),
         helper.make_node("Greater", ["s0", "zero"], ["pos"]),
-        helper.make_node("Where", ["pos", "s0", "one"], ["s"]),
-        helper.make_node("Div", ["b", "s"], ["bs"]),
+        helper.make_node("Where", ["pos", "s0", "one"], ["s1"]),
+        helper.make_node("Where", ["bad", "one", "s1"], ["sd"]),
+        helper.make_node("Where", ["bad", "nan", "s1"], ["s"]),
+        helper.make_node("Where", ["bad", "zero", "b"], ["bc"]),
+        helper.make_node("Div", ["bc", "sd"], ["bs"]),
         helper.make_node("Round", ["bs"], ["r"]),
         helper.make_node("Neg", ["q_max"], ["nq"]),
         helper.make_node("Max", ["r", "nq"], ["r1"]),
@@ -365,9 +401,10 @@ class _Lowerer:
             return np.ones(len(T), np.float32)
         clip = sops.clip_table(node, len(self.names))
         c = clip[np.arange(len(T)), np.clip(T, 1, sops.CLIP_T) - 1].astype(np.float32)
-        s = (c / ((np.int64(1) << T) - 1).astype(np.float32)).astype(np.float32)
-        # modalities calibration never saw keep NaN: any token of them gives NaN -> caught by tests/reference
-        return np.where(np.isnan(s) | (s > 0), s, np.float32(1.0)).astype(np.float32)
+        # R.static_scale: clip 0 (silent layer) -> the fallback 1.0. A modality calibration
+        # never saw keeps NaN (the compiler refuses such tables; a graph made elsewhere
+        # gives NaN rows for its tokens here, where the reference raises).
+        return R.static_scale(c, T)
 
     def encode(self, node: ir.Node, x: ir.Value, mod: ir.Value, T: np.ndarray) -> list[ir.Value]:
         dynamic = sops.attr(node, "act_scale", "dynamic") == "dynamic"

@@ -15,6 +15,10 @@ import click
 
 from spikec import __version__
 from spikec.errors import SpikecError
+from spikec.schema import condense
+
+# Characters of an error message printed without -v (the whole message with -v).
+MAX_ERROR_CHARS = 2000
 
 # name -> "module:attribute" of a click.Command. Register a command here only once
 # it works end to end.
@@ -68,7 +72,9 @@ def main(argv: list[str] | None = None) -> None:
     except SpikecError as exc:
         if verbose:
             raise
-        click.echo(f"error: {exc}", err=True)
+        # one line, whatever a library put in the message (onnx.checker and ONNX Runtime
+        # messages span lines); `-v` re-raises above with the full text and the traceback
+        click.echo(f"error: {condense(exc, MAX_ERROR_CHARS)}", err=True)
         sys.exit(1)
     except click.exceptions.Abort:
         click.echo("error: aborted", err=True)

@@ -85,18 +85,80 @@ def _iter_tensor_protos(graph: onnx.GraphProto) -> Iterable[onnx.TensorProto]:
                 yield from _iter_tensor_protos(g)
 
 
+def _element_count(t: onnx.TensorProto) -> int | None:
+    """Elements the dims declare, in Python integers (no overflow); None for a negative dim."""
+    count = 1
+    for d in t.dims:
+        if d < 0:
+            return None
+        count *= int(d)
+    return count
+
+
 def _tensor_nbytes(t: onnx.TensorProto) -> int | None:
-    """Bytes the tensor's data must have, or None for types without a fixed size."""
+    """Bytes the tensor's data must have, or None for types without a fixed size (and for
+    negative dims, which `check_tensor_data` refuses)."""
     if t.data_type == onnx.TensorProto.STRING:
         return None
     try:
         np_dtype = onnx.helper.tensor_dtype_to_np_dtype(t.data_type)
-    except (KeyError, ValueError):
+        dtype = ir.DataType(t.data_type)
+    except (KeyError, ValueError, TypeError):
         return None
-    count = int(np.prod(t.dims, dtype=np.int64)) if len(t.dims) else 1
-    dtype = ir.DataType(t.data_type)
+    count = _element_count(t)
+    if count is None:
+        return None
     bitwidth = dtype.bitwidth if hasattr(dtype, "bitwidth") else np_dtype.itemsize * 8
     return (count * bitwidth + 7) // 8
+
+
+# The typed field that holds a tensor's values when it has no raw_data, and how many
+# entries one element takes (onnx.proto: FLOAT16/BFLOAT16 and the small integers in
+# int32_data, one per entry; complex numbers as two entries).
+_TYPED_FIELD = {
+    onnx.TensorProto.FLOAT: ("float_data", 1), onnx.TensorProto.COMPLEX64: ("float_data", 2),
+    onnx.TensorProto.DOUBLE: ("double_data", 1), onnx.TensorProto.COMPLEX128: ("double_data", 2),
+    onnx.TensorProto.INT64: ("int64_data", 1), onnx.TensorProto.UINT32: ("uint64_data", 1),
+    onnx.TensorProto.UINT64: ("uint64_data", 1), onnx.TensorProto.STRING: ("string_data", 1),
+    **{dt: ("int32_data", 1) for dt in (onnx.TensorProto.INT32, onnx.TensorProto.INT16, onnx.TensorProto.INT8,
+                                         onnx.TensorProto.UINT16, onnx.TensorProto.UINT8, onnx.TensorProto.BOOL,
+                                         onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16)},
+}
+
+
+def check_tensor_data(t: onnx.TensorProto, *, where: str, strings: bool = False) -> None:
+    """Refuse a tensor stored in the file (not external) whose data does not match its
+    declaration: an UNDEFINED or unknown element type, STRING unless `strings`, a negative
+    dim, dims over MAX_TENSOR_BYTES, or raw_data / typed values of another length than the
+    dims need. Everything is computed in Python integers before anything is allocated.
+    Raises SpikecError naming `where` and the tensor."""
+    tw = f"{where}: tensor '{t.name[:80]}'"
+    if t.data_type == onnx.TensorProto.UNDEFINED or t.data_type not in onnx.TensorProto.DataType.values():
+        raise SpikecError(f"{tw}: element type {t.data_type} is not a valid ONNX type")
+    if t.data_type == onnx.TensorProto.STRING and not strings:
+        raise SpikecError(f"{tw}: element type STRING is not supported")
+    count = _element_count(t)
+    if count is None:
+        raise SpikecError(f"{tw}: negative dimension in dims {list(t.dims)[:8]}")
+    nbytes = _tensor_nbytes(t)
+    if (nbytes if nbytes is not None else count) > MAX_TENSOR_BYTES:
+        raise SpikecError(f"{tw}: dims {list(t.dims)[:8]} declare {nbytes or count} bytes, over the limit of "
+                          f"{MAX_TENSOR_BYTES}")
+    if t.data_location == onnx.TensorProto.EXTERNAL:
+        return
+    name = onnx.TensorProto.DataType.Name(t.data_type)
+    if t.HasField("raw_data") and t.data_type != onnx.TensorProto.STRING:
+        if nbytes is not None and len(t.raw_data) != nbytes:
+            raise SpikecError(f"{tw}: raw data of {len(t.raw_data)} bytes; dims {list(t.dims)[:8]} of {name} need {nbytes}")
+        return
+    field, per = _TYPED_FIELD.get(t.data_type, (None, 1))
+    if field is None:
+        if count:
+            raise SpikecError(f"{tw}: {name} values must be stored as raw data")
+        return
+    have = len(getattr(t, field))
+    if have != count * per:
+        raise SpikecError(f"{tw}: {have} values in {field}; dims {list(t.dims)[:8]} of {name} need {count * per}")
 
 
 # Element types a weight may have when its bytes are mapped as a numpy array.
@@ -176,6 +238,77 @@ def check_self_contained(proto: onnx.ModelProto, *, where: str, initializers: bo
                               f"must be self-contained")
 
 
+def _check_strings(proto: onnx.ModelProto, *, where: str) -> None:
+    """Refuse a string field (a name, op type, domain, attribute name, ...) that is not valid
+    UTF-8: protobuf hands such a field over as bytes, which breaks every reader of names."""
+    from google.protobuf.descriptor import FieldDescriptor
+
+    stack: list = [proto]
+    while stack:
+        msg = stack.pop()
+        for fd, value in msg.ListFields():
+            if fd.type == FieldDescriptor.TYPE_MESSAGE:
+                if hasattr(value, "ListFields"):
+                    stack.append(value)
+                else:  # a repeated field
+                    stack.extend(value)
+            elif fd.type == FieldDescriptor.TYPE_STRING:
+                for v in ([value] if isinstance(value, (str, bytes)) else value):
+                    if not isinstance(v, str):
+                        raise SpikecError(f"{where}: field '{fd.name}' of a {msg.DESCRIPTOR.name} is not valid UTF-8 "
+                                          f"({bytes(v)[:40]!r})")
+
+
+def check_graph_structure(proto: onnx.ModelProto, *, where: str) -> None:
+    """What spikec's IR and passes assume of any graph they read, checked before building it:
+    every stored tensor matches its declaration (`check_tensor_data`), each value is made
+    once in a graph (no two nodes, initializers or inputs defining one name, no graph output
+    listed twice), and opset versions are in range. Raises SpikecError naming `where`, the
+    node and the value."""
+    _check_strings(proto, where=where)
+    for t in _iter_tensor_protos(proto.graph):
+        check_tensor_data(t, where=where)
+    for op in proto.opset_import:
+        if not 0 <= op.version <= 10_000:
+            raise SpikecError(f"{where}: opset version {op.version} of domain '{op.domain}' is out of range")
+
+    def graph(g: onnx.GraphProto, gw: str) -> None:
+        made: dict[str, str] = {}
+        for kind, names in (("graph input", [v.name for v in g.input]), ("initializer", [t.name for t in g.initializer])):
+            for n in names:
+                if n in made and not (kind == "initializer" and made[n] == "graph input"):
+                    raise SpikecError(f"{gw}: value '{n[:80]}' is defined twice ({made[n]} and {kind})")
+                made[n] = kind
+        for node in g.node:
+            for o in node.output:
+                if not o:
+                    continue
+                if o in made:
+                    raise SpikecError(f"{gw}: node '{node.name[:80]}' ({node.op_type}) makes '{o[:80]}', which "
+                                      f"{made[o]} already defines")
+                made[o] = f"node '{node.name[:80]}'"
+            for a in node.attribute:
+                for sub in ([a.g] if a.HasField("g") else []) + list(a.graphs):
+                    graph(sub, f"{gw}: node '{node.name[:80]}' attribute '{a.name[:80]}'")
+        for kind, values in (("input", g.input), ("output", g.output), ("value_info", g.value_info)):
+            for v in values:
+                if not v.HasField("type"):
+                    continue
+                which = v.type.WhichOneof("value")
+                if which != "tensor_type":
+                    raise SpikecError(f"{gw}: graph {kind} '{v.name[:80]}' is of type {which}, not a tensor")
+                elem = v.type.tensor_type.elem_type
+                if elem == onnx.TensorProto.UNDEFINED or elem not in onnx.TensorProto.DataType.values():
+                    raise SpikecError(f"{gw}: graph {kind} '{v.name[:80]}' has element type {elem}, not a valid "
+                                      f"ONNX type")
+        outs = [v.name for v in g.output]
+        if len(set(outs)) != len(outs):
+            dup = next(n for n in outs if outs.count(n) > 1)
+            raise SpikecError(f"{gw}: graph output '{dup[:80]}' is listed twice")
+
+    graph(proto.graph, where)
+
+
 def load_model(path: str | os.PathLike) -> ir.Model:
     """Load an ONNX file into the IR, validating it and its external data first."""
     p = Path(path)
@@ -194,6 +327,7 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise SpikecError(f"{p}: not a valid ONNX model ({type(exc).__name__}: {exc})") from None
     if not proto.HasField("graph") or proto.ir_version == 0:
         raise SpikecError(f"{p}: not a valid ONNX model (no graph or no ir_version; truncated or not ONNX?)")
+    check_graph_structure(proto, where=str(p))
     check_external_data(proto, p)
     try:
         model = ir.serde.deserialize_model(proto)
@@ -313,19 +447,32 @@ def freeze(model: ir.Model, min_bytes: int | None = None) -> Frozen:
 
 
 def ort_session(graph: "Frozen | ir.Model", options=None, providers: list[str] | None = None):
-    """An onnxruntime InferenceSession over `graph` without copying its big weights.
+    """An onnxruntime InferenceSession over `graph` without serialising its big weights.
 
-    The weights go to onnxruntime as OrtValues over their own buffers (a memory map of
-    the export's data file, of a compile's spill file or of a .sbin), through
-    SessionOptions.add_external_initializers; the proto handed over stays small. Raises
-    onnxruntime's own exceptions (callers turn them into SpikecError with context)."""
+    Weights stored in files (an export's data files, a .sbin's TENSOR sections: both
+    ir.ExternalTensor) stay external-data references that onnxruntime memory-maps; other
+    big weights are handed over through SessionOptions.add_external_initializers (which
+    onnxruntime copies). The proto handed over stays small. Raises onnxruntime's own
+    exceptions (callers turn them into SpikecError with context)."""
     import onnxruntime as ort
 
     frozen = graph if isinstance(graph, Frozen) else freeze(graph)
     if options is None:
         options = ort.SessionOptions()
         options.log_severity_level = 3
-    names = list(frozen.weights)
+    # onnxruntime memory-maps external data it reads from files (no copy), but copies what
+    # add_external_initializers hands it: weights stored in files keep their references,
+    # resolved against one folder (that of most of their bytes: an export's data files, or
+    # the .sbin itself); the rest (in memory, or in another folder) go as OrtValues.
+    by_dir: dict[str, int] = collections.Counter()
+    for t in frozen.weights.values():
+        if isinstance(t, ir.ExternalTensor) and t.base_dir:
+            by_dir[str(t.base_dir)] += t.nbytes
+    folder = max(by_dir, key=by_dir.get) if by_dir else None
+    if folder is not None:
+        options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
+    names = [n for n, t in frozen.weights.items()
+             if not (isinstance(t, ir.ExternalTensor) and str(t.base_dir) == folder)]
     values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(frozen.weights[n].numpy())) for n in names]
     if names:
         options.add_external_initializers(names, values)

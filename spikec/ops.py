@@ -34,10 +34,16 @@ every token is vision) sets the node attribute `modality_id` to the constant id 
 
 Static activation scales. `act_clip` is a table [n_modalities, CLIP_T] (row-major floats):
 the clipping range for modality m at T timesteps is act_clip[m, T-1] and the scale is
-s_m = float32(clip) / float32(2**T - 1). Max and percentile calibration give the same clip
-for every T; MSE calibration gives one per T. A modality that calibration never saw has
-NaN clips and is refused at run time. Dynamic scales: s_i = max_k |x_ik| / (2**T_i - 1)
-(spikec.reference.scale_per_token with T_i + 1 bits).
+s_m = float32(clip) / float32(2**T - 1) (spikec.reference.static_scale: a clip of 0, a layer
+silent on the calibration data, gives the fallback scale 1.0, as an all-zero row does with
+a dynamic scale). Max and percentile calibration give the same clip for every T; MSE
+calibration gives one per T. A modality that calibration never saw has NaN clips: the
+quantize pass refuses that for every modality the graph can carry, and the reference (and
+the fpga target) refuse a token of such a modality at run time. Dynamic scales:
+s_i = max_k |x_ik| / (2**T_i - 1) (spikec.reference.scale_per_token with T_i + 1 bits).
+
+Non-finite activations: a token whose input row holds NaN or +-inf is encoded as code 0
+with scale NaN, so its output row is NaN (spikec.reference.encode_tokens; docs/passes.md).
 
 `run_reference(model, feeds)` runs any graph (standard ops and spikec ops) on
 onnx.reference.ReferenceEvaluator; the spikec kernels call spikec.reference.
@@ -189,10 +195,7 @@ def activation_scale(x, mods, T_tok, node_attrs: dict, names: Sequence[str], whe
             f"node '{where}': no static scale for modality '{names[m]}': the calibration data had no "
             f"{names[m]} tokens at this layer; calibrate with such tokens or use --act-scale dynamic"
         )
-    levels = ((np.int64(1) << T_tok) - 1).astype(np.float32)
-    s = (c.astype(np.float32) / levels).astype(np.float32)
-    s = np.where(s > 0, s, np.float32(1.0)).astype(np.float32)  # all-zero range: code 0
-    return s[..., None]
+    return R.static_scale(c, T_tok)[..., None]  # clip 0 (silent layer): the fallback 1.0
 
 
 def dequantize_acc(acc: np.ndarray, s_x, s_w, bias) -> np.ndarray:
@@ -251,9 +254,17 @@ class _SpikecOp(OpRun):
 def offset_code(x, s_x, zero_point: int, T_tok: np.ndarray, where: str) -> np.ndarray:
     """Imported asymmetric activations (act_zero_point): c = saturate(rint(x / s) + z) in
     [0, 2**(T+1) - 1] (ONNX QuantizeLinear to uint8 at T = 7); returns q = c - z (int32)."""
-    r = R.quantize(x, s_x, R.INT32_MAX // 2, where).astype(np.int64)
+    r, _ = R.encode_tokens(x, s_x, R.INT32_MAX // 2, where)  # a non-finite token: r = 0
     hi = ((np.int64(1) << (T_tok + 1)) - 1)[..., None]
-    return (np.clip(r + zero_point, 0, hi) - zero_point).astype(np.int32)
+    return (np.clip(r.astype(np.int64) + zero_point, 0, hi) - zero_point).astype(np.int32)
+
+
+def nonfinite_scale(x, s_x) -> np.ndarray:
+    """s_x per token [..., N, 1] with NaN for every token whose row of x is not finite
+    (the scale spikec.reference.encode_tokens gives those tokens)."""
+    bad = R.nonfinite_tokens(x)[..., None]
+    s = np.asarray(s_x, dtype=np.float32)
+    return np.where(bad, np.float32(np.nan), s).astype(np.float32) if bad.any() else s
 
 
 class QuantLinear(_SpikecOp):
@@ -266,7 +277,7 @@ class QuantLinear(_SpikecOp):
         if act_unsigned:
             q = offset_code(x, s_x, int(act_zero_point or 0), T, where)
             R.check_overflow(x.shape[-1], int(T.max()) + 1, int(np.abs(w_q).max(initial=0)), where)
-            return (dequantize_acc(R.integer_matmul(q, w_q, where), s_x, s_w, bias),)
+            return (dequantize_acc(R.integer_matmul(q, w_q, where), nonfinite_scale(x, s_x), s_w, bias),)
         return (R.fake_quant_linear(x, s_x, w_q, s_w, bias, T, where),)
 
 
@@ -275,9 +286,8 @@ class QuantMatMul(_SpikecOp):
         where = self.onnx_node.name
         mods = self._mods(modality, _const_mod(self.onnx_node), a.shape[:-1])
         T = _token_T(timesteps, mods, self.modality_names, where)
-        s_a = R.scale_per_token(a, T + 1)
-        s_b = R.scale_per_tensor(b, int(bbits))
-        q_b = R.quantize(b, s_b, R.qmax(int(bbits)), where)
+        s_a = R.scale_per_token(a, T + 1)  # NaN for a non-finite token
+        q_b, s_b = R.encode_tensor(b, int(bbits), where)  # NaN anywhere in b: s_b NaN
         s_bv = np.full(b.shape[-1], s_b, dtype=np.float32)
         return (R.fake_quant_linear(a, s_a, q_b, s_bv, None, T, where),)
 
@@ -291,15 +301,16 @@ class SpikeEncode(_SpikecOp):
         T = _token_T(timesteps, mods, self.modality_names, where)
         s_x = activation_scale(x, mods, T, {"act_scale": act_scale, "act_clip": act_clip}, self.modality_names, where)
         if act_unsigned:
-            return offset_code(x, s_x, int(act_zero_point or 0), T, where), s_x.astype(np.float32)
-        q = R.quantize(x, s_x, ((np.int64(1) << T) - 1)[..., None], where)  # b_i = T_i + 1 bits
-        return q.astype(np.int32), s_x.astype(np.float32)
+            return offset_code(x, s_x, int(act_zero_point or 0), T, where), nonfinite_scale(x, s_x)
+        # b_i = T_i + 1 bits; a non-finite token: code 0, scale NaN
+        q, s = R.encode_tokens(x, s_x, ((np.int64(1) << T) - 1)[..., None], where)
+        return q.astype(np.int32), np.asarray(s, dtype=np.float32)
 
 
 class SpikeCode(_SpikecOp):
     def _run(self, b, bits=None, **_):
-        s_b = R.scale_per_tensor(b, int(bits))
-        return R.quantize(b, s_b, R.qmax(int(bits)), self.onnx_node.name), np.asarray(s_b, dtype=np.float32)
+        q_b, s_b = R.encode_tensor(b, int(bits), self.onnx_node.name)
+        return q_b, np.asarray(s_b, dtype=np.float32)
 
 
 class SpikeMatMul(_SpikecOp):

@@ -29,8 +29,10 @@ import onnx_ir as ir
 
 from spikec import ir as spir
 from spikec.errors import SpikecError
+from spikec.frontend import manifest as mf
 from spikec.paths import check_name, files_inside, resolve_inside
 from spikec.isa.container import SbinFile, SectionKind, write_sbin
+from spikec.schema import condense, parse_json
 
 MANIFEST_SECTION = "manifest"
 GRAPH_PREFIX = "graph/"
@@ -41,6 +43,9 @@ PROCESSOR_DIR = "processor"
 
 
 TENSOR_PREFIX = "tensor/"
+# A tokenizer.json of a large vocabulary is tens of MB; the processor's JSON files are read
+# whole by transformers anyway.
+MAX_PROCESSOR_JSON = 256 << 20
 
 
 def _graph_sections(path: Path, role: str) -> list[tuple[str, int, bytes | memoryview]]:
@@ -92,6 +97,113 @@ def pack_folder(folder: str | os.PathLike, out: str | os.PathLike,
     return write_sbin(out, [(MANIFEST_SECTION, SectionKind.MANIFEST, manifest_bytes), *sections, *extra])
 
 
+# ---------------------------------------------------------------- what a graph section may hold
+
+# The ops a .sbin graph may contain: the ones spikec emits, and no others (a graph section
+# is run by ONNX Runtime or onnx's reference evaluator, so an op outside this list -- a Loop
+# with no trip count, a ConstantOfShape of 4 EiB -- would reach them unchecked).
+# Derived by exporting tiny-llava, tiny-qwen2-vl, tiny-internvl and models/digits-llava and
+# compiling each export (default options; --spike-attention; --neuron if --wbits 4), then
+# collecting (domain, op_type) of every exported and compiled graph
+# (tests/fuzzing.py: `collect_ops`, re-run by the slow test in tests/test_fuzz.py); plus the
+# spikec domain's ops (spikec/ops.py), the QDQ ops `import-qdq` reads, and the ops of the
+# single-graph models the test suite compiles (spikec.examples.tiny_mlp_block: CastLike,
+# Constant; tests/graphs.py: Relu, Identity). No op carrying a subgraph (Loop, Scan, If) is
+# emitted, so none is accepted.
+DEFAULT_DOMAIN_OPS = frozenset({
+    "Add", "And", "Cast", "CastLike", "Concat", "Constant", "Conv", "Cos", "DequantizeLinear", "Div", "Equal", "Erf",
+    "Expand", "Gather", "GatherND", "Gemm", "Identity", "LayerNormalization", "LessOrEqual", "MatMul", "Max", "Mul",
+    "Neg", "Pow", "QuantizeLinear", "Range", "Reciprocal", "ReduceMean", "Relu", "Reshape", "Shape", "Sigmoid", "Sin",
+    "Slice", "Softmax", "Split", "Sqrt", "Squeeze", "Transpose", "Unsqueeze", "Where",
+})
+SPIKEC_DOMAIN_OPS = frozenset({"QuantLinear", "QuantMatMul", "SpikeEncode", "SpikeCode", "SpikeMatMul"})
+SBIN_OPS: frozenset[tuple[str, str]] = frozenset(
+    {("", op) for op in DEFAULT_DOMAIN_OPS} | {("spikec", op) for op in SPIKEC_DOMAIN_OPS})
+# Elements a constant shape (ConstantOfShape, Expand, Reshape, Tile) or a constant Range may
+# declare: 2**28 float32 elements is 1 GiB, far above any shape a spikec graph holds
+# constant (those are small; sequence-sized shapes come from Shape at run time).
+MAX_DECLARED_ELEMENTS = 1 << 28
+
+
+def _constants(g: onnx.GraphProto) -> dict[str, onnx.TensorProto]:
+    """Values of a graph known without running it: initializers and Constant nodes' `value`."""
+    out = {t.name: t for t in g.initializer}
+    for n in g.node:
+        if n.op_type == "Constant" and n.domain in ("", "ai.onnx") and len(n.output) == 1:
+            for a in n.attribute:
+                if a.name == "value" and a.HasField("t"):
+                    out[n.output[0]] = a.t
+    return out
+
+
+def _small_array(t: onnx.TensorProto, where: str) -> np.ndarray | None:
+    """A constant shape/scalar operand as an array; None if it is not one (not an integer or
+    float tensor of at most 64 elements, e.g. stored externally)."""
+    if t.data_location == onnx.TensorProto.EXTERNAL or t.data_type == onnx.TensorProto.STRING:
+        return None
+    count = 1
+    for d in t.dims:
+        count *= max(int(d), 0)
+    if count > 64:
+        raise SpikecError(f"{where}: a constant shape operand of {count} elements (a rank over 64)")
+    try:
+        return np.asarray(onnx.numpy_helper.to_array(t))
+    except Exception as exc:  # onnx raises several types for malformed tensors
+        raise SpikecError(f"{where}: constant operand '{t.name[:80]}' cannot be read ({condense(exc, 200)})") from None
+
+
+def _declared_elements(op: str, node: onnx.NodeProto, consts: dict, where: str) -> int | None:
+    """Elements node `op` will allocate according to its constant operands, or None when they
+    are not constant (then the input's own size bounds it)."""
+    def operand(i: int) -> np.ndarray | None:
+        if len(node.input) <= i or node.input[i] not in consts:
+            return None
+        return _small_array(consts[node.input[i]], where)
+
+    if op in ("ConstantOfShape", "Expand", "Reshape", "Tile"):
+        shape = operand(0 if op == "ConstantOfShape" else 1)
+        if shape is None:
+            return None
+        if shape.dtype.kind not in "iu":
+            raise SpikecError(f"{where}: {op} shape operand of type {shape.dtype} (not integers)")
+        count = 1
+        for d in shape.reshape(-1).tolist():
+            count *= abs(int(d)) if op != "Reshape" or d > 0 else 1
+        return count
+    if op == "Range":
+        vals = [operand(i) for i in range(3)]
+        if any(v is None or v.size != 1 for v in vals):
+            return None
+        start, limit, delta = (float(v.reshape(-1)[0]) for v in vals)
+        if not all(np.isfinite([start, limit, delta])):
+            raise SpikecError(f"{where}: Range with a non-finite start, limit or delta")
+        if delta == 0:
+            raise SpikecError(f"{where}: Range with delta 0")
+        return max(int(np.ceil((limit - start) / delta)), 0)
+    return None
+
+
+def check_graph_ops(proto: onnx.ModelProto, *, where: str) -> None:
+    """Refuse a graph section holding an op spikec does not emit (SBIN_OPS: no subgraphs), or
+    a constant shape declaring more than MAX_DECLARED_ELEMENTS elements, before anything is
+    allocated or run. Raises SpikecError naming `where` (file and graph), the node and op."""
+    g = proto.graph
+    consts = _constants(g)
+    for node in g.node:
+        domain = "" if node.domain in ("", "ai.onnx") else node.domain
+        op = f"{domain + '::' if domain else ''}{node.op_type}"
+        nw = f"{where}: node '{node.name[:80]}' ({op[:80]})"
+        if (domain, node.op_type) not in SBIN_OPS:
+            raise SpikecError(f"{nw}: op '{op[:80]}' is not one spikec emits; a .sbin graph holds only those "
+                              f"(spikec.package.SBIN_OPS)")
+        for a in node.attribute:
+            if a.HasField("g") or len(a.graphs):
+                raise SpikecError(f"{nw}: attribute '{a.name[:80]}' holds a subgraph, which spikec never emits")
+        n = _declared_elements(node.op_type, node, consts, nw) if not domain else None
+        if n is not None and n > MAX_DECLARED_ELEMENTS:
+            raise SpikecError(f"{nw}: declares {n} elements, over the limit of {MAX_DECLARED_ELEMENTS}")
+
+
 class SbinModel:
     """An opened .sbin: manifest, graphs by role, and the processor files on demand."""
 
@@ -105,18 +217,18 @@ class SbinModel:
             for section in self.file.sections.values():
                 if section.kind != SectionKind.TENSOR:
                     self.file.view(section.name).release()
-        try:
-            self.manifest = json.loads(self.file.read(MANIFEST_SECTION))
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-            raise SpikecError(f"{self.path}: section 'manifest' is not valid JSON: {exc}") from None
-        if not isinstance(self.manifest, dict):
-            raise SpikecError(f"{self.path}: section 'manifest' is not a JSON object")
-        graphs = self.manifest.get("graphs")
-        if not isinstance(graphs, dict) or not graphs:
-            raise SpikecError(f"{self.path}: manifest has no 'graphs' table")
+        if MANIFEST_SECTION not in self.file.sections:
+            raise SpikecError(f"{self.path}: no section 'manifest' (not a compiled spikec model)")
+        where = f"{self.path}: section 'manifest'"
+        manifest = parse_json(self.file.read(MANIFEST_SECTION), where=where)
+        if not isinstance(manifest, dict):
+            raise SpikecError(f"{where} is not a JSON object")
+        # every field any reader uses later (inspect, the runtime, generation), checked once
+        self.manifest = mf.check_manifest(manifest, where=where, sbin=True)
+        graphs = self.manifest["graphs"]
         for role, entry in graphs.items():
             check_name(role, where=f"{self.path}: manifest graph role")
-            section = entry.get("file") if isinstance(entry, dict) else None
+            section = entry.get("file")
             if not isinstance(section, str) or section not in self.file.sections:
                 raise SpikecError(f"{self.path}: manifest graph '{role}' names a missing section {section!r:.80}")
             if self.file.sections[section].kind != SectionKind.ONNX:
@@ -160,10 +272,18 @@ class SbinModel:
         try:
             proto = onnx.load_from_string(self.graph_bytes(role))
         except Exception as exc:  # protobuf raises several types for bad bytes
-            raise SpikecError(f"{where} is not a valid ONNX model ({str(exc)[:200]})") from None
+            raise SpikecError(f"{where} is not a valid ONNX model ({condense(exc, 200)})") from None
+        if not proto.HasField("graph"):
+            raise SpikecError(f"{where} is not a valid ONNX model (no graph)")
         # a tensor attribute or a subgraph initializer may not refer to anything outside itself
         spir.check_self_contained(proto, where=where, initializers=False)
-        tensors: dict[str, ir.Tensor] = {}
+        # only the ops spikec emits, no declared size past the limits, stored data as declared
+        spir.check_graph_structure(proto, where=where)
+        check_graph_ops(proto, where=where)
+        tensors: dict[str, ir.TensorProtocol] = {}
+        folder = self.path.resolve().parent
+        # onnx_ir refuses to map a file with several hard links; such a .sbin is read through views
+        shared_file_ok = os.stat(self.path).st_nlink == 1
         for t in proto.graph.initializer:
             if t.data_location != onnx.TensorProto.EXTERNAL and not len(t.external_data):
                 continue
@@ -183,15 +303,23 @@ class SbinModel:
             if entry.size != nbytes or info.get("length", str(nbytes)) != str(nbytes):
                 raise SpikecError(f"{tw}: section '{section}' holds {entry.size} bytes; dims {list(t.dims)[:8]} of "
                                   f"{onnx.TensorProto.DataType.Name(t.data_type)} need {nbytes}")
-            view = self.file.view(section)
-            array = np.frombuffer(view, dtype=dtype).reshape(shape) if nbytes else np.zeros(shape, dtype)
-            tensors[t.name] = ir.Tensor(array, name=t.name)
+            view = self.file.view(section)  # checks the section's CRC on first use
+            if nbytes and shared_file_ok:
+                # A reference into the .sbin itself: onnxruntime maps it in place (spikec.ir.ort_session)
+                view.release()
+                tensors[t.name] = ir.ExternalTensor(self.path.name, entry.offset, nbytes, ir.DataType(t.data_type),
+                                                    shape=ir.Shape(shape), name=t.name, base_dir=str(folder))
+            else:
+                array = np.frombuffer(view, dtype=dtype).reshape(shape) if nbytes else np.zeros(shape, dtype)
+                tensors[t.name] = ir.Tensor(array, name=t.name)
         return proto, tensors
 
-    def section_json(self, name: str) -> dict | None:
+    def section_json(self, name: str) -> object | None:
+        """A JSON section parsed (None when the file has no such section); SpikecError naming
+        the file and section if it is not valid JSON (schema.parse_json)."""
         if name not in self.file.sections:
             return None
-        return json.loads(self.file.read(name))
+        return parse_json(self.file.read(name), where=f"{self.path}: section '{name}'")
 
     def folder(self) -> Path:
         """A private temporary folder laid out like a model folder: manifest.json and the
@@ -212,10 +340,13 @@ class SbinModel:
                 if not name.startswith(FILE_PREFIX):
                     raise SpikecError(f"{where} '{name[:80]}' is not under '{FILE_PREFIX}'")
                 target = resolve_inside(proc, name[len(FILE_PREFIX):], where=f"{where} '{name[:80]}'")
+                data = self.file.read(name)
+                if name.endswith(".json"):  # processor, tokenizer and model configurations
+                    parse_json(data, where=f"{where} '{name[:80]}'", max_bytes=MAX_PROCESSOR_JSON)
                 try:
                     target.parent.mkdir(parents=True, exist_ok=True)
                     with open(target, "xb") as f:  # exclusive: two sections may not name one file
-                        f.write(self.file.read(name))
+                        f.write(data)
                 except OSError as exc:
                     raise SpikecError(f"{where} '{name[:80]}' cannot be extracted: it collides with another "
                                       f"file section ({exc.strerror})") from None

@@ -9,7 +9,20 @@ Codes. A b-bit symmetric code has Qb = 2**(b-1) - 1 and
 one float32 division then rounding, as ONNX QuantizeLinear does, so imported QDQ
 graphs agree bit for bit. Scales are max|.| / Qb in float32, per tensor, per token
 (last axis) or per output channel of a [K, N] MatMul weight (column j). A slice that
-is all zero gets scale 1.0: a zero scale would divide by zero, and 1.0 codes it as 0.
+is all zero gets scale 1.0 (ZERO_RANGE_SCALE): a zero scale would divide by zero, and
+1.0 codes it as 0. The same fallback serves a static scale whose calibrated clip is 0
+(a layer silent on the calibration data): `static_scale` is the one definition every
+target uses (spikec.ops, runtime/ort_lowering.py, passes/lower_isa.py, the report).
+
+Non-finite activations (SEMANTICS.md is silent; this project's rule, docs/passes.md
+"Non-finite activations"). A token whose activation row x[..., i, :] entering a spiking
+product holds NaN, +inf or -inf -- with a dynamic or a static scale -- is encoded as
+code 0 on every element (no spikes) with scale NaN, so its whole output row
+y[..., i, :] = (float32(acc) * NaN) * s_w + bias is NaN; the other tokens are
+unaffected. The right operand of an attention product has one per-tensor scale: a
+non-finite value anywhere in it gives code 0 everywhere and scale NaN, so the whole
+product is NaN. `encode_tokens` / `encode_tensor` implement the rule; `quantize` itself
+still refuses NaN (it is the raw code of one value, also used for weights).
 
 TC-LIF. T timesteps carry |q| <= 2**T - 1 (b = T + 1 bits) as ternary int8 planes,
 MSB first, plane t weighted 2**(T-1-t): q = sum_t 2**(T-1-t) * S_t.
@@ -39,6 +52,7 @@ from spikec.errors import SpikecError
 
 INT32_MAX = 2**31 - 1
 MAX_T = 31  # codes |q| <= 2**T - 1 must fit int32
+ZERO_RANGE_SCALE = np.float32(1.0)  # the scale of an all-zero range (dynamic row or static clip 0)
 
 
 # ---------------------------------------------------------------- validation helpers
@@ -140,6 +154,46 @@ def absmax_int(a) -> int:
     return max(abs(int(a.max())), abs(int(a.min())))
 
 
+def encode_tokens(x, s_x, qmax, where: str = "") -> tuple[np.ndarray, np.ndarray]:
+    """Activation codes under the non-finite rule: (q int32 [..., N, K], s float32).
+
+    x [..., N, K]; s_x a scalar or per token [..., N, 1] (static or dynamic); qmax an int
+    or per token [..., N, 1]. A token whose row of x holds NaN/+-inf, or whose scale is
+    NaN, gets q = 0 on its whole row and s = NaN (returned as [..., N, 1]; a scalar s_x
+    stays a scalar when every token is finite); every other token is
+    quantize(x, s_x, qmax). Raises SpikecError (via quantize) for a scale that is
+    +-inf, zero or negative, or shapes that do not broadcast.
+    """
+    x = np.asarray(x, dtype=np.float32)
+    s = np.asarray(s_x, dtype=np.float32)
+    if x.ndim < 1:
+        raise _fail("encode_tokens", where, "x must have a last (feature) axis")
+    bad = nonfinite_tokens(x)
+    if s.ndim == x.ndim and s.shape[-1] == 1:
+        bad = bad | np.isnan(s[..., 0])
+    elif s.ndim == 0 and np.isnan(s):
+        bad = np.ones_like(bad)
+    if not bad.any():
+        return quantize(x, s, qmax, where), s
+    s_tok = np.broadcast_to(s, x.shape[:-1] + (1,)) if s.ndim in (0, x.ndim) else s
+    keep_s = np.where(bad[..., None], np.float32(1.0), s_tok).astype(np.float32)
+    q = quantize(np.where(bad[..., None], np.float32(0.0), x), keep_s, qmax, where)
+    return q, np.where(bad[..., None], np.float32(np.nan), s_tok).astype(np.float32)
+
+
+def encode_tensor(b, bits, where: str = "") -> tuple[np.ndarray, np.float32]:
+    """Per-tensor dynamic code of an attention product's right operand: (q int32, s float32 []).
+
+    s = max|b| / Qb (scale_per_tensor), q = quantize(b, s, Qb). Under the non-finite rule a
+    NaN/+-inf anywhere in b gives q = 0 everywhere and s = NaN (the whole product is NaN).
+    """
+    b = np.asarray(b, dtype=np.float32)
+    if b.size and not np.isfinite(b).all():
+        return np.zeros(b.shape, np.int32), np.float32(np.nan)
+    s = scale_per_tensor(b, bits)
+    return quantize(b, s, qmax(bits), where), s
+
+
 def dequantize(q, scale) -> np.ndarray:
     """float32(q) * float32(scale)."""
     return np.asarray(q).astype(np.float32) * np.asarray(scale, dtype=np.float32)
@@ -150,7 +204,28 @@ def _scale(amax: np.ndarray, q_max, op: str) -> np.ndarray:
         raise SpikecError(f"{op}: input contains inf or NaN")
     s = amax.astype(np.float32) / np.asarray(q_max).astype(np.float32)
     # An all-zero (or denormal, where s underflows) slice gets 1.0: it codes as 0.
-    return np.where(s > 0, s, np.float32(1.0)).astype(np.float32)
+    return np.where(s > 0, s, ZERO_RANGE_SCALE).astype(np.float32)
+
+
+def static_scale(clip, T) -> np.ndarray:
+    """float32 static activation scale from a calibrated clip at T timesteps:
+    s = float32(clip) / float32(2**T - 1), elementwise over broadcast clip and T.
+
+    The one definition of the fallback for a layer silent on the calibration data:
+    clip 0 (or a denormal quotient) gives ZERO_RANGE_SCALE = 1.0, as an all-zero row
+    does with a dynamic scale (the compiler warns, naming the layer). A NaN clip (no
+    calibration token of that modality) stays NaN; callers refuse it.
+    """
+    c = np.asarray(clip, dtype=np.float32)
+    T = np.asarray(T, dtype=np.int64)
+    s = (c / ((np.int64(1) << T) - 1).astype(np.float32)).astype(np.float32)
+    return np.where(np.isnan(s) | (s > 0), s, ZERO_RANGE_SCALE).astype(np.float32)
+
+
+def nonfinite_tokens(x) -> np.ndarray:
+    """bool [...]: True for each row (last axis) of x that holds NaN, +inf or -inf."""
+    x = np.asarray(x, dtype=np.float32)
+    return ~np.isfinite(x).all(axis=-1)
 
 
 def scale_per_tensor(x, bits) -> np.float32:
@@ -163,10 +238,15 @@ def scale_per_tensor(x, bits) -> np.float32:
 
 
 def scale_per_token(x, bits) -> np.ndarray:
-    """float32 [..., N, 1]: max over the last axis / Qb. bits: int, or per token [..., N]."""
+    """float32 [..., N, 1]: max over the last axis / Qb. bits: int, or per token [..., N].
+
+    A row holding NaN or +-inf gets scale NaN (the non-finite rule in the module doc)."""
     x = np.asarray(x, dtype=np.float32)
     q_max = _qmax_of(bits, "scale_per_token", "")
-    return _scale(np.abs(x).max(axis=-1, keepdims=True), q_max[..., None], "scale_per_token")
+    bad = nonfinite_tokens(x)[..., None]
+    amax = np.where(bad, np.float32(0.0), np.abs(x).max(axis=-1, keepdims=True, initial=0.0))
+    s = _scale(amax, q_max[..., None], "scale_per_token")
+    return np.where(bad, np.float32(np.nan), s).astype(np.float32)
 
 
 def scale_per_channel(w, bits) -> np.ndarray:
@@ -329,7 +409,8 @@ def _linear(x, s_x, w_q, s_w, bias, T_tokens, where: str, op: str, spiking: bool
     s_w = np.asarray(s_w, dtype=np.float32)
     if s_w.shape != w.shape[-1:]:
         raise _fail(op, where, f"s_w must be [{w.shape[-1]}] (per output channel), not {s_w.shape}")
-    q = quantize(x, s_x, ((np.int64(1) << T) - 1)[..., None], where)  # b_i = T_i + 1 bits
+    # b_i = T_i + 1 bits; a non-finite token codes as 0 with scale NaN (module doc)
+    q, s_x = encode_tokens(x, s_x, ((np.int64(1) << T) - 1)[..., None], where)
     if spiking:
         acc = spike_matmul(q, w, T, where)
     else:

@@ -276,3 +276,25 @@ def test_both_tile_orders_are_bit_exact(monkeypatch, order, scale):
     want = sops.run_reference(model, {"x": x, "modality": mods})[0]
     np.testing.assert_array_equal(y.view(np.int32), want.view(np.int32))
     assert chosen and set(chosen) == {order}
+
+
+@pytest.mark.parametrize("scale", ["dynamic", "static"])
+def test_non_finite_tokens_give_nan_rows_as_on_every_target(scale):
+    """docs/passes.md: a token holding NaN or +-inf fires no spike and its output row is
+    NaN; the other rows are bit-identical to a run without it (the simulator faults on
+    NaN, so the host sends zeros and writes NaN over those rows)."""
+    cfg = HwConfig.load("small")
+    model, *_ = _linear_graph(24, 8, [3, 4], 8, "tc-lif", scale, True)
+    art = lower_isa.lower_graphs({"g": model}, cfg)
+    runner = KernelRunner(Simulator(cfg), art.weights, art.kernels)
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((6, 24)).astype(np.float32)
+    mods = np.array([0, 1, 0, 1, 1, 0])
+    clean = runner(0, x, mods, "mm")
+    x[1, 5], x[3, 0], x[4, 23] = np.nan, np.inf, -np.inf
+    y = runner(0, x, mods, "mm")
+    want = sops.run_reference(model, {"x": x, "modality": mods})[0]
+    bad = np.array([False, True, False, True, True, False])
+    assert np.isnan(y[bad]).all() and np.isnan(want[bad]).all()
+    np.testing.assert_array_equal(y[~bad].view(np.int32), clean[~bad].view(np.int32))
+    np.testing.assert_array_equal(y[~bad].view(np.int32), want[~bad].view(np.int32))

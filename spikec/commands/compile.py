@@ -51,6 +51,7 @@ def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_
     """Compile INPUT (an ONNX file, or an export folder of `spikec export`) into OUTPUT."""
     from spikec import atomic
     from spikec.compiler import compile_path
+    from spikec.schema import naming_file
     from spikec.passes.options import SpikeOptions
 
     options = SpikeOptions(
@@ -59,49 +60,76 @@ def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_
         budget=budget, spike_attention=spike_attention, per_layer=per_layer,
     ).validate()
     names = None if pass_list is None else [n.strip() for n in pass_list.split(",") if n.strip()]
-    report = compile_path(input_path, output, pipeline=names, options=options, dump_dir=dump_dir,
-                          progress=lambda m: click.echo(m, err=True), isa=isa, hwconfig=hwconfig)
+    with naming_file(input_path):
+        report = compile_path(input_path, output, pipeline=names, options=options, dump_dir=dump_dir,
+                              progress=lambda m: click.echo(m, err=True), isa=isa, hwconfig=hwconfig)
+    # The output is complete and renamed by now: the summary below only reads the report,
+    # and every value is formatted defensively (`_fmt`), so printing it cannot fail.
     if report_path is not None:
         atomic.write_text(report_path, report.to_json())
     click.echo(f"compiled {input_path} -> {output}")
     click.echo(f"{'pass':<28} {'time (s)':>9} {'nodes':>7} {'param bytes':>12}  changed")
     for r in report.passes:
-        click.echo(f"{r.name:<28} {r.wall_s:>9.3f} {r.nodes:>7} {r.parameter_bytes:>12}  {'yes' if r.modified else 'no'}")
+        click.echo(f"{_fmt(r.name, '<28')} {_fmt(r.wall_s, '>9.3f')} {_fmt(r.nodes, '>7')} "
+                   f"{_fmt(r.parameter_bytes, '>12')}  {'yes' if r.modified else 'no'}")
     graphs = report.extra.get("graphs") or {"": report.extra}
-    for role, extra in graphs.items():
-        _print_layers(role, extra)
+    for role, extra in (graphs.items() if isinstance(graphs, dict) else ()):
+        _print_layers(str(role), extra if isinstance(extra, dict) else {})
     if isa:
         _print_isa(report.extra.get("isa") or {})
     if dump_dir is not None:
         click.echo(f"IR dumps and report.json in {dump_dir}")
 
 
+def _fmt(value, spec: str = "") -> str:
+    """`format(value, spec)`, or the value as text padded like it when the spec does not
+    apply (None, a string where a number was expected): a summary line never fails."""
+    try:
+        return format(value, spec)
+    except (TypeError, ValueError):
+        align = "".join(c for c in spec[:1] if c in "<>^")
+        width = "".join(c for c in spec.lstrip("<>^").split(".")[0].split(",")[0] if c.isdigit())
+        return format(str(value), f"{align}{width}")
+
+
+def _get(d, key, default=None):
+    return d.get(key, default) if isinstance(d, dict) else default
+
+
 def _print_layers(role: str, extra: dict) -> None:
-    msts = extra.get("msts") or {}
-    if msts.get("mode") == "budget":
-        u = msts["uniform"]
-        click.echo(f"{role + ': ' if role else ''}msts: T={msts['timesteps']} budget {msts['budget']} (used "
-                   f"{msts['budget_used']:.3f}) error {msts['error']:.6g}; uniform T={u['T']} error {u['error']:.6g}")
-    rows = extra.get("layers") or []
-    if not rows:
+    msts = _get(extra, "msts") or {}
+    if _get(msts, "mode") == "budget":
+        u = _get(msts, "uniform") or {}
+        click.echo(f"{role + ': ' if role else ''}msts: T={_get(msts, 'timesteps')} budget {_get(msts, 'budget')} (used "
+                   f"{_fmt(_get(msts, 'budget_used'), '.3f')}) error {_fmt(_get(msts, 'error'), '.6g')}; uniform "
+                   f"T={_get(u, 'T')} error {_fmt(_get(u, 'error'), '.6g')}")
+    rows = _get(extra, "layers") or []
+    if not rows or not isinstance(rows, list):
         return
-    click.echo(f"{role + ': ' if role else ''}{'layer':>5} {'op':<26} {'T':<18} {'bits':>4} {'scale':<8} {'MED':>6}")
+    # names are module paths from the checkpoint (model.language_model.layers.3.mlp.down_proj): shown whole
+    width = max([26] + [len(str(_get(r, "name", ""))) for r in rows])
+    click.echo(f"{role + ': ' if role else ''}{'layer':>5} {'name':<{width}} {'T':<18} {'bits':>4} {'scale':<8} {'MED':>6}")
     for r in rows:
-        T = "/".join(f"{k[0]}{v}" for k, v in r["timesteps"].items())
-        med = "" if r.get("med") is None else f"{r['med']:.3f}"
-        click.echo(f"{'':{len(role) + 2 if role else 0}}{str(r.get('layer', '')):>5} {r['name'][:26]:<26} {T:<18} "
-                   f"{str(r.get('wbits')):>4} {r['act_scale']:<8} {med:>6}")
+        timesteps = _get(r, "timesteps") or {}
+        T = "/".join(f"{str(k)[:1]}{v}" for k, v in timesteps.items()) if isinstance(timesteps, dict) else str(timesteps)
+        med = "" if _get(r, "med") is None else _fmt(_get(r, "med"), ".3f")
+        click.echo(f"{'':{len(role) + 2 if role else 0}}{str(_get(r, 'layer', '')):>5} {str(_get(r, 'name', '')):<{width}} "
+                   f"{T:<18} {str(_get(r, 'wbits')):>4} {_fmt(_get(r, 'act_scale'), '<8')} {med:>6}")
 
 
 def _print_isa(isa: dict) -> None:
-    click.echo(f"accelerator ({isa.get('hwconfig')}): {isa.get('kernels')} kernels, {isa.get('vec_kernels', 0)} vector "
-               f"kernels, {isa.get('weights_bytes'):,} weight bytes, representative program "
-               f"{isa.get('program_instructions')} instructions")
-    for role, g in (isa.get("graphs") or {}).items():
-        ops = ", ".join(f"{k} {v}" for k, v in g["host_ops"].items())
-        vec = ", ".join(f"{k} {v}" for k, v in g.get("vec_kernels", {}).items())
-        click.echo(f"  {role}: {g['device_kernels']} kernels on the device, vector kernels: {vec or 'none'}; "
+    click.echo(f"accelerator ({_get(isa, 'hwconfig')}): {_get(isa, 'kernels')} kernels, {_get(isa, 'vec_kernels', 0)} "
+               f"vector kernels, {_fmt(_get(isa, 'weights_bytes'), ',')} weight bytes, representative program "
+               f"{_get(isa, 'program_instructions')} instructions")
+    graphs = _get(isa, "graphs") or {}
+    for role, g in (graphs.items() if isinstance(graphs, dict) else ()):
+        host = _get(g, "host_ops") or {}
+        vecs = _get(g, "vec_kernels") or {}
+        ops = ", ".join(f"{k} {v}" for k, v in host.items()) if isinstance(host, dict) else ""
+        vec = ", ".join(f"{k} {v}" for k, v in vecs.items()) if isinstance(vecs, dict) else ""
+        click.echo(f"  {role}: {_get(g, 'device_kernels')} kernels on the device, vector kernels: {vec or 'none'}; "
                    f"host fallback: {ops or 'none'}")
-        for node, why in g["not_lowered"].items():
+        not_lowered = _get(g, "not_lowered") or {}
+        for node, why in (not_lowered.items() if isinstance(not_lowered, dict) else ()):
             click.echo(f"    not lowered: {node}: {why}")
-    click.echo(f"  note: {isa.get('note')}")
+    click.echo(f"  note: {_get(isa, 'note')}")

@@ -50,6 +50,14 @@ def _print_fpga(r: dict) -> None:
                "are on neither side)")
 
 
+def _ort_errors() -> tuple[type[BaseException], ...]:
+    """The exceptions onnxruntime raises when a session's inputs do not fit its graph."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(getattr(state, n) for n in ("Fail", "InvalidArgument", "InvalidGraph", "NotImplemented",
+                                               "RuntimeException", "EPFail") if hasattr(state, n))
+
+
 @click.command("run")
 @click.argument("model_path", metavar="MODEL.sbin", type=click.Path(path_type=Path))
 @click.option("--target", type=click.Choice(["ort", "fpga"]), default="ort", show_default=True,
@@ -77,6 +85,7 @@ def run_command(model_path, target, device, mode, image, prompt, max_new_tokens,
     from spikec import atomic
     from spikec.errors import SpikecError
     from spikec.runtime.model import load
+    from spikec.schema import condense, naming_file
 
     generating = image is not None or prompt is not None
     if generating == (inputs_path is not None):
@@ -87,7 +96,9 @@ def run_command(model_path, target, device, mode, image, prompt, max_new_tokens,
         raise SpikecError("-o/--output goes with --inputs")
     if (stats or stats_json) and target == "ort":
         mode = "exact"
-    with load(model_path, target=target, mode=mode, device=device) as model:
+    with naming_file(model_path):  # a graph's load error names its file
+        model = load(model_path, target=target, mode=mode, device=device)
+    with model:
         if generating:
             click.echo(model.generate(image, prompt, max_new_tokens=max_new_tokens))
         else:
@@ -98,7 +109,11 @@ def run_command(model_path, target, device, mode, image, prompt, max_new_tokens,
                     feeds = {k: data[k] for k in data.files}
             except (ValueError, OSError) as exc:
                 raise SpikecError(f"--inputs {inputs_path}: not a readable .npz ({exc})") from None
-            outs = model.run(feeds, graph=graph)
+            try:
+                outs = model.run(feeds, graph=graph)
+            except _ort_errors() as exc:  # the inputs do not fit the graph (type, shape, rank)
+                raise SpikecError(f"{model_path}: graph '{graph or '?'}' cannot run on --inputs {inputs_path}: "
+                                  f"{condense(exc)}") from exc
             if output is not None:
                 with atomic.atomic_path(output) as tmp:
                     with open(tmp, "wb") as f:

@@ -44,21 +44,42 @@ def sample_image(width: int = 64, height: int = 48):
     return Image.fromarray(rgb.astype(np.uint8))
 
 
-def format_prompt(adapter, processor, prompt: str) -> str:
-    """The processor's text for one image + `prompt`.
+def format_prompt(adapter, processor, prompt: str, images: int = 1) -> str:
+    """The processor's text for `images` images (1, or 0 for a text-only prompt) + `prompt`.
 
-    A prompt that already holds the image token is used as is; otherwise the
-    checkpoint's chat template (if any) lays out the turn, else the family default.
+    The image placeholder typed into a prompt (the processor's image token: `<image>` for
+    LLaVA, `<|image_pad|>` for Qwen2-VL, ...) is handled as the processors document it:
+    - once, with one image: the prompt is used as is, the image goes where the token is
+      (so a prompt can carry its own layout, e.g. "USER: <image>\nwhich digit? ASSISTANT:");
+    - more often than images are given (twice for one image, or at all for a text-only
+      prompt): SpikecError "--prompt: ... holds the image token ... N times ...";
+    - absent: the checkpoint's chat template (if any) lays out the turn, else the family
+      default layout (adapter.prompt_layout); a text-only prompt without a chat template
+      is used as is.
+    Raises SpikecError naming --prompt for a prompt that is not a str.
     """
+    from spikec.errors import SpikecError
+
+    if not isinstance(prompt, str):
+        raise SpikecError(f"--prompt: the prompt must be a string, not {type(prompt).__name__}")
     image_token = processor.image_token
-    if image_token in prompt:
+    count = prompt.count(image_token) if image_token else 0
+    if count > images:
+        given = "one image is given" if images == 1 else f"{images} images are given" if images else "no image is given"
+        allowed = "at most once, where the image goes," if images == 1 else "not at all" if not images else f"at most {images} times"
+        raise SpikecError(f"--prompt: the prompt holds the image token {image_token!r} {count} time{'s' if count != 1 else ''}, but {given}; "
+                          f"write it {allowed} or leave it out (spikec places the image itself)")
+    if count:
         return prompt
     if getattr(processor, "chat_template", None):
-        messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": prompt}]}]
+        content = [{"type": "image"}] * images + [{"type": "text", "text": prompt}]
+        messages = [{"role": "user", "content": content}]
         try:
             return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
         except Exception as exc:  # a template that expects other fields: fall back
             log.debug("chat template failed (%s); using the family's default layout", exc)
+    if not images:
+        return prompt
     return adapter.prompt_layout.format(image=image_token, prompt=prompt)
 
 
@@ -149,7 +170,8 @@ def _rename_dims(model, names: dict[str, dict[int, str]]) -> None:
 def _save(model, path: Path) -> None:
     import onnx_ir as ir
 
-    ir.save(model, path, external_data=path.name + ".data")
+    # one writer thread: tensors are materialised (converted from the checkpoint) one at a time
+    ir.save(model, path, external_data=path.name + ".data", max_workers=1)
 
 
 def lm_sample(config, adapter, batch=2, seq=5, past=3):
@@ -175,13 +197,19 @@ def lm_sample(config, adapter, batch=2, seq=5, past=3):
 
 
 def export_loaded(loaded: Loaded, outdir: Path, *, opset: int = DEFAULT_OPSET,
-                  progress: Callable[[str], None] = lambda s: None) -> dict:
+                  progress: Callable[[str], None] = lambda s: None, bind_weights: bool = True) -> dict:
     """Export a loaded model into `outdir` (written atomically). Returns the manifest."""
     import torch
 
     from spikec.frontend.wrappers import EmbedWrapper, LMWrapper
 
+    from spikec.frontend.streaming import CheckpointWeights
+
     model, processor, adapter = loaded.model, loaded.processor, loaded.adapter
+    # One path for every model: a loaded model with real weights is its own value source,
+    # so its graphs too get module-path names and the same transpose folding.
+    # (bind_weights=False keeps torch.onnx's own optimizer: the reference tests compare to.)
+    weights = loaded.weights if loaded.weights is not None else CheckpointWeights(model, model) if bind_weights else None
     config = model.config
     text_model = adapter.text_model(model)
     graphs = {}
@@ -196,7 +224,7 @@ def export_loaded(loaded: Loaded, outdir: Path, *, opset: int = DEFAULT_OPSET,
         feeds = adapter.vision_feeds(config, proc_out)
         vkw = {k: torch.from_numpy(v) for k, v in feeds.items()}
         vision = _export_graph(adapter.vision_module(model), vkw, ["image_features"],
-                               adapter.vision_dynamic_shapes(feeds), opset, loaded.weights)
+                               adapter.vision_dynamic_shapes(feeds), opset, weights)
         _save(vision, tmp / "vision.onnx")
         graphs["vision"] = mf.graph_entry("vision.onnx", "vision encoder + projector: image -> features, one row per "
                                           "image token", vision)
@@ -209,7 +237,7 @@ def export_loaded(loaded: Loaded, outdir: Path, *, opset: int = DEFAULT_OPSET,
         ids = torch.zeros(2, 5, dtype=torch.long)
         b, s = torch.export.Dim("batch"), torch.export.Dim("seq")
         embed = _export_graph(EmbedWrapper(text_model.get_input_embeddings()), {"input_ids": ids},
-                              ["inputs_embeds"], {"input_ids": {0: b, 1: s}}, opset, loaded.weights)
+                              ["inputs_embeds"], {"input_ids": {0: b, 1: s}}, opset, weights)
         _save(embed, tmp / "embed.onnx")
         graphs["embed"] = mf.graph_entry("embed.onnx", "token embedding: input_ids -> inputs_embeds", embed)
         del embed
@@ -233,7 +261,7 @@ def export_loaded(loaded: Loaded, outdir: Path, *, opset: int = DEFAULT_OPSET,
         dyn["past"] = tuple({0: b, 2: past} for _ in past_names)
         wrapper = LMWrapper(text_model, model.lm_head, n_layers)
         # The wrapper takes past tensors as *past; pass them positionally in that order.
-        lm = _export_lm(wrapper, kw, past_names, ["logits"] + present_names, dyn, opset, loaded.weights)
+        lm = _export_lm(wrapper, kw, past_names, ["logits"] + present_names, dyn, opset, weights)
         import onnx_ir as ir
 
         _ensure_inputs(lm, {"modality": (ir.DataType.INT64, ["batch", "seq"])})

@@ -31,7 +31,7 @@ def create_sessions(outdir: str | Path, manifest: dict | None = None, providers:
     import onnxruntime as ort
 
     outdir = Path(outdir)
-    manifest = manifest or mf.read(outdir)
+    manifest = manifest or mf.read(outdir)  # checked: roles and files (frontend.manifest.check_manifest)
     opts = ort.SessionOptions()
     opts.log_severity_level = 3
     sessions = {}
@@ -41,6 +41,14 @@ def create_sessions(outdir: str | Path, manifest: dict | None = None, providers:
             raise SpikecError(f"{path}: graph file named by manifest.json is missing")
         sessions[role] = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
     return sessions
+
+
+def _input_names(session) -> set[str] | None:
+    """A session's input names (onnxruntime's or spikec's own sessions), or None if unknown."""
+    names = getattr(session, "input_names", None)
+    if names is None and hasattr(session, "get_inputs"):
+        names = [i.name for i in session.get_inputs()]
+    return None if names is None else set(names)
 
 
 class OrtGenerator:
@@ -55,17 +63,35 @@ class OrtGenerator:
 
         self.outdir = Path(outdir)
         self.manifest = mf.read(self.outdir)
-        self.adapter = adapter_by_family(self.manifest["family"])
+        # every field read below, checked once (type and range), naming the file and field
+        fields = mf.generation_fields(self.manifest, where=str(self.outdir / mf.MANIFEST))
+        self.adapter = adapter_by_family(fields["family"])
         proc_dir = mf.processor_path(self.outdir, self.manifest)
         if proc_dir is None or not proc_dir.is_dir():
             raise SpikecError(f"{self.outdir / mf.MANIFEST}: field 'processor' names no processor folder")
         self.processor = AutoProcessor.from_pretrained(proc_dir, local_files_only=True)
         self.config = AutoConfig.from_pretrained(proc_dir, local_files_only=True)
         self.sessions = sessions if sessions is not None else create_sessions(self.outdir, self.manifest, providers)
-        lm = self.manifest["lm"]
-        self.n_layers, self.n_kv, self.head_dim = lm["num_layers"], lm["num_kv_heads"], lm["head_dim"]
-        self.image_token_id = self.manifest["merge"]["image_token_id"]
-        self.modality = self.manifest["modality"]
+        self.n_layers, self.n_kv, self.head_dim = fields["num_layers"], fields["num_kv_heads"], fields["head_dim"]
+        self.image_token_id = fields["image_token_id"]
+        self.modality = fields["modality"]
+        self.eos = fields["eos"]
+        self._check_graphs()
+
+    def _check_graphs(self) -> None:
+        """The graphs the generation loop calls exist, and the LM takes the KV-cache inputs
+        the manifest's `lm.num_layers` implies (a SpikecError naming the manifest field,
+        rather than an error of the runtime at the first call)."""
+        where = f"{self.outdir / mf.MANIFEST}"
+        for role in ("embed", "lm"):
+            if role not in self.sessions:
+                raise SpikecError(f"{where}: field 'graphs' has no '{role}' graph, which generation needs")
+        names = _input_names(self.sessions["lm"])
+        if names is not None:
+            missing = [n for n in mf.past_names(self.n_layers) if n not in names]
+            if missing:
+                raise SpikecError(f"{where}: field 'lm.num_layers' = {self.n_layers} implies KV-cache inputs the "
+                                  f"'lm' graph does not have (e.g. '{missing[0]}')")
 
     # ---- inputs -------------------------------------------------------------------
     def prepare(self, images: list, prompts: list[str]) -> dict:
@@ -98,6 +124,9 @@ class OrtGenerator:
         mask = to_numpy(proc_out.get("attention_mask", np.ones_like(input_ids))).astype(np.int64)
         embeds = self.embed(input_ids)
         is_image = input_ids == self.image_token_id
+        if is_image.any() and "pixel_values" not in proc_out:
+            raise SpikecError(f"the prompt holds {int(is_image.sum())} image token(s) (id {self.image_token_id}) "
+                              "but no image was given")
         if "pixel_values" in proc_out and is_image.any():
             feats = self.image_features(proc_out)
             if feats.shape[0] != int(is_image.sum()):
@@ -112,17 +141,37 @@ class OrtGenerator:
         return [np.zeros((batch, self.n_kv, 0, self.head_dim), np.float32) for _ in range(2 * self.n_layers)]
 
     def generate_ids(self, proc_out: dict, max_new_tokens: int, stop_at_eos: bool = True) -> np.ndarray:
-        """Greedy decoding; returns the new token ids [batch, <= max_new_tokens]."""
+        """Greedy decoding; returns the new token ids int64 [batch, 1 .. max_new_tokens]
+        (the EOS that stopped a row included; rows done earlier are padded).
+
+        max_new_tokens: an int >= 1; anything else (0, negative, a float, a bool, a str)
+        raises SpikecError "max_new_tokens (--max-new-tokens): ...", as the CLI refuses it.
+        Logits holding NaN or +inf (a non-finite activation propagated through the model,
+        docs/passes.md "Non-finite activations") raise SpikecError naming the step, instead
+        of an argmax over NaN picking an arbitrary token."""
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
+            raise SpikecError(f"max_new_tokens (--max-new-tokens): must be an integer >= 1, got {max_new_tokens!r}")
+        if max_new_tokens < 1:
+            raise SpikecError(f"max_new_tokens (--max-new-tokens): {int(max_new_tokens)} is not in the range x>=1 "
+                              "(generation makes at least one token; an EOS first gives an empty answer)")
+
+        def checked(logits: np.ndarray, step: int) -> np.ndarray:
+            last = np.asarray(logits)[:, -1]
+            if np.isnan(last).any() or np.isposinf(last).any():
+                where = "prefill" if step == 0 else f"decode step {step}"
+                raise SpikecError(f"graph 'lm': the logits of the {where} hold NaN or +inf (a non-finite activation "
+                                  "reached the output; see docs/passes.md, 'Non-finite activations'); no token chosen")
+            return logits
+
         embeds, mask, pos, modality, state = self.prefill_inputs(proc_out)
         b = embeds.shape[0]
         logits, past = self.lm(embeds, mask, pos, modality, self.empty_past(b))
-        eos = self.manifest.get("eos_token_id")
-        eos = set(eos if isinstance(eos, list) else [eos]) if (stop_at_eos and eos is not None) else set()
+        eos = self.eos if stop_at_eos else set()
         pad = self.processor.tokenizer.pad_token_id or 0
         done = np.zeros(b, bool)
         out = []
         for step in range(max_new_tokens):
-            nxt = logits[:, -1].argmax(-1).astype(np.int64)
+            nxt = checked(logits, step)[:, -1].argmax(-1).astype(np.int64)
             nxt = np.where(done, pad, nxt)
             out.append(nxt)
             done |= np.isin(nxt, list(eos)) if eos else False
@@ -136,6 +185,34 @@ class OrtGenerator:
         return np.stack(out, axis=1)
 
     def generate(self, image: Any, prompt: str, max_new_tokens: int = 32) -> str:
-        """Image + prompt -> generated text (greedy)."""
-        ids = self.generate_ids(self.prepare([image], [prompt]), max_new_tokens)
-        return self.processor.tokenizer.decode(ids[0], skip_special_tokens=True)
+        """Image + prompt -> generated text (greedy); the text before the first EOS ("" when
+        EOS comes first).
+
+        image: a PIL image, or None for a text-only prompt: the prompt is laid out without an
+        image (spikec.frontend.export.format_prompt with images=0) and the vision graph is
+        not called. Every family's processor here takes text alone (LLaVA, Qwen2-VL,
+        Qwen2.5-VL, InternVL, Idefics3); one that refuses raises SpikecError naming the family.
+        prompt: a str (SpikecError otherwise); the image token typed into it is handled as
+        format_prompt documents (once: where the image goes; more often: SpikecError).
+        max_new_tokens: an int >= 1 (SpikecError otherwise; see generate_ids).
+        """
+        from spikec.frontend.export import format_prompt
+
+        if not isinstance(prompt, str):
+            raise SpikecError(f"--prompt: the prompt must be a string, not {type(prompt).__name__}")
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+            self.generate_ids({}, max_new_tokens)  # raises its message, before any graph runs
+        if image is None:
+            text = format_prompt(self.adapter, self.processor, prompt, images=0)
+            try:
+                proc = dict(self.processor(text=[text], return_tensors="pt", padding=True))
+            except (ValueError, TypeError) as exc:
+                family = self.adapter.family or type(self.processor).__name__
+                raise SpikecError(f"the {family} processor needs an image (give one; text-only prompts are refused "
+                                  f"there): {' '.join(str(exc).split())[:200]}") from None
+        else:
+            proc = self.prepare([image], [prompt])
+        row = [int(t) for t in self.generate_ids(proc, max_new_tokens)[0]]
+        eos = set(self.eos)
+        cut = next((i for i, t in enumerate(row) if t in eos), len(row))
+        return self.processor.tokenizer.decode(row[:cut], skip_special_tokens=True)

@@ -26,6 +26,7 @@ import json
 import numpy as np
 from pathlib import Path
 
+from spikec import schema
 from spikec.atomic import write_text
 from spikec.errors import SpikecError
 from spikec.paths import check_name, check_relative, resolve_inside
@@ -96,23 +97,140 @@ def load_json(outdir: str | Path) -> dict:
     The paths it holds come from a file someone else may have made: every graph role must
     be a plain name (it names output files), every graph `file` and the `processor` folder
     a relative path with no `..` (spikec.paths); `graph_path` / `processor_path` then
-    resolve them inside the folder, symlinks included. Raises SpikecError naming the field.
+    resolve them inside the folder, symlinks included. Every other field spikec reads is
+    checked by `check_manifest`. Raises SpikecError naming the file and field.
     """
     path = Path(outdir) / MANIFEST
     if not path.is_file():
         raise SpikecError(f"{path}: not found (not a folder written by `spikec export` or `spikec compile`)")
+    size = path.stat().st_size
+    if size > schema.MAX_JSON_BYTES:
+        raise SpikecError(f"{path}: {size} bytes, over the limit of {schema.MAX_JSON_BYTES} for a manifest")
     try:
-        m = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError, ValueError) as exc:
-        raise SpikecError(f"{path}: invalid JSON: {str(exc)[:200]}") from None
-    if not isinstance(m, dict):
-        raise SpikecError(f"{path}: expected a JSON object")
-    check_paths(m, where=str(path))
+        data = path.read_bytes()
+    except OSError as exc:
+        raise SpikecError(f"{path}: cannot read ({exc.strerror})") from None
+    m = schema.parse_json(data, where=str(path))
+    check_manifest(m, where=str(path))
     return m
+
+
+# Bounds of the manifest's numbers: far above any real model, far below what would make a
+# reader allocate or loop without end.
+MAX_LAYERS = 1024
+MAX_HEADS = 4096
+MAX_HEAD_DIM = 65536
+MAX_HIDDEN = 1 << 20
+MAX_TOKEN_ID = (1 << 31) - 1
+MAX_MODALITY_ID = 255
+MAX_TIMESTEPS = 64
+MAX_GRAPHS = 64
+MAX_IO = 4096
+MAX_TEXT = 4096
+
+
+def _check_io(value: object, where: str, field: str) -> None:
+    """A graph's `inputs` or `outputs` list (field names it: "graphs.lm.inputs")."""
+    items = schema.check(value, list, where=f"{where}: field '{field}'", max=MAX_IO)
+    for i, io in enumerate(items):
+        w = f"{where}: field '{field}[{i}]'"
+        schema.check(io, dict, where=w)
+        schema.check(io.get("name"), str, where=f"{where}: field '{field}[{i}].name'", max=MAX_TEXT)
+        schema.check(io.get("dtype"), str, where=f"{where}: field '{field}[{i}].dtype'", nullable=True, max=64)
+        shape = schema.check(io.get("shape"), list, where=f"{where}: field '{field}[{i}].shape'", nullable=True, max=64)
+        for j, d in enumerate(shape or []):
+            schema.check(d, (int, str), where=f"{where}: field '{field}[{i}].shape[{j}]'")
+
+
+def check_manifest(m: object, *, where: str, sbin: bool = False) -> dict:
+    """Check every field of a manifest (an export or compiled folder's manifest.json, or a
+    .sbin's manifest section) that spikec reads, each where present; `graphs` is required.
+
+    Types and ranges: `modality` maps names to distinct ids in 0..MAX_MODALITY_ID; `lm`
+    dimensions, `merge.image_token_id` and `eos_token_id` are bounded integers; graph I/O
+    entries are objects with a string name; `timesteps` maps graphs to {modality: T}. The
+    path fields are checked by `check_paths` (in a .sbin, `processor` is never used as a
+    path and is not checked: SbinModel.folder() chooses the folder). Returns `m`.
+    Raises SpikecError naming `where` and the field."""
+    schema.check(m, dict, where=f"{where}: the manifest")
+    assert isinstance(m, dict)
+    for key in ("format", "model_type", "dtype", "family"):
+        schema.get(m, key, str, where=where, default=None, max=MAX_TEXT)
+    schema.get(m, "source", str, where=where, default=None, max=MAX_TEXT, nullable=True)
+    schema.get(m, "version", int, where=where, default=None)
+    schema.get(m, "opset", int, where=where, default=None, min=1, max=1000)
+    modality = schema.get(m, "modality", dict, where=where, default=None, min=1, max=MAX_MODALITY_ID + 1)
+    if modality is not None:
+        for name, mid in modality.items():
+            schema.check(name, str, where=f"{where}: a name in field 'modality'", min=1, max=64)
+            schema.check(mid, int, where=f"{where}: field 'modality.{name}'", min=0, max=MAX_MODALITY_ID)
+        if len(set(modality.values())) != len(modality):
+            raise SpikecError(f"{where}: field 'modality' gives two modalities the same id: {schema.describe(modality)}")
+    if schema.get(m, "merge", dict, where=where, default=None) is not None:
+        schema.get(m, "merge.image_token_id", int, where=where, default=None, min=0, max=MAX_TOKEN_ID)
+        schema.get(m, "merge.rule", str, where=where, default=None, max=MAX_TEXT)
+    if schema.get(m, "position_ids", dict, where=where, default=None) is not None:
+        schema.get(m, "position_ids.kind", str, where=where, default=None, choices=("1d", "mrope"))
+        for j, d in enumerate(schema.get(m, "position_ids.shape", list, where=where, default=[], max=8)):
+            schema.check(d, (int, str), where=f"{where}: field 'position_ids.shape[{j}]'")
+    if schema.get(m, "lm", dict, where=where, default=None) is not None:
+        for key, hi in (("num_layers", MAX_LAYERS), ("num_kv_heads", MAX_HEADS), ("head_dim", MAX_HEAD_DIM),
+                        ("hidden_size", MAX_HIDDEN), ("vocab_size", MAX_TOKEN_ID)):
+            schema.get(m, f"lm.{key}", int, where=where, default=None, min=1, max=hi)
+        for key in ("past", "present", "decode"):
+            schema.get(m, f"lm.{key}", str, where=where, default=None, max=MAX_TEXT)
+    eos = m.get("eos_token_id")
+    if isinstance(eos, list):
+        schema.int_list(eos, where=f"{where}: field 'eos_token_id'", min=0, max=MAX_TOKEN_ID, length=(0, 1024))
+    else:
+        schema.get(m, "eos_token_id", int, where=where, default=None, nullable=True, min=0, max=MAX_TOKEN_ID)
+    timesteps = schema.get(m, "timesteps", dict, where=where, default=None, max=MAX_GRAPHS)
+    for role, table in (timesteps or {}).items():
+        if schema.check(table, dict, where=f"{where}: field 'timesteps.{role}'", nullable=True, max=MAX_MODALITY_ID + 1):
+            for name, t in table.items():
+                schema.check(t, int, where=f"{where}: field 'timesteps.{role}.{name}'", min=1, max=MAX_TIMESTEPS)
+    schema.get(m, "compiled", dict, where=where, default=None)
+    graphs = m.get("graphs")
+    if not isinstance(graphs, dict) or not graphs:
+        raise SpikecError(f"{where}: field 'graphs' must be an object naming at least one graph")
+    schema.check(graphs, dict, where=f"{where}: field 'graphs'", max=MAX_GRAPHS)
+    for role, entry in graphs.items():
+        check_name(role, where=f"{where}: graph role")
+        schema.check(entry, dict, where=f"{where}: field 'graphs.{role}'")
+        schema.get(entry, "role", str, where=f"{where}: graphs.{role}", default=None, max=MAX_TEXT)
+        for key in ("inputs", "outputs"):
+            if key in entry:
+                _check_io(entry[key], where, f"graphs.{role}.{key}")
+    if not sbin:
+        check_paths(m, where=where)
+    return m
+
+
+def generation_fields(m: dict, *, where: str) -> dict:
+    """What greedy generation reads from a front-end manifest, checked: `family`,
+    `lm.num_layers`, `lm.num_kv_heads`, `lm.head_dim`, `merge.image_token_id`, the
+    `modality` ids of text and vision, and the set of `eos_token_id`s.
+    Raises SpikecError naming `where` and the field."""
+    from spikec.frontend.adapters import ADAPTERS
+
+    check_manifest(m, where=where, sbin=True)
+    families = [a.family for a in ADAPTERS]
+    eos = m.get("eos_token_id")
+    return {
+        "family": schema.get(m, "family", str, where=where, choices=families),
+        "num_layers": schema.get(m, "lm.num_layers", int, where=where, min=1, max=MAX_LAYERS),
+        "num_kv_heads": schema.get(m, "lm.num_kv_heads", int, where=where, min=1, max=MAX_HEADS),
+        "head_dim": schema.get(m, "lm.head_dim", int, where=where, min=1, max=MAX_HEAD_DIM),
+        "image_token_id": schema.get(m, "merge.image_token_id", int, where=where, min=0, max=MAX_TOKEN_ID),
+        "modality": {name: schema.get(m, f"modality.{name}", int, where=where, min=0, max=MAX_MODALITY_ID)
+                     for name in ("text", "vision")},
+        "eos": set(eos) if isinstance(eos, list) else set() if eos is None else {eos},
+    }
 
 
 def check_paths(m: dict, *, where: str) -> None:
     """The path-like fields of a manifest: graph roles, graph files, the processor folder."""
+    schema.check(m, dict, where=f"{where}: the manifest")
     graphs = m.get("graphs")
     if not isinstance(graphs, dict) or not graphs:
         raise SpikecError(f"{where}: field 'graphs' must be an object naming at least one graph")
@@ -138,9 +256,11 @@ def processor_path(folder: str | Path, m: dict) -> Path | None:
 
 
 def read(outdir: str | Path) -> dict:
-    """The front end's manifest, checked to be of the format and version this spikec reads."""
+    """The front end's manifest, checked (`check_manifest`) and of the format and version
+    this spikec reads. Raises SpikecError naming the file and field."""
     path = Path(outdir) / MANIFEST
     m = load_json(outdir)
     if m.get("format") != FORMAT or m.get("version") != VERSION:
-        raise SpikecError(f"{path}: format {m.get('format')!r} version {m.get('version')!r}; expected {FORMAT} {VERSION}")
+        raise SpikecError(f"{path}: format {schema.describe(m.get('format'))} version {schema.describe(m.get('version'))}; "
+                          f"expected {FORMAT} {VERSION}")
     return m

@@ -176,8 +176,7 @@ def _static_scales(enc: ir.Node, timesteps: list[int], names: list[str]) -> list
         if T > sops.CLIP_T or np.isnan(clip[m, T - 1]):
             out.append(None)
             continue
-        s = np.float32(clip[m, T - 1]) / np.float32(2**T - 1)
-        out.append(float(s if s > 0 else np.float32(1.0)))
+        out.append(float(R.static_scale(clip[m, T - 1], T)))  # the one definition, silent layers included
     return out
 
 

@@ -23,6 +23,7 @@ import onnx_ir as ir
 from spikec import atomic
 from spikec import ir as spir
 from spikec import ops
+from spikec import reference as R
 from spikec.errors import SpikecError
 from spikec.passes import GENERIC_PIPELINE, PASSES, QDQ_PIPELINE, SPIKING_PIPELINE, CompileReport, PassManager, SpikecPass
 from spikec.passes.options import CompileContext, SpikeOptions
@@ -118,7 +119,7 @@ def layer_table(model: ir.Model, med: dict | None) -> list[dict]:
             scales = {}
             for m, n in enumerate(names):
                 c = float(clip[m, T[m] - 1]) if T[m] <= ops.CLIP_T else float("nan")
-                scales[n] = None if np.isnan(c) else float(np.float32(c) / np.float32(2 ** T[m] - 1))
+                scales[n] = None if np.isnan(c) else float(R.static_scale(c, T[m]))  # a silent layer: 1.0
         layer = ops.attr(node, "layer")
         rows.append({
             "name": node.name, "op": node.op_type, "layer": layer, "timesteps": dict(zip(names, T)),

@@ -84,4 +84,4 @@ def test_cli_compiles_export_folder(run_cli, tmp_path):
     assert any(r["med"] is not None for r in lm["layers"])
     vision = report["extra"]["graphs"]["vision"]
     assert {r["timesteps"]["vision"] for r in vision["layers"]} == {lm["msts"]["timesteps"]["vision"]}
-    assert "msts: T=" in r.out and "node_linear_14" in r.out
+    assert "msts: T=" in r.out and "model.language_model.layers.1.mlp.down_proj" in r.out  # layers named by module path

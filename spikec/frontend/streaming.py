@@ -18,7 +18,8 @@ graph is saved, one tensor at a time. A weight used only through a 2-D Transpose
 nn.Linear: the exporter writes `MatMul(x, Transpose(W))`) is stored transposed instead,
 which is what torch.onnx's own optimizer would fold (onnxscript always folds Transpose of
 a constant); the same optimizer then runs on the bound graph. Peak memory is the largest
-tensor in float32, twice (conversion and transpose), plus the runtime.
+tensor in float32 (a transposed one is converted by row blocks into its output), plus
+the runtime.
 
 Conversion: bf16 and fp16 to float32 are exact (every value is representable), so the
 graph's weights equal a float32 load of the same checkpoint bit for bit.
@@ -32,6 +33,8 @@ from typing import Any
 import numpy as np
 
 log = logging.getLogger(__name__)
+
+TRANSPOSE_BLOCK_ELEMENTS = 1 << 22  # 16 MiB of float32 per block of a transposed weight
 
 
 def trace_model(values_model) -> Any:
@@ -78,20 +81,30 @@ class CheckpointWeights:
         import torch
 
         def load() -> ir.Tensor:
-            t = self._values[fqn].detach().to(torch.float32)
-            a = t.numpy()
-            return ir.Tensor(np.ascontiguousarray(a.T) if transpose else a)
+            src = self._values[fqn].detach()
+            if not transpose:
+                return ir.Tensor(src.to(torch.float32).numpy())
+            # W.T in float32 without a float32 copy of W: converted and transposed by row blocks
+            rows, cols = src.shape
+            out = np.empty((cols, rows), np.float32)
+            step = max(1, TRANSPOSE_BLOCK_ELEMENTS // max(cols, 1))
+            for r in range(0, rows, step):
+                out[:, r:r + step] = src[r:r + step].to(torch.float32).numpy().T
+            return ir.Tensor(out)
 
         return load
 
     def bind(self, model) -> int:
         """Give every initializer that is a trace parameter its checkpoint value (lazy),
-        named by its module path; fold 2-D Transposes of those weights. Returns the count."""
+        named by its module path; fold 2-D Transposes of those weights; name the node that
+        applies a weight after its module (`model.language_model.layers.3.mlp.down_proj`).
+        Returns the count of initializers bound."""
         import onnx_ir as ir
         import torch
 
         graph = model.graph
         taken = set(graph.initializers) | {v.name for v in graph.inputs}
+        node_names = {n.name for n in graph}
         bound = 0
         for name, value in list(graph.initializers.items()):
             raw = getattr(value.const_value, "raw", None)
@@ -110,6 +123,7 @@ class CheckpointWeights:
                                  name=fqn)
             new_name = fqn if fqn not in taken or fqn == name else f"{fqn}.{bound}"
             taken.add(new_name)
+            consumer = node.outputs[0].uses()[0].node if transpose and len(node.outputs[0].uses()) == 1 else node
             if transpose:
                 folded = ir.Value(name=f".{new_name}.folding", type=ir.TensorType(ir.DataType.FLOAT),
                                   shape=ir.Shape(shape), const_value=lazy)
@@ -121,6 +135,14 @@ class CheckpointWeights:
             else:
                 value.const_value = lazy
                 value.name = new_name
+            # The node that applies the weight takes the module's path as its name, so every
+            # report row, kernel and dump names the layer a user would look up in the model.
+            if consumer is not None and fqn.endswith(".weight"):
+                module = fqn[: -len(".weight")]
+                if module not in node_names:
+                    node_names.discard(consumer.name)
+                    consumer.name = module
+                    node_names.add(module)
             bound += 1
         return bound
 

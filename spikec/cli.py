@@ -13,7 +13,7 @@ import sys
 
 import click
 
-from spikec import __version__
+from spikec import __version__, progress
 from spikec.errors import SpikecError
 from spikec.schema import condense
 
@@ -28,6 +28,7 @@ COMMANDS: dict[str, str] = {
     "eval": "spikec.commands.eval:eval_command",
     "export": "spikec.commands.export:export_command",
     "inspect": "spikec.commands.inspect:inspect_command",
+    "report": "spikec.commands.report:report_command",
     "run": "spikec.commands.run:run_command",
 }
 
@@ -47,8 +48,9 @@ class _LazyGroup(click.Group):
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="spikec")
 @click.option("-v", "--verbose", count=True, help="More logging (-v info, -vv debug); tracebacks on errors.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bars or progress lines, no warnings; errors and results still print.")
 @click.pass_context
-def cli(ctx: click.Context, verbose: int) -> None:
+def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     """spikec: compile multimodal LLMs into spike-driven models.
 
     \b
@@ -60,7 +62,10 @@ def cli(ctx: click.Context, verbose: int) -> None:
     """
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
+    progress.set_quiet(quiet)  # set on every invocation: main() may run more than once in a process
     level = logging.WARNING if verbose == 0 else logging.INFO if verbose == 1 else logging.DEBUG
+    if quiet and verbose == 0:
+        level = logging.ERROR
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 

@@ -141,6 +141,7 @@ def evaluate(model: str | os.PathLike, data_dir: str | os.PathLike, *, target: s
     <image file>: ..." naming the line and the file.
     """
     from spikec.images import load_image, naming_image
+    from spikec.progress import progress_bar
 
     items = load_items(data_dir)
     if limit is not None:
@@ -149,6 +150,7 @@ def evaluate(model: str | os.PathLike, data_dir: str | os.PathLike, *, target: s
     result = EvalResult(model=f"{model} ({kind})", data=str(data_dir), total=0, correct=0)
     by_type: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     start = time.perf_counter()
+    bar = progress_bar(len(items), "eval", "item")  # a bar on a terminal only
     try:
         for i, item in enumerate(items):
             where = f"--data {Path(data_dir) / 'data.jsonl'}:{item['line']}"
@@ -162,9 +164,11 @@ def evaluate(model: str | os.PathLike, data_dir: str | os.PathLike, *, target: s
             t[0] += ok
             t[1] += 1
             result.predictions.append(text)
+            bar.update()
             if progress is not None:
                 progress(i + 1, len(items))
     finally:
+        bar.close()
         if handle is not None:
             handle.close()
     result.by_type = dict(by_type)

@@ -349,15 +349,17 @@ def _kernels(names: Sequence[str]) -> list[type]:
 
 
 def evaluator(model: ir.Model | onnx.ModelProto | spir.Frozen) -> ReferenceEvaluator:
+    """The numpy reference evaluator (onnx.reference + spikec's kernels) over a graph whose
+    weights are inlined: for models below protobuf's 2 GiB (SpikecError above it)."""
+    if isinstance(model, ir.Model):
+        model = spir.freeze(model)
     if isinstance(model, spir.Frozen):
         model = model.inlined()
-    proto = model if isinstance(model, onnx.ModelProto) else spir.to_proto(model)
+    proto = model
     names = DEFAULT_MODALITIES
     for p in proto.metadata_props:
         if p.key == MODALITIES_KEY:
             names = tuple(json.loads(p.value))
-    if any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-        proto = spir.inline_external_tensors(proto, model) if isinstance(model, ir.Model) else proto
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.domain in ("", "ai.onnx") for n in proto.graph.node):
         # onnx.reference implements Q/DQ from opset 19 on; 13..18 have the same meaning for
         # the 8-bit types QDQ models use, so the evaluator's copy imports opset 19.

@@ -133,3 +133,27 @@ def test_compiled_model_api():
             model.generate(sample_image(), "what?", max_new_tokens=0)
         with pytest.raises(SpikecError, match="2 times, but one image is given"):
             model.generate(sample_image(), "<image><image> what?")
+
+
+def test_cli_text_only_prompt_matches_the_api(run_cli):
+    """`spikec run M --prompt P` without --image generates text-only, as generate(None, P) does."""
+    from test_ort_target import compiled
+
+    from spikec.runtime.model import load
+
+    path = compiled("tiny-llava")
+    r = run_cli("run", path, "--prompt", "What is in the image?", "--max-new-tokens", "4")
+    assert r.code == 0, r.err
+    with load(path) as model:
+        assert r.out.rstrip("\n") == model.generate(None, "What is in the image?", max_new_tokens=4)
+    r = run_cli("run", path, "--image", str(sample_image_path(run_cli)), "--max-new-tokens", "4")
+    assert r.code == 1 and "needs --prompt" in r.err
+
+
+def sample_image_path(_run_cli):
+    import tempfile
+    from pathlib import Path
+
+    p = Path(tempfile.mkdtemp(prefix="spikec-test-img-")) / "img.png"
+    sample_image().save(p)
+    return p

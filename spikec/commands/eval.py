@@ -20,11 +20,13 @@ import click
 def eval_command(model, data_dir, target, mode, limit, max_new_tokens, json_path):
     """Accuracy of MODEL (checkpoint folder, export folder or .sbin) on --data."""
     from spikec import atomic
+    from spikec import progress as P
     from spikec.evaluate import evaluate
 
     def progress(done: int, total: int) -> None:
+        # in a pipe; on a terminal evaluate() draws a bar over the items instead, with -q nothing
         if done % 100 == 0 or done == total:
-            click.echo(f"  {done}/{total}", err=True)
+            P.line(f"  {done}/{total}")
 
     r = evaluate(model, data_dir, target=target, mode=mode, limit=limit, max_new_tokens=max_new_tokens, progress=progress)
     click.echo(f"{r.model}: {r.correct}/{r.total} = {100 * r.accuracy:.2f}% exact match ({r.seconds:.1f} s)")

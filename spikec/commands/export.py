@@ -35,14 +35,16 @@ def export_command(ctx: click.Context, source: str, outdir: str, allow_pickle: b
         # The exporter's own passes log every folded constant at INFO.
         for name in ("onnx_ir", "onnxscript", "torch.onnx"):
             logging.getLogger(name).setLevel(logging.WARNING)
+    from spikec import progress as P
     from spikec.frontend.export import export
 
     start = time.time()
     with warnings.catch_warnings():
         if verbose < 2:
             warnings.simplefilter("ignore")
-        manifest = export(source, outdir, allow_pickle=allow_pickle, opset=opset,
-                          progress=lambda s: click.echo(f"[{time.time() - start:6.1f}s] {s}"))
+        # a bar over loading + the 4 stages on a terminal; the timestamped lines in a pipe; nothing with -q
+        with P.stage_lines(lambda s: click.echo(f"[{time.time() - start:6.1f}s] {s}"), 5, "export") as progress:
+            manifest = export(source, outdir, allow_pickle=allow_pickle, opset=opset, progress=progress)
     graphs = ", ".join(g["file"] for g in manifest["graphs"].values())
     click.echo(f"wrote {outdir}: {graphs}, manifest.json ({manifest['family']}, opset {opset}, "
                f"{time.time() - start:.1f}s)")

@@ -69,7 +69,8 @@ def _ort_errors() -> tuple[type[BaseException], ...]:
                    "needs Verilator, which `make test` installs).")
 @click.option("--mode", type=click.Choice(["fused", "exact", "fakequant"]), default="fused", show_default=True,
               help="fused: integer products; exact: explicit spike planes (bit-identical, counts spikes); fakequant: the ANN baseline, float MatMul of the same codes.")
-@click.option("--image", type=click.Path(path_type=Path), help="Input image for generation.")
+@click.option("--image", type=click.Path(path_type=Path),
+              help="Input image for generation (omit it for a text-only prompt, where the family allows one).")
 @click.option("--prompt", help="Text prompt for generation.")
 @click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=32, show_default=True)
 @click.option("--inputs", "inputs_path", type=click.Path(path_type=Path, dir_okay=False),
@@ -90,8 +91,8 @@ def run_command(model_path, target, device, mode, image, prompt, max_new_tokens,
     generating = image is not None or prompt is not None
     if generating == (inputs_path is not None):
         raise SpikecError("give either --image and --prompt (generation) or --inputs (raw tensors)")
-    if generating and (image is None or prompt is None):
-        raise SpikecError("generation needs both --image and --prompt")
+    if generating and prompt is None:
+        raise SpikecError("generation needs --prompt (with --image, or alone for a text-only prompt)")
     if output is not None and inputs_path is None:
         raise SpikecError("-o/--output goes with --inputs")
     if (stats or stats_json) and target == "ort":

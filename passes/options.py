@@ -22,6 +22,7 @@ from spikec.passes.manager import SpikecPass
 from spikec.ops import ACT_SCALES, MAX_T, NEURONS
 
 CALIB_METHODS = ("max", "percentile", "mse")
+WEIGHT_METHODS = ("rtn", "gptq")
 DEFAULT_TT, DEFAULT_TV = 4, 3  # the paper's operating point Tv/Tt = 3/4
 
 
@@ -40,6 +41,9 @@ class SpikeOptions:
     budget: float | None = None
     spike_attention: bool = False
     per_layer: bool = True  # msts may refine T per layer
+    weight_method: str = "rtn"  # rtn | gptq (passes/gptq.py; needs calibration data)
+    gptq_damp: float = 0.01  # GPTQ dampening, a fraction of the mean diagonal of H
+    gptq_act_order: bool = False  # GPTQ: quantize input rows by decreasing diag(H)
 
     def validate(self) -> "SpikeOptions":
         if self.wbits not in (4, 8):
@@ -67,6 +71,14 @@ class SpikeOptions:
                               "(a folder of image+prompt pairs or an .npz of graph inputs) or use --act-scale dynamic")
         if self.calib_samples < 1:
             raise SpikecError(f"--calib-samples {self.calib_samples}: must be >= 1")
+        if self.weight_method not in WEIGHT_METHODS:
+            raise SpikecError(f"--weight-method {self.weight_method}: choose one of {', '.join(WEIGHT_METHODS)}")
+        if self.weight_method == "gptq" and not self.calib:
+            raise SpikecError("--weight-method gptq: GPTQ needs calibration data (the layers' input activations); "
+                              "pass --calib PATH (a folder of image+prompt pairs or an .npz of graph inputs) "
+                              "or use --weight-method rtn")
+        if not (0 < self.gptq_damp <= 1):  # also refuses NaN
+            raise SpikecError(f"--gptq-damp {self.gptq_damp}: must be in (0, 1] (a fraction of the mean diagonal of H)")
         return self
 
     @property

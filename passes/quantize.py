@@ -13,7 +13,10 @@ What it does, in order:
    vector, LayerNormalization scale and bias), or the output columns of a preceding
    linear layer feeding X through Mul (the SwiGLU up-projection) or directly. Layers
    whose input has another producer are not smoothed (reported).
-3. weights: per output channel symmetric, round to nearest (spikec.reference).
+3. weights: per output channel symmetric, round to nearest (spikec.reference), or GPTQ
+   (--weight-method gptq, passes/gptq.py: the same per-channel scales, codes chosen to
+   minimise the layer's output error on the calibration inputs; H per layer input from
+   the float graph on ORT, `_weights`).
 4. activations: static per-modality clip tables from calibration (max, percentile,
    mse), or dynamic per-token scales; see spikec.ops for the semantics. A modality the
    graph can carry with no calibration token is refused (naming layer and modality); a
@@ -37,6 +40,7 @@ from spikec import ir as spir
 from spikec import ops
 from spikec import reference as R
 from spikec.errors import SpikecError
+from spikec.passes import gptq
 from spikec.passes.generic import first_nonfinite, nonfinite_message
 from spikec.passes.options import CompileContext, ContextPass
 
@@ -298,6 +302,31 @@ def quantize_weight(w: np.ndarray, wbits: int, where: str) -> tuple[np.ndarray, 
     return w_q, s_w
 
 
+def gptq_hessians(model_float, feeds: list[dict], linears: list[Linear], smooth_s: dict) -> gptq.Hessians:
+    """The GPTQ Hessians of the layers' inputs, fetched from the float graph on ORT on demand
+    (a bounded chunk of layer inputs per ORT pass; see gptq.Hessians)."""
+    return gptq.Hessians(lambda names: C.run_ort(model_float, feeds, names),
+                         [(lin.x.name, int(lin.w.shape[0])) for lin in linears], smooth_s)
+
+
+def _weights(lin: Linear, opts, hessians: gptq.Hessians | None) -> tuple[np.ndarray, np.ndarray, dict]:
+    """(codes int8 [K, N], s_w float32 [N], report fields) of one layer: RTN, or GPTQ with its
+    proxy loss trace((W - W_q)^T H (W - W_q)) against RTN's on the same H."""
+    if hessians is None:
+        w_q, s_w = quantize_weight(lin.w, opts.wbits, lin.node.name)
+        return w_q, s_w, {"weight_method": "rtn"}
+    hess = hessians.get(lin.x.name)
+    H = hess.value()
+    w_q, s_w = gptq.gptq_quantize(lin.w, H, opts.wbits, opts.gptq_damp, opts.gptq_act_order, where=lin.node.name)
+    rtn_q, rtn_s = quantize_weight(lin.w, opts.wbits, lin.node.name)
+    loss, rtn_loss = gptq.proxy_loss(lin.w, w_q, s_w, H), gptq.proxy_loss(lin.w, rtn_q, rtn_s, H)
+    hessians.done(lin.x.name)
+    log.info("quantize: %s: gptq loss %.6g (rtn %.6g)", lin.node.name, loss, rtn_loss)
+    return w_q, s_w, {"weight_method": "gptq", "gptq": {
+        "loss": loss, "rtn_loss": rtn_loss, "damp": opts.gptq_damp, "act_order": opts.gptq_act_order,
+        "tokens": hess.n, "hessian": np.dtype(hess.dtype).name, "codes_changed": int(np.count_nonzero(w_q != rtn_q))}}
+
+
 def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     base, k = name, 1
     while name in graph.initializers:
@@ -396,14 +425,20 @@ class Quantize(ContextPass):
                 clips[lin.node.name] = np.stack(
                     [C.clip_row(np.concatenate(r) if r else np.zeros((0, 1), np.float32), opts.calib_method,
                                 opts.percentile) for r in rows])
+        hessians = None
+        if opts.weight_method == "gptq" and linears:
+            hessians = gptq_hessians(self.ctx.float_model, self.ctx.require_feeds("quantize (--weight-method gptq)"),
+                                     linears, smooth_s)
         silent = []
         if static and linears:
             carried = list(range(len(names))) if mod_in is not None else [const_mod]
             silent = check_static_clips(clips, names, carried)
         layers = []
-        for lin in linears:
+        from spikec.progress import track
+
+        for lin in track(linears, "quantize", "layer", leave=False, delay=1.0):  # a bar on a terminal, if > 1 s
             w = lin.w
-            w_q, s_w = quantize_weight(w, opts.wbits, lin.node.name)
+            w_q, s_w, weight_note = _weights(lin, opts, hessians)
             base = lin.node.name or lin.out.name
             inputs = [lin.x, mod_in, _initializer(model.graph, f"{base}.W_q", w_q),
                       _initializer(model.graph, f"{base}.s_w", s_w)]
@@ -421,7 +456,8 @@ class Quantize(ContextPass):
             _replace(model, lin.old_nodes, lin.out, new)
             _drop_unused_initializers(model, old_inputs)
             row = {"name": lin.node.name, "kind": "linear", "K": int(w.shape[0]), "N": int(w.shape[1]),
-                   "wbits": opts.wbits, "act_scale": "static" if static else "dynamic", "bias": lin.bias is not None}
+                   "wbits": opts.wbits, "act_scale": "static" if static else "dynamic", "bias": lin.bias is not None,
+                   **weight_note}
             if static:
                 row["clip"] = {names[m]: _num(clips[lin.node.name][m, T[m] - 1]) for m in range(len(names))}
                 quiet = [r["modality"] for r in silent if r["name"] == lin.node.name]
@@ -450,8 +486,13 @@ class Quantize(ContextPass):
             "wbits": opts.wbits, "act_scale": "static" if static else "dynamic",
             "calib_method": opts.calib_method if static else None, "smooth_alpha": opts.smooth,
             "timesteps": dict(zip(names, T)), "layers": layers, "float": floats,
-            "silent": silent,
+            "silent": silent, "weight_method": opts.weight_method,
         }
+        if hessians is not None:
+            rows = [r["gptq"] for r in layers if "gptq" in r]
+            self.ctx.results["quantize"]["gptq"] = {
+                "damp": opts.gptq_damp, "act_order": opts.gptq_act_order,
+                "loss": sum(r["loss"] for r in rows), "rtn_loss": sum(r["rtn_loss"] for r in rows)}
         log.info("quantize: %d linear, %d attention, %d left float", len(linears), len(layers) - len(linears), len(floats))
         return ir.passes.PassResult(model, bool(layers))
 

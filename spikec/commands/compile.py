@@ -28,6 +28,12 @@ from spikec.passes import PASSES, QDQ_PIPELINE, SPIKING_PIPELINE
 )
 @click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the JSON compile report here.")
 @click.option("--wbits", type=click.Choice(["8", "4"]), default="8", show_default=True, help="Weight bits (per output channel, round to nearest).")
+@click.option("--weight-method", type=click.Choice(["rtn", "gptq"]), default="rtn", show_default=True,
+              help="Weight codes: round to nearest, or GPTQ (same per-channel scales, codes that minimise the "
+                   "layer's output error on the calibration inputs; needs --calib).")
+@click.option("--gptq-damp", type=float, default=0.01, show_default=True,
+              help="GPTQ dampening: added to diag(H) as a fraction of its mean.")
+@click.option("--gptq-act-order", is_flag=True, help="GPTQ: quantize input features by decreasing diag(H).")
 @click.option("--act-scale", type=click.Choice(["auto", "static", "dynamic"]), default="auto", show_default=True,
               help="Activation scales: static per modality from calibration, or dynamic per token (auto: static when --calib is given).")
 @click.option("--calib", type=click.Path(path_type=Path), help="Calibration data: a folder of image+prompt pairs, or an .npz of graph inputs.")
@@ -47,9 +53,11 @@ from spikec.passes import PASSES, QDQ_PIPELINE, SPIKING_PIPELINE
 def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_list: str | None, report_path: Path | None,
                     wbits: str, act_scale: str, calib: Path | None, calib_method: str, percentile: float, calib_samples: int,
                     smooth: float | None, neuron: str, tv: int | None, tt: int | None, budget: float | None,
-                    spike_attention: bool, isa: bool, hwconfig: str, per_layer: bool) -> None:
+                    spike_attention: bool, isa: bool, hwconfig: str, per_layer: bool, weight_method: str = "rtn",
+                    gptq_damp: float = 0.01, gptq_act_order: bool = False) -> None:
     """Compile INPUT (an ONNX file, or an export folder of `spikec export`) into OUTPUT."""
     from spikec import atomic
+    from spikec import progress as P
     from spikec.compiler import compile_path
     from spikec.schema import naming_file
     from spikec.passes.options import SpikeOptions
@@ -58,11 +66,13 @@ def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_
         wbits=int(wbits), act_scale=act_scale, calib=str(calib) if calib else None, calib_method=calib_method,
         percentile=percentile, calib_samples=calib_samples, smooth=smooth, neuron=neuron, tv=tv, tt=tt,
         budget=budget, spike_attention=spike_attention, per_layer=per_layer,
+        weight_method=weight_method, gptq_damp=gptq_damp, gptq_act_order=gptq_act_order,
     ).validate()
     names = None if pass_list is None else [n.strip() for n in pass_list.split(",") if n.strip()]
-    with naming_file(input_path):
+    # one bar per graph over its passes on a terminal; the "[i/n] pass" lines in a pipe; nothing with -q
+    with naming_file(input_path), P.pass_lines(lambda m: click.echo(m, err=True)) as progress:
         report = compile_path(input_path, output, pipeline=names, options=options, dump_dir=dump_dir,
-                              progress=lambda m: click.echo(m, err=True), isa=isa, hwconfig=hwconfig)
+                              progress=progress, isa=isa, hwconfig=hwconfig)
     # The output is complete and renamed by now: the summary below only reads the report,
     # and every value is formatted defensively (`_fmt`), so printing it cannot fail.
     if report_path is not None:

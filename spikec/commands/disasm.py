@@ -34,8 +34,31 @@ def disasm_command(model_path: Path, section: str, output: Path | None) -> None:
             text = disassemble_program(f.read(section))
         except SpikecError as exc:
             raise SpikecError(f"{model_path}: section '{section}' is not a valid accelerator program: {exc}") from None
+        if "isa/kernels" in f.sections:
+            text = _kernel_comments(f.read("isa/kernels"), model_path) + text
     if output is not None:
         atomic.write_text(output, text)
-        click.echo(f"wrote {text.count(chr(10)) - 1} instructions to {output}")
+        n = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
+        click.echo(f"wrote {n} instructions to {output}")
     else:
         click.echo(text, nl=False)
+
+
+def _kernel_comments(data: bytes, where: Path) -> str:
+    """One comment line per lowered kernel, in program order, naming the layer it runs (the
+    module path the export gave the node, e.g. lm:model.language_model.layers.3.mlp.down_proj).
+    Comments: the assembler skips them, so the output still re-assembles to identical bytes."""
+    from spikec.schema import parse_json
+
+    doc = parse_json(data, where=f"{where}: section 'isa/kernels'")
+    lines = []
+    for key, kind in (("kernels", "kernel"), ("attn_kernels", "attention kernel"), ("vec_kernels", "vector kernel")):
+        items = doc.get(key) if isinstance(doc, dict) else None
+        for i, k in enumerate(items if isinstance(items, list) else []):
+            if not isinstance(k, dict):
+                continue
+            name = f"{k.get('graph', '?')}:{k.get('node', '?')}"
+            shape = f" K={k['K']} M={k['M']}" if isinstance(k.get("K"), int) and isinstance(k.get("M"), int) else ""
+            func = f" {k['func']}" if isinstance(k.get("func"), str) else ""
+            lines.append(f"# {kind} {i}: {name}{func}{shape}".replace("\n", " ").replace("\r", " "))
+    return "".join(line + "\n" for line in lines)

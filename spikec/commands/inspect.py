@@ -35,7 +35,11 @@ def _inspect_sbin(path: Path, as_json: bool) -> None:
             {"name": s.name, "kind": getattr(s.kind, "name", str(s.kind)), "offset": s.offset, "size": s.size}
             for s in m.file.sections.values()
         ]
-        graphs = {role: spir.summary(m.model(role)) for role in m.roles}
+        graphs = {}
+        for role in m.roles:
+            model = m.model(role)
+            graphs[role] = spir.summary(model)
+            graphs[role]["spiking_layers"] = _spiking_layers(model)
         manifest = m.manifest
     info = {
         "file": str(path),
@@ -49,8 +53,13 @@ def _inspect_sbin(path: Path, as_json: bool) -> None:
         click.echo(json.dumps(info, indent=2))
         return
     click.echo(f"{path}: .sbin, {info['size']:,} bytes, {len(sections)} sections")
+    tensors = [s for s in sections if s["kind"] == "TENSOR"]
     for s in sections:
-        click.echo(f"  {s['name']:<40} {s['kind']:<9} {s['size']:>12,} bytes @ {s['offset']}")
+        if s["kind"] != "TENSOR":
+            click.echo(f"  {s['name']:<40} {s['kind']:<9} {s['size']:>12,} bytes @ {s['offset']}")
+    if tensors:  # one per big weight: thousands on a 7B model, listed by --json
+        click.echo(f"  {'tensor/* (weights, --json lists them)':<40} {'TENSOR':<9} "
+                   f"{sum(s['size'] for s in tensors):>12,} bytes in {len(tensors)} sections")
     if info["modality"]:
         click.echo("modalities: " + ", ".join(f"{k}={v}" for k, v in info["modality"].items()))
     if info["timesteps"]:
@@ -58,6 +67,22 @@ def _inspect_sbin(path: Path, as_json: bool) -> None:
     for role, summary in graphs.items():
         click.echo(f"graph '{role}':")
         _print_onnx_summary(summary, indent="  ")
+        layers = summary.get("spiking_layers") or []
+        if layers:
+            click.echo(f"  spiking layers ({len(layers)}): T per modality")
+            for row in layers:
+                T = " ".join(f"{k}={v}" for k, v in row["timesteps"].items())
+                click.echo(f"    {row['name']}  {T}")
+
+
+def _spiking_layers(model) -> list[dict]:
+    """Each spiking (or quantized) product: its name (the module path the export gave the
+    node) and T per modality."""
+    from spikec import ops
+
+    names = ops.modalities(model)
+    return [{"name": n.name, "timesteps": dict(zip(names, ops.get_timesteps(n)))}
+            for n in ops.spikec_nodes(model, ops.SPIKE_MATMUL, ops.QUANT_LINEAR, ops.QUANT_MATMUL)]
 
 
 @click.command("inspect")

@@ -17,10 +17,12 @@ def _print_stats(stats: dict) -> None:
                f"   SOPs/MAC: {s['sops_per_mac']:.4f}")
     by_mod = ", ".join(f"{m} {t:.2f}" for m, t in s["effective_timesteps_by_modality"].items())
     click.echo(f"  effective timesteps per token: {s['effective_timesteps']:.3f} ({by_mod})")
-    click.echo(f"  {'layer':<48} {'modality':<8} {'T':>2} {'tokens':>7} {'rate':>7} {'SOPs':>12}")
+    # layer names are module paths (lm:model.language_model.layers.3.mlp.down_proj): shown whole
+    width = max([24] + [len(f"{row['graph']}:{row['layer']}") for row in stats["layers"]])
+    click.echo(f"  {'layer':<{width}} {'modality':<8} {'T':>2} {'tokens':>7} {'rate':>7} {'SOPs':>12}")
     for row in stats["layers"]:
         for mod, r in row["modalities"].items():
-            click.echo(f"  {row['graph'] + ':' + row['layer']:<48.48} {mod:<8} {r['T']:>2} {r['tokens']:>7} "
+            click.echo(f"  {row['graph'] + ':' + row['layer']:<{width}} {mod:<8} {r['T']:>2} {r['tokens']:>7} "
                        f"{r['rate']:>7.4f} {r['sops']:>12,}")
 
 

@@ -1,0 +1,35 @@
+"""Layers carry the checkpoint's module paths from export to every place a user reads them:
+the compile report, `spikec inspect`, `spikec disasm` comments and `spikec run --stats`."""
+
+from __future__ import annotations
+
+import json
+
+from test_fpga_target import compiled_isa
+
+from spikec.package import SbinModel
+
+LAYER = "model.language_model.layers.0.mlp.down_proj"
+
+
+def test_names_reach_every_view(run_cli, tmp_path):
+    from spikec.frontend.export import sample_image
+
+    path = compiled_isa(3, 4)
+    with SbinModel(path) as m:
+        report = m.section_json("report")
+    rows = report["extra"]["graphs"]["lm"]["layers"]
+    assert LAYER in {r["name"] for r in rows}  # the compile report
+    r = run_cli("inspect", path)
+    assert r.code == 0 and f"    {LAYER}  text=4 vision=3" in r.out
+    r = run_cli("inspect", path, "--json")
+    layers = json.loads(r.out)["graphs"]["lm"]["spiking_layers"]
+    assert {"name": LAYER, "timesteps": {"text": 4, "vision": 3}} in layers
+    r = run_cli("disasm", path)
+    assert r.code == 0 and any(line.startswith("# kernel ") and line.split(": ", 1)[1].startswith(f"lm:{LAYER} ")
+                               for line in r.out.splitlines())
+    image = tmp_path / "img.png"
+    sample_image().save(image)
+    r = run_cli("run", path, "--image", str(image), "--prompt", "What is in the image?", "--max-new-tokens", "2",
+                "--stats")
+    assert r.code == 0 and f"lm:{LAYER} " in r.out

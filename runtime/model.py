@@ -58,8 +58,10 @@ class CompiledModel:
             self._generator = OrtGenerator(self.sbin.folder(), sessions=self.sessions)
         return self._generator
 
-    def generate(self, image: Any, prompt: str, max_new_tokens: int = 32) -> str:
-        """Image (a PIL image, a path, or None for a text-only prompt) + prompt -> text, greedy.
+    def generate(self, image: Any, prompt: str | list[str], max_new_tokens: int = 32) -> str | list[str]:
+        """Image (a PIL image, a path, a uint8 array, or None for a text-only prompt) + prompt
+        -> text, greedy. A list of images (with one prompt, or a list of as many) gives a
+        list of answers, generated one after the other.
 
         The text before the first EOS: "" when the model answers EOS first. A path is read by
         `spikec.images.load_image` (8-bit RGB; high-depth images scaled, decompression bombs
@@ -71,6 +73,15 @@ class CompiledModel:
         (--max-new-tokens): ..."; 0 is refused, as by the CLI); a processor that needs an
         image when image is None (naming the family); logits that hold NaN or +inf.
         """
+        if isinstance(image, (list, tuple)):
+            # a batch: generated one after the other (the same answers as one at a time)
+            prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt] * len(image)
+            if len(prompts) != len(image):
+                raise SpikecError(f"--prompt: {len(prompts)} prompts for {len(image)} images; give one prompt, or "
+                                  f"one per image")
+            return [self.generate(i, p, max_new_tokens) for i, p in zip(image, prompts)]
+        if isinstance(image, np.ndarray):
+            image = image_from_array(image)
         if isinstance(image, (str, os.PathLike)):
             from spikec.images import naming_image
 
@@ -112,6 +123,17 @@ class CompiledModel:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def image_from_array(a: np.ndarray):
+    """A numpy image as a PIL RGB image: uint8 [H, W] (grayscale), [H, W, 3] (RGB) or
+    [H, W, 4] (RGBA), H and W at least 1. Raises SpikecError for any other dtype or shape
+    (scale float images to 0..255 uint8 first)."""
+    from PIL import Image
+
+    if a.dtype != np.uint8 or a.ndim not in (2, 3) or (a.ndim == 3 and a.shape[2] not in (3, 4)) or 0 in a.shape:
+        raise SpikecError(f"image array: expected uint8 [H, W], [H, W, 3] or [H, W, 4], got {a.dtype} {list(a.shape)}")
+    return Image.fromarray(np.ascontiguousarray(a)).convert("RGB")
 
 
 def load_image(path: str | os.PathLike, *, where: str | None = None):

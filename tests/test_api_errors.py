@@ -157,3 +157,23 @@ def sample_image_path(_run_cli):
     p = Path(tempfile.mkdtemp(prefix="spikec-test-img-")) / "img.png"
     sample_image().save(p)
     return p
+
+
+def test_generate_takes_arrays_and_lists():
+    """generate: a uint8 array equals the same image as PIL; a list gives one answer per image;
+    bad arrays and mismatched prompt lists are SpikecErrors."""
+    from test_ort_target import compiled
+
+    from spikec.runtime.model import load
+
+    img = sample_image()
+    with load(compiled("tiny-llava")) as model:
+        one = model.generate(img, "What is in the image?", max_new_tokens=3)
+        assert model.generate(np.asarray(img), "What is in the image?", max_new_tokens=3) == one
+        assert model.generate([img, np.asarray(img)], "What is in the image?", max_new_tokens=3) == [one, one]
+        assert model.generate([img], ["What is in the image?"], max_new_tokens=3) == [one]
+        for bad in (np.zeros((4, 4), np.float32), np.zeros((4, 4, 2), np.uint8), np.zeros((0, 4, 3), np.uint8)):
+            with pytest.raises(SpikecError, match="image array"):
+                model.generate(bad, "x")
+        with pytest.raises(SpikecError, match="2 prompts for 1 images"):
+            model.generate([img], ["a", "b"])

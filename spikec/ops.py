@@ -117,7 +117,12 @@ def attr(node: ir.Node, name: str, default: Any = None) -> Any:
 
 
 def get_timesteps(node: ir.Node) -> list[int]:
-    return [int(t) for t in attr(node, "timesteps", [])]
+    """T per modality of a spikec node (its `timesteps` ints); SpikecError when the attribute
+    is of another kind (a graph from a file may hold anything)."""
+    value = attr(node, "timesteps", [])
+    if not isinstance(value, (list, tuple)) or not all(isinstance(t, (int, np.integer)) for t in value):
+        raise SpikecError(f"node '{node.name}': attribute 'timesteps' must be a list of ints, got {type(value).__name__}")
+    return [int(t) for t in value]
 
 
 def set_timesteps(node: ir.Node, timesteps: Sequence[int], model: ir.Model | None = None) -> None:
@@ -452,6 +457,10 @@ def check_spikec_ops(model: ir.Model) -> None:
                 raise SpikecError(f"{where}: neuron '{neuron}' is not one of {NEURONS}")
         w_val = _weight_input(node)
         w = _const(w_val)
+        if node.op_type in (QUANT_LINEAR, SPIKE_MATMUL) and w_val is not None and (
+                (w_val.shape is not None and len(w_val.shape) < 2) or (w is not None and w.ndim < 2)):
+            shape = list(w.shape) if w is not None else list(w_val.shape)
+            raise SpikecError(f"{where}: the weight must be a matrix [K, M], got shape {shape}")
         wbits = attr(node, "wbits")
         if w is not None and wbits is not None:
             qw = R.qmax(int(wbits))

@@ -261,6 +261,14 @@ class SbinModel:
         model = ir.serde.deserialize_model(proto)
         for name, tensor in tensors.items():
             model.graph.initializers[name].const_value = tensor
+        # the spiking ops' own contract (T per modality, code bounds, weight shapes, overflow
+        # guard), checked before any lowering reads their attributes
+        from spikec import ops
+
+        try:
+            ops.check_spikec_ops(model)
+        except SpikecError as exc:
+            raise SpikecError(f"{self.path}: graph '{role}': {exc}") from None
         return model
 
     def _graph_and_tensors(self, role: str) -> tuple[onnx.ModelProto, dict[str, ir.Tensor]]:

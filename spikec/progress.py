@@ -15,6 +15,8 @@ with `stage_lines` / `pass_lines`, which keep the callbacks' text off a terminal
 
 from __future__ import annotations
 
+import abc
+
 import logging
 import os
 import re
@@ -141,7 +143,7 @@ def line(message: str, *, err: bool = True) -> None:
         click.echo(message, err=err)
 
 
-class _Adapter:
+class _Adapter(abc.ABC):
     """A `progress(msg)` callback for the existing interfaces (a context manager).
 
     Off a terminal each message goes to `echo` unchanged; with -q nowhere; on a
@@ -162,8 +164,9 @@ class _Adapter:
         if not self._bar_for(str(message)):
             step(str(message))  # above the open bar, which goes on
 
+    @abc.abstractmethod
     def _bar_for(self, message: str) -> bool:
-        raise NotImplementedError
+        """Advance or open the bar this message belongs to; False when it belongs to none."""
 
     def _open(self, key: str, total: int, desc: str, unit: str) -> None:
         if self.bar is not None and self.key == key and self.bar.total == total:

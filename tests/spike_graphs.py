@@ -150,3 +150,17 @@ def export_feeds(name: str) -> dict:
     from spikec.calibration import export_folder_feeds
 
     return export_folder_feeds(exported(name), calib_folder(), 2)
+
+
+def lm_feeds(model, prompt: str = "What is in the image?") -> dict:
+    """Prefill feeds of a compiled model's LM graph (spikec.load(...)): the sample image and
+    `prompt` through the model's own processor and vision graph, an empty KV cache."""
+    from spikec.frontend.export import sample_image
+
+    gen = model.generator()
+    proc = gen.prepare([sample_image()], [prompt])
+    embeds, mask, pos, modality, _ = gen.prefill_inputs(proc)
+    feeds = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": pos, "modality": modality}
+    feeds.update(zip([f"past_key_values.{i}.{kv}" for i in range(gen.n_layers) for kv in ("key", "value")],
+                     gen.empty_past(embeds.shape[0])))
+    return feeds

@@ -22,7 +22,7 @@ import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from spike_graphs import exported
+from spike_graphs import exported, lm_feeds
 from spikec import ops as sops
 from spikec import reference as R
 from spikec.compiler import compile_path
@@ -176,18 +176,11 @@ def test_fpga_generation_at_T8_equals_ort_tokens():
     assert 0 < stats["spike_density"] < 1 and stats["gpu"]["seconds"] > 0 and stats["throughput_ratio"] > 0
 
 
-def _lm_feeds(model):
-    gen = model.generator()
-    embeds, mask, pos, modality, _ = gen.prefill_inputs(gen.prepare([sample_image()], [PROMPT]))
-    feeds = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": pos, "modality": modality}
-    feeds.update(zip([f"past_key_values.{i}.{kv}" for i in range(gen.n_layers) for kv in ("key", "value")],
-                     gen.empty_past(embeds.shape[0])))
-    return feeds
 
 
 def test_cycles_grow_with_the_sum_of_per_token_timesteps():
     with load(compiled_isa(4, 4), target="fpga") as m:
-        feeds = _lm_feeds(m)  # runs the vision graph on the device too
+        feeds = lm_feeds(m)  # runs the vision graph on the device too
         m.runner.reset()
         m.run(feeds, graph="lm")
         r44 = m.stats()

@@ -17,7 +17,7 @@ import json
 import numpy as np
 import pytest
 
-from spike_graphs import as_model, calib_folder, exported, mixed_feeds, mixed_lm, run_passes
+from spike_graphs import as_model, calib_folder, exported, lm_feeds, mixed_feeds, mixed_lm, run_passes
 from spikec import ops as sops
 from spikec import reference as R
 from spikec.errors import SpikecError
@@ -206,16 +206,6 @@ def test_gptq_needs_calibration_data():
         run_passes(as_model(mixed_lm()), ["quantize"], None, act_scale="dynamic", calib="x.npz", weight_method="gptq")
 
 
-def _lm_feeds(model, prompt="What is in the image?"):
-    from spikec.frontend.export import sample_image
-
-    gen = model.generator()
-    proc = gen.prepare([sample_image()], [prompt])
-    embeds, mask, pos, modality, _ = gen.prefill_inputs(proc)
-    feeds = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": pos, "modality": modality}
-    feeds.update(zip([f"past_key_values.{i}.{kv}" for i in range(gen.n_layers) for kv in ("key", "value")],
-                     gen.empty_past(embeds.shape[0])))
-    return feeds
 
 
 def test_compile_gptq_end_to_end_every_spiking_product_equals_the_reference(run_cli, tmp_path):
@@ -236,7 +226,7 @@ def test_compile_gptq_end_to_end_every_spiking_product_equals_the_reference(run_
                    "--weight-method", "gptq").code != 0
 
     with load(str(out)) as m:
-        feeds = _lm_feeds(m)
+        feeds = lm_feeds(m)
         model = m.sbin.model("lm")
     pairs = []
     for mm in sops.spikec_nodes(model, sops.SPIKE_MATMUL):

@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from spike_graphs import exported
+from spike_graphs import exported, lm_feeds
 from spikec import ops as sops
 from spikec import reference as R
 from spikec.compiler import compile_path
@@ -44,21 +44,13 @@ def compiled(name: str, tv: int = 3, tt: int = 4, tensor_bytes: int | None = Non
     return str(out)
 
 
-def _lm_feeds(model, prompt="What is in the image?"):
-    gen = model.generator()
-    proc = gen.prepare([sample_image()], [prompt])
-    embeds, mask, pos, modality, _ = gen.prefill_inputs(proc)
-    feeds = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": pos, "modality": modality}
-    feeds.update(zip([f"past_key_values.{i}.{kv}" for i in range(gen.n_layers) for kv in ("key", "value")],
-                     gen.empty_past(embeds.shape[0])))
-    return feeds
 
 
 @pytest.mark.parametrize("name", ARCHS)
 def test_fused_and_exact_are_bit_identical(name):
     path = compiled(name)
     with load(path, mode="fused") as fused, load(path, mode="exact") as exact:
-        feeds = _lm_feeds(fused)
+        feeds = lm_feeds(fused)
         assert (feeds["modality"] == 1).any() and (feeds["modality"] == 0).any()
         for role, sub in (("lm", feeds),):
             a, b = fused.run(sub, graph=role), exact.run(sub, graph=role)
@@ -79,7 +71,7 @@ def test_every_spiking_product_on_ort_equals_the_reference(tensor_bytes):
     With mapped weights the products read int8 codes from the .sbin's TENSOR sections."""
     path = compiled("tiny-llava", tensor_bytes=tensor_bytes)
     with load(path) as m:
-        feeds = _lm_feeds(m)
+        feeds = lm_feeds(m)
         model = m.sbin.model("lm")
         if tensor_bytes is not None:
             assert any(not v.const_value.numpy().flags.writeable for v in model.graph.initializers.values()
@@ -141,7 +133,7 @@ def test_run_cli_generation_inputs_and_errors(run_cli, tmp_path):
     assert r.code == 0, r.err
     assert "effective timesteps per token" in r.out and "SOPs" in r.out
     with load(path) as m:
-        feeds = _lm_feeds(m)
+        feeds = lm_feeds(m)
     np.savez(tmp_path / "in.npz", **feeds)
     r = run_cli("run", path, "--inputs", str(tmp_path / "in.npz"), "--graph", "lm", "-o", str(tmp_path / "out.npz"))
     assert r.code == 0, r.err

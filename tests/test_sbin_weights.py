@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import pytest
 
-from spike_graphs import exported
+from spike_graphs import exported, lm_feeds
 from spikec import ir as spir
 from spikec import ops as sops
 from spikec.compiler import compile_path
@@ -39,16 +39,6 @@ def _compile(name, out, monkeypatch=None, threshold=None):
     return out
 
 
-def _lm_feeds(model):
-    from spikec.frontend.export import sample_image
-
-    gen = model.generator()
-    proc = gen.prepare([sample_image()], ["What is in the image?"])
-    embeds, mask, pos, modality, _ = gen.prefill_inputs(proc)
-    feeds = {"inputs_embeds": embeds, "attention_mask": mask, "position_ids": pos, "modality": modality}
-    feeds.update(zip([f"past_key_values.{i}.{kv}" for i in range(gen.n_layers) for kv in ("key", "value")],
-                     gen.empty_past(embeds.shape[0])))
-    return feeds
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +73,7 @@ def test_weights_live_in_tensor_sections(pair):
 def test_mapped_weights_give_the_same_bits(pair, mode):
     inline, mapped = pair
     with load(inline, mode=mode) as a, load(mapped, mode=mode) as b:
-        feeds = _lm_feeds(a)
+        feeds = lm_feeds(a)
         ra, rb = a.run(feeds, graph="lm"), b.run(feeds, graph="lm")
         for k in ra:
             np.testing.assert_array_equal(ra[k], rb[k], err_msg=k)
@@ -206,7 +196,7 @@ def test_a_version_1_file_still_loads(pair, tmp_path):
     with SbinFile(old) as f:
         assert f.version == (1, 0)
     with load(old) as a, load(inline) as b:
-        feeds = _lm_feeds(a)
+        feeds = lm_feeds(a)
         ra, rb = a.run(feeds, graph="lm"), b.run(feeds, graph="lm")
         for k in ra:
             np.testing.assert_array_equal(ra[k], rb[k])

@@ -97,3 +97,22 @@ def test_terminal_shows_a_bar(tiny_mlp, tmp_path):
     assert "[1/10] fold-constants" not in tty  # the bar replaces the lines
     code, tty = _on_a_terminal(["-q", "compile", str(tiny_mlp), "-o", str(tmp_path / "o.onnx")])
     assert code == 0 and "%|" not in tty and "fold-constants" not in tty, tty
+
+
+def test_slow_generation_shows_a_token_bar(tmp_path):
+    """`spikec run --target fpga` (the functional simulator: about 50 ms a token on the tiny
+    model, so 64 tokens pass the bar's 1 s delay) shows a bar over the generated tokens on a
+    terminal, and none with -q."""
+    from test_fpga_target import compiled_isa
+
+    from spikec.frontend.export import sample_image
+
+    image = tmp_path / "img.png"
+    sample_image().save(image)
+    args = ["run", compiled_isa(3, 4), "--target", "fpga", "--image", str(image), "--prompt", "What is in the image?",
+            "--max-new-tokens", "64"]
+    code, tty = _on_a_terminal(args, timeout=180)
+    assert code == 0, tty
+    assert "generate:" in tty and "token" in tty, tty
+    code, tty = _on_a_terminal(["-q", *args], timeout=180)
+    assert code == 0 and "generate:" not in tty, tty

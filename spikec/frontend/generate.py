@@ -18,6 +18,7 @@ import numpy as np
 
 from spikec.errors import SpikecError
 from spikec.frontend import manifest as mf
+from spikec.progress import track
 
 log = logging.getLogger(__name__)
 
@@ -170,7 +171,9 @@ class OrtGenerator:
         pad = self.processor.tokenizer.pad_token_id or 0
         done = np.zeros(b, bool)
         out = []
-        for step in range(max_new_tokens):
+        # a bar over the tokens on a terminal when decoding is slow (the fpga target's
+        # simulator or RTL, a 7B model): shown after 1 s, cleared when done
+        for step in track(range(max_new_tokens), "generate", "token", leave=False, delay=1.0):
             nxt = checked(logits, step)[:, -1].argmax(-1).astype(np.int64)
             nxt = np.where(done, pad, nxt)
             out.append(nxt)

@@ -622,7 +622,7 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool 
         if external_data:
             ir.save(model, written, external_data=data_name, size_threshold_bytes=EXTERNAL_TENSOR_MIN_BYTES)
         else:
-            proto = inline_external_tensors(to_proto(model), model)
+            proto = freeze(model).inlined()  # self-contained: every weight's bytes in the proto
             written.write_bytes(proto.SerializeToString(deterministic=True))
         results = []
         if external_data:
@@ -633,15 +633,3 @@ def save_model(model: ir.Model, path: str | os.PathLike, *, external_data: bool 
         return results
     finally:
         shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-def inline_external_tensors(proto: onnx.ModelProto, model: ir.Model) -> onnx.ModelProto:
-    """Make a self-contained proto: external tensors (e.g. of a loaded model) get their bytes inlined."""
-    if not any(t.data_location == onnx.TensorProto.EXTERNAL for t in proto.graph.initializer):
-        return proto
-    by_name = {t.name: t for t in proto.graph.initializer}
-    for name, value in model.graph.initializers.items():
-        t = by_name.get(name)
-        if t is not None and t.data_location == onnx.TensorProto.EXTERNAL and value.const_value is not None:
-            t.CopyFrom(ir.serde.serialize_tensor(ir.Tensor(value.const_value.numpy(), name=name)))
-    return proto

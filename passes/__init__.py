@@ -3,7 +3,8 @@
 `PASSES` maps every pass name to its class; `GENERIC_PIPELINE` is the clean-up
 pipeline that runs on any ONNX model; `SPIKING_PIPELINE` is the default of
 `spikec compile`: clean up, quantize, rewrite into spiking ops, measure MED, assign
-timesteps (docs/passes.md). Passes derived from `ContextPass` take the compile's
+timesteps (docs/passes.md); vector-numerics first fixes the numerics of norms,
+softmax and SiLU. Passes derived from `ContextPass` take the compile's
 shared `CompileContext` (options, calibration data, float model) in their constructor.
 """
 
@@ -23,12 +24,13 @@ from spikec.passes.med import Med
 from spikec.passes.msts import Msts
 from spikec.passes.quantize import Quantize
 from spikec.passes.spike_rewrite import SpikeRewrite
+from spikec.passes.vector_numerics import VectorNumerics
 
 PASSES: dict[str, type[SpikecPass]] = {
     cls.name: cls
     for cls in (ShapeInference, FoldConstants, EliminateIdentity, EliminateDeadNodes, TopologicalSort,
                 EliminateCommonSubexpressions,
-                Quantize, ImportQdq, SpikeRewrite, Med, Msts)
+                VectorNumerics, Quantize, ImportQdq, SpikeRewrite, Med, Msts)
 }
 
 GENERIC_PIPELINE: tuple[str, ...] = (
@@ -39,13 +41,15 @@ GENERIC_PIPELINE: tuple[str, ...] = (
     "shape-inference",
 )
 
-# CSE after spike-rewrite merges the spike encoders of products that read the same
-# activation (Q/K/V, gate/up): one encoder per activation, as the hardware would have.
+# vector-numerics gives norms, softmax and SiLU one exact numeric on every target (it runs
+# while shapes are known). CSE after spike-rewrite merges the spike encoders of products
+# that read the same activation (Q/K/V, gate/up): one encoder per activation, as the
+# hardware would have.
 SPIKING_PIPELINE: tuple[str, ...] = GENERIC_PIPELINE + (
-    "quantize", "spike-rewrite", "eliminate-common-subexpressions", "med", "msts")
+    "vector-numerics", "quantize", "spike-rewrite", "eliminate-common-subexpressions", "med", "msts")
 # For a model already quantized to QDQ by another tool (chosen automatically when the
 # input has QuantizeLinear/DequantizeLinear nodes).
 QDQ_PIPELINE: tuple[str, ...] = ("import-qdq",) + GENERIC_PIPELINE + (
-    "spike-rewrite", "eliminate-common-subexpressions", "med", "msts")
+    "vector-numerics", "spike-rewrite", "eliminate-common-subexpressions", "med", "msts")
 
 __all__ = ["PASSES", "GENERIC_PIPELINE", "SPIKING_PIPELINE", "QDQ_PIPELINE", "PassManager", "CompileReport", "PassRecord", "SpikecPass"]

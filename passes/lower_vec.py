@@ -5,11 +5,14 @@ a pattern of host ops computing the same function with the ISA's float32 numeric
 (docs/isa.md sections 3-4). Patterns, matched on a graph's top level in this order (a
 node belongs to at most one pattern; intermediate results must have no other reader):
 
-  RMSNORM    Pow(x, 2) | Mul(x, x) -> ReduceMean(last axis) -> Add(eps) -> Sqrt
-             -> Reciprocal -> Mul(x, .) | Div(x, .), then Mul(gamma [L]) if present
-  LAYERNORM  LayerNormalization over the last axis (stash_type 1, constant scale/bias)
-  SOFTMAX    Softmax over the last axis (opset >= 13)
-  SILU       Mul(x, Sigmoid(x))
+  RMSNORM    spikec.vec::RMSNorm(x, gamma, eps)      the vector-numerics pass makes these
+  LAYERNORM  spikec.vec::LayerNorm(x, gamma, beta, eps)  of the exported patterns that
+  SOFTMAX    spikec.vec::Softmax(x)                   `match_functions` finds: Pow/Mul ->
+  SILU       spikec.vec::SiLU(x)                      ReduceMean -> Add -> Sqrt -> Reciprocal
+                                                      -> Mul|Div (-> Mul gamma); LayerNormalization
+                                                      (last axis, stash_type 1, constant
+                                                      scale/bias); Softmax (last axis, opset
+                                                      >= 13); Mul(x, Sigmoid(x))
   ROPE       Add(Mul(x, cos), Mul(Concat(Neg(x[..., h:]), x[..., :h]), sin)) where cos and
              sin are Cos/Sin(Concat(f, f)) (rotate-half tables whose halves are equal, so
              the ISA's [n, L/2] tables are their first halves)
@@ -20,10 +23,10 @@ node belongs to at most one pattern; intermediate results must have no other rea
   SCALE, ADD_ROW, MUL_ROW
              Mul by a scalar constant; Add/Mul by a constant row [L] (or scalar)
 
-Numerics: ADD, MUL, SCALE, ADD_ROW, MUL_ROW and ROPE are bit-identical to the host ops.
-RMSNORM and LAYERNORM differ from numpy only in the order of their row sums (16 lanes);
-SOFTMAX and SILU also in exp (Cephes expf) and SiLU's `x / (1 + e)` against the host's
-`x * (1 / (1 + e))`. The erf GELU is not the ISA's tanh GELU and stays on the host.
+Numerics: every kernel is bit-identical to the host's op: ADD, MUL, SCALE, ADD_ROW,
+MUL_ROW and ROPE are single IEEE operations, and the spikec.vec functions are defined as
+the VEC functions' numerics (spikec/vector.py). The erf GELU is not the ISA's tanh GELU and
+stays on the host.
 
 A kernel's descriptor (JSON, in `isa/kernels` under `vec_kernels`) names the host nodes
 it replaces, its operand tensors, the output, `len` (None when the row length is only
@@ -42,6 +45,7 @@ import numpy as np
 import onnx_ir as ir
 
 from spikec import ops as sops
+from spikec import vector
 from spikec.errors import SpikecError
 from spikec.isa.encoding import Instruction
 from spikec.isa.fields import Buffer, Opcode, VecFunc
@@ -325,10 +329,51 @@ def _elementwise(node: ir.Node) -> VecMatch | None:
     return None
 
 
+def match_functions(model: ir.Model) -> list[VecMatch]:
+    """The exported patterns of RMSNORM, LAYERNORM, SOFTMAX and SILU on a graph's top level
+    (the vector-numerics pass turns each into a spikec.vec function call), in graph order;
+    a node belongs to at most one, and every node of a match has a unique name."""
+    opset = model.opset_imports.get("", 0)
+    count = collections.Counter(n.name for n in model.graph)
+    taken: set[int] = set()
+    matches: list[VecMatch] = []
+    for n in list(model.graph):
+        if n.domain != "":
+            continue
+        m = (_rmsnorm(n) if n.op_type == "ReduceMean" else _layernorm(n) if n.op_type == "LayerNormalization"
+             else _softmax(n, opset) if n.op_type == "Softmax" else _silu(n) if n.op_type == "Sigmoid" else None)
+        if m is None or any(id(k) in taken or not k.name or count[k.name] != 1 for k in m.nodes):
+            continue
+        taken.update(id(k) for k in m.nodes)
+        matches.append(m)
+    return matches
+
+
+VEC_FUNCS = {vector.RMSNORM: VecFunc.RMSNORM, vector.LAYERNORM: VecFunc.LAYERNORM,
+             vector.SOFTMAX: VecFunc.SOFTMAX, vector.SILU: VecFunc.SILU}
+
+
+def _vec_function(node: ir.Node) -> VecMatch | None:
+    """A spikec.vec call (put there by the vector-numerics pass): its constants from its inputs."""
+    func = VEC_FUNCS.get(node.op_type)
+    if func is None or len(node.inputs) != vector.n_inputs(node.op_type) or not _is_act(node.inputs[0]):
+        return None
+    x = node.inputs[0]
+    consts = [_const(v) for v in node.inputs[1:]]
+    if any(c is None or c.dtype != np.float32 for c in consts):
+        return None
+    L = _last_len(x)
+    if func in (VecFunc.RMSNORM, VecFunc.LAYERNORM):
+        rows, eps = consts[:-1], consts[-1]
+        if L is None or eps.size != 1 or any(r.shape != (L,) for r in rows):
+            return None
+        return VecMatch(func, [node], [x], L, row=np.concatenate(rows).astype(np.float32), scalar=float(eps.reshape(())))
+    return VecMatch(func, [node], [x], L)
+
+
 def match_graph(model: ir.Model) -> tuple[list[VecMatch], dict[str, str]]:
     """The vector kernels of a graph (top level), in graph order, and the host-only claims
     (the Erf/Tanh/Sigmoid node's name -> reason)."""
-    opset = model.opset_imports.get("", 0)
     nodes = [n for n in model.graph if n.domain == ""]
     count = collections.Counter(n.name for n in model.graph)
     unique = {name for name, c in count.items() if name and c == 1}
@@ -342,16 +387,11 @@ def match_graph(model: ir.Model) -> tuple[list[VecMatch], dict[str, str]]:
         taken.update(id(n) for n in m.nodes)
         matches.append(m)
 
+    for n in model.graph:
+        if n.domain == vector.DOMAIN:
+            claim(_vec_function(n))
     for n in nodes:
-        if n.op_type == "ReduceMean":
-            claim(_rmsnorm(n))
-        elif n.op_type == "LayerNormalization":
-            claim(_layernorm(n))
-        elif n.op_type == "Softmax":
-            claim(_softmax(n, opset))
-        elif n.op_type == "Sigmoid":
-            claim(_silu(n))
-        elif n.op_type == "Add":
+        if n.op_type == "Add":
             claim(_rope(n))
     for n in nodes:
         if n.op_type in HOST_ONLY and id(n) not in taken:
@@ -442,4 +482,5 @@ def build_vec_program(k: dict, n: int, L: int, addrs: list[int], y_addr: int, cf
     return prog
 
 
-__all__ = ["VecMatch", "build_vec_program", "lower_graph", "match_graph", "max_len", "operand_cols", "plan_vec"]
+__all__ = ["VecMatch", "build_vec_program", "lower_graph", "match_functions", "match_graph", "max_len", "operand_cols",
+           "plan_vec"]

@@ -39,6 +39,7 @@ from spikec import calibration as C
 from spikec import ir as spir
 from spikec import ops
 from spikec import reference as R
+from spikec import vector
 from spikec.errors import SpikecError
 from spikec.passes import gptq
 from spikec.passes.generic import first_nonfinite, nonfinite_message
@@ -225,6 +226,9 @@ def _smooth_target(x: ir.Value, group: list[Linear], by_out: dict[int, Linear]):
     if p.op_type == "LayerNormalization" and p.inputs[1] is not None and p.inputs[1].const_value is not None \
             and len(p.inputs[1].uses()) == 1:
         return "layernorm", p
+    if p.domain == vector.DOMAIN and p.op_type in (vector.RMSNORM, vector.LAYERNORM) \
+            and p.inputs[1].const_value is not None and len(p.inputs[1].uses()) == 1:
+        return "vecnorm", p  # gamma (and beta) of a spikec.vec norm
     if p.op_type == "Mul":
         for i in (0, 1):
             v = p.inputs[i]
@@ -267,7 +271,8 @@ def smooth(linears: list[Linear], feeds: list[dict], alpha: float, float_proto) 
                 target.bias = (target.bias / s).astype(np.float32)
             where = f"linear '{target.node.name}'"
         else:
-            idx = (1, 2) if kind == "layernorm" else tuple(i for i in (0, 1) if target.inputs[i].const_value is not None)[:1]
+            idx = ((1, 2) if kind == "layernorm" or (kind == "vecnorm" and target.op_type == vector.LAYERNORM)
+                   else (1,) if kind == "vecnorm" else tuple(i for i in (0, 1) if target.inputs[i].const_value is not None)[:1])
             for i in idx:
                 v = target.inputs[i] if len(target.inputs) > i else None
                 if v is not None and v.const_value is not None:

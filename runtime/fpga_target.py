@@ -30,12 +30,12 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 import onnx
 from onnx import helper
-from onnx.reference.op_run import OpRun
 
 from spikec import ops as sops
 from spikec import reference as R
@@ -46,6 +46,7 @@ from spikec.isa.fields import VecFunc
 from spikec.isa.hwconfig import HwConfig
 from spikec.passes import lower_attn, lower_isa, lower_vec
 from spikec.runtime.device import Counters, Device
+from spikec.runtime.host_segments import SegmentedGraph
 
 DOMAIN = "spikec.fpga"
 DEVICES = ("sim", "rtl")
@@ -330,29 +331,23 @@ def host_attention(a: np.ndarray, b: np.ndarray, T_tok: np.ndarray, bits: int, w
     return sops.dequantize_acc(R.spike_matmul(q, q_b, T_tok, where), s_a, np.full(b.shape[-1], s_b, np.float32), None)
 
 
-def _device_ops(runner: KernelRunner, names) -> list[type]:
-    class DeviceLinear(OpRun):
-        op_domain = DOMAIN
+def device_call(runner: KernelRunner) -> Callable[[onnx.NodeProto, list], list]:
+    """Run one device node of a rewritten graph (DeviceLinear, DeviceVec, DeviceMatMul) on
+    `runner`: (node, its input arrays, None for an absent one) -> its outputs."""
 
-        def _run(self, x, modality=None, kernel=None, modality_id=None):
-            node = self.onnx_node.name
-            mods = sops.token_modality(modality, -1 if modality_id is None else int(modality_id), x.shape[:-1], node)
-            return (runner(int(kernel), x, mods, node),)
+    def call(node: onnx.NodeProto, ins: list) -> list:
+        attrs = {a.name: helper.get_attribute_value(a) for a in node.attribute}
+        kernel, mid = int(attrs["kernel"]), int(attrs.get("modality_id", -1))
+        if node.op_type == "DeviceVec":
+            return [runner.vec(kernel, ins, node.name)]
+        if node.op_type == "DeviceLinear":
+            x, modality = ins[0], (ins[1] if len(ins) > 1 else None)
+            return [runner(kernel, x, sops.token_modality(modality, mid, x.shape[:-1], node.name), node.name)]
+        if node.op_type == "DeviceMatMul":
+            return [runner.attention(kernel, ins[0], ins[2], ins[1], mid, node.name)]
+        raise SpikecError(f"node '{node.name[:80]}': unknown device op {node.op_type[:40]}")
 
-    class DeviceVec(OpRun):
-        op_domain = DOMAIN
-
-        def _run(self, *operands, kernel=None):
-            return (runner.vec(int(kernel), operands, self.onnx_node.name),)
-
-    class DeviceMatMul(OpRun):
-        op_domain = DOMAIN
-
-        def _run(self, a, modality=None, b=None, kernel=None, modality_id=None):
-            mid = -1 if modality_id is None else int(modality_id)
-            return (runner.attention(int(kernel), a, b, modality, mid, self.onnx_node.name),)
-
-    return [DeviceLinear, DeviceVec, DeviceMatMul]
+    return call
 
 
 def rewrite_graph(proto: onnx.ModelProto, kernels: list[dict], vec_kernels: list[dict] = (),
@@ -446,8 +441,6 @@ class FpgaSession:
 
     def __init__(self, role: str, proto: onnx.ModelProto, kernels: list[dict], runner: KernelRunner,
                  vec_kernels: list[dict] = (), attn_kernels: list[dict] = (), where: str = "isa/kernels") -> None:
-        from spikec.ops import _kernels
-
         self.role = role
         mine = [k for k in kernels if k["graph"] == role]
         mine_vec = [k for k in vec_kernels if k["graph"] == role]
@@ -463,11 +456,10 @@ class FpgaSession:
                 raise SpikecError(f"{where}: kernel for node '{k['node']}' has timesteps for {len(k['timesteps'])} "
                                   f"modalities, graph '{role}' has {len(names)}")
         rewritten = rewrite_graph(proto, mine, mine_vec, mine_attn, where)
-        from onnx.reference import ReferenceEvaluator
-
-        self.session = ReferenceEvaluator(rewritten, new_ops=[*_kernels(names), *_device_ops(runner, names)])
-        self.input_names = list(self.session.input_names)
-        self.output_names = list(self.session.output_names)
+        # host ops on onnxruntime, as the ORT target runs them (runtime/host_segments.py)
+        self.session = SegmentedGraph(rewritten, DOMAIN, device_call(runner), f"{where}: graph '{role}'")
+        self.input_names = list(self.session.inputs)
+        self.output_names = list(self.session.outputs)
         self.kernels = len(mine)
         self.vec_kernels = len(mine_vec)
         self.attn_kernels = len(mine_attn)

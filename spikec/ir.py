@@ -446,6 +446,20 @@ def freeze(model: ir.Model, min_bytes: int | None = None) -> Frozen:
     return Frozen(proto, weights)
 
 
+# onnxruntime graph optimizations that change float32 results: they rewrite arithmetic
+# (DivMulFusion: x * (1 / s) -> x / s; MatMulScaleFusion moves a scale into the product) or
+# replace a pattern by a fused kernel with its own operation order (the norm, GELU,
+# attention and Gemm fusions). A spikec graph says exactly what it computes (the vector
+# functions of spikec.vector spell out their order), so every session spikec makes runs
+# it as written; onnxruntime ignores names it does not know.
+FLOAT_REWRITING_OPTIMIZERS = (
+    "DivMulFusion", "MatMulScaleFusion", "MatMulAddFusion", "GemmActivationFusion", "GeluFusion", "FastGeluFusion",
+    "BiasGeluFusion", "QuickGeluFusion", "LayerNormFusion", "SimplifiedLayerNormFusion", "SkipLayerNormFusion",
+    "AttentionFusion", "EmbedLayerNormFusion", "BiasSoftmaxFusion", "MatMulIntegerToFloatFusion",
+    "DynamicQuantizeMatMulFusion", "ConvAddFusion", "ConvMulFusion", "ConvBNFusion", "MatMulBNFusion",
+    "GemmSumFusion", "MatmulTransposeFusion", "NchwcTransformer")
+
+
 def ort_session(graph: "Frozen | ir.Model", options=None, providers: list[str] | None = None):
     """An onnxruntime InferenceSession over `graph` without serialising its big weights.
 
@@ -453,7 +467,8 @@ def ort_session(graph: "Frozen | ir.Model", options=None, providers: list[str] |
     ir.ExternalTensor) stay external-data references that onnxruntime memory-maps; other
     big weights are handed over through SessionOptions.add_external_initializers (which
     onnxruntime copies). The proto handed over stays small. Raises onnxruntime's own
-    exceptions (callers turn them into SpikecError with context)."""
+    exceptions (callers turn them into SpikecError with context). The optimizations in
+    FLOAT_REWRITING_OPTIMIZERS are disabled."""
     import onnxruntime as ort
 
     frozen = graph if isinstance(graph, Frozen) else freeze(graph)
@@ -477,7 +492,8 @@ def ort_session(graph: "Frozen | ir.Model", options=None, providers: list[str] |
     if names:
         options.add_external_initializers(names, values)
     session = ort.InferenceSession(frozen.proto.SerializeToString(), options,
-                                   providers=providers or ["CPUExecutionProvider"])
+                                   providers=providers or ["CPUExecutionProvider"],
+                                   disabled_optimizers=list(FLOAT_REWRITING_OPTIMIZERS))
     session.spikec_weights = values  # onnxruntime reads these buffers for the session's lifetime
     return session
 

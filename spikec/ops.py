@@ -62,6 +62,7 @@ from onnx.reference.op_run import OpRun
 
 from spikec import ir as spir
 from spikec import reference as R
+from spikec import vector
 from spikec.errors import SpikecError
 
 DOMAIN = "spikec"
@@ -350,7 +351,9 @@ _KERNELS = {QUANT_LINEAR: QuantLinear, QUANT_MATMUL: QuantMatMul, SPIKE_ENCODE: 
 
 
 def _kernels(names: Sequence[str]) -> list[type]:
-    return [type(cls.__name__, (cls,), {"modality_names": tuple(names), "op_domain": DOMAIN}) for cls in _KERNELS.values()]
+    """onnx.reference kernels: spikec's ops for these modalities, and spikec.vec's functions."""
+    return [type(cls.__name__, (cls,), {"modality_names": tuple(names), "op_domain": DOMAIN})
+            for cls in _KERNELS.values()] + list(vector.REFERENCE_KERNELS)
 
 
 def evaluator(model: ir.Model | onnx.ModelProto | spir.Frozen) -> ReferenceEvaluator:

@@ -28,6 +28,7 @@ import onnx
 import onnx_ir as ir
 
 from spikec import ir as spir
+from spikec import vector
 from spikec.errors import SpikecError
 from spikec.frontend import manifest as mf
 from spikec.paths import check_name, files_inside, resolve_inside
@@ -118,7 +119,8 @@ DEFAULT_DOMAIN_OPS = frozenset({
 })
 SPIKEC_DOMAIN_OPS = frozenset({"QuantLinear", "QuantMatMul", "SpikeEncode", "SpikeCode", "SpikeMatMul"})
 SBIN_OPS: frozenset[tuple[str, str]] = frozenset(
-    {("", op) for op in DEFAULT_DOMAIN_OPS} | {("spikec", op) for op in SPIKEC_DOMAIN_OPS})
+    {("", op) for op in DEFAULT_DOMAIN_OPS} | {("spikec", op) for op in SPIKEC_DOMAIN_OPS}
+    | {(vector.DOMAIN, op) for op in vector.OPS})
 # Elements a constant shape (ConstantOfShape, Expand, Reshape, Tile) or a constant Range may
 # declare: 2**28 float32 elements is 1 GiB, far above any shape a spikec graph holds
 # constant (those are small; sequence-sized shapes come from Shape at run time).
@@ -184,10 +186,12 @@ def _declared_elements(op: str, node: onnx.NodeProto, consts: dict, where: str) 
 
 
 def check_graph_ops(proto: onnx.ModelProto, *, where: str) -> None:
-    """Refuse a graph section holding an op spikec does not emit (SBIN_OPS: no subgraphs), or
+    """Refuse a graph section holding an op spikec does not emit (SBIN_OPS: no subgraphs), a
+    model-local function other than spikec.vec's own (vector.check_functions), or
     a constant shape declaring more than MAX_DECLARED_ELEMENTS elements, before anything is
     allocated or run. Raises SpikecError naming `where` (file and graph), the node and op."""
     g = proto.graph
+    vector.check_functions(proto, where)  # the only model-local functions: spikec.vec's, byte for byte
     consts = _constants(g)
     for node in g.node:
         domain = "" if node.domain in ("", "ai.onnx") else node.domain

@@ -1,4 +1,6 @@
-"""Numeric reference: the executable form of SEMANTICS.md sections 1-3.
+"""Numeric reference: the executable form of SEMANTICS.md sections 1-3, and of the
+vector-unit numerics (norms, softmax, SiLU, GELU, RoPE; docs/isa.md section 4) that every
+target uses where SEMANTICS.md section 5 leaves the choice to the project.
 
 Every other target (ONNX Runtime graphs, the instruction-set simulator, the RTL) is
 checked bit for bit against this module, so it is plain numpy that spells out every
@@ -433,3 +435,117 @@ def fake_quant_linear(x, s_x, w_q, s_w, bias, T_tokens, where: str = "") -> np.n
     """The same layer through integer_matmul (the fake-quantized ANN path); bit-identical
     to spiking_linear."""
     return _linear(x, s_x, w_q, s_w, bias, T_tokens, where, "fake_quant_linear", spiking=False)
+
+
+# ---------------------------------------------------------------- vector-unit numerics
+# The float32 functions of the vector unit (docs/isa.md section 4), defined once for every
+# target: the simulator executes them, the RTL is co-simulated against them, and the
+# VecRMSNorm / VecLayerNorm / VecSoftmax / VecSiLU ops of spikec.ops (the host side of the
+# same functions, on the reference evaluator and, spelled out in stock ONNX ops, on ONNX
+# Runtime) compute them, so a norm or softmax that feeds a quantizer gives the same codes
+# on every target.
+# Every operation below is one IEEE-754 binary32 operation with round-to-nearest-even
+# (numpy float32 arithmetic; no fused multiply-add; subnormals kept), in exactly the
+# order written. docs/isa.md states the same definitions for the RTL.
+
+F32 = np.float32
+
+REDUCE_LANES = 16  # sums use 16 partial sums: element j goes to lane j % 16
+EXP_LOG2E = F32(1.44269504088896341)
+EXP_LN2_HI = F32(0.693359375)  # 9 significant bits: k * LN2_HI is exact for |k| <= 150
+EXP_LN2_LO = F32(-2.12194440e-4)
+EXP_POLY = tuple(F32(c) for c in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2, 1.6666665459e-1, 5.0000001201e-1))
+EXP_CLAMP = (F32(-104.0), F32(89.0))
+GELU_C0 = F32(0.7978845608028654)  # sqrt(2 / pi)
+GELU_C1 = F32(0.044715)
+
+
+@np.errstate(all="ignore")
+def vec_sum(x: np.ndarray) -> np.ndarray:
+    """Row sums of float32 [n, len]: lane l accumulates x[:, l], x[:, l+16], ... in order from
+    +0.0; then the 16 lane sums are added in lane order 0..15."""
+    n, length = x.shape
+    chunks = -(-length // REDUCE_LANES)
+    pad = np.zeros((n, chunks * REDUCE_LANES), F32)
+    pad[:, :length] = x
+    pad = pad.reshape(n, chunks, REDUCE_LANES)
+    lanes = np.zeros((n, REDUCE_LANES), F32)
+    for c in range(chunks):
+        lanes = lanes + pad[:, c]
+    total = lanes[:, 0]
+    for lane in range(1, REDUCE_LANES):
+        total = total + lanes[:, lane]
+    return total
+
+
+@np.errstate(all="ignore")
+def vec_exp(x: np.ndarray) -> np.ndarray:
+    """exp in float32 (Cephes expf's reduction and polynomial): clamp to [-104, 89];
+    k = rint(x * log2e); r = (x - k*LN2_HI) - k*LN2_LO; z = r*r;
+    p = Horner of EXP_POLY in r; y = ((p*z) + r) + 1; result y * 2**k with one rounding
+    (ldexp). NaN propagates; -inf gives +0, +inf gives +inf."""
+    x = np.asarray(x, F32)
+    xc = np.clip(x, *EXP_CLAMP)
+    nan = np.isnan(xc)
+    xc = np.where(nan, F32(0), xc)
+    k = np.rint(xc * EXP_LOG2E)
+    r = (xc - k * EXP_LN2_HI) - k * EXP_LN2_LO
+    z = r * r
+    p = np.full_like(r, EXP_POLY[0])
+    for c in EXP_POLY[1:]:
+        p = p * r + c
+    y = ((p * z) + r) + F32(1)
+    out = np.ldexp(y, k.astype(np.int32)).astype(F32)
+    return np.where(nan, x, out)
+
+
+@np.errstate(all="ignore")
+def vec_rsqrt(v: np.ndarray) -> np.ndarray:
+    """1 / sqrt(v): IEEE square root, then IEEE division (two roundings)."""
+    return F32(1) / np.sqrt(np.asarray(v, F32))
+
+
+@np.errstate(all="ignore")
+def vec_softmax(x: np.ndarray) -> np.ndarray:
+    m = np.max(x, axis=1, keepdims=True)
+    e = vec_exp(x - m)
+    return e / vec_sum(e)[:, None]
+
+
+@np.errstate(all="ignore")
+def vec_silu(x: np.ndarray) -> np.ndarray:
+    return x / (F32(1) + vec_exp(-x))
+
+
+@np.errstate(all="ignore")
+def vec_gelu(x: np.ndarray) -> np.ndarray:
+    """tanh GELU: u = c0 * (x + c1 * ((x*x)*x)); tanh(u) = 1 - 2 / (exp(u + u) + 1);
+    y = (0.5 * x) * (1 + tanh(u))."""
+    u = GELU_C0 * (x + GELU_C1 * ((x * x) * x))
+    th = F32(1) - F32(2) / (vec_exp(u + u) + F32(1))
+    return (F32(0.5) * x) * (F32(1) + th)
+
+
+@np.errstate(all="ignore")
+def vec_rmsnorm(x: np.ndarray, gamma: np.ndarray, eps: F32) -> np.ndarray:
+    mean = vec_sum(x * x) / F32(x.shape[1])
+    r = vec_rsqrt(mean + eps)
+    return (x * r[:, None]) * gamma
+
+
+@np.errstate(all="ignore")
+def vec_layernorm(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, eps: F32) -> np.ndarray:
+    mu = vec_sum(x) / F32(x.shape[1])
+    d = x - mu[:, None]
+    var = vec_sum(d * d) / F32(x.shape[1])
+    r = vec_rsqrt(var + eps)
+    return ((d * r[:, None]) * gamma) + beta
+
+
+@np.errstate(all="ignore")
+def vec_rope(x: np.ndarray, cos: np.ndarray, sin: np.ndarray) -> np.ndarray:
+    """Rotate-half rotary embedding (as Hugging Face's x*cos + rotate_half(x)*sin):
+    y1 = (x1*c) - (x2*s), y2 = (x2*c) + (x1*s) for the halves x1, x2 of each row."""
+    h = x.shape[1] // 2
+    x1, x2 = x[:, :h], x[:, h:]
+    return np.concatenate([(x1 * cos) - (x2 * sin), (x2 * cos) + (x1 * sin)], axis=1)

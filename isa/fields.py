@@ -261,6 +261,15 @@ for _f in FORMATS.values():
     _f.layout()  # asserts every format fits in 128 bits
 
 
+def field(opcode: Opcode, name: str) -> Field:
+    """The field `name` of an instruction format (KeyError if it has none): the one source
+    of the ISA's limits, e.g. `field(Opcode.VEC, "len").max`."""
+    for f in FORMATS[opcode].fields:
+        if f.name == name:
+            return f
+    raise KeyError(f"{opcode.name} has no field '{name}'")
+
+
 # ---------------------------------------------------------------- generated documentation
 
 BEGIN_MARK = "<!-- BEGIN GENERATED FIELD TABLES: python -m spikec.isa.fields docs/isa.md -->"

@@ -33,16 +33,19 @@ from spikec import ops as sops
 from spikec import reference as R
 from spikec.errors import SpikecError
 from spikec.isa.encoding import Instruction
-from spikec.isa.fields import AccMode, Buffer, EncodeDst, Neuron, Opcode, ScaleMode, VecFlag, VecFunc, WeightFormat
+from spikec.isa.fields import (AccMode, Buffer, EncodeDst, Neuron, Opcode, ScaleMode, VecFlag, VecFunc, WeightFormat,
+                               field)
 from spikec.isa.hwconfig import HwConfig
 from spikec.runtime import costmodel
 
 KERNELS_FORMAT = "spikec-isa-kernels"
 KERNELS_VERSION = 1
 TILE_ALIGN = 64  # weight tiles are padded to 64 bytes in DRAM and loaded as rows of 64 bytes
-MAX_N = 4095  # SPMM/ENCODE/VEC `n` field
-MAX_LEN = 16383  # ENCODE `len`, SPMM `k`/`m`, VEC `len`
-ISA_MAX_T = 15  # ENCODE/SPMM `t` field (TC-LIF); rate IF: t <= 7
+# the ISA's limits, from the field table (isa/fields.py)
+MAX_N = min(field(op, "n").max for op in (Opcode.SPMM, Opcode.ENCODE, Opcode.VEC))  # rows per instruction
+MAX_LEN = min(field(Opcode.ENCODE, "len").max, field(Opcode.SPMM, "k").max, field(Opcode.SPMM, "m").max,
+              field(Opcode.VEC, "len").max)  # elements per row, reduction length, output features
+ISA_MAX_T = min(field(Opcode.SPMM, "t").max, field(Opcode.ENCODE, "t").max)  # TC-LIF timesteps; rate IF: t <= 7
 
 
 def _align(n: int, a: int) -> int:

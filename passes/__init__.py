@@ -3,8 +3,8 @@
 `PASSES` maps every pass name to its class; `GENERIC_PIPELINE` is the clean-up
 pipeline that runs on any ONNX model; `SPIKING_PIPELINE` is the default of
 `spikec compile`: clean up, quantize, rewrite into spiking ops, measure MED, assign
-timesteps (docs/passes.md); vector-numerics first fixes the numerics of norms,
-softmax and SiLU. Passes derived from `ContextPass` take the compile's
+timesteps (docs/passes.md). `with_vector_numerics` adds the pass that gives norms, softmax
+and SiLU the accelerator's exact numerics (for `--isa` and `--exact-vector`). Passes derived from `ContextPass` take the compile's
 shared `CompileContext` (options, calibration data, float model) in their constructor.
 """
 
@@ -41,15 +41,24 @@ GENERIC_PIPELINE: tuple[str, ...] = (
     "shape-inference",
 )
 
-# vector-numerics gives norms, softmax and SiLU one exact numeric on every target (it runs
-# while shapes are known). CSE after spike-rewrite merges the spike encoders of products
-# that read the same activation (Q/K/V, gate/up): one encoder per activation, as the
-# hardware would have.
+# CSE after spike-rewrite merges the spike encoders of products that read the same
+# activation (Q/K/V, gate/up): one encoder per activation, as the hardware would have.
 SPIKING_PIPELINE: tuple[str, ...] = GENERIC_PIPELINE + (
-    "vector-numerics", "quantize", "spike-rewrite", "eliminate-common-subexpressions", "med", "msts")
+    "quantize", "spike-rewrite", "eliminate-common-subexpressions", "med", "msts")
 # For a model already quantized to QDQ by another tool (chosen automatically when the
 # input has QuantizeLinear/DequantizeLinear nodes).
 QDQ_PIPELINE: tuple[str, ...] = ("import-qdq",) + GENERIC_PIPELINE + (
-    "vector-numerics", "spike-rewrite", "eliminate-common-subexpressions", "med", "msts")
+    "spike-rewrite", "eliminate-common-subexpressions", "med", "msts")
 
-__all__ = ["PASSES", "GENERIC_PIPELINE", "SPIKING_PIPELINE", "QDQ_PIPELINE", "PassManager", "CompileReport", "PassRecord", "SpikecPass"]
+
+
+def with_vector_numerics(names: tuple[str, ...]) -> tuple[str, ...]:
+    """`names` with vector-numerics after the clean-up (before the first of quantize and
+    spike-rewrite, while every value has its inferred shape)."""
+    if "vector-numerics" in names:
+        return names
+    i = min([names.index(n) for n in ("quantize", "spike-rewrite") if n in names], default=len(names))
+    return names[:i] + ("vector-numerics",) + names[i:]
+
+
+__all__ = ["with_vector_numerics", "PASSES", "GENERIC_PIPELINE", "SPIKING_PIPELINE", "QDQ_PIPELINE", "PassManager", "CompileReport", "PassRecord", "SpikecPass"]

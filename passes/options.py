@@ -44,6 +44,9 @@ class SpikeOptions:
     weight_method: str = "rtn"  # rtn | gptq (passes/gptq.py; needs calibration data)
     gptq_damp: float = 0.01  # GPTQ dampening, a fraction of the mean diagonal of H
     gptq_act_order: bool = False  # GPTQ: quantize input rows by decreasing diag(H)
+    # norms, softmax and SiLU as spikec.vec functions (the vector-numerics pass): the
+    # accelerator's numerics on every target; implied by --isa (spikec.compiler)
+    exact_vector: bool = False
 
     def validate(self) -> "SpikeOptions":
         if self.wbits not in (4, 8):

@@ -53,7 +53,14 @@ class SegmentedGraph:
         self.inputs = [v.name for v in g.input]
         self.outputs = [v.name for v in g.output]
         self.initializers = {t.name: t for t in g.initializer}
-        self.value_info = {v.name: v for v in g.value_info}
+        # value types and ranks, not dims: an export's value_info may hold dims of the traced
+        # example (batch 1), which onnxruntime would plan buffers with; the lowering of
+        # spikec ops needs only ranks
+        self.value_info = {}
+        for v in g.value_info:
+            t = v.type.tensor_type
+            if v.type.HasField("tensor_type") and t.HasField("shape"):
+                self.value_info[v.name] = helper.make_tensor_value_info(v.name, t.elem_type, [None] * len(t.shape.dim))
         steps: list[_Step] = []
         for n in g.node:
             dev = n.domain == device_domain

@@ -25,7 +25,8 @@ from spikec import ir as spir
 from spikec import ops
 from spikec import reference as R
 from spikec.errors import SpikecError
-from spikec.passes import GENERIC_PIPELINE, PASSES, QDQ_PIPELINE, SPIKING_PIPELINE, CompileReport, PassManager, SpikecPass
+from spikec.passes import (GENERIC_PIPELINE, PASSES, QDQ_PIPELINE, SPIKING_PIPELINE, CompileReport, PassManager, SpikecPass,
+                           with_vector_numerics)
 from spikec.passes.options import CompileContext, SpikeOptions
 
 log = logging.getLogger(__name__)
@@ -43,10 +44,12 @@ def build_pipeline(names: Sequence[str], context: CompileContext | None = None) 
     return passes
 
 
-def default_pipeline(model: ir.Model) -> tuple[str, ...]:
-    """SPIKING_PIPELINE, or QDQ_PIPELINE for a model that already has Q/DQ nodes."""
+def default_pipeline(model: ir.Model, options: SpikeOptions | None = None) -> tuple[str, ...]:
+    """SPIKING_PIPELINE, or QDQ_PIPELINE for a model that already has Q/DQ nodes; with
+    options.exact_vector (--isa, --exact-vector) the vector-numerics pass too."""
     qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph)
-    return QDQ_PIPELINE if qdq else SPIKING_PIPELINE
+    names = QDQ_PIPELINE if qdq else SPIKING_PIPELINE
+    return with_vector_numerics(names) if options is not None and options.exact_vector else names
 
 
 @contextlib.contextmanager
@@ -196,7 +199,7 @@ def _json_default(o):
 
 def _compile_model(model: ir.Model, ctx: CompileContext, pipeline: Sequence[str] | None, input_name: str,
                    dump_dir, progress) -> CompileReport:
-    names = list(pipeline) if pipeline is not None else list(default_pipeline(model))
+    names = list(pipeline) if pipeline is not None else list(default_pipeline(model, ctx.options))
     manager = PassManager(build_pipeline(names, ctx), dump_dir=dump_dir, progress=progress)
     report = manager.run(model, input_name=input_name)
     return _finish_report(report, ctx, model)
@@ -300,8 +303,12 @@ def compile_path(input_path: str | Path, output: str | Path, *, isa: bool = Fals
     the compile report, and removed. With `isa`, the spiking products are also lowered to
     the accelerator (passes/lower_isa.py) for the hardware configuration `hwconfig`
     (a built-in name or a JSON path), adding the sections isa/hwconfig, isa/weights,
-    isa/kernels and isa/program (docs/isa.md, "Lowering and the fpga target")."""
+    isa/kernels and isa/program (docs/isa.md, "Lowering and the fpga target"); `isa` implies
+    `options.exact_vector` (the device computes norms, softmax and SiLU, so every target
+    must compute them alike: the vector-numerics pass)."""
     output = Path(output)
+    if isa:
+        kw["options"] = dataclasses.replace(kw.get("options") or SpikeOptions(), exact_vector=True)
     if output.suffix == ".sbin":
         return _compile_to_sbin(Path(input_path), output, isa=isa, hwconfig=hwconfig, **kw)
     if isa:

@@ -33,6 +33,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
+from spikec import vector
 from spikec.errors import SpikecError
 from spikec.paths import resolve_inside
 
@@ -449,9 +450,11 @@ def freeze(model: ir.Model, min_bytes: int | None = None) -> Frozen:
 # onnxruntime graph optimizations that change float32 results: they rewrite arithmetic
 # (DivMulFusion: x * (1 / s) -> x / s; MatMulScaleFusion moves a scale into the product) or
 # replace a pattern by a fused kernel with its own operation order (the norm, GELU,
-# attention and Gemm fusions). A spikec graph says exactly what it computes (the vector
-# functions of spikec.vector spell out their order), so every session spikec makes runs
-# it as written; onnxruntime ignores names it does not know.
+# attention and Gemm fusions). A graph compiled for exactness (with spikec.vector's
+# functions: `--isa`, `--exact-vector`) says exactly what it computes, and the fpga target
+# runs its host ops in pieces where a fusion across a piece's edge cannot happen, so such a
+# graph runs as written; other graphs keep onnxruntime's fusions (onnxruntime ignores
+# names it does not know).
 FLOAT_REWRITING_OPTIMIZERS = (
     "DivMulFusion", "MatMulScaleFusion", "MatMulAddFusion", "GemmActivationFusion", "GeluFusion", "FastGeluFusion",
     "BiasGeluFusion", "QuickGeluFusion", "LayerNormFusion", "SimplifiedLayerNormFusion", "SkipLayerNormFusion",
@@ -468,7 +471,7 @@ def ort_session(graph: "Frozen | ir.Model", options=None, providers: list[str] |
     big weights are handed over through SessionOptions.add_external_initializers (which
     onnxruntime copies). The proto handed over stays small. Raises onnxruntime's own
     exceptions (callers turn them into SpikecError with context). The optimizations in
-    FLOAT_REWRITING_OPTIMIZERS are disabled."""
+    FLOAT_REWRITING_OPTIMIZERS are disabled for a graph that imports spikec.vec."""
     import onnxruntime as ort
 
     frozen = graph if isinstance(graph, Frozen) else freeze(graph)
@@ -491,9 +494,10 @@ def ort_session(graph: "Frozen | ir.Model", options=None, providers: list[str] |
     values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(frozen.weights[n].numpy())) for n in names]
     if names:
         options.add_external_initializers(names, values)
+    exact = any(o.domain == vector.DOMAIN for o in frozen.proto.opset_import)
     session = ort.InferenceSession(frozen.proto.SerializeToString(), options,
                                    providers=providers or ["CPUExecutionProvider"],
-                                   disabled_optimizers=list(FLOAT_REWRITING_OPTIMIZERS))
+                                   disabled_optimizers=list(FLOAT_REWRITING_OPTIMIZERS) if exact else [])
     session.spikec_weights = values  # onnxruntime reads these buffers for the session's lifetime
     return session
 

@@ -25,12 +25,18 @@ tests/test_vec_numerics.py). Why each piece is exact:
   CumSum runs along the chunks: onnxruntime's CumSum adds slice c to the running slice
   c - 1, one slice after the other, which is lane l's sequence of additions; the last
   slice is the 16 lanes, then added left to right;
-- exp's `y * 2**k` with one rounding (C's ldexp): `k = kh + kl` with `kh = floor(k/2)`,
-  `y * 2**kl` is exact (y is near 1 and |kl| <= 75 keeps it normal) and the second
-  multiply by `2**kh` rounds once; the powers of two come from a table (Gather), not
-  from Pow, so no libm is involved;
-- ReduceMax does not propagate NaN in onnxruntime, so softmax puts NaN into a row's max
-  explicitly when the row holds one (the reference's `np.max` does).
+- exp's `k = rint(x log2 e)` as `(v + 1.5 * 2**23) - 1.5 * 2**23` (exact round half to
+  even for |v| < 2**22), and `y * 2**k` with one rounding (C's ldexp): `k = 2 kh + a`,
+  `kh = floor(k / 2)`, `a` in {0, 1}: `(y * 2**a) * 2**kh` is exact (y is near 1, |kh| <=
+  75 keeps it normal) and the last multiply by `2**kh` rounds once; `2**kh` from Pow is a
+  power of two, exact in any libm (tested over the whole range);
+- NaN: Clip keeps a NaN (tested), so exp, and with it the whole row of a softmax (its sum
+  meets the NaN), comes out NaN as in the reference; a NaN's payload is not specified.
+  ReduceMax skips NaN in onnxruntime, which cannot matter: the NaN row is NaN anyway.
+- Speed: only Add, Sub, Mul, Div and Sqrt touch every element besides one Clip and one
+  Pow per exp (onnxruntime vectorises the former; its Round, Floor, Cast, Gather and Where
+  are scalar loops, several times slower, so the bodies avoid them);
+  benchmarks/vec_benchmark.py measures the cost against onnxruntime's own kernels.
 A row length known only at run time (a softmax over past + new keys) is handled: the
 padding is computed from the shape. Graph optimizations that rewrite float arithmetic
 (onnxruntime's DivMulFusion turns `x * (1 / s)` into `x / s`) are disabled in every
@@ -52,8 +58,7 @@ from spikec import reference as R
 from spikec.errors import SpikecError
 
 LANES = R.REDUCE_LANES
-POW2_LO = -75  # the table of 2**j covers j in [POW2_LO, POW2_HI]: half of exp's k range [-150, 128]
-POW2_HI = 64
+RINT_MAGIC = 1.5 * 2.0**23  # v + RINT_MAGIC - RINT_MAGIC = rint(v) for |v| < 2**22
 DOMAIN = "spikec.vec"
 VERSION = 1
 OPSET = 18  # the standard opset the bodies use
@@ -108,12 +113,18 @@ class _Body:
         length = self.op("Cast", [self.op("Shape", [x], start=-1)], to=onnx.TensorProto.FLOAT)
         return self.op("Div", [self.row_sum(x), length])
 
+    def rint(self, v: str) -> str:
+        """Round half to even for |v| < 2**22, with two additions: v + 1.5 * 2**23 lands where
+        the float32 spacing is 1, so that addition rounds v to an integer (ties to even), and
+        the subtraction is exact. (Round gives the same; onnxruntime's Round, like its Floor,
+        Cast and Gather, is a slow scalar loop, its Add a vectorised one.)"""
+        return self.op("Sub", [self.op("Add", [v, self.const(RINT_MAGIC)]), self.const(RINT_MAGIC)])
+
     def exp(self, x: str) -> str:
-        """`reference.vec_exp`, elementwise."""
-        nan = self.op("IsNaN", [x])
-        clean = self.op("Where", [nan, self.const(0.0), x])
-        xc = self.op("Clip", [clean, self.const(R.EXP_CLAMP[0]), self.const(R.EXP_CLAMP[1])])
-        k = self.op("Round", [self.op("Mul", [xc, self.const(R.EXP_LOG2E)])])
+        """`reference.vec_exp`, elementwise. NaN in, NaN out: Clip keeps NaN (checked by the
+        tests), and every later operation propagates it (its payload is not specified)."""
+        xc = self.op("Clip", [x, self.const(R.EXP_CLAMP[0]), self.const(R.EXP_CLAMP[1])])
+        k = self.rint(self.op("Mul", [xc, self.const(R.EXP_LOG2E)]))  # |k| <= 150
         r = self.op("Sub", [self.op("Sub", [xc, self.op("Mul", [k, self.const(R.EXP_LN2_HI)])]),
                             self.op("Mul", [k, self.const(R.EXP_LN2_LO)])])
         z = self.op("Mul", [r, r])
@@ -121,16 +132,13 @@ class _Body:
         for c in R.EXP_POLY[2:]:
             p = self.op("Add", [self.op("Mul", [p, r]), self.const(c)])
         y = self.op("Add", [self.op("Add", [self.op("Mul", [p, z]), r]), self.const(1.0)])
-        table = self.const([2.0**j for j in range(POW2_LO, POW2_HI + 1)])
-        kh = self.op("Floor", [self.op("Mul", [k, self.const(0.5)])])
-        kl = self.op("Sub", [k, kh])
-
-        def pow2(e: str) -> str:
-            idx = self.op("Cast", [self.op("Sub", [e, self.const(float(POW2_LO))])], to=onnx.TensorProto.INT64)
-            return self.op("Gather", [table, idx], axis=0)
-
-        out = self.op("Mul", [self.op("Mul", [y, pow2(kl)]), pow2(kh)])
-        return self.op("Where", [nan, x, out])
+        # ldexp(y, k) with one rounding: k = 2 kh + a, kh = floor(k / 2) (rint of k/2 - 1/4),
+        # a in {0, 1}; y * 2**a and then * 2**kh are exact (y is near 1, |kh| <= 75), the
+        # last multiply by 2**kh rounds once. 2**kh by Pow is exact (a power of two).
+        kh = self.rint(self.op("Sub", [self.op("Mul", [k, self.const(0.5)]), self.const(0.25)]))
+        scale_a = self.op("Sub", [self.op("Add", [k, self.const(1.0)]), self.op("Add", [kh, kh])])  # 2**a: 1 or 2
+        p2 = self.op("Pow", [self.const(2.0), kh])
+        return self.op("Mul", [self.op("Mul", [self.op("Mul", [y, scale_a]), p2]), p2])
 
     def rsqrt(self, v: str) -> str:
         return self.op("Div", [self.const(1.0), self.op("Sqrt", [v])])
@@ -148,10 +156,7 @@ def _layernorm(b: _Body) -> str:
 
 
 def _softmax(b: _Body) -> str:
-    m = b.op("ReduceMax", ["x", b.const([-1], np.int64)], keepdims=1)
-    has_nan = b.op("ReduceMax", [b.op("Cast", [b.op("IsNaN", ["x"])], to=onnx.TensorProto.FLOAT),
-                                 b.const([-1], np.int64)], keepdims=1)
-    m = b.op("Where", [b.op("Greater", [has_nan, b.const(0.0)]), b.const(np.nan), m])
+    m = b.op("ReduceMax", ["x", b.const([-1], np.int64)], keepdims=1)  # (a NaN in the row: the row is NaN anyway)
     e = b.exp(b.op("Sub", ["x", m]))
     return b.op("Div", [e, b.row_sum(e)], tag="y")
 
@@ -199,7 +204,8 @@ def check_functions(proto: onnx.ModelProto, where: str) -> None:
                               f"({', '.join(f'{DOMAIN}::{o}' for o in OPS)})")
         canonical = function(fn.name)
         if fn.SerializeToString(deterministic=True) != canonical.SerializeToString(deterministic=True):
-            raise SpikecError(f"{where}: function '{name}' differs from spikec's definition of it")
+            raise SpikecError(f"{where}: function '{name}' differs from this spikec's definition of it (a file "
+                              f"compiled by another spikec version: compile it again; or a changed file)")
 
 
 def add_functions(model, op_types) -> None:

@@ -8,7 +8,8 @@ the prefill logits and 8 greedy tokens are identical bit for bit on every target
 spikec.vec functions give the vector functions one numeric (tests/test_vec_numerics.py),
 and the fpga target runs its host ops on onnxruntime like the ORT target
 (runtime/host_segments.py). Three models in the default suite, the other three and the
-RTL co-simulation in the slow one.
+RTL co-simulation in the slow one. The bundled model (models/digits-llava, float32
+weights) on test images too.
 """
 
 from __future__ import annotations
@@ -44,13 +45,13 @@ def _compiled(name: str, dtype: str, spike_attention: bool = False) -> Path:
     return out
 
 
-def _run(path: Path, target: str, device: str = "sim", tokens: int = 8):
+def _run(path: Path, target: str, device: str = "sim", tokens: int = 8, images=None, prompts=None):
     kw = {"device": device} if target == "fpga" else {}
     with load(path, target=target, **kw) as model:
         g = model.generator()
-        po = g.prepare([sample_image()], [PROMPT])
+        po = g.prepare(images or [sample_image()], prompts or [PROMPT])
         embeds, mask, pos, modality, _ = g.prefill_inputs(po)
-        logits, _ = g.lm(embeds, mask, pos, modality, g.empty_past(1))
+        logits, _ = g.lm(embeds, mask, pos, modality, g.empty_past(embeds.shape[0]))
         ids = g.generate_ids(po, tokens, stop_at_eos=False)
     return embeds, logits, ids
 
@@ -76,6 +77,20 @@ def test_ort_and_the_simulator_give_the_same_bits(name, dtype):
 @pytest.mark.parametrize("name,dtype", SLOW, ids=[f"{n}-{d}" for n, d in SLOW])
 def test_ort_and_the_simulator_give_the_same_bits_slow(name, dtype):
     _check(name, dtype)
+
+
+def test_the_bundled_model_gives_the_same_bits():
+    from spikec.datasets.digits import load_digit_images, make_items, render_image
+
+    root = Path(tempfile.mkdtemp(prefix="spikec-agree-digits-"))
+    export(str(Path(__file__).resolve().parents[1] / "models" / "digits-llava"), root / "export")
+    path = root / "m.sbin"
+    compile_path(root / "export", path, options=SpikeOptions(tv=3, tt=4).validate(), isa=True)
+    images = load_digit_images()[0]
+    items = make_items("test")[:8:3]  # three questions of different types
+    pics, prompts = [render_image(images[i.index]) for i in items], [i.prompt for i in items]
+    ort = _run(path, "ort", tokens=3, images=pics, prompts=prompts)
+    _assert_same(ort, _run(path, "fpga", tokens=3, images=pics, prompts=prompts), "digits-llava: ort vs fpga")
 
 
 @pytest.mark.slow

@@ -53,7 +53,10 @@ def _rows(rng, n: int, L: int) -> np.ndarray:
 
 
 def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
-    return a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+    """Bit-identical, NaN for NaN (a NaN's payload is not part of the contract)."""
+    nan = np.isnan(a)
+    return (a.shape == b.shape and np.array_equal(nan, np.isnan(b))
+            and np.array_equal(np.where(nan, 0, a).view(np.uint32), np.where(nan, 0, b).view(np.uint32)))
 
 
 def _want(op: str, x: np.ndarray, feeds: dict) -> np.ndarray:
@@ -139,3 +142,23 @@ def test_a_sbin_graph_holds_only_spikec_vec_functions_byte_for_byte():
     foreign.functions[0].domain = "evil"
     with pytest.raises(SpikecError, match="'evil::RMSNorm' is not one spikec defines"):
         check_graph_ops(foreign, where="m.sbin: graph 'lm'")
+
+
+def test_exact_vector_is_part_of_the_pipeline_with_isa_or_when_asked(tmp_path):
+    """Without --isa the ORT target keeps onnxruntime's own fused kernels (a .sbin that runs
+    only there); --isa (the device computes these functions) and --exact-vector add the pass."""
+    import onnx as _onnx
+
+    from spikec.compiler import compile_path
+    from spikec.passes.options import SpikeOptions
+
+    proto, _ = G.rmsnorm()
+    src = tmp_path / "norm.onnx"
+    _onnx.save(proto, src)
+    for exact in (False, True):
+        out = tmp_path / f"n{int(exact)}.onnx"
+        report = compile_path(src, out, pipeline=None, options=SpikeOptions(exact_vector=exact).validate())
+        names = [p.name for p in report.passes]
+        compiled = _onnx.load(out)
+        calls = [n for n in compiled.graph.node if n.domain == vector.DOMAIN]
+        assert (len(calls) == 1) == exact and ("vector-numerics" in names) == exact, names

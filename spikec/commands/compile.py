@@ -48,13 +48,15 @@ from spikec.passes import PASSES, QDQ_PIPELINE, SPIKING_PIPELINE
 @click.option("--spike-attention", is_flag=True, help="Also spike the attention products Q @ K^T and P @ V.")
 @click.option("--isa", is_flag=True, help="Also lower the spiking products to the accelerator (needs -o MODEL.sbin; "
               "for `spikec run --target fpga` and `spikec disasm`).")
+@click.option("--exact-vector", is_flag=True, help="Norms, softmax and SiLU with the accelerator's exact float32 "
+              "numerics (implied by --isa): the same bits on every target, slower on ONNX Runtime (docs/passes.md).")
 @click.option("--hwconfig", default="default", show_default=True, help="With --isa: the hardware configuration (built-in name or JSON path).")
 @click.option("--no-per-layer", "per_layer", flag_value=False, default=True, help="With --budget: one T per modality for all layers.")
 def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_list: str | None, report_path: Path | None,
                     wbits: str, act_scale: str, calib: Path | None, calib_method: str, percentile: float, calib_samples: int,
                     smooth: float | None, neuron: str, tv: int | None, tt: int | None, budget: float | None,
                     spike_attention: bool, isa: bool, hwconfig: str, per_layer: bool, weight_method: str = "rtn",
-                    gptq_damp: float = 0.01, gptq_act_order: bool = False) -> None:
+                    gptq_damp: float = 0.01, gptq_act_order: bool = False, exact_vector: bool = False) -> None:
     """Compile INPUT (an ONNX file, or an export folder of `spikec export`) into OUTPUT."""
     from spikec import atomic
     from spikec import progress as P
@@ -66,7 +68,7 @@ def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_
         wbits=int(wbits), act_scale=act_scale, calib=str(calib) if calib else None, calib_method=calib_method,
         percentile=percentile, calib_samples=calib_samples, smooth=smooth, neuron=neuron, tv=tv, tt=tt,
         budget=budget, spike_attention=spike_attention, per_layer=per_layer,
-        weight_method=weight_method, gptq_damp=gptq_damp, gptq_act_order=gptq_act_order,
+        weight_method=weight_method, gptq_damp=gptq_damp, gptq_act_order=gptq_act_order, exact_vector=exact_vector,
     ).validate()
     names = None if pass_list is None else [n.strip() for n in pass_list.split(",") if n.strip()]
     # one bar per graph over its passes on a terminal; the "[i/n] pass" lines in a pipe; nothing with -q

@@ -14,7 +14,7 @@ Prints figures, not pass/fail. Three parts:
    (the spiking products and the vector kernels -- norms, softmax, SiLU, rotary, residual
    adds -- on both sides).
 3. A Qwen2-VL-2B-like language model, analytically: the per-call programs the lowering
-   would build (`lower_isa.build_program` on descriptors of the right shapes), costed
+   would build (`programs.build_program` on descriptors of the right shapes), costed
    instruction by instruction with `runtime.costmodel` along the same load/compute/store
    timeline the simulator uses, the SPMM spike counts taken from densities measured on the
    bundled model's language model (linear layers only: no vector ops on either side). No
@@ -39,6 +39,7 @@ from pathlib import Path
 
 import numpy as np
 
+from spikec.isa import programs, tiling
 from spikec.isa.encoding import decode_program
 from spikec.isa.fields import FORMATS, Module, Opcode
 from spikec.isa.hwconfig import HwConfig
@@ -77,7 +78,7 @@ def make_kernel(cfg: HwConfig, index: int, K: int, M: int, wbits: int = 8, bias:
     """A kernel descriptor laid out as lower_isa.lower_graphs lays it out (weights per M-tile,
     padded to 64 bytes, then [s_w | bias]). With `rng`, random weights and the image bytes;
     without, only the offsets (and the image length)."""
-    plan = lower_isa.plan_tiles(cfg, K, M, wbits)
+    plan = tiling.plan_tiles(cfg, K, M, wbits)
     if isinstance(plan, str):
         raise ValueError(plan)
     mt, n_max, kt = plan
@@ -86,7 +87,7 @@ def make_kernel(cfg: HwConfig, index: int, K: int, M: int, wbits: int = 8, bias:
         w = rng.integers(-lower_isa.R.qmax(wbits), lower_isa.R.qmax(wbits) + 1, size=(K, M))
         s_w = (rng.random(M) * 0.01 + 0.001).astype(np.float32)
         b = rng.standard_normal(M).astype(np.float32) if bias else np.zeros(M, np.float32)
-    tiles, image, off = lower_isa.kernel_tiles(K, M, mt, kt, wbits, base, w, s_w, b)
+    tiles, image, off = tiling.kernel_tiles(K, M, mt, kt, wbits, base, w, s_w, b)
     desc = {"index": index, "graph": "lm", "node": f"linear_{index}", "encoder": f"encode_{index}", "layer": None,
             "K": K, "M": M, "wbits": wbits, "neuron": "tc-lif", "timesteps": list(T_BY_MOD), "modalities": MODS,
             "modality_id": -1, "act_scale": "dynamic", "has_bias": bias, "m_tile": mt, "n_max": n_max,
@@ -179,9 +180,9 @@ def part1(repeat: int) -> None:
     for km in (128, 512, 1024):
         desc, image = make_kernel(cfg, 0, km, km, rng=rng)
         sim = Simulator(cfg)
-        programs = []
+        loaded = []
         orig_load = sim.load_program
-        sim.load_program = lambda b: (programs.append(b), orig_load(b))[1]
+        sim.load_program = lambda b: (loaded.append(b), orig_load(b))[1]
         runner = KernelRunner(sim, image, [desc])
         x = rng.standard_normal((64, km)).astype(np.float32)
         mods = np.repeat([0, 1], 32)
@@ -204,10 +205,10 @@ def part1(repeat: int) -> None:
             sim2 = Simulator(cfg)
             sim2.write(0, image)
             sim2.write(runner.io_base, np.ascontiguousarray(x[np.argsort(mods, kind='stable')], "<f4").tobytes())
-            sim2.load_program(programs[-1])
+            sim2.load_program(loaded[-1])
             with record_spmm(rec):
                 ref = sim2.run()
-            prog = decode_program(programs[-1])
+            prog = decode_program(loaded[-1])
             cyc, en, _ = timeline(prog, cfg, lambda i, ins: (rec[i][5], rec[i][6]))
             ok = cyc == ref.cycles and abs(sum(en.values()) - ref.energy_total_pj) <= 1e-6 * ref.energy_total_pj
             print(f"   timeline check (K=M=512): cost-only timeline {cyc:,} cycles, {sum(en.values()) * 1e-6:.3f} uJ; "
@@ -289,7 +290,7 @@ def model_2b(cfg: HwConfig, dens: dict[int, tuple[float, float]], wbits: int, n_
     """One decoder layer's linears costed analytically, times the layer count."""
     per_call = []
     for i, (name, K, M, bias) in enumerate(qwen_linears()):
-        plan = lower_isa.plan_tiles(cfg, K, M, wbits)
+        plan = tiling.plan_tiles(cfg, K, M, wbits)
         if isinstance(plan, str):
             per_call.append((name, K, M, None, plan))
             continue
@@ -297,9 +298,9 @@ def model_2b(cfg: HwConfig, dens: dict[int, tuple[float, float]], wbits: int, n_
         n = n_text + n_vision
         x_addr = 1 << 30
         y_addr = x_addr + 4 * n * K
-        groups = [lower_isa.Group(desc, 0, 0, n_text, x_addr, y_addr),
-                  lower_isa.Group(desc, 1, n_text, n_vision, x_addr, y_addr)]
-        prog = lower_isa.build_program(groups, cfg)
+        groups = [programs.Group(desc, 0, 0, n_text, x_addr, y_addr),
+                  programs.Group(desc, 1, n_text, n_vision, x_addr, y_addr)]
+        prog = programs.build_program(groups, cfg)
 
         def counts(_i, ins):
             sd, vd = dens[ins.t]

@@ -16,7 +16,7 @@ as a comment), so its output re-assembles to identical bytes.
 from __future__ import annotations
 
 from spikec.errors import SpikecError
-from spikec.isa.encoding import Instruction, _LAYOUT, decode_program, encode, encode_program
+from spikec.isa.encoding import Instruction, LAYOUT, decode_program, encode, encode_program
 from spikec.isa.fields import DEP_FIELDS, FORMATS, WORD_BYTES
 
 _MNEMONICS = {fmt.mnemonic: op for op, fmt in FORMATS.items()}
@@ -43,7 +43,7 @@ def assemble_line(line: str, where: str = "") -> Instruction | None:
     op = _MNEMONICS.get(mnemonic.upper())
     if op is None:
         raise SpikecError(f"{where}: unknown mnemonic '{mnemonic}' (known: {', '.join(_MNEMONICS)})")
-    fields = {f.name: f for f, _ in _LAYOUT[op][1:]}
+    fields = {f.name: f for f, _ in LAYOUT[op][1:]}
     values: dict[str, int] = {}
     for arg in args:
         name, eq, raw = arg.partition("=")
@@ -87,7 +87,7 @@ def assemble_program(text: str, name: str = "<asm>") -> bytes:
 def format_instruction(ins: Instruction) -> str:
     parts = [ins.op.name]
     deps = [d for d in DEP_FIELDS if getattr(ins, d)]
-    for (f, _), v in zip(_LAYOUT[ins.op][1:], ins.values):
+    for (f, _), v in zip(LAYOUT[ins.op][1:], ins.values):
         if f.name in DEP_FIELDS:
             continue
         if f.enum is not None:

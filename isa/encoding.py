@@ -25,8 +25,8 @@ from spikec.isa.fields import (
 )
 
 # Precomputed from the table: (field, lsb) per opcode, and field name -> value index.
-_LAYOUT = {op: fmt.layout() for op, fmt in FORMATS.items()}
-_INDEX = {op: {f.name: i for i, (f, _) in enumerate(lay[1:])} for op, lay in _LAYOUT.items()}
+LAYOUT = {op: fmt.layout() for op, fmt in FORMATS.items()}
+_INDEX = {op: {f.name: i for i, (f, _) in enumerate(lay[1:])} for op, lay in LAYOUT.items()}
 
 MAX_IF_T = 7  # rate IF runs 2**(t+1) - 1 planes: 255 at t = 7 is the longest the ISA allows
 MAX_WGT_CODE_T = 7  # ENCODE into WGT writes int8 codes: |q| <= 127
@@ -51,7 +51,7 @@ class Instruction:
         if unknown:
             raise SpikecError(f"{op.name}: unknown field(s) {', '.join(sorted(unknown))} (fields: {', '.join(names)})")
         vals = []
-        for f, _ in _LAYOUT[op][1:]:
+        for f, _ in LAYOUT[op][1:]:
             v = values.get(f.name, f.min)
             if isinstance(v, bool) or not isinstance(v, int):
                 try:
@@ -164,7 +164,7 @@ def encode(ins: Instruction) -> bytes:
     """16 little-endian bytes."""
     check(ins)
     word = 0
-    for (f, lsb), v in zip(_LAYOUT[ins.op], (int(ins.op),) + ins.values):
+    for (f, lsb), v in zip(LAYOUT[ins.op], (int(ins.op),) + ins.values):
         word |= v << lsb
     return word.to_bytes(WORD_BYTES, "little")
 
@@ -180,7 +180,7 @@ def decode(data: bytes, index: int = 0) -> Instruction:
     except ValueError:
         raise SpikecError(f"instruction {index}: illegal opcode {code}") from None
     values = {}
-    for f, lsb in _LAYOUT[fmt.opcode][1:]:
+    for f, lsb in LAYOUT[fmt.opcode][1:]:
         v = (word >> lsb) & ((1 << f.bits) - 1)
         if not f.legal(v):
             raise SpikecError(f"instruction {index} ({fmt.mnemonic}): field '{f.name}' = {v} is illegal ({_legal(f)})")

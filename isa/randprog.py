@@ -182,11 +182,11 @@ class _Gen:
         return need
 
     def _accesses(self, ins: Instruction) -> list:
-        from spikec.runtime.simulator import _index, regions
+        from spikec.runtime.simulator import element_index, regions
 
         out = []
         for buf, mode, start, rows, cols, pitch in regions(ins):
-            idx = _index(start, rows, cols, pitch)
+            idx = element_index(start, rows, cols, pitch)
             out.append((buf, mode, np.arange(idx.start, idx.stop) if isinstance(idx, slice) else idx))
         if ins.op in (Opcode.LOAD, Opcode.STORE) and ins.dram < self.out_size:  # the tracked DRAM area
             rb = ins.cols * ELEMENT_BYTES[Buffer(ins.buf)]

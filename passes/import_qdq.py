@@ -38,7 +38,7 @@ from spikec import ops
 from spikec import reference as R
 from spikec.errors import SpikecError
 from spikec.passes.options import ContextPass
-from spikec.passes.quantize import (_bias_of, _drop_unused_initializers, _initializer, _replace, capture_float,
+from spikec.passes.quantize import (bias_of, initializer, replace_node, capture_float,
                                     const_array, modality_of_graph)
 
 log = logging.getLogger(__name__)
@@ -196,9 +196,9 @@ class ImportQdq(ContextPass):
         out = old[-1].outputs[0]
         T = a_bits - 1
         base = node.name or out.name
-        inputs = [x, mod_in, _initializer(model.graph, f"{base}.W_q", w_q), _initializer(model.graph, f"{base}.s_w", s_w)]
+        inputs = [x, mod_in, initializer(model.graph, f"{base}.W_q", w_q), initializer(model.graph, f"{base}.s_w", s_w)]
         if bias is not None:
-            inputs.append(_initializer(model.graph, f"{base}.bias", bias.astype(np.float32)))
+            inputs.append(initializer(model.graph, f"{base}.bias", bias.astype(np.float32)))
         clip = [float(np.float32(s_a.reshape(())) * np.float32(2**T - 1))] * ops.CLIP_T
         attrs = [ir.AttrInt64("wbits", wbits), ir.AttrInt64s("timesteps", [T] * len(names)),
                  ir.AttrString("act_scale", "static"), ir.AttrFloat32s("act_clip", clip * len(names))]
@@ -209,7 +209,7 @@ class ImportQdq(ContextPass):
             attrs.append(ir.AttrInt64("modality_id", const_mod))
         old_inputs = [v for nd in old for v in nd.inputs] + [adq.outputs[0], wdq.outputs[0]]
         new = ir.Node(ops.DOMAIN, ops.QUANT_LINEAR, inputs, attrs, name=node.name, num_outputs=1)
-        _replace(model, old, out, new)
+        replace_node(model, old, out, new)
         self._drop_dead_qdq(model, old_inputs)
         return {"name": node.name, "kind": "linear", "K": int(w_q.shape[0]), "N": n, "wbits": wbits,
                 "act_scale": "static", "act_scale_value": float(s_a.reshape(())), "act_zero_point": zp,
@@ -229,7 +229,7 @@ class ImportQdq(ContextPass):
         return np.broadcast_to(arr.astype(np.float32).reshape(-1), (n,)).copy()
 
     def _bias_add(self, model, out: ir.Value, n: int):
-        b, add = _bias_of(model, out, n)
+        b, add = bias_of(model, out, n)
         if add is not None:
             return add, b
         users = [u.node for u in out.uses()]
@@ -277,7 +277,7 @@ class ImportQdq(ContextPass):
                     f"op_types_to_quantize=['MatMul', 'Gemm', ...])")
             zp = _scalar(node.inputs[2] if len(node.inputs) > 2 else None, 0)
             arr = _dequant(q, _scalar(node.inputs[1]), zp, int(ops.attr(node, "axis", 1)))
-            val = _initializer(model.graph, f"{node.outputs[0].name}.float", arr)
+            val = initializer(model.graph, f"{node.outputs[0].name}.float", arr)
             ir.convenience.replace_all_uses_with(node.outputs[0], val)
             ImportQdq._drop_dead_qdq(model, [node.outputs[0]])
 

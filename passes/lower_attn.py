@@ -30,13 +30,8 @@ import onnx_ir as ir
 
 from spikec import ops as sops
 from spikec import reference as R
-from spikec.errors import SpikecError
-from spikec.isa.encoding import Instruction
-from spikec.isa.fields import AccMode, Buffer, EncodeDst, Neuron, Opcode, ScaleMode, VecFlag, VecFunc, WeightFormat
-from spikec.isa.hwconfig import HwConfig
-from spikec.passes.lower_isa import ISA_MAX_T, MAX_LEN, MAX_N, _ins
+from spikec.isa.tiling import ISA_MAX_T, WGT_MAX_T
 
-WGT_MAX_T = 7  # ENCODE into WGT writes int8 codes
 
 
 def is_attention(mm: ir.Node) -> bool:
@@ -121,76 +116,4 @@ def lower_graph(model: ir.Model, role: str, first_index: int) -> tuple[list[dict
     return kernels, not_lowered
 
 
-# ---------------------------------------------------------------- programs
-
-
-def plan_attention(cfg: HwConfig, K: int, N: int, nb: int) -> int | str:
-    """Rows of the left operand per chunk for heads of [., K] @ [K, N] whose right operands
-    have nb elements in all, or the reason the call does not fit. VEC holds b (nb floats),
-    two slots of left rows (K) and two of results (N); WGT b's codes; SCL s_b, the chunk's
-    per-token scales and the s_w row of N; INP and ACC one chunk."""
-    if nb > MAX_LEN:
-        return f"the right operand's {nb} elements exceed one ENCODE row ({MAX_LEN}), which its per-tensor scale needs"
-    if max(K, N) > MAX_LEN:
-        return f"K={K} or N={N} exceeds the ISA's {MAX_LEN}"
-    if nb > cfg.buffer_elems(Buffer.WGT):
-        return f"the right operand's {nb} codes exceed WGT"
-    n = min(MAX_N, cfg.buffer_elems(Buffer.INP) // K, cfg.buffer_elems(Buffer.ACC) // N,
-            (cfg.buffer_elems(Buffer.VEC) - nb) // (2 * K + 2 * N), cfg.buffer_elems(Buffer.SCL) - 1 - N)
-    if n < 1:
-        return f"the right operand ({nb} elements) and one row of K={K}, N={N} do not fit the on-chip buffers"
-    return int(n)
-
-
-def build_attention_program(k: dict, chunks: list[tuple[int, int, int, int]], K: int, N: int, nb: int,
-                            addrs: tuple[int, int, int, int], cfg: HwConfig) -> list[Instruction]:
-    """The instruction stream of one attention call. `chunks`: (head, first row, rows, t), the
-    rows of one head sharing t (rows of the left operand are packed [rows, K] float32 at
-    a_addr, results [rows, N] at y_addr); `addrs` = (a_addr, b_addr: b's nb float32,
-    y_addr, scratch: 4 bytes for s_b).
-
-    VEC: b at 0, left-row slots, result slots (chunk c uses slot c % 2); WGT: b's codes at 0;
-    SCL: s_b at 0, the chunk's per-token scales at 1, the s_w row at 1 + n_max; INP, ACC at 0.
-    Tokens (docs/isa.md section 5): LOAD b pushes l2c for ENCODE b, which pushes c2s for the
-    STORE of s_b to the scratch word, which pushes s2c for SPMM 0; SPMM 0 pushes c2l for the
-    LOAD of the s_w row (stride 0: N copies of s_b; it follows chunk 0's LOAD), which pushes
-    l2c for DEQ 0. Per chunk as in build_vec_program: its LOAD pushes l2c for its ENCODE
-    (and, for c >= 2, pops c2l from DEQ c - 2, the slot's last reader); DEQ pops s2c from
-    STORE c - 2 for c >= 2 and pushes c2s for its STORE, which pushes s2c for DEQ c + 2 or,
-    last, for FINISH."""
-    a_addr, b_addr, y_addr, scratch = addrs
-    n_max = plan_attention(cfg, K, N, nb)
-    if isinstance(n_max, str):
-        raise SpikecError(f"attention kernel {k['index']}: {n_max}")
-    VX = (nb, nb + n_max * K)
-    VO = (nb + 2 * n_max * K, nb + 2 * n_max * K + n_max * N)
-    SB, SX, SW = 0, 1, 1 + n_max
-    C = len(chunks)
-    prog: list[Instruction] = [
-        _ins(Opcode.LOAD, buf=Buffer.VEC, sram=0, dram=b_addr, stride=4 * nb, rows=1, cols=nb, push_next=1),
-        _ins(Opcode.ENCODE, src=0, dst=0, dst_buf=EncodeDst.WGT, n=1, len=nb, t=k["bits"] - 1,
-             scale=ScaleMode.DYNAMIC, scl=SB, pop_prev=1, push_next=1),
-        _ins(Opcode.STORE, buf=Buffer.SCL, sram=SB, dram=scratch, stride=4, rows=1, cols=1, pop_prev=1, push_prev=1),
-    ]
-    for c, (h, r0, n, t) in enumerate(chunks):
-        assert n <= n_max
-        prog.append(_ins(Opcode.LOAD, buf=Buffer.VEC, sram=VX[c % 2], dram=a_addr + 4 * r0 * K, stride=4 * K,
-                         rows=n, cols=K, pop_next=int(c >= 2), push_next=1))
-        if c == 0:
-            prog.append(_ins(Opcode.LOAD, buf=Buffer.SCL, sram=SW, dram=scratch, stride=0, rows=N, cols=1,
-                             pop_next=1, push_next=1))
-        prog.append(_ins(Opcode.ENCODE, src=VX[c % 2], dst=0, dst_buf=EncodeDst.INP, n=n, len=K, t=t,
-                         scale=ScaleMode.DYNAMIC, scl=SX, pop_prev=1))
-        prog.append(_ins(Opcode.SPMM, inp=0, wgt=h * K * N, acc=0, n=n, k=K, m=N, acc_stride=N, t=t,
-                         neuron=Neuron.TCLIF, wfmt=WeightFormat.INT8, wtrans=int(k["wtrans"]),
-                         acc_mode=AccMode.OVERWRITE, pop_next=int(c == 0), push_prev=int(c == 0)))
-        prog.append(_ins(Opcode.VEC, func=VecFunc.DEQ, flags=int(VecFlag.PER_ROW), dst=VO[c % 2], src0=0, src1=SX,
-                         src2=SW, n=n, len=N, pop_prev=int(c == 0), pop_next=int(c >= 2), push_prev=int(c + 2 < C),
-                         push_next=1))
-        prog.append(_ins(Opcode.STORE, buf=Buffer.VEC, sram=VO[c % 2], dram=y_addr + 4 * r0 * N, stride=4 * N, rows=n,
-                         cols=N, pop_prev=1, push_prev=int(c + 2 < C or c == C - 1)))
-    prog.append(_ins(Opcode.FINISH, pop_next=1))
-    return prog
-
-
-__all__ = ["build_attention_program", "is_attention", "lower_graph", "plan_attention"]
+__all__ = ["is_attention", "lower_graph"]

@@ -46,51 +46,12 @@ import onnx_ir as ir
 
 from spikec import ops as sops
 from spikec import vector
-from spikec.errors import SpikecError
-from spikec.isa.encoding import Instruction
-from spikec.isa.fields import Buffer, Opcode, VecFunc
+from spikec.isa.fields import VecFunc
 from spikec.isa.hwconfig import HwConfig
-from spikec.passes.lower_isa import MAX_LEN, MAX_N, TILE_ALIGN, _ins
+from spikec.isa.tiling import TILE_ALIGN, max_len, plan_vec
 
-CONST_ROWS = {VecFunc.ADD_ROW: 1, VecFunc.MUL_ROW: 1, VecFunc.RMSNORM: 1, VecFunc.LAYERNORM: 2}  # rows of len in VEC
-HAS_SCALAR = (VecFunc.SCALE, VecFunc.RMSNORM, VecFunc.LAYERNORM)  # one float32 in SCL
 HOST_ONLY = {"Erf": "erf (GELU in the erf form; the ISA's GELU is the tanh form)",
              "Tanh": "tanh has no VEC function", "Sigmoid": "sigmoid outside SiLU (e.g. quick GELU) has no VEC function"}
-
-
-def operand_cols(func: VecFunc, L: int) -> list[int]:
-    """Columns of each activation operand of a row: x [L], and y1 [L] (ADD, MUL) or
-    cos, sin [L/2] (ROPE)."""
-    if func in (VecFunc.ADD, VecFunc.MUL):
-        return [L, L]
-    if func == VecFunc.ROPE:
-        return [L, L // 2, L // 2]
-    return [L]
-
-
-def plan_vec(cfg: HwConfig, func: VecFunc, L: int) -> int | str:
-    """Rows per chunk (two VEC slots of operands and two of results after the constants),
-    or the reason a row does not fit. A row is never split: the reductions need it whole."""
-    if L < 1 or L > MAX_LEN:
-        return f"rows of {L} elements exceed the VEC len field's {MAX_LEN}"
-    if func == VecFunc.ROPE and L % 2:
-        return f"ROPE needs an even row length, not {L}"
-    vec = cfg.buffer_elems(Buffer.VEC) - CONST_ROWS.get(func, 0) * L
-    per_row = sum(operand_cols(func, L)) + L
-    n = min(MAX_N, vec // (2 * per_row))
-    if n < 1:
-        return (f"one row of {L} elements does not fit VEC ({cfg.buffer_elems(Buffer.VEC)} elements, config "
-                f"'{cfg.name}': constants and two slots of {per_row} elements per row)")
-    return n
-
-
-def max_len(cfg: HwConfig, func: VecFunc) -> int:
-    """The longest row plan_vec accepts (for rows whose length is known only at run time)."""
-    lo, hi = 0, MAX_LEN
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if isinstance(plan_vec(cfg, func, mid), int) else (lo, mid - 1)
-    return lo
 
 
 # ---------------------------------------------------------------- graph helpers
@@ -436,51 +397,4 @@ def lower_graph(model: ir.Model, role: str, cfg: HwConfig, image: bytearray, fir
     return kernels, not_lowered
 
 
-# ---------------------------------------------------------------- programs
-
-
-def build_vec_program(k: dict, n: int, L: int, addrs: list[int], y_addr: int, cfg: HwConfig) -> list[Instruction]:
-    """The instruction stream of one call of vector kernel `k` on n rows of L elements: the
-    operands (float32, packed rows, at `addrs` in DRAM, ISA order) in chunks of at most
-    plan_vec rows. VEC holds the constant row(s) at 0, then two operand slots and two result
-    slots (chunk c uses slot c % 2); SCL[0] holds the scalar constant. Per chunk: LOAD its
-    operands (chunk 0 first loads the constants; the last LOAD pushes l2c), VEC (pops l2c;
-    for c >= 2 pops s2c from STORE c - 2, whose result slot it overwrites; pushes c2l for the
-    LOADs of chunk c + 2, which overwrite its operand slot; pushes c2s), STORE (pops c2s;
-    pushes s2c for VEC c + 2, or for FINISH after the last chunk)."""
-    func = VecFunc[k["func"]]
-    n_max = plan_vec(cfg, func, L)
-    if isinstance(n_max, str):
-        raise SpikecError(f"vector kernel {k['index']} ({func.name}): {n_max}")
-    cols = operand_cols(func, L)
-    const = CONST_ROWS.get(func, 0) * L
-    VX = (const, const + n_max * sum(cols))
-    VO = (const + 2 * n_max * sum(cols), const + 2 * n_max * sum(cols) + n_max * L)
-    chunks = [(r0, min(n_max, n - r0)) for r0 in range(0, n, n_max)]
-    C = len(chunks)
-    prog: list[Instruction] = []
-    for c, (r0, m) in enumerate(chunks):
-        loads = []
-        if c == 0 and const:
-            loads.append(dict(buf=Buffer.VEC, sram=0, dram=k["vec_const"], stride=0, rows=1, cols=const))
-        if c == 0 and func in HAS_SCALAR:
-            loads.append(dict(buf=Buffer.SCL, sram=0, dram=k["scl_const"], stride=0, rows=1, cols=1))
-        srcs, off = [], VX[c % 2]
-        for addr, w in zip(addrs, cols):
-            loads.append(dict(buf=Buffer.VEC, sram=off, dram=addr + 4 * r0 * w, stride=4 * w, rows=m, cols=w))
-            srcs.append(off)
-            off += m * w
-        for i, kw in enumerate(loads):
-            prog.append(_ins(Opcode.LOAD, **kw, pop_next=int(i == 0 and c >= 2), push_next=int(i == len(loads) - 1)))
-        # constants sit at VEC 0 (gamma, gamma|beta, the row) and SCL 0 (eps, the scale)
-        src1, src2 = (srcs[1:] + [0, 0])[:2]
-        prog.append(_ins(Opcode.VEC, func=func, dst=VO[c % 2], src0=srcs[0], src1=src1, src2=src2, n=m, len=L,
-                         pop_prev=1, pop_next=int(c >= 2), push_prev=int(c + 2 < C), push_next=1))
-        prog.append(_ins(Opcode.STORE, buf=Buffer.VEC, sram=VO[c % 2], dram=y_addr + 4 * r0 * L, stride=4 * L, rows=m,
-                         cols=L, pop_prev=1, push_prev=int(c + 2 < C or c == C - 1)))
-    prog.append(_ins(Opcode.FINISH, pop_next=1))
-    return prog
-
-
-__all__ = ["VecMatch", "build_vec_program", "lower_graph", "match_functions", "match_graph", "max_len", "operand_cols",
-           "plan_vec"]
+__all__ = ["VEC_FUNCS", "VecMatch", "lower_graph", "match_functions", "match_graph"]

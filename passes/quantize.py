@@ -143,7 +143,7 @@ def _is_graph_output(model: ir.Model, v: ir.Value) -> bool:
     return any(o is v for o in model.graph.outputs)
 
 
-def _bias_of(model: ir.Model, out: ir.Value, n: int) -> tuple[np.ndarray | None, ir.Node | None]:
+def bias_of(model: ir.Model, out: ir.Value, n: int) -> tuple[np.ndarray | None, ir.Node | None]:
     """A following Add of a constant [N] vector (either operand order)."""
     if _is_graph_output(model, out):
         return None, None
@@ -183,7 +183,7 @@ def find_linears(model: ir.Model) -> tuple[list[Linear], list[ir.Node], list[dic
                 floats.append({**where, "reason": f"weight of rank {w.ndim} (only [K, N] weights are linear layers)"})
                 continue
             w = w.astype(np.float32, copy=False)  # a memory-mapped weight stays mapped
-            bias, add = _bias_of(model, node.outputs[0], w.shape[1])
+            bias, add = bias_of(model, node.outputs[0], w.shape[1])
             old = [node] + ([add] if add is not None else [])
             out = add.outputs[0] if add is not None else node.outputs[0]
             linears.append(Linear(node, a, w, bias, out, old))
@@ -332,7 +332,7 @@ def _weights(lin: Linear, opts, hessians: gptq.Hessians | None) -> tuple[np.ndar
         "tokens": hess.n, "hessian": np.dtype(hess.dtype).name, "codes_changed": int(np.count_nonzero(w_q != rtn_q))}}
 
 
-def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
+def initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     base, k = name, 1
     while name in graph.initializers:
         name, k = f"{base}_{k}", k + 1
@@ -342,13 +342,13 @@ def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     return v
 
 
-def _replace(model: ir.Model, old_nodes: list[ir.Node], old_out: ir.Value, new: ir.Node) -> None:
+def replace_node(model: ir.Model, old_nodes: list[ir.Node], old_out: ir.Value, new: ir.Node) -> None:
     new_out = new.outputs[0]
     new_out.shape, new_out.type = old_out.shape, old_out.type
     ir.convenience.replace_nodes_and_values(model.graph, old_nodes[-1], old_nodes, [new], [old_out], [new_out])
 
 
-def _drop_unused_initializers(model: ir.Model, values) -> None:
+def drop_unused_initializers(model: ir.Model, values) -> None:
     """Remove the replaced weights: unused initializers, and the Constant/Transpose nodes
     that produced a folded weight once nothing reads them."""
     stack = [v for v in values if v is not None]
@@ -445,10 +445,10 @@ class Quantize(ContextPass):
             w = lin.w
             w_q, s_w, weight_note = _weights(lin, opts, hessians)
             base = lin.node.name or lin.out.name
-            inputs = [lin.x, mod_in, _initializer(model.graph, f"{base}.W_q", w_q),
-                      _initializer(model.graph, f"{base}.s_w", s_w)]
+            inputs = [lin.x, mod_in, initializer(model.graph, f"{base}.W_q", w_q),
+                      initializer(model.graph, f"{base}.s_w", s_w)]
             if lin.bias is not None:
-                inputs.append(_initializer(model.graph, f"{base}.bias", lin.bias))
+                inputs.append(initializer(model.graph, f"{base}.bias", lin.bias))
             attrs = [ir.AttrInt64("wbits", opts.wbits), ir.AttrInt64s("timesteps", T),
                      ir.AttrString("act_scale", "static" if static else "dynamic")]
             if static:
@@ -458,8 +458,8 @@ class Quantize(ContextPass):
             old_inputs = [v for n in lin.old_nodes for v in n.inputs]
             new = ir.Node(ops.DOMAIN, ops.QUANT_LINEAR, inputs, attrs, name=lin.node.name, num_outputs=1)
             self._guard(new, w.shape[0], T, opts.wbits)
-            _replace(model, lin.old_nodes, lin.out, new)
-            _drop_unused_initializers(model, old_inputs)
+            replace_node(model, lin.old_nodes, lin.out, new)
+            drop_unused_initializers(model, old_inputs)
             row = {"name": lin.node.name, "kind": "linear", "K": int(w.shape[0]), "N": int(w.shape[1]),
                    "wbits": opts.wbits, "act_scale": "static" if static else "dynamic", "bias": lin.bias is not None,
                    **weight_note}
@@ -482,7 +482,7 @@ class Quantize(ContextPass):
             k = a.shape[-1] if a.shape is not None and len(a.shape) else None
             if isinstance(k, int):
                 self._guard(new, k, T, 8)
-            _replace(model, [node], node.outputs[0], new)
+            replace_node(model, [node], node.outputs[0], new)
             layers.append({"name": node.name, "kind": "attention", "K": k if isinstance(k, int) else None,
                            "wbits": 8, "act_scale": "dynamic"})
         for note in smooth_notes:

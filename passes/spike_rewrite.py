@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import logging
 
-import numpy as np
 import onnx_ir as ir
 
 from spikec import ops
 from spikec.errors import SpikecError
 from spikec.passes.options import ContextPass
-from spikec.passes.quantize import _initializer
+from spikec.passes.quantize import initializer
 
 log = logging.getLogger(__name__)
 
@@ -87,7 +86,7 @@ class SpikeRewrite(ContextPass):
                                   f"(zero point {zp}); the {neuron} neuron carries symmetric codes only (use --neuron if)")
             if neuron == "if":
                 fold = ops.if_offset_table(w_q.const_value.numpy(), ops.get_timesteps(node), zp)
-                extra = [_initializer(g, f"{node.name}.acc_bias", fold)]
+                extra = [initializer(g, f"{node.name}.acc_bias", fold)]
             mm_inputs = [q, s_x, mod, w_q, s_w, bias] + extra
             new = [enc]
         else:

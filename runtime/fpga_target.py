@@ -9,15 +9,15 @@ pair becomes one `spikec.fpga::DeviceLinear(x, modality?)` node, and the graph r
 onnx's reference evaluator with the spikec kernels for whatever spiking op stayed on
 the host; a DeviceLinear call writes its activations (rows grouped by modality) into
 DRAM, builds the call's instruction stream from the descriptor
-(`passes.lower_isa.build_program`), runs it on the device and reads the results back.
+(`passes.programs.build_program`), runs it on the device and reads the results back.
 The device's integer path and DEQ order are the reference's, so the outputs equal
 `spikec.reference.spiking_linear` bit for bit. Likewise each vector kernel (`vec_kernels`
 in `isa/kernels`, passes/lower_vec.py) becomes one `spikec.fpga::DeviceVec(operands...)`
 node replacing the host ops it matched: a call writes the operands, runs
-`lower_vec.build_vec_program` (LOAD -> VEC -> STORE per chunk of rows) and reads the rows
+`programs.build_vec_program` (LOAD -> VEC -> STORE per chunk of rows) and reads the rows
 back. Each attention kernel (`attn_kernels`, passes/lower_attn.py: Q @ K^T, P @ V with
 --spike-attention) becomes one `spikec.fpga::DeviceMatMul(a, modality?, b)` node: a call
-writes both operands, runs `lower_attn.build_attention_program` (b ENCODEd into WGT with its
+writes both operands, runs `programs.build_attention_program` (b ENCODEd into WGT with its
 per-tensor scale, each head's rows ENCODEd into INP, SPMM, DEQ, STORE) and reads back, bit
 for bit the host's SpikeEncode/SpikeCode/SpikeMatMul.
 
@@ -29,7 +29,6 @@ same products and vector ops, for the modeled GPU comparison (`GpuBaseline`).
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -40,11 +39,11 @@ from onnx import helper
 from spikec import ops as sops
 from spikec import reference as R
 from spikec import schema
+from spikec.isa import programs, tiling
 from spikec.errors import SpikecError
 from spikec.isa.encoding import encode_program
 from spikec.isa.fields import VecFunc
 from spikec.isa.hwconfig import HwConfig
-from spikec.passes import lower_attn, lower_isa, lower_vec
 from spikec.runtime.device import Counters, Device
 from spikec.runtime.host_segments import SegmentedGraph
 
@@ -113,7 +112,7 @@ class KernelRunner:
         self.vec_kernels = list(vec_kernels)
         self.attn_kernels = list(attn_kernels)
         self.gpu = gpu
-        self.io_base = lower_isa._align(len(weights), 4096)
+        self.io_base = tiling.align(len(weights), 4096)
         if self.io_base > self.cfg.dram_bytes:
             raise SpikecError(f"isa/weights: {len(weights)} bytes exceed the device DRAM ({self.cfg.dram_bytes} bytes)")
         device.write(0, weights)
@@ -158,7 +157,7 @@ class KernelRunner:
         order = np.argsort(mf, kind="stable")
         xs, ms = xf[order], mf[order]
         x_addr = self.io_base
-        y_addr = lower_isa._align(x_addr + xs.nbytes, 4096)
+        y_addr = tiling.align(x_addr + xs.nbytes, 4096)
         if y_addr + 4 * xs.shape[0] * M > self.cfg.dram_bytes:
             raise SpikecError(f"node '{where}': {xs.shape[0]} tokens do not fit the device DRAM")
         groups = []
@@ -168,8 +167,8 @@ class KernelRunner:
                 raise SpikecError(
                     f"node '{where}': no static scale for modality '{names[int(m)]}': the calibration data had no "
                     f"{names[int(m)]} tokens at this layer; calibrate with such tokens or use --act-scale dynamic")
-            groups.append(lower_isa.Group(k, int(m), int(rows[0]), len(rows), x_addr, y_addr))
-        prog = lower_isa.build_program(groups, self.cfg)
+            groups.append(programs.Group(k, int(m), int(rows[0]), len(rows), x_addr, y_addr))
+        prog = programs.build_program(groups, self.cfg)
         self._run(prog, [(x_addr, np.ascontiguousarray(xs, "<f4").tobytes())], where)
         ys = self.device.read_array(y_addr, (xs.shape[0], M), "<f4")
         y = np.empty_like(ys)
@@ -229,7 +228,7 @@ class KernelRunner:
         bad_rows = ~np.isfinite(a).all(axis=-1)
         if bad_rows.any():
             a = np.where(bad_rows[..., None], np.float32(0), a)
-        n_max = lower_attn.plan_attention(self.cfg, K, N, b.size)
+        n_max = tiling.plan_attention(self.cfg, K, N, b.size)
         if isinstance(n_max, str):
             self.stats.attn_host_calls += 1
             y = host_attention(a, b, T_tok, k["bits"], where)
@@ -249,12 +248,12 @@ class KernelRunner:
         # operands in this layout: the wtrans kernel's b is [N, K] per head, as the graph made it
         bw = np.swapaxes(b, -1, -2) if k["wtrans"] else b
         a_addr = self.io_base
-        b_addr = lower_isa._align(a_addr + xs.nbytes, lower_isa.TILE_ALIGN)
-        y_addr = lower_isa._align(b_addr + 4 * b.size, lower_isa.TILE_ALIGN)
-        scratch = lower_isa._align(y_addr + 4 * H * S * N, lower_isa.TILE_ALIGN)
+        b_addr = tiling.align(a_addr + xs.nbytes, tiling.TILE_ALIGN)
+        y_addr = tiling.align(b_addr + 4 * b.size, tiling.TILE_ALIGN)
+        scratch = tiling.align(y_addr + 4 * H * S * N, tiling.TILE_ALIGN)
         if scratch + 4 > self.cfg.dram_bytes:
             raise SpikecError(f"node '{where}': the attention operands do not fit the device DRAM")
-        prog = lower_attn.build_attention_program(k, chunks, K, N, b.size, (a_addr, b_addr, y_addr, scratch), self.cfg)
+        prog = programs.build_attention_program(k, chunks, K, N, b.size, (a_addr, b_addr, y_addr, scratch), self.cfg)
         self._run(prog, [(a_addr, np.ascontiguousarray(xs, "<f4").tobytes()),
                          (b_addr, np.ascontiguousarray(bw, "<f4").tobytes())], where)
         ys = self.device.read_array(y_addr, (H * S, N), "<f4")
@@ -305,10 +304,10 @@ class KernelRunner:
         for r in rows:
             addrs.append(addr)
             writes.append((addr, np.ascontiguousarray(r, "<f4").tobytes()))
-            addr = lower_isa._align(addr + 4 * r.size, lower_isa.TILE_ALIGN)
+            addr = tiling.align(addr + 4 * r.size, tiling.TILE_ALIGN)
         if addr + 4 * n * L > self.cfg.dram_bytes:
             raise SpikecError(f"node '{where}': {n} rows of {L} elements do not fit the device DRAM")
-        ctr = self._run(lower_vec.build_vec_program(k, n, L, addrs, addr, self.cfg), writes, where)
+        ctr = self._run(programs.build_vec_program(k, n, L, addrs, addr, self.cfg), writes, where)
         y = self.device.read_array(addr, (n, L), "<f4").reshape(x.shape)
         st = self.stats
         st.vec_calls += 1
@@ -507,7 +506,7 @@ def _timesteps(k: dict, where: str, t_max: int) -> tuple[list[int], int]:
 
 def _check_product(k: object, i: int, cfg: HwConfig, weights_len: int, where: str) -> None:
     """A spiking-product descriptor: types and ranges, its tiles exactly the layout
-    `lower_isa.kernel_tiles` gives its shape (inside isa/weights), its chunk and tiles
+    `tiling.kernel_tiles` gives its shape (inside isa/weights), its chunk and tiles
     within the configuration's buffers, and its int32 bound."""
     from spikec.isa.fields import Buffer
 
@@ -515,27 +514,27 @@ def _check_product(k: object, i: int, cfg: HwConfig, weights_len: int, where: st
     schema.get(k, "index", int, where=where, choices=(i,))
     for key in ("graph", "node", "encoder"):
         _str(k, key, where)
-    K = schema.get(k, "K", int, where=where, min=1, max=lower_isa.MAX_LEN)
+    K = schema.get(k, "K", int, where=where, min=1, max=tiling.MAX_LEN)
     M = schema.get(k, "M", int, where=where, min=1, max=MAX_M)
     wbits = schema.get(k, "wbits", int, where=where, choices=(4, 8))
     neuron = schema.get(k, "neuron", str, where=where, choices=("tc-lif", "if"))
-    T, _ = _timesteps(k, where, lower_isa.ISA_MAX_T if neuron == "tc-lif" else 7)
+    T, _ = _timesteps(k, where, tiling.ISA_MAX_T if neuron == "tc-lif" else 7)
     R.check_overflow(K, max(T) + (1 if neuron == "if" else 0), R.qmax(wbits), where)
     act = schema.get(k, "act_scale", str, where=where, choices=("static", "dynamic"))
     schema.get(k, "has_bias", bool, where=where)
-    mt = schema.get(k, "m_tile", int, where=where, min=1, max=min(M, lower_isa.MAX_LEN))
+    mt = schema.get(k, "m_tile", int, where=where, min=1, max=min(M, tiling.MAX_LEN))
     kt = schema.get(k, "k_tile", int, where=where, min=1, max=K, default=K)
-    n_max = schema.get(k, "n_max", int, where=where, min=1, max=lower_isa.MAX_N)
+    n_max = schema.get(k, "n_max", int, where=where, min=1, max=tiling.MAX_N)
     base = schema.get(k, "weights_offset", int, where=where, min=0, max=weights_len)
     # the same fit plan_tiles checks when compiling, against this file's configuration
     elems = {b: cfg.buffer_elems(b) for b in Buffer}
-    if (2 * lower_isa._align(lower_isa.weight_bytes(kt, mt, wbits), lower_isa.TILE_ALIGN) > elems[Buffer.WGT]
+    if (2 * tiling.align(tiling.weight_bytes(kt, mt, wbits), tiling.TILE_ALIGN) > elems[Buffer.WGT]
             or 4 * mt + 3 > elems[Buffer.SCL]
             or n_max > min(elems[Buffer.INP] // K, elems[Buffer.VEC] // (2 * K + 2 * mt), elems[Buffer.ACC] // mt,
                            elems[Buffer.SCL] - 2 - 4 * mt)):
         raise SpikecError(f"{where}: m_tile {mt}, k_tile {kt}, n_max {n_max} do not fit the buffers of hardware "
                           f"configuration '{cfg.name}'")
-    tiles, _, end = lower_isa.kernel_tiles(K, M, mt, kt, wbits, base)
+    tiles, _, end = tiling.kernel_tiles(K, M, mt, kt, wbits, base)
     if k.get("tiles") != tiles:
         raise SpikecError(f"{where}: field 'tiles' is not the layout of a [{K}, {M}] kernel in M-tiles of {mt} "
                           f"(k_tile {kt}) at offset {base}")
@@ -564,17 +563,17 @@ def _check_vec(k: object, i: int, cfg: HwConfig, weights_len: int, where: str) -
                             length=(1, 1024))
     if node not in nodes:
         raise SpikecError(f"{where}: field 'node' {schema.describe(node)} is not one of its 'nodes'")
-    length = schema.get(k, "len", int, where=where, min=1, max=lower_isa.MAX_LEN, nullable=True)
-    top = schema.get(k, "max_len", int, where=where, min=1, max=lower_isa.MAX_LEN)
+    length = schema.get(k, "len", int, where=where, min=1, max=tiling.MAX_LEN, nullable=True)
+    top = schema.get(k, "max_len", int, where=where, min=1, max=tiling.MAX_LEN)
     if length is not None and length != top:
         raise SpikecError(f"{where}: field 'max_len' {top} differs from its fixed 'len' {length}")
-    plan = lower_vec.plan_vec(cfg, func, top)
+    plan = tiling.plan_vec(cfg, func, top)
     if isinstance(plan, str):
         raise SpikecError(f"{where}: rows of 'max_len' {top}: {plan}")
-    n_ops = len(lower_vec.operand_cols(func, top))
+    n_ops = len(tiling.operand_cols(func, top))
     schema.str_list(schema.get(k, "inputs", list, where=where, min=n_ops, max=n_ops), where=f"{where}: field 'inputs'")
-    rows = lower_vec.CONST_ROWS.get(func, 0)
-    clen = schema.get(k, "vec_const_len", int, where=where, min=0, max=lower_isa.MAX_LEN * 2)
+    rows = tiling.CONST_ROWS.get(func, 0)
+    clen = schema.get(k, "vec_const_len", int, where=where, min=0, max=tiling.MAX_LEN * 2)
     if rows:
         if length is None or clen != rows * length:
             raise SpikecError(f"{where}: {func.name} needs {rows} constant row(s) of a fixed 'len', "
@@ -582,7 +581,7 @@ def _check_vec(k: object, i: int, cfg: HwConfig, weights_len: int, where: str) -
         off = schema.get(k, "vec_const", int, where=where, min=0, max=weights_len)
         if off + 4 * clen > weights_len:
             raise SpikecError(f"{where}: field 'vec_const' {off} + {4 * clen} bytes lies past isa/weights")
-    if func in lower_vec.HAS_SCALAR:
+    if func in tiling.HAS_SCALAR:
         off = schema.get(k, "scl_const", int, where=where, min=0, max=weights_len)
         if off + 4 > weights_len:
             raise SpikecError(f"{where}: field 'scl_const' {off} lies past isa/weights ({weights_len} bytes)")
@@ -597,7 +596,7 @@ def _check_attention(k: object, i: int, where: str) -> None:
     _str(k, "transpose", where, nullable=True)
     schema.get(k, "wtrans", bool, where=where)
     schema.get(k, "bits", int, where=where, min=2, max=8)
-    _timesteps(k, where, lower_isa.ISA_MAX_T)
+    _timesteps(k, where, tiling.ISA_MAX_T)
 
 
 def check_kernels(doc: dict, cfg: HwConfig, weights_len: int, where: str) -> tuple[list[dict], list[dict], list[dict]]:
@@ -628,9 +627,9 @@ def create_sessions(sbin, device: str = "sim") -> tuple[dict[str, FpgaSession], 
     cfg = HwConfig.from_json(sbin.file.read("isa/hwconfig"), f"{sbin.path}:isa/hwconfig")
     where = f"{sbin.path}:isa/kernels"
     doc = schema.parse_json(sbin.file.read("isa/kernels"), where=where)
-    if not isinstance(doc, dict) or doc.get("format") != lower_isa.KERNELS_FORMAT \
-            or doc.get("version") != lower_isa.KERNELS_VERSION:
-        raise SpikecError(f"{where}: not a {lower_isa.KERNELS_FORMAT} v{lower_isa.KERNELS_VERSION} document")
+    if not isinstance(doc, dict) or doc.get("format") != programs.KERNELS_FORMAT \
+            or doc.get("version") != programs.KERNELS_VERSION:
+        raise SpikecError(f"{where}: not a {programs.KERNELS_FORMAT} v{programs.KERNELS_VERSION} document")
     weights = sbin.file.read("isa/weights")
     # vec_kernels and attn_kernels are absent in files compiled before those lowerings
     kernels, vec_kernels, attn_kernels = check_kernels(doc, cfg, len(weights), where)

@@ -35,7 +35,7 @@ from spikec.isa.fields import Opcode, VecFunc
 from spikec.isa.hwconfig import HwConfig
 from spikec.runtime import costmodel
 from spikec.runtime.device import Counters, Device
-from spikec.runtime.simulator import _dram_span, check_bounds
+from spikec.runtime.simulator import dram_span, check_bounds
 
 # The VEC functions the RTL core implements: all of them (docs/rtl.md section 3; its
 # fault 5 is reserved for a function left out). Edit this set if the core drops one: the
@@ -125,7 +125,7 @@ class RtlDevice(Device):
             if why:
                 raise SpikecError(f"instruction {i} ({ins.op.name}): {why}")
             if ins.op in (Opcode.LOAD, Opcode.STORE):
-                hi = max(hi, _dram_span(ins)[1])
+                hi = max(hi, dram_span(ins)[1])
         self.program, self._program_bytes, self._prog_hi = prog, bytes(program), hi
 
     def write(self, addr: int, data: bytes) -> None:

@@ -31,6 +31,7 @@ from collections import deque
 import numpy as np
 
 from spikec import reference as R
+from spikec.reference import vec_gelu, vec_layernorm, vec_rmsnorm, vec_rope, vec_silu, vec_softmax  # docs/isa.md 4
 from spikec.errors import SpikecError
 from spikec.isa.encoding import Instruction, decode_program
 from spikec.isa.fields import (
@@ -53,29 +54,6 @@ from spikec.runtime import costmodel
 from spikec.runtime.device import Counters, Device
 
 F32 = np.float32
-
-# The vector unit's float32 numerics (docs/isa.md section 4) are defined once, in
-# spikec.reference, and shared with the ONNX Runtime target and the reference evaluator.
-from spikec.reference import (  # noqa: E402,F401  (re-exported: the simulator's vec_* functions)
-    REDUCE_LANES,
-    EXP_LOG2E,
-    EXP_LN2_HI,
-    EXP_LN2_LO,
-    EXP_POLY,
-    EXP_CLAMP,
-    GELU_C0,
-    GELU_C1,
-    vec_sum,
-    vec_exp,
-    vec_rsqrt,
-    vec_softmax,
-    vec_silu,
-    vec_gelu,
-    vec_rmsnorm,
-    vec_layernorm,
-    vec_rope,
-)
-
 
 # ---------------------------------------------------------------- regions an instruction touches
 
@@ -125,13 +103,13 @@ def regions(ins: Instruction) -> list[tuple[Buffer, str, int, int, int, int]]:
     return []
 
 
-def _index(start: int, rows: int, cols: int, pitch: int) -> np.ndarray | slice:
+def element_index(start: int, rows: int, cols: int, pitch: int) -> np.ndarray | slice:
     if rows == 1 or pitch == cols:
         return slice(start, start + rows * cols)
     return (start + np.arange(rows, dtype=np.int64)[:, None] * pitch + np.arange(cols, dtype=np.int64)[None, :]).ravel()
 
 
-def _dram_span(ins: Instruction) -> tuple[int, int]:
+def dram_span(ins: Instruction) -> tuple[int, int]:
     row_bytes = ins.cols * ELEMENT_BYTES[Buffer(ins.buf)]
     return ins.dram, ins.dram + (ins.rows - 1) * ins.stride + row_bytes
 
@@ -145,7 +123,7 @@ def check_bounds(cfg: HwConfig, ins: Instruction, index: int = 0) -> None:
         if end > size:
             raise SpikecError(f"{where}: {buf.name} elements [{start}, {end}) exceed the buffer's {size} elements (config '{cfg.name}')")
     if ins.op in (Opcode.LOAD, Opcode.STORE):
-        lo, hi = _dram_span(ins)
+        lo, hi = dram_span(ins)
         if hi > cfg.dram_bytes:
             raise SpikecError(f"{where}: DRAM bytes [{lo:#x}, {hi:#x}) exceed the device's {cfg.dram_bytes:#x} bytes (config '{cfg.name}')")
 
@@ -336,7 +314,7 @@ class Simulator(Device):
         who = f"instruction {i} ({ins.op.name})"
         out = []
         for buf, mode, start, rows, cols, pitch in regions(ins):
-            idx = _index(start, rows, cols, pitch)
+            idx = element_index(start, rows, cols, pitch)
             self._trackers[buf].access(buf, mode, idx, int(m), vc[m], i, who)
             out.append(idx)
         return out

@@ -114,7 +114,7 @@ def capture_lm_call(sbin: Path, graph: str = "lm") -> dict:
     from spikec.datasets.digits import load_digit_images, make_items, render_image
     from spikec.isa.container import SbinFile
     from spikec.isa.hwconfig import HwConfig
-    from spikec.passes import lower_isa
+    from spikec.isa import programs
     from spikec.runtime.fpga_target import KernelRunner
     from spikec.runtime.model import load
 
@@ -141,7 +141,7 @@ def capture_lm_call(sbin: Path, graph: str = "lm") -> dict:
     with SbinFile(sbin) as f:
         weights = f.read("isa/weights")
         cfg = HwConfig.from_json(f.read("isa/hwconfig"))
-        kernels = lower_isa.load_kernels(f.read("isa/kernels"))["kernels"]
+        kernels = programs.load_kernels(f.read("isa/kernels"))["kernels"]
     index, x, mods = calls[0]
     return {"weights": weights, "kernels": kernels, "cfg": cfg, "index": index, "x": x, "mods": mods}
 

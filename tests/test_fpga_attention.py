@@ -26,6 +26,7 @@ from onnx import TensorProto, helper
 
 from spike_graphs import exported
 from spikec import ops as sops
+from spikec.isa import programs
 from spikec.compiler import compile_path
 from spikec.errors import SpikecError
 from spikec.frontend.export import sample_image
@@ -135,7 +136,7 @@ def compiled_attention_isa(tv: int, tt: int) -> str:
 def test_tiny_llava_generation_with_attention_on_the_device_equals_ort():
     path = compiled_attention_isa(8, 8)
     with SbinFile(path) as f:
-        doc = lower_isa.load_kernels(f.read("isa/kernels"))
+        doc = programs.load_kernels(f.read("isa/kernels"))
     assert len(doc["attn_kernels"]) == 6  # Q @ K^T and P @ V: 2 LM layers, 1 vision layer
     assert sum(k["wtrans"] for k in doc["attn_kernels"]) == 2  # the LM's K^T transposes are bypassed
     for role in ("lm", "vision"):

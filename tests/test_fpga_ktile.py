@@ -29,6 +29,7 @@ from spikec import reference as R
 from spikec.isa.encoding import decode_program, encode_program
 from spikec.isa.fields import AccMode, Opcode
 from spikec.isa.hwconfig import HwConfig
+from spikec.isa import programs, tiling
 from spikec.passes import lower_isa
 from spikec.runtime.fpga_target import KernelRunner
 from spikec.runtime.simulator import Simulator
@@ -68,9 +69,9 @@ def test_k_tiled_kernel_equals_the_reference(case):
     mods = rng.integers(0, 2, n)
     mods[:2] = [0, 1]
     runner = KernelRunner(Simulator(cfg), art.weights, art.kernels)
-    programs = []
+    loaded = []
     orig = runner.device.load_program
-    runner.device.load_program = lambda data: (programs.append(data), orig(data))[1]
+    runner.device.load_program = lambda data: (loaded.append(data), orig(data))[1]
     y = runner(0, x, mods, "mm")
     want = sops.run_reference(model, {"x": x, "modality": mods})[0]
     np.testing.assert_array_equal(y.view(np.int32), want.view(np.int32))  # bit for bit
@@ -78,7 +79,7 @@ def test_k_tiled_kernel_equals_the_reference(case):
         T_tok = np.asarray(T)[mods]
         ref = R.spiking_linear(x, R.scale_per_token(x, T_tok + 1), w, s_w, b, T_tok)
         np.testing.assert_array_equal(y.view(np.int32), ref.view(np.int32))
-    prog = decode_program(programs[-1])
+    prog = decode_program(loaded[-1])
     spmm = [i for i in prog if i.op == Opcode.SPMM]
     assert any(i.acc_mode == AccMode.ACCUMULATE for i in spmm) and max(i.k for i in spmm) <= k["k_tile"]
     if case[-1] == 40:  # several M-tiles, several chunks per resident block
@@ -87,7 +88,7 @@ def test_k_tiled_kernel_equals_the_reference(case):
     np.testing.assert_array_equal(runner(0, x[2:3], mods[2:3], "mm").view(np.int32), want[2:3].view(np.int32))
     sim = Simulator(cfg)
     sim.write(0, art.weights)
-    groups = lower_isa.representative_groups(art.kernels, len(art.weights))
+    groups = programs.representative_groups(art.kernels, len(art.weights))
     for g in groups:
         sim.write_array(g.x_addr + 4 * g.row0 * K, rng.standard_normal(K), "<f4")
     sim.load_program(encode_program(lower_isa.representative_program(art)))
@@ -97,10 +98,10 @@ def test_k_tiled_kernel_equals_the_reference(case):
 def test_a_refused_plan_now_lowers():
     cfg = HwConfig.load("default")
     # down_proj of a Qwen2-VL-2B-sized LM: two [8960, 16] int8 tiles exceed WGT (256 KiB)
-    mt, n_max, kt = lower_isa.plan_tiles(cfg, 8960, 1536, 8)
-    assert kt < 8960 and 2 * lower_isa._align(kt * mt, lower_isa.TILE_ALIGN) <= cfg.buffer_bytes(1) and n_max >= 1
-    assert isinstance(lower_isa.plan_tiles(cfg, 16384, 16, 8), str)  # beyond the ISA's len/k fields: still refused
-    assert lower_isa.plan_tiles(cfg, 1536, 8960, 8)[2] == 1536  # fits: not K-tiled
+    mt, n_max, kt = tiling.plan_tiles(cfg, 8960, 1536, 8)
+    assert kt < 8960 and 2 * tiling.align(kt * mt, tiling.TILE_ALIGN) <= cfg.buffer_bytes(1) and n_max >= 1
+    assert isinstance(tiling.plan_tiles(cfg, 16384, 16, 8), str)  # beyond the ISA's len/k fields: still refused
+    assert tiling.plan_tiles(cfg, 1536, 8960, 8)[2] == 1536  # fits: not K-tiled
 
 
 def test_untiled_kernels_and_old_descriptors_are_unchanged():
@@ -110,8 +111,8 @@ def test_untiled_kernels_and_old_descriptors_are_unchanged():
     assert k["k_tile"] == 40
     old = {key: v for key, v in k.items() if key != "k_tile"}  # a descriptor written before K-tiling
     for desc in (k, old):
-        groups = [lower_isa.Group(desc, 0, 0, 9, 0, 1 << 20), lower_isa.Group(desc, 1, 9, 20, 0, 1 << 20)]
-        prog = lower_isa.build_program(groups, cfg)
+        groups = [programs.Group(desc, 0, 0, 9, 0, 1 << 20), programs.Group(desc, 1, 9, 20, 0, 1 << 20)]
+        prog = programs.build_program(groups, cfg)
         assert all(i.acc_mode == AccMode.OVERWRITE for i in prog if i.op == Opcode.SPMM)
         if desc is k:
             first = encode_program(prog)

@@ -25,6 +25,7 @@ from onnx import TensorProto, helper, numpy_helper
 from spike_graphs import exported, lm_feeds
 from spikec import ops as sops
 from spikec import reference as R
+from spikec.isa import programs
 from spikec.compiler import compile_path
 from spikec.errors import SpikecError
 from spikec.frontend.export import sample_image
@@ -135,15 +136,15 @@ def test_representative_program_runs_and_disasm_reassembles(run_cli, tmp_path):
         program = f.read("isa/program")
         weights = f.read("isa/weights")
         cfg = HwConfig.from_json(f.read("isa/hwconfig"))
-        doc = lower_isa.load_kernels(f.read("isa/kernels"))
+        doc = programs.load_kernels(f.read("isa/kernels"))
         assert f.sections["isa/program"].kind == SectionKind.PROGRAM
         assert f.sections["isa/weights"].kind == SectionKind.WEIGHTS
     assert len(doc["kernels"]) == 23  # 15 LM products + 8 vision products
     lm = doc["fallback"]["graphs"]["lm"]
     assert "Softmax" not in lm["host_ops"] and lm["vec_kernels"]["SOFTMAX"] == 2  # tests/test_fpga_vec.py
     # the stored program is the representative one; it passes the simulator's checks
-    groups = lower_isa.representative_groups(doc["kernels"], len(weights))
-    assert encode_program(lower_isa.build_program(groups, cfg)) == program
+    groups = programs.representative_groups(doc["kernels"], len(weights))
+    assert encode_program(programs.build_program(groups, cfg)) == program
     sim = Simulator(cfg)
     sim.write(0, weights)
     rng = np.random.default_rng(0)
@@ -255,11 +256,11 @@ def test_both_tile_orders_are_bit_exact(monkeypatch, order, scale):
     def forced(groups, cfg_, rows_cap, chunks_cap):
         k = groups[0].kernel
         chunks = [(g, g.row0 + r, min(k["n_max"], g.n - r)) for g in groups for r in range(0, g.n, k["n_max"])]
-        plan = (order, chunks) if order == "reencode" else ("resident", lower_isa._pack_chunks(chunks, rows_cap, chunks_cap))
+        plan = (order, chunks) if order == "reencode" else ("resident", programs._pack_chunks(chunks, rows_cap, chunks_cap))
         chosen.append(plan[0])
         return plan
 
-    monkeypatch.setattr(lower_isa, "_plan_segment", forced)
+    monkeypatch.setattr(programs, "_plan_segment", forced)
     rng = np.random.default_rng(5)
     n = 70
     x = (rng.standard_normal((n, 40)) * 2).astype(np.float32)

@@ -21,6 +21,7 @@ import pytest
 from onnx.reference import ReferenceEvaluator
 
 import vec_graphs as G
+from spikec.isa import programs, tiling
 from spikec.errors import SpikecError
 from spikec.frontend.export import sample_image
 from spikec.isa.fields import Opcode
@@ -110,10 +111,10 @@ def test_vector_kernel_equals_the_host_op(case):
     k = art.vec_kernels[0]
     small = HwConfig.load("small")
     rows = y.size // y.shape[-1]
-    assert rows > 2 * lower_vec.plan_vec(small, lower_vec.VecFunc[func], y.shape[-1])
+    assert rows > 2 * tiling.plan_vec(small, lower_vec.VecFunc[func], y.shape[-1])
     y_small, _, runner = _on_device(proto, feeds, "small")
     np.testing.assert_array_equal(y_small.view(np.int32), y.view(np.int32))
-    prog = lower_vec.build_vec_program(k, rows, y.shape[-1], [0] * 3, 0, small)
+    prog = programs.build_vec_program(k, rows, y.shape[-1], [0] * 3, 0, small)
     assert sum(i.op == Opcode.VEC for i in prog) > 2
 
 
@@ -139,7 +140,7 @@ def test_rows_that_do_not_fit_are_refused():
     proto, make_feeds = G.softmax(600)
     art = lower_isa.lower_graphs({"g": ir.from_proto(_compiled(proto))}, small)
     (k,) = art.vec_kernels
-    assert k["len"] is None and k["max_len"] == lower_vec.max_len(small, lower_vec.VecFunc.SOFTMAX) == 512
+    assert k["len"] is None and k["max_len"] == tiling.max_len(small, lower_vec.VecFunc.SOFTMAX) == 512
     with pytest.raises(SpikecError, match="rows of 600 elements.*at most 512"):
         _on_device(proto, make_feeds(np.random.default_rng(0), 2), "small")
     # ROPE needs rotate-half tables (equal halves); another table is refused at run time

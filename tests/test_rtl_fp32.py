@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from spikec.runtime.simulator import vec_exp
+from spikec.reference import vec_exp
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [ROOT / "rtl" / "fp32.sv", ROOT / "rtl" / "tests" / "fp32_tb.sv"]

@@ -15,7 +15,8 @@ from spikec.isa.encoding import Instruction, encode_program
 from spikec.isa.fields import AccMode, Buffer, EncodeDst, Neuron, Opcode, ScaleMode, VecFunc, WeightFormat
 from spikec.isa.hwconfig import HwConfig
 from spikec.runtime import costmodel
-from spikec.runtime.simulator import Simulator, vec_exp, vec_gelu, vec_layernorm, vec_rmsnorm, vec_rope, vec_silu, vec_softmax, vec_sum
+from spikec.runtime.simulator import Simulator
+from spikec.reference import vec_exp, vec_gelu, vec_layernorm, vec_rmsnorm, vec_rope, vec_silu, vec_softmax, vec_sum
 
 I = Instruction  # noqa: E741
 SMALL = HwConfig.load("small")

@@ -1,0 +1,545 @@
+"""The instruction streams of the accelerator's kernels, built from their descriptors.
+
+A kernel's descriptor (JSON, the .sbin's `isa/kernels` section: `load_kernels`) says where
+its data lies in DRAM and how it is tiled; the stream of one call is a deterministic
+function of the descriptor and the call's rows, built at run time because the token count
+varies (prefill vs decode): `build_program` (spiking products), `build_vec_program`
+(vector functions), `build_attention_program` (activation x activation products). The
+compile-time lowering (passes/lower_*.py) builds the stored representative program with
+the same functions. Dependency tokens: docs/isa.md section 5.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+import numpy as np
+
+from spikec.errors import SpikecError
+from spikec.isa.encoding import Instruction
+from spikec.isa.fields import (FORMATS, AccMode, Buffer, EncodeDst, Module, Neuron, Opcode, ScaleMode, VecFlag, VecFunc,
+                               WeightFormat)
+from spikec.isa.hwconfig import HwConfig
+from spikec.isa.tiling import (CONST_ROWS, HAS_SCALAR, TILE_ALIGN, align, operand_cols, plan_attention, plan_vec,
+                               weight_bytes)
+from spikec.runtime import costmodel
+
+KERNELS_FORMAT = "spikec-isa-kernels"
+KERNELS_VERSION = 1
+
+
+# ---------------------------------------------------------------- programs
+
+
+@dataclass
+class Group:
+    """Consecutive rows of one kernel call sharing one modality (hence one t)."""
+
+    kernel: dict
+    modality: int
+    row0: int  # first row in the call's x / y arrays
+    n: int
+    x_addr: int  # DRAM byte address of the call's x [rows, K] float32
+    y_addr: int  # DRAM byte address of the call's y [rows, M] float32
+
+
+def ins(op: Opcode, **kw) -> Instruction:
+    """One instruction with integer fields (dependency flags included)."""
+    return Instruction(op, **{k: int(v) for k, v in kw.items()})
+
+
+# ---------------------------------------------------------------- the program builder
+
+# A dependency token from module `src` to module `dst` is a push flag on an instruction of
+# src and a pop flag on one of dst (docs/isa.md section 5): the modules are ordered
+# LOAD -> COMPUTE -> STORE, and an instruction names its neighbours as prev / next.
+_PUSH_FLAG = {(Module.LOAD, Module.COMPUTE): "push_next", (Module.COMPUTE, Module.LOAD): "push_prev",
+              (Module.COMPUTE, Module.STORE): "push_next", (Module.STORE, Module.COMPUTE): "push_prev"}
+_POP_FLAG = {(Module.LOAD, Module.COMPUTE): "pop_prev", (Module.COMPUTE, Module.LOAD): "pop_next",
+             (Module.COMPUTE, Module.STORE): "pop_prev", (Module.STORE, Module.COMPUTE): "pop_next"}
+
+
+class ProgramBuilder:
+    """An instruction queue that owns the dependency-token protocol, as VTA's runtime does
+    (`InsnQueue`, `CommitPendingPop`): emitters append instructions and say which tokens
+    order them; the builder sets the flags.
+
+    - `push(src, dst)`: the last instruction `src` has emitted pushes a token to `dst` (it
+      signals when that instruction retires: e.g. after a compute step's last read of a slot);
+    - `pop(src, dst)`: the next instruction `dst` emits waits for a token from `src`
+      (pending until then, then folded into that instruction).
+    `program()` ends with FINISH, which pops the last STORE's token, and checks that every
+    push has its pop and no pop is left pending. Raises SpikecError on a protocol error (a
+    push with no instruction to carry it, two pushes or pops of one direction on one
+    instruction, an unbalanced program)."""
+
+    def __init__(self) -> None:
+        self._ins: list[tuple[Opcode, dict]] = []
+        self._last: dict[Module, int] = {}
+        self._pending: dict[Module, list[str]] = {m: [] for m in Module}
+        self._balance: dict[tuple[Module, Module], int] = {k: 0 for k in _PUSH_FLAG}
+
+    def emit(self, op: Opcode, **fields) -> None:
+        m = FORMATS[op].module
+        kw = {k: int(v) for k, v in fields.items()}
+        for flag in self._pending[m]:
+            if kw.get(flag):
+                raise SpikecError(f"program builder: {op.name} already pops with {flag}")
+            kw[flag] = 1
+        self._pending[m] = []
+        self._ins.append((op, kw))
+        self._last[m] = len(self._ins) - 1
+
+    def push(self, src: Module, dst: Module) -> None:
+        flag = _PUSH_FLAG[(src, dst)]
+        i = self._last.get(src)
+        if i is None:
+            raise SpikecError(f"program builder: {src.name} has no instruction to push a token to {dst.name}")
+        kw = self._ins[i][1]
+        if kw.get(flag):
+            raise SpikecError(f"program builder: instruction {i} already pushes to {dst.name}")
+        kw[flag] = 1
+        self._balance[(src, dst)] += 1
+
+    def pop(self, src: Module, dst: Module) -> None:
+        flag = _POP_FLAG[(src, dst)]
+        if flag in self._pending[dst]:
+            raise SpikecError(f"program builder: two pending pops of {src.name} -> {dst.name}")
+        self._pending[dst].append(flag)
+        self._balance[(src, dst)] -= 1
+
+    def program(self) -> list[Instruction]:
+        """The instructions, FINISH last (popping the last STORE's token when there is one)."""
+        if self._balance[(Module.STORE, Module.COMPUTE)] > 0:
+            self.pop(Module.STORE, Module.COMPUTE)
+        self.emit(Opcode.FINISH)
+        if any(self._balance.values()) or any(self._pending.values()):
+            raise SpikecError(f"program builder: unbalanced tokens {self._balance}")
+        return [Instruction(op, **kw) for op, kw in self._ins]
+
+
+@dataclass
+class _Step:
+    """One (chunk, M-tile) step of a program: SPMM + VEC DEQ + STORE, plus the loads it needs.
+    With K-tiling, one (chunk, M-tile, k-piece) step: SPMM (accumulating after the first
+    piece), and DEQ + STORE only on the last piece."""
+
+    g: Group
+    r0: int  # first row of the chunk in the call's x / y arrays
+    n: int
+    tile: dict
+    u: int  # sequence number of the tile's load (WGT / [s_w | bias] slot u % 2)
+    load_tile: bool  # this step loads the tile (the tile's first chunk)
+    load_x: bool  # this step loads the chunk's rows (and static scale) and ENCODEs them
+    e: int  # sequence number of the chunk's encode (VEC input slot e % 2)
+    q: int  # scale set (static-scale slots (q % 2) * n_static + idx)
+    idx: int  # the chunk's index in its scale set
+    inp: int  # INP address of the chunk's codes
+    row: int  # the chunk's first dynamic scale in SCL
+    kc: int = 0  # k-piece index (K-tiling)
+    k0: int = 0  # first input feature of the piece
+    kl: int = 0  # the piece's features (0: the whole K)
+    acc: int = 0  # ACC address of the chunk's accumulators
+    last_k: bool = True  # the tile's last k-piece: DEQ + STORE follow (and [s_w | bias] loads with it)
+
+
+def _pack_chunks(chunks: list[tuple[Group, int, int]], rows_cap: int,
+                 chunks_cap: int | None) -> list[list[tuple[Group, int, int]]]:
+    """Consecutive chunks packed, in order, into blocks of at most rows_cap rows (and at most
+    chunks_cap chunks); a chunk is never split, so packing adds no instruction."""
+    blocks: list[list[tuple[Group, int, int]]] = []
+    rows = 0
+    for ch in chunks:
+        if not blocks or rows + ch[2] > rows_cap or (chunks_cap is not None and len(blocks[-1]) >= chunks_cap):
+            blocks.append([])
+            rows = 0
+        blocks[-1].append(ch)
+        rows += ch[2]
+    return blocks
+
+
+def _plan_segment(groups: list[Group], cfg: HwConfig, rows_cap: int, chunks_cap: int | None) -> tuple[str, list]:
+    """Tile-outer order for the consecutive groups of one kernel: ("resident", blocks) or
+    ("reencode", chunks), whichever costs less energy by the cost model (runtime/costmodel.py:
+    the weight loads against the rows' loads and ENCODEs; DRAM dominates both).
+
+    resident: the chunks (at most n_max tokens, as before) are packed in order into blocks
+    whose codes INP holds (`rows_cap` rows; static scales: at most `chunks_cap` chunks);
+    per block, every chunk is LOADed and ENCODEd once into its own INP rows, then each
+    weight tile is loaded once and all the block's chunks run against it. Weights move
+    once per block, rows once.
+    reencode: each weight tile is loaded once per call; per tile, every chunk's rows are
+    LOADed and ENCODEd again into INP 0. Weights move once, rows once per M-tile."""
+    k = groups[0].kernel
+    K, n_max, tiles = k["K"], k["n_max"], k["tiles"]
+    chunks = [(g, g.row0 + r, min(n_max, g.n - r)) for g in groups for r in range(0, g.n, n_max)]
+    static = k["act_scale"] == "static"
+    if k.get("k_tile", K) < K:
+        # K-tiled: re-encoding would reload every k-piece per chunk, so the codes stay resident
+        return "resident", _pack_chunks(chunks, rows_cap, chunks_cap)
+
+    def energy(*ins: Instruction) -> float:
+        return sum(sum(costmodel.instruction_cost(cfg, i).energy_pj(cfg).values()) for i in ins)
+
+    W = energy(*(ins(Opcode.LOAD, buf=Buffer.WGT, rows=t["w_bytes"] // TILE_ALIGN, cols=TILE_ALIGN, stride=TILE_ALIGN)
+                 for t in tiles), *(ins(Opcode.LOAD, buf=Buffer.SCL, rows=1, cols=2 * t["m"]) for t in tiles))
+    X = sum(energy(ins(Opcode.LOAD, buf=Buffer.VEC, rows=n, cols=K, stride=4 * K),
+                   ins(Opcode.ENCODE, n=n, len=K, t=1, scale=ScaleMode.STATIC if static else ScaleMode.DYNAMIC),
+                   *([ins(Opcode.LOAD, buf=Buffer.SCL, rows=1, cols=1)] if static else [])) for _, _, n in chunks)
+    blocks = _pack_chunks(chunks, rows_cap, chunks_cap)
+    if W + len(tiles) * X <= len(blocks) * W + X:
+        return "reencode", chunks
+    return "resident", blocks
+
+
+def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
+    """The instruction stream for a list of token groups (of one or several kernels).
+
+    Consecutive groups of one kernel form a segment, run tile-outer (see `_plan_segment`):
+    each weight tile and its [s_w | bias] are loaded once per segment (or once per block
+    of rows whose codes INP holds) and every token chunk runs against them while they are
+    resident. A step is one (chunk, M-tile) pair: SPMM, VEC DEQ (output slot s % 2), STORE,
+    preceded, when it needs them, by a *load group*: the chunk's rows into VEC (slot e % 2,
+    e counting encodes) with its static scale, ENCODEd by the step, and/or the weight tile
+    into WGT and [s_w | bias] into SCL (slot u % 2, u counting tile loads). Tokens
+    (docs/isa.md section 5): the last LOAD of a load group pushes l2c, popped by its step's
+    first compute instruction; a load group that overwrites a slot an earlier step read pops
+    c2l, pushed by the DEQ of the last such step (or of the next step whose DEQ pushes for
+    no earlier group), at the latest the step before the previous load group's step; each
+    STORE pushes s2c for the DEQ of step s + 2, which overwrites the STORE's VEC slot, or,
+    for the last STORE, for FINISH."""
+    segs: list[list[Group]] = []
+    for g in groups:
+        if g.n <= 0:
+            continue
+        if segs and segs[-1][0].kernel is g.kernel:
+            segs[-1].append(g)
+        else:
+            segs.append([g])
+    if not segs:
+        raise SpikecError("build_program: no tokens")
+    scl_elems, inp_elems, acc_elems = cfg.buffer_elems(Buffer.SCL), cfg.buffer_elems(Buffer.INP), cfg.buffer_elems(Buffer.ACC)
+
+    def rows_cap(k: dict) -> int:  # rows whose codes (and, K-tiled, accumulators) a block keeps on chip
+        return inp_elems // k["K"] if k.get("k_tile", k["K"]) >= k["K"] else min(inp_elems // k["K"], acc_elems // k["m_tile"])
+
+    mt_max = max(t["m"] for seg in segs for t in seg[0].kernel["tiles"])
+    budget = scl_elems - 4 * mt_max  # SCL left for dynamic scales and static-scale slots
+    n_dyn = max([min(g.n, g.kernel["n_max"]) for seg in segs for g in seg if g.kernel["act_scale"] != "static"], default=0)
+    chunks_cap = max(1, (budget - n_dyn) // 2)
+    plans: list[tuple[list[Group], str, list]] = [None] * len(segs)
+    # static segments first: their slots per scale set bound the rows of dynamic blocks
+    for i, seg in enumerate(segs):
+        k = seg[0].kernel
+        if k["act_scale"] == "static":
+            plans[i] = (seg, *_plan_segment(seg, cfg, rows_cap(k), chunks_cap))
+    n_static = max([len(b) for seg, mode, blocks in filter(None, plans) if mode == "resident" for b in blocks]
+                   + [1 for p in plans if p is not None], default=0)
+    for i, seg in enumerate(segs):
+        if plans[i] is None:
+            k = seg[0].kernel
+            plans[i] = (seg, *_plan_segment(seg, cfg, max(1, min(rows_cap(k), budget - 2 * n_static)), None))
+    steps: list[_Step] = []
+    u = e = q = 0
+    for seg, mode, blocks in plans:
+        tiles, K = seg[0].kernel["tiles"], seg[0].kernel["K"]
+        if mode == "reencode":
+            for tile in tiles:
+                for ci, (g, r0, n) in enumerate(blocks):
+                    steps.append(_Step(g, r0, n, tile, u, ci == 0, True, e, q, 0, 0, 0))
+                    e, q = e + 1, q + 1
+                u += 1
+            continue
+        kt, mtk = seg[0].kernel.get("k_tile", K), seg[0].kernel["m_tile"]
+        for block in blocks:
+            offs = np.cumsum([0] + [n for _, _, n in block]).tolist()
+            for ti, tile in enumerate(tiles):
+                if kt >= K:
+                    for ci, (g, r0, n) in enumerate(block):
+                        steps.append(_Step(g, r0, n, tile, u, ci == 0, ti == 0, e + ci, q, ci, offs[ci] * K, offs[ci]))
+                    u += 1
+                    continue
+                # K-tiled: piece-outer, chunk-inner; each chunk accumulates in its own ACC rows
+                for kc, k0 in enumerate(range(0, K, kt)):
+                    kl = min(kt, K - k0)
+                    for ci, (g, r0, n) in enumerate(block):
+                        steps.append(_Step(g, r0, n, tile, u, ci == 0, ti == 0 and kc == 0, e + ci, q, ci, offs[ci] * K,
+                                           offs[ci], kc, k0, kl, offs[ci] * mtk, k0 + kl >= K))
+                    u += 1
+            e, q = e + len(block), q + 1
+    x_slot = max(st.n * st.g.kernel["K"] for st in steps)
+    o_slot = max(st.n * st.tile["m"] for st in steps)
+    w_slot = max(st.tile["w_bytes"] for st in steps)
+    n_sx = max([st.row + st.n for st in steps if st.g.kernel["act_scale"] != "static"], default=0)
+    VX = (0, x_slot)
+    VO = (2 * x_slot, 2 * x_slot + o_slot)
+    SX, SST = 0, n_sx
+    SSB = (n_sx + 2 * n_static, n_sx + 2 * n_static + 2 * mt_max)
+    WS = (0, w_slot)
+    if 2 * x_slot + 2 * o_slot > cfg.buffer_elems(Buffer.VEC) or SSB[1] + 2 * mt_max > scl_elems \
+            or 2 * w_slot > cfg.buffer_elems(Buffer.WGT) or max(st.inp + st.n * st.g.kernel["K"] for st in steps) > inp_elems \
+            or max(st.acc + st.n * st.tile["m"] for st in steps) > acc_elems:
+        raise SpikecError(f"build_program: the kernels' tiles do not fit the buffers of config '{cfg.name}'")
+    outs = np.cumsum([0] + [int(st.last_k) for st in steps]).tolist()  # output (DEQ/STORE) index of each step
+    S = outs[-1]  # outputs (VEC output slot o % 2)
+    # c2l: a load group pops a token only if it overwrites a slot some earlier step read; the
+    # token comes from the DEQ of the last such step (later if that DEQ already pushes for
+    # an earlier group: pushes and pops pair up in order), never later than the step before
+    # the previous load group's, so the load module runs up to two groups ahead.
+    pops: set[int] = set()  # steps whose load group pops c2l
+    pushers: set[int] = set()  # steps whose DEQ pushes c2l
+    last_w, last_x, last_st = [-1, -1], [-1, -1], [-1, -1]  # last step reading each WGT/SSB, VEC x, static slot
+    last_push = -1
+    for s, st in enumerate(steps):
+        static = st.g.kernel["act_scale"] == "static"
+        if st.load_x or st.load_tile:
+            need = max(last_x[st.e % 2] if st.load_x else -1, last_st[st.q % 2] if st.load_x and static else -1,
+                       last_w[st.u % 2] if st.load_tile else -1)
+            if need >= 0:
+                last_push = max(need, last_push + 1)
+                assert last_push < s, "c2l token pushed after the load group that waits for it"
+                pops.add(s)
+                pushers.add(last_push)
+        last_w[st.u % 2] = s
+        if st.load_x:
+            last_x[st.e % 2] = s
+        if static:
+            last_st[st.q % 2] = s
+    b = ProgramBuilder()
+    for s, st in enumerate(steps):
+        g, r0, n, tile = st.g, st.r0, st.n, st.tile
+        k = g.kernel
+        K, M, mt = k["K"], k["M"], tile["m"]
+        o = outs[s]
+        ktiled = st.kl > 0
+        static = k["act_scale"] == "static"
+        T = int(k["timesteps"][g.modality])
+        scl = SST + (st.q % 2) * n_static + st.idx if static else SX + st.row
+        # load module
+        loads = []
+        if st.load_x:
+            loads.append(dict(buf=Buffer.VEC, sram=VX[st.e % 2], dram=g.x_addr + 4 * r0 * K, stride=4 * K, rows=n, cols=K))
+            if static:
+                loads.append(dict(buf=Buffer.SCL, sram=scl, dram=k["static_offset"] + 4 * g.modality, stride=4, rows=1, cols=1))
+        if st.load_tile:
+            w_rows = (align(weight_bytes(st.kl, mt, k["wbits"]), TILE_ALIGN) if ktiled else tile["w_bytes"]) // TILE_ALIGN
+            loads.append(dict(buf=Buffer.WGT, sram=WS[st.u % 2], dram=tile["w"] + st.kc * tile["w_bytes"],
+                              stride=TILE_ALIGN, rows=w_rows, cols=TILE_ALIGN))
+            if st.last_k:
+                loads.append(dict(buf=Buffer.SCL, sram=SSB[st.u % 2], dram=tile["sb"], stride=8 * mt, rows=1, cols=2 * mt))
+        if loads:
+            if s in pops:
+                b.pop(Module.COMPUTE, Module.LOAD)
+            for kw in loads:
+                b.emit(Opcode.LOAD, **kw)
+            b.push(Module.LOAD, Module.COMPUTE)
+            b.pop(Module.LOAD, Module.COMPUTE)  # the step's first compute instruction waits for them
+        # compute module
+        compute = []
+        mode = ScaleMode.STATIC if static else ScaleMode.DYNAMIC
+        if st.load_x and ktiled and n > 1:
+            # K-tiled codes: piece c of the chunk is its own packed block [n, kl_c] at inp + n * k0_c.
+            # The dynamic scale needs the whole row: one dynamic ENCODE of the rows (its codes, in
+            # the same INP rows, are overwritten), then per token and piece a static ENCODE with
+            # that token's scale from SCL (x / s with the same s: the same codes).
+            if not static:
+                compute.append((Opcode.ENCODE, dict(src=VX[st.e % 2], dst=st.inp, dst_buf=EncodeDst.INP, n=n, len=K,
+                                                    t=T, scale=ScaleMode.DYNAMIC, scl=scl)))
+            for i in range(n):
+                for k0 in range(0, K, k["k_tile"]):
+                    kl = min(k["k_tile"], K - k0)
+                    compute.append((Opcode.ENCODE, dict(src=VX[st.e % 2] + i * K + k0, dst=st.inp + n * k0 + i * kl,
+                                                        dst_buf=EncodeDst.INP, n=1, len=kl, t=T, scale=ScaleMode.STATIC,
+                                                        scl=scl if static else scl + i)))
+        elif st.load_x:  # (one row: its [1, K] codes are already the pieces' blocks)
+            compute.append((Opcode.ENCODE, dict(src=VX[st.e % 2], dst=st.inp, dst_buf=EncodeDst.INP, n=n, len=K, t=T,
+                                                scale=mode, scl=scl)))
+        compute.append((Opcode.SPMM, dict(inp=st.inp + n * st.k0, wgt=WS[st.u % 2], acc=st.acc, n=n,
+                                          k=st.kl if ktiled else K, m=mt, acc_stride=mt, t=T,
+                                          neuron=Neuron.IF if k["neuron"] == "if" else Neuron.TCLIF,
+                                          wfmt=WeightFormat.INT4 if k["wbits"] == 4 else WeightFormat.INT8,
+                                          acc_mode=AccMode.ACCUMULATE if st.kc > 0 else AccMode.OVERWRITE)))
+        for op, kw in compute:
+            b.emit(op, **kw)
+        if st.last_k:
+            if o >= 2:  # its VEC output slot: STORE o - 2 has read it
+                b.pop(Module.STORE, Module.COMPUTE)
+            flags = (0 if static else VecFlag.PER_ROW) | (VecFlag.BIAS if k["has_bias"] else 0)
+            b.emit(Opcode.VEC, func=VecFunc.DEQ, flags=int(flags), dst=VO[o % 2], src0=st.acc, src1=scl,
+                   src2=SSB[st.u % 2], n=n, len=mt)
+        if s in pushers:  # after the step's last read of its slots
+            b.push(Module.COMPUTE, Module.LOAD)
+        # store module
+        if st.last_k:
+            b.push(Module.COMPUTE, Module.STORE)
+            b.pop(Module.COMPUTE, Module.STORE)
+            b.emit(Opcode.STORE, buf=Buffer.VEC, sram=VO[o % 2], dram=g.y_addr + 4 * (r0 * M + tile["m0"]),
+                   stride=4 * M, rows=n, cols=mt)
+            if o + 2 < S or o == S - 1:  # for the DEQ of output o + 2, or for FINISH
+                b.push(Module.STORE, Module.COMPUTE)
+    return b.program()
+
+
+def kernel_modalities(k: dict) -> list[int]:
+    """The modalities a kernel's graph feeds it: the constant one, or every one."""
+    return [k["modality_id"]] if k["modality_id"] >= 0 else list(range(len(k["timesteps"])))
+
+
+def representative_groups(kernels: list[dict], io_base: int) -> list[Group]:
+    """One token of each modality per kernel (modalities without a usable static scale
+    skipped), x and y of each kernel at their own DRAM addresses from io_base."""
+    groups, addr = [], align(io_base, 4096)
+    for k in kernels:
+        mods = [m for m in kernel_modalities(k) if k["act_scale"] != "static" or k["static_scales"][m] is not None]
+        if not mods:
+            continue
+        x_addr = addr
+        y_addr = align(x_addr + 4 * len(mods) * k["K"], TILE_ALIGN)
+        addr = align(y_addr + 4 * len(mods) * k["M"], TILE_ALIGN)
+        for i, m in enumerate(mods):
+            groups.append(Group(k, m, i, 1, x_addr, y_addr))
+    return groups
+
+
+# ---------------------------------------------------------------- vector kernels
+
+
+def build_vec_program(k: dict, n: int, L: int, addrs: list[int], y_addr: int, cfg: HwConfig) -> list[Instruction]:
+    """The instruction stream of one call of vector kernel `k` on n rows of L elements: the
+    operands (float32, packed rows, at `addrs` in DRAM, ISA order) in chunks of at most
+    plan_vec rows. VEC holds the constant row(s) at 0, then two operand slots and two result
+    slots (chunk c uses slot c % 2); SCL[0] holds the scalar constant. Per chunk: LOAD its
+    operands (chunk 0 first loads the constants; the last LOAD pushes l2c), VEC (pops l2c;
+    for c >= 2 pops s2c from STORE c - 2, whose result slot it overwrites; pushes c2l for the
+    LOADs of chunk c + 2, which overwrite its operand slot; pushes c2s), STORE (pops c2s;
+    pushes s2c for VEC c + 2, or for FINISH after the last chunk)."""
+    func = VecFunc[k["func"]]
+    n_max = plan_vec(cfg, func, L)
+    if isinstance(n_max, str):
+        raise SpikecError(f"vector kernel {k['index']} ({func.name}): {n_max}")
+    cols = operand_cols(func, L)
+    const = CONST_ROWS.get(func, 0) * L
+    VX = (const, const + n_max * sum(cols))
+    VO = (const + 2 * n_max * sum(cols), const + 2 * n_max * sum(cols) + n_max * L)
+    chunks = [(r0, min(n_max, n - r0)) for r0 in range(0, n, n_max)]
+    C = len(chunks)
+    b = ProgramBuilder()
+    for c, (r0, m) in enumerate(chunks):
+        loads = []
+        if c == 0 and const:
+            loads.append(dict(buf=Buffer.VEC, sram=0, dram=k["vec_const"], stride=0, rows=1, cols=const))
+        if c == 0 and func in HAS_SCALAR:
+            loads.append(dict(buf=Buffer.SCL, sram=0, dram=k["scl_const"], stride=0, rows=1, cols=1))
+        srcs, off = [], VX[c % 2]
+        for addr, w in zip(addrs, cols):
+            loads.append(dict(buf=Buffer.VEC, sram=off, dram=addr + 4 * r0 * w, stride=4 * w, rows=m, cols=w))
+            srcs.append(off)
+            off += m * w
+        if c >= 2:  # the operand slot: VEC c - 2 has read it
+            b.pop(Module.COMPUTE, Module.LOAD)
+        for kw in loads:
+            b.emit(Opcode.LOAD, **kw)
+        b.push(Module.LOAD, Module.COMPUTE)
+        # constants sit at VEC 0 (gamma, gamma|beta, the row) and SCL 0 (eps, the scale)
+        src1, src2 = (srcs[1:] + [0, 0])[:2]
+        b.pop(Module.LOAD, Module.COMPUTE)
+        if c >= 2:  # the result slot: STORE c - 2 has read it
+            b.pop(Module.STORE, Module.COMPUTE)
+        b.emit(Opcode.VEC, func=func, dst=VO[c % 2], src0=srcs[0], src1=src1, src2=src2, n=m, len=L)
+        if c + 2 < C:
+            b.push(Module.COMPUTE, Module.LOAD)
+        b.push(Module.COMPUTE, Module.STORE)
+        b.pop(Module.COMPUTE, Module.STORE)
+        b.emit(Opcode.STORE, buf=Buffer.VEC, sram=VO[c % 2], dram=y_addr + 4 * r0 * L, stride=4 * L, rows=m, cols=L)
+        if c + 2 < C or c == C - 1:  # for VEC c + 2, or for FINISH
+            b.push(Module.STORE, Module.COMPUTE)
+    return b.program()
+
+
+# ---------------------------------------------------------------- attention kernels
+
+
+def build_attention_program(k: dict, chunks: list[tuple[int, int, int, int]], K: int, N: int, nb: int,
+                            addrs: tuple[int, int, int, int], cfg: HwConfig) -> list[Instruction]:
+    """The instruction stream of one attention call. `chunks`: (head, first row, rows, t), the
+    rows of one head sharing t (rows of the left operand are packed [rows, K] float32 at
+    a_addr, results [rows, N] at y_addr); `addrs` = (a_addr, b_addr: b's nb float32,
+    y_addr, scratch: 4 bytes for s_b).
+
+    VEC: b at 0, left-row slots, result slots (chunk c uses slot c % 2); WGT: b's codes at 0;
+    SCL: s_b at 0, the chunk's per-token scales at 1, the s_w row at 1 + n_max; INP, ACC at 0.
+    Tokens (docs/isa.md section 5): LOAD b pushes l2c for ENCODE b, which pushes c2s for the
+    STORE of s_b to the scratch word, which pushes s2c for SPMM 0; SPMM 0 pushes c2l for the
+    LOAD of the s_w row (stride 0: N copies of s_b; it follows chunk 0's LOAD), which pushes
+    l2c for DEQ 0. Per chunk as in build_vec_program: its LOAD pushes l2c for its ENCODE
+    (and, for c >= 2, pops c2l from DEQ c - 2, the slot's last reader); DEQ pops s2c from
+    STORE c - 2 for c >= 2 and pushes c2s for its STORE, which pushes s2c for DEQ c + 2 or,
+    last, for FINISH."""
+    a_addr, b_addr, y_addr, scratch = addrs
+    n_max = plan_attention(cfg, K, N, nb)
+    if isinstance(n_max, str):
+        raise SpikecError(f"attention kernel {k['index']}: {n_max}")
+    VX = (nb, nb + n_max * K)
+    VO = (nb + 2 * n_max * K, nb + 2 * n_max * K + n_max * N)
+    SB, SX, SW = 0, 1, 1 + n_max
+    C = len(chunks)
+    q = ProgramBuilder()
+    q.emit(Opcode.LOAD, buf=Buffer.VEC, sram=0, dram=b_addr, stride=4 * nb, rows=1, cols=nb)
+    q.push(Module.LOAD, Module.COMPUTE)
+    q.pop(Module.LOAD, Module.COMPUTE)
+    q.emit(Opcode.ENCODE, src=0, dst=0, dst_buf=EncodeDst.WGT, n=1, len=nb, t=k["bits"] - 1, scale=ScaleMode.DYNAMIC,
+           scl=SB)
+    q.push(Module.COMPUTE, Module.STORE)
+    q.pop(Module.COMPUTE, Module.STORE)
+    q.emit(Opcode.STORE, buf=Buffer.SCL, sram=SB, dram=scratch, stride=4, rows=1, cols=1)
+    q.push(Module.STORE, Module.COMPUTE)  # s_b is in DRAM: SPMM 0 may go (and then the s_w row load)
+    for c, (h, r0, n, t) in enumerate(chunks):
+        assert n <= n_max
+        if c >= 2:  # the left-row slot: chunk c - 2's DEQ pushes once its compute is done with it
+            q.pop(Module.COMPUTE, Module.LOAD)
+        q.emit(Opcode.LOAD, buf=Buffer.VEC, sram=VX[c % 2], dram=a_addr + 4 * r0 * K, stride=4 * K, rows=n, cols=K)
+        q.push(Module.LOAD, Module.COMPUTE)
+        if c == 0:  # the s_w row: N copies of s_b, after SPMM 0 saw s_b stored
+            q.pop(Module.COMPUTE, Module.LOAD)
+            q.emit(Opcode.LOAD, buf=Buffer.SCL, sram=SW, dram=scratch, stride=0, rows=N, cols=1)
+            q.push(Module.LOAD, Module.COMPUTE)
+        q.pop(Module.LOAD, Module.COMPUTE)
+        q.emit(Opcode.ENCODE, src=VX[c % 2], dst=0, dst_buf=EncodeDst.INP, n=n, len=K, t=t, scale=ScaleMode.DYNAMIC,
+               scl=SX)
+        if c == 0:
+            q.pop(Module.STORE, Module.COMPUTE)
+        q.emit(Opcode.SPMM, inp=0, wgt=h * K * N, acc=0, n=n, k=K, m=N, acc_stride=N, t=t, neuron=Neuron.TCLIF,
+               wfmt=WeightFormat.INT8, wtrans=int(k["wtrans"]), acc_mode=AccMode.OVERWRITE)
+        if c == 0:
+            q.push(Module.COMPUTE, Module.LOAD)
+            q.pop(Module.LOAD, Module.COMPUTE)
+        if c >= 2:
+            q.pop(Module.STORE, Module.COMPUTE)
+        q.emit(Opcode.VEC, func=VecFunc.DEQ, flags=int(VecFlag.PER_ROW), dst=VO[c % 2], src0=0, src1=SX, src2=SW, n=n,
+               len=N)
+        if c + 2 < C:
+            q.push(Module.COMPUTE, Module.LOAD)
+        q.push(Module.COMPUTE, Module.STORE)
+        q.pop(Module.COMPUTE, Module.STORE)
+        q.emit(Opcode.STORE, buf=Buffer.VEC, sram=VO[c % 2], dram=y_addr + 4 * r0 * N, stride=4 * N, rows=n, cols=N)
+        if c + 2 < C or c == C - 1:
+            q.push(Module.STORE, Module.COMPUTE)
+    return q.program()
+
+
+# ---------------------------------------------------------------- descriptors
+
+
+def load_kernels(data: bytes, where: str = "isa/kernels") -> dict:
+    try:
+        doc = json.loads(data)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise SpikecError(f"{where}: not valid JSON ({exc})") from None
+    if not isinstance(doc, dict) or doc.get("format") != KERNELS_FORMAT or doc.get("version") != KERNELS_VERSION:
+        raise SpikecError(f"{where}: not a {KERNELS_FORMAT} v{KERNELS_VERSION} document")
+    return doc
+
+
+__all__ = ["Group", "KERNELS_FORMAT", "KERNELS_VERSION", "build_attention_program", "build_program", "build_vec_program",
+           "ins", "kernel_modalities", "load_kernels", "representative_groups"]

@@ -193,22 +193,9 @@ def _plan_segment(groups: list[Group], cfg: HwConfig, rows_cap: int, chunks_cap:
     return "resident", blocks
 
 
-def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
-    """The instruction stream for a list of token groups (of one or several kernels).
-
-    Consecutive groups of one kernel form a segment, run tile-outer (see `_plan_segment`):
-    each weight tile and its [s_w | bias] are loaded once per segment (or once per block
-    of rows whose codes INP holds) and every token chunk runs against them while they are
-    resident. A step is one (chunk, M-tile) pair: SPMM, VEC DEQ (output slot s % 2), STORE,
-    preceded, when it needs them, by a *load group*: the chunk's rows into VEC (slot e % 2,
-    e counting encodes) with its static scale, ENCODEd by the step, and/or the weight tile
-    into WGT and [s_w | bias] into SCL (slot u % 2, u counting tile loads). Tokens
-    (docs/isa.md section 5): the last LOAD of a load group pushes l2c, popped by its step's
-    first compute instruction; a load group that overwrites a slot an earlier step read pops
-    c2l, pushed by the DEQ of the last such step (or of the next step whose DEQ pushes for
-    no earlier group), at the latest the step before the previous load group's step; each
-    STORE pushes s2c for the DEQ of step s + 2, which overwrites the STORE's VEC slot, or,
-    for the last STORE, for FINISH."""
+def _schedule(groups: list[Group], cfg: HwConfig) -> tuple[list[_Step], int, int]:
+    """The steps of a program (see build_program), with the static-scale slots per scale set
+    and the widest M-tile: the scheduling, before any instruction is emitted."""
     segs: list[list[Group]] = []
     for g in groups:
         if g.n <= 0:
@@ -268,6 +255,24 @@ def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
                                            offs[ci], kc, k0, kl, offs[ci] * mtk, k0 + kl >= K))
                     u += 1
             e, q = e + len(block), q + 1
+    return steps, n_static, mt_max
+
+
+@dataclass(frozen=True)
+class _Layout:
+    """Where a program's slots lie in the buffers (two of each, for double buffering)."""
+
+    VX: tuple[int, int]  # VEC: the rows of a chunk (float32)
+    VO: tuple[int, int]  # VEC: the DEQ outputs
+    SX: int  # SCL: dynamic scales
+    SST: int  # SCL: static-scale slots
+    SSB: tuple[int, int]  # SCL: [s_w | bias] of a tile
+    WS: tuple[int, int]  # WGT: weight tiles
+
+
+def _layout(steps: list[_Step], cfg: HwConfig, n_static: int, mt_max: int) -> _Layout:
+    """Slots sized for the largest step; SpikecError when they do not fit the buffers."""
+    scl_elems, inp_elems, acc_elems = cfg.buffer_elems(Buffer.SCL), cfg.buffer_elems(Buffer.INP), cfg.buffer_elems(Buffer.ACC)
     x_slot = max(st.n * st.g.kernel["K"] for st in steps)
     o_slot = max(st.n * st.tile["m"] for st in steps)
     w_slot = max(st.tile["w_bytes"] for st in steps)
@@ -281,8 +286,11 @@ def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
             or 2 * w_slot > cfg.buffer_elems(Buffer.WGT) or max(st.inp + st.n * st.g.kernel["K"] for st in steps) > inp_elems \
             or max(st.acc + st.n * st.tile["m"] for st in steps) > acc_elems:
         raise SpikecError(f"build_program: the kernels' tiles do not fit the buffers of config '{cfg.name}'")
-    outs = np.cumsum([0] + [int(st.last_k) for st in steps]).tolist()  # output (DEQ/STORE) index of each step
-    S = outs[-1]  # outputs (VEC output slot o % 2)
+    return _Layout(VX, VO, SX, SST, SSB, WS)
+
+
+def _slot_release(steps: list[_Step]) -> tuple[set[int], set[int]]:
+    """(steps whose load group pops c2l, steps whose last compute instruction pushes it)."""
     # c2l: a load group pops a token only if it overwrites a slot some earlier step read; the
     # token comes from the DEQ of the last such step (later if that DEQ already pushes for
     # an earlier group: pushes and pops pair up in order), never later than the step before
@@ -306,6 +314,31 @@ def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
             last_x[st.e % 2] = s
         if static:
             last_st[st.q % 2] = s
+    return pops, pushers
+
+
+def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
+    """The instruction stream for a list of token groups (of one or several kernels).
+
+    Consecutive groups of one kernel form a segment, run tile-outer (see `_plan_segment`):
+    each weight tile and its [s_w | bias] are loaded once per segment (or once per block
+    of rows whose codes INP holds) and every token chunk runs against them while they are
+    resident. A step is one (chunk, M-tile) pair: SPMM, VEC DEQ (output slot s % 2), STORE,
+    preceded, when it needs them, by a *load group*: the chunk's rows into VEC (slot e % 2,
+    e counting encodes) with its static scale, ENCODEd by the step, and/or the weight tile
+    into WGT and [s_w | bias] into SCL (slot u % 2, u counting tile loads). Tokens
+    (docs/isa.md section 5): the last LOAD of a load group pushes l2c, popped by its step's
+    first compute instruction; a load group that overwrites a slot an earlier step read pops
+    c2l, pushed by the DEQ of the last such step (or of the next step whose DEQ pushes for
+    no earlier group), at the latest the step before the previous load group's step; each
+    STORE pushes s2c for the DEQ of step s + 2, which overwrites the STORE's VEC slot, or,
+    for the last STORE, for FINISH."""
+    steps, n_static, mt_max = _schedule(groups, cfg)
+    lay = _layout(steps, cfg, n_static, mt_max)
+    VX, VO, SX, SST, SSB, WS = lay.VX, lay.VO, lay.SX, lay.SST, lay.SSB, lay.WS
+    pops, pushers = _slot_release(steps)
+    outs = np.cumsum([0] + [int(st.last_k) for st in steps]).tolist()  # output (DEQ/STORE) index of each step
+    S = outs[-1]  # outputs (VEC output slot o % 2)
     b = ProgramBuilder()
     for s, st in enumerate(steps):
         g, r0, n, tile = st.g, st.r0, st.n, st.tile

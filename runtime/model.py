@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from spikec import ops as sops
 from spikec.errors import SpikecError
 
 TARGETS = ("ort", "fpga")
@@ -47,7 +48,7 @@ class CompiledModel:
 
     @property
     def modality_names(self) -> list[str]:
-        table = self.manifest.get("modality") or {"text": 0, "vision": 1}
+        table = self.manifest.get("modality") or sops.MODALITY_IDS
         return [name for name, _ in sorted(table.items(), key=lambda kv: kv[1])]
 
     def generator(self):

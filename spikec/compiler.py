@@ -257,7 +257,7 @@ def compile_folder(
     if options.calib and Path(options.calib).is_dir():
         progress and progress(f"calibration: running {options.calib} through the float graphs")
         folder_feeds = C.export_folder_feeds(input_dir, options.calib, options.calib_samples)
-    modality_ids = manifest.get("modality", {"text": 0, "vision": 1})
+    modality_ids = manifest.get("modality", ops.MODALITY_IDS)
     # The language model first: with --budget its search picks Tv, which the vision encoder then uses.
     roles = sorted(manifest["graphs"], key=lambda r: {"lm": 0, "vision": 1}.get(r, 2))
     graphs, reports, records, extra = {}, {}, [], {"graphs": {}}
@@ -369,7 +369,7 @@ def _compile_to_sbin(input_path: Path, output: Path, *, isa: bool = False, hwcon
             kw.setdefault("pipeline", None)
             report = compile_onnx(input_path, folder / "model.onnx", **kw)
             manifest = {"format": "spikec-model", "version": 1, "source": str(input_path),
-                        "modality": {name: i for i, name in enumerate(ops.DEFAULT_MODALITIES)},
+                        "modality": dict(ops.MODALITY_IDS),
                         "graphs": {"model": {"file": "model.onnx", "role": "model"}}}
             msts = (report.extra.get("msts") or {}).get("timesteps")
             if isinstance(msts, dict):

@@ -68,6 +68,9 @@ from spikec.errors import SpikecError
 DOMAIN = "spikec"
 VERSION = 1
 DEFAULT_MODALITIES = ("text", "vision")
+# the LM's `modality` input values of those modalities (an export's manifest "modality"
+# table). Append new modalities (e.g. "audio": 2); never renumber.
+MODALITY_IDS = {name: i for i, name in enumerate(DEFAULT_MODALITIES)}
 MODALITIES_KEY = "spikec.modalities"
 CLIP_T = 16  # static clip tables cover T = 1..CLIP_T
 MAX_T = 16  # largest timesteps the compiler accepts (codes of up to 17 bits)

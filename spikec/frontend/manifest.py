@@ -29,13 +29,11 @@ from pathlib import Path
 from spikec import schema
 from spikec.atomic import write_text
 from spikec.errors import SpikecError
+from spikec.ops import MODALITY_IDS
 from spikec.paths import check_name, check_relative, resolve_inside
 
 MANIFEST = "manifest.json"
 FORMAT, VERSION = "spikec-frontend", 1
-# Token modality codes fed to the LM's `modality` input. Append new modalities
-# (e.g. "audio": 2); never renumber.
-MODALITY = {"text": 0, "vision": 1}
 
 
 def past_names(n_layers: int) -> list[str]:
@@ -68,7 +66,7 @@ def build(loaded, graphs: dict, opset: int, processor_dir: str, lm_dims) -> dict
         "format": FORMAT, "version": VERSION,
         "family": adapter.family, "model_type": config.model_type, "source": loaded.source,
         "opset": opset, "dtype": "float32",
-        "modality": dict(MODALITY),
+        "modality": dict(MODALITY_IDS),  # the LM's `modality` input values (spikec.ops, the one table)
         "merge": {
             "image_token_id": adapter.image_token_id(config),
             "rule": "inputs_embeds = embed(input_ids); the rows of vision's image_features replace, in order, "
@@ -223,7 +221,7 @@ def generation_fields(m: dict, *, where: str) -> dict:
         "head_dim": schema.get(m, "lm.head_dim", int, where=where, min=1, max=MAX_HEAD_DIM),
         "image_token_id": schema.get(m, "merge.image_token_id", int, where=where, min=0, max=MAX_TOKEN_ID),
         "modality": {name: schema.get(m, f"modality.{name}", int, where=where, min=0, max=MAX_MODALITY_ID)
-                     for name in ("text", "vision")},
+                     for name in MODALITY_IDS},
         "eos": set(eos) if isinstance(eos, list) else set() if eos is None else {eos},
     }
 

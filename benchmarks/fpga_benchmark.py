@@ -15,7 +15,7 @@ Prints figures, not pass/fail. Three parts:
    adds -- on both sides).
 3. A Qwen2-VL-2B-like language model, analytically: the per-call programs the lowering
    would build (`programs.build_program` on descriptors of the right shapes), costed
-   instruction by instruction with `runtime.costmodel` along the same load/compute/store
+   instruction by instruction with `isa.costmodel` along the same load/compute/store
    timeline the simulator uses, the SPMM spike counts taken from densities measured on the
    bundled model's language model (linear layers only: no vector ops on either side). No
    2B weights exist and no functional simulation runs.
@@ -44,7 +44,7 @@ from spikec.isa.encoding import decode_program
 from spikec.isa.fields import FORMATS, Module, Opcode
 from spikec.isa.hwconfig import HwConfig
 from spikec.passes import lower_isa
-from spikec.runtime import costmodel
+from spikec.isa import costmodel
 from spikec.runtime.fpga_target import GPU_A100, KernelRunner, report
 from spikec.runtime.simulator import _POP, _PUSH, Simulator
 

@@ -23,7 +23,7 @@ from spikec.isa.fields import (FORMATS, AccMode, Buffer, EncodeDst, Module, Neur
 from spikec.isa.hwconfig import HwConfig
 from spikec.isa.tiling import (CONST_ROWS, HAS_SCALAR, TILE_ALIGN, align, operand_cols, plan_attention, plan_vec,
                                weight_bytes)
-from spikec.runtime import costmodel
+from spikec.isa import costmodel
 
 KERNELS_FORMAT = "spikec-isa-kernels"
 KERNELS_VERSION = 1
@@ -161,7 +161,7 @@ def _pack_chunks(chunks: list[tuple[Group, int, int]], rows_cap: int,
 
 def _plan_segment(groups: list[Group], cfg: HwConfig, rows_cap: int, chunks_cap: int | None) -> tuple[str, list]:
     """Tile-outer order for the consecutive groups of one kernel: ("resident", blocks) or
-    ("reencode", chunks), whichever costs less energy by the cost model (runtime/costmodel.py:
+    ("reencode", chunks), whichever costs less energy by the cost model (isa/costmodel.py:
     the weight loads against the rows' loads and ENCODEs; DRAM dominates both).
 
     resident: the chunks (at most n_max tokens, as before) are packed in order into blocks

@@ -16,7 +16,7 @@ device is a SpikecError (from `runtime.rtl_sim`).
 
 Counters. **Cycles are measured**: cycles, busy_load/compute/store, instructions, DRAM
 bytes, spikes, spike vectors (processed and skipped) and vector elements are the RTL's own
-counters. **Energy is modeled**: `runtime/costmodel.py` applied to the program's
+counters. **Energy is modeled**: `isa/costmodel.py` applied to the program's
 instructions, with each SPMM's spike vectors and spikes taken from the RTL's measured
 totals (split over the program's SPMMs in proportion to their dense counts -- exact when
 the program has one SPMM or its SPMMs share shapes; the RTL reports totals, not per
@@ -33,7 +33,7 @@ from spikec.errors import SpikecError
 from spikec.isa.encoding import Instruction, decode_program
 from spikec.isa.fields import Opcode, VecFunc
 from spikec.isa.hwconfig import HwConfig
-from spikec.runtime import costmodel
+from spikec.isa import costmodel
 from spikec.runtime.device import Counters, Device
 from spikec.runtime.simulator import dram_span, check_bounds
 
@@ -57,7 +57,7 @@ def unsupported(ins: Instruction) -> str | None:
 
 
 def randprog_options() -> dict:
-    """Keyword arguments for isa.randprog.random_program that keep to what this RTL core runs."""
+    """Keyword arguments for spikec.testing.randprog.random_program that keep to what this RTL core runs."""
     return {"vec_funcs": tuple(sorted(implemented_vec_funcs()))}
 
 

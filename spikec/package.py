@@ -108,7 +108,7 @@ def pack_folder(folder: str | os.PathLike, out: str | os.PathLike,
 # collecting (domain, op_type) of every exported and compiled graph
 # (tests/fuzzing.py: `collect_ops`, re-run by the slow test in tests/test_fuzz.py); plus the
 # spikec domain's ops (spikec/ops.py), the QDQ ops `import-qdq` reads, and the ops of the
-# single-graph models the test suite compiles (spikec.examples.tiny_mlp_block: CastLike,
+# single-graph models the test suite compiles (spikec.testing.examples.tiny_mlp_block: CastLike,
 # Constant; tests/graphs.py: Relu, Identity). No op carrying a subgraph (Loop, Scan, If) is
 # emitted, so none is accepted.
 DEFAULT_DOMAIN_OPS = frozenset({

@@ -10,7 +10,7 @@ The page holds, as far as the file and the options allow (docs/report.md):
 - timesteps per layer and modality: the compile report's per-layer rows;
 - spike rate and SOPs per layer and modality: exact-mode statistics of a run on the
   images of `--images DIR` (`CompiledModel.stats`, runtime/ort_target.py `spike_stats`);
-- the accelerator's cycle and energy breakdown (modeled, runtime/costmodel.py) of a run on
+- the accelerator's cycle and energy breakdown (modeled, isa/costmodel.py) of a run on
   one image on the `fpga` target, when the .sbin has `isa/*` sections;
 - accuracy against effective timesteps per token with `--data DIR` (spikec.evaluate).
 

@@ -43,7 +43,7 @@ def run_cli(capsys):
 
 @pytest.fixture(scope="session")
 def tiny_mlp(tmp_path_factory):
-    """A small real ONNX model exported by torch (see spikec.examples)."""
-    from spikec.examples import tiny_mlp_block
+    """A small real ONNX model exported by torch (see spikec.testing.examples)."""
+    from spikec.testing.examples import tiny_mlp_block
 
     return tiny_mlp_block(tmp_path_factory.mktemp("tiny") / "tiny_mlp.onnx")

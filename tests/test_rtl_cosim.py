@@ -1,6 +1,6 @@
 """The RTL core (rtl/) co-simulated with Verilator against the functional simulator.
 
-- the random program generator (isa/randprog.py) makes valid programs: they run cleanly
+- the random program generator (spikec/testing/randprog.py) makes valid programs: they run cleanly
   on the simulator (no race, read-before-write, deadlock, leftover token, bounds or fault
   error) on `small` and `default`, and cover what they should;
 - random programs give the same final DRAM, byte for byte, on the RTL
@@ -32,7 +32,7 @@ from spikec.errors import SpikecError
 from spikec.isa.encoding import Instruction, decode_program, encode, encode_program
 from spikec.isa.fields import FORMATS, Buffer, EncodeDst, Opcode, ScaleMode, VecFunc
 from spikec.isa.hwconfig import HwConfig
-from spikec.isa.randprog import KINDS, kind_program, random_program
+from spikec.testing.randprog import KINDS, kind_program, random_program
 from spikec.runtime.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parents[1]

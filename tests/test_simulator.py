@@ -14,7 +14,7 @@ from spikec.isa.asm import assemble_program
 from spikec.isa.encoding import Instruction, encode_program
 from spikec.isa.fields import AccMode, Buffer, EncodeDst, Neuron, Opcode, ScaleMode, VecFunc, WeightFormat
 from spikec.isa.hwconfig import HwConfig
-from spikec.runtime import costmodel
+from spikec.isa import costmodel
 from spikec.runtime.simulator import Simulator
 from spikec.reference import vec_exp, vec_gelu, vec_layernorm, vec_rmsnorm, vec_rope, vec_silu, vec_softmax, vec_sum
 

@@ -70,17 +70,41 @@ VEC_OPS: dict[VecFunc, tuple[int, int, int]] = {
 ENCODE_OPS = {ScaleMode.DYNAMIC: (3, 1, 2), ScaleMode.STATIC: (2, 1, 1)}  # |x|/max, divide, rint, clamp
 
 
-def vec_row_steps(func: VecFunc, length: int, lanes: int) -> int:
-    """Vector-unit cycles per row: one step of `lanes` elements per cycle per pass, except
-    where the RTL (docs/rtl.md) needs a second phase for a step's operands, measured
-    there and adopted here because the first model was off by 10-29 %: LAYERNORM's last
-    pass reads x and gamma, then beta (4 step rows, not 3); ROPE steps over the halves,
-    x1/x2 then cos/sin (2 steps per lane group of len/2)."""
-    if func == VecFunc.LAYERNORM:
-        return 4 * _ceil(length, lanes)
-    if func == VecFunc.ROPE:
-        return 2 * _ceil(length // 2, lanes)
-    return VEC_OPS[func][2] * _ceil(length, lanes)
+# Cycles of the RTL's vector unit (docs/rtl.md section 2, rtl/spikec_vecu.sv): iterative,
+# one float32 operation per lane per cycle from a microprogram per (function, pass). A
+# chunk of `lanes` elements costs a fixed number of steps (its operand latch included);
+# the first chunk of a pass adds the row's prologue (row sum of the 16 partial sums,
+# mean, 1/sqrt, ENCODE scale, max over the lanes), run once per row.
+VEC_EXP_STEPS = 22  # clamp, 6 range reduction, 11 Horner, 3 final, ldexp (docs/isa.md 4)
+VEC_DIV_STEPS = 9  # iterative divide: unpack, 7 x 4 quotient bits, round
+VEC_SQRT_STEPS = 11  # iterative square root: unpack, 9 x 3 root bits, round
+VEC_TOT_STEPS = 15  # the 16 partial sums added left to right
+
+
+def vec_pass_steps(func: VecFunc | None, lanes: int, bias: bool = False, scale: ScaleMode | None = None) -> list[tuple[int, int]]:
+    """(prologue, steps per chunk) of each pass over a row, as the RTL sequences them;
+    func None is ENCODE with `scale`. ROPE's chunks cover len/2 elements (x1/x2, then cos
+    and sin); LAYERNORM's last pass reads x and gamma, then beta (1 + 5 steps)."""
+    e, d, q, t = VEC_EXP_STEPS, VEC_DIV_STEPS, VEC_SQRT_STEPS, VEC_TOT_STEPS
+    g = _ceil(lanes, 16)  # partial-sum update steps per chunk (16 partial sums)
+    rsq = t + 2 * d + 1 + q  # row sum, / len, + eps, sqrt, 1 / x
+    if func is None:
+        return [(0, 2), (1 + d, 2 + d)] if scale == ScaleMode.DYNAMIC else [(0, 2 + d)]
+    return {
+        VecFunc.DEQ: [(0, 5 if bias else 4)],
+        VecFunc.RMSNORM: [(0, 2 + g), (rsq, 3)],
+        VecFunc.LAYERNORM: [(0, 1 + g), (t + d, 3 + g), (rsq, 6)],
+        VecFunc.SOFTMAX: [(0, 2), (1, 2 + e + g), (t, 2 + e + d)],
+        VecFunc.SILU: [(0, 2 + e + d)],
+        VecFunc.GELU: [(0, 12 + e + d)],
+        VecFunc.ROPE: [(0, 8)],
+    }.get(func, [(0, 2)])  # COPY, ADD, MUL, ADD_ROW, MUL_ROW, SCALE: latch, one op
+
+
+def vec_row_steps(func: VecFunc | None, length: int, lanes: int, bias: bool = False, scale: ScaleMode | None = None) -> int:
+    """Vector-unit cycles per row (see vec_pass_steps)."""
+    chunks = _ceil(length // 2 if func == VecFunc.ROPE else length, lanes)
+    return sum(pro + chunks * steps for pro, steps in vec_pass_steps(func, lanes, bias, scale))
 
 
 @dataclass
@@ -162,7 +186,7 @@ def encode_cost(cfg: HwConfig, ins: Instruction) -> Cost:
     adds, mults, passes = ENCODE_OPS[ScaleMode(ins.scale)]
     elems = ins.n * ins.len
     dst = Buffer.INP if ins.dst_buf == EncodeDst.INP else Buffer.WGT
-    c = Cost(cycles=cfg.vec_setup_cycles + ins.n * passes * _ceil(ins.len, cfg.vec_lanes))
+    c = Cost(cycles=cfg.vec_setup_cycles + ins.n * vec_row_steps(None, ins.len, cfg.vec_lanes, scale=ScaleMode(ins.scale)))
     c.fp_adds, c.fp_mults = adds * elems, mults * elems
     c.sram_read = {Buffer.VEC: passes * elems * 4}
     c.sram_write = {dst: elems * ELEMENT_BYTES[dst]}
@@ -179,7 +203,7 @@ def vec_cost(cfg: HwConfig, ins: Instruction) -> Cost:
     if func == VecFunc.DEQ and ins.flags & VecFlag.BIAS:
         adds += 1
     elems = ins.n * ins.len
-    c = Cost(cycles=cfg.vec_setup_cycles + ins.n * vec_row_steps(func, ins.len, cfg.vec_lanes))
+    c = Cost(cycles=cfg.vec_setup_cycles + ins.n * vec_row_steps(func, ins.len, cfg.vec_lanes, bool(ins.flags & VecFlag.BIAS)))
     c.fp_adds, c.fp_mults = adds * elems, mults * elems
     src = Buffer.ACC if func == VecFunc.DEQ else Buffer.VEC
     # src0 is read once per pass; full-size second operands (ADD, MUL, ROPE's cos and sin)

@@ -40,6 +40,10 @@
 // tests/test_rtl_fp32.py checks these functions against it.
 //
 // Every function is `automatic` and purely combinational; nothing here holds state.
+// The vector unit (rtl/spikec_vecu.sv) instantiates f32_add and f32_mul once per lane and
+// the small operators; its divide and square root are iterative copies of f32_div's and
+// f32_sqrt's loops (a few bits per cycle), and exp is a microprogram of f32_exp's steps.
+// f32_div, f32_sqrt and f32_exp themselves serve tests/test_rtl_fp32.py.
 //
 // Public functions:
 //   f32_add, f32_sub, f32_mul, f32_div, f32_sqrt   correctly rounded

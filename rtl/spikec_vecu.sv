@@ -1,21 +1,35 @@
 // Vector unit: ENCODE and the VEC functions over n rows of len float32 elements, L
-// lanes per cycle (docs/isa.md sections 3 and 4; arithmetic from package spikec_fp32).
+// lanes (docs/isa.md sections 3 and 4; arithmetic from package spikec_fp32).
 //
-// Two-stage pipeline. The issue stage walks (row, pass, chunk of L elements, phase) and
-// addresses the operand reads; one cycle later the execute stage has the read data,
-// computes the L lanes and writes the result (or updates the row's reductions). A
-// function makes 1 to 3 passes over each row:
-//   ENCODE dynamic: max|x| | quantize          SOFTMAX: max | sum exp | divide
-//   RMSNORM: sum x*x | scale                    LAYERNORM: sum x | sum d*d | scale
-// Row sums use the ISA's 16 partial sums (element j into lane j % 16, lanes added left
-// to right). A value derived from a pass's reductions (ENCODE's scale, the mean, 1/sqrt)
-// is computed in the first execute cycle of the next pass and held for the row.
-// Steps needing more operands than the two VEC read ports give take two phases: ROPE
-// (x1 and x2, then cos and sin; writes y1 and y2 of a half-chunk), LAYERNORM's last pass
-// (x and gamma, then beta).
+// Iterative, microcoded: each lane has ONE float32 adder, ONE multiplier, an iterative
+// divider (DIV_BITS quotient bits per cycle) and the small operators (clamp, rint,
+// ldexp, int->float, quantize, max), and executes one operation per cycle from a short
+// microprogram per (function, pass); every operation reads registers and writes a
+// register, so the longest path is one float32 add or multiply (the clock of
+// docs/synthesis.md), not a chain of them. The unit has one iterative square root.
 //
-// Cycles: VEC_SETUP + n * (passes * ceil(len / L)) -- the cost model -- except ROPE
-// (2 * ceil(len/2 / L) per row) and LAYERNORM (4 instead of 3 chunk passes per row).
+// The issue stage walks (row, pass, chunk of L elements, phase) and addresses the
+// operand reads as before; a chunk then runs S steps in the execute stage:
+//   step 0                 operands arrive from the buffers and are latched (A, B, C)
+//   steps 1 .. PL          first chunk of a pass only: the row's prologue, computed by
+//                          lane 0 from the previous pass's reductions (the 16 partial
+//                          sums left to right, the mean, 1/sqrt(v + eps), the ENCODE
+//                          scale, softmax's max over the lanes' maxima)
+//   steps PL+1 .. S-1      the function's operations in the written order of the
+//                          reference (runtime/simulator.py vec_*), each rounded
+// The next chunk's operands are addressed in the last step, so chunks run back to back;
+// results go through a write register (written the cycle after the step that made them).
+// Passes: ENCODE dynamic max|x| | quantize; SOFTMAX max | sum exp | divide;
+// RMSNORM sum x*x | scale; LAYERNORM sum x | sum d*d | scale (x and gamma, then beta).
+// ROPE: x1 and x2, then cos and sin (y1 and y2 written two steps apart).
+//
+// Cycles per instruction: VEC_SETUP + sum over rows, passes and chunks of S -- the
+// function's steps (isa/costmodel.py vec_chunk_steps; docs/isa.md section 7).
+//
+// Row maxima: each lane keeps its own running max; the prologue takes their max (a tree:
+// max is order-independent except for which zero or NaN comes out, and the ISA leaves
+// both open). Row sums: the ISA's 16 partial sums (element j into partial j % 16), one
+// PSUM step per 16 lanes in lane order.
 //
 // Faults (the device stops): NaN in an ENCODE input; +-inf in an ENCODE input with a
 // dynamic scale; a static ENCODE scale that is not finite and > 0; a VEC destination
@@ -75,12 +89,228 @@ module spikec_vecu #(
   localparam logic [31:0] GELU_C0 = 32'h3f4c422a;  // f32(0.7978845608028654)
   localparam logic [31:0] GELU_C1 = 32'h3d372713;  // f32(0.044715)
   localparam int LW = $clog2(L + 1);
+  localparam int G = (L + 15) / 16;  // PSUM steps per chunk: 16 partial sums per step
+
+  // Iterative divide and square root: quotient / root bits per cycle.
+  localparam int DIV_BITS = 4;   // 28 quotient bits: 7 steps
+  localparam int SQ_BITS = 3;    // 27 root bits: 9 steps
+  localparam int DIV_IT = 28 / DIV_BITS;
+  localparam int SQ_IT = 27 / SQ_BITS;
+  localparam int DIV_LEN = DIV_IT + 2;  // DIVI, DIVS x DIV_IT, DIVF
+  localparam int SQ_LEN = SQ_IT + 2;
+  localparam int EXP_LEN = 22;
+  localparam int TOT_LEN = 15;
 
   // kinds: ENCODE (dynamic / static scale) and the VEC functions
   localparam logic [3:0] K_ENC_DYN = 4'd0, K_ENC_STAT = 4'd1, K_COPY = 4'd2, K_ADD = 4'd3, K_MUL = 4'd4,
       K_ADDROW = 4'd5, K_MULROW = 4'd6, K_SCALE = 4'd7, K_DEQ = 4'd8, K_RMS = 4'd9, K_LN = 4'd10,
       K_SMAX = 4'd11, K_SILU = 4'd12, K_GELU = 4'd13, K_ROPE = 4'd14;
   localparam logic [3:0] FAULT_NAN = 4'd2, FAULT_INF = 4'd3, FAULT_SCALE = 4'd4, FAULT_OVERLAP = 4'd6;
+
+  // ---------------------------------------------------------------- micro-operations
+  // {op[4:0], x[4:0], y[4:0], negy, dst[3:0]}: dst = op(x, y), y negated when negy.
+  localparam logic [4:0] O_NOP = 5'd0, O_ADD = 5'd1, O_MUL = 5'd2, O_RINT = 5'd3, O_CLAMP = 5'd4,
+      O_LDEXP = 5'd5, O_FROMI = 5'd6, O_QUANT = 5'd7, O_MAX = 5'd8, O_MOV = 5'd9, O_DIVI = 5'd10,
+      O_DIVS = 5'd11, O_DIVF = 5'd12, O_SQI = 5'd13, O_SQS = 5'd14, O_SQF = 5'd15, O_MAXT = 5'd16,
+      O_PSUM = 5'd17;
+  // sources
+  localparam logic [4:0] X_A = 5'd0, X_B = 5'd1, X_C = 5'd2, X_D = 5'd3, X_R0 = 5'd4, X_R1 = 5'd5,
+      X_R2 = 5'd6, X_R3 = 5'd7, X_T = 5'd8, X_PS0 = 5'd9, X_PSI = 5'd10, X_PSL = 5'd11,
+      X_ONE = 5'd12, X_TWO = 5'd13, X_HALF = 5'd14, X_GC0 = 5'd15, X_GC1 = 5'd16, X_LOG2E = 5'd17,
+      X_LN2HI = 5'd18, X_LN2LO = 5'd19, X_P0 = 5'd20, X_P1 = 5'd21, X_P2 = 5'd22, X_P3 = 5'd23,
+      X_P4 = 5'd24, X_P5 = 5'd25, X_RSA = 5'd26, X_RSB = 5'd27, X_MAX = 5'd28, X_S0 = 5'd29,
+      X_FLEN = 5'd30, X_FQMAX = 5'd31;
+  // destinations
+  localparam logic [3:0] D_NONE = 4'd0, D_R0 = 4'd1, D_R1 = 4'd2, D_R2 = 4'd3, D_R3 = 4'd4, D_T = 4'd5,
+      D_RSA = 4'd6, D_RSB = 4'd7, D_ENCS = 4'd8, D_W = 4'd9, D_W2 = 4'd10;
+
+  function automatic logic [19:0] U(input logic [4:0] op, input logic [4:0] x, input logic [4:0] y,
+                                    input logic negy, input logic [3:0] dst);
+    U = {op, x, y, negy, dst};
+  endfunction
+
+  // exp (Cephes, docs/isa.md section 4) of source xin (negated when neg), into R0;
+  // uses R0..R3 (R1 = k, R2 = r, R3 = z).
+  function automatic logic [19:0] exp_uop(input int s, input logic [4:0] xin, input logic neg);
+    case (s)
+      0: exp_uop = U(O_CLAMP, xin, xin, neg, D_R0);
+      1: exp_uop = U(O_MUL, X_R0, X_LOG2E, 1'b0, D_R1);
+      2: exp_uop = U(O_RINT, X_R1, X_R1, 1'b0, D_R1);
+      3: exp_uop = U(O_MUL, X_R1, X_LN2HI, 1'b0, D_R2);
+      4: exp_uop = U(O_ADD, X_R0, X_R2, 1'b1, D_R2);
+      5: exp_uop = U(O_MUL, X_R1, X_LN2LO, 1'b0, D_R3);
+      6: exp_uop = U(O_ADD, X_R2, X_R3, 1'b1, D_R2);
+      7: exp_uop = U(O_MUL, X_R2, X_R2, 1'b0, D_R3);
+      8: exp_uop = U(O_MUL, X_P0, X_R2, 1'b0, D_R0);
+      9: exp_uop = U(O_ADD, X_R0, X_P1, 1'b0, D_R0);
+      10: exp_uop = U(O_MUL, X_R0, X_R2, 1'b0, D_R0);
+      11: exp_uop = U(O_ADD, X_R0, X_P2, 1'b0, D_R0);
+      12: exp_uop = U(O_MUL, X_R0, X_R2, 1'b0, D_R0);
+      13: exp_uop = U(O_ADD, X_R0, X_P3, 1'b0, D_R0);
+      14: exp_uop = U(O_MUL, X_R0, X_R2, 1'b0, D_R0);
+      15: exp_uop = U(O_ADD, X_R0, X_P4, 1'b0, D_R0);
+      16: exp_uop = U(O_MUL, X_R0, X_R2, 1'b0, D_R0);
+      17: exp_uop = U(O_ADD, X_R0, X_P5, 1'b0, D_R0);
+      18: exp_uop = U(O_MUL, X_R0, X_R3, 1'b0, D_R0);
+      19: exp_uop = U(O_ADD, X_R0, X_R2, 1'b0, D_R0);
+      20: exp_uop = U(O_ADD, X_R0, X_ONE, 1'b0, D_R0);
+      default: exp_uop = U(O_LDEXP, X_R0, X_R1, 1'b0, D_R0);
+    endcase
+  endfunction
+
+  // x / y into dst
+  function automatic logic [19:0] div_uop(input int s, input logic [4:0] x, input logic [4:0] y,
+                                          input logic [3:0] dst);
+    if (s == 0) div_uop = U(O_DIVI, x, y, 1'b0, D_NONE);
+    else if (s <= DIV_IT) div_uop = U(O_DIVS, x, y, 1'b0, D_NONE);
+    else div_uop = U(O_DIVF, x, y, 1'b0, dst);
+  endfunction
+
+  // sqrt(x) into dst (unit-level square root, lane 0's x)
+  function automatic logic [19:0] sqrt_uop(input int s, input logic [4:0] x, input logic [3:0] dst);
+    if (s == 0) sqrt_uop = U(O_SQI, x, x, 1'b0, D_NONE);
+    else if (s <= SQ_IT) sqrt_uop = U(O_SQS, x, x, 1'b0, D_NONE);
+    else sqrt_uop = U(O_SQF, x, x, 1'b0, dst);
+  endfunction
+
+  // the row sum of the 16 partial sums, left to right, into T
+  function automatic logic [19:0] tot_uop(input int s);
+    tot_uop = (s == 0) ? U(O_ADD, X_PS0, X_PSI, 1'b0, D_T) : U(O_ADD, X_T, X_PSI, 1'b0, D_T);
+  endfunction
+
+  // 1/sqrt(T / len + eps) into dst, after the row sum
+  function automatic logic [19:0] rsq_uop(input int s, input logic [3:0] dst);
+    if (s < DIV_LEN) rsq_uop = div_uop(s, X_T, X_FLEN, D_T);
+    else if (s == DIV_LEN) rsq_uop = U(O_ADD, X_T, X_S0, 1'b0, D_T);
+    else if (s < DIV_LEN + 1 + SQ_LEN) rsq_uop = sqrt_uop(s - DIV_LEN - 1, X_T, D_T);
+    else rsq_uop = div_uop(s - DIV_LEN - 1 - SQ_LEN, X_ONE, X_T, dst);
+  endfunction
+
+  // prologue of the first chunk of a pass: length and operations
+  function automatic int pro_len(input logic [3:0] k, input logic [1:0] p);
+    pro_len = 0;
+    case (k)
+      K_ENC_DYN: if (p == 2'd1) pro_len = 1 + DIV_LEN;
+      K_SMAX: if (p == 2'd1) pro_len = 1; else if (p == 2'd2) pro_len = TOT_LEN;
+      K_RMS: if (p == 2'd1) pro_len = TOT_LEN + 2 * DIV_LEN + 1 + SQ_LEN;
+      K_LN: if (p == 2'd1) pro_len = TOT_LEN + DIV_LEN; else if (p == 2'd2) pro_len = TOT_LEN + 2 * DIV_LEN + 1 + SQ_LEN;
+      default: ;
+    endcase
+  endfunction
+
+  function automatic logic [19:0] pro_uop(input logic [3:0] k, input logic [1:0] p, input int s);
+    pro_uop = U(O_NOP, X_A, X_A, 1'b0, D_NONE);
+    case (k)
+      K_ENC_DYN: pro_uop = (s == 0) ? U(O_MAXT, X_A, X_A, 1'b0, D_NONE) : div_uop(s - 1, X_MAX, X_FQMAX, D_ENCS);
+      K_SMAX: pro_uop = (p == 2'd1) ? U(O_MAXT, X_A, X_A, 1'b0, D_NONE) : tot_uop(s);
+      K_RMS: pro_uop = (s < TOT_LEN) ? tot_uop(s) : rsq_uop(s - TOT_LEN, D_RSA);
+      K_LN: begin
+        if (s < TOT_LEN) pro_uop = tot_uop(s);
+        else if (p == 2'd1) pro_uop = div_uop(s - TOT_LEN, X_T, X_FLEN, D_RSA);
+        else pro_uop = rsq_uop(s - TOT_LEN, D_RSB);
+      end
+      default: ;
+    endcase
+  endfunction
+
+  // body of a chunk: length (step 0, the operand latch, included) and operations
+  function automatic int body_len(input logic [3:0] k, input logic [1:0] p, input logic ph, input logic bias);
+    case (k)
+      K_ENC_DYN: body_len = (p == 2'd0) ? 2 : 2 + DIV_LEN;
+      K_ENC_STAT: body_len = 2 + DIV_LEN;
+      K_DEQ: body_len = bias ? 5 : 4;
+      K_RMS: body_len = (p == 2'd0) ? 2 + G : 3;
+      K_LN: body_len = (p == 2'd0) ? 1 + G : (p == 2'd1) ? 3 + G : (ph ? 5 : 1);
+      K_SMAX: body_len = (p == 2'd0) ? 2 : (p == 2'd1) ? 2 + EXP_LEN + G : 2 + EXP_LEN + DIV_LEN;
+      K_SILU: body_len = 2 + EXP_LEN + DIV_LEN;
+      K_GELU: body_len = 8 + EXP_LEN + DIV_LEN + 4;
+      K_ROPE: body_len = ph ? 7 : 1;
+      default: body_len = 2;  // COPY, ADD, MUL, ADD_ROW, MUL_ROW, SCALE
+    endcase
+  endfunction
+
+  // operation of body step s >= 1 (step 0 latches the operands)
+  function automatic logic [19:0] body_uop(input logic [3:0] k, input logic [1:0] p, input int s, input logic bias);
+    body_uop = U(O_NOP, X_A, X_A, 1'b0, D_NONE);
+    case (k)
+      K_ENC_DYN, K_ENC_STAT: begin
+        if (k == K_ENC_DYN && p == 2'd0) body_uop = U(O_MAX, X_A, X_A, 1'b0, D_NONE);
+        else if (s <= DIV_LEN) body_uop = div_uop(s - 1, X_A, (k == K_ENC_DYN) ? X_RSA : X_S0, D_R0);
+        else body_uop = U(O_QUANT, X_R0, X_R0, 1'b0, D_W);
+      end
+      K_COPY: body_uop = U(O_MOV, X_A, X_A, 1'b0, D_W);
+      K_ADD, K_ADDROW: body_uop = U(O_ADD, X_A, X_B, 1'b0, D_W);
+      K_MUL, K_MULROW: body_uop = U(O_MUL, X_A, X_B, 1'b0, D_W);
+      K_SCALE: body_uop = U(O_MUL, X_A, X_S0, 1'b0, D_W);
+      K_DEQ: begin  // A = acc, B = s_w, C = bias
+        case (s)
+          1: body_uop = U(O_FROMI, X_A, X_A, 1'b0, D_R0);
+          2: body_uop = U(O_MUL, X_R0, X_S0, 1'b0, D_R0);
+          3: body_uop = U(O_MUL, X_R0, X_B, 1'b0, bias ? D_R0 : D_W);
+          default: body_uop = U(O_ADD, X_R0, X_C, 1'b0, D_W);
+        endcase
+      end
+      K_RMS: begin
+        if (p == 2'd0) body_uop = (s == 1) ? U(O_MUL, X_A, X_A, 1'b0, D_R0) : U(O_PSUM, X_PSL, X_R0, 1'b0, D_NONE);
+        else body_uop = (s == 1) ? U(O_MUL, X_A, X_RSA, 1'b0, D_R0) : U(O_MUL, X_R0, X_B, 1'b0, D_W);
+      end
+      K_LN: begin
+        if (p == 2'd0) body_uop = U(O_PSUM, X_PSL, X_A, 1'b0, D_NONE);
+        else if (p == 2'd1) begin
+          case (s)
+            1: body_uop = U(O_ADD, X_A, X_RSA, 1'b1, D_R0);
+            2: body_uop = U(O_MUL, X_R0, X_R0, 1'b0, D_R0);
+            default: body_uop = U(O_PSUM, X_PSL, X_R0, 1'b0, D_NONE);
+          endcase
+        end else begin  // phase 1: C = x, D = gamma (phase 0), A = beta
+          case (s)
+            1: body_uop = U(O_ADD, X_C, X_RSA, 1'b1, D_R0);
+            2: body_uop = U(O_MUL, X_R0, X_RSB, 1'b0, D_R0);
+            3: body_uop = U(O_MUL, X_R0, X_D, 1'b0, D_R0);
+            default: body_uop = U(O_ADD, X_R0, X_A, 1'b0, D_W);
+          endcase
+        end
+      end
+      K_SMAX: begin
+        if (p == 2'd0) body_uop = U(O_MAX, X_A, X_A, 1'b0, D_NONE);
+        else if (s == 1) body_uop = U(O_ADD, X_A, X_MAX, 1'b1, D_R0);
+        else if (s < 2 + EXP_LEN) body_uop = exp_uop(s - 2, X_R0, 1'b0);
+        else if (p == 2'd1) body_uop = U(O_PSUM, X_PSL, X_R0, 1'b0, D_NONE);
+        else body_uop = div_uop(s - 2 - EXP_LEN, X_R0, X_T, D_W);
+      end
+      K_SILU: begin
+        if (s < 1 + EXP_LEN) body_uop = exp_uop(s - 1, X_A, 1'b1);
+        else if (s == 1 + EXP_LEN) body_uop = U(O_ADD, X_R0, X_ONE, 1'b0, D_R0);
+        else body_uop = div_uop(s - 2 - EXP_LEN, X_A, X_R0, D_W);
+      end
+      K_GELU: begin
+        if (s == 1) body_uop = U(O_MUL, X_A, X_A, 1'b0, D_R0);
+        else if (s == 2) body_uop = U(O_MUL, X_R0, X_A, 1'b0, D_R0);
+        else if (s == 3) body_uop = U(O_MUL, X_GC1, X_R0, 1'b0, D_R0);
+        else if (s == 4) body_uop = U(O_ADD, X_A, X_R0, 1'b0, D_R0);
+        else if (s == 5) body_uop = U(O_MUL, X_GC0, X_R0, 1'b0, D_R0);
+        else if (s == 6) body_uop = U(O_ADD, X_R0, X_R0, 1'b0, D_R0);
+        else if (s < 7 + EXP_LEN) body_uop = exp_uop(s - 7, X_R0, 1'b0);
+        else if (s == 7 + EXP_LEN) body_uop = U(O_ADD, X_ONE, X_R0, 1'b0, D_R0);
+        else if (s < 8 + EXP_LEN + DIV_LEN) body_uop = div_uop(s - 8 - EXP_LEN, X_TWO, X_R0, D_R0);
+        else if (s == 8 + EXP_LEN + DIV_LEN) body_uop = U(O_ADD, X_ONE, X_R0, 1'b1, D_R0);
+        else if (s == 9 + EXP_LEN + DIV_LEN) body_uop = U(O_ADD, X_ONE, X_R0, 1'b0, D_R0);
+        else if (s == 10 + EXP_LEN + DIV_LEN) body_uop = U(O_MUL, X_HALF, X_A, 1'b0, D_R1);
+        else body_uop = U(O_MUL, X_R1, X_R0, 1'b0, D_W);
+      end
+      K_ROPE: begin  // phase 1: A = cos, B = sin; C = x1, D = x2 (phase 0)
+        case (s)
+          1: body_uop = U(O_MUL, X_C, X_A, 1'b0, D_R0);
+          2: body_uop = U(O_MUL, X_D, X_B, 1'b0, D_R1);
+          3: body_uop = U(O_ADD, X_R0, X_R1, 1'b1, D_W);
+          4: body_uop = U(O_MUL, X_D, X_A, 1'b0, D_R0);
+          5: body_uop = U(O_MUL, X_C, X_B, 1'b0, D_R1);
+          default: body_uop = U(O_ADD, X_R0, X_R1, 1'b0, D_W2);
+        endcase
+      end
+      default: ;
+    endcase
+  endfunction
 
   localparam logic [2:0] S_IDLE = 3'd0, S_SETUP = 3'd1, S_RUN = 3'd2, S_TAIL = 3'd3, S_DRAIN = 3'd4;
   logic [2:0] state;
@@ -90,7 +320,7 @@ module spikec_vecu #(
   logic [3:0] kind;
   logic [2:0] flags;
   logic [19:0] f_dst, f_src0, f_src1, f_src2, f_scl;
-  logic f_to_wgt;
+  logic f_to_wgt, f_bias;
   logic [11:0] f_n;
   logic [13:0] f_len, f_half, f_lenx;  // lenx: elements a step walks per row (len/2 for ROPE)
   logic [31:0] qmax, fqmax, flen;
@@ -102,24 +332,28 @@ module spikec_vecu #(
   logic i_ph;
   logic [13:0] i_j0;
   logic [31:0] row_off, hrow_off;
-  logic i_nph2, i_last_ph, i_last_chunk, i_last_pass, i_last_row;
+  logic i_nph2, i_last_ph, i_last_chunk, i_last_pass, i_last_row, issue;
 
-  // execute stage (registered from the issue stage)
-  logic e_valid, e_first_pass, e_first_step, e_last;
+  // execute stage (registered at issue)
+  logic e_busy, e_first_pass, e_first_step;
   logic [1:0] e_pass;
   logic e_ph;
   logic [13:0] e_j0;
   logic [LW-1:0] e_cnt;
   logic [19:0] e_waddr, e_waddr2, e_scl;
+  logic [7:0] e_up;  // step within the chunk
+  logic [7:0] e_pl, e_lastup;  // prologue steps, last step (set at issue)
+  logic e_last;
 
-  // row state
-  logic [31:0] red_max, rs_a, rs_b;
+  // unit registers: row scalars, reductions
+  logic [31:0] red_max, rs_a, rs_b, t_reg, s0q;
   logic [16*32-1:0] psum;
-  logic [L*32-1:0] opa0, opb0;  // phase-0 operands of two-phase steps
-  logic y2_valid;
-  logic [19:0] y2_addr;
-  logic [LW-1:0] y2_cnt;
-  logic [L*32-1:0] y2_data;
+
+  // write register
+  logic w_v;
+  logic [19:0] w_addr;
+  logic [LW-1:0] w_cnt;
+  logic [L*32-1:0] w_data;
 
   // ---------------------------------------------------------------- issue stage
   assign i_nph2 = (kind == K_ROPE) || (kind == K_LN && i_pass == 2'd2);
@@ -127,6 +361,7 @@ module spikec_vecu #(
   assign i_last_chunk = 32'(i_j0) + L >= 32'(f_lenx);
   assign i_last_pass = (i_pass == npass - 1'b1);
   assign i_last_row = (i_row == f_n - 1'b1);
+  assign issue = (state == S_RUN) && (!e_busy || e_last);
 
   always_comb begin
     va_rbase = 20'(32'(f_src0) + row_off + 32'(i_j0));
@@ -153,140 +388,325 @@ module spikec_vecu #(
     end
   end
 
-  // ---------------------------------------------------------------- execute stage
-  function automatic logic [31:0] lane(input logic [VEC_NB*32-1:0] v, input int l);
-    lane = v[l*32+:32];
+  // ---------------------------------------------------------------- step decode
+  // The micro-operation of each step is decoded a cycle ahead into registers (uop_q,
+  // psum_g, tot_idx), so decoding is not in front of the float32 operators.
+  logic [19:0] uop_q, uop_n;
+  logic [4:0] u_op, u_x, u_y;
+  logic u_neg;
+  logic [3:0] u_dst;
+  logic u_latch;  // step 0
+  logic [4:0] tot_idx;  // partial sum read by X_PSI: the prologue step + 1
+  logic [7:0] psum_g, psum_g_n;  // the PSUM step's lane group (lanes 16g .. 16g+15), for L > 16
+  logic [7:0] pl_n, lastup_n;  // of the chunk being issued
+  localparam logic [19:0] NOP = {O_NOP, X_A, X_A, 1'b0, D_NONE};
+
+  assign e_last = e_busy && (e_up == e_lastup);
+  assign u_latch = e_busy && (e_up == 8'd0);
+  assign {u_op, u_x, u_y, u_neg, u_dst} = uop_q;
+
+  always_comb begin
+    int s, bl;
+    pl_n = ((i_j0 == 0) && !i_ph) ? 8'(pro_len(kind, i_pass)) : 8'd0;
+    lastup_n = 8'(int'(pl_n) + body_len(kind, i_pass, i_ph, f_bias) - 1);
+    // next step of the chunk in execution
+    s = int'(e_up) + 1;
+    bl = body_len(kind, e_pass, e_ph, f_bias);
+    uop_n = NOP;
+    if (s <= int'(e_pl)) uop_n = pro_uop(kind, e_pass, s - 1);
+    else uop_n = body_uop(kind, e_pass, s - int'(e_pl), f_bias);
+    psum_g_n = (G > 1) ? 8'(s - int'(e_pl) - bl + G) : 8'd0;
+  end
+
+  // partial sum of lane 0 (j0 % 16; always 0 when L is a multiple of 16)
+  logic [3:0] pbase;
+  assign pbase = (L % 16 == 0) ? 4'd0 : e_j0[3:0];
+  logic psum_first;  // the pass's first PSUM step: partial sums start from +0
+  assign psum_first = e_first_pass && (psum_g == 8'd0);
+
+  // shared sources
+  logic [31:0] ps_i, ps0;
+  assign ps0 = psum[31:0];
+  assign ps_i = psum[tot_idx[3:0]*32+:32];
+
+  function automatic logic [31:0] shared_src(input logic [4:0] sel, input logic [31:0] t, input logic [31:0] p0,
+                                             input logic [31:0] pi, input logic [31:0] ra, input logic [31:0] rb,
+                                             input logic [31:0] mx, input logic [31:0] s0, input logic [31:0] fl,
+                                             input logic [31:0] fq);
+    case (sel)
+      X_T: shared_src = t;
+      X_PS0: shared_src = p0;
+      X_PSI: shared_src = pi;
+      X_ONE: shared_src = ONE;
+      X_TWO: shared_src = TWO;
+      X_HALF: shared_src = HALF;
+      X_GC0: shared_src = GELU_C0;
+      X_GC1: shared_src = GELU_C1;
+      X_LOG2E: shared_src = spikec_fp32::F32_EXP_LOG2E;
+      X_LN2HI: shared_src = spikec_fp32::F32_EXP_LN2_HI;
+      X_LN2LO: shared_src = spikec_fp32::F32_EXP_LN2_LO;
+      X_P0: shared_src = spikec_fp32::F32_EXP_P0;
+      X_P1: shared_src = spikec_fp32::F32_EXP_P1;
+      X_P2: shared_src = spikec_fp32::F32_EXP_P2;
+      X_P3: shared_src = spikec_fp32::F32_EXP_P3;
+      X_P4: shared_src = spikec_fp32::F32_EXP_P4;
+      X_P5: shared_src = spikec_fp32::F32_EXP_P5;
+      X_RSA: shared_src = ra;
+      X_RSB: shared_src = rb;
+      X_MAX: shared_src = mx;
+      X_S0: shared_src = s0;
+      X_FLEN: shared_src = fl;
+      X_FQMAX: shared_src = fq;
+      default: shared_src = 32'd0;
+    endcase
   endfunction
 
-  logic first_pass_val;
-  logic [31:0] tot, mean, rsq, enc_s, scal_a, scal_b, s0;
-  logic [L*32-1:0] y;  // lane results (float32, or codes for ENCODE)
-  logic [L*32-1:0] y2;
-  logic [16*32-1:0] psum_n;
-  logic [31:0] max_n;
-  logic lane_nan, lane_inf, f_bad_scale, fault_now, overlap_bad;
-  logic latch_a, latch_b;
+  logic [31:0] sh_x, sh_y;
+  assign sh_x = shared_src(u_x, t_reg, ps0, ps_i, rs_a, rs_b, red_max, s0q, flen, fqmax);
+  assign sh_y = shared_src(u_y, t_reg, ps0, ps_i, rs_a, rs_b, red_max, s0q, flen, fqmax);
 
-  assign s0 = s0_rdata[31:0];
-  // LAYERNORM keeps its mean (rs_a) through pass 2, whose derived value is rs_b
-  assign latch_b = e_first_pass && kind == K_LN && e_pass == 2'd2;
-  assign latch_a = e_first_pass && !latch_b;
+  // ---------------------------------------------------------------- lanes
+  logic [L*32-1:0] lane_res;   // each lane's result of this step
+  logic [L*32-1:0] lane_max;   // each lane's running max
+  logic [L-1:0] lane_nan, lane_inf, lane_act;
+  logic [31:0] sq_in;          // lane 0's x operand (square root input)
 
-  // values derived from the previous pass's reductions
-  always_comb begin
-    tot = psum[31:0];
-    for (int l = 1; l < 16; l++) tot = spikec_fp32::f32_add(tot, psum[l*32+:32]);
-    mean = spikec_fp32::f32_div(tot, flen);
-    rsq = spikec_fp32::f32_div(ONE, spikec_fp32::f32_sqrt(spikec_fp32::f32_add(mean, s0)));
-    enc_s = spikec_fp32::f32_div(red_max, fqmax);
-    if (!spikec_fp32::f32_gt(enc_s, 32'd0)) enc_s = ONE;  // all-zero row (or underflow)
-    case (kind)
-      K_ENC_DYN: scal_a = enc_s;
-      K_SMAX: scal_a = tot;
-      K_RMS: scal_a = rsq;
-      default: scal_a = mean;  // LAYERNORM pass 1: the mean
+  function automatic logic [31:0] lane_src(input logic [4:0] sel, input logic [31:0] a, input logic [31:0] b,
+                                           input logic [31:0] c, input logic [31:0] d, input logic [31:0] r0,
+                                           input logic [31:0] r1, input logic [31:0] r2, input logic [31:0] r3,
+                                           input logic [31:0] psl, input logic [31:0] sh);
+    case (sel)
+      X_A: lane_src = a;
+      X_B: lane_src = b;
+      X_C: lane_src = c;
+      X_D: lane_src = d;
+      X_R0: lane_src = r0;
+      X_R1: lane_src = r1;
+      X_R2: lane_src = r2;
+      X_R3: lane_src = r3;
+      X_PSL: lane_src = psl;
+      default: lane_src = sh;
     endcase
-    if (!e_first_pass) scal_a = rs_a;
-    scal_b = (e_first_pass && e_pass == 2'd2) ? rsq : rs_b;  // LAYERNORM pass 2: 1/sqrt(var + eps)
-  end
+  endfunction
 
-  always_comb begin
-    logic [31:0] a, b, xe, ex, dn, dd, dv, u, d, t1, sc, term;
-    logic [3:0] pi;
-    logic sum_pass, max_pass, act;
-    lane_nan = 1'b0;
-    lane_inf = 1'b0;
-    y = '0;
-    y2 = '0;
-    sum_pass = (kind == K_RMS && e_pass == 0) || (kind == K_LN && e_pass != 2) || (kind == K_SMAX && e_pass == 1);
-    max_pass = (kind == K_ENC_DYN || kind == K_SMAX) && e_pass == 0;
-    // a reduction starts from +0.0 (sums, max|x|) or -inf (softmax's max) in its pass
-    psum_n = (sum_pass && e_first_pass) ? '0 : psum;
-    max_n = (max_pass && e_first_pass) ? ((kind == K_SMAX) ? NEG_INF : 32'd0) : red_max;
-    for (int l = 0; l < L; l++) begin
-      d = '0;
-      sc = '0;
-      term = '0;
-      pi = '0;
-      act = e_valid && (LW'(l) < e_cnt);
-      a = lane(va_rdata, l);
-      b = lane(vb_rdata, l);
-      if (act && (kind == K_ENC_DYN || kind == K_ENC_STAT) && spikec_fp32::f32_is_nan(a)) lane_nan = 1'b1;
-      if (act && kind == K_ENC_DYN && !spikec_fp32::f32_is_finite(a)) lane_inf = 1'b1;
-      // shared exp and divide of the lane
-      u = spikec_fp32::f32_mul(GELU_C0, spikec_fp32::f32_add(a, spikec_fp32::f32_mul(GELU_C1,
-          spikec_fp32::f32_mul(spikec_fp32::f32_mul(a, a), a))));
-      case (kind)
-        K_SILU: xe = {~a[31], a[30:0]};
-        K_GELU: xe = spikec_fp32::f32_add(u, u);
-        default: xe = spikec_fp32::f32_sub(a, red_max);
-      endcase
-      ex = spikec_fp32::f32_exp(xe);
-      t1 = spikec_fp32::f32_add(ONE, ex);
-      case (kind)
-        K_SILU: begin dn = a; dd = t1; end
-        K_GELU: begin dn = TWO; dd = t1; end
-        K_SMAX: begin dn = ex; dd = scal_a; end
-        default: begin dn = a; dd = (kind == K_ENC_DYN) ? scal_a : s0; end  // ENCODE: x / s
-      endcase
-      dv = spikec_fp32::f32_div(dn, dd);
-      case (kind)
-        K_ENC_DYN, K_ENC_STAT: y[l*32+:32] = 32'(spikec_fp32::f32_rint_clamp(dv, qmax));
-        K_COPY: y[l*32+:32] = a;
-        K_ADD, K_ADDROW: y[l*32+:32] = spikec_fp32::f32_add(a, b);
-        K_MUL, K_MULROW: y[l*32+:32] = spikec_fp32::f32_mul(a, b);
-        K_SCALE: y[l*32+:32] = spikec_fp32::f32_mul(a, s0);
-        K_DEQ: begin
-          sc = spikec_fp32::f32_mul(spikec_fp32::f32_mul(spikec_fp32::f32_from_i32(acc_rdata[l*32+:32]), s0),
-                                    s1_rdata[l*32+:32]);
-          if ((flags & 3'(spikec_isa_pkg::VEC_FLAG_BIAS)) != 0) sc = spikec_fp32::f32_add(sc, s2_rdata[l*32+:32]);
-          y[l*32+:32] = sc;
+  genvar gl;
+  generate
+    for (gl = 0; gl < L; gl++) begin : g_lane
+      logic [31:0] ra, rb, rc, rd, r0, r1, r2, r3, lmax;
+      logic [31:0] x, y, yn, psl;
+      logic [31:0] o_add, o_mul, o_rint, o_clamp, o_ldexp, o_fromi, o_quant, res;
+      logic [3:0] pidx;
+      logic act;
+      // iterative divider state
+      logic dv_s, dv_spec;
+      logic [31:0] dv_specv;
+      logic signed [11:0] dv_e;
+      logic [24:0] dv_r, dv_mb;
+      logic [27:0] dv_q;
+      logic [31:0] o_div;
+
+      assign act = LW'(gl) < e_cnt;
+      assign lane_act[gl] = act;
+      assign pidx = 4'(pbase + 4'(gl % 16));
+      assign psl = psum_first ? 32'd0 : psum[pidx*32+:32];
+      assign x = lane_src(u_x, ra, rb, rc, rd, r0, r1, r2, r3, psl, sh_x);
+      assign y = lane_src(u_y, ra, rb, rc, rd, r0, r1, r2, r3, psl, sh_y);
+      assign yn = u_neg ? {~y[31], y[30:0]} : y;
+
+      // one call per operator, selected afterwards
+      assign o_add = spikec_fp32::f32_add(x, yn);
+      assign o_mul = spikec_fp32::f32_mul(x, y);
+      assign o_rint = spikec_fp32::f32_rint(x);
+      assign o_clamp = spikec_fp32::f32_gt(spikec_fp32::F32_EXP_LO, yn) ? spikec_fp32::F32_EXP_LO :
+                       (spikec_fp32::f32_gt(yn, spikec_fp32::F32_EXP_HI) ? spikec_fp32::F32_EXP_HI : yn);
+      assign o_ldexp = spikec_fp32::f32_ldexp(x, spikec_fp32::f32_to_i32_exact(y));
+      assign o_fromi = spikec_fp32::f32_from_i32(x);
+      assign o_quant = 32'(spikec_fp32::f32_rint_clamp(x, qmax));
+
+      // divider: the last step rounds and packs
+      always_comb begin
+        logic [26:0] m;
+        logic signed [11:0] e;
+        logic sticky;
+        sticky = dv_r != 25'd0;
+        e = dv_e;
+        m = {dv_q[26:1], dv_q[0] | sticky};
+        if (dv_q[27]) begin
+          m = {dv_q[27:2], dv_q[1] | dv_q[0] | sticky};
+          e = e + 12'sd1;
         end
-        K_RMS: y[l*32+:32] = spikec_fp32::f32_mul(spikec_fp32::f32_mul(a, scal_a), b);
-        K_LN: begin
-          // pass 2, phase 1: x and gamma from phase 0, beta now
-          d = spikec_fp32::f32_sub(opa0[l*32+:32], rs_a);
-          y[l*32+:32] = spikec_fp32::f32_add(spikec_fp32::f32_mul(spikec_fp32::f32_mul(d, scal_b), opb0[l*32+:32]), a);
-        end
-        K_SMAX: y[l*32+:32] = dv;
-        K_SILU: y[l*32+:32] = dv;
-        K_GELU: y[l*32+:32] = spikec_fp32::f32_mul(spikec_fp32::f32_mul(HALF, a),
-                                                   spikec_fp32::f32_add(ONE, spikec_fp32::f32_sub(ONE, dv)));
-        K_ROPE: begin
-          // phase 1: a = cos, b = sin; x1, x2 from phase 0
-          y[l*32+:32] = spikec_fp32::f32_sub(spikec_fp32::f32_mul(opa0[l*32+:32], a), spikec_fp32::f32_mul(opb0[l*32+:32], b));
-          y2[l*32+:32] = spikec_fp32::f32_add(spikec_fp32::f32_mul(opb0[l*32+:32], a), spikec_fp32::f32_mul(opa0[l*32+:32], b));
-        end
-        default: ;
-      endcase
-      // reductions
-      if (act && sum_pass) begin
-        if (kind == K_RMS) term = spikec_fp32::f32_mul(a, a);
-        else if (kind == K_SMAX) term = ex;
-        else if (e_pass == 0) term = a;  // LAYERNORM: sum x
-        else begin
-          d = spikec_fp32::f32_sub(a, scal_a);  // LAYERNORM: sum (x - mu)^2
-          term = spikec_fp32::f32_mul(d, d);
-        end
-        pi = 4'(32'(e_j0) + 32'(l));
-        psum_n[pi*32+:32] = spikec_fp32::f32_add(psum_n[pi*32+:32], term);
+        o_div = dv_spec ? dv_specv : spikec_fp32::f32_pack(dv_s, e, m);
       end
-      if (act && max_pass) max_n = spikec_fp32::f32_max(max_n, (kind == K_ENC_DYN) ? spikec_fp32::f32_abs(a) : a);
+
+      always_comb begin
+        case (u_op)
+          O_ADD, O_PSUM: res = o_add;
+          O_MUL: res = o_mul;
+          O_RINT: res = o_rint;
+          O_CLAMP: res = o_clamp;
+          O_LDEXP: res = o_ldexp;
+          O_FROMI: res = o_fromi;
+          O_QUANT: res = o_quant;
+          O_DIVF: res = o_div;
+          default: res = x;  // MOV
+        endcase
+      end
+      assign lane_res[gl*32+:32] = res;
+      assign lane_max[gl*32+:32] = lmax;
+      if (gl == 0) begin : g_sq
+        assign sq_in = x;
+      end
+
+      // operand checks of ENCODE (step 0, read data)
+      logic [31:0] va_l;
+      assign va_l = va_rdata[gl*32+:32];
+      assign lane_nan[gl] = act && spikec_fp32::f32_is_nan(va_l);
+      assign lane_inf[gl] = act && !spikec_fp32::f32_is_finite(va_l);
+
+      always_ff @(posedge clk) begin
+        if (u_latch) begin
+          if (kind == K_DEQ) begin
+            ra <= acc_rdata[gl*32+:32];
+            rb <= s1_rdata[gl*32+:32];
+            rc <= s2_rdata[gl*32+:32];
+          end else if ((kind == K_ROPE || (kind == K_LN && e_pass == 2'd2)) && !e_ph) begin
+            rc <= va_rdata[gl*32+:32];
+            rd <= vb_rdata[gl*32+:32];
+          end else begin
+            ra <= va_rdata[gl*32+:32];
+            rb <= vb_rdata[gl*32+:32];
+          end
+        end
+        case (u_dst)
+          D_R0: r0 <= res;
+          D_R1: r1 <= res;
+          D_R2: r2 <= res;
+          D_R3: r3 <= res;
+          default: ;
+        endcase
+        if (u_op == O_MAX) begin
+          logic [31:0] init, v;
+          init = (kind == K_SMAX) ? NEG_INF : 32'd0;
+          v = (kind == K_ENC_DYN) ? spikec_fp32::f32_abs(x) : x;
+          if (e_first_pass) lmax <= act ? spikec_fp32::f32_max(init, v) : init;
+          else if (act) lmax <= spikec_fp32::f32_max(lmax, v);
+        end
+        // divider
+        if (u_op == O_DIVI) begin
+          logic [35:0] ua, ub;
+          ua = spikec_fp32::f32_unpack(x);
+          ub = spikec_fp32::f32_unpack(y);
+          dv_s <= x[31] ^ y[31];
+          dv_e <= $signed(ua[35:24]) - $signed(ub[35:24]) + 12'sd126;
+          dv_r <= {1'b0, ua[23:0]};
+          dv_mb <= {1'b0, ub[23:0]};
+          dv_q <= 28'd0;
+          dv_spec <= 1'b1;
+          if (spikec_fp32::f32_is_nan(x) || spikec_fp32::f32_is_nan(y)) dv_specv <= spikec_fp32::F32_QNAN;
+          else if ((spikec_fp32::f32_is_inf(x) && spikec_fp32::f32_is_inf(y)) ||
+                   (spikec_fp32::f32_is_zero(x) && spikec_fp32::f32_is_zero(y)))
+            dv_specv <= spikec_fp32::F32_QNAN;
+          else if (spikec_fp32::f32_is_inf(x) || spikec_fp32::f32_is_zero(y)) dv_specv <= {x[31] ^ y[31], 8'hff, 23'd0};
+          else if (spikec_fp32::f32_is_zero(x) || spikec_fp32::f32_is_inf(y)) dv_specv <= {x[31] ^ y[31], 31'd0};
+          else dv_spec <= 1'b0;
+        end
+        if (u_op == O_DIVS) begin
+          logic [24:0] r;
+          logic [25:0] diff;
+          logic [27:0] q;
+          r = dv_r;
+          q = dv_q;
+          for (int i = 0; i < DIV_BITS; i++) begin
+            diff = {1'b0, r} - {1'b0, dv_mb};  // borrow: r < mb
+            q = {q[26:0], !diff[25]};
+            if (!diff[25]) r = diff[24:0];
+            r = {r[23:0], 1'b0};
+          end
+          dv_r <= r;
+          dv_q <= q;
+        end
+      end
+    end
+  endgenerate
+
+  // ---------------------------------------------------------------- square root (unit)
+  logic sq_spec;
+  logic [31:0] sq_specv;
+  logic signed [11:0] sq_e;
+  logic [53:0] sq_rad;
+  logic [29:0] sq_rem;
+  logic [26:0] sq_root;
+  logic [31:0] o_sqrt;
+  assign o_sqrt = sq_spec ? sq_specv : spikec_fp32::f32_pack(1'b0, sq_e, {sq_root[26:1], sq_root[0] | (sq_rem != 30'd0)});
+
+  always_ff @(posedge clk) begin
+    if (u_op == O_SQI) begin
+      logic [35:0] ux;
+      logic signed [11:0] ue;
+      ux = spikec_fp32::f32_unpack(sq_in);
+      ue = $signed(ux[35:24]) - 12'sd127;
+      sq_rad <= {ue[0] ? {ux[23:0], 1'b0} : {1'b0, ux[23:0]}, 29'd0};
+      sq_rem <= 30'd0;
+      sq_root <= 27'd0;
+      sq_e <= (ue >>> 1) + 12'sd127;
+      sq_spec <= 1'b1;
+      if (spikec_fp32::f32_is_nan(sq_in)) sq_specv <= spikec_fp32::F32_QNAN;
+      else if (spikec_fp32::f32_is_zero(sq_in)) sq_specv <= sq_in;
+      else if (sq_in[31]) sq_specv <= spikec_fp32::F32_QNAN;
+      else if (spikec_fp32::f32_is_inf(sq_in)) sq_specv <= sq_in;
+      else sq_spec <= 1'b0;
+    end
+    if (u_op == O_SQS) begin
+      logic [53:0] rad;
+      logic [29:0] rem, trial;
+      logic [30:0] diff;
+      logic [26:0] root;
+      rad = sq_rad;
+      rem = sq_rem;
+      root = sq_root;
+      for (int i = 0; i < SQ_BITS; i++) begin
+        rem = {rem[27:0], rad[53:52]};
+        rad = {rad[51:0], 2'b00};
+        trial = {1'b0, root, 2'b01};
+        diff = {1'b0, rem} - {1'b0, trial};
+        if (!diff[30]) rem = diff[29:0];
+        root = {root[25:0], !diff[30]};
+      end
+      sq_rad <= rad;
+      sq_rem <= rem;
+      sq_root <= root;
     end
   end
-  // GELU's th = 1 - 2 / (exp(u + u) + 1): y above uses f32_sub(ONE, dv) as th.
 
-  assign f_bad_scale = (kind == K_ENC_STAT) && !(spikec_fp32::f32_is_finite(s0) && spikec_fp32::f32_gt(s0, 32'd0));
+  // ---------------------------------------------------------------- unit results
+  // max of the lanes' maxima (a tree), lane 0's result for the row scalars
+  function automatic logic [31:0] max_tree(input logic [L*32-1:0] v);
+    logic [L*32-1:0] t;
+    t = v;
+    for (int s = 1; s < L; s = s * 2)
+      for (int i = 0; i + s < L; i = i + 2 * s) t[i*32+:32] = spikec_fp32::f32_max(t[i*32+:32], t[(i+s)*32+:32]);
+    max_tree = t[31:0];
+  endfunction
+
+  logic [31:0] res0, unit_res;
+  assign res0 = lane_res[31:0];
+  assign unit_res = (u_op == O_SQF) ? o_sqrt : res0;
+
+  logic lane_nan_any, lane_inf_any, f_bad_scale, fault_now, overlap_bad;
+  assign lane_nan_any = |lane_nan;
+  assign lane_inf_any = |lane_inf;
+  assign f_bad_scale = (kind == K_ENC_STAT) &&
+      !(spikec_fp32::f32_is_finite(s0_rdata[31:0]) && spikec_fp32::f32_gt(s0_rdata[31:0], 32'd0));
   always_comb begin
     fault_now = 1'b0;
     fault_code = '0;
-    if (e_valid && e_first_step && f_bad_scale) begin
+    if (u_latch && e_first_step && f_bad_scale) begin
       fault_now = 1'b1;
       fault_code = FAULT_SCALE;
-    end else if (e_valid && lane_nan) begin
+    end else if (u_latch && (kind == K_ENC_DYN || kind == K_ENC_STAT) && lane_nan_any) begin
       fault_now = 1'b1;
       fault_code = FAULT_NAN;
-    end else if (e_valid && lane_inf) begin
+    end else if (u_latch && kind == K_ENC_DYN && lane_inf_any) begin
       fault_now = 1'b1;
       fault_code = FAULT_INF;
     end
@@ -297,46 +717,56 @@ module spikec_vecu #(
   end
   assign fault = fault_now;
 
-  // which execute cycles write: the last pass of a row, phase 1 of two-phase steps
-  logic e_writes;
-  assign e_writes = e_valid && (e_pass == npass - 1'b1) && (!((kind == K_ROPE) || (kind == K_LN)) || e_ph) && !fault_now;
-
-  always_comb begin
-    v_we = 1'b0;
-    v_wbase = e_waddr;
-    v_wcnt = VCW'(e_cnt);
-    v_wdata = '0;
-    i_we = 1'b0;
-    i_wbase = e_waddr;
-    i_wcnt = ICW'(e_cnt);
-    i_wdata = '0;
-    g_we = 1'b0;
-    g_wbase = e_waddr;
-    g_wcnt = GCW'(e_cnt);
-    g_wdata = '0;
-    for (int l = 0; l < L; l++) begin
-      v_wdata[l*32+:32] = y[l*32+:32];
-      i_wdata[l*16+:16] = y[l*32+:16];
-      g_wdata[l*8+:8] = y[l*32+:8];
+  always_ff @(posedge clk) begin
+    if (u_latch) s0q <= s0_rdata[31:0];
+    case (u_dst)
+      D_T: t_reg <= unit_res;
+      D_RSA: rs_a <= unit_res;
+      D_RSB: rs_b <= unit_res;
+      D_ENCS: rs_a <= spikec_fp32::f32_gt(res0, 32'd0) ? res0 : ONE;  // all-zero row (or underflow): 1
+      default: ;
+    endcase
+    if (u_op == O_MAXT) red_max <= max_tree(lane_max);
+    if (u_op == O_PSUM) begin
+      if (psum_first) psum <= '0;
+      for (int l = 0; l < L; l++) begin
+        if (lane_act[l] && (l / 16) == int'(psum_g)) psum[4'(pbase + 4'(l % 16))*32+:32] <= lane_res[l*32+:32];
+      end
     end
-    if (kind == K_ENC_DYN || kind == K_ENC_STAT) begin
-      i_we = e_writes && !f_to_wgt;
-      g_we = e_writes && f_to_wgt;
-    end else begin
-      v_we = e_writes;
-    end
-    if (y2_valid) begin  // ROPE's second half, one cycle after the first
-      v_we = 1'b1;
-      v_wbase = y2_addr;
-      v_wcnt = VCW'(y2_cnt);
-      for (int l = 0; l < L; l++) v_wdata[l*32+:32] = y2_data[l*32+:32];
-    end
-    s_we = e_valid && kind == K_ENC_DYN && e_pass == 2'd1 && e_first_pass && !fault_now;
-    s_wbase = e_scl;
-    s_wdata = scal_a;
   end
 
-  assign done = ((state == S_TAIL) && (kind != K_ROPE) && !fault_now) || (state == S_DRAIN);
+  // ---------------------------------------------------------------- writes
+  always_comb begin
+    v_we = 1'b0;
+    v_wbase = w_addr;
+    v_wcnt = VCW'(w_cnt);
+    v_wdata = '0;
+    i_we = 1'b0;
+    i_wbase = w_addr;
+    i_wcnt = ICW'(w_cnt);
+    i_wdata = '0;
+    g_we = 1'b0;
+    g_wbase = w_addr;
+    g_wcnt = GCW'(w_cnt);
+    g_wdata = '0;
+    for (int l = 0; l < L; l++) begin
+      v_wdata[l*32+:32] = w_data[l*32+:32];
+      i_wdata[l*16+:16] = w_data[l*32+:16];
+      g_wdata[l*8+:8] = w_data[l*32+:8];
+    end
+    if (kind == K_ENC_DYN || kind == K_ENC_STAT) begin
+      i_we = w_v && !f_to_wgt;
+      g_we = w_v && f_to_wgt;
+    end else begin
+      v_we = w_v;
+    end
+    // ENCODE's dynamic scale, the step after the prologue computed it
+    s_we = e_busy && kind == K_ENC_DYN && e_pass == 2'd1 && e_first_pass && e_up == e_pl + 8'd1;
+    s_wbase = e_scl;
+    s_wdata = rs_a;
+  end
+
+  assign done = (state == S_DRAIN);
 
   // ---------------------------------------------------------------- overlap check
   // dst [n, len] against each VEC source: disjoint, or (for [n, len] operands read
@@ -376,63 +806,67 @@ module spikec_vecu #(
   always_ff @(posedge clk) begin
     if (rst) begin
       state <= S_IDLE;
-      e_valid <= 1'b0;
-      y2_valid <= 1'b0;
+      e_busy <= 1'b0;
+      w_v <= 1'b0;
+      uop_q <= NOP;
     end else begin
-      // execute stage: reductions, row scalars, phase-0 operands, ROPE's second half
-      if (e_valid) begin
-        psum <= psum_n;
-        red_max <= max_n;
-        if (latch_a) rs_a <= scal_a;
-        if (latch_b) rs_b <= scal_b;
-        if (!e_ph) begin
-          opa0 <= va_rdata[L*32-1:0];
-          opb0 <= vb_rdata[L*32-1:0];
-        end
-      end
-      y2_valid <= e_writes && kind == K_ROPE;
-      y2_addr <= e_waddr2;
-      y2_cnt <= e_cnt;
-      y2_data <= y2;
+      // write register
+      w_v <= (u_dst == D_W || u_dst == D_W2) && !fault_now;
+      w_addr <= (u_dst == D_W2) ? e_waddr2 : e_waddr;
+      w_cnt <= e_cnt;
+      w_data <= lane_res;
+
+      // execute stage: step counter, the next step's micro-operation
+      if (issue) begin
+        e_busy <= 1'b1;
+        e_up <= 8'd0;
+        e_pl <= pl_n;
+        e_lastup <= lastup_n;
+      end else if (e_last) e_busy <= 1'b0;
+      else if (e_busy) e_up <= e_up + 8'd1;
+      uop_q <= (e_busy && !e_last && !issue) ? uop_n : NOP;
+      psum_g <= psum_g_n;
+      tot_idx <= 5'(e_up + 8'd1);
 
       // issue stage
-      e_valid <= (state == S_RUN);
-      e_pass <= i_pass;
-      e_ph <= i_ph;
-      e_j0 <= i_j0;
-      e_first_pass <= (i_j0 == 0) && !i_ph;
-      e_first_step <= (i_row == 0) && (i_pass == 0) && (i_j0 == 0) && !i_ph;
-      e_cnt <= (32'(f_lenx) - 32'(i_j0) < L) ? LW'(f_lenx - i_j0) : LW'(L);
-      e_waddr <= 20'(32'(f_dst) + row_off + 32'(i_j0));
-      e_waddr2 <= 20'(32'(f_dst) + row_off + 32'(f_half) + 32'(i_j0));
-      e_scl <= 20'(32'(f_scl) + 32'(i_row));
+      if (issue) begin
+        e_pass <= i_pass;
+        e_ph <= i_ph;
+        e_j0 <= i_j0;
+        e_first_pass <= (i_j0 == 0) && !i_ph;
+        e_first_step <= (i_row == 0) && (i_pass == 0) && (i_j0 == 0) && !i_ph;
+        e_cnt <= (32'(f_lenx) - 32'(i_j0) < L) ? LW'(f_lenx - i_j0) : LW'(L);
+        e_waddr <= 20'(32'(f_dst) + row_off + 32'(i_j0));
+        e_waddr2 <= 20'(32'(f_dst) + row_off + 32'(f_half) + 32'(i_j0));
+        e_scl <= 20'(32'(f_scl) + 32'(i_row));
+        if (i_last_ph) begin
+          i_ph <= 1'b0;
+          if (i_last_chunk) begin
+            i_j0 <= '0;
+            if (i_last_pass) begin
+              i_pass <= '0;
+              i_row <= i_row + 1'b1;
+              row_off <= row_off + 32'(f_len);
+              hrow_off <= hrow_off + 32'(f_half);
+              if (i_last_row) state <= S_TAIL;
+            end else i_pass <= i_pass + 1'b1;
+          end else i_j0 <= i_j0 + 14'(L);
+        end else i_ph <= 1'b1;
+      end
       case (state)
         S_SETUP: begin
           if (setup_cnt <= 1) state <= S_RUN;
           setup_cnt <= setup_cnt - 1;
         end
-        S_RUN: begin
-          if (i_last_ph) begin
-            i_ph <= 1'b0;
-            if (i_last_chunk) begin
-              i_j0 <= '0;
-              if (i_last_pass) begin
-                i_pass <= '0;
-                i_row <= i_row + 1'b1;
-                row_off <= row_off + 32'(f_len);
-                hrow_off <= hrow_off + 32'(f_half);
-                if (i_last_row) state <= S_TAIL;
-              end else i_pass <= i_pass + 1'b1;
-            end else i_j0 <= i_j0 + 14'(L);
-          end else i_ph <= 1'b1;
-        end
-        S_TAIL: state <= (kind == K_ROPE) ? S_DRAIN : S_IDLE;
+        S_TAIL: if (e_last) state <= S_DRAIN;
         S_DRAIN: state <= S_IDLE;
         default: ;
       endcase
       if (fault_now) begin
         state <= S_IDLE;
-        e_valid <= 1'b0;
+        e_busy <= 1'b0;
+        w_v <= 1'b0;
+        uop_q <= NOP;
       end
 
       if (start) begin : decode
@@ -445,6 +879,7 @@ module spikec_vecu #(
         t = ins[spikec_isa_pkg::ENCODE_T_LSB+:4];
         len = enc ? ins[spikec_isa_pkg::ENCODE_LEN_LSB+:14] : ins[spikec_isa_pkg::VEC_LEN_LSB+:14];
         flags <= ins[spikec_isa_pkg::VEC_FLAGS_LSB+:3];
+        f_bias <= !enc && (ins[spikec_isa_pkg::VEC_FLAGS_LSB+:3] & 3'(spikec_isa_pkg::VEC_FLAG_BIAS)) != 0;
         f_len <= len;
         f_half <= len >> 1;
         f_lenx <= (!enc && func == 5'(spikec_isa_pkg::VEC_FUNC_ROPE)) ? (len >> 1) : len;
@@ -492,11 +927,10 @@ module spikec_vecu #(
         i_j0 <= '0;
         row_off <= '0;
         hrow_off <= '0;
-        e_valid <= 1'b0;
-        y2_valid <= 1'b0;
-        // the pipeline's last cycle (and ROPE's second write) come out of the setup time;
-        // at least one setup cycle remains for the overlap check
-        setup_cnt <= (!enc && func == 5'(spikec_isa_pkg::VEC_FUNC_ROPE)) ? ((SETUP > 3) ? SETUP - 2 : 1) : ((SETUP > 2) ? SETUP - 1 : 1);
+        e_busy <= 1'b0;
+        // the first issue cycle and the last write come out of the setup time; at least
+        // one setup cycle remains for the overlap check
+        setup_cnt <= (SETUP > 3) ? SETUP - 2 : 1;
         state <= S_SETUP;
       end
     end

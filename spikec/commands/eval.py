@@ -1,4 +1,4 @@
-"""`spikec eval`: exact-match accuracy on an evaluation folder."""
+"""`spikec eval`: exact match, ANLS and VQA accuracy on an evaluation folder, overall and per question type."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import click
 @click.option("--max-new-tokens", type=click.IntRange(1, 256), default=8, show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the result (with predictions) as JSON.")
 def eval_command(model, data_dir, target, mode, limit, max_new_tokens, json_path):
-    """Accuracy of MODEL (checkpoint folder, export folder or .sbin) on --data."""
+    """Exact match, ANLS and VQA accuracy of MODEL (checkpoint folder, export folder or .sbin) on --data, per type."""
     from spikec import atomic
     from spikec import progress as P
     from spikec.evaluate import evaluate
@@ -30,8 +30,12 @@ def eval_command(model, data_dir, target, mode, limit, max_new_tokens, json_path
 
     r = evaluate(model, data_dir, target=target, mode=mode, limit=limit, max_new_tokens=max_new_tokens, progress=progress)
     click.echo(f"{r.model}: {r.correct}/{r.total} = {100 * r.accuracy:.2f}% exact match ({r.seconds:.1f} s)")
+    m = r.metrics()
+    click.echo(f"  {'type':<10} {'items':>11} {'exact':>8} {'ANLS':>8} {'VQA acc':>8}")
     for t, (c, n) in sorted(r.by_type.items()):
-        click.echo(f"  {t:<10} {c}/{n} = {100 * c / n:.2f}%")
+        mt = r.metrics(t)
+        click.echo(f"  {t:<10} {c:>5}/{n:<5} {100 * c / n:>7.2f}% {100 * mt['anls']:>7.2f}% {100 * mt['vqa_accuracy']:>7.2f}%")
+    click.echo(f"  {'all':<10} {r.correct:>5}/{r.total:<5} {100 * r.accuracy:>7.2f}% {100 * m['anls']:>7.2f}% {100 * m['vqa_accuracy']:>7.2f}%")
     if json_path is not None:
         data = r.to_dict()
         data["predictions"] = r.predictions

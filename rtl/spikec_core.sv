@@ -48,17 +48,17 @@ module spikec_core #(
     input  logic              clk,
     input  logic              rst,
     // instruction memory, one-cycle read latency: imem_data = word at last cycle's imem_addr
-    output logic [15:0]       imem_addr,
-    input  logic [127:0]      imem_data,
+    output logic [spikec_isa_pkg::PC_W-1:0] imem_addr,
+    input  logic [spikec_isa_pkg::WORD_BITS-1:0] imem_data,
     // DRAM read port: request a beat (rd_bytes <= BEAT from rd_addr); responses in order
     output logic              dram_rd_req,
-    output logic [31:0]       dram_rd_addr,
+    output logic [spikec_isa_pkg::DRAM_ADDR_BITS-1:0] dram_rd_addr,
     output logic [NBW-1:0]    dram_rd_bytes,
     input  logic              dram_rd_valid,
     input  logic [BEAT*8-1:0] dram_rd_data,
     // DRAM write port: a beat of wr_bytes from wr_addr; one acknowledgement per write
     output logic              dram_wr_req,
-    output logic [31:0]       dram_wr_addr,
+    output logic [spikec_isa_pkg::DRAM_ADDR_BITS-1:0] dram_wr_addr,
     output logic [NBW-1:0]    dram_wr_bytes,
     output logic [BEAT*8-1:0] dram_wr_data,
     input  logic              dram_wr_ack,
@@ -66,8 +66,8 @@ module spikec_core #(
     output logic              finished,
     output logic              fault,
     output logic [3:0]        fault_code,
-    output logic [15:0]       fault_index,
-    output logic [2:0]        fault_opcode,
+    output logic [spikec_isa_pkg::PC_W-1:0] fault_index,
+    output logic [spikec_isa_pkg::HDR_OPCODE_W-1:0] fault_opcode,
     // counters, 64 bits each: cycles, busy_load, busy_compute, busy_store, instructions,
     // dram_read_bytes, dram_write_bytes, spikes, spike_vectors, skipped_vectors, vec_elements
     output logic [NCNT*64-1:0] counters
@@ -76,7 +76,11 @@ module spikec_core #(
   localparam int VEC_AW = $clog2(VEC_ELEMS), SCL_AW = $clog2(SCL_ELEMS);
   localparam int INP_CW = $clog2(INP_BANKS) + 1, WGT_CW = $clog2(WGT_BANKS) + 1, ACC_CW = $clog2(ACC_BANKS) + 1;
   localparam int VEC_CW = $clog2(VEC_BANKS) + 1, SCL_CW = $clog2(SCL_BANKS) + 1;
-  localparam int QW = 144;  // command queue entry: instruction index (16) and word (128)
+  // field widths (isa/fields.py, through the generated package)
+  localparam int PCW = spikec_isa_pkg::PC_W, WB = spikec_isa_pkg::WORD_BITS;
+  localparam int OPW = spikec_isa_pkg::HDR_OPCODE_W, AW = spikec_isa_pkg::BUF_ADDR_W;
+  localparam int LBUFW = spikec_isa_pkg::LOAD_BUF_W, SBUFW = spikec_isa_pkg::STORE_BUF_W;
+  localparam int QW = PCW + WB;  // command queue entry: {instruction index, word}
   localparam int CQW = $clog2(CMD_QUEUE_DEPTH + 1);
   localparam int TQW = $clog2(TOKEN_QUEUE_DEPTH + 1);
   localparam logic [3:0] FAULT_ILLEGAL = 4'd1;
@@ -85,23 +89,23 @@ module spikec_core #(
   assign halted = finished || fault;
 
   // ---------------------------------------------------------------- fetch
-  logic [15:0] pc;
+  logic [PCW-1:0] pc;
   logic have, fetch_done, dispatch, illegal;
-  logic [2:0] fop;
+  logic [OPW-1:0] fop;
   logic to_load, to_store, to_compute;
   logic [CQW-1:0] lq_count, cq_count, sq_count;
   logic [QW-1:0] lq_head, cq_head, sq_head;
   logic lq_pop, cq_pop, sq_pop;
 
-  assign fop = imem_data[2:0];
-  assign to_load = fop == 3'(spikec_isa_pkg::OP_LOAD);
-  assign to_store = fop == 3'(spikec_isa_pkg::OP_STORE);
-  assign to_compute = !to_load && !to_store && fop <= 3'(spikec_isa_pkg::OP_FINISH);
+  assign fop = imem_data[spikec_isa_pkg::HDR_OPCODE_LSB+:spikec_isa_pkg::HDR_OPCODE_W];
+  assign to_load = fop == OPW'(spikec_isa_pkg::OP_LOAD);
+  assign to_store = fop == OPW'(spikec_isa_pkg::OP_STORE);
+  assign to_compute = !to_load && !to_store && fop <= OPW'(spikec_isa_pkg::OP_FINISH);
   assign illegal = have && !fetch_done && !halted && !(to_load || to_store || to_compute);
   assign dispatch = have && !fetch_done && !halted &&
       ((to_load && lq_count < CQW'(CMD_QUEUE_DEPTH)) || (to_store && sq_count < CQW'(CMD_QUEUE_DEPTH)) ||
        (to_compute && cq_count < CQW'(CMD_QUEUE_DEPTH)));
-  assign imem_addr = dispatch ? pc + 16'd1 : pc;
+  assign imem_addr = dispatch ? pc + PCW'(1) : pc;
 
   always_ff @(posedge clk) begin
     if (rst) begin
@@ -111,8 +115,8 @@ module spikec_core #(
     end else begin
       have <= 1'b1;
       if (dispatch) begin
-        pc <= pc + 16'd1;
-        if (fop == 3'(spikec_isa_pkg::OP_FINISH)) fetch_done <= 1'b1;
+        pc <= pc + PCW'(1);
+        if (fop == OPW'(spikec_isa_pkg::OP_FINISH)) fetch_done <= 1'b1;
       end
     end
   end
@@ -136,14 +140,12 @@ module spikec_core #(
   logic [QW-1:0] l_cur, c_cur, s_cur;
   logic l_done, c_done, s_done, l_start, c_start, s_start;
 
-  localparam int PP = spikec_isa_pkg::HDR_POP_PREV_LSB, PN = spikec_isa_pkg::HDR_POP_NEXT_LSB;
-  localparam int UP = spikec_isa_pkg::HDR_PUSH_PREV_LSB, UN = spikec_isa_pkg::HDR_PUSH_NEXT_LSB;
 
   // pushes happen in the last cycle of the instruction that pushes
-  assign push_l2c = l_done && l_cur[UN];
-  assign push_c2l = c_done && c_cur[UP];
-  assign push_c2s = c_done && c_cur[UN];
-  assign push_s2c = s_done && s_cur[UP];
+  assign push_l2c = l_done && l_cur[spikec_isa_pkg::HDR_PUSH_NEXT_LSB];
+  assign push_c2l = c_done && c_cur[spikec_isa_pkg::HDR_PUSH_PREV_LSB];
+  assign push_c2s = c_done && c_cur[spikec_isa_pkg::HDR_PUSH_NEXT_LSB];
+  assign push_s2c = s_done && s_cur[spikec_isa_pkg::HDR_PUSH_PREV_LSB];
 
   // a queue has room for a push at the end of the new instruction if it has room now,
   // counting the push of the module's finishing instruction (only this module pushes it)
@@ -152,20 +154,24 @@ module spikec_core #(
   endfunction
 
   assign l_start = (lq_count != 0) && (!l_active || l_done) && !halted &&
-      (!lq_head[PN] || tq_c2l != 0 || push_c2l) && (!lq_head[UN] || room(tq_l2c, push_l2c));
+      (!lq_head[spikec_isa_pkg::HDR_POP_NEXT_LSB] || tq_c2l != 0 || push_c2l) &&
+      (!lq_head[spikec_isa_pkg::HDR_PUSH_NEXT_LSB] || room(tq_l2c, push_l2c));
   assign c_start = (cq_count != 0) && (!c_active || c_done) && !halted && !fault_now &&
-      (!cq_head[PP] || tq_l2c != 0 || push_l2c) && (!cq_head[PN] || tq_s2c != 0 || push_s2c) &&
-      (!cq_head[UP] || room(tq_c2l, push_c2l)) && (!cq_head[UN] || room(tq_c2s, push_c2s));
+      (!cq_head[spikec_isa_pkg::HDR_POP_PREV_LSB] || tq_l2c != 0 || push_l2c) &&
+      (!cq_head[spikec_isa_pkg::HDR_POP_NEXT_LSB] || tq_s2c != 0 || push_s2c) &&
+      (!cq_head[spikec_isa_pkg::HDR_PUSH_PREV_LSB] || room(tq_c2l, push_c2l)) &&
+      (!cq_head[spikec_isa_pkg::HDR_PUSH_NEXT_LSB] || room(tq_c2s, push_c2s));
   assign s_start = (sq_count != 0) && (!s_active || s_done) && !halted &&
-      (!sq_head[PP] || tq_c2s != 0 || push_c2s) && (!sq_head[UP] || room(tq_s2c, push_s2c));
+      (!sq_head[spikec_isa_pkg::HDR_POP_PREV_LSB] || tq_c2s != 0 || push_c2s) &&
+      (!sq_head[spikec_isa_pkg::HDR_PUSH_PREV_LSB] || room(tq_s2c, push_s2c));
 
   assign lq_pop = l_start;
   assign cq_pop = c_start;
   assign sq_pop = s_start;
-  assign pop_c2l = l_start && lq_head[PN];
-  assign pop_l2c = c_start && cq_head[PP];
-  assign pop_s2c = c_start && cq_head[PN];
-  assign pop_c2s = s_start && sq_head[PP];
+  assign pop_c2l = l_start && lq_head[spikec_isa_pkg::HDR_POP_NEXT_LSB];
+  assign pop_l2c = c_start && cq_head[spikec_isa_pkg::HDR_POP_PREV_LSB];
+  assign pop_s2c = c_start && cq_head[spikec_isa_pkg::HDR_POP_NEXT_LSB];
+  assign pop_c2s = s_start && sq_head[spikec_isa_pkg::HDR_POP_PREV_LSB];
 
   always_ff @(posedge clk) begin
     if (rst) begin
@@ -243,44 +249,45 @@ module spikec_core #(
       .r_base(scl_rbase), .r_data(scl_rdata));
 
   // ---------------------------------------------------------------- LOAD and STORE
-  logic [2:0] ld_buf, st_buf;
+  logic [LBUFW-1:0] ld_buf;
+  logic [SBUFW-1:0] st_buf;
   logic ld_wen, ld_grant;
-  logic [19:0] ld_wbase, st_rbase;
+  logic [AW-1:0] ld_wbase, st_rbase;
   logic [NBW-1:0] ld_wcnt;
   logic [BEAT*8-1:0] ld_wdata, st_rdata;
 
   spikec_load #(.BEAT(BEAT), .LAT(DRAM_LATENCY)) u_load (
-      .clk(clk), .rst(rst), .start(l_start), .ins(lq_head[127:0]), .done(l_done),
+      .clk(clk), .rst(rst), .start(l_start), .ins(lq_head[spikec_isa_pkg::WORD_BITS-1:0]), .done(l_done),
       .rd_req(dram_rd_req), .rd_addr(dram_rd_addr), .rd_bytes(dram_rd_bytes),
       .rd_valid(dram_rd_valid), .rd_data(dram_rd_data),
       .w_buf(ld_buf), .w_en(ld_wen), .w_base(ld_wbase), .w_cnt(ld_wcnt), .w_data(ld_wdata),
       .w_grant(ld_grant));
 
   spikec_store #(.BEAT(BEAT), .LAT(DRAM_LATENCY)) u_store (
-      .clk(clk), .rst(rst), .start(s_start), .ins(sq_head[127:0]), .done(s_done),
+      .clk(clk), .rst(rst), .start(s_start), .ins(sq_head[spikec_isa_pkg::WORD_BITS-1:0]), .done(s_done),
       .r_buf(st_buf), .r_base(st_rbase), .r_data(st_rdata),
       .wr_req(dram_wr_req), .wr_addr(dram_wr_addr), .wr_bytes(dram_wr_bytes), .wr_data(dram_wr_data),
       .wr_ack(dram_wr_ack));
 
   always_comb begin
     case (st_buf)
-      3'(spikec_isa_pkg::BUF_INP): st_rdata = inp_rdata[BEAT*8-1:0];
-      3'(spikec_isa_pkg::BUF_WGT): st_rdata = wgt_rdata[BEAT*8-1:0];
-      3'(spikec_isa_pkg::BUF_ACC): st_rdata = acc_rdata[BEAT*8-1:0];
-      3'(spikec_isa_pkg::BUF_VEC): st_rdata = vec_rdata[BEAT*8-1:0];
+      SBUFW'(spikec_isa_pkg::BUF_INP): st_rdata = inp_rdata[BEAT*8-1:0];
+      SBUFW'(spikec_isa_pkg::BUF_WGT): st_rdata = wgt_rdata[BEAT*8-1:0];
+      SBUFW'(spikec_isa_pkg::BUF_ACC): st_rdata = acc_rdata[BEAT*8-1:0];
+      SBUFW'(spikec_isa_pkg::BUF_VEC): st_rdata = vec_rdata[BEAT*8-1:0];
       default: st_rdata = scl_rdata[BEAT*8-1:0];
     endcase
   end
 
   // ---------------------------------------------------------------- compute module
-  logic [2:0] c_op, ch_op;
+  logic [OPW-1:0] c_op, ch_op;
   logic spmm_start, vecu_start, spmm_done, vecu_done, fin_done, fin_active, spmm_sel;
   logic vecu_fault, fault_now;
   logic [3:0] vecu_fault_code;
-  assign ch_op = cq_head[2:0];
-  assign c_op = c_cur[2:0];
-  assign spmm_start = c_start && ch_op == 3'(spikec_isa_pkg::OP_SPMM);
-  assign vecu_start = c_start && (ch_op == 3'(spikec_isa_pkg::OP_ENCODE) || ch_op == 3'(spikec_isa_pkg::OP_VEC));
+  assign ch_op = cq_head[spikec_isa_pkg::HDR_OPCODE_LSB+:spikec_isa_pkg::HDR_OPCODE_W];
+  assign c_op = c_cur[spikec_isa_pkg::HDR_OPCODE_LSB+:spikec_isa_pkg::HDR_OPCODE_W];
+  assign spmm_start = c_start && ch_op == OPW'(spikec_isa_pkg::OP_SPMM);
+  assign vecu_start = c_start && (ch_op == OPW'(spikec_isa_pkg::OP_ENCODE) || ch_op == OPW'(spikec_isa_pkg::OP_VEC));
   assign fin_done = fin_active;
   assign c_done = spmm_done || vecu_done || fin_done;
   assign fault_now = vecu_fault;
@@ -290,12 +297,12 @@ module spikec_core #(
       fin_active <= 1'b0;
       spmm_sel <= 1'b0;
     end else begin
-      fin_active <= c_start && ch_op == 3'(spikec_isa_pkg::OP_FINISH);
-      if (c_start) spmm_sel <= ch_op == 3'(spikec_isa_pkg::OP_SPMM);
+      fin_active <= c_start && ch_op == OPW'(spikec_isa_pkg::OP_FINISH);
+      if (c_start) spmm_sel <= ch_op == OPW'(spikec_isa_pkg::OP_SPMM);
     end
   end
 
-  logic [19:0] sp_inp_rbase, sp_wgt_rbase, sp_acc_rbase, sp_acc_wbase;
+  logic [AW-1:0] sp_inp_rbase, sp_wgt_rbase, sp_acc_rbase, sp_acc_wbase;
   logic sp_acc_we, sp_vector;
   logic [ACC_CW-1:0] sp_acc_wcnt;
   logic [ACC_BANKS*32-1:0] sp_acc_wdata;
@@ -304,14 +311,14 @@ module spikec_core #(
   spikec_spmm #(
       .R(PE_ROWS), .C(PE_COLS), .SETUP(SPMM_SETUP), .INP_NB(INP_BANKS), .WGT_NB(WGT_BANKS), .ACC_NB(ACC_BANKS)
   ) u_spmm (
-      .clk(clk), .rst(rst), .start(spmm_start), .ins(cq_head[127:0]), .done(spmm_done),
+      .clk(clk), .rst(rst), .start(spmm_start), .ins(cq_head[spikec_isa_pkg::WORD_BITS-1:0]), .done(spmm_done),
       .inp_rbase(sp_inp_rbase), .inp_rdata(inp_rdata[INP_BANKS*16+:INP_BANKS*16]),
       .wgt_rbase(sp_wgt_rbase), .wgt_rdata(wgt_rdata[WGT_BANKS*8+:WGT_BANKS*8]),
       .acc_rbase(sp_acc_rbase), .acc_rdata(acc_rdata[ACC_BANKS*32+:ACC_BANKS*32]),
       .acc_we(sp_acc_we), .acc_wbase(sp_acc_wbase), .acc_wcnt(sp_acc_wcnt), .acc_wdata(sp_acc_wdata),
       .cnt_spikes(sp_spikes), .cnt_vector(sp_vector), .cnt_skipped(sp_skipped));
 
-  logic [19:0] vu_va, vu_vb, vu_acc, vu_s0, vu_s1, vu_s2, vu_vwbase, vu_iwbase, vu_gwbase, vu_swbase;
+  logic [AW-1:0] vu_va, vu_vb, vu_acc, vu_s0, vu_s1, vu_s2, vu_vwbase, vu_iwbase, vu_gwbase, vu_swbase;
   logic vu_vwe, vu_iwe, vu_gwe, vu_swe;
   logic [VEC_CW-1:0] vu_vwcnt;
   logic [INP_CW-1:0] vu_iwcnt;
@@ -325,7 +332,7 @@ module spikec_core #(
       .L(VEC_LANES), .SETUP(VEC_SETUP), .VEC_NB(VEC_BANKS), .ACC_NB(ACC_BANKS), .SCL_NB(SCL_BANKS),
       .INP_NB(INP_BANKS), .WGT_NB(WGT_BANKS)
   ) u_vecu (
-      .clk(clk), .rst(rst), .start(vecu_start), .ins(cq_head[127:0]), .done(vecu_done),
+      .clk(clk), .rst(rst), .start(vecu_start), .ins(cq_head[spikec_isa_pkg::WORD_BITS-1:0]), .done(vecu_done),
       .fault(vecu_fault), .fault_code(vecu_fault_code),
       .va_rbase(vu_va), .vb_rbase(vu_vb),
       .va_rdata(vec_rdata[VEC_BANKS*32+:VEC_BANKS*32]), .vb_rdata(vec_rdata[2*VEC_BANKS*32+:VEC_BANKS*32]),
@@ -349,10 +356,10 @@ module spikec_core #(
   always_comb begin
     logic busy_w;
     case (ld_buf)
-      3'(spikec_isa_pkg::BUF_INP): busy_w = vu_iwe;
-      3'(spikec_isa_pkg::BUF_WGT): busy_w = vu_gwe;
-      3'(spikec_isa_pkg::BUF_ACC): busy_w = sp_acc_we;
-      3'(spikec_isa_pkg::BUF_VEC): busy_w = vu_vwe;
+      LBUFW'(spikec_isa_pkg::BUF_INP): busy_w = vu_iwe;
+      LBUFW'(spikec_isa_pkg::BUF_WGT): busy_w = vu_gwe;
+      LBUFW'(spikec_isa_pkg::BUF_ACC): busy_w = sp_acc_we;
+      LBUFW'(spikec_isa_pkg::BUF_VEC): busy_w = vu_vwe;
       default: busy_w = vu_swe;
     endcase
     ld_grant = !busy_w;
@@ -361,7 +368,7 @@ module spikec_core #(
     inp_wbase = INP_AW'(vu_iwbase);
     inp_wcnt = vu_iwcnt;
     inp_wdata = vu_iwdata;
-    if (!vu_iwe && ld_wen && ld_buf == 3'(spikec_isa_pkg::BUF_INP)) begin
+    if (!vu_iwe && ld_wen && ld_buf == LBUFW'(spikec_isa_pkg::BUF_INP)) begin
       inp_we = 1'b1;
       inp_wbase = INP_AW'(ld_wbase);
       inp_wcnt = INP_CW'(ld_wcnt);
@@ -371,7 +378,7 @@ module spikec_core #(
     wgt_wbase = WGT_AW'(vu_gwbase);
     wgt_wcnt = vu_gwcnt;
     wgt_wdata = vu_gwdata;
-    if (!vu_gwe && ld_wen && ld_buf == 3'(spikec_isa_pkg::BUF_WGT)) begin
+    if (!vu_gwe && ld_wen && ld_buf == LBUFW'(spikec_isa_pkg::BUF_WGT)) begin
       wgt_we = 1'b1;
       wgt_wbase = WGT_AW'(ld_wbase);
       wgt_wcnt = WGT_CW'(ld_wcnt);
@@ -381,7 +388,7 @@ module spikec_core #(
     acc_wbase = ACC_AW'(sp_acc_wbase);
     acc_wcnt = sp_acc_wcnt;
     acc_wdata = sp_acc_wdata;
-    if (!sp_acc_we && ld_wen && ld_buf == 3'(spikec_isa_pkg::BUF_ACC)) begin
+    if (!sp_acc_we && ld_wen && ld_buf == LBUFW'(spikec_isa_pkg::BUF_ACC)) begin
       acc_we = 1'b1;
       acc_wbase = ACC_AW'(ld_wbase);
       acc_wcnt = ACC_CW'(ld_wcnt);
@@ -391,7 +398,7 @@ module spikec_core #(
     vec_wbase = VEC_AW'(vu_vwbase);
     vec_wcnt = vu_vwcnt;
     vec_wdata = vu_vwdata;
-    if (!vu_vwe && ld_wen && ld_buf == 3'(spikec_isa_pkg::BUF_VEC)) begin
+    if (!vu_vwe && ld_wen && ld_buf == LBUFW'(spikec_isa_pkg::BUF_VEC)) begin
       vec_we = 1'b1;
       vec_wbase = VEC_AW'(ld_wbase);
       vec_wcnt = VEC_CW'(ld_wcnt);
@@ -401,7 +408,7 @@ module spikec_core #(
     scl_wbase = SCL_AW'(vu_swbase);
     scl_wcnt = SCL_CW'(1);
     scl_wdata = (SCL_BANKS * 32)'(vu_swdata);
-    if (!vu_swe && ld_wen && ld_buf == 3'(spikec_isa_pkg::BUF_SCL)) begin
+    if (!vu_swe && ld_wen && ld_buf == LBUFW'(spikec_isa_pkg::BUF_SCL)) begin
       scl_we = 1'b1;
       scl_wbase = SCL_AW'(ld_wbase);
       scl_wcnt = SCL_CW'(ld_wcnt);
@@ -413,9 +420,11 @@ module spikec_core #(
   logic [63:0] cnt_cycles, cnt_busy_l, cnt_busy_c, cnt_busy_s, cnt_ins, cnt_rd, cnt_wr;
   logic [63:0] cnt_spk, cnt_vecs, cnt_skip, cnt_vel;
   logic [31:0] vec_elems_now;
-  assign vec_elems_now = (ch_op == 3'(spikec_isa_pkg::OP_ENCODE))
-      ? 32'(cq_head[spikec_isa_pkg::ENCODE_N_LSB+:12]) * 32'(cq_head[spikec_isa_pkg::ENCODE_LEN_LSB+:14])
-      : 32'(cq_head[spikec_isa_pkg::VEC_N_LSB+:12]) * 32'(cq_head[spikec_isa_pkg::VEC_LEN_LSB+:14]);
+  assign vec_elems_now = (ch_op == OPW'(spikec_isa_pkg::OP_ENCODE))
+      ? 32'(cq_head[spikec_isa_pkg::ENCODE_N_LSB+:spikec_isa_pkg::ENCODE_N_W]) *
+        32'(cq_head[spikec_isa_pkg::ENCODE_LEN_LSB+:spikec_isa_pkg::ENCODE_LEN_W])
+      : 32'(cq_head[spikec_isa_pkg::VEC_N_LSB+:spikec_isa_pkg::VEC_N_W]) *
+        32'(cq_head[spikec_isa_pkg::VEC_LEN_LSB+:spikec_isa_pkg::VEC_LEN_W]);
   assign counters = {cnt_vel, cnt_skip, cnt_vecs, cnt_spk, cnt_wr, cnt_rd, cnt_ins, cnt_busy_s, cnt_busy_c,
                      cnt_busy_l, cnt_cycles};
 
@@ -433,7 +442,7 @@ module spikec_core #(
       if (fault_now) begin
         fault <= 1'b1;
         fault_code <= vecu_fault_code;
-        fault_index <= c_cur[143:128];
+        fault_index <= c_cur[spikec_isa_pkg::WORD_BITS+:spikec_isa_pkg::PC_W];
         fault_opcode <= c_op;
       end else if (illegal) begin
         fault <= 1'b1;

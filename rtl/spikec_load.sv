@@ -15,57 +15,65 @@ module spikec_load #(
     input  logic              clk,
     input  logic              rst,
     input  logic              start,
-    input  logic [127:0]      ins,
+    input  logic [spikec_isa_pkg::WORD_BITS-1:0] ins,
     output logic              done,
     // DRAM read port
     output logic              rd_req,
-    output logic [31:0]       rd_addr,
+    output logic [spikec_isa_pkg::DRAM_ADDR_BITS-1:0] rd_addr,
     output logic [NBW-1:0]    rd_bytes,
     input  logic              rd_valid,
     input  logic [BEAT*8-1:0] rd_data,
     // buffer write (the core routes it to buffer w_buf)
-    output logic [2:0]        w_buf,
+    output logic [spikec_isa_pkg::LOAD_BUF_W-1:0] w_buf,
     output logic              w_en,
-    output logic [19:0]       w_base,
+    output logic [spikec_isa_pkg::BUF_ADDR_W-1:0] w_base,
     output logic [NBW-1:0]    w_cnt,
     output logic [BEAT*8-1:0] w_data,
     input  logic              w_grant
 );
   localparam int FDEPTH = LAT + 4;
   localparam int FCW = $clog2(FDEPTH + 1);
+  // field widths (isa/fields.py, through the generated package)
+  localparam int BUFW = spikec_isa_pkg::LOAD_BUF_W, SRAMW = spikec_isa_pkg::LOAD_SRAM_W;
+  localparam int DRAMW = spikec_isa_pkg::LOAD_DRAM_W, STRIDEW = spikec_isa_pkg::LOAD_STRIDE_W;
+  localparam int ROWSW = spikec_isa_pkg::LOAD_ROWS_W, COLSW = spikec_isa_pkg::LOAD_COLS_W;
+  localparam int AW = spikec_isa_pkg::BUF_ADDR_W, DAW = spikec_isa_pkg::DRAM_ADDR_BITS;
 
   // instruction fields
-  logic [2:0] buf_q;
-  logic [19:0] sram_q;
-  logic [31:0] dram_q;
-  logic [23:0] stride_q;
-  logic [15:0] rows_q, cols_q;
+  logic [BUFW-1:0] buf_q;
+  logic [SRAMW-1:0] sram_q;
+  logic [DRAMW-1:0] dram_q;
+  logic [STRIDEW-1:0] stride_q;
+  logic [ROWSW-1:0] rows_q;
+  logic [COLSW-1:0] cols_q;
   logic [1:0] esz;  // log2 of the element size
   logic [NBW-1:0] epb;  // elements per beat
 
   // request side
   logic req_on;
-  logic [15:0] q_row, q_col;
-  logic [31:0] q_row_addr;
+  logic [ROWSW-1:0] q_row;
+  logic [COLSW-1:0] q_col;
+  logic [DAW-1:0] q_row_addr;
   logic [FCW-1:0] inflight;
   // write side
   logic wr_on;
-  logic [15:0] w_row, w_col;
-  logic [19:0] w_pos;
+  logic [ROWSW-1:0] w_row;
+  logic [COLSW-1:0] w_col;
+  logic [AW-1:0] w_pos;
 
   logic [FCW-1:0] fcount;
   logic [BEAT*8-1:0] fdata;
   logic f_push, f_pop, w_avail, last_beat;
-  logic [15:0] q_left, w_left;
+  logic [COLSW-1:0] q_left, w_left;
 
-  assign esz = (buf_q == 3'(spikec_isa_pkg::BUF_WGT)) ? 2'd0 : (buf_q == 3'(spikec_isa_pkg::BUF_INP)) ? 2'd1 : 2'd2;
+  assign esz = (buf_q == BUFW'(spikec_isa_pkg::BUF_WGT)) ? 2'd0 : (buf_q == BUFW'(spikec_isa_pkg::BUF_INP)) ? 2'd1 : 2'd2;
   assign epb = NBW'(BEAT >> esz);
 
   // request: beat of row q_row from element q_col
   assign q_left = cols_q - q_col;
   assign rd_req = req_on && (32'(inflight) + 32'(fcount) < FDEPTH);
-  assign rd_addr = q_row_addr + (32'(q_col) << esz);
-  assign rd_bytes = NBW'(((q_left < 16'(epb)) ? q_left : 16'(epb)) << esz);
+  assign rd_addr = q_row_addr + (DAW'(q_col) << esz);
+  assign rd_bytes = NBW'(((q_left < COLSW'(epb)) ? q_left : COLSW'(epb)) << esz);
 
   // write: beat of row w_row from element w_col
   assign w_left = cols_q - w_col;
@@ -73,9 +81,9 @@ module spikec_load #(
   assign w_avail = (fcount != 0) || rd_valid;
   assign w_en = wr_on && w_avail && w_grant;
   assign w_base = w_pos;
-  assign w_cnt = (w_left < 16'(epb)) ? NBW'(w_left) : epb;
+  assign w_cnt = (w_left < COLSW'(epb)) ? NBW'(w_left) : epb;
   assign w_data = (fcount != 0) ? fdata : rd_data;
-  assign last_beat = (w_row == rows_q - 1'b1) && (w_left <= 16'(epb));
+  assign last_beat = (w_row == rows_q - 1'b1) && (w_left <= COLSW'(epb));
   assign done = w_en && last_beat;
 
   assign f_pop = w_en && (fcount != 0);
@@ -100,40 +108,40 @@ module spikec_load #(
       wr_on <= 1'b0;
       inflight <= '0;
     end else if (start) begin
-      buf_q <= ins[spikec_isa_pkg::LOAD_BUF_LSB+:3];
-      sram_q <= ins[spikec_isa_pkg::LOAD_SRAM_LSB+:20];
-      dram_q <= ins[spikec_isa_pkg::LOAD_DRAM_LSB+:32];
-      stride_q <= ins[spikec_isa_pkg::LOAD_STRIDE_LSB+:24];
-      rows_q <= ins[spikec_isa_pkg::LOAD_ROWS_LSB+:16];
-      cols_q <= ins[spikec_isa_pkg::LOAD_COLS_LSB+:16];
+      buf_q <= ins[spikec_isa_pkg::LOAD_BUF_LSB+:spikec_isa_pkg::LOAD_BUF_W];
+      sram_q <= ins[spikec_isa_pkg::LOAD_SRAM_LSB+:spikec_isa_pkg::LOAD_SRAM_W];
+      dram_q <= ins[spikec_isa_pkg::LOAD_DRAM_LSB+:spikec_isa_pkg::LOAD_DRAM_W];
+      stride_q <= ins[spikec_isa_pkg::LOAD_STRIDE_LSB+:spikec_isa_pkg::LOAD_STRIDE_W];
+      rows_q <= ins[spikec_isa_pkg::LOAD_ROWS_LSB+:spikec_isa_pkg::LOAD_ROWS_W];
+      cols_q <= ins[spikec_isa_pkg::LOAD_COLS_LSB+:spikec_isa_pkg::LOAD_COLS_W];
       q_row <= '0;
       q_col <= '0;
-      q_row_addr <= ins[spikec_isa_pkg::LOAD_DRAM_LSB+:32];
+      q_row_addr <= DAW'(ins[spikec_isa_pkg::LOAD_DRAM_LSB+:spikec_isa_pkg::LOAD_DRAM_W]);
       w_row <= '0;
       w_col <= '0;
-      w_pos <= ins[spikec_isa_pkg::LOAD_SRAM_LSB+:20];
+      w_pos <= AW'(ins[spikec_isa_pkg::LOAD_SRAM_LSB+:spikec_isa_pkg::LOAD_SRAM_W]);
       req_on <= 1'b1;
       wr_on <= 1'b1;
       inflight <= '0;
     end else begin
       inflight <= inflight + FCW'(rd_req) - FCW'(rd_valid);
       if (rd_req) begin
-        if (q_left <= 16'(epb)) begin
+        if (q_left <= COLSW'(epb)) begin
           q_col <= '0;
           q_row <= q_row + 1'b1;
-          q_row_addr <= q_row_addr + 32'(stride_q);
+          q_row_addr <= q_row_addr + DAW'(stride_q);
           if (q_row == rows_q - 1'b1) req_on <= 1'b0;
         end else begin
-          q_col <= q_col + 16'(epb);
+          q_col <= q_col + COLSW'(epb);
         end
       end
       if (w_en) begin
-        w_pos <= w_pos + 20'(w_cnt);
-        if (w_left <= 16'(epb)) begin
+        w_pos <= w_pos + AW'(w_cnt);
+        if (w_left <= COLSW'(epb)) begin
           w_col <= '0;
           w_row <= w_row + 1'b1;
         end else begin
-          w_col <= w_col + 16'(epb);
+          w_col <= w_col + COLSW'(epb);
         end
         if (last_beat) wr_on <= 1'b0;
       end

@@ -31,17 +31,17 @@ module spikec_spmm #(
     input  logic                  clk,
     input  logic                  rst,
     input  logic                  start,
-    input  logic [127:0]          ins,
+    input  logic [spikec_isa_pkg::WORD_BITS-1:0] ins,
     output logic                  done,
     // INP read (codes), WGT read (weights), ACC read-modify-write
-    output logic [19:0]           inp_rbase,
+    output logic [spikec_isa_pkg::BUF_ADDR_W-1:0] inp_rbase,
     input  logic [INP_NB*16-1:0]  inp_rdata,
-    output logic [19:0]           wgt_rbase,
+    output logic [spikec_isa_pkg::BUF_ADDR_W-1:0] wgt_rbase,
     input  logic [WGT_NB*8-1:0]   wgt_rdata,
-    output logic [19:0]           acc_rbase,
+    output logic [spikec_isa_pkg::BUF_ADDR_W-1:0] acc_rbase,
     input  logic [ACC_NB*32-1:0]  acc_rdata,
     output logic                  acc_we,
-    output logic [19:0]           acc_wbase,
+    output logic [spikec_isa_pkg::BUF_ADDR_W-1:0] acc_wbase,
     output logic [ACW-1:0]        acc_wcnt,
     output logic [ACC_NB*32-1:0]  acc_wdata,
     // counter increments this cycle (counted on the first m-chunk only, as the simulator)
@@ -51,23 +51,34 @@ module spikec_spmm #(
 );
   localparam int SETUP_W = (SETUP > 1) ? SETUP - 1 : 0;  // the ACC write-back takes the last cycle
   localparam int LDW = $clog2(((R > C) ? R : C) + 1);
+  // field widths (isa/fields.py, through the generated package)
+  localparam int INPW = spikec_isa_pkg::SPMM_INP_W, WGTW = spikec_isa_pkg::SPMM_WGT_W;
+  localparam int ACCW = spikec_isa_pkg::SPMM_ACC_W, NW = spikec_isa_pkg::SPMM_N_W;
+  localparam int KW = spikec_isa_pkg::SPMM_K_W, MW = spikec_isa_pkg::SPMM_M_W;
+  localparam int STRIDEW = spikec_isa_pkg::SPMM_ACC_STRIDE_W, TW = spikec_isa_pkg::SPMM_T_W;
+  localparam int NEURONW = spikec_isa_pkg::SPMM_NEURON_W, WFMTW = spikec_isa_pkg::SPMM_WFMT_W;
+  localparam int ACCMODEW = spikec_isa_pkg::SPMM_ACC_MODE_W;
+  localparam int AW = spikec_isa_pkg::BUF_ADDR_W;
 
   localparam logic [2:0] S_IDLE = 3'd0, S_SETUP = 3'd1, S_WLOAD = 3'd2, S_TOK = 3'd3, S_DRAIN = 3'd4;
   logic [2:0] state;
   logic [31:0] setup_cnt;
 
   // fields
-  logic [17:0] f_inp, f_acc;
-  logic [19:0] f_wgt;
-  logic [11:0] f_n;
-  logic [13:0] f_k, f_m, f_stride;
-  logic [3:0] f_t;
+  logic [INPW-1:0] f_inp;
+  logic [ACCW-1:0] f_acc;
+  logic [WGTW-1:0] f_wgt;
+  logic [NW-1:0] f_n;
+  logic [KW-1:0] f_k;
+  logic [MW-1:0] f_m;
+  logic [STRIDEW-1:0] f_stride;
+  logic [TW-1:0] f_t;
   logic f_if, f_int4, f_trans, f_accum;
   logic [15:0] qmax;
 
   // tile position (processing side)
-  logic [13:0] mi_col;  // mi * C
-  logic [13:0] ki_row;  // ki * R
+  logic [MW-1:0] mi_col;  // mi * C
+  logic [KW-1:0] ki_row;  // ki * R
   logic [31:0] m_base_e, tile_e, ld_e;  // weight element indexes
   logic [31:0] step_k, step_m, step_ld;
   logic [LDW-1:0] ld;
@@ -80,7 +91,8 @@ module spikec_spmm #(
   logic [LDW-1:0] pend_idx;
   logic pend_nib;
   logic pend_lane_ok;  // wtrans=0: row kk < k; wtrans=1: column j < m
-  logic [13:0] pend_row0, pend_col0;  // ki*R and mi*C of the pending tile
+  logic [KW-1:0] pend_row0;  // ki*R of the pending tile
+  logic [MW-1:0] pend_col0;  // mi*C of the pending tile
 
   // x * K for the constant K (R or C) as shifts and adds: no multiplier in this module
   function automatic logic [31:0] times_const(input logic [31:0] x, input int K);
@@ -91,7 +103,7 @@ module spikec_spmm #(
   // ---------------------------------------------------------------- weight loading
   logic [31:0] ld_byte;
   assign ld_byte = f_int4 ? (ld_e >> 1) : ld_e;
-  assign wgt_rbase = 20'(32'(f_wgt) + ld_byte);
+  assign wgt_rbase = AW'(32'(f_wgt) + ld_byte);
 
   always_comb begin
     logic [3:0] nib;
@@ -124,12 +136,13 @@ module spikec_spmm #(
   logic [R*16-1:0] pq0, pq1;  // pq0 is the head
   logic [1:0] pq_cnt;
   logic rd_inflight, rd_on;
-  logic [11:0] rd_i;
-  logic [13:0] rd_row0, rd_mleft;  // k-chunk start of the reads; m-chunks left to read
+  logic [NW-1:0] rd_i;
+  logic [KW-1:0] rd_row0;  // k-chunk start of the reads
+  logic [MW-1:0] rd_mleft;  // output features left to read for (m-chunks of C)
   logic [31:0] rd_addr;
   logic pop;
   logic [R*16-1:0] arriving;
-  logic [13:0] rd_row_q;  // the k-chunk of the read in flight
+  logic [KW-1:0] rd_row_q;  // the k-chunk of the read in flight
 
   always_comb begin
     for (int r = 0; r < R; r++) begin
@@ -140,10 +153,10 @@ module spikec_spmm #(
 
   logic rd_issue;
   assign rd_issue = rd_on && (32'(pq_cnt) + 32'(rd_inflight) - 32'(pop) < 2);
-  assign inp_rbase = 20'(rd_addr);
+  assign inp_rbase = AW'(rd_addr);
 
   // ---------------------------------------------------------------- head token
-  logic [11:0] tok_i;
+  logic [NW-1:0] tok_i;
   logic hd_started;
   logic [14:0] rem;
   logic [7:0] tau;
@@ -243,12 +256,12 @@ module spikec_spmm #(
   // ---------------------------------------------------------------- ACC write-back
   logic [31:0] acc_row;  // ACC element of the head token's output row in this m-chunk
   logic wb_valid, wb_old;
-  logic [19:0] wb_addr;
+  logic [AW-1:0] wb_addr;
   logic [ACW-1:0] wb_cnt;
   logic [C*32-1:0] wb_val;
-  logic [13:0] m_left;
+  logic [MW-1:0] m_left;
   assign m_left = f_m - mi_col;
-  assign acc_rbase = 20'(acc_row);
+  assign acc_rbase = AW'(acc_row);
   assign acc_we = wb_valid;
   assign acc_wbase = wb_addr;
   assign acc_wcnt = wb_cnt;
@@ -285,10 +298,10 @@ module spikec_spmm #(
           if (32'(rd_row0) + R >= 32'(f_k)) begin
             rd_row0 <= '0;
             rd_addr <= 32'(f_inp);
-            if (rd_mleft <= 14'(C)) rd_on <= 1'b0;
-            rd_mleft <= rd_mleft - 14'(C);
+            if (rd_mleft <= MW'(C)) rd_on <= 1'b0;
+            rd_mleft <= rd_mleft - MW'(C);
           end else begin
-            rd_row0 <= rd_row0 + 14'(R);
+            rd_row0 <= rd_row0 + KW'(R);
             rd_addr <= 32'(f_inp) + 32'(rd_row0) + R;
           end
         end else begin
@@ -314,8 +327,8 @@ module spikec_spmm #(
       // ---- write-back pipeline
       wb_valid <= tok_done;
       if (tok_done) begin
-        wb_addr <= 20'(acc_row);
-        wb_cnt <= (m_left < 14'(C)) ? ACW'(m_left) : ACW'(C);
+        wb_addr <= AW'(acc_row);
+        wb_cnt <= (m_left < MW'(C)) ? ACW'(m_left) : ACW'(C);
         wb_val <= wbval;
         wb_old <= f_accum || (ki_row != 0);
       end
@@ -354,14 +367,14 @@ module spikec_spmm #(
                   state <= S_WLOAD;
                   first_m <= 1'b0;
                   ki_row <= '0;
-                  mi_col <= mi_col + 14'(C);
+                  mi_col <= mi_col + MW'(C);
                   m_base_e <= m_base_e + step_m;
                   tile_e <= m_base_e + step_m;
                   ld_e <= m_base_e + step_m;
                   acc_row <= 32'(f_acc) + 32'(mi_col) + C;
                 end else begin
                   state <= S_WLOAD;
-                  ki_row <= ki_row + 14'(R);
+                  ki_row <= ki_row + KW'(R);
                   tile_e <= tile_e + step_k;
                   ld_e <= tile_e + step_k;
                   acc_row <= 32'(f_acc) + 32'(mi_col);
@@ -380,28 +393,29 @@ module spikec_spmm #(
       endcase
 
       if (start) begin
-        f_inp <= ins[spikec_isa_pkg::SPMM_INP_LSB+:18];
-        f_wgt <= ins[spikec_isa_pkg::SPMM_WGT_LSB+:20];
-        f_acc <= ins[spikec_isa_pkg::SPMM_ACC_LSB+:18];
-        f_n <= ins[spikec_isa_pkg::SPMM_N_LSB+:12];
-        f_k <= ins[spikec_isa_pkg::SPMM_K_LSB+:14];
-        f_m <= ins[spikec_isa_pkg::SPMM_M_LSB+:14];
-        f_stride <= ins[spikec_isa_pkg::SPMM_ACC_STRIDE_LSB+:14];
-        f_t <= ins[spikec_isa_pkg::SPMM_T_LSB+:4];
-        f_if <= ins[spikec_isa_pkg::SPMM_NEURON_LSB] == 1'(spikec_isa_pkg::NEURON_IF);
-        f_int4 <= ins[spikec_isa_pkg::SPMM_WFMT_LSB] == 1'(spikec_isa_pkg::WFMT_INT4);
+        f_inp <= ins[spikec_isa_pkg::SPMM_INP_LSB+:spikec_isa_pkg::SPMM_INP_W];
+        f_wgt <= ins[spikec_isa_pkg::SPMM_WGT_LSB+:spikec_isa_pkg::SPMM_WGT_W];
+        f_acc <= ins[spikec_isa_pkg::SPMM_ACC_LSB+:spikec_isa_pkg::SPMM_ACC_W];
+        f_n <= ins[spikec_isa_pkg::SPMM_N_LSB+:spikec_isa_pkg::SPMM_N_W];
+        f_k <= ins[spikec_isa_pkg::SPMM_K_LSB+:spikec_isa_pkg::SPMM_K_W];
+        f_m <= ins[spikec_isa_pkg::SPMM_M_LSB+:spikec_isa_pkg::SPMM_M_W];
+        f_stride <= ins[spikec_isa_pkg::SPMM_ACC_STRIDE_LSB+:spikec_isa_pkg::SPMM_ACC_STRIDE_W];
+        f_t <= ins[spikec_isa_pkg::SPMM_T_LSB+:spikec_isa_pkg::SPMM_T_W];
+        f_if <= ins[spikec_isa_pkg::SPMM_NEURON_LSB+:spikec_isa_pkg::SPMM_NEURON_W] == NEURONW'(spikec_isa_pkg::NEURON_IF);
+        f_int4 <= ins[spikec_isa_pkg::SPMM_WFMT_LSB+:spikec_isa_pkg::SPMM_WFMT_W] == WFMTW'(spikec_isa_pkg::WFMT_INT4);
         f_trans <= ins[spikec_isa_pkg::SPMM_WTRANS_LSB];
-        f_accum <= ins[spikec_isa_pkg::SPMM_ACC_MODE_LSB] == 1'(spikec_isa_pkg::ACC_MODE_ACCUMULATE);
-        qmax <= (16'd1 << ins[spikec_isa_pkg::SPMM_T_LSB+:4]) - 16'd1;
+        f_accum <= ins[spikec_isa_pkg::SPMM_ACC_MODE_LSB+:spikec_isa_pkg::SPMM_ACC_MODE_W] ==
+            ACCMODEW'(spikec_isa_pkg::ACC_MODE_ACCUMULATE);
+        qmax <= (16'd1 << ins[spikec_isa_pkg::SPMM_T_LSB+:spikec_isa_pkg::SPMM_T_W]) - 16'd1;
         // weight element steps: per load cycle, per k-chunk, per m-chunk
         if (ins[spikec_isa_pkg::SPMM_WTRANS_LSB]) begin
-          step_ld <= 32'(ins[spikec_isa_pkg::SPMM_K_LSB+:14]);
+          step_ld <= 32'(ins[spikec_isa_pkg::SPMM_K_LSB+:spikec_isa_pkg::SPMM_K_W]);
           step_k <= R;
-          step_m <= times_const(32'(ins[spikec_isa_pkg::SPMM_K_LSB+:14]), C);
+          step_m <= times_const(32'(ins[spikec_isa_pkg::SPMM_K_LSB+:spikec_isa_pkg::SPMM_K_W]), C);
           ld_n <= LDW'(C);
         end else begin
-          step_ld <= 32'(ins[spikec_isa_pkg::SPMM_M_LSB+:14]);
-          step_k <= times_const(32'(ins[spikec_isa_pkg::SPMM_M_LSB+:14]), R);
+          step_ld <= 32'(ins[spikec_isa_pkg::SPMM_M_LSB+:spikec_isa_pkg::SPMM_M_W]);
+          step_k <= times_const(32'(ins[spikec_isa_pkg::SPMM_M_LSB+:spikec_isa_pkg::SPMM_M_W]), R);
           step_m <= C;
           ld_n <= LDW'(R);
         end
@@ -414,12 +428,12 @@ module spikec_spmm #(
         first_m <= 1'b1;
         tok_i <= '0;
         hd_started <= 1'b0;
-        acc_row <= 32'(ins[spikec_isa_pkg::SPMM_ACC_LSB+:18]);
+        acc_row <= 32'(ins[spikec_isa_pkg::SPMM_ACC_LSB+:spikec_isa_pkg::SPMM_ACC_W]);
         rd_on <= 1'b1;
         rd_i <= '0;
         rd_row0 <= '0;
-        rd_mleft <= ins[spikec_isa_pkg::SPMM_M_LSB+:14];
-        rd_addr <= 32'(ins[spikec_isa_pkg::SPMM_INP_LSB+:18]);
+        rd_mleft <= ins[spikec_isa_pkg::SPMM_M_LSB+:spikec_isa_pkg::SPMM_M_W];
+        rd_addr <= 32'(ins[spikec_isa_pkg::SPMM_INP_LSB+:spikec_isa_pkg::SPMM_INP_W]);
         pq_cnt <= '0;
         setup_cnt <= SETUP_W;
         state <= (SETUP_W > 0) ? S_SETUP : S_WLOAD;

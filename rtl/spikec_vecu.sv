@@ -50,38 +50,38 @@ module spikec_vecu #(
     input  logic                 clk,
     input  logic                 rst,
     input  logic                 start,
-    input  logic [127:0]         ins,
+    input  logic [spikec_isa_pkg::WORD_BITS-1:0] ins,
     output logic                 done,
     output logic                 fault,
     output logic [3:0]           fault_code,
     // reads: VEC ports A and B, ACC (DEQ), SCL scalar / s_w / bias
-    output logic [19:0]          va_rbase,
-    output logic [19:0]          vb_rbase,
+    output logic [spikec_isa_pkg::BUF_ADDR_W-1:0] va_rbase,
+    output logic [spikec_isa_pkg::BUF_ADDR_W-1:0] vb_rbase,
     input  logic [VEC_NB*32-1:0] va_rdata,
     input  logic [VEC_NB*32-1:0] vb_rdata,
-    output logic [19:0]          acc_rbase,
+    output logic [spikec_isa_pkg::BUF_ADDR_W-1:0] acc_rbase,
     input  logic [ACC_NB*32-1:0] acc_rdata,
-    output logic [19:0]          s0_rbase,
-    output logic [19:0]          s1_rbase,
-    output logic [19:0]          s2_rbase,
+    output logic [spikec_isa_pkg::BUF_ADDR_W-1:0] s0_rbase,
+    output logic [spikec_isa_pkg::BUF_ADDR_W-1:0] s1_rbase,
+    output logic [spikec_isa_pkg::BUF_ADDR_W-1:0] s2_rbase,
     input  logic [SCL_NB*32-1:0] s0_rdata,
     input  logic [SCL_NB*32-1:0] s1_rdata,
     input  logic [SCL_NB*32-1:0] s2_rdata,
     // writes
     output logic                 v_we,
-    output logic [19:0]          v_wbase,
+    output logic [spikec_isa_pkg::BUF_ADDR_W-1:0] v_wbase,
     output logic [VCW-1:0]       v_wcnt,
     output logic [VEC_NB*32-1:0] v_wdata,
     output logic                 i_we,
-    output logic [19:0]          i_wbase,
+    output logic [spikec_isa_pkg::BUF_ADDR_W-1:0] i_wbase,
     output logic [ICW-1:0]       i_wcnt,
     output logic [INP_NB*16-1:0] i_wdata,
     output logic                 g_we,
-    output logic [19:0]          g_wbase,
+    output logic [spikec_isa_pkg::BUF_ADDR_W-1:0] g_wbase,
     output logic [GCW-1:0]       g_wcnt,
     output logic [WGT_NB*8-1:0]  g_wdata,
     output logic                 s_we,
-    output logic [19:0]          s_wbase,
+    output logic [spikec_isa_pkg::BUF_ADDR_W-1:0] s_wbase,
     output logic [31:0]          s_wdata
 );
   localparam logic [31:0] ONE = 32'h3f800000, TWO = 32'h40000000, HALF = 32'h3f000000;
@@ -89,6 +89,16 @@ module spikec_vecu #(
   localparam logic [31:0] GELU_C0 = 32'h3f4c422a;  // f32(0.7978845608028654)
   localparam logic [31:0] GELU_C1 = 32'h3d372713;  // f32(0.044715)
   localparam int LW = $clog2(L + 1);
+  // field widths (isa/fields.py, through the generated package); n and len are shared by
+  // ENCODE and VEC, so their registers take the wider of the two formats' fields
+  localparam int OPW = spikec_isa_pkg::HDR_OPCODE_W, AW = spikec_isa_pkg::BUF_ADDR_W;
+  localparam int FUNCW = spikec_isa_pkg::VEC_FUNC_W, FLAGSW = spikec_isa_pkg::VEC_FLAGS_W;
+  localparam int TW = spikec_isa_pkg::ENCODE_T_W, SCALEW = spikec_isa_pkg::ENCODE_SCALE_W;
+  localparam int DSTBUFW = spikec_isa_pkg::ENCODE_DST_BUF_W;
+  localparam int NW = (spikec_isa_pkg::ENCODE_N_W > spikec_isa_pkg::VEC_N_W) ? spikec_isa_pkg::ENCODE_N_W
+                                                                             : spikec_isa_pkg::VEC_N_W;
+  localparam int LENW = (spikec_isa_pkg::ENCODE_LEN_W > spikec_isa_pkg::VEC_LEN_W) ? spikec_isa_pkg::ENCODE_LEN_W
+                                                                                   : spikec_isa_pkg::VEC_LEN_W;
   localparam int G = (L + 15) / 16;  // PSUM steps per chunk: 16 partial sums per step
 
   // Iterative divide and square root: quotient / root bits per cycle.
@@ -318,19 +328,19 @@ module spikec_vecu #(
 
   // instruction
   logic [3:0] kind;
-  logic [2:0] flags;
-  logic [19:0] f_dst, f_src0, f_src1, f_src2, f_scl;
+  logic [FLAGSW-1:0] flags;
+  logic [AW-1:0] f_dst, f_src0, f_src1, f_src2, f_scl;
   logic f_to_wgt, f_bias;
-  logic [11:0] f_n;
-  logic [13:0] f_len, f_half, f_lenx;  // lenx: elements a step walks per row (len/2 for ROPE)
+  logic [NW-1:0] f_n;
+  logic [LENW-1:0] f_len, f_half, f_lenx;  // lenx: elements a step walks per row (len/2 for ROPE)
   logic [31:0] qmax, fqmax, flen;
   logic [1:0] npass;
 
   // issue stage position
-  logic [11:0] i_row;
+  logic [NW-1:0] i_row;
   logic [1:0] i_pass;
   logic i_ph;
-  logic [13:0] i_j0;
+  logic [LENW-1:0] i_j0;
   logic [31:0] row_off, hrow_off;
   logic i_nph2, i_last_ph, i_last_chunk, i_last_pass, i_last_row, issue;
 
@@ -338,9 +348,9 @@ module spikec_vecu #(
   logic e_busy, e_first_pass, e_first_step;
   logic [1:0] e_pass;
   logic e_ph;
-  logic [13:0] e_j0;
+  logic [LENW-1:0] e_j0;
   logic [LW-1:0] e_cnt;
-  logic [19:0] e_waddr, e_waddr2, e_scl;
+  logic [AW-1:0] e_waddr, e_waddr2, e_scl;
   logic [7:0] e_up;  // step within the chunk
   logic [7:0] e_pl, e_lastup;  // prologue steps, last step (set at issue)
   logic e_last;
@@ -351,7 +361,7 @@ module spikec_vecu #(
 
   // write register
   logic w_v;
-  logic [19:0] w_addr;
+  logic [AW-1:0] w_addr;
   logic [LW-1:0] w_cnt;
   logic [L*32-1:0] w_data;
 
@@ -364,26 +374,26 @@ module spikec_vecu #(
   assign issue = (state == S_RUN) && (!e_busy || e_last);
 
   always_comb begin
-    va_rbase = 20'(32'(f_src0) + row_off + 32'(i_j0));
-    vb_rbase = 20'(32'(f_src1) + row_off + 32'(i_j0));
-    acc_rbase = 20'(32'(f_src0) + row_off + 32'(i_j0));
+    va_rbase = AW'(32'(f_src0) + row_off + 32'(i_j0));
+    vb_rbase = AW'(32'(f_src1) + row_off + 32'(i_j0));
+    acc_rbase = AW'(32'(f_src0) + row_off + 32'(i_j0));
     s0_rbase = f_src1;
-    s1_rbase = 20'(32'(f_src2) + 32'(i_j0));
-    s2_rbase = 20'(32'(f_src2) + 32'(f_len) + 32'(i_j0));
+    s1_rbase = AW'(32'(f_src2) + 32'(i_j0));
+    s2_rbase = AW'(32'(f_src2) + 32'(f_len) + 32'(i_j0));
     case (kind)
       K_ENC_STAT: s0_rbase = f_scl;
-      K_DEQ: s0_rbase = (flags & 3'(spikec_isa_pkg::VEC_FLAG_PER_ROW)) != 0 ? 20'(32'(f_src1) + 32'(i_row)) : f_src1;
+      K_DEQ: s0_rbase = (flags & FLAGSW'(spikec_isa_pkg::VEC_FLAG_PER_ROW)) != 0 ? AW'(32'(f_src1) + 32'(i_row)) : f_src1;
       K_RMS, K_LN: s0_rbase = f_src2;
       default: ;
     endcase
-    if (kind == K_ADDROW || kind == K_MULROW || kind == K_RMS || kind == K_LN) vb_rbase = 20'(32'(f_src1) + 32'(i_j0));
-    if (kind == K_LN && i_ph) va_rbase = 20'(32'(f_src1) + 32'(f_len) + 32'(i_j0));  // beta
+    if (kind == K_ADDROW || kind == K_MULROW || kind == K_RMS || kind == K_LN) vb_rbase = AW'(32'(f_src1) + 32'(i_j0));
+    if (kind == K_LN && i_ph) va_rbase = AW'(32'(f_src1) + 32'(f_len) + 32'(i_j0));  // beta
     if (kind == K_ROPE) begin
       if (!i_ph) begin
-        vb_rbase = 20'(32'(f_src0) + row_off + 32'(f_half) + 32'(i_j0));  // x2
+        vb_rbase = AW'(32'(f_src0) + row_off + 32'(f_half) + 32'(i_j0));  // x2
       end else begin
-        va_rbase = 20'(32'(f_src1) + hrow_off + 32'(i_j0));  // cos
-        vb_rbase = 20'(32'(f_src2) + hrow_off + 32'(i_j0));  // sin
+        va_rbase = AW'(32'(f_src1) + hrow_off + 32'(i_j0));  // cos
+        vb_rbase = AW'(32'(f_src2) + hrow_off + 32'(i_j0));  // sin
       end
     end
   end
@@ -836,9 +846,9 @@ module spikec_vecu #(
         e_first_pass <= (i_j0 == 0) && !i_ph;
         e_first_step <= (i_row == 0) && (i_pass == 0) && (i_j0 == 0) && !i_ph;
         e_cnt <= (32'(f_lenx) - 32'(i_j0) < L) ? LW'(f_lenx - i_j0) : LW'(L);
-        e_waddr <= 20'(32'(f_dst) + row_off + 32'(i_j0));
-        e_waddr2 <= 20'(32'(f_dst) + row_off + 32'(f_half) + 32'(i_j0));
-        e_scl <= 20'(32'(f_scl) + 32'(i_row));
+        e_waddr <= AW'(32'(f_dst) + row_off + 32'(i_j0));
+        e_waddr2 <= AW'(32'(f_dst) + row_off + 32'(f_half) + 32'(i_j0));
+        e_scl <= AW'(32'(f_scl) + 32'(i_row));
         if (i_last_ph) begin
           i_ph <= 1'b0;
           if (i_last_chunk) begin
@@ -850,7 +860,7 @@ module spikec_vecu #(
               hrow_off <= hrow_off + 32'(f_half);
               if (i_last_row) state <= S_TAIL;
             end else i_pass <= i_pass + 1'b1;
-          end else i_j0 <= i_j0 + 14'(L);
+          end else i_j0 <= i_j0 + LENW'(L);
         end else i_ph <= 1'b1;
       end
       case (state)
@@ -871,53 +881,58 @@ module spikec_vecu #(
 
       if (start) begin : decode
         logic enc;
-        logic [4:0] func;
-        logic [3:0] t;
-        logic [13:0] len;
-        enc = ins[2:0] == 3'(spikec_isa_pkg::OP_ENCODE);
-        func = ins[spikec_isa_pkg::VEC_FUNC_LSB+:5];
-        t = ins[spikec_isa_pkg::ENCODE_T_LSB+:4];
-        len = enc ? ins[spikec_isa_pkg::ENCODE_LEN_LSB+:14] : ins[spikec_isa_pkg::VEC_LEN_LSB+:14];
-        flags <= ins[spikec_isa_pkg::VEC_FLAGS_LSB+:3];
-        f_bias <= !enc && (ins[spikec_isa_pkg::VEC_FLAGS_LSB+:3] & 3'(spikec_isa_pkg::VEC_FLAG_BIAS)) != 0;
+        logic [FUNCW-1:0] func;
+        logic [TW-1:0] t;
+        logic [LENW-1:0] len;
+        enc = ins[spikec_isa_pkg::HDR_OPCODE_LSB+:spikec_isa_pkg::HDR_OPCODE_W] == OPW'(spikec_isa_pkg::OP_ENCODE);
+        func = ins[spikec_isa_pkg::VEC_FUNC_LSB+:spikec_isa_pkg::VEC_FUNC_W];
+        t = ins[spikec_isa_pkg::ENCODE_T_LSB+:spikec_isa_pkg::ENCODE_T_W];
+        len = enc ? LENW'(ins[spikec_isa_pkg::ENCODE_LEN_LSB+:spikec_isa_pkg::ENCODE_LEN_W])
+                  : LENW'(ins[spikec_isa_pkg::VEC_LEN_LSB+:spikec_isa_pkg::VEC_LEN_W]);
+        flags <= ins[spikec_isa_pkg::VEC_FLAGS_LSB+:spikec_isa_pkg::VEC_FLAGS_W];
+        f_bias <= !enc && (ins[spikec_isa_pkg::VEC_FLAGS_LSB+:spikec_isa_pkg::VEC_FLAGS_W] &
+                           FLAGSW'(spikec_isa_pkg::VEC_FLAG_BIAS)) != 0;
         f_len <= len;
         f_half <= len >> 1;
-        f_lenx <= (!enc && func == 5'(spikec_isa_pkg::VEC_FUNC_ROPE)) ? (len >> 1) : len;
+        f_lenx <= (!enc && func == FUNCW'(spikec_isa_pkg::VEC_FUNC_ROPE)) ? (len >> 1) : len;
         flen <= spikec_fp32::f32_from_i32(32'(len));
         qmax <= (32'd1 << t) - 32'd1;
         fqmax <= spikec_fp32::f32_from_i32((32'd1 << t) - 32'd1);
         if (enc) begin
-          kind <= ins[spikec_isa_pkg::ENCODE_SCALE_LSB] == 1'(spikec_isa_pkg::SCALE_STATIC) ? K_ENC_STAT : K_ENC_DYN;
-          npass <= ins[spikec_isa_pkg::ENCODE_SCALE_LSB] == 1'(spikec_isa_pkg::SCALE_STATIC) ? 2'd1 : 2'd2;
-          f_src0 <= 20'(ins[spikec_isa_pkg::ENCODE_SRC_LSB+:18]);
-          f_dst <= ins[spikec_isa_pkg::ENCODE_DST_LSB+:20];
-          f_to_wgt <= ins[spikec_isa_pkg::ENCODE_DST_BUF_LSB] == 1'(spikec_isa_pkg::ENCODE_DST_WGT);
-          f_n <= ins[spikec_isa_pkg::ENCODE_N_LSB+:12];
-          f_scl <= 20'(ins[spikec_isa_pkg::ENCODE_SCL_LSB+:18]);
+          kind <= ins[spikec_isa_pkg::ENCODE_SCALE_LSB+:spikec_isa_pkg::ENCODE_SCALE_W] == SCALEW'(spikec_isa_pkg::SCALE_STATIC)
+              ? K_ENC_STAT : K_ENC_DYN;
+          npass <= ins[spikec_isa_pkg::ENCODE_SCALE_LSB+:spikec_isa_pkg::ENCODE_SCALE_W] == SCALEW'(spikec_isa_pkg::SCALE_STATIC)
+              ? 2'd1 : 2'd2;
+          f_src0 <= AW'(ins[spikec_isa_pkg::ENCODE_SRC_LSB+:spikec_isa_pkg::ENCODE_SRC_W]);
+          f_dst <= AW'(ins[spikec_isa_pkg::ENCODE_DST_LSB+:spikec_isa_pkg::ENCODE_DST_W]);
+          f_to_wgt <= ins[spikec_isa_pkg::ENCODE_DST_BUF_LSB+:spikec_isa_pkg::ENCODE_DST_BUF_W] ==
+              DSTBUFW'(spikec_isa_pkg::ENCODE_DST_WGT);
+          f_n <= NW'(ins[spikec_isa_pkg::ENCODE_N_LSB+:spikec_isa_pkg::ENCODE_N_W]);
+          f_scl <= AW'(ins[spikec_isa_pkg::ENCODE_SCL_LSB+:spikec_isa_pkg::ENCODE_SCL_W]);
           f_src1 <= '0;
           f_src2 <= '0;
         end else begin
-          f_src0 <= 20'(ins[spikec_isa_pkg::VEC_SRC0_LSB+:18]);
-          f_src1 <= 20'(ins[spikec_isa_pkg::VEC_SRC1_LSB+:18]);
-          f_src2 <= 20'(ins[spikec_isa_pkg::VEC_SRC2_LSB+:18]);
-          f_dst <= 20'(ins[spikec_isa_pkg::VEC_DST_LSB+:18]);
-          f_n <= ins[spikec_isa_pkg::VEC_N_LSB+:12];
+          f_src0 <= AW'(ins[spikec_isa_pkg::VEC_SRC0_LSB+:spikec_isa_pkg::VEC_SRC0_W]);
+          f_src1 <= AW'(ins[spikec_isa_pkg::VEC_SRC1_LSB+:spikec_isa_pkg::VEC_SRC1_W]);
+          f_src2 <= AW'(ins[spikec_isa_pkg::VEC_SRC2_LSB+:spikec_isa_pkg::VEC_SRC2_W]);
+          f_dst <= AW'(ins[spikec_isa_pkg::VEC_DST_LSB+:spikec_isa_pkg::VEC_DST_W]);
+          f_n <= NW'(ins[spikec_isa_pkg::VEC_N_LSB+:spikec_isa_pkg::VEC_N_W]);
           f_to_wgt <= 1'b0;
           f_scl <= '0;
           npass <= 2'd1;
           case (func)
-            5'(spikec_isa_pkg::VEC_FUNC_COPY): kind <= K_COPY;
-            5'(spikec_isa_pkg::VEC_FUNC_ADD): kind <= K_ADD;
-            5'(spikec_isa_pkg::VEC_FUNC_MUL): kind <= K_MUL;
-            5'(spikec_isa_pkg::VEC_FUNC_ADD_ROW): kind <= K_ADDROW;
-            5'(spikec_isa_pkg::VEC_FUNC_MUL_ROW): kind <= K_MULROW;
-            5'(spikec_isa_pkg::VEC_FUNC_SCALE): kind <= K_SCALE;
-            5'(spikec_isa_pkg::VEC_FUNC_DEQ): kind <= K_DEQ;
-            5'(spikec_isa_pkg::VEC_FUNC_RMSNORM): begin kind <= K_RMS; npass <= 2'd2; end
-            5'(spikec_isa_pkg::VEC_FUNC_LAYERNORM): begin kind <= K_LN; npass <= 2'd3; end
-            5'(spikec_isa_pkg::VEC_FUNC_SOFTMAX): begin kind <= K_SMAX; npass <= 2'd3; end
-            5'(spikec_isa_pkg::VEC_FUNC_SILU): kind <= K_SILU;
-            5'(spikec_isa_pkg::VEC_FUNC_GELU): kind <= K_GELU;
+            FUNCW'(spikec_isa_pkg::VEC_FUNC_COPY): kind <= K_COPY;
+            FUNCW'(spikec_isa_pkg::VEC_FUNC_ADD): kind <= K_ADD;
+            FUNCW'(spikec_isa_pkg::VEC_FUNC_MUL): kind <= K_MUL;
+            FUNCW'(spikec_isa_pkg::VEC_FUNC_ADD_ROW): kind <= K_ADDROW;
+            FUNCW'(spikec_isa_pkg::VEC_FUNC_MUL_ROW): kind <= K_MULROW;
+            FUNCW'(spikec_isa_pkg::VEC_FUNC_SCALE): kind <= K_SCALE;
+            FUNCW'(spikec_isa_pkg::VEC_FUNC_DEQ): kind <= K_DEQ;
+            FUNCW'(spikec_isa_pkg::VEC_FUNC_RMSNORM): begin kind <= K_RMS; npass <= 2'd2; end
+            FUNCW'(spikec_isa_pkg::VEC_FUNC_LAYERNORM): begin kind <= K_LN; npass <= 2'd3; end
+            FUNCW'(spikec_isa_pkg::VEC_FUNC_SOFTMAX): begin kind <= K_SMAX; npass <= 2'd3; end
+            FUNCW'(spikec_isa_pkg::VEC_FUNC_SILU): kind <= K_SILU;
+            FUNCW'(spikec_isa_pkg::VEC_FUNC_GELU): kind <= K_GELU;
             default: kind <= K_ROPE;
           endcase
         end

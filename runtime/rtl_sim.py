@@ -80,12 +80,14 @@ def default_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "spikec" / "rtl"
 
 
-def _key(params: dict[str, int], srcs: list[Path], env: dict) -> str:
+CFG_PACKAGE = "spikec_cfg_pkg.sv"  # generated into each build directory: tb_top's parameters
+
+
+def _key(cfg_package: str, srcs: list[Path], env: dict) -> str:
     h = hashlib.sha256()
     version = subprocess.run(["verilator", "--version"], env=env, capture_output=True, text=True).stdout
     h.update(version.encode())
-    for k in sorted(params):
-        h.update(f"{k}={params[k]};".encode())
+    h.update(cfg_package.encode())
     for p in srcs:
         h.update(p.name.encode())
         h.update(p.read_bytes())
@@ -94,18 +96,21 @@ def _key(params: dict[str, int], srcs: list[Path], env: dict) -> str:
 
 def build(cfg: HwConfig, cache_dir: Path | None = None) -> Path:
     """The testbench binary for `cfg` (Verilator --binary), built once per hash of the
-    sources and parameters under `cache_dir` (default: `default_cache()`). A build goes to
-    a temporary directory renamed into place, so concurrent builds do not collide."""
+    sources and parameters under `cache_dir` (default: `default_cache()`). The parameters
+    reach the testbench as the package spikec_cfg_pkg (svgen.config_package_text(cfg)),
+    written into the build directory. A build goes to a temporary directory renamed into
+    place, so concurrent builds do not collide."""
     env = verilator_env()
-    params = svgen.params(cfg)
+    cfg_package = svgen.config_package_text(cfg)  # raises if the RTL cannot be built for cfg
     srcs = sources()
     cache = Path(cache_dir) if cache_dir is not None else default_cache()
-    final = cache / _key(params, srcs, env)
+    final = cache / _key(cfg_package, srcs, env)
     binary = final / BINARY_NAME
     if binary.exists():
         return binary
     cache.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=cache))
+    (tmp / CFG_PACKAGE).write_text(cfg_package, encoding="utf-8")
     cmd = [
         "verilator",
         "--binary",
@@ -128,8 +133,7 @@ def build(cfg: HwConfig, cache_dir: Path | None = None) -> Path:
         "-MAKEFLAGS",
         "CFG_CXXFLAGS_PCH_I=-include",
     ]
-    cmd += [f"-G{k}={v}" for k, v in params.items()]
-    cmd += [str(p) for p in srcs]
+    cmd += [str(srcs[0]), str(tmp / CFG_PACKAGE)] + [str(p) for p in srcs[1:]]
     proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if proc.returncode != 0 or not (tmp / BINARY_NAME).exists():
         shutil.rmtree(tmp, ignore_errors=True)

@@ -8,12 +8,15 @@ build/rtl/ by a hash of the sources and parameters; a first build takes minutes)
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
 from spikec.errors import SpikecError
 from spikec.isa import svgen
 from spikec.isa.asm import assemble_program
+from spikec.isa.fields import Buffer, Opcode
 from spikec.isa.hwconfig import HwConfig
 from spikec.runtime import rtl_sim
 from spikec.runtime.simulator import Simulator
@@ -36,6 +39,102 @@ def test_params_cover_both_configs():
     for name in CONFIGS:
         p = svgen.params(HwConfig.load(name))
         assert p["DRAM_BEAT_BYTES"] >= 4 and p["WGT_BANKS"] > p["PE_COLS"]
+
+
+def _pkg_constants(text: str) -> dict[str, int]:
+    return {m[1]: int(m[2]) for m in re.finditer(r"localparam int (\w+) = (-?\d+);", text)}
+
+
+def test_testbench_parameters_are_generated_from_the_hwconfig():
+    """tb_top.sv states no parameter value: it takes each from the package spikec_cfg_pkg
+    that svgen generates per configuration (rtl_sim.build writes it into the build), and
+    those values are the hardware configuration's."""
+    tb = (rtl_sim.rtl_dir() / "tb" / "tb_top.sv").read_text(encoding="utf-8")
+    assert not re.search(r"\bparameter\b", tb), "tb_top must take its parameters from spikec_cfg_pkg"
+    core = (rtl_sim.rtl_dir() / "spikec_core.sv").read_text(encoding="utf-8")
+    core_params = set(re.findall(r"parameter int (\w+) =", core))
+    for name in CONFIGS:
+        cfg = HwConfig.load(name)
+        p = svgen.params(cfg)
+        text = svgen.config_package_text(cfg)
+        assert "package spikec_cfg_pkg;" in text
+        assert _pkg_constants(text) == p
+        hw = {
+            "PE_ROWS": cfg.pe_rows,
+            "PE_COLS": cfg.pe_cols,
+            "VEC_LANES": cfg.vec_lanes,
+            "DRAM_LATENCY": cfg.dram_latency_cycles,
+            "SPMM_SETUP": cfg.spmm_setup_cycles,
+            "VEC_SETUP": cfg.vec_setup_cycles,
+            "CMD_QUEUE_DEPTH": cfg.cmd_queue_depth,
+            "TOKEN_QUEUE_DEPTH": cfg.token_queue_depth,
+            "DRAM_BEAT_BYTES": svgen.dram_beat_bytes(cfg),
+            **{f"{b.name}_ELEMS": cfg.buffer_elems(b) for b in Buffer},
+        }
+        assert {k: p[k] for k in hw} == hw, name
+    for k in p:  # every generated parameter reaches the core, by name
+        assert k in core_params, k
+        assert f".{k}(spikec_cfg_pkg::{k})" in tb, k
+    # the fault message's mnemonics are indexed by opcode
+    mnemonics = re.search(r"string mnemonics\[[^\]]*\] = '\{([^}]*)\}", tb)[1]
+    names = [s.strip().strip('"') for s in mnemonics.split(",")]
+    assert names[: len(Opcode)] == [op.name for op in Opcode]
+
+
+def test_build_takes_the_generated_parameter_package(rtl):
+    cfg, binary = rtl
+    assert (binary.parent / rtl_sim.CFG_PACKAGE).read_text(encoding="utf-8") == svgen.config_package_text(cfg)
+
+
+# the signals that carry an instruction word (or a {pc, word} command queue entry)
+_WORD_SIGNALS = r"\b(ins|imem_data|lq_head|cq_head|sq_head|l_cur|c_cur|s_cur)\["
+
+
+def _brackets(text: str, start: int) -> str:
+    """The text inside the brackets opening at text[start] (nesting allowed)."""
+    depth = 0
+    for i in range(start, len(text)):
+        depth += {"[": 1, "]": -1}.get(text[i], 0)
+        if depth == 0:
+            return text[start + 1 : i]
+    raise AssertionError("unbalanced brackets")
+
+
+def test_rtl_cuts_instruction_fields_through_the_generated_package():
+    """Every slice of an instruction word in rtl/ names the field's position and width
+    from spikec_isa_pkg (`ins[spikec_isa_pkg::SPMM_K_LSB+:spikec_isa_pkg::SPMM_K_W]`), no
+    enum value is cast to a literal width, and every register loaded straight from a
+    field is declared with a named width: no field width is restated as a number."""
+    pkg = _pkg_constants(svgen.package_text())
+    P = "spikec_isa_pkg::"
+    slices = 0
+    for path in sorted(rtl_sim.rtl_dir().glob("*.sv")) + [rtl_sim.rtl_dir() / "tb" / "tb_top.sv"]:
+        text = re.sub(r"//[^\n]*", "", path.read_text(encoding="utf-8"))
+        compact = re.sub(r"\s+", "", text)
+        for m in re.finditer(_WORD_SIGNALS, compact):
+            idx = _brackets(compact, m.end() - 1)
+            slices += 1
+            where = f"{path.name}: {m[1]}[{idx}]"
+            if f := re.fullmatch(rf"{P}(\w+)_LSB\+:{P}(\w+)_W", idx):
+                assert f[1] == f[2] and f"{f[1]}_LSB" in pkg and f"{f[1]}_W" in pkg, where
+            elif f := re.fullmatch(rf"{P}(\w+)_LSB", idx):
+                assert pkg.get(f"{f[1]}_W") == 1, f"{where}: a multi-bit field cut as one bit"
+            else:
+                assert idx in (f"{P}WORD_BITS-1:0", f"{P}WORD_BITS+:{P}PC_W"), f"{where}: not cut through spikec_isa_pkg"
+        assert not re.search(r"\d+'\(spikec_isa_pkg::", compact), f"{path.name}: a package constant cast to a literal width"
+        # registers loaded straight from a field (or through a cast to a named width) are
+        # declared with a named width; 32'(...) widens a field into arithmetic
+        decls = {}
+        for d in re.finditer(r"logic(?:signed)?\[([^\]]+)\]([\w,]+);", compact):
+            for name in d[2].split(","):
+                decls[name] = d[1]
+        for a in re.finditer(rf"(\w+)(?:<=|=)(?:[A-Za-z_]\w*'\()?{_WORD_SIGNALS}", compact):
+            end = a.end() + len(_brackets(compact, a.end() - 1)) + 1
+            straight = compact.startswith((";", ");"), end)  # the whole right-hand side
+            width = decls.get(a[1])
+            if straight and width is not None:
+                assert not re.fullmatch(r"\d+:0", width), f"{path.name}: {a[1]} [{width}] holds a field with a literal width"
+    assert slices > 60, slices  # the pattern still finds the RTL's field cuts
 
 
 # ---------------------------------------------------------------- helpers

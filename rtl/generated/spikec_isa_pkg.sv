@@ -8,6 +8,10 @@ package spikec_isa_pkg;
 
   localparam int WORD_BITS = 128;
   localparam int DRAM_ADDR_BITS = 32;
+  // instruction index (program counter) bits: 65536 instructions
+  localparam int PC_W = 16;
+  // buffer address ports: wide enough for every buffer's address field
+  localparam int BUF_ADDR_W = 20;
 
   // header: opcode and the four dependency bits, common to every format
   localparam int HDR_OPCODE_LSB = 0;

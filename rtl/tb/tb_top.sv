@@ -9,28 +9,15 @@
 //
 // The DRAM is a C++ byte vector (dram.cpp) behind a fixed latency: a read request's
 // data and a write's acknowledgement come back DRAM_LATENCY cycles later (at least 1).
-module tb_top #(
-    parameter int PE_ROWS = 4,
-    parameter int PE_COLS = 4,
-    parameter int VEC_LANES = 4,
-    parameter int DRAM_BEAT_BYTES = 8,
-    parameter int DRAM_LATENCY = 32,
-    parameter int SPMM_SETUP = 4,
-    parameter int VEC_SETUP = 4,
-    parameter int CMD_QUEUE_DEPTH = 16,
-    parameter int TOKEN_QUEUE_DEPTH = 4,
-    parameter int INP_ELEMS = 2048,
-    parameter int INP_BANKS = 4,
-    parameter int WGT_ELEMS = 8192,
-    parameter int WGT_BANKS = 8,
-    parameter int ACC_ELEMS = 1024,
-    parameter int ACC_BANKS = 4,
-    parameter int VEC_ELEMS = 2048,
-    parameter int VEC_BANKS = 4,
-    parameter int SCL_ELEMS = 256,
-    parameter int SCL_BANKS = 4,
-    parameter int MAX_PROGRAM = 65536
-);
+//
+// The core's parameters come from package spikec_cfg_pkg, which runtime/rtl_sim.py
+// generates for the configuration being built (isa/svgen.py config_package_text, the
+// values of svgen.params(cfg)); widths come from the generated spikec_isa_pkg.
+module tb_top;
+  localparam int DRAM_BEAT_BYTES = spikec_cfg_pkg::DRAM_BEAT_BYTES;
+  localparam int DRAM_LATENCY = spikec_cfg_pkg::DRAM_LATENCY;
+  localparam int MAX_PROGRAM = 1 << spikec_isa_pkg::PC_W;
+  localparam int OPW = spikec_isa_pkg::HDR_OPCODE_W;
   import "DPI-C" function int dram_init(input string path, input longint nbytes);
   import "DPI-C" function int dram_rd32(input longint addr);
   import "DPI-C" function void dram_wr8(input longint addr, input int data);
@@ -46,26 +33,30 @@ module tb_top #(
   logic rst = 1'b1;
   always #5 clk = ~clk;
 
-  logic [127:0] imem[0:MAX_PROGRAM-1];
-  logic [15:0] imem_addr;
-  logic [127:0] imem_data;
+  logic [spikec_isa_pkg::WORD_BITS-1:0] imem[0:MAX_PROGRAM-1];
+  logic [spikec_isa_pkg::PC_W-1:0] imem_addr;
+  logic [spikec_isa_pkg::WORD_BITS-1:0] imem_data;
   logic rd_req, rd_valid, wr_req, wr_ack;
-  logic [31:0] rd_addr, wr_addr;
+  logic [spikec_isa_pkg::DRAM_ADDR_BITS-1:0] rd_addr, wr_addr;
   logic [NBW-1:0] rd_bytes, wr_bytes;
   logic [BEAT*8-1:0] rd_data, wr_data;
   logic finished, fault;
   logic [3:0] fault_code;
-  logic [15:0] fault_index;
-  logic [2:0] fault_opcode;
+  logic [spikec_isa_pkg::PC_W-1:0] fault_index;
+  logic [OPW-1:0] fault_opcode;
   logic [NCNT*64-1:0] counters;
 
   spikec_core #(
-      .PE_ROWS(PE_ROWS), .PE_COLS(PE_COLS), .VEC_LANES(VEC_LANES), .DRAM_BEAT_BYTES(DRAM_BEAT_BYTES),
-      .DRAM_LATENCY(DRAM_LATENCY), .SPMM_SETUP(SPMM_SETUP), .VEC_SETUP(VEC_SETUP),
-      .CMD_QUEUE_DEPTH(CMD_QUEUE_DEPTH), .TOKEN_QUEUE_DEPTH(TOKEN_QUEUE_DEPTH),
-      .INP_ELEMS(INP_ELEMS), .INP_BANKS(INP_BANKS), .WGT_ELEMS(WGT_ELEMS), .WGT_BANKS(WGT_BANKS),
-      .ACC_ELEMS(ACC_ELEMS), .ACC_BANKS(ACC_BANKS), .VEC_ELEMS(VEC_ELEMS), .VEC_BANKS(VEC_BANKS),
-      .SCL_ELEMS(SCL_ELEMS), .SCL_BANKS(SCL_BANKS)
+      .PE_ROWS(spikec_cfg_pkg::PE_ROWS), .PE_COLS(spikec_cfg_pkg::PE_COLS),
+      .VEC_LANES(spikec_cfg_pkg::VEC_LANES), .DRAM_BEAT_BYTES(spikec_cfg_pkg::DRAM_BEAT_BYTES),
+      .DRAM_LATENCY(spikec_cfg_pkg::DRAM_LATENCY), .SPMM_SETUP(spikec_cfg_pkg::SPMM_SETUP),
+      .VEC_SETUP(spikec_cfg_pkg::VEC_SETUP), .CMD_QUEUE_DEPTH(spikec_cfg_pkg::CMD_QUEUE_DEPTH),
+      .TOKEN_QUEUE_DEPTH(spikec_cfg_pkg::TOKEN_QUEUE_DEPTH),
+      .INP_ELEMS(spikec_cfg_pkg::INP_ELEMS), .INP_BANKS(spikec_cfg_pkg::INP_BANKS),
+      .WGT_ELEMS(spikec_cfg_pkg::WGT_ELEMS), .WGT_BANKS(spikec_cfg_pkg::WGT_BANKS),
+      .ACC_ELEMS(spikec_cfg_pkg::ACC_ELEMS), .ACC_BANKS(spikec_cfg_pkg::ACC_BANKS),
+      .VEC_ELEMS(spikec_cfg_pkg::VEC_ELEMS), .VEC_BANKS(spikec_cfg_pkg::VEC_BANKS),
+      .SCL_ELEMS(spikec_cfg_pkg::SCL_ELEMS), .SCL_BANKS(spikec_cfg_pkg::SCL_BANKS)
   ) dut (
       .clk(clk), .rst(rst), .imem_addr(imem_addr), .imem_data(imem_data),
       .dram_rd_req(rd_req), .dram_rd_addr(rd_addr), .dram_rd_bytes(rd_bytes),
@@ -107,7 +98,8 @@ module tb_top #(
   string names[NCNT] = '{"cycles", "busy_load", "busy_compute", "busy_store", "instructions",
                          "dram_read_bytes", "dram_write_bytes", "spikes", "spike_vectors",
                          "skipped_vectors", "vec_elements"};
-  string mnemonics[8] = '{"LOAD", "STORE", "SPMM", "ENCODE", "VEC", "FINISH", "ILLEGAL6", "ILLEGAL7"};
+  // indexed by opcode (isa/fields.py Opcode; tests/test_rtl_core.py checks the order)
+  string mnemonics[1 << OPW] = '{"LOAD", "STORE", "SPMM", "ENCODE", "VEC", "FINISH", "ILLEGAL6", "ILLEGAL7"};
 
   function automatic string reason(input logic [3:0] code);
     case (code)

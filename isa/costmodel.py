@@ -1,7 +1,8 @@
 """Cycle and energy model of the accelerator (docs/isa.md, "Cost model").
 
 Cycles come from the hardware configuration (PE array, vector lanes, clock, DRAM
-bandwidth and latency); energy from the 45 nm constants of SEMANTICS.md section 6, with
+bandwidth and latency); energy from the configuration's constants (HwConfig.energy_constants:
+the 45 nm ones of SEMANTICS.md section 6 unless the configuration gives its own), with
 memory traffic counted next to arithmetic. Each instruction's cost depends only on its
 fields, except SPMM, whose PE-array time grows with the spike vectors that are not all
 zero (the hardware skips all-zero (token, plane, k-chunk) vectors) -- the simulator
@@ -17,32 +18,15 @@ from dataclasses import dataclass, field
 
 from spikec.isa.encoding import Instruction
 from spikec.isa.fields import ELEMENT_BYTES, AccMode, Buffer, EncodeDst, Opcode, ScaleMode, VecFlag, VecFunc, WeightFormat
-from spikec.isa.hwconfig import HwConfig
+from spikec.isa.hwconfig import EnergyConstants, HwConfig
 
 
-@dataclass(frozen=True)
-class Energy45nm:
-    """pJ per operation. Source: M. Horowitz, "Computing's energy problem (and what we can
-    do about it)", ISSCC 2014, 45 nm, as quoted in SEMANTICS.md section 6."""
-
-    int32_add: float = 0.1
-    int8_add: float = 0.03
-    fp32_add: float = 0.9
-    fp32_mult: float = 3.7
-    # 64-bit SRAM read by array size; a buffer is charged the smallest class that holds it
-    # (above 1 MB the 1 MB figure, an underestimate). Writes are charged as reads.
-    sram64: tuple[tuple[int, float], ...] = ((8 * 1024, 10.0), (32 * 1024, 20.0), (1024 * 1024, 100.0))
-    # One 64-bit DRAM access: Horowitz gives 1.3 to 2.6 nJ; we use the low end so the
-    # memory share is not overstated (pass dram64=2600.0 for the high end).
-    dram64: float = 1300.0
-    source: str = "Horowitz, ISSCC 2014, 45 nm (SEMANTICS.md section 6)"
-
-    def sram_pj_per_byte(self, size_bytes: int) -> float:
-        for limit, pj in self.sram64:
-            if size_bytes <= limit:
-                return pj / 8
-        return self.sram64[-1][1] / 8
-
+# The energy table: pJ per operation, per configuration (HwConfig.energy_constants; the
+# class lives in isa/hwconfig.py so a configuration can carry its own). Energy45nm() is
+# Horowitz's 45 nm table (ISSCC 2014, as quoted in SEMANTICS.md section 6), the constants
+# of every configuration that gives none (`default`, `small`); `deploy` gives 28 nm-class
+# ones (docs/isa.md section 11).
+Energy45nm = EnergyConstants
 
 ENERGY = Energy45nm()
 
@@ -118,7 +102,11 @@ class Cost:
     fp_adds: int = 0
     fp_mults: int = 0
 
-    def energy_pj(self, cfg: HwConfig, e: Energy45nm = ENERGY) -> dict[str, float]:
+    def energy_pj(self, cfg: HwConfig, e: EnergyConstants | None = None) -> dict[str, float]:
+        """pJ by component: dram (DRAM/HBM traffic), sram (on-chip buffers), pe (PE-array
+        adds), vec (vector-unit float operations); constants `e`, else the configuration's."""
+        if e is None:
+            e = cfg.energy_constants
         sram = sum(n * e.sram_pj_per_byte(cfg.buffer_bytes(b)) for d in (self.sram_read, self.sram_write) for b, n in d.items())
         return {
             "dram": (self.dram_read + self.dram_write) / 8 * e.dram64,
@@ -158,7 +146,8 @@ def spmm_cost(cfg: HwConfig, ins: Instruction, vectors: int | None = None, spike
     """Weight-stationary PE array of pe_rows x pe_cols. For each weight tile (k-chunk of
     pe_rows, m-chunk of pe_cols): pe_rows cycles to load it, then one cycle per spike vector
     (token, plane) of that k-chunk that is not all zero. `vectors` counts those over all
-    k-chunks (dense when None); `spikes` the nonzero spikes (dense bound when None)."""
+    k-chunks (dense when None); `spikes` the nonzero spikes (dense bound when None). With
+    `pe_load_lines` = p the tile loads p rows (columns with wtrans) per cycle."""
     R, C = cfg.pe_rows, cfg.pe_cols
     kc, mc = _ceil(ins.k, R), _ceil(ins.m, C)
     if vectors is None:
@@ -169,7 +158,8 @@ def spmm_cost(cfg: HwConfig, ins: Instruction, vectors: int | None = None, spike
     acc_bytes = ins.n * ins.m * 4
     # Loading a weight tile takes one cycle per PE row, or per PE column when W is stored
     # transposed (the array then takes a column of the tile per cycle).
-    c = Cost(cycles=cfg.spmm_setup_cycles + mc * (kc * (C if ins.wtrans else R) + vectors))
+    # A configuration may load several lines per cycle (`pe_load_lines`, default 1).
+    c = Cost(cycles=cfg.spmm_setup_cycles + mc * (kc * _ceil(C if ins.wtrans else R, cfg.pe_load_lines) + vectors))
     # SOPs (one add per nonzero spike per output feature) plus one Horner/accumulate add
     # per processed vector per PE column.
     c.pe_adds = spikes * ins.m + vectors * mc * C

@@ -1,10 +1,18 @@
 """The accelerator's hardware configuration: one JSON file shared by the compiler, the
-simulator, the cost model and (later) the RTL's parameters.
+simulator, the cost model and the RTL's parameters.
 
 `HwConfig.load("default")` reads isa/configs/default.json; `HwConfig.load(path)` any file.
-Every field is required, unknown fields are rejected, and each bad value ends in a
+Every field of _SPEC is required, unknown fields are rejected, and each bad value ends in a
 SpikecError naming the file and the field. Buffer sizes are checked against the address
 widths of isa/fields.py, so every configured buffer is fully addressable.
+
+Three fields are optional (the built-in `default` and `small` leave them out, so their
+dictionaries, JSON and .sbin HWCONFIG sections are unchanged):
+- `pe_load_lines` (default 1): tile lines (rows, or columns with `wtrans`) the PE array
+  loads per cycle (costmodel.spmm_cost);
+- `energy` (default: Horowitz's 45 nm table, `EnergyConstants()`): the energy constants
+  the cost model charges, with their sources (docs/isa.md sections 7 and 11);
+- `notes`: free-text strings (e.g. where the clock comes from); no effect.
 """
 
 from __future__ import annotations
@@ -41,6 +49,88 @@ _SPEC: dict[str, tuple[type, float, float, str]] = {
     "token_queue_depth": (int, 1, 1 << 16, "tokens each dependency queue holds"),
 }
 
+# optional fields: name -> (kind, low, high, meaning, default)
+_OPTIONAL_INT: dict[str, tuple[type, int, int, str, int]] = {
+    "pe_load_lines": (int, 1, 1024, "tile lines (rows; columns with wtrans) the PE array loads per cycle", 1),
+}
+
+
+@dataclass(frozen=True)
+class EnergyConstants:
+    """Energy per operation in pJ, and where the numbers come from. The defaults are
+    M. Horowitz, "Computing's energy problem (and what we can do about it)", ISSCC 2014,
+    45 nm, 0.9 V (as quoted in SEMANTICS.md section 6): the constants of every configuration
+    without an `energy` field. A configuration's JSON may give its own (`energy`: an object
+    with these keys; `sram64` as [[max_bytes, pJ], ...] by increasing size)."""
+
+    int32_add: float = 0.1  # PE array: each SOP and each Horner/accumulate update
+    int8_add: float = 0.03
+    fp32_add: float = 0.9  # vector unit (compares, rint, conversions count as adds)
+    fp32_mult: float = 3.7  # vector unit (a division counts as a multiply)
+    # 64-bit SRAM access by array size; a buffer is charged the smallest class that holds it
+    # (above the largest class that class's figure). Writes are charged as reads.
+    sram64: tuple[tuple[int, float], ...] = ((8 * 1024, 10.0), (32 * 1024, 20.0), (1024 * 1024, 100.0))
+    # One 64-bit DRAM access: Horowitz gives 1.3 to 2.6 nJ; we use the low end so the
+    # memory share is not overstated (pass dram64=2600.0 for the high end).
+    dram64: float = 1300.0
+    source: str = "Horowitz, ISSCC 2014, 45 nm (SEMANTICS.md section 6)"
+    citations: tuple[str, ...] = ()
+
+    def sram_pj_per_byte(self, size_bytes: int) -> float:
+        for limit, pj in self.sram64:
+            if size_bytes <= limit:
+                return pj / 8
+        return self.sram64[-1][1] / 8
+
+    @property
+    def dram_pj_per_bit(self) -> float:
+        return self.dram64 / 64
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["sram64"] = [list(x) for x in self.sram64]
+        d["citations"] = list(self.citations)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: object, source: str) -> "EnergyConstants":
+        where = f"{source}: field 'energy'"
+        if not isinstance(d, dict):
+            raise SpikecError(f"{where} must be an object, got {type(d).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(map(str, set(d) - known))
+        if unknown:
+            raise SpikecError(f"{where}: unknown key(s) {', '.join(repr(u[:40]) for u in unknown[:8])}")
+        missing = sorted(known - set(d) - {"citations"})
+        if missing:
+            raise SpikecError(f"{where}: missing key(s) {', '.join(missing)}")
+        vals: dict[str, object] = {}
+        for key in ("int32_add", "int8_add", "fp32_add", "fp32_mult", "dram64"):
+            v = d[key]
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or not 0 <= v <= 1e6:
+                raise SpikecError(f"{where}: '{key}' (pJ) must be a number in 0..1e6, got {v!r:.80}")
+            vals[key] = float(v)
+        classes = d["sram64"]
+        ok = isinstance(classes, list) and 1 <= len(classes) <= 16 and all(
+            isinstance(c, list) and len(c) == 2 and isinstance(c[0], int) and not isinstance(c[0], bool) and c[0] >= 1
+            and isinstance(c[1], (int, float)) and not isinstance(c[1], bool) and math.isfinite(c[1]) and 0 <= c[1] <= 1e6
+            for c in classes)
+        if not ok or [c[0] for c in classes] != sorted({c[0] for c in classes}):
+            raise SpikecError(f"{where}: 'sram64' must be 1..16 pairs [max_bytes, pJ per 64-bit access] by "
+                              f"increasing size, got {classes!r:.120}")
+        vals["sram64"] = tuple((int(a), float(b)) for a, b in classes)
+        for key in ("source", "citations"):
+            v = d.get(key, [] if key == "citations" else None)
+            items = [v] if key == "source" else v
+            if not isinstance(items, list) or len(items) > 64 or not all(isinstance(x, str) and 0 < len(x) <= 1024 for x in items):
+                raise SpikecError(f"{where}: '{key}' must be {'a non-empty string' if key == 'source' else 'a list of strings'}"
+                                  f" of at most 1024 characters")
+            vals[key] = v if key == "source" else tuple(v)
+        return cls(**vals)  # type: ignore[arg-type]
+
+
+_OPTIONAL = ("pe_load_lines", "energy", "notes")
+
 _KIB_FIELD = {Buffer.INP: "inp_kib", Buffer.WGT: "wgt_kib", Buffer.ACC: "acc_kib", Buffer.VEC: "vec_kib", Buffer.SCL: "scl_kib"}
 
 
@@ -63,6 +153,15 @@ class HwConfig:
     vec_setup_cycles: int
     cmd_queue_depth: int
     token_queue_depth: int
+    # optional (omitted from to_dict when at their defaults)
+    pe_load_lines: int = 1
+    energy: EnergyConstants | None = None  # None: EnergyConstants() (Horowitz, 45 nm)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def energy_constants(self) -> EnergyConstants:
+        """The energy constants of this configuration (Horowitz 45 nm unless it gives its own)."""
+        return self.energy if self.energy is not None else _HOROWITZ
 
     # ------------------------------------------------------------ derived sizes
 
@@ -90,7 +189,7 @@ class HwConfig:
         unknown = sorted(map(str, set(d) - known))
         if unknown:
             raise SpikecError(f"{source}: unknown field(s) {', '.join(repr(u[:40]) for u in unknown[:8])}")
-        missing = [f for f in known if f not in d]
+        missing = [f for f in known if f not in d and f not in _OPTIONAL]
         if missing:
             raise SpikecError(f"{source}: missing field(s) {', '.join(sorted(missing))}")
         name = d["name"]
@@ -104,6 +203,17 @@ class HwConfig:
                 want = "an integer" if kind is int else "a number"
                 raise SpikecError(f"{source}: field '{key}' ({meaning}) must be {want} in {lo:g}..{hi:g}, got {v!r:.80}")
             values[key] = kind(v)
+        for key, (kind, lo, hi, meaning, default) in _OPTIONAL_INT.items():
+            v = d.get(key, default)
+            if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
+                raise SpikecError(f"{source}: field '{key}' ({meaning}) must be an integer in {lo}..{hi}, got {v!r:.80}")
+            values[key] = v
+        if "energy" in d:
+            values["energy"] = EnergyConstants.from_dict(d["energy"], source)
+        notes = d.get("notes", [])
+        if not isinstance(notes, list) or len(notes) > 64 or not all(isinstance(x, str) and len(x) <= 2048 for x in notes):
+            raise SpikecError(f"{source}: field 'notes' must be a list of at most 64 strings")
+        values["notes"] = tuple(notes)
         cfg = cls(**values)  # type: ignore[arg-type]
         for buf, key in _KIB_FIELD.items():
             if cfg.buffer_elems(buf) > 1 << ADDR_BITS[buf]:
@@ -141,11 +251,23 @@ class HwConfig:
         return cls.from_json(text, str(p))
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        """Every field; the optional ones only when they differ from their defaults (so the
+        built-in configurations' dictionaries and JSON are what they were before them)."""
+        d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _OPTIONAL}
+        if self.pe_load_lines != 1:
+            d["pe_load_lines"] = self.pe_load_lines
+        if self.energy is not None:
+            d["energy"] = self.energy.to_dict()
+        if self.notes:
+            d["notes"] = list(self.notes)
+        return d
 
     def to_json(self) -> bytes:
         """Deterministic bytes for the .sbin HWCONFIG section."""
         return (json.dumps(self.to_dict(), indent=2) + "\n").encode("utf-8")
+
+
+_HOROWITZ = EnergyConstants()
 
 
 def builtin_names() -> list[str]:

@@ -1,0 +1,298 @@
+"""The deployment-scale decode model (isa/decode.py, isa/configs/deploy.json, docs/isa.md
+section 11): the program is well formed, streams each weight exactly once, runs on the
+functional simulator without a race or deadlock and bit-exact against the decode step
+computed op by op with the ISA's numerics (spikec.reference), costs linearly in layers, and
+the per-config energy constants leave the built-in configurations as they were."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from spikec.isa import costmodel
+from spikec.isa import decode as D
+from spikec.isa.encoding import encode_program
+from spikec.isa.fields import Buffer, Opcode
+from spikec.isa.hwconfig import EnergyConstants, HwConfig
+
+TINY = D.LMShape("tiny", hidden=512, intermediate=1024, layers=2, heads=4, kv_heads=2, head_dim=128, vocab=1000)
+
+
+@pytest.fixture(scope="module")
+def cfg() -> HwConfig:
+    return HwConfig.load("deploy")
+
+
+def _weight_loads(p: D.DecodeProgram) -> int:
+    return sum(i.rows * i.cols for i in p.program if i.op == Opcode.LOAD and i.buf == Buffer.WGT and i.dram < p.weights_end)
+
+
+def test_program_is_balanced_and_finishes(cfg):
+    p = D.build_decode(TINY, cfg, 8, kv_max=64)  # ProgramBuilder.program() checks the token balance
+    assert p.program[-1].op == Opcode.FINISH
+    t = D.timeline(p.program, cfg, 0.23)  # raises on a deadlock or leftover tokens
+    assert t.cycles > 0 and t.instructions == len(p.program)
+
+
+# a down product whose K (16896) exceeds one ENCODE row: encoded and accumulated as two halves
+HALVES = D.LMShape("halves", hidden=256, intermediate=16896, layers=1, heads=2, kv_heads=1, head_dim=128, vocab=512)
+
+
+@pytest.mark.parametrize("shape, L, kv_max", [(TINY, 8, 64), (HALVES, 5, 16)], ids=["tiny", "halves"])
+def test_simulator_runs_the_program(cfg, shape, L, kv_max):
+    """The functional simulator checks races, read-before-write, deadlock, FINISH ordering."""
+    from spikec.runtime.simulator import Simulator
+
+    p = D.build_decode(shape, cfg, L, kv_max=kv_max)
+    sim = Simulator(cfg)
+    rng = np.random.default_rng(0)
+    sim.write(0, rng.integers(0, 256, p.weights_end, dtype=np.uint8).tobytes())
+    sim.write(p.weights_end, (0.1 * rng.standard_normal((p.layout["end"] - p.weights_end) // 4)).astype("<f4").tobytes())
+    sim.write(p.layout["consts"], np.array([1.0, 1e-6], "<f4").tobytes())  # ENCODE's unit scale, RMSNorm's eps
+    sim.load_program(encode_program(p.program))
+    rec = []
+    orig = costmodel.instruction_cost
+
+    def recording(c, ins, vectors=None, spikes=None):
+        if ins.op == Opcode.SPMM:
+            rec.append((vectors, spikes))
+        return orig(c, ins, vectors, spikes)
+
+    costmodel.instruction_cost = recording
+    try:
+        ctr = sim.run()
+    finally:
+        costmodel.instruction_cost = orig
+    # the cost-only timeline, given the simulator's spike counts, is the simulator's timing and energy
+    t = D.timeline(p.program, cfg, 0.0, spmm_counts=lambda i, ins: rec[i])
+    assert t.cycles == ctr.cycles and t.energy_total_pj == pytest.approx(ctr.energy_total_pj)
+    assert 0 < ctr.cycles <= D.timeline(p.program, cfg, 1.0, 1.0).cycles
+    logits = np.frombuffer(sim.read(p.layout["logits"], 4 * shape.vocab), "<f4")
+    assert np.isfinite(logits).all()
+
+
+@pytest.mark.parametrize("shape", [TINY, HALVES, D.QWEN2VL_2B], ids=["tiny", "halves", "2b"])
+def test_weights_loaded_once_exactly(cfg, shape):
+    p = D.build_decode(shape, cfg, 16)
+    assert p.weight_load_bytes == _weight_loads(p) == shape.weight_bytes(4)
+
+
+def test_7b_weight_bytes():
+    s = D.QWEN2VL_7B
+    assert s.weights() == 28 * (3584 * (3584 + 1024) + 3584 * 3584 + 3584 * 2 * 18944 + 18944 * 3584) + 3584 * 152064
+    assert s.weight_bytes(4) == s.weights() // 2 == 3_535_142_912
+
+
+def test_cycles_linear_in_layers(cfg):
+    c = [D.timeline(D.build_decode(D.QWEN2VL_2B, cfg, 256, layers=n, head=False).program, cfg, 0.23).cycles
+         for n in (1, 2, 3, 4)]
+    steps = [b - a for a, b in zip(c, c[1:])]
+    assert max(steps) - min(steps) <= 0.005 * steps[0]
+    assert abs(c[0] - steps[0]) <= 0.05 * steps[0]  # one layer alone: the steady-state layer + pipeline fill
+
+
+def test_energy_split_sums_to_total(cfg):
+    p = D.build_decode(TINY, cfg, 8, kv_max=64)
+    t = D.timeline(p.program, cfg, 0.23)
+    assert set(t.energy_pj) == {"dram", "sram", "pe", "vec"}
+    assert sum(t.energy_pj.values()) == pytest.approx(t.energy_total_pj)
+    e = cfg.energy_constants
+    assert t.energy_pj["dram"] == pytest.approx((t.dram_read + t.dram_write) * 8 * e.dram_pj_per_bit)
+    c = D.cost_decode(TINY, cfg, 8, 0.23)
+    assert sum(c.energy_j.values()) == pytest.approx(c.timing.energy_total_pj * 1e-12)
+
+
+def test_dma_shapes_cover_exactly(cfg):
+    for n, elem in ((458752, 1), (3584, 4), (1, 4), (65537, 1), (2 * 1024 * 1024 // 3, 1)):
+        shapes = D.dma_shapes(n, elem, cfg)
+        assert sum(r * c for r, c in shapes) == n and all(1 <= r <= 65535 and 1 <= c <= 65535 for r, c in shapes)
+
+
+def test_builtin_configs_unchanged_by_the_optional_fields():
+    for name in ("default", "small"):
+        cfg = HwConfig.load(name)
+        assert cfg.pe_load_lines == 1 and cfg.energy is None and cfg.notes == ()
+        assert set(cfg.to_dict()) == set(costmodel_fields())
+        assert cfg.energy_constants == EnergyConstants() == costmodel.ENERGY
+        assert HwConfig.from_json(cfg.to_json()) == cfg
+    deploy = HwConfig.load("deploy")
+    assert HwConfig.from_json(deploy.to_json()) == deploy
+    assert deploy.energy_constants.dram_pj_per_bit == pytest.approx(250 / 64)
+    assert deploy.energy_constants.citations
+
+
+def costmodel_fields() -> list[str]:
+    return ["name", "clock_mhz", "pe_rows", "pe_cols", "vec_lanes", "inp_kib", "wgt_kib", "acc_kib", "vec_kib", "scl_kib",
+            "dram_mib", "dram_gbps", "dram_latency_cycles", "spmm_setup_cycles", "vec_setup_cycles", "cmd_queue_depth",
+            "token_queue_depth"]
+
+
+def test_pe_load_lines_divides_the_tile_load():
+    base = HwConfig.load("default").to_dict()
+    fast = HwConfig.from_dict(base | {"pe_load_lines": 4})
+    spmm = D.Instruction(Opcode.SPMM, inp=0, wgt=0, acc=0, n=1, k=64, m=32, acc_stride=32, t=4, neuron=0, wfmt=1,
+                         wtrans=0, acc_mode=0)
+    slow_c = costmodel.spmm_cost(HwConfig.from_dict(base), spmm, vectors=4, spikes=4).cycles
+    fast_c = costmodel.spmm_cost(fast, spmm, vectors=4, spikes=4).cycles
+    # 2 m-chunks x 4 k-chunks: 16 rows loaded in 16 cycles, or 4 with 4 lines per cycle
+    assert slow_c - fast_c == 2 * 4 * (16 - 4)
+
+
+def test_bad_energy_field_names_it(tmp_path):
+    from spikec.errors import SpikecError
+
+    d = HwConfig.load("deploy").to_dict()
+    d["energy"]["sram64"] = [[1024, 5.0], [512, 1.0]]
+    with pytest.raises(SpikecError, match="energy.*sram64"):
+        HwConfig.from_dict(d, "x.json")
+    d = HwConfig.load("deploy").to_dict() | {"pe_load_lines": 0}
+    with pytest.raises(SpikecError, match="pe_load_lines"):
+        HwConfig.from_dict(d, "x.json")
+
+
+# ---------------------------------------------------------------- bit-exact against a reference
+
+
+def _model(p: D.DecodeProgram, rng) -> dict:
+    """Random parameters of `p.shape` (int4 weight codes, positive scales) and the step's
+    inputs (embedding row, rotary tables, previous KV-cache codes)."""
+    s, lay = p.shape, p.layout
+    f = np.float32
+    prm = {"w": {}, "sw": {}, "bias": {}}
+    for key in lay["tiles"]:
+        K, M = (s.hidden, s.vocab) if key == ("head",) else {n: (k, m) for n, k, m, _ in s.linears()}[key[1]]
+        prm["w"][key] = rng.integers(-7, 8, size=(K, M))
+        prm["sw"][key] = (rng.random(M) * 0.02 + 0.01).astype(f)
+        prm["bias"][key] = (0.1 * rng.standard_normal(M)).astype(f)
+    L = p.layers
+    prm["g1"] = [(1 + 0.1 * rng.standard_normal(s.hidden)).astype(f) for _ in range(L)]
+    prm["g2"] = [(1 + 0.1 * rng.standard_normal(s.hidden)).astype(f) for _ in range(L)]
+    prm["s_k"] = [(rng.random(s.kv) * 0.05 + 0.02).astype(f) for _ in range(L)]
+    prm["s_v"] = [(rng.random(s.kv) * 0.05 + 0.02).astype(f) for _ in range(L)]
+    prm["gf"] = (1 + 0.1 * rng.standard_normal(s.hidden)).astype(f)
+    prm["x"] = rng.standard_normal(s.hidden).astype(f)
+    kvm, half = lay["kv_max"], s.head_dim // 2
+    ang = np.arange(kvm)[:, None] * (10000.0 ** (-np.arange(half) / half))[None]
+    prm["cos"], prm["sin"] = np.cos(ang).astype(f), np.sin(ang).astype(f)
+    prm["kc"] = rng.integers(-127, 128, size=(L, s.kv_heads, kvm, s.head_dim)).astype(np.int8)
+    prm["vc"] = rng.integers(-127, 128, size=(L, s.kv_heads, kvm, s.head_dim)).astype(np.int8)
+    return prm
+
+
+def _write_model(sim, p: D.DecodeProgram, prm: dict) -> None:
+    from spikec.isa.tiling import pack_weights
+
+    s, lay = p.shape, p.layout
+    f4 = lambda a: np.ascontiguousarray(a, "<f4").tobytes()  # noqa: E731
+    for key, tiles in lay["tiles"].items():
+        for addr, m0, m, k0, k in tiles:
+            sim.write(addr, pack_weights(prm["w"][key][k0:k0 + k, m0:m0 + m], 4))
+    deq = (16383 // p.cfg.pe_cols) * p.cfg.pe_cols
+    for l in range(p.layers):
+        scl = np.zeros(lay["n_sc"], np.float32)
+        for name, K, M, bias in s.linears():
+            for gi, m0 in enumerate(range(0, M, deq)):
+                gl, o = min(deq, M - m0), lay["sw_off"][name][gi]
+                scl[o:o + gl] = prm["sw"][(l, name)][m0:m0 + gl]
+                if bias:
+                    scl[o + gl:o + 2 * gl] = prm["bias"][(l, name)][m0:m0 + gl]
+        scl[lay["sv_off"]:lay["sv_off"] + s.kv] = prm["s_v"][l]
+        sim.write(lay["c_scl"][l], f4(scl))
+        inv = np.float32(1) / np.concatenate([prm["s_k"][l], prm["s_v"][l]])
+        sim.write(lay["c_vec"][l], f4(np.concatenate([prm["g1"][l], prm["g2"][l], inv, prm["s_k"][l]])))
+    sim.write(lay["h_scl"], f4(prm["sw"][("head",)]))
+    sim.write(lay["gf_vec"], f4(prm["gf"]))
+    sim.write(lay["rope"], f4(np.concatenate([prm["cos"].ravel(), prm["sin"].ravel()])))
+    sim.write(lay["consts"], f4([1.0, 1e-6]))
+    sim.write(lay["score_row"], f4(np.full(lay["kv_max"], 1 / np.sqrt(s.head_dim), np.float32)))
+    sim.write(lay["x_in"], f4(prm["x"]))
+    sim.write(lay["kcache"], prm["kc"].tobytes())
+    sim.write(lay["vcache"], prm["vc"].tobytes())
+
+
+def _reference(p: D.DecodeProgram, prm: dict) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The decode step with the ISA's numerics (spikec.reference), op by op as the program
+    orders them: logits [vocab] and the new KV-cache rows [layers, kv_heads, 2, head_dim]."""
+    from spikec import reference as R
+
+    s, lay, t = p.shape, p.layout, 4
+    f = np.float32
+    H, I, G, D_, KVH, KV = s.hidden, s.intermediate, s.group, s.head_dim, s.kv_heads, s.kv
+    pos, L = p.L - 1, p.L
+    eps = f(1e-6)
+
+    def enc(v):  # dynamic ENCODE of rows v [n, len]
+        sc = R.scale_per_token(v, t + 1)
+        return R.quantize(v, sc, 2**t - 1), sc
+
+    def spmm(q, w):
+        return R.horner(R.tclif_encode(q, t), w)
+
+    def product(key, K, M, xrow, bias):
+        outs = []
+        for k0, kl in lay["parts"].get(K, [(0, K)]):
+            q, sc = enc(xrow[None, k0:k0 + kl])
+            y = R.dequantize(spmm(q, prm["w"][key][k0:k0 + kl]), sc) * prm["sw"][key]
+            outs.append(y + prm["bias"][key] if bias else y)
+        return outs[0][0] if len(outs) == 1 else (outs[0] + outs[1])[0]
+
+    x = prm["x"].copy()
+    nrope = s.heads + KVH
+    cos, sin = np.repeat(prm["cos"][pos][None], nrope, 0), np.repeat(prm["sin"][pos][None], nrope, 0)
+    new_kv = np.zeros((p.layers, KVH, 2, D_), np.int8)
+    for l in range(p.layers):
+        h = R.vec_rmsnorm(x[None], prm["g1"][l], eps)[0]
+        qkv = product((l, "qkv"), H, H + 2 * KV, h, s.qkv_bias)
+        qk = R.vec_rope(qkv[:H + KV].reshape(nrope, D_), cos, sin).ravel()
+        qkv = np.concatenate([qk, qkv[H + KV:]])
+        inv = f(1) / np.concatenate([prm["s_k"][l], prm["s_v"][l]])
+        kvs = qkv[H:] * inv
+        att = np.zeros(H, f)
+        for hh in range(KVH):
+            kc, vc = prm["kc"][l, hh, :L].copy(), prm["vc"][l, hh, :L].copy()
+            kc[pos] = R.quantize(kvs[hh * D_:(hh + 1) * D_], f(1), 127)
+            vc[pos] = R.quantize(kvs[KV + hh * D_:KV + (hh + 1) * D_], f(1), 127)
+            new_kv[l, hh] = kc[pos], vc[pos]
+            qs = qkv[hh * G * D_:(hh + 1) * G * D_].reshape(G, D_) * prm["s_k"][l][hh * D_:(hh + 1) * D_]
+            q, sq = enc(qs)
+            sc = R.dequantize(spmm(q, kc.T.astype(np.int64)), sq) * np.full(L, 1 / np.sqrt(D_), f)
+            P = R.vec_softmax(sc)
+            qp, sp = enc(P)
+            o = R.dequantize(spmm(qp, vc.astype(np.int64)), sp) * prm["s_v"][l][hh * D_:(hh + 1) * D_]
+            att[hh * G * D_:(hh + 1) * G * D_] = o.ravel()
+        x = x + product((l, "o"), H, H, att, False)
+        h2 = R.vec_rmsnorm(x[None], prm["g2"][l], eps)[0]
+        gu = product((l, "gate_up"), H, 2 * I, h2, False)
+        rows = 1 if I <= 16383 else 2
+        g = R.vec_silu(gu[:I].reshape(rows, -1)).ravel()
+        x = x + product((l, "down"), I, H, g * gu[I:], False)
+    hf = R.vec_rmsnorm(x[None], prm["gf"], eps)[0]
+    q, sc = enc(hf[None])
+    logits = (R.dequantize(spmm(q, prm["w"][("head",)]), sc) * prm["sw"][("head",)])[0]
+    return logits, new_kv
+
+
+@pytest.mark.parametrize("shape, L, kv_max", [(TINY, 8, 64), (HALVES, 5, 16)], ids=["tiny", "halves"])
+def test_decode_step_bit_exact(cfg, shape, L, kv_max):
+    """The program's logits and new KV-cache rows equal, bit for bit, the decode step
+    computed op by op with the ISA's numerics (spikec.reference), on random weights."""
+    from spikec.runtime.simulator import Simulator
+
+    p = D.build_decode(shape, cfg, L, kv_max=kv_max)
+    prm = _model(p, np.random.default_rng(1))
+    sim = Simulator(cfg)
+    _write_model(sim, p, prm)
+    sim.load_program(encode_program(p.program))
+    sim.run()
+    logits = np.frombuffer(sim.read(p.layout["logits"], 4 * shape.vocab), "<f4")
+    ref_logits, ref_kv = _reference(p, prm)
+    lay, D_ = p.layout, shape.head_dim
+    for l in range(p.layers):
+        for h in range(shape.kv_heads):
+            off = ((l * shape.kv_heads + h) * lay["kv_max"] + L - 1) * D_
+            k = np.frombuffer(sim.read(lay["kcache"] + off, D_), np.int8)
+            v = np.frombuffer(sim.read(lay["vcache"] + off, D_), np.int8)
+            np.testing.assert_array_equal(k, ref_kv[l, h, 0])
+            np.testing.assert_array_equal(v, ref_kv[l, h, 1])
+    assert np.isfinite(ref_logits).all() and np.abs(ref_logits).max() > 0
+    np.testing.assert_array_equal(logits, ref_logits.astype(np.float32))

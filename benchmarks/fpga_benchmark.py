@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from spikec.isa import programs, tiling
+from spikec.isa.descriptors import ProductKernel
 from spikec.isa.encoding import decode_program
 from spikec.isa.fields import FORMATS, Module, Opcode
 from spikec.isa.hwconfig import HwConfig
@@ -74,24 +75,21 @@ def qwen_linears(q=QWEN) -> list[tuple[str, int, int, bool]]:
 
 
 def make_kernel(cfg: HwConfig, index: int, K: int, M: int, wbits: int = 8, bias: bool = False, base: int = 0,
-                rng: np.random.Generator | None = None) -> tuple[dict, bytes | int]:
+                rng: np.random.Generator | None = None) -> tuple[ProductKernel, bytes | int]:
     """A kernel descriptor laid out as lower_isa.lower_graphs lays it out (weights per M-tile,
     padded to 64 bytes, then [s_w | bias]). With `rng`, random weights and the image bytes;
     without, only the offsets (and the image length)."""
-    plan = tiling.plan_tiles(cfg, K, M, wbits)
-    if isinstance(plan, str):
-        raise ValueError(plan)
-    mt, n_max, kt = plan
+    mt, n_max, kt = tiling.plan_tiles(cfg, K, M, wbits)
     w = s_w = b = None
     if rng is not None:
         w = rng.integers(-lower_isa.R.qmax(wbits), lower_isa.R.qmax(wbits) + 1, size=(K, M))
         s_w = (rng.random(M) * 0.01 + 0.001).astype(np.float32)
         b = rng.standard_normal(M).astype(np.float32) if bias else np.zeros(M, np.float32)
     tiles, image, off = tiling.kernel_tiles(K, M, mt, kt, wbits, base, w, s_w, b)
-    desc = {"index": index, "graph": "lm", "node": f"linear_{index}", "encoder": f"encode_{index}", "layer": None,
-            "K": K, "M": M, "wbits": wbits, "neuron": "tc-lif", "timesteps": list(T_BY_MOD), "modalities": MODS,
-            "modality_id": -1, "act_scale": "dynamic", "has_bias": bias, "m_tile": mt, "n_max": n_max,
-            "k_tile": kt, "tiles": tiles, "weights_offset": base, "weights_bytes": off - base}
+    desc = ProductKernel(index=index, graph="lm", node=f"linear_{index}", encoder=f"encode_{index}", layer=None, K=K,
+                         M=M, wbits=wbits, neuron="tc-lif", timesteps=tuple(T_BY_MOD), modalities=tuple(MODS),
+                         modality_id=-1, act_scale="dynamic", has_bias=bias, m_tile=mt, n_max=n_max, k_tile=kt,
+                         tiles=tuple(tiles), weights_offset=base, weights_bytes=off - base)
     return desc, (image if image is not None else off)
 
 
@@ -239,7 +237,7 @@ def run_digits(export_dir: Path, tmp: Path, cfg_name_or_path: str, item, image) 
         orig = runner.__class__.__call__
 
         def call(index, x, mods, where=""):
-            graph["g"] = runner.kernels[index]["graph"]
+            graph["g"] = runner.kernels[index].graph
             return orig(runner, index, x, mods, where)
 
         # DeviceLinear calls `runner(...)`, which looks __call__ up on the class: tag each call's graph
@@ -252,7 +250,7 @@ def run_digits(export_dir: Path, tmp: Path, cfg_name_or_path: str, item, image) 
         r = report(runner)
         r["wall_s"] = wall
         r["next_token"] = int(ids[0, 0])
-        r["lm_kernels"] = sum(1 for k in runner.kernels if k["graph"] == "lm")
+        r["lm_kernels"] = sum(1 for k in runner.kernels if k.graph == "lm")
         r["all_kernels"] = len(runner.kernels)
         r["vec_kernels"] = len(runner.vec_kernels)
     return r, rec
@@ -290,9 +288,10 @@ def model_2b(cfg: HwConfig, dens: dict[int, tuple[float, float]], wbits: int, n_
     """One decoder layer's linears costed analytically, times the layer count."""
     per_call = []
     for i, (name, K, M, bias) in enumerate(qwen_linears()):
-        plan = tiling.plan_tiles(cfg, K, M, wbits)
-        if isinstance(plan, str):
-            per_call.append((name, K, M, None, plan))
+        try:
+            tiling.plan_tiles(cfg, K, M, wbits)
+        except tiling.TilingError as exc:
+            per_call.append((name, K, M, None, str(exc)))
             continue
         desc, _ = make_kernel(cfg, i, K, M, wbits=wbits, bias=bias)
         n = n_text + n_vision

@@ -210,7 +210,7 @@ class Runner:
         if variant.startswith("spikec"):
             from spikec import ir as spir
             from spikec.package import SbinModel
-            from spikec.runtime.ort_lowering import lower_for_ort
+            from spikec.ort_lowering import lower_for_ort
 
             sbin = SbinModel(path)
             graph = sbin.model("lm")

@@ -12,8 +12,8 @@ the least significant bit of that word. Every format starts with the same 7-bit 
 and then lays out its own fields from bit 7 upward, in the order of FORMATS below; all bits
 above the last field are reserved and must be zero. The encoder and decoder
 (isa/encoding.py), the assembler (isa/asm.py), the field tables of docs/isa.md (regenerate
-with `python -m spikec.isa.fields docs/isa.md`; a test checks they agree) and, later, the
-RTL's SystemVerilog package are all derived from this one table -- the VTA lesson: one
+with `python -m spikec.isa.fields docs/isa.md`; a test checks they agree) and the
+RTL's SystemVerilog package (isa/svgen.py) are all derived from this one table -- the VTA lesson: one
 header both sides compile, not widths restated by hand.
 """
 

@@ -1,6 +1,6 @@
 """The instruction streams of the accelerator's kernels, built from their descriptors.
 
-A kernel's descriptor (JSON, the .sbin's `isa/kernels` section: `load_kernels`) says where
+A kernel's descriptor (isa/descriptors.py; JSON in the .sbin's `isa/kernels` section) says where
 its data lies in DRAM and how it is tiled; the stream of one call is a deterministic
 function of the descriptor and the call's rows, built at run time because the token count
 varies (prefill vs decode): `build_program` (spiking products), `build_vec_program`
@@ -11,22 +11,20 @@ the same functions. Dependency tokens: docs/isa.md section 5.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 
 import numpy as np
 
 from spikec.errors import SpikecError
+from spikec.isa.descriptors import AttentionKernel, ProductKernel, VecKernel
 from spikec.isa.encoding import Instruction
 from spikec.isa.fields import (FORMATS, AccMode, Buffer, EncodeDst, Module, Neuron, Opcode, ScaleMode, VecFlag, VecFunc,
                                WeightFormat)
 from spikec.isa.hwconfig import HwConfig
-from spikec.isa.tiling import (CONST_ROWS, HAS_SCALAR, TILE_ALIGN, align, operand_cols, plan_attention, plan_vec,
-                               weight_bytes)
+from spikec.isa.tiling import (CONST_ROWS, HAS_SCALAR, TILE_ALIGN, Tile, TilingError, align, operand_cols, plan_attention,
+                               plan_vec, weight_bytes)
 from spikec.isa import costmodel
 
-KERNELS_FORMAT = "spikec-isa-kernels"
-KERNELS_VERSION = 1
 
 
 # ---------------------------------------------------------------- programs
@@ -36,7 +34,7 @@ KERNELS_VERSION = 1
 class Group:
     """Consecutive rows of one kernel call sharing one modality (hence one t)."""
 
-    kernel: dict
+    kernel: ProductKernel
     modality: int
     row0: int  # first row in the call's x / y arrays
     n: int
@@ -128,7 +126,7 @@ class _Step:
     g: Group
     r0: int  # first row of the chunk in the call's x / y arrays
     n: int
-    tile: dict
+    tile: Tile
     u: int  # sequence number of the tile's load (WGT / [s_w | bias] slot u % 2)
     load_tile: bool  # this step loads the tile (the tile's first chunk)
     load_x: bool  # this step loads the chunk's rows (and static scale) and ENCODEs them
@@ -172,18 +170,18 @@ def _plan_segment(groups: list[Group], cfg: HwConfig, rows_cap: int, chunks_cap:
     reencode: each weight tile is loaded once per call; per tile, every chunk's rows are
     LOADed and ENCODEd again into INP 0. Weights move once, rows once per M-tile."""
     k = groups[0].kernel
-    K, n_max, tiles = k["K"], k["n_max"], k["tiles"]
+    K, n_max, tiles = k.K, k.n_max, k.tiles
     chunks = [(g, g.row0 + r, min(n_max, g.n - r)) for g in groups for r in range(0, g.n, n_max)]
-    static = k["act_scale"] == "static"
-    if k.get("k_tile", K) < K:
+    static = k.static
+    if k.k_tile < K:
         # K-tiled: re-encoding would reload every k-piece per chunk, so the codes stay resident
         return "resident", _pack_chunks(chunks, rows_cap, chunks_cap)
 
     def energy(*ins: Instruction) -> float:
         return sum(sum(costmodel.instruction_cost(cfg, i).energy_pj(cfg).values()) for i in ins)
 
-    W = energy(*(ins(Opcode.LOAD, buf=Buffer.WGT, rows=t["w_bytes"] // TILE_ALIGN, cols=TILE_ALIGN, stride=TILE_ALIGN)
-                 for t in tiles), *(ins(Opcode.LOAD, buf=Buffer.SCL, rows=1, cols=2 * t["m"]) for t in tiles))
+    W = energy(*(ins(Opcode.LOAD, buf=Buffer.WGT, rows=t.w_bytes // TILE_ALIGN, cols=TILE_ALIGN, stride=TILE_ALIGN)
+                 for t in tiles), *(ins(Opcode.LOAD, buf=Buffer.SCL, rows=1, cols=2 * t.m) for t in tiles))
     X = sum(energy(ins(Opcode.LOAD, buf=Buffer.VEC, rows=n, cols=K, stride=4 * K),
                    ins(Opcode.ENCODE, n=n, len=K, t=1, scale=ScaleMode.STATIC if static else ScaleMode.DYNAMIC),
                    *([ins(Opcode.LOAD, buf=Buffer.SCL, rows=1, cols=1)] if static else [])) for _, _, n in chunks)
@@ -208,18 +206,18 @@ def _schedule(groups: list[Group], cfg: HwConfig) -> tuple[list[_Step], int, int
         raise SpikecError("build_program: no tokens")
     scl_elems, inp_elems, acc_elems = cfg.buffer_elems(Buffer.SCL), cfg.buffer_elems(Buffer.INP), cfg.buffer_elems(Buffer.ACC)
 
-    def rows_cap(k: dict) -> int:  # rows whose codes (and, K-tiled, accumulators) a block keeps on chip
-        return inp_elems // k["K"] if k.get("k_tile", k["K"]) >= k["K"] else min(inp_elems // k["K"], acc_elems // k["m_tile"])
+    def rows_cap(k: ProductKernel) -> int:  # rows whose codes (and, K-tiled, accumulators) a block keeps on chip
+        return inp_elems // k.K if k.k_tile >= k.K else min(inp_elems // k.K, acc_elems // k.m_tile)
 
-    mt_max = max(t["m"] for seg in segs for t in seg[0].kernel["tiles"])
+    mt_max = max(t.m for seg in segs for t in seg[0].kernel.tiles)
     budget = scl_elems - 4 * mt_max  # SCL left for dynamic scales and static-scale slots
-    n_dyn = max([min(g.n, g.kernel["n_max"]) for seg in segs for g in seg if g.kernel["act_scale"] != "static"], default=0)
+    n_dyn = max([min(g.n, g.kernel.n_max) for seg in segs for g in seg if not g.kernel.static], default=0)
     chunks_cap = max(1, (budget - n_dyn) // 2)
     plans: list[tuple[list[Group], str, list]] = [None] * len(segs)
     # static segments first: their slots per scale set bound the rows of dynamic blocks
     for i, seg in enumerate(segs):
         k = seg[0].kernel
-        if k["act_scale"] == "static":
+        if k.static:
             plans[i] = (seg, *_plan_segment(seg, cfg, rows_cap(k), chunks_cap))
     n_static = max([len(b) for seg, mode, blocks in filter(None, plans) if mode == "resident" for b in blocks]
                    + [1 for p in plans if p is not None], default=0)
@@ -230,7 +228,7 @@ def _schedule(groups: list[Group], cfg: HwConfig) -> tuple[list[_Step], int, int
     steps: list[_Step] = []
     u = e = q = 0
     for seg, mode, blocks in plans:
-        tiles, K = seg[0].kernel["tiles"], seg[0].kernel["K"]
+        tiles, K = seg[0].kernel.tiles, seg[0].kernel.K
         if mode == "reencode":
             for tile in tiles:
                 for ci, (g, r0, n) in enumerate(blocks):
@@ -238,7 +236,7 @@ def _schedule(groups: list[Group], cfg: HwConfig) -> tuple[list[_Step], int, int
                     e, q = e + 1, q + 1
                 u += 1
             continue
-        kt, mtk = seg[0].kernel.get("k_tile", K), seg[0].kernel["m_tile"]
+        kt, mtk = seg[0].kernel.k_tile, seg[0].kernel.m_tile
         for block in blocks:
             offs = np.cumsum([0] + [n for _, _, n in block]).tolist()
             for ti, tile in enumerate(tiles):
@@ -273,18 +271,18 @@ class _Layout:
 def _layout(steps: list[_Step], cfg: HwConfig, n_static: int, mt_max: int) -> _Layout:
     """Slots sized for the largest step; SpikecError when they do not fit the buffers."""
     scl_elems, inp_elems, acc_elems = cfg.buffer_elems(Buffer.SCL), cfg.buffer_elems(Buffer.INP), cfg.buffer_elems(Buffer.ACC)
-    x_slot = max(st.n * st.g.kernel["K"] for st in steps)
-    o_slot = max(st.n * st.tile["m"] for st in steps)
-    w_slot = max(st.tile["w_bytes"] for st in steps)
-    n_sx = max([st.row + st.n for st in steps if st.g.kernel["act_scale"] != "static"], default=0)
+    x_slot = max(st.n * st.g.kernel.K for st in steps)
+    o_slot = max(st.n * st.tile.m for st in steps)
+    w_slot = max(st.tile.w_bytes for st in steps)
+    n_sx = max([st.row + st.n for st in steps if not st.g.kernel.static], default=0)
     VX = (0, x_slot)
     VO = (2 * x_slot, 2 * x_slot + o_slot)
     SX, SST = 0, n_sx
     SSB = (n_sx + 2 * n_static, n_sx + 2 * n_static + 2 * mt_max)
     WS = (0, w_slot)
     if 2 * x_slot + 2 * o_slot > cfg.buffer_elems(Buffer.VEC) or SSB[1] + 2 * mt_max > scl_elems \
-            or 2 * w_slot > cfg.buffer_elems(Buffer.WGT) or max(st.inp + st.n * st.g.kernel["K"] for st in steps) > inp_elems \
-            or max(st.acc + st.n * st.tile["m"] for st in steps) > acc_elems:
+            or 2 * w_slot > cfg.buffer_elems(Buffer.WGT) or max(st.inp + st.n * st.g.kernel.K for st in steps) > inp_elems \
+            or max(st.acc + st.n * st.tile.m for st in steps) > acc_elems:
         raise SpikecError(f"build_program: the kernels' tiles do not fit the buffers of config '{cfg.name}'")
     return _Layout(VX, VO, SX, SST, SSB, WS)
 
@@ -300,7 +298,7 @@ def _slot_release(steps: list[_Step]) -> tuple[set[int], set[int]]:
     last_w, last_x, last_st = [-1, -1], [-1, -1], [-1, -1]  # last step reading each WGT/SSB, VEC x, static slot
     last_push = -1
     for s, st in enumerate(steps):
-        static = st.g.kernel["act_scale"] == "static"
+        static = st.g.kernel.static
         if st.load_x or st.load_tile:
             need = max(last_x[st.e % 2] if st.load_x else -1, last_st[st.q % 2] if st.load_x and static else -1,
                        last_w[st.u % 2] if st.load_tile else -1)
@@ -343,24 +341,24 @@ def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
     for s, st in enumerate(steps):
         g, r0, n, tile = st.g, st.r0, st.n, st.tile
         k = g.kernel
-        K, M, mt = k["K"], k["M"], tile["m"]
+        K, M, mt = k.K, k.M, tile.m
         o = outs[s]
         ktiled = st.kl > 0
-        static = k["act_scale"] == "static"
-        T = int(k["timesteps"][g.modality])
+        static = k.static
+        T = int(k.timesteps[g.modality])
         scl = SST + (st.q % 2) * n_static + st.idx if static else SX + st.row
         # load module
         loads = []
         if st.load_x:
             loads.append(dict(buf=Buffer.VEC, sram=VX[st.e % 2], dram=g.x_addr + 4 * r0 * K, stride=4 * K, rows=n, cols=K))
             if static:
-                loads.append(dict(buf=Buffer.SCL, sram=scl, dram=k["static_offset"] + 4 * g.modality, stride=4, rows=1, cols=1))
+                loads.append(dict(buf=Buffer.SCL, sram=scl, dram=k.static_offset + 4 * g.modality, stride=4, rows=1, cols=1))
         if st.load_tile:
-            w_rows = (align(weight_bytes(st.kl, mt, k["wbits"]), TILE_ALIGN) if ktiled else tile["w_bytes"]) // TILE_ALIGN
-            loads.append(dict(buf=Buffer.WGT, sram=WS[st.u % 2], dram=tile["w"] + st.kc * tile["w_bytes"],
+            w_rows = (align(weight_bytes(st.kl, mt, k.wbits), TILE_ALIGN) if ktiled else tile.w_bytes) // TILE_ALIGN
+            loads.append(dict(buf=Buffer.WGT, sram=WS[st.u % 2], dram=tile.w + st.kc * tile.w_bytes,
                               stride=TILE_ALIGN, rows=w_rows, cols=TILE_ALIGN))
             if st.last_k:
-                loads.append(dict(buf=Buffer.SCL, sram=SSB[st.u % 2], dram=tile["sb"], stride=8 * mt, rows=1, cols=2 * mt))
+                loads.append(dict(buf=Buffer.SCL, sram=SSB[st.u % 2], dram=tile.sb, stride=8 * mt, rows=1, cols=2 * mt))
         if loads:
             if s in pops:
                 b.pop(Module.COMPUTE, Module.LOAD)
@@ -380,8 +378,8 @@ def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
                 compute.append((Opcode.ENCODE, dict(src=VX[st.e % 2], dst=st.inp, dst_buf=EncodeDst.INP, n=n, len=K,
                                                     t=T, scale=ScaleMode.DYNAMIC, scl=scl)))
             for i in range(n):
-                for k0 in range(0, K, k["k_tile"]):
-                    kl = min(k["k_tile"], K - k0)
+                for k0 in range(0, K, k.k_tile):
+                    kl = min(k.k_tile, K - k0)
                     compute.append((Opcode.ENCODE, dict(src=VX[st.e % 2] + i * K + k0, dst=st.inp + n * k0 + i * kl,
                                                         dst_buf=EncodeDst.INP, n=1, len=kl, t=T, scale=ScaleMode.STATIC,
                                                         scl=scl if static else scl + i)))
@@ -390,15 +388,15 @@ def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
                                                 scale=mode, scl=scl)))
         compute.append((Opcode.SPMM, dict(inp=st.inp + n * st.k0, wgt=WS[st.u % 2], acc=st.acc, n=n,
                                           k=st.kl if ktiled else K, m=mt, acc_stride=mt, t=T,
-                                          neuron=Neuron.IF if k["neuron"] == "if" else Neuron.TCLIF,
-                                          wfmt=WeightFormat.INT4 if k["wbits"] == 4 else WeightFormat.INT8,
+                                          neuron=Neuron.IF if k.neuron == "if" else Neuron.TCLIF,
+                                          wfmt=WeightFormat.INT4 if k.wbits == 4 else WeightFormat.INT8,
                                           acc_mode=AccMode.ACCUMULATE if st.kc > 0 else AccMode.OVERWRITE)))
         for op, kw in compute:
             b.emit(op, **kw)
         if st.last_k:
             if o >= 2:  # its VEC output slot: STORE o - 2 has read it
                 b.pop(Module.STORE, Module.COMPUTE)
-            flags = (0 if static else VecFlag.PER_ROW) | (VecFlag.BIAS if k["has_bias"] else 0)
+            flags = (0 if static else VecFlag.PER_ROW) | (VecFlag.BIAS if k.has_bias else 0)
             b.emit(Opcode.VEC, func=VecFunc.DEQ, flags=int(flags), dst=VO[o % 2], src0=st.acc, src1=scl,
                    src2=SSB[st.u % 2], n=n, len=mt)
         if s in pushers:  # after the step's last read of its slots
@@ -407,29 +405,29 @@ def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
         if st.last_k:
             b.push(Module.COMPUTE, Module.STORE)
             b.pop(Module.COMPUTE, Module.STORE)
-            b.emit(Opcode.STORE, buf=Buffer.VEC, sram=VO[o % 2], dram=g.y_addr + 4 * (r0 * M + tile["m0"]),
+            b.emit(Opcode.STORE, buf=Buffer.VEC, sram=VO[o % 2], dram=g.y_addr + 4 * (r0 * M + tile.m0),
                    stride=4 * M, rows=n, cols=mt)
             if o + 2 < S or o == S - 1:  # for the DEQ of output o + 2, or for FINISH
                 b.push(Module.STORE, Module.COMPUTE)
     return b.program()
 
 
-def kernel_modalities(k: dict) -> list[int]:
+def kernel_modalities(k: ProductKernel | AttentionKernel) -> list[int]:
     """The modalities a kernel's graph feeds it: the constant one, or every one."""
-    return [k["modality_id"]] if k["modality_id"] >= 0 else list(range(len(k["timesteps"])))
+    return [k.modality_id] if k.modality_id >= 0 else list(range(len(k.timesteps)))
 
 
-def representative_groups(kernels: list[dict], io_base: int) -> list[Group]:
+def representative_groups(kernels: list[ProductKernel] | tuple[ProductKernel, ...], io_base: int) -> list[Group]:
     """One token of each modality per kernel (modalities without a usable static scale
     skipped), x and y of each kernel at their own DRAM addresses from io_base."""
     groups, addr = [], align(io_base, 4096)
     for k in kernels:
-        mods = [m for m in kernel_modalities(k) if k["act_scale"] != "static" or k["static_scales"][m] is not None]
+        mods = [m for m in kernel_modalities(k) if not k.static or k.static_scales[m] is not None]
         if not mods:
             continue
         x_addr = addr
-        y_addr = align(x_addr + 4 * len(mods) * k["K"], TILE_ALIGN)
-        addr = align(y_addr + 4 * len(mods) * k["M"], TILE_ALIGN)
+        y_addr = align(x_addr + 4 * len(mods) * k.K, TILE_ALIGN)
+        addr = align(y_addr + 4 * len(mods) * k.M, TILE_ALIGN)
         for i, m in enumerate(mods):
             groups.append(Group(k, m, i, 1, x_addr, y_addr))
     return groups
@@ -438,7 +436,7 @@ def representative_groups(kernels: list[dict], io_base: int) -> list[Group]:
 # ---------------------------------------------------------------- vector kernels
 
 
-def build_vec_program(k: dict, n: int, L: int, addrs: list[int], y_addr: int, cfg: HwConfig) -> list[Instruction]:
+def build_vec_program(k: VecKernel, n: int, L: int, addrs: list[int], y_addr: int, cfg: HwConfig) -> list[Instruction]:
     """The instruction stream of one call of vector kernel `k` on n rows of L elements: the
     operands (float32, packed rows, at `addrs` in DRAM, ISA order) in chunks of at most
     plan_vec rows. VEC holds the constant row(s) at 0, then two operand slots and two result
@@ -447,10 +445,11 @@ def build_vec_program(k: dict, n: int, L: int, addrs: list[int], y_addr: int, cf
     for c >= 2 pops s2c from STORE c - 2, whose result slot it overwrites; pushes c2l for the
     LOADs of chunk c + 2, which overwrite its operand slot; pushes c2s), STORE (pops c2s;
     pushes s2c for VEC c + 2, or for FINISH after the last chunk)."""
-    func = VecFunc[k["func"]]
-    n_max = plan_vec(cfg, func, L)
-    if isinstance(n_max, str):
-        raise SpikecError(f"vector kernel {k['index']} ({func.name}): {n_max}")
+    func = k.func
+    try:
+        n_max = plan_vec(cfg, func, L)
+    except TilingError as exc:
+        raise SpikecError(f"vector kernel {k.index} ({func.name}): {exc}") from None
     cols = operand_cols(func, L)
     const = CONST_ROWS.get(func, 0) * L
     VX = (const, const + n_max * sum(cols))
@@ -461,9 +460,9 @@ def build_vec_program(k: dict, n: int, L: int, addrs: list[int], y_addr: int, cf
     for c, (r0, m) in enumerate(chunks):
         loads = []
         if c == 0 and const:
-            loads.append(dict(buf=Buffer.VEC, sram=0, dram=k["vec_const"], stride=0, rows=1, cols=const))
+            loads.append(dict(buf=Buffer.VEC, sram=0, dram=k.vec_const, stride=0, rows=1, cols=const))
         if c == 0 and func in HAS_SCALAR:
-            loads.append(dict(buf=Buffer.SCL, sram=0, dram=k["scl_const"], stride=0, rows=1, cols=1))
+            loads.append(dict(buf=Buffer.SCL, sram=0, dram=k.scl_const, stride=0, rows=1, cols=1))
         srcs, off = [], VX[c % 2]
         for addr, w in zip(addrs, cols):
             loads.append(dict(buf=Buffer.VEC, sram=off, dram=addr + 4 * r0 * w, stride=4 * w, rows=m, cols=w))
@@ -493,7 +492,7 @@ def build_vec_program(k: dict, n: int, L: int, addrs: list[int], y_addr: int, cf
 # ---------------------------------------------------------------- attention kernels
 
 
-def build_attention_program(k: dict, chunks: list[tuple[int, int, int, int]], K: int, N: int, nb: int,
+def build_attention_program(k: AttentionKernel, chunks: list[tuple[int, int, int, int]], K: int, N: int, nb: int,
                             addrs: tuple[int, int, int, int], cfg: HwConfig) -> list[Instruction]:
     """The instruction stream of one attention call. `chunks`: (head, first row, rows, t), the
     rows of one head sharing t (rows of the left operand are packed [rows, K] float32 at
@@ -510,9 +509,10 @@ def build_attention_program(k: dict, chunks: list[tuple[int, int, int, int]], K:
     STORE c - 2 for c >= 2 and pushes c2s for its STORE, which pushes s2c for DEQ c + 2 or,
     last, for FINISH."""
     a_addr, b_addr, y_addr, scratch = addrs
-    n_max = plan_attention(cfg, K, N, nb)
-    if isinstance(n_max, str):
-        raise SpikecError(f"attention kernel {k['index']}: {n_max}")
+    try:
+        n_max = plan_attention(cfg, K, N, nb)
+    except TilingError as exc:
+        raise SpikecError(f"attention kernel {k.index}: {exc}") from None
     VX = (nb, nb + n_max * K)
     VO = (nb + 2 * n_max * K, nb + 2 * n_max * K + n_max * N)
     SB, SX, SW = 0, 1, 1 + n_max
@@ -521,7 +521,7 @@ def build_attention_program(k: dict, chunks: list[tuple[int, int, int, int]], K:
     q.emit(Opcode.LOAD, buf=Buffer.VEC, sram=0, dram=b_addr, stride=4 * nb, rows=1, cols=nb)
     q.push(Module.LOAD, Module.COMPUTE)
     q.pop(Module.LOAD, Module.COMPUTE)
-    q.emit(Opcode.ENCODE, src=0, dst=0, dst_buf=EncodeDst.WGT, n=1, len=nb, t=k["bits"] - 1, scale=ScaleMode.DYNAMIC,
+    q.emit(Opcode.ENCODE, src=0, dst=0, dst_buf=EncodeDst.WGT, n=1, len=nb, t=k.bits - 1, scale=ScaleMode.DYNAMIC,
            scl=SB)
     q.push(Module.COMPUTE, Module.STORE)
     q.pop(Module.COMPUTE, Module.STORE)
@@ -543,7 +543,7 @@ def build_attention_program(k: dict, chunks: list[tuple[int, int, int, int]], K:
         if c == 0:
             q.pop(Module.STORE, Module.COMPUTE)
         q.emit(Opcode.SPMM, inp=0, wgt=h * K * N, acc=0, n=n, k=K, m=N, acc_stride=N, t=t, neuron=Neuron.TCLIF,
-               wfmt=WeightFormat.INT8, wtrans=int(k["wtrans"]), acc_mode=AccMode.OVERWRITE)
+               wfmt=WeightFormat.INT8, wtrans=int(k.wtrans), acc_mode=AccMode.OVERWRITE)
         if c == 0:
             q.push(Module.COMPUTE, Module.LOAD)
             q.pop(Module.LOAD, Module.COMPUTE)
@@ -561,18 +561,5 @@ def build_attention_program(k: dict, chunks: list[tuple[int, int, int, int]], K:
     return q.program()
 
 
-# ---------------------------------------------------------------- descriptors
-
-
-def load_kernels(data: bytes, where: str = "isa/kernels") -> dict:
-    try:
-        doc = json.loads(data)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise SpikecError(f"{where}: not valid JSON ({exc})") from None
-    if not isinstance(doc, dict) or doc.get("format") != KERNELS_FORMAT or doc.get("version") != KERNELS_VERSION:
-        raise SpikecError(f"{where}: not a {KERNELS_FORMAT} v{KERNELS_VERSION} document")
-    return doc
-
-
-__all__ = ["Group", "KERNELS_FORMAT", "KERNELS_VERSION", "build_attention_program", "build_program", "build_vec_program",
-           "ins", "kernel_modalities", "load_kernels", "representative_groups"]
+__all__ = ["Group", "build_attention_program", "build_program", "build_vec_program", "ins", "kernel_modalities",
+           "representative_groups"]

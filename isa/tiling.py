@@ -3,15 +3,48 @@ rows of a call fit the on-chip buffers (docs/isa.md section 9).
 
 Shared by the lowering passes (compile time: which kernels fit, the weights image) and the
 fpga runtime (per call: chunking), so it belongs to the hardware description, not to
-either. Planning functions return a plan or the reason (a string) it does not fit.
+either. Planning functions return a plan or raise `TilingError` saying why it does not fit.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import NamedTuple
+
 import numpy as np
 
+from spikec.errors import SpikecError
 from spikec.isa.fields import Buffer, Opcode, VecFunc, field
 from spikec.isa.hwconfig import HwConfig
+
+
+class TilingError(SpikecError):
+    """A kernel (or one call of it) does not fit the ISA's fields or the on-chip buffers of a
+    hardware configuration; the message says which limit."""
+
+
+class TilePlan(NamedTuple):
+    """How a spiking product [K] x [K, M] is tiled (`plan_tiles`)."""
+
+    m_tile: int  # output features per weight tile
+    n_max: int  # tokens per chunk
+    k_tile: int  # input features per k-piece (== K unless K-tiled)
+
+
+@dataclass(frozen=True)
+class Tile:
+    """One M-tile of a kernel's weights image (byte offsets in device DRAM): its k-pieces
+    from `w` (piece c at `w + c * w_bytes`, each padded to TILE_ALIGN), then [s_w | bias]
+    (float32, 2 * m values) at `sb`."""
+
+    m0: int  # first output feature
+    m: int  # output features
+    w: int
+    w_bytes: int
+    sb: int
+
+    def to_json(self) -> dict:
+        return {"m0": self.m0, "m": self.m, "w": self.w, "w_bytes": self.w_bytes, "sb": self.sb}
 
 TILE_ALIGN = 64  # weight tiles are padded to 64 bytes in DRAM and loaded as rows of 64 bytes
 # the ISA's limits, from the field table (isa/fields.py)
@@ -44,8 +77,8 @@ def pack_weights(w: np.ndarray, wbits: int) -> bytes:
 # ---------------------------------------------------------------- tiling
 
 
-def plan_tiles(cfg: HwConfig, K: int, M: int, wbits: int) -> tuple[int, int, int] | str:
-    """(m_tile, n_max, k_tile) for a kernel on this configuration, or the reason it does not fit.
+def plan_tiles(cfg: HwConfig, K: int, M: int, wbits: int) -> TilePlan:
+    """(m_tile, n_max, k_tile) for a kernel on this configuration; TilingError when it does not fit.
 
     Buffers hold two slots of the weight tile (WGT) and of [s_w | bias] (SCL) so the next
     tile loads while this one computes; VEC holds two slots of the input rows and two of
@@ -55,7 +88,7 @@ def plan_tiles(cfg: HwConfig, K: int, M: int, wbits: int) -> tuple[int, int, int
     fit WGT), the codes of the whole row stay in INP, and the pieces' SPMMs accumulate
     into ACC (the per-token dynamic scale is still taken over the whole row)."""
     if K > MAX_LEN:
-        return f"K={K} exceeds the ISA's {MAX_LEN}"
+        raise TilingError(f"K={K} exceeds the ISA's {MAX_LEN}")
     wgt, scl = cfg.buffer_elems(Buffer.WGT), cfg.buffer_elems(Buffer.SCL)
     inp, acc, vec = cfg.buffer_elems(Buffer.INP), cfg.buffer_elems(Buffer.ACC), cfg.buffer_elems(Buffer.VEC)
 
@@ -73,8 +106,8 @@ def plan_tiles(cfg: HwConfig, K: int, M: int, wbits: int) -> tuple[int, int, int
     if mt > 0:
         n = n_of(mt)
         if n < 1:
-            return f"one token of K={K}, M-tile={mt} does not fit the on-chip buffers"
-        return mt, n, K
+            raise TilingError(f"one token of K={K}, M-tile={mt} does not fit the on-chip buffers")
+        return TilePlan(mt, n, K)
     # K-tiling: among M-tiles (multiples of pe_cols, or M), the one with the fewest weight
     # pieces (SPMMs and LOADs per chunk), then the fewest k-pieces (ENCODEs per token), then
     # the most tokens per chunk
@@ -91,15 +124,25 @@ def plan_tiles(cfg: HwConfig, K: int, M: int, wbits: int) -> tuple[int, int, int
             continue
         key = (-(-M // mt) * -(-K // kt), -(-K // kt), -n)
         if best is None or key < best[0]:
-            best = (key, (mt, n, kt))
+            best = (key, TilePlan(mt, n, kt))
     if best is None:
-        return (f"K={K} does not fit a {cfg.pe_cols}-column weight tile in WGT ({wgt} bytes, two slots), "
-                f"nor does a K-tiled one fit the on-chip buffers")
+        raise TilingError(f"K={K} does not fit a {cfg.pe_cols}-column weight tile in WGT ({wgt} bytes, two slots), "
+                          f"nor does a K-tiled one fit the on-chip buffers")
     return best[1]
 
 
+def product_fits(cfg: HwConfig, K: int, m_tile: int, k_tile: int, n_max: int, wbits: int) -> bool:
+    """Whether a spiking product's tiling fits the configuration's buffers: the fit
+    `plan_tiles` checks, for a descriptor read from a file (two WGT slots of a k-piece, two
+    SCL slots of [s_w | bias], a chunk of n_max tokens in INP, VEC and ACC)."""
+    el = {b: cfg.buffer_elems(b) for b in Buffer}
+    return (2 * align(weight_bytes(k_tile, m_tile, wbits), TILE_ALIGN) <= el[Buffer.WGT] and 4 * m_tile + 3 <= el[Buffer.SCL]
+            and n_max <= min(el[Buffer.INP] // K, el[Buffer.VEC] // (2 * K + 2 * m_tile), el[Buffer.ACC] // m_tile,
+                             el[Buffer.SCL] - 2 - 4 * m_tile))
+
+
 def kernel_tiles(K: int, M: int, mt: int, kt: int, wbits: int, base: int, w: np.ndarray | None = None,
-                 s_w: np.ndarray | None = None, bias: np.ndarray | None = None) -> tuple[list[dict], bytes | None, int]:
+                 s_w: np.ndarray | None = None, bias: np.ndarray | None = None) -> tuple[list[Tile], bytes | None, int]:
     """The weights image of one kernel from DRAM offset `base`: per M-tile, its k-pieces
     `w[k0:k0+kt, m0:m1]` (row-major, int8 or packed int4, each padded to 64 bytes; one piece,
     the whole tile, when kt == K), then [s_w | bias] (float32). Returns the tiles (piece c
@@ -121,8 +164,7 @@ def kernel_tiles(K: int, M: int, mt: int, kt: int, wbits: int, base: int, w: np.
             sb = np.concatenate([s_w[m0:m1], bias[m0:m1] if bias is not None else np.zeros(m1 - m0, np.float32)])
             image += sb.astype("<f4").tobytes()
             image += bytes(off - base - len(image))
-        tiles.append({"m0": m0, "m": m1 - m0, "w": w_off,
-                      "w_bytes": align(weight_bytes(min(kt, K), m1 - m0, wbits), TILE_ALIGN), "sb": sb_off})
+        tiles.append(Tile(m0, m1 - m0, w_off, align(weight_bytes(min(kt, K), m1 - m0, wbits), TILE_ALIGN), sb_off))
     return tiles, (bytes(image) if image is not None else None), off
 
 
@@ -141,29 +183,39 @@ def operand_cols(func: VecFunc, L: int) -> list[int]:
     return [L]
 
 
-def plan_vec(cfg: HwConfig, func: VecFunc, L: int) -> int | str:
-    """Rows per chunk (two VEC slots of operands and two of results after the constants),
-    or the reason a row does not fit. A row is never split: the reductions need it whole."""
+def plan_vec(cfg: HwConfig, func: VecFunc, L: int) -> int:
+    """Rows per chunk (two VEC slots of operands and two of results after the constants);
+    TilingError when a row of L elements does not fit. A row is never split: the reductions
+    need it whole."""
     if L < 1 or L > MAX_LEN:
-        return f"rows of {L} elements exceed the VEC len field's {MAX_LEN}"
+        raise TilingError(f"rows of {L} elements exceed the VEC len field's {MAX_LEN}")
     if func == VecFunc.ROPE and L % 2:
-        return f"ROPE needs an even row length, not {L}"
+        raise TilingError(f"ROPE needs an even row length, not {L}")
     vec = cfg.buffer_elems(Buffer.VEC) - CONST_ROWS.get(func, 0) * L
     per_row = sum(operand_cols(func, L)) + L
     n = min(MAX_N, vec // (2 * per_row))
     if n < 1:
-        return (f"one row of {L} elements does not fit VEC ({cfg.buffer_elems(Buffer.VEC)} elements, config "
-                f"'{cfg.name}': constants and two slots of {per_row} elements per row)")
-    return n
+        raise TilingError(f"one row of {L} elements does not fit VEC ({cfg.buffer_elems(Buffer.VEC)} elements, config "
+                          f"'{cfg.name}': constants and two slots of {per_row} elements per row)")
+    return int(n)
 
 
 def max_len(cfg: HwConfig, func: VecFunc) -> int:
-    """The longest row plan_vec accepts (for rows whose length is known only at run time)."""
+    """The longest row plan_vec accepts (for rows whose length is known only at run time);
+    0 when none does."""
     lo, hi = 0, MAX_LEN
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if isinstance(plan_vec(cfg, func, mid), int) else (lo, mid - 1)
+        lo, hi = (mid, hi) if _vec_fits(cfg, func, mid) else (lo, mid - 1)
     return lo
+
+
+def _vec_fits(cfg: HwConfig, func: VecFunc, L: int) -> bool:
+    try:
+        plan_vec(cfg, func, L)
+    except TilingError:
+        return False
+    return True
 
 
 # ---------------------------------------------------------------- attention kernels
@@ -172,24 +224,27 @@ WGT_MAX_T = 7  # ENCODE into WGT writes int8 codes
 
 
 
-def plan_attention(cfg: HwConfig, K: int, N: int, nb: int) -> int | str:
+def plan_attention(cfg: HwConfig, K: int, N: int, nb: int) -> int:
     """Rows of the left operand per chunk for heads of [., K] @ [K, N] whose right operands
-    have nb elements in all, or the reason the call does not fit. VEC holds b (nb floats),
+    have nb elements in all; TilingError when the call does not fit. VEC holds b (nb floats),
     two slots of left rows (K) and two of results (N); WGT b's codes; SCL s_b, the chunk's
     per-token scales and the s_w row of N; INP and ACC one chunk."""
     if nb > MAX_LEN:
-        return f"the right operand's {nb} elements exceed one ENCODE row ({MAX_LEN}), which its per-tensor scale needs"
+        raise TilingError(f"the right operand's {nb} elements exceed one ENCODE row ({MAX_LEN}), which its per-tensor "
+                          f"scale needs")
     if max(K, N) > MAX_LEN:
-        return f"K={K} or N={N} exceeds the ISA's {MAX_LEN}"
+        raise TilingError(f"K={K} or N={N} exceeds the ISA's {MAX_LEN}")
     if nb > cfg.buffer_elems(Buffer.WGT):
-        return f"the right operand's {nb} codes exceed WGT"
+        raise TilingError(f"the right operand's {nb} codes exceed WGT")
     n = min(MAX_N, cfg.buffer_elems(Buffer.INP) // K, cfg.buffer_elems(Buffer.ACC) // N,
             (cfg.buffer_elems(Buffer.VEC) - nb) // (2 * K + 2 * N), cfg.buffer_elems(Buffer.SCL) - 1 - N)
     if n < 1:
-        return f"the right operand ({nb} elements) and one row of K={K}, N={N} do not fit the on-chip buffers"
+        raise TilingError(f"the right operand ({nb} elements) and one row of K={K}, N={N} do not fit the on-chip "
+                          f"buffers")
     return int(n)
 
 
-__all__ = ["CONST_ROWS", "HAS_SCALAR", "ISA_MAX_T", "MAX_LEN", "MAX_N", "TILE_ALIGN", "WGT_MAX_T", "align",
+__all__ = ["CONST_ROWS", "HAS_SCALAR", "ISA_MAX_T", "MAX_LEN", "MAX_N", "TILE_ALIGN", "WGT_MAX_T", "Tile", "TilePlan",
+           "TilingError", "align", "product_fits",
            "kernel_tiles", "max_len", "operand_cols", "pack_weights", "plan_attention", "plan_tiles", "plan_vec",
            "weight_bytes"]

@@ -5,7 +5,9 @@ pipeline that runs on any ONNX model; `SPIKING_PIPELINE` is the default of
 `spikec compile`: clean up, quantize, rewrite into spiking ops, measure MED, assign
 timesteps (docs/passes.md). `with_vector_numerics` adds the pass that gives norms, softmax
 and SiLU the accelerator's exact numerics (for `--isa` and `--exact-vector`). Passes derived from `ContextPass` take the compile's
-shared `CompileContext` (options, calibration data, float model) in their constructor.
+shared `CompileContext` (options, calibration data, the analyses of
+passes/analyses.py) in their constructor. Contracts (needs, guarantees, invalidates) and
+their checks: passes/manager.py and docs/passes.md.
 """
 
 from __future__ import annotations
@@ -19,10 +21,13 @@ from spikec.passes.generic import (
     TopologicalSort,
 )
 from spikec.passes.import_qdq import ImportQdq
+from spikec.passes.lower_isa import LowerIsa
+from spikec.passes.lower_ort import LowerOrt
 from spikec.passes.manager import CompileReport, PassManager, PassRecord, SpikecPass
 from spikec.passes.med import Med
 from spikec.passes.msts import Msts
 from spikec.passes.quantize import Quantize
+from spikec.passes.rotate import Rotate
 from spikec.passes.spike_rewrite import SpikeRewrite
 from spikec.passes.vector_numerics import VectorNumerics
 
@@ -30,7 +35,7 @@ PASSES: dict[str, type[SpikecPass]] = {
     cls.name: cls
     for cls in (ShapeInference, FoldConstants, EliminateIdentity, EliminateDeadNodes, TopologicalSort,
                 EliminateCommonSubexpressions,
-                VectorNumerics, Quantize, ImportQdq, SpikeRewrite, Med, Msts)
+                VectorNumerics, Quantize, ImportQdq, SpikeRewrite, Med, Msts, LowerOrt, LowerIsa, Rotate)
 }
 
 GENERIC_PIPELINE: tuple[str, ...] = (

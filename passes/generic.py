@@ -1,8 +1,13 @@
 """Generic graph clean-up passes every pipeline runs.
 
 Each is a thin, named wrapper over a pass that onnx_ir or onnxscript already
-ships; spikec adds only the pipeline metadata (name, needs, guarantees). See
-docs/libraries.md for which library does what.
+ships; spikec adds only the pipeline metadata (name, needs, guarantees, invalidates)
+and the checks of the properties they guarantee (`shapes-inferred`,
+`topologically-sorted`). See docs/libraries.md for which library does what.
+
+Passes that change the float graph's values or their names invalidate the analyses
+`float-model` and `layer-map` (passes/analyses.py); once a graph is quantized the float
+model is the compile's reference and stays (the analysis is kept once `quantized` holds).
 """
 
 from __future__ import annotations
@@ -13,7 +18,7 @@ import onnx_ir.passes.common as common
 import onnxscript.optimizer
 
 from spikec.errors import SpikecError
-from spikec.passes.manager import SpikecPass
+from spikec.passes.manager import SpikecPass, register_property
 
 # Elements checked at once by check_finite: a memory-mapped weight is read slice by slice,
 # never copied whole (the bool temporary is 16 MiB).
@@ -88,6 +93,37 @@ def check_finite_initializers(model: ir.Model) -> None:
                 check(node.outputs[0], attr.value, f"Constant node '{node.name}' output")
 
 
+# What a pass that rewrites the graph's float computation makes stale (passes/analyses.py).
+FLOAT_ANALYSES = ("float-model", "layer-map")
+
+
+@register_property("shapes-inferred", "every value a standard ONNX node of the main graph produces, from typed "
+                                      "inputs, has an element type (what onnx's shape inference gives)")
+def check_shapes_inferred(model: ir.Model) -> None:
+    """Raises SpikecError naming the first such node output without a type. Outputs of
+    custom-domain ops (spikec, spikec.vec), and of nodes reading an untyped value, are
+    outside what onnx's inference can type, so they are not required."""
+    for node in model.graph:
+        if node.domain not in ("", "ai.onnx") or any(v is not None and v.type is None for v in node.inputs):
+            continue
+        for out in node.outputs:
+            if out.type is None:
+                raise SpikecError(f"value '{out.name}' (output of node '{node.name}', {node.op_type}) has no type")
+
+
+@register_property("topologically-sorted", "every node of the main graph follows the producers of its inputs")
+def check_topologically_sorted(model: ir.Model) -> None:
+    """Raises SpikecError naming the first node that reads a value produced after it."""
+    seen: set[int] = set()
+    for node in model.graph:
+        for v in node.inputs:
+            p = v.producer() if v is not None else None
+            if p is not None and p.graph is model.graph and id(p) not in seen:
+                raise SpikecError(f"node '{node.name}' ({node.op_type}) reads '{v.name}' before its producer "
+                                  f"'{p.name}' ({p.op_type})")
+        seen.add(id(node))
+
+
 class ShapeInference(SpikecPass):
     """Annotate every value with its type and shape (onnx's shape inference)."""
 
@@ -109,7 +145,7 @@ class FoldConstants(SpikecPass):
     """
 
     name = "fold-constants"
-    invalidates = ("shapes-inferred",)
+    invalidates = ("shapes-inferred", *FLOAT_ANALYSES)
 
     def __init__(self, input_size_limit: int = 8192, output_size_limit: int = 512 * 512) -> None:
         self.input_size_limit = input_size_limit
@@ -132,6 +168,7 @@ class EliminateIdentity(SpikecPass):
     """Remove Identity nodes, reconnecting their consumers (graph outputs are kept)."""
 
     name = "eliminate-identity"
+    invalidates = FLOAT_ANALYSES
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         return common.IdentityEliminationPass()(model)
@@ -141,6 +178,7 @@ class EliminateDeadNodes(SpikecPass):
     """Remove nodes and initializers that no graph output depends on."""
 
     name = "eliminate-dead-nodes"
+    invalidates = FLOAT_ANALYSES
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         result = common.RemoveUnusedNodesPass()(model)
@@ -165,6 +203,7 @@ class EliminateCommonSubexpressions(SpikecPass):
     encoder: their SpikeEncode nodes have the same input and attributes."""
 
     name = "eliminate-common-subexpressions"
+    invalidates = FLOAT_ANALYSES
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         return common.CommonSubexpressionEliminationPass()(model)

@@ -176,7 +176,12 @@ def proxy_loss(W: np.ndarray, codes: np.ndarray, s_w: np.ndarray, H: np.ndarray)
 
 
 class Hessians:
-    """H of each linear layer's input, from the float graph on ONNX Runtime, on demand.
+    """H of each linear layer's input, from the float graph's activations, on demand.
+
+    `run(names)` gives those values on each calibration feed (a list of {name: array}); in
+    a compile it is the float-activations analysis (passes/analyses.py), which serves what
+    it already holds and otherwise runs the float graph on ONNX Runtime without keeping
+    the chunk.
 
     `inputs` lists (activation name, K) in the order the layers are quantized (one entry
     per layer: layers sharing an input, Q/K/V or gate/up, share one H). `get(name)` fetches

@@ -37,16 +37,15 @@ import onnx_ir as ir
 from spikec import ops
 from spikec import reference as R
 from spikec.errors import SpikecError
+from spikec.passes.analyses import FLOAT_MODEL
 from spikec.passes.options import ContextPass
-from spikec.passes.quantize import (bias_of, initializer, replace_node, capture_float,
-                                    const_array, modality_of_graph)
+from spikec.passes.quantize import SOURCE_KEY, bias_of, const_array, initializer, modality_of_graph, replace_node
 
 log = logging.getLogger(__name__)
 
 QDQ_DOMAINS = ("", "ai.onnx", "com.microsoft")
 QOPERATOR_OPS = ("QLinearMatMul", "MatMulInteger", "QLinearConv", "ConvInteger", "MatMulIntegerToFloat",
                  "DynamicQuantizeLinear", "QGemm", "QAttention", "DynamicQuantizeMatMul")
-SOURCE_KEY = "spikec.source"
 
 
 def _is(node: ir.Node | None, op: str) -> bool:
@@ -91,15 +90,16 @@ class ImportQdq(ContextPass):
 
     name = "import-qdq"
     guarantees = ("quantized",)
-    invalidates = ("shapes-inferred",)
+    invalidates = ("shapes-inferred", "layer-map")
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         g = model.graph
         for node in g:
             if node.op_type in QOPERATOR_OPS:
                 raise SpikecError(f"import-qdq: node '{node.name}' ({node.op_type}) is in the QOperator format; "
                                   f"spikec imports QDQ models (quantize_static(..., quant_format=QuantFormat.QDQ))")
-        # The QDQ graph as the tool made it is the reference that med/msts compare against.
-        capture_float(model, self.ctx)
+        # The QDQ graph as the tool made it is the reference that med/msts compare against
+        # (the float-model analysis, taken before anything changes).
+        self.ctx.analyses.get(FLOAT_MODEL, model)
         for node in g:  # com.microsoft Q/DQ have the same meaning for 8-bit types
             if node.domain == "com.microsoft" and node.op_type in ("QuantizeLinear", "DequantizeLinear"):
                 node.domain = ""
@@ -121,9 +121,9 @@ class ImportQdq(ContextPass):
             raise SpikecError("import-qdq: found no MatMul/Gemm with a DequantizeLinear weight and a quantized "
                               "activation; is the input a QDQ model (quantize_static with QuantFormat.QDQ)?")
         model.metadata_props[SOURCE_KEY] = "qdq"
-        self.ctx.results["import-qdq"] = {"layers": layers, "float": floats}
-        self.ctx.results["quantize"] = {"source": "qdq", "layers": layers, "float": floats,
-                                        "timesteps": {n: 7 for n in names}}
+        # its own entry, shaped like quantize's (options.quantization_results reads either)
+        self.ctx.results["import-qdq"] = {"source": "qdq", "layers": layers, "float": floats,
+                                          "timesteps": {n: 7 for n in names}}
         return ir.passes.PassResult(model, True)
 
     def _linear(self, model: ir.Model, node: ir.Node, names, mod_in, const_mod, neuron):
@@ -286,4 +286,4 @@ def imported_timesteps(model: ir.Model) -> bool:
     return model.metadata_props.get(SOURCE_KEY) == "qdq"
 
 
-__all__ = ["ImportQdq", "imported_timesteps", "json"]
+__all__ = ["ImportQdq", "imported_timesteps", "SOURCE_KEY", "json"]

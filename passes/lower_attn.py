@@ -30,6 +30,7 @@ import onnx_ir as ir
 
 from spikec import ops as sops
 from spikec import reference as R
+from spikec.isa.descriptors import AttentionKernel
 from spikec.isa.tiling import ISA_MAX_T, WGT_MAX_T
 
 
@@ -86,7 +87,7 @@ def _dim(v: ir.Value, i: int) -> int | None:
     return d if isinstance(d, int) else None
 
 
-def lower_graph(model: ir.Model, role: str, first_index: int) -> tuple[list[dict], dict[str, str]]:
+def lower_graph(model: ir.Model, role: str, first_index: int) -> tuple[list[AttentionKernel], dict[str, str]]:
     """Attention-kernel descriptors for a graph's lowerable attention products, and the
     refused ones (node name -> reason). The int32 bound is a compile error where K is known
     (Q @ K^T: the head size) and is checked per call otherwise (P @ V: K = key length)."""
@@ -106,13 +107,11 @@ def lower_graph(model: ir.Model, role: str, first_index: int) -> tuple[list[dict
             R.check_overflow(K, max(T), R.qmax(bits), f"graph '{role}', node '{mm.name}'")
         b = code.inputs[0]
         src = _transposed_source(b)
-        kernels.append({
-            "index": first_index + len(kernels), "graph": role, "node": mm.name, "encoder": enc.name,
-            "code": code.name, "transpose": b.producer().name if src is not None else None,
-            "a": enc.inputs[0].name, "b": (src if src is not None else b).name, "wtrans": src is not None,
-            "layer": sops.attr(mm, "layer"), "timesteps": T, "modalities": names, "bits": bits,
-            "modality_id": int(sops.attr(mm, "modality_id", -1)),
-        })
+        kernels.append(AttentionKernel(
+            index=first_index + len(kernels), graph=role, node=mm.name, encoder=enc.name, code=code.name,
+            transpose=b.producer().name if src is not None else None, a=enc.inputs[0].name,
+            b=(src if src is not None else b).name, wtrans=src is not None, layer=sops.attr(mm, "layer"),
+            timesteps=tuple(T), modalities=tuple(names), bits=bits, modality_id=int(sops.attr(mm, "modality_id", -1))))
     return kernels, not_lowered
 
 

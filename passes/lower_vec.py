@@ -46,9 +46,10 @@ import onnx_ir as ir
 
 from spikec import ops as sops
 from spikec import vector
+from spikec.isa.descriptors import VecKernel
 from spikec.isa.fields import VecFunc
 from spikec.isa.hwconfig import HwConfig
-from spikec.isa.tiling import TILE_ALIGN, max_len, plan_vec
+from spikec.isa.tiling import TILE_ALIGN, TilingError, max_len, plan_vec
 
 HOST_ONLY = {"Erf": "erf (GELU in the erf form; the ISA's GELU is the tanh form)",
              "Tanh": "tanh has no VEC function", "Sigmoid": "sigmoid outside SiLU (e.g. quick GELU) has no VEC function"}
@@ -370,31 +371,46 @@ def match_graph(model: ir.Model) -> tuple[list[VecMatch], dict[str, str]]:
 # ---------------------------------------------------------------- kernels and the weights image
 
 
-def lower_graph(model: ir.Model, role: str, cfg: HwConfig, image: bytearray, first_index: int) -> tuple[list[dict], dict[str, str]]:
-    """Vector-kernel descriptors for a graph (constants appended to `image`), and the host
-    patterns / refused matches (node name -> reason)."""
+def lower_graph(model: ir.Model, role: str, cfg: HwConfig, image: bytearray,
+                first_index: int) -> tuple[list[VecKernel], dict[str, str]]:
+    """Vector-kernel descriptors for a graph (constants appended to `image`, 64-byte aligned),
+    and the host patterns / refused matches (node name -> reason)."""
     matches, not_lowered = match_graph(model)
     kernels = []
     for m in matches:
-        L = m.L
-        plan = plan_vec(cfg, m.func, L) if L is not None else max_len(cfg, m.func)
-        if isinstance(plan, str) or plan < 1:
-            not_lowered[m.nodes[-1].name] = f"{m.func.name}: {plan if isinstance(plan, str) else 'no row fits VEC'}"
+        try:
+            top = _row_limit(cfg, m)
+        except TilingError as exc:
+            not_lowered[m.nodes[-1].name] = f"{m.func.name}: {exc}"
             continue
-        desc = {"index": first_index + len(kernels), "graph": role, "func": m.func.name, "node": m.nodes[-1].name,
-                "nodes": [n.name for n in m.nodes], "inputs": [v.name for v in m.inputs], "output": m.nodes[-1].outputs[0].name,
-                "len": L, "max_len": L if L is not None else plan, "vec_const": None, "vec_const_len": 0, "scl_const": None}
+        vec_const = scl_const = None
         if m.row is not None:
             image += bytes(-len(image) % TILE_ALIGN)
-            desc["vec_const"], desc["vec_const_len"] = len(image), int(m.row.size)
+            vec_const = len(image)
             image += np.ascontiguousarray(m.row, "<f4").tobytes()
         if m.scalar is not None:
             image += bytes(-len(image) % TILE_ALIGN)
-            desc["scl_const"] = len(image)
+            scl_const = len(image)
             image += np.asarray([m.scalar], "<f4").tobytes()
-        kernels.append(desc)
+        kernels.append(VecKernel(
+            index=first_index + len(kernels), graph=role, func=m.func, node=m.nodes[-1].name,
+            nodes=tuple(n.name for n in m.nodes), inputs=tuple(v.name for v in m.inputs),
+            output=m.nodes[-1].outputs[0].name, length=m.L, max_len=top, vec_const=vec_const,
+            vec_const_len=int(m.row.size) if m.row is not None else 0, scl_const=scl_const))
     image += bytes(-len(image) % TILE_ALIGN)
     return kernels, not_lowered
+
+
+def _row_limit(cfg: HwConfig, m: VecMatch) -> int:
+    """The longest row of the match's kernel: its fixed length (when plan_vec takes it) or, for
+    rows known only at run time, the longest VEC holds. Raises TilingError."""
+    if m.L is not None:
+        plan_vec(cfg, m.func, m.L)
+        return m.L
+    top = max_len(cfg, m.func)
+    if top < 1:
+        raise TilingError("no row fits VEC")
+    return top
 
 
 __all__ = ["VEC_FUNCS", "VecMatch", "lower_graph", "match_functions", "match_graph"]

@@ -9,11 +9,22 @@ carries spikec's pipeline metadata:
 - `needs`: named properties of the model that must hold before it runs
   (e.g. "shapes-inferred", "quantized"), each guaranteed by an earlier pass;
 - `guarantees`: properties that hold after it runs;
-- `invalidates`: properties it may break.
+- `invalidates`: properties it may break, and analyses (passes/analyses.py) whose
+  cached results it makes stale.
 
-After each pass the manager runs the verifier (`spikec.ir.verify`), optionally
-writes `NN-<pass>.onnx` and `NN-<pass>.txt` to the dump folder, and records a
-report entry (wall time, node counts by op type, parameter bytes).
+Properties are checked, not only declared. Each has a check registered with
+`register_property` (next to the pass that establishes it) that inspects the model and
+raises SpikecError naming the node at fault (a name with no registered check is only
+declared, and trusted). `SpikecPass.requires` checks the pass's
+`needs` before it runs and `SpikecPass.ensures` its `guarantees` after (onnx_ir's
+pre/postcondition hooks); the manager turns a failure into "pass 'NAME': precondition
+(postcondition) failed: ...". Before anything runs, the manager refuses a pipeline in which
+a pass needs a property no earlier pass guarantees (or a later one invalidated).
+
+After each pass the manager runs the verifier (`spikec.ir.verify`), invalidates the
+analyses the pass names in `invalidates`, optionally writes `NN-<pass>.onnx` and
+`NN-<pass>.txt` to the dump folder, and records a report entry (wall time, node counts by
+op type, parameter bytes, the properties that hold after it).
 """
 
 from __future__ import annotations
@@ -23,7 +34,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Callable, ClassVar, Sequence
+from typing import Any, Callable, ClassVar, Sequence
 
 import onnx_ir as ir
 
@@ -34,13 +45,72 @@ from spikec.errors import SpikecError
 log = logging.getLogger(__name__)
 
 
+@dataclasses.dataclass(frozen=True)
+class Property:
+    """A named property of a model: `check(model)` returns when it holds and raises
+    SpikecError naming the node (or field) at fault when it does not."""
+
+    name: str
+    doc: str
+    check: Callable[[ir.Model], None]
+
+
+PROPERTIES: dict[str, Property] = {}
+
+
+def register_property(name: str, doc: str) -> Callable[[Callable[[ir.Model], None]], Callable[[ir.Model], None]]:
+    """Decorator: register `check` as the check of property `name` (one per name)."""
+
+    def register(check: Callable[[ir.Model], None]) -> Callable[[ir.Model], None]:
+        old = PROPERTIES.get(name)
+        if old is not None and (old.check.__module__, old.check.__qualname__) != (check.__module__, check.__qualname__):
+            raise TypeError(f"property '{name}' already has a check ({PROPERTIES[name].check.__qualname__})")
+        PROPERTIES[name] = Property(name, doc, check)
+        return check
+
+    return register
+
+
+def check_property(name: str, model: ir.Model) -> None:
+    """Run the check of property `name` on `model` (SpikecError "NAME: ..." when it does not
+    hold). A property nobody registered a check for is only declared: it is trusted (logged)."""
+    prop = PROPERTIES.get(name)
+    if prop is None:
+        log.debug("property '%s' has no registered check: trusted as declared", name)
+        return
+    try:
+        prop.check(model)
+    except SpikecError as exc:
+        raise SpikecError(f"{name}: {exc}") from None
+
+
 class SpikecPass(ir.passes.InPlacePass):
-    """An in-place onnx_ir pass with a name and declared needs/guarantees."""
+    """An in-place onnx_ir pass with a name and declared, checked needs/guarantees."""
 
     name: ClassVar[str] = ""
     needs: ClassVar[tuple[str, ...]] = ()
     guarantees: ClassVar[tuple[str, ...]] = ()
     invalidates: ClassVar[tuple[str, ...]] = ()
+
+    def requires(self, model: ir.Model) -> None:
+        """Every property in `needs` holds (onnx_ir runs this before `call`)."""
+        for name in self.needs:
+            check_property(name, model)
+
+    def ensures(self, model: ir.Model) -> None:
+        """Every property in `guarantees` holds (onnx_ir runs this after `call`)."""
+        for name in self.guarantees:
+            check_property(name, model)
+
+    def float_values(self, model: ir.Model) -> list[str]:
+        """Names of the float model's values this pass will read on the calibration feeds
+        (the float-activations analysis fetches them all in one run; passes/analyses.py)."""
+        return []
+
+    def analysis_manager(self) -> Any:
+        """The AnalysisManager of the compile this pass belongs to, or None (a pass that
+        reads no analysis); the PassManager invalidates through it."""
+        return None
 
 
 @dataclasses.dataclass
@@ -54,6 +124,7 @@ class PassRecord:
     parameters: int
     parameter_bytes: int
     dumps: list[str]
+    properties: list[str] = dataclasses.field(default_factory=list)  # what holds after the pass
 
 
 @dataclasses.dataclass
@@ -107,12 +178,15 @@ class PassManager:
     def run(self, model: ir.Model, *, input_name: str = "") -> CompileReport:
         records: list[PassRecord] = []
         have: set[str] = set()
+        managers = list({id(m): m for m in (p.analysis_manager() for p in self.passes) if m is not None}.values())
         if self.dump_dir is not None:
             self.dump_dir.mkdir(parents=True, exist_ok=True)
         if self.verify_each:
             spir.verify(model, after="(input)")
         for index, p in enumerate(self.passes, start=1):
             self.progress(f"[{index}/{len(self.passes)}] {p.name}")
+            for m in managers:
+                m.before_pass(self.passes[index - 1:])
             start = time.perf_counter()
             try:
                 result = p(model)
@@ -132,11 +206,14 @@ class PassManager:
                 spir.verify(model, after=p.name)
             have.difference_update(p.invalidates)
             have.update(p.guarantees)
+            for m in managers:
+                m.after_pass(p.invalidates, have, self.passes[index:])
             dumps = self._dump(model, index, p.name) if self.dump_dir is not None else []
             params, nbytes = spir.parameter_stats(model)
             hist = spir.op_histogram(model)
             records.append(
-                PassRecord(index, p.name, round(wall, 6), bool(result.modified), sum(hist.values()), hist, params, nbytes, dumps)
+                PassRecord(index, p.name, round(wall, 6), bool(result.modified), sum(hist.values()), hist, params, nbytes, dumps,
+                           sorted(have))
             )
             log.info("pass %s: %.3f s, modified=%s, %d nodes", p.name, wall, result.modified, sum(hist.values()))
         report = CompileReport(input=input_name, passes=records, properties=sorted(have))

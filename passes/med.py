@@ -1,12 +1,12 @@
 """med: measure the modality evolution discrepancy (SEMANTICS.md section 4) per layer.
 
-Layers are found from the graph itself: the residual stream is the longest chain of
-Add nodes Add(h, f(h)) whose one input is an ancestor of the other; a transformer
-layer is two consecutive residual Adds (attention, then MLP), so layer l maps
-h_l (the stream entering its first Add) to h_(l+1) (the output of its second). If the
-chain has an odd length every residual Add is its own layer.
+Layers come from the layer-map analysis (passes/analyses.py): the residual stream is the
+longest chain of Add nodes Add(h, f(h)) whose one input is an ancestor of the other; a
+transformer layer is two consecutive residual Adds (attention, then MLP), so layer l maps
+h_l (the stream entering its first Add) to h_(l+1) (the output of its second).
 
-On the calibration data, run the float model (ONNX Runtime) and compute
+On the calibration data, with the float model's values (the float-activations analysis:
+ONNX Runtime, one run shared with the other passes) compute
 
     e[l, m] = mean over tokens of modality m of 1 - cos(h_l, h_(l+1))
     MED[l]  = |e[l, vision] - e[l, text]| / (e[l, vision] + e[l, text])
@@ -28,80 +28,16 @@ import numpy as np
 import onnx_ir as ir
 
 from spikec import atomic
-from spikec import calibration as C
 from spikec import ops
+from spikec.errors import SpikecError
+from spikec.passes.analyses import FLOAT_MODEL, LAYER_MAP
+from spikec.passes.manager import register_property
 from spikec.passes.options import ContextPass
-from spikec.passes.quantize import MODALITY_INPUT, capture_float, modality_of_graph
+from spikec.passes.quantize import MODALITY_INPUT, modality_of_graph
 
 log = logging.getLogger(__name__)
 
 MED_KEY = "spikec.med"
-
-
-def _is_ancestor(a: ir.Value, b: ir.Value, limit: int = 20000) -> bool:
-    """True when value `a` is an ancestor of value `b` (backward search from b)."""
-    seen, stack = set(), [b]
-    while stack and len(seen) < limit:
-        v = stack.pop()
-        if v is a:
-            return True
-        p = v.producer()
-        if p is None or id(p) in seen:
-            continue
-        seen.add(id(p))
-        stack.extend(i for i in p.inputs if i is not None)
-    return False
-
-
-def residual_chain(graph: ir.Graph) -> list[tuple[ir.Node, ir.Value]]:
-    """The longest chain of residual Adds, as (add node, stream input) in order."""
-    residual: dict[int, tuple[ir.Node, ir.Value]] = {}  # id(stream input) -> (add, stream)
-    for node in graph:
-        if node.op_type != "Add" or node.domain not in ("", "ai.onnx") or len(node.inputs) != 2:
-            continue
-        a, b = node.inputs
-        if a is None or b is None or a.const_value is not None or b.const_value is not None:
-            continue
-        for h, f in ((a, b), (b, a)):
-            if _is_ancestor(h, f):
-                residual.setdefault(id(h), (node, h))
-                break
-    outs = {id(n.outputs[0]) for n, _ in residual.values()}
-    best: list[tuple[ir.Node, ir.Value]] = []
-    for key, (node, h) in residual.items():
-        if key in outs:  # not a chain start
-            continue
-        chain = [(node, h)]
-        while id(chain[-1][0].outputs[0]) in residual:
-            chain.append(residual[id(chain[-1][0].outputs[0])])
-        if len(chain) > len(best):
-            best = chain
-    return best
-
-
-def layers_of(graph: ir.Graph) -> tuple[list[tuple[ir.Value, ir.Value]], list[ir.Node]]:
-    """([(h_l, h_(l+1))] per layer, [the residual Add that ends each layer])."""
-    chain = residual_chain(graph)
-    if len(chain) >= 2 and len(chain) % 2 == 0:
-        pairs = [(chain[i][1], chain[i + 1][0].outputs[0]) for i in range(0, len(chain), 2)]
-        ends = [chain[i + 1][0] for i in range(0, len(chain), 2)]
-    else:
-        pairs = [(h, n.outputs[0]) for n, h in chain]
-        ends = [n for n, _ in chain]
-    return pairs, ends
-
-
-def assign_layers(model: ir.Model, ends: list[ir.Node]) -> int:
-    """Set the `layer` attribute of every spikec op; returns the number of layers L."""
-    pos = {id(n): i for i, n in enumerate(model.graph)}
-    end_pos = [pos[id(n)] for n in ends]
-    for node in model.graph:
-        if node.domain != ops.DOMAIN:
-            continue
-        p = pos[id(node)]
-        layer = next((l for l, e in enumerate(end_pos) if p < e), len(end_pos))
-        node.attributes["layer"] = ir.AttrInt64("layer", layer)
-    return len(end_pos)
 
 
 def _cos_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -111,17 +47,17 @@ def _cos_distance(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return 1.0 - np.sum(a * b, axis=1) / np.where(den > 0, den, 1.0)
 
 
-def measure(float_proto, feeds: list[dict], pairs, names: list[str], const_mod: int) -> list[dict]:
-    wanted = [v.name for p in pairs for v in p]
+def measure(acts: list[dict], feeds: list[dict], pairs, names: list[str], const_mod: int) -> list[dict]:
+    """One row per layer: e[l, m], MED[l] and token counts. `acts[i]` holds the float
+    model's stream values (the names in `pairs`, (h_l, h_(l+1)) per layer) on `feeds[i]`."""
     has_mod = any(MODALITY_INPUT in f for f in feeds)
-    acts = C.run_ort(float_proto, feeds, wanted)
     rows = []
     for l, (h0, h1) in enumerate(pairs):
         sums, counts = np.zeros(len(names)), np.zeros(len(names))
         for feed, a in zip(feeds, acts):
-            d = _cos_distance(a[h0.name], a[h1.name])
-            lead = a[h0.name].shape[:-1]
-            mods = ops.token_modality(feed.get(MODALITY_INPUT) if has_mod else None, const_mod, lead, h0.name).reshape(-1)
+            d = _cos_distance(a[h0], a[h1])
+            lead = a[h0].shape[:-1]
+            mods = ops.token_modality(feed.get(MODALITY_INPUT) if has_mod else None, const_mod, lead, h0).reshape(-1)
             keep = np.ones_like(mods, dtype=bool)
             mask = feed.get("attention_mask")
             if mask is not None and int(np.prod(mask.shape)) == mods.size:
@@ -133,9 +69,20 @@ def measure(float_proto, feeds: list[dict], pairs, names: list[str], const_mod: 
         e = {names[m]: (float(sums[m] / counts[m]) if counts[m] else None) for m in range(len(names))}
         ev, et = e.get("vision"), e.get("text")
         med = abs(ev - et) / (ev + et) if ev is not None and et is not None and ev + et > 0 else None
-        rows.append({"layer": l, "from": h0.name, "to": h1.name, "e": e, "med": med,
+        rows.append({"layer": l, "from": h0, "to": h1, "e": e, "med": med,
                      "tokens": {names[m]: int(counts[m]) for m in range(len(names))}})
     return rows
+
+
+@register_property("med-measured", "the model carries MED per layer (metadata spikec.med) and every spikec op "
+                                   "its `layer` attribute")
+def check_med_measured(model: ir.Model) -> None:
+    """Raises SpikecError naming the missing metadata or the first spikec op without `layer`."""
+    if MED_KEY not in model.metadata_props:
+        raise SpikecError(f"the model has no '{MED_KEY}' metadata")
+    for node in ops.spikec_nodes(model):
+        if "layer" not in node.attributes:
+            raise SpikecError(f"node '{node.name}' ({node.op_type}) has no 'layer' attribute")
 
 
 class Med(ContextPass):
@@ -143,23 +90,28 @@ class Med(ContextPass):
 
     name = "med"
     guarantees = ("med-measured",)
+
+    def float_values(self, model: ir.Model) -> list[str]:
+        """The residual stream h_0 .. h_L (the layer map's values)."""
+        return self.ctx.analyses.get(LAYER_MAP, model).values() if self.ctx.feeds else []
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        capture_float(model, self.ctx)
-        pairs, ends = layers_of(model.graph)
-        n_layers = assign_layers(model, ends)
+        layers = self.ctx.analyses.get(LAYER_MAP, model)
+        n_layers = layers.assign(model)
         names = ops.modalities(model)
         result = {"layers": [], "num_layers": n_layers, "head_group": n_layers,
                   "definition": "e[l,m] = mean over tokens of modality m of 1 - cos(h_l, h_l+1); "
                                 "MED[l] = |e_vision - e_text| / (e_vision + e_text)"}
         if not self.ctx.feeds:
             result["skipped"] = "no calibration data (--calib)"
-        elif self.ctx.float_model is None:
+        elif self.ctx.analyses.get(FLOAT_MODEL, model) is None:
             result["skipped"] = "the float model is not available (med must run before quantize in a standalone pipeline)"
-        elif not pairs:
+        elif not layers.pairs:
             result["skipped"] = "no residual stream found (no Add(h, f(h)) chain)"
         else:
             _, const_mod = modality_of_graph(model, self.ctx)
-            result["layers"] = measure(self.ctx.float_model, self.ctx.feeds, pairs, names, const_mod)
+            acts = self.ctx.analyses.activations(model, layers.values())
+            result["layers"] = measure(acts, self.ctx.feeds, layers.pairs, names, const_mod)
         self.ctx.results["med"] = result
         model.metadata_props[MED_KEY] = json.dumps(
             {"num_layers": n_layers, "med": [r["med"] for r in result["layers"]],

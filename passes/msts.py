@@ -20,6 +20,11 @@ Error: mean KL(softmax(float logits) || softmax(spiking logits)) over the text t
 for a graph with a `logits` output, else the relative squared error of the first output.
 The chosen T lands in the ops' `timesteps` attributes; the report gives T, the budget
 used, the error, and the uniform-T error at the same budget.
+
+Layer groups are the ops' `layer` attributes (med's; where med did not run, msts assigns
+them from the layer-map analysis); MED per layer, the guide of step 2, is what med
+published in the model (metadata `spikec.med`). The float logits come from the
+float-activations analysis (passes/analyses.py).
 """
 
 from __future__ import annotations
@@ -31,11 +36,12 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
-from spikec import calibration as C
 from spikec import ops
 from spikec.errors import SpikecError
+from spikec.passes.analyses import FLOAT_MODEL, LAYER_MAP
 from spikec.passes.import_qdq import imported_timesteps
-from spikec.passes.med import MED_KEY, assign_layers, layers_of
+from spikec.passes.manager import register_property
+from spikec.passes.med import MED_KEY
 from spikec.passes.options import CompileContext, ContextPass
 from spikec.passes.quantize import MODALITY_INPUT, modality_of_graph
 
@@ -60,17 +66,22 @@ def _kl_text(ref: np.ndarray, out: np.ndarray, mods: np.ndarray | None, text_id:
     return float(np.mean(np.sum(np.exp(la) * (la - lb), axis=-1)))
 
 
+def compared_output(model: ir.Model) -> tuple[str, bool]:
+    """(the output msts compares, whether it is logits): `logits` when the graph has it (or
+    its first output's name says logits), else the first output."""
+    name = model.graph.outputs[0].name
+    logits = "logits" in name or any(o.name == "logits" for o in model.graph.outputs)
+    return ("logits" if logits else name), logits
+
+
 class Evaluator:
     """Measured output error of the model under a timestep assignment."""
 
     def __init__(self, model: ir.Model, ctx: CompileContext, names: list[str]) -> None:
         self.model, self.ctx, self.names = model, ctx, names
         self.feeds = ctx.feeds
-        self.out_name = model.graph.outputs[0].name
-        self.logits = "logits" in self.out_name or any(o.name == "logits" for o in model.graph.outputs)
-        if self.logits:
-            self.out_name = "logits"
-        self.ref = [r[self.out_name] for r in C.run_ort(ctx.float_model, self.feeds, [self.out_name])]
+        self.out_name, self.logits = compared_output(model)
+        self.ref = [r[self.out_name] for r in ctx.analyses.activations(model, [self.out_name])]
         self.text_id = names.index("text") if "text" in names else 0
         self.evaluations = 0
 
@@ -109,12 +120,32 @@ def token_counts(ctx: CompileContext, names: list[str], const_mod: int) -> np.nd
     return counts
 
 
+@register_property("timesteps-assigned", "every spikec op that spikes has `timesteps`: one T per modality, "
+                                         "each in 1..spikec.ops.MAX_T")
+def check_timesteps_assigned(model: ir.Model) -> None:
+    """Raises SpikecError naming the first timed spikec op whose `timesteps` is missing or out of range."""
+    n = len(ops.modalities(model))
+    for node in ops.spikec_nodes(model, *ops.TIMED_OPS):
+        attr = node.attributes.get("timesteps")
+        T = list(attr.value) if attr is not None and attr.type == ir.AttributeType.INTS else None
+        if T is None:
+            raise SpikecError(f"node '{node.name}' ({node.op_type}) has no integer 'timesteps' attribute")
+        if len(T) != n or not all(1 <= int(t) <= ops.MAX_T for t in T):
+            raise SpikecError(f"node '{node.name}' ({node.op_type}): timesteps {T} must be {n} value(s) (one per "
+                              f"modality) in 1..{ops.MAX_T}")
+
+
 class Msts(ContextPass):
     """Assign timesteps per modality (and per layer where it pays)."""
 
     name = "msts"
     needs = ("quantized",)
     guarantees = ("timesteps-assigned",)
+
+    def float_values(self, model: ir.Model) -> list[str]:
+        """The float output msts compares against (logits, or the first output)."""
+        return [compared_output(model)[0]] if self.ctx.feeds else []
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         opts = self.ctx.options.validate()
         names = ops.modalities(model)
@@ -123,7 +154,7 @@ class Msts(ContextPass):
             self.ctx.results["msts"] = {"skipped": "no spikec ops"}
             return ir.passes.PassResult(model, False)
         if any("layer" not in n.attributes for n in timed):
-            assign_layers(model, layers_of(model.graph)[1])
+            self.ctx.analyses.get(LAYER_MAP, model).assign(model)
         n_groups = 1 + max(int(ops.attr(n, "layer", 0)) for n in timed)
         groups = [[n for n in timed if int(ops.attr(n, "layer", 0)) == g] for g in range(n_groups)]
         _, const_mod = modality_of_graph(model, self.ctx)
@@ -134,7 +165,7 @@ class Msts(ContextPass):
                     if not ops.attr(n, "act_unsigned"):  # an imported offset code fixes its own width
                         ops.set_timesteps(n, table[g].tolist(), model)
 
-        can_measure = bool(self.ctx.feeds) and self.ctx.float_model is not None
+        can_measure = bool(self.ctx.feeds) and self.ctx.analyses.get(FLOAT_MODEL, model) is not None
         if opts.budget is None and opts.tv is None and opts.tt is None and imported_timesteps(model):
             result = {"mode": "imported", "timesteps": "kept at the imported QDQ precision (--tv/--tt or --budget "
                                                        "override)"}

@@ -1,11 +1,13 @@
 """Options and shared state of the spiking passes (quantize ... msts) in one compile.
 
 `SpikeOptions` are the user's choices (the `spikec compile` flags). `CompileContext`
-is what the passes of one graph share: the options, the calibration feeds, the float
-model (captured before the first pass changes anything, so `med` and `msts` can
-compare against it), and `results`, which the compile driver copies into the report
-(CompileReport.extra). Passes also write what later passes need into the model's
-metadata_props (e.g. `spikec.med`), so a dumped IR carries it too.
+is what the passes of one graph share: the options, the calibration feeds, the
+compile's analyses (`analyses`: the float model, its activations on the calibration
+feeds and the layer map, each computed once and invalidated by the passes that change
+it; passes/analyses.py), and `results`, one entry per pass under its own name, which the
+compile driver copies into the report (CompileReport.extra). Passes also write what
+later passes need into the model's metadata_props (e.g. `spikec.med`), so a dumped IR
+carries it too.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import onnx
 from spikec import ir as spir
 
 from spikec.errors import SpikecError
+from spikec.passes.analyses import FLOAT_MODEL, AnalysisManager
 from spikec.passes.manager import SpikecPass
 from spikec.ops import ACT_SCALES, MAX_T, NEURONS
 
@@ -47,6 +50,10 @@ class SpikeOptions:
     # norms, softmax and SiLU as spikec.vec functions (the vector-numerics pass): the
     # accelerator's numerics on every target; implied by --isa (spikec.compiler)
     exact_vector: bool = False
+    # QuaRot's residual-stream rotation folded into the weights (passes/rotate.py), before
+    # quantize; combines with either weight method (rotation + GPTQ as in the paper)
+    rotate: bool = False
+    online_hadamard: bool = True  # with rotate: QuaRot's online Hadamard before each down projection
 
     def validate(self) -> "SpikeOptions":
         if self.wbits not in (4, 8):
@@ -100,9 +107,22 @@ class CompileContext:
     options: SpikeOptions = dataclasses.field(default_factory=SpikeOptions)
     feeds: list[dict] | None = None  # calibration feeds of this graph (None: no calibration data)
     calib_source: str = ""
-    float_model: spir.Frozen | None = None  # the graph before quantization (weights as views, not copies)
     graph_modality: int | None = None  # modality id of every token when the graph has no modality input
-    results: dict[str, Any] = dataclasses.field(default_factory=dict)
+    results: dict[str, Any] = dataclasses.field(default_factory=dict)  # pass name -> its report entry
+    analyses: AnalysisManager | None = None  # made in __post_init__: reads this context's feeds
+
+    def __post_init__(self) -> None:
+        if self.analyses is None:
+            self.analyses = AnalysisManager(lambda: self.feeds)
+
+    @property
+    def float_model(self) -> spir.Frozen | None:
+        """The float graph the compile compares against (the float-model analysis), if taken."""
+        return self.analyses.cached(FLOAT_MODEL)
+
+    def quantization(self) -> dict | None:
+        """The report entry of the pass that quantized the graph (`quantization_results`)."""
+        return quantization_results(self.results)
 
     def require_feeds(self, who: str) -> list[dict]:
         if not self.feeds:
@@ -110,11 +130,30 @@ class CompileContext:
         return self.feeds
 
 
+QUANTIZING_PASSES = ("quantize", "import-qdq")
+
+
+def quantization_results(results: dict[str, Any]) -> dict | None:
+    """The results (report) entry of whichever pass quantized the graph: `quantize`'s, or
+    `import-qdq`'s for a model quantized by another tool (it has `"source": "qdq"`); None
+    when neither ran. Both have `layers` (one row per quantized product), `float` (what
+    stayed float, with the reason) and `timesteps`. `results` is CompileContext.results or
+    a graph's CompileReport.extra; read through this rather than `results["quantize"]`."""
+    for name in QUANTIZING_PASSES:
+        entry = results.get(name)
+        if isinstance(entry, dict):
+            return entry
+    return None
+
+
 class ContextPass(SpikecPass):
     """A pass that reads and writes the compile's shared CompileContext (options,
-    calibration feeds, the float model, results for the report)."""
+    calibration feeds, the analyses, results for the report)."""
 
     uses_context = True
 
     def __init__(self, context: CompileContext | None = None) -> None:
         self.ctx = context or CompileContext()
+
+    def analysis_manager(self) -> AnalysisManager:
+        return self.ctx.analyses

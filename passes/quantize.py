@@ -17,6 +17,8 @@ What it does, in order:
    (--weight-method gptq, passes/gptq.py: the same per-channel scales, codes chosen to
    minimise the layer's output error on the calibration inputs; H per layer input from
    the float graph on ORT, `_weights`).
+   Activations come from the float-activations analysis (passes/analyses.py): the float
+   graph as the clean-up passes left it, run once on ORT for every pass of the compile.
 4. activations: static per-modality clip tables from calibration (max, percentile,
    mse), or dynamic per-token scales; see spikec.ops for the semantics. A modality the
    graph can carry with no calibration token is refused (naming layer and modality); a
@@ -42,12 +44,17 @@ from spikec import reference as R
 from spikec import vector
 from spikec.errors import SpikecError
 from spikec.passes import gptq
+from spikec.passes.analyses import FLOAT_MODEL
 from spikec.passes.generic import first_nonfinite, nonfinite_message
+from spikec.passes.manager import register_property
 from spikec.passes.options import CompileContext, ContextPass
 
 log = logging.getLogger(__name__)
 
 MODALITY_INPUT = "modality"
+# Model metadata naming who quantized the graph: absent for spikec's quantize, "qdq" for a
+# model quantized by another tool and imported (passes/import_qdq.py).
+SOURCE_KEY = "spikec.source"
 FLOAT_MATRIX_OPS = ("Conv", "ConvTranspose", "Einsum", "MatMulInteger", "QLinearMatMul", "Gemm", "MatMul")
 
 
@@ -242,15 +249,18 @@ def _smooth_target(x: ir.Value, group: list[Linear], by_out: dict[int, Linear]):
     return "", f"its input comes from {p.op_type} '{p.name}', which is neither a norm weight nor a linear layer"
 
 
-def smooth(linears: list[Linear], feeds: list[dict], alpha: float, float_proto) -> tuple[dict, list[dict]]:
+def smooth(linears: list[Linear], fetch, alpha: float) -> tuple[dict, list[dict]]:
     """Apply SmoothQuant in place (weights in `linears`, the producers' constants in the model).
 
-    Returns ({activation name: s}, notes): the smoothed activation is X / s."""
+    `fetch(names)` gives the float model's values `names` on each calibration feed (a list
+    of {name: array}). Returns ({activation name: s}, notes): the smoothed activation is X / s."""
     groups: dict[int, list[Linear]] = {}
     for lin in linears:
         groups.setdefault(id(lin.x), []).append(lin)
     by_out = {id(lin.out): lin for lin in linears}
-    acts = C.run_ort(float_proto, feeds, [g[0].x.name for g in groups.values()])
+    if not groups:
+        return {}, []
+    acts = fetch([g[0].x.name for g in groups.values()])
     scales, notes = {}, []
     for group in groups.values():
         x = group[0].x
@@ -307,11 +317,11 @@ def quantize_weight(w: np.ndarray, wbits: int, where: str) -> tuple[np.ndarray, 
     return w_q, s_w
 
 
-def gptq_hessians(model_float, feeds: list[dict], linears: list[Linear], smooth_s: dict) -> gptq.Hessians:
-    """The GPTQ Hessians of the layers' inputs, fetched from the float graph on ORT on demand
-    (a bounded chunk of layer inputs per ORT pass; see gptq.Hessians)."""
-    return gptq.Hessians(lambda names: C.run_ort(model_float, feeds, names),
-                         [(lin.x.name, int(lin.w.shape[0])) for lin in linears], smooth_s)
+def gptq_hessians(fetch, linears: list[Linear], smooth_s: dict) -> gptq.Hessians:
+    """The GPTQ Hessians of the layers' inputs; `fetch(names)` gives the float model's values
+    on each calibration feed, asked for on demand (a bounded chunk of layer inputs at a
+    time; see gptq.Hessians)."""
+    return gptq.Hessians(fetch, [(lin.x.name, int(lin.w.shape[0])) for lin in linears], smooth_s)
 
 
 def _weights(lin: Linear, opts, hessians: gptq.Hessians | None) -> tuple[np.ndarray, np.ndarray, dict]:
@@ -378,13 +388,32 @@ def modality_of_graph(model: ir.Model, ctx: CompileContext) -> tuple[ir.Value | 
     return None, names.index(guess) if guess in names else 0
 
 
-def capture_float(model: ir.Model, ctx: CompileContext, *, refresh: bool = False) -> None:
-    """Keep the float graph for med/msts (only while the graph has no spikec ops yet).
+def _dequantized_integer(v: ir.Value | None) -> bool:
+    """v = DequantizeLinear(an integer constant): a weight quantized by another tool."""
+    p = v.producer() if v is not None else None
+    if p is None or p.op_type != "DequantizeLinear" or p.domain not in ("", "ai.onnx", "com.microsoft"):
+        return False
+    a = const_array(p.inputs[0])
+    return a is not None and a.dtype.kind in "iu"
 
-    `refresh` replaces an earlier capture: quantize captures the graph as the clean-up
-    passes left it, so the value names med and msts look up are those of this graph."""
-    if (ctx.float_model is None or refresh) and not ops.spikec_nodes(model):
-        ctx.float_model = spir.freeze(model)
+
+@register_property("quantized", "no float linear layer is left that the quantizer would take: for spikec's "
+                                "quantize, no MatMul/Gemm over a constant 2-D weight (find_linears); for an "
+                                "imported QDQ model, no MatMul/Gemm over a DequantizeLinear of an integer weight")
+def check_quantized(model: ir.Model) -> None:
+    """Raises SpikecError naming the first float product left (see the property's doc)."""
+    if model.metadata_props.get(SOURCE_KEY) == "qdq":
+        for node in model.graph:
+            if node.op_type in ("MatMul", "Gemm") and node.domain in ("", "ai.onnx") and len(node.inputs) > 1 \
+                    and _dequantized_integer(node.inputs[1]):
+                raise SpikecError(f"node '{node.name}' ({node.op_type}) still reads the quantized weight "
+                                  f"'{node.inputs[1].name}' in float")
+        return
+    linears, _, _ = find_linears(model)
+    if linears:
+        lin = linears[0]
+        raise SpikecError(f"node '{lin.node.name}' ({lin.node.op_type}) is a linear layer over the constant weight "
+                          f"'{_const_source_name(lin.node.inputs[1])}' left in float")
 
 
 class Quantize(ContextPass):
@@ -392,10 +421,22 @@ class Quantize(ContextPass):
 
     name = "quantize"
     guarantees = ("quantized",)
+    # the layer map and the float model stay valid: residual Adds and value names are kept
     invalidates = ("shapes-inferred",)
+
+    def float_values(self, model: ir.Model) -> list[str]:
+        """Every linear layer's input (static scales, SmoothQuant) and the modality input."""
+        opts = self.ctx.options
+        if not self.ctx.feeds or not (opts.static or opts.smooth is not None):
+            return []  # GPTQ alone streams its layer inputs (gptq.Hessians) instead of holding them
+        names = [lin.x.name for lin in find_linears(model)[0]]
+        return names + ([MODALITY_INPUT] if graph_modality_input(model) is not None else [])
+
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         opts = self.ctx.options.validate()
-        capture_float(model, self.ctx, refresh=True)
+        # The float graph as the clean-up passes left it: taken before anything changes, as
+        # the reference for med and msts (kept once `quantized` holds: passes/analyses.py).
+        self.ctx.analyses.get(FLOAT_MODEL, model)
         ops.ensure_opset(model)
         names = ops.modalities(model)
         mod_in, const_mod = modality_of_graph(model, self.ctx)
@@ -408,13 +449,14 @@ class Quantize(ContextPass):
                               "or use --act-scale dynamic")
         smooth_notes, smooth_s = [], {}
         if opts.smooth is not None:
-            feeds = self.ctx.require_feeds("quantize (--smooth)")
-            smooth_s, smooth_notes = smooth(linears, feeds, opts.smooth, self.ctx.float_model)
+            self.ctx.require_feeds("quantize (--smooth)")
+            smooth_s, smooth_notes = smooth(linears, lambda names: self.ctx.analyses.activations(model, names),
+                                            opts.smooth)
         clips = {}
         if static and linears:
             # Activations of the float graph; a smoothed layer sees X / s (its producer was rescaled).
-            acts = C.run_ort(self.ctx.float_model, self.ctx.feeds, [lin.x.name for lin in linears] +
-                             ([MODALITY_INPUT] if mod_in is not None else []))
+            acts = self.ctx.analyses.activations(model, [lin.x.name for lin in linears] +
+                                                 ([MODALITY_INPUT] if mod_in is not None else []))
             for lin in linears:
                 rows = [[] for _ in names]
                 s = smooth_s.get(lin.x.name, np.float32(1.0))
@@ -432,7 +474,8 @@ class Quantize(ContextPass):
                                 opts.percentile) for r in rows])
         hessians = None
         if opts.weight_method == "gptq" and linears:
-            hessians = gptq_hessians(self.ctx.float_model, self.ctx.require_feeds("quantize (--weight-method gptq)"),
+            self.ctx.require_feeds("quantize (--weight-method gptq)")
+            hessians = gptq_hessians(lambda names: self.ctx.analyses.activations(model, names, keep=False),
                                      linears, smooth_s)
         silent = []
         if static and linears:

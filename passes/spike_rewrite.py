@@ -25,6 +25,7 @@ import onnx_ir as ir
 
 from spikec import ops
 from spikec.errors import SpikecError
+from spikec.passes.manager import register_property
 from spikec.passes.options import ContextPass
 from spikec.passes.quantize import initializer
 
@@ -40,6 +41,14 @@ def _copy(node: ir.Node, names) -> list[ir.Attr]:
 
 def _value(name: str, dtype: ir.DataType, shape=None) -> ir.Value:
     return ir.Value(name=name, type=ir.TensorType(dtype), shape=shape)
+
+
+@register_property("spiking", "every quantized product (QuantLinear, QuantMatMul) became a spike encoder "
+                              "feeding a spiking matmul")
+def check_spiking(model: ir.Model) -> None:
+    """Raises SpikecError naming the first QuantLinear/QuantMatMul left."""
+    for node in ops.spikec_nodes(model, ops.QUANT_LINEAR, ops.QUANT_MATMUL):
+        raise SpikecError(f"node '{node.name}' ({node.op_type}) was not rewritten into spiking ops")
 
 
 class SpikeRewrite(ContextPass):

@@ -26,9 +26,10 @@ import numpy as np
 import onnx_ir as ir
 
 from spikec import vector
+from spikec.errors import SpikecError
 from spikec.isa.fields import VecFunc
 from spikec.passes.lower_vec import match_functions
-from spikec.passes.manager import SpikecPass
+from spikec.passes.manager import SpikecPass, register_property
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +44,35 @@ def _initializer(graph: ir.Graph, name: str, array: np.ndarray) -> ir.Value:
     return v
 
 
+@register_property("vector-exact", "no RMSNorm / LayerNorm / Softmax / SiLU pattern the accelerator implements is "
+                                   "left in stock ops (each is a spikec.vec function call)")
+def check_vector_exact(model: ir.Model) -> None:
+    """Raises SpikecError naming the last node of the first pattern left."""
+    for m in match_functions(model):
+        last = m.nodes[-1]
+        raise SpikecError(f"node '{last.name}' ({last.op_type}) ends a {FUNCTIONS[m.func]} pattern left in stock ops")
+
+
 class VectorNumerics(SpikecPass):
     """RMSNorm / LayerNorm / Softmax / SiLU patterns -> spikec.vec function calls."""
 
     name = "vector-numerics"
-    guarantees = ("vector-numerics",)
+    needs = ("shapes-inferred",)  # the matchers read ranks and row lengths
+    guarantees = ("vector-exact",)
+    invalidates = ("float-model", "layer-map")  # the float graph's norms now round like the accelerator's
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
         graph = model.graph
         used: set[str] = set()
         count = 0
+        # The matches are found up front: a match's input may be the output of an earlier
+        # match's pattern, replaced meanwhile; read the replacement (same name), not the old value.
+        replaced: dict[int, ir.Value] = {}
         for m in match_functions(model):
             op = FUNCTIONS[m.func]
             last = m.nodes[-1]
             base = last.name
-            inputs = list(m.inputs)
+            inputs = [replaced.get(id(v), v) if v is not None else None for v in m.inputs]
             if m.func == VecFunc.RMSNORM:
                 inputs.append(_initializer(graph, f"{base}.gamma", m.row.astype(np.float32)))
             elif m.func == VecFunc.LAYERNORM:
@@ -71,6 +86,7 @@ class VectorNumerics(SpikecPass):
             new.type, new.shape = old.type, old.shape
             ir.convenience.replace_nodes_and_values(graph, last, m.nodes, [node], [old], [new])
             new.name = old.name  # after the replacement freed the name
+            replaced[id(old)] = new
             used.add(op)
             count += 1
         if used:

@@ -61,7 +61,8 @@ class Counters:
 
 class Device(abc.ABC):
     """One accelerator instance with its DRAM. Implementations: runtime.simulator.Simulator
-    (functional + cost model); later an RTL co-simulation and a board driver."""
+    (functional + cost model) and runtime.rtl_device.RtlDevice (Verilator co-simulation of
+    rtl/); a board driver would be a third."""
 
     config: HwConfig
     label: str = "device"  # what reports call it

@@ -2,14 +2,15 @@
 Device interface), everything else on the host.
 
 A .sbin compiled with `--isa` carries `isa/hwconfig`, `isa/weights` (packed weights and
-scales), `isa/kernels` (one descriptor per lowered SpikeEncode -> SpikeMatMul pair) and
+scales), `isa/kernels` (one descriptor per lowered kernel: isa/descriptors.py, each checked once
+when the file loads, against its hardware configuration and weights image) and
 `isa/program` (a representative program, for `spikec disasm`). At load time the weights
 image is written once into device DRAM. Each graph is rewritten so that every lowered
 pair becomes one `spikec.fpga::DeviceLinear(x, modality?)` node, and the graph runs on
 onnx's reference evaluator with the spikec kernels for whatever spiking op stayed on
 the host; a DeviceLinear call writes its activations (rows grouped by modality) into
 DRAM, builds the call's instruction stream from the descriptor
-(`passes.programs.build_program`), runs it on the device and reads the results back.
+(`isa/programs.py: build_program`), runs it on the device and reads the results back.
 The device's integer path and DEQ order are the reference's, so the outputs equal
 `spikec.reference.spiking_linear` bit for bit. Likewise each vector kernel (`vec_kernels`
 in `isa/kernels`, passes/lower_vec.py) becomes one `spikec.fpga::DeviceVec(operands...)`
@@ -29,7 +30,7 @@ same products and vector ops, for the modeled GPU comparison (`GpuBaseline`).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -40,6 +41,7 @@ from spikec import ops as sops
 from spikec import reference as R
 from spikec import schema
 from spikec.isa import programs, tiling
+from spikec.isa.descriptors import MAX_MODALITIES, AttentionKernel, KernelsDocument, ProductKernel, VecKernel
 from spikec.errors import SpikecError
 from spikec.isa.encoding import encode_program
 from spikec.isa.fields import VecFunc
@@ -105,10 +107,10 @@ class KernelRunner:
     `runner(index, x, mods)` calls a spiking product, `runner.vec(index, operands)` a
     vector kernel, `runner.attention(index, a, b, mods)` an attention product."""
 
-    def __init__(self, device: Device, weights: bytes, kernels: list[dict], gpu: GpuBaseline = GPU_A100,
-                 vec_kernels: list[dict] = (), attn_kernels: list[dict] = ()) -> None:
+    def __init__(self, device: Device, weights: bytes, kernels: Sequence[ProductKernel], gpu: GpuBaseline = GPU_A100,
+                 vec_kernels: Sequence[VecKernel] = (), attn_kernels: Sequence[AttentionKernel] = ()) -> None:
         self.device, self.cfg = device, device.config
-        self.kernels = kernels
+        self.kernels = list(kernels)
         self.vec_kernels = list(vec_kernels)
         self.attn_kernels = list(attn_kernels)
         self.gpu = gpu
@@ -136,13 +138,13 @@ class KernelRunner:
 
     def __call__(self, index: int, x: np.ndarray, mods: np.ndarray, where: str = "") -> np.ndarray:
         k = self.kernels[index]
-        K, M = k["K"], k["M"]
+        K, M = k.K, k.M
         x = np.asarray(x, np.float32)
         lead = x.shape[:-1]
         xf = x.reshape(-1, K)
         mf = np.asarray(mods, np.int64).reshape(-1)
-        T = np.asarray(k["timesteps"], np.int64)
-        names = k["modalities"]
+        T = np.asarray(k.timesteps, np.int64)
+        names = list(k.modalities)
         if mf.size and (mf.min() < 0 or mf.max() >= len(T)):
             bad = int(mf[(mf < 0) | (mf >= len(T))][0])
             raise SpikecError(f"node '{where}': modality id {bad} has no timesteps (modalities: {names})")
@@ -163,7 +165,7 @@ class KernelRunner:
         groups = []
         for m in np.unique(ms):
             rows = np.flatnonzero(ms == m)
-            if k["act_scale"] == "static" and k["static_scales"][int(m)] is None:
+            if k.static and k.static_scales[int(m)] is None:
                 raise SpikecError(
                     f"node '{where}': no static scale for modality '{names[int(m)]}': the calibration data had no "
                     f"{names[int(m)]} tokens at this layer; calibrate with such tokens or use --act-scale dynamic")
@@ -179,10 +181,10 @@ class KernelRunner:
         st.calls += 1
         st.tokens += n
         st.tokens_T += int(T[ms].sum())
-        planes = T[ms] if k["neuron"] != "if" else (2 ** (T[ms] + 1) - 1)
+        planes = T[ms] if k.neuron != "if" else (2 ** (T[ms] + 1) - 1)
         # The device counts a spike each time the PE array consumes it, i.e. once per
         # M-tile the kernel is split into; the possible spikes are counted the same way.
-        st.possible_spikes += int(planes.sum()) * K * len(k["tiles"])
+        st.possible_spikes += int(planes.sum()) * K * len(k.tiles)
         self._count_product(n, K, M, 1)
         return y.reshape(*lead, M)
 
@@ -203,7 +205,7 @@ class KernelRunner:
         SpikeCode / SpikeMatMul do; a b larger than one ENCODE row runs on the host instead."""
         k = self.attn_kernels[index]
         a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
-        if k["wtrans"]:
+        if k.wtrans:
             b = np.swapaxes(b, -1, -2)
         lead = np.broadcast_shapes(a.shape[:-2], b.shape[:-2])
         S, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
@@ -211,15 +213,15 @@ class KernelRunner:
             raise SpikecError(f"node '{where}': cannot multiply {a.shape} by {b.shape}")
         a, b = np.broadcast_to(a, (*lead, S, K)), np.broadcast_to(b, (*lead, K, N))
         mods = sops.token_modality(modality, modality_id, a.shape[:-1], where)
-        T = np.asarray(k["timesteps"], np.int64)
+        T = np.asarray(k.timesteps, np.int64)
         if mods.size and (mods.min() < 0 or mods.max() >= len(T)):
             bad = int(mods[(mods < 0) | (mods >= len(T))].flat[0])
-            raise SpikecError(f"node '{where}': modality id {bad} has no timesteps (modalities: {k['modalities']})")
+            raise SpikecError(f"node '{where}': modality id {bad} has no timesteps (modalities: {list(k.modalities)})")
         H = int(np.prod(lead))
         if H * S * N == 0:
             return np.zeros((*lead, S, N), np.float32)
         T_tok = T[mods]
-        R.check_overflow(K, int(T_tok.max()), R.qmax(k["bits"]), f"node '{where}'")
+        R.check_overflow(K, int(T_tok.max()), R.qmax(k.bits), f"node '{where}'")
         # Non-finite operands (docs/passes.md): the right operand has one scale, so a NaN or
         # +-inf anywhere in it makes the whole product NaN; a bad row of the left operand
         # makes its output row NaN. The device never sees them.
@@ -228,10 +230,11 @@ class KernelRunner:
         bad_rows = ~np.isfinite(a).all(axis=-1)
         if bad_rows.any():
             a = np.where(bad_rows[..., None], np.float32(0), a)
-        n_max = tiling.plan_attention(self.cfg, K, N, b.size)
-        if isinstance(n_max, str):
+        try:
+            n_max = tiling.plan_attention(self.cfg, K, N, b.size)
+        except tiling.TilingError:
             self.stats.attn_host_calls += 1
-            y = host_attention(a, b, T_tok, k["bits"], where)
+            y = host_attention(a, b, T_tok, k.bits, where)
             y[bad_rows] = np.nan
             return y
         # rows grouped per head, then by modality (stable), in chunks of at most n_max
@@ -246,7 +249,7 @@ class KernelRunner:
             chunks += [(int(key[r] // len(T)), r0, min(n_max, end - r0), int(T[key[r] % len(T)]))
                        for r0 in range(r, end, n_max)]
         # operands in this layout: the wtrans kernel's b is [N, K] per head, as the graph made it
-        bw = np.swapaxes(b, -1, -2) if k["wtrans"] else b
+        bw = np.swapaxes(b, -1, -2) if k.wtrans else b
         a_addr = self.io_base
         b_addr = tiling.align(a_addr + xs.nbytes, tiling.TILE_ALIGN)
         y_addr = tiling.align(b_addr + 4 * b.size, tiling.TILE_ALIGN)
@@ -275,11 +278,11 @@ class KernelRunner:
         """One call of vector kernel `index` on the host graph's operands (x, then y1 for
         ADD/MUL or the cos, sin tables for ROPE): the result, shaped like x."""
         k = self.vec_kernels[index]
-        func = VecFunc[k["func"]]
+        func = k.func
         x = np.asarray(operands[0], np.float32)
         L = x.shape[-1] if x.ndim else 1
-        if (k["len"] is not None and L != k["len"]) or L > k["max_len"]:
-            want = k["len"] if k["len"] is not None else f"at most {k['max_len']} (VEC of config '{self.cfg.name}')"
+        if (k.length is not None and L != k.length) or L > k.max_len:
+            want = k.length if k.length is not None else f"at most {k.max_len} (VEC of config '{self.cfg.name}')"
             raise SpikecError(f"node '{where}': rows of {L} elements; the {func.name} vector kernel takes {want}")
         n = x.size // L if L else 0
         rows = [x.reshape(n, L)]
@@ -313,7 +316,7 @@ class KernelRunner:
         st.vec_calls += 1
         st.vec_elements += n * L
         st.vec_cycles += ctr.cycles
-        nbytes = 2 * (sum(int(np.size(o)) for o in operands) + k["vec_const_len"] + n * L)  # FP16, read + written
+        nbytes = 2 * (sum(int(np.size(o)) for o in operands) + k.vec_const_len + n * L)  # FP16, read + written
         st.gpu_bytes += nbytes
         st.gpu_seconds += nbytes / self.gpu.bandwidth
         st.gpu_vec_seconds += nbytes / self.gpu.bandwidth
@@ -349,17 +352,17 @@ def device_call(runner: KernelRunner) -> Callable[[onnx.NodeProto, list], list]:
     return call
 
 
-def rewrite_graph(proto: onnx.ModelProto, kernels: list[dict], vec_kernels: list[dict] = (),
-                  attn_kernels: list[dict] = (), where: str = "isa/kernels") -> onnx.ModelProto:
+def rewrite_graph(proto: onnx.ModelProto, kernels: Sequence[ProductKernel], vec_kernels: Sequence[VecKernel] = (),
+                  attn_kernels: Sequence[AttentionKernel] = (), where: str = "isa/kernels") -> onnx.ModelProto:
     """Replace each lowered SpikeMatMul (and its SpikeEncode, once unused) by DeviceLinear,
     each lowered attention SpikeMatMul (and its SpikeEncode, SpikeCode and bypassed Transpose,
     once unused) by DeviceMatMul, and the host nodes of each vector kernel by one DeviceVec
     where its output is made."""
-    by_node = {k["node"]: k for k in kernels}
-    by_attn = {k["node"]: k for k in attn_kernels}
-    bypassed = {k["transpose"] for k in attn_kernels if k["transpose"]}
-    by_vec = {k["node"]: k for k in vec_kernels}
-    drop = {name for k in vec_kernels for name in k["nodes"]}
+    by_node = {k.node: k for k in kernels}
+    by_attn = {k.node: k for k in attn_kernels}
+    bypassed = {k.transpose for k in attn_kernels if k.transpose}
+    by_vec = {k.node: k for k in vec_kernels}
+    drop = {name for k in vec_kernels for name in k.nodes}
     missing = drop - {n.name for n in proto.graph.node}
     if missing:
         raise SpikecError(f"{where}: vector kernels for nodes the graph does not have: {sorted(missing)[:3]}")
@@ -369,26 +372,26 @@ def rewrite_graph(proto: onnx.ModelProto, kernels: list[dict], vec_kernels: list
     for n in g.node:
         v = by_vec.get(n.name)
         if v is not None:
-            if list(n.output[:1]) != [v["output"]]:
-                raise SpikecError(f"{where}: vector kernel {v['index']} makes '{v['output']}', node '{n.name}' another")
-            new_nodes.append(helper.make_node("DeviceVec", v["inputs"], [v["output"]], name=n.name, domain=DOMAIN,
-                                              kernel=int(v["index"])))
+            if list(n.output[:1]) != [v.output]:
+                raise SpikecError(f"{where}: vector kernel {v.index} makes '{v.output}', node '{n.name}' another")
+            new_nodes.append(helper.make_node("DeviceVec", v.inputs, [v.output], name=n.name, domain=DOMAIN,
+                                              kernel=int(v.index)))
             continue
         if n.name in drop:
             continue
         a = by_attn.pop(n.name, None) if n.domain == sops.DOMAIN and n.op_type == sops.SPIKE_MATMUL else None
         if a is not None:
             if len(n.input) < 4:
-                raise SpikecError(f"{where}: attention kernel {a['index']} is for node '{n.name}', which has "
+                raise SpikecError(f"{where}: attention kernel {a.index} is for node '{n.name}', which has "
                                   f"{len(n.input)} inputs, not the 4 of an attention product")
             enc, code = producers.get(n.input[0]), producers.get(n.input[3])
-            if enc is None or enc.name != a["encoder"] or code is None or code.name != a["code"]:
-                raise SpikecError(f"{where}: attention kernel {a['index']} names encoders "
-                                  f"'{a['encoder']}', '{a['code']}', the graph has others")
-            attrs = {"kernel": int(a["index"])}
-            if a["modality_id"] >= 0:
-                attrs["modality_id"] = int(a["modality_id"])
-            new_nodes.append(helper.make_node("DeviceMatMul", [a["a"], n.input[2] if len(n.input) > 2 else "", a["b"]],
+            if enc is None or enc.name != a.encoder or code is None or code.name != a.code:
+                raise SpikecError(f"{where}: attention kernel {a.index} names encoders "
+                                  f"'{a.encoder}', '{a.code}', the graph has others")
+            attrs = {"kernel": int(a.index)}
+            if a.modality_id >= 0:
+                attrs["modality_id"] = int(a.modality_id)
+            new_nodes.append(helper.make_node("DeviceMatMul", [a.a, n.input[2] if len(n.input) > 2 else "", a.b],
                                               list(n.output), name=n.name, domain=DOMAIN, **attrs))
             continue
         k = by_node.pop(n.name, None) if n.domain == sops.DOMAIN and n.op_type == sops.SPIKE_MATMUL else None
@@ -396,12 +399,12 @@ def rewrite_graph(proto: onnx.ModelProto, kernels: list[dict], vec_kernels: list
             new_nodes.append(n)
             continue
         enc = producers.get(n.input[0]) if len(n.input) else None
-        if enc is None or enc.name != k["encoder"] or not len(enc.input):
-            raise SpikecError(f"{where}: kernel {k['index']} names encoder '{k['encoder']}', the graph has another")
+        if enc is None or enc.name != k.encoder or not len(enc.input):
+            raise SpikecError(f"{where}: kernel {k.index} names encoder '{k.encoder}', the graph has another")
         mod = n.input[2] if len(n.input) > 2 else ""
-        attrs = {"kernel": int(k["index"])}
-        if k["modality_id"] >= 0:
-            attrs["modality_id"] = int(k["modality_id"])
+        attrs = {"kernel": int(k.index)}
+        if k.modality_id >= 0:
+            attrs["modality_id"] = int(k.modality_id)
         new_nodes.append(helper.make_node("DeviceLinear", [enc.input[0], mod], list(n.output), name=n.name,
                                           domain=DOMAIN, **attrs))
     if by_node or by_attn:
@@ -438,12 +441,13 @@ def rewrite_graph(proto: onnx.ModelProto, kernels: list[dict], vec_kernels: list
 class FpgaSession:
     """One graph on the fpga target, with onnxruntime's `run(None, feeds)` interface."""
 
-    def __init__(self, role: str, proto: onnx.ModelProto, kernels: list[dict], runner: KernelRunner,
-                 vec_kernels: list[dict] = (), attn_kernels: list[dict] = (), where: str = "isa/kernels") -> None:
+    def __init__(self, role: str, proto: onnx.ModelProto, kernels: Sequence[ProductKernel], runner: KernelRunner,
+                 vec_kernels: Sequence[VecKernel] = (), attn_kernels: Sequence[AttentionKernel] = (),
+                 where: str = "isa/kernels") -> None:
         self.role = role
-        mine = [k for k in kernels if k["graph"] == role]
-        mine_vec = [k for k in vec_kernels if k["graph"] == role]
-        mine_attn = [k for k in attn_kernels if k["graph"] == role]
+        mine = [k for k in kernels if k.graph == role]
+        mine_vec = [k for k in vec_kernels if k.graph == role]
+        mine_attn = [k for k in attn_kernels if k.graph == role]
         names = sops.DEFAULT_MODALITIES
         for p in proto.metadata_props:
             if p.key == sops.MODALITIES_KEY:
@@ -451,8 +455,8 @@ class FpgaSession:
                 names = tuple(schema.str_list(schema.parse_json(p.value, where=mw), where=mw, length=(1, MAX_MODALITIES),
                                               max_len=64))
         for k in [*mine, *mine_attn]:
-            if len(k["timesteps"]) > len(names):
-                raise SpikecError(f"{where}: kernel for node '{k['node']}' has timesteps for {len(k['timesteps'])} "
+            if len(k.timesteps) > len(names):
+                raise SpikecError(f"{where}: kernel for node '{k.node}' has timesteps for {len(k.timesteps)} "
                                   f"modalities, graph '{role}' has {len(names)}")
         rewritten = rewrite_graph(proto, mine, mine_vec, mine_attn, where)
         # host ops on onnxruntime, as the ORT target runs them (runtime/host_segments.py)
@@ -483,140 +487,6 @@ def make_device(name: str, cfg: HwConfig) -> Device:
     raise SpikecError(f"--device: '{name}' is not available (devices: {', '.join(DEVICES)})")
 
 
-# ---------------------------------------------------------------- the isa/kernels section, checked
-
-MAX_KERNELS = 1 << 16  # descriptors of each kind in one file
-MAX_M = 1 << 20  # output features of one product (M-tiles are bounded by the ISA's fields)
-MAX_MODALITIES = 256
-_VEC_FUNCS = tuple(f.name for f in VecFunc if f not in (VecFunc.DEQ, VecFunc.COPY))  # what lower_vec emits
-
-
-def _str(d: dict, key: str, where: str, nullable: bool = False):
-    return schema.get(d, key, str, where=where, max=4096, nullable=nullable)
-
-
-def _timesteps(k: dict, where: str, t_max: int) -> tuple[list[int], int]:
-    T = schema.int_list(schema.get(k, "timesteps", list, where=where), where=f"{where}: field 'timesteps'", min=1,
-                        max=t_max, length=(1, MAX_MODALITIES))
-    schema.str_list(schema.get(k, "modalities", list, where=where, min=len(T), max=len(T)),
-                    where=f"{where}: field 'modalities'", max_len=64)
-    mid = schema.get(k, "modality_id", int, where=where, min=-1, max=len(T) - 1)
-    return T, mid
-
-
-def _check_product(k: object, i: int, cfg: HwConfig, weights_len: int, where: str) -> None:
-    """A spiking-product descriptor: types and ranges, its tiles exactly the layout
-    `tiling.kernel_tiles` gives its shape (inside isa/weights), its chunk and tiles
-    within the configuration's buffers, and its int32 bound."""
-    from spikec.isa.fields import Buffer
-
-    schema.check(k, dict, where=where)
-    schema.get(k, "index", int, where=where, choices=(i,))
-    for key in ("graph", "node", "encoder"):
-        _str(k, key, where)
-    K = schema.get(k, "K", int, where=where, min=1, max=tiling.MAX_LEN)
-    M = schema.get(k, "M", int, where=where, min=1, max=MAX_M)
-    wbits = schema.get(k, "wbits", int, where=where, choices=(4, 8))
-    neuron = schema.get(k, "neuron", str, where=where, choices=("tc-lif", "if"))
-    T, _ = _timesteps(k, where, tiling.ISA_MAX_T if neuron == "tc-lif" else 7)
-    R.check_overflow(K, max(T) + (1 if neuron == "if" else 0), R.qmax(wbits), where)
-    act = schema.get(k, "act_scale", str, where=where, choices=("static", "dynamic"))
-    schema.get(k, "has_bias", bool, where=where)
-    mt = schema.get(k, "m_tile", int, where=where, min=1, max=min(M, tiling.MAX_LEN))
-    kt = schema.get(k, "k_tile", int, where=where, min=1, max=K, default=K)
-    n_max = schema.get(k, "n_max", int, where=where, min=1, max=tiling.MAX_N)
-    base = schema.get(k, "weights_offset", int, where=where, min=0, max=weights_len)
-    # the same fit plan_tiles checks when compiling, against this file's configuration
-    elems = {b: cfg.buffer_elems(b) for b in Buffer}
-    if (2 * tiling.align(tiling.weight_bytes(kt, mt, wbits), tiling.TILE_ALIGN) > elems[Buffer.WGT]
-            or 4 * mt + 3 > elems[Buffer.SCL]
-            or n_max > min(elems[Buffer.INP] // K, elems[Buffer.VEC] // (2 * K + 2 * mt), elems[Buffer.ACC] // mt,
-                           elems[Buffer.SCL] - 2 - 4 * mt)):
-        raise SpikecError(f"{where}: m_tile {mt}, k_tile {kt}, n_max {n_max} do not fit the buffers of hardware "
-                          f"configuration '{cfg.name}'")
-    tiles, _, end = tiling.kernel_tiles(K, M, mt, kt, wbits, base)
-    if k.get("tiles") != tiles:
-        raise SpikecError(f"{where}: field 'tiles' is not the layout of a [{K}, {M}] kernel in M-tiles of {mt} "
-                          f"(k_tile {kt}) at offset {base}")
-    if end > weights_len:
-        raise SpikecError(f"{where}: its weights end at byte {end}, past the end of isa/weights ({weights_len} bytes)")
-    if act == "static":
-        scales = schema.get(k, "static_scales", list, where=where, min=len(T), max=len(T))
-        for m, sc in enumerate(scales):
-            schema.check(sc, float, where=f"{where}: field 'static_scales[{m}]'", nullable=True, min=0)
-        off = schema.get(k, "static_offset", int, where=where, min=0, max=weights_len)
-        if off + 4 * len(T) > weights_len:
-            raise SpikecError(f"{where}: field 'static_offset' {off} + {4 * len(T)} bytes lies past isa/weights "
-                              f"({weights_len} bytes)")
-
-
-def _check_vec(k: object, i: int, cfg: HwConfig, weights_len: int, where: str) -> None:
-    """A vector-kernel descriptor: a function lower_vec emits, operand names as many as the
-    function takes, row lengths the configuration's VEC holds, constants inside isa/weights."""
-    schema.check(k, dict, where=where)
-    schema.get(k, "index", int, where=where, choices=(i,))
-    _str(k, "graph", where)
-    func = VecFunc[schema.get(k, "func", str, where=where, choices=_VEC_FUNCS)]
-    node = _str(k, "node", where)
-    _str(k, "output", where)
-    nodes = schema.str_list(schema.get(k, "nodes", list, where=where), where=f"{where}: field 'nodes'",
-                            length=(1, 1024))
-    if node not in nodes:
-        raise SpikecError(f"{where}: field 'node' {schema.describe(node)} is not one of its 'nodes'")
-    length = schema.get(k, "len", int, where=where, min=1, max=tiling.MAX_LEN, nullable=True)
-    top = schema.get(k, "max_len", int, where=where, min=1, max=tiling.MAX_LEN)
-    if length is not None and length != top:
-        raise SpikecError(f"{where}: field 'max_len' {top} differs from its fixed 'len' {length}")
-    plan = tiling.plan_vec(cfg, func, top)
-    if isinstance(plan, str):
-        raise SpikecError(f"{where}: rows of 'max_len' {top}: {plan}")
-    n_ops = len(tiling.operand_cols(func, top))
-    schema.str_list(schema.get(k, "inputs", list, where=where, min=n_ops, max=n_ops), where=f"{where}: field 'inputs'")
-    rows = tiling.CONST_ROWS.get(func, 0)
-    clen = schema.get(k, "vec_const_len", int, where=where, min=0, max=tiling.MAX_LEN * 2)
-    if rows:
-        if length is None or clen != rows * length:
-            raise SpikecError(f"{where}: {func.name} needs {rows} constant row(s) of a fixed 'len', "
-                              f"'vec_const_len' is {clen}")
-        off = schema.get(k, "vec_const", int, where=where, min=0, max=weights_len)
-        if off + 4 * clen > weights_len:
-            raise SpikecError(f"{where}: field 'vec_const' {off} + {4 * clen} bytes lies past isa/weights")
-    if func in tiling.HAS_SCALAR:
-        off = schema.get(k, "scl_const", int, where=where, min=0, max=weights_len)
-        if off + 4 > weights_len:
-            raise SpikecError(f"{where}: field 'scl_const' {off} lies past isa/weights ({weights_len} bytes)")
-
-
-def _check_attention(k: object, i: int, where: str) -> None:
-    """An attention-kernel descriptor: names, timesteps (TC-LIF, T <= 15), code bits 2..8."""
-    schema.check(k, dict, where=where)
-    schema.get(k, "index", int, where=where, choices=(i,))
-    for key in ("graph", "node", "encoder", "code", "a", "b"):
-        _str(k, key, where)
-    _str(k, "transpose", where, nullable=True)
-    schema.get(k, "wtrans", bool, where=where)
-    schema.get(k, "bits", int, where=where, min=2, max=8)
-    _timesteps(k, where, tiling.ISA_MAX_T)
-
-
-def check_kernels(doc: dict, cfg: HwConfig, weights_len: int, where: str) -> tuple[list[dict], list[dict], list[dict]]:
-    """The descriptors of an isa/kernels document, each checked once against the file's
-    hardware configuration and weights image, so that no call can fail on them later:
-    (kernels, vec_kernels, attn_kernels). `vec_kernels` and `attn_kernels` may be absent
-    (files compiled before those lowerings). Raises SpikecError naming `where`, the
-    descriptor ("kernels[3]") and the field."""
-    out = []
-    for key, check in (("kernels", _check_product), ("vec_kernels", _check_vec), ("attn_kernels", _check_attention)):
-        items = schema.get(doc, key, list, where=where, max=MAX_KERNELS, default=None if key == "kernels" else [])
-        if items is None:
-            raise SpikecError(f"{where}: field 'kernels' is missing")
-        for i, k in enumerate(items):
-            w = f"{where}: {key}[{i}]"
-            check(k, i, w) if check is _check_attention else check(k, i, cfg, weights_len, w)
-        out.append(items)
-    return out[0], out[1], out[2]
-
-
 def create_sessions(sbin, device: str = "sim") -> tuple[dict[str, FpgaSession], KernelRunner]:
     from spikec.isa.encoding import decode_program
 
@@ -626,13 +496,10 @@ def create_sessions(sbin, device: str = "sim") -> tuple[dict[str, FpgaSession], 
                           f"compile with `spikec compile --isa -o MODEL.sbin` for --target fpga")
     cfg = HwConfig.from_json(sbin.file.read("isa/hwconfig"), f"{sbin.path}:isa/hwconfig")
     where = f"{sbin.path}:isa/kernels"
-    doc = schema.parse_json(sbin.file.read("isa/kernels"), where=where)
-    if not isinstance(doc, dict) or doc.get("format") != programs.KERNELS_FORMAT \
-            or doc.get("version") != programs.KERNELS_VERSION:
-        raise SpikecError(f"{where}: not a {programs.KERNELS_FORMAT} v{programs.KERNELS_VERSION} document")
     weights = sbin.file.read("isa/weights")
-    # vec_kernels and attn_kernels are absent in files compiled before those lowerings
-    kernels, vec_kernels, attn_kernels = check_kernels(doc, cfg, len(weights), where)
+    # every descriptor checked once here, so that no call can fail on one later
+    doc = KernelsDocument.from_bytes(sbin.file.read("isa/kernels"), where, cfg, len(weights))
+    kernels, vec_kernels, attn_kernels = doc.kernels, doc.vec_kernels, doc.attn_kernels
     try:
         decode_program(sbin.file.read("isa/program"))
     except SpikecError as exc:

@@ -8,7 +8,7 @@ spiking or vector ops a kernel could not take. The ORT target runs those host op
 onnxruntime; numpy (onnx's reference evaluator) gives other last bits for Cos, Conv or a
 float MatMul, and a spike encoder downstream turns such a difference into other codes.
 So the fpga target runs each maximal run of consecutive host nodes as one onnxruntime
-session, lowered and configured exactly as the ORT target's (runtime/ort_lowering.py,
+session, lowered and configured exactly as the ORT target's (spikec/ort_lowering.py,
 spikec.ir.ort_session), and the device nodes between them on the device: every value a
 host op makes is the ORT target's bit for bit, and every value the device makes is the
 reference's (the kernels' contract), so the two targets give the same logits.
@@ -29,7 +29,7 @@ from onnx import helper
 
 from spikec import ir as spir
 from spikec.errors import SpikecError
-from spikec.runtime.ort_lowering import lower_for_ort
+from spikec.ort_lowering import lower_for_ort
 
 DeviceCall = Callable[[onnx.NodeProto, list], list]
 

@@ -2,7 +2,7 @@
 
 The .sbin stores target-neutral spiking graphs (`spikec` domain, reference
 semantics). At load time each graph is lowered for onnxruntime
-(`runtime/ort_lowering.py`) in `fused` mode (integer products, fast) or `exact`
+(`spikec/ort_lowering.py`) in `fused` mode (integer products, fast) or `exact`
 mode (explicit spike planes, with spike counts per layer and modality); the two
 give bit-identical outputs. Sessions wrap onnxruntime's so that the front end's
 generation loop (`spikec.frontend.generate.OrtGenerator`) drives them unchanged.
@@ -19,7 +19,7 @@ import onnx_ir as ir
 
 from spikec import ir as spir
 from spikec.errors import SpikecError
-from spikec.runtime.ort_lowering import MODES, STATS_PREFIX, lower_for_ort
+from spikec.ort_lowering import MODES, STATS_PREFIX, lower_for_ort
 
 log = logging.getLogger(__name__)
 

@@ -393,12 +393,11 @@ class Simulator(Device):
             vectors = int(padded.reshape(t, n, kc, R_).any(axis=-1).sum())
             spikes = int(np.count_nonzero(planes))
         else:
-            # Rate IF with b = t + 1 bits: 2**b - 1 binary planes of c = q + 2**t, summed,
-            # plus the folded offset -2**t * sum_k W[k, :]; int32 arithmetic wraps, so the
-            # sum is computed exactly in int64 and reduced mod 2**32 (any order gives that).
+            # Rate IF with b = t + 1 bits: 2**b - 1 binary planes of c = q + 2**t through W
+            # (spikec.reference.rate_if_accumulate), plus the folded offset
+            # -2**t * sum_k W[k, :]; int32 arithmetic wraps, in any order.
             c = q + 2**t
-            wide = c @ w.astype(np.int64) - (2**t) * w.astype(np.int64).sum(axis=0)
-            acc = ((wide + 2**31) % 2**32 - 2**31).astype(np.int32)
+            acc = R.rate_if_accumulate(c, w) + R.wrap_int32(-(2**t) * w.astype(np.int64).sum(axis=0))
             padded = np.zeros((n, kc * R_), np.int64)
             padded[:, :k] = c
             vectors = int(padded.reshape(n, kc, R_).max(axis=-1).sum())  # plane p is live where some c > p

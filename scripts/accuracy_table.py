@@ -27,6 +27,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TV_TT = [(2, 2), (2, 3), (3, 3), (3, 4), (4, 4), (4, 5), (7, 7)]
 BUDGETS = [2.5, 3.5, 4.5]
 SMOOTH_ALPHAS = [0.3, 0.5, 0.7, 0.85]
+# the quantization-methods table (issue 16): each method at each of these, W8 and W4
+METHOD_TV_TT = [(2, 3), (3, 4), (4, 5), (7, 7)]
+METHODS = ["RTN", "SmoothQuant", "GPTQ", "rotation", "rotation + GPTQ", "rotation, no online Hadamard"]
 
 
 def log(msg: str) -> None:
@@ -124,6 +127,18 @@ def main() -> None:
     row(f"Tv/Tt = 3/4 + SmoothQuant {best:g}", "smooth", smooth(best))
     row("Tv/Tt = 3/4, static scales", "static", SpikeOptions(tv=3, tt=4, act_scale="static", calib=str(calib_dir),
                                                               calib_samples=args.calib_samples))
+    # Quantization methods (passes/quantize.py, gptq.py, rotate.py) at W8 and W4, dynamic scales;
+    # SmoothQuant with the alpha chosen above on the validation split, GPTQ calibrated on the
+    # training-split pairs. Never tuned on the test split.
+    calib = dict(calib=str(calib_dir), calib_samples=args.calib_samples)
+    method_opts = {"RTN": {}, "SmoothQuant": dict(smooth=best, **calib), "GPTQ": dict(weight_method="gptq", **calib),
+                   "rotation": dict(rotate=True), "rotation + GPTQ": dict(rotate=True, weight_method="gptq", **calib),
+                   "rotation, no online Hadamard": dict(rotate=True, online_hadamard=False)}
+    for wbits in (8, 4):
+        for method in METHODS:
+            for tv, tt in METHOD_TV_TT:
+                row(f"W{wbits} {method}, Tv/Tt = {tv}/{tt}", f"W{wbits} {method}",
+                    SpikeOptions(wbits=wbits, tv=tv, tt=tt, **method_opts[method], **dyn))
 
     result = {"model": args.model, "items": float_run.total, "float": float_run.accuracy,
               "float_by_type": float_run.to_dict()["by_type"], "tokens": {"vision": n_v, "text": n_t},
@@ -158,11 +173,24 @@ def render(r: dict, args) -> str:
         "| group | configuration | timesteps v/t | eff. T/token | spiking | fake-quant ANN | gap to float (points) | same answers |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for x in r["rows"]:
+    for x in (x for x in r["rows"] if not x["group"].startswith("W")):
         lines.append(
             f"| {x['group']} | {x['label']}" + (f" (chose Tv/Tt = {x['tv']}/{x['tt']})" if x["group"] == "msts" and "MSTS" in x["label"] else "")
             + f" | {x['timesteps_v']}/{x['timesteps_t']} | {x['effective_timesteps']:.2f} | {100 * x['spiking']:.2f} % "
             f"| {100 * x['fakequant']:.2f} % | {x['gap_points']:+.2f} | {x['agree']}/{x['items']} |")
+    methods = [x for x in r["rows"] if x["group"].startswith("W")]
+    if methods:
+        lines += ["", "## Quantization methods at W8 and W4 (spiking, dynamic activation scales)", "",
+                  "Spiking accuracy (fake-quant ANN in brackets where it differs); gap to float in points.", "",
+                  "| weights | method | " + " | ".join(f"Tv/Tt = {tv}/{tt}" for tv, tt in METHOD_TV_TT) + " |",
+                  "|---|---|" + "---|" * len(METHOD_TV_TT)]
+        for group in dict.fromkeys(x["group"] for x in methods):
+            cells = []
+            for x in (x for x in methods if x["group"] == group):
+                fq = "" if x["fakequant"] == x["spiking"] else f" [{100 * x['fakequant']:.2f} %]"
+                cells.append(f"{100 * x['spiking']:.2f} %{fq} ({x['gap_points']:+.2f})")
+            w, method = group.split(" ", 1)
+            lines.append(f"| {w} | {method} | " + " | ".join(cells) + " |")
     lines += [
         "",
         "Notes:",
@@ -175,6 +203,10 @@ def render(r: dict, args) -> str:
         "  the same global Tv/Tt.",
         "- `smooth`: SmoothQuant's alpha was chosen on the validation split (validation accuracy: "
         + ", ".join(f"alpha {a:g}: {100 * v:.2f} %" for a, v in r["smooth_validation"].items()) + ").",
+        "- Quantization methods: `rotation` is QuaRot's residual-stream Hadamard rotation folded into the",
+        "  weights with the online Hadamard before each down projection (`--rotate`, passes/rotate.py);",
+        "  SmoothQuant uses the alpha chosen on the validation split above; GPTQ is calibrated on the",
+        "  same training-split pairs as the static scales (docs/passes.md).",
         f"- Generated in {r['seconds']} s on this machine's CPU.",
         "",
     ]

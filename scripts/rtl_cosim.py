@@ -114,7 +114,7 @@ def capture_lm_call(sbin: Path, graph: str = "lm") -> dict:
     from spikec.datasets.digits import load_digit_images, make_items, render_image
     from spikec.isa.container import SbinFile
     from spikec.isa.hwconfig import HwConfig
-    from spikec.isa import programs
+    from spikec.isa.descriptors import KernelsDocument
     from spikec.runtime.fpga_target import KernelRunner
     from spikec.runtime.model import load
 
@@ -125,7 +125,7 @@ def capture_lm_call(sbin: Path, graph: str = "lm") -> dict:
     orig = KernelRunner.__call__
 
     def recording(self, index, x, mods, where=""):
-        if self.kernels[index]["graph"] == graph and not calls:
+        if self.kernels[index].graph == graph and not calls:
             calls.append((int(index), np.array(x, np.float32), np.array(mods)))
         return orig(self, index, x, mods, where)
 
@@ -141,7 +141,7 @@ def capture_lm_call(sbin: Path, graph: str = "lm") -> dict:
     with SbinFile(sbin) as f:
         weights = f.read("isa/weights")
         cfg = HwConfig.from_json(f.read("isa/hwconfig"))
-        kernels = programs.load_kernels(f.read("isa/kernels"))["kernels"]
+        kernels = KernelsDocument.from_bytes(f.read("isa/kernels"), f"{sbin}:isa/kernels", cfg, len(weights)).kernels
     index, x, mods = calls[0]
     return {"weights": weights, "kernels": kernels, "cfg": cfg, "index": index, "x": x, "mods": mods}
 
@@ -172,7 +172,7 @@ def layer_comparison(tmp: Path, hwconfig: str = "default") -> dict:
     t1 = time.perf_counter()
     y_rtl, c_rtl = replay_call(call, RtlDevice(call["cfg"]))
     k = call["kernels"][call["index"]]
-    return {"kernel": k, "hwconfig": call["cfg"].name, "n": int(call["x"].reshape(-1, k["K"]).shape[0]),
+    return {"kernel": k, "hwconfig": call["cfg"].name, "n": int(call["x"].reshape(-1, k.K).shape[0]),
             "equal": bool(np.array_equal(y_sim.view(np.int32), y_rtl.view(np.int32))), "sim": c_sim, "rtl": c_rtl,
             "prep_s": prep, "rtl_s": time.perf_counter() - t1}
 
@@ -287,7 +287,7 @@ def main(argv=None) -> int:
         k, cs, cr = r["kernel"], r["sim"], r["rtl"]
         rel = (cr.cycles - cs.cycles) / cs.cycles
         print(f"\n== 3. compiled layer: models/digits-llava (Tv/Tt 3/4, hwconfig '{r['hwconfig']}'), "
-              f"first LM kernel call: node {k['node']} K={k['K']} M={k['M']} int{k['wbits']}, {r['n']} tokens "
+              f"first LM kernel call: node {k.node} K={k.K} M={k.M} int{k.wbits}, {r['n']} tokens "
               f"(export+compile+prefill {r['prep_s']:.0f} s, RTL run {r['rtl_s']:.1f} s)")
         print(f"  outputs {'IDENTICAL' if r['equal'] else 'DIFFER'} (bit for bit)")
         print(f"  cycles: cost model {cs.cycles:,}, RTL {cr.cycles:,} ({rel:+.2%}); busy load/compute/store model "

@@ -12,7 +12,8 @@ Sources (`--calib PATH`):
   evaluation folders), or `NAME.png|jpg` files with a `NAME.txt` prompt beside each.
 
 The float model is run on ONNX Runtime with the wanted intermediate values added as
-graph outputs; nothing is re-implemented.
+graph outputs (`run_ort`); nothing is re-implemented. The passes reach it through the
+float-activations analysis (passes/analyses.py), which runs it once per compile.
 
 Clipping ranges (per linear layer and modality, over that modality's tokens):
 - max:        clip = max |x|

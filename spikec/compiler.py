@@ -2,8 +2,8 @@
 
 `compile_onnx` compiles one ONNX file; `compile_folder` compiles every graph of a front-end
 export folder together (one report); `compile_path` picks between them and is what
-`spikec compile` calls. All output goes through `write_output` (one function, so the
-later .sbin container replaces only it).
+`spikec compile` calls. All output goes through `write_output` (one function: an .onnx, a
+folder, or the .sbin container of spikec/package.py).
 """
 
 from __future__ import annotations
@@ -28,6 +28,8 @@ from spikec.errors import SpikecError
 from spikec.passes import (GENERIC_PIPELINE, PASSES, QDQ_PIPELINE, SPIKING_PIPELINE, CompileReport, PassManager, SpikecPass,
                            with_vector_numerics)
 from spikec.passes.options import CompileContext, SpikeOptions
+from spikec.passes.lower_ort import LowerOrt, has_spiking_ops
+from spikec.passes.rotate import with_rotation
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +51,8 @@ def default_pipeline(model: ir.Model, options: SpikeOptions | None = None) -> tu
     options.exact_vector (--isa, --exact-vector) the vector-numerics pass too."""
     qdq = any(n.op_type in ("QuantizeLinear", "DequantizeLinear") for n in model.graph)
     names = QDQ_PIPELINE if qdq else SPIKING_PIPELINE
+    if options is not None and options.rotate and not qdq:
+        names = with_rotation(names)
     return with_vector_numerics(names) if options is not None and options.exact_vector else names
 
 
@@ -202,7 +206,25 @@ def _compile_model(model: ir.Model, ctx: CompileContext, pipeline: Sequence[str]
     names = list(pipeline) if pipeline is not None else list(default_pipeline(model, ctx.options))
     manager = PassManager(build_pipeline(names, ctx), dump_dir=dump_dir, progress=progress)
     report = manager.run(model, input_name=input_name)
+    lower_for_targets(model, report, dump_dir, progress)
     return _finish_report(report, ctx, model)
+
+
+def lower_for_targets(model: ir.Model, report: CompileReport, dump_dir, progress) -> None:
+    """Run the ORT target's lowering (passes/lower_ort.py, `fused` mode) on a clone of the
+    compiled graph (weights shared): verified like every pass, dumped to `<dump>/lower-ort/`,
+    its record appended to `report.passes`. The compiled graph itself is unchanged: the
+    .sbin keeps the portable spiking graph (why: passes/lower_ort.py)."""
+    if not has_spiking_ops(model):
+        return
+    sub_dump = Path(dump_dir) / "lower-ort" if dump_dir is not None else None
+    lowered = PassManager([LowerOrt()], dump_dir=sub_dump, progress=progress).run(model.clone(), input_name=report.input)
+    for record in lowered.passes:
+        record.index = len(report.passes) + 1
+        record.dumps = [f"lower-ort/{d}" for d in record.dumps]
+        report.passes.append(record)
+    if dump_dir is not None:  # the top report lists every pass, lower-ort included
+        atomic.write_text(Path(dump_dir) / "report.json", report.to_json())
 
 
 def compile_onnx(
@@ -221,6 +243,9 @@ def compile_onnx(
     if Path(input_path).resolve() == output_path.resolve():
         raise SpikecError(f"-o {output_path}: the output would overwrite the input; choose another path")
     options = (options or SpikeOptions()).validate()
+    if options.rotate or (pipeline is not None and "rotate" in pipeline):
+        raise SpikecError(f"--rotate: {input_path} is one graph; rotation changes every graph that feeds the "
+                          "language model (embedding, vision projector), so compile the export folder instead")
     with weight_spill(output_path):
         model = spir.load_model(Path(input_path))
         ctx = CompileContext(options=options)
@@ -325,9 +350,13 @@ def compile_path(input_path: str | Path, output: str | Path, *, isa: bool = Fals
 ISA_SECTIONS = ("isa/hwconfig", "isa/weights", "isa/kernels", "isa/program")
 
 
-def isa_sections(folder: Path, hwconfig: str = "default") -> tuple[list[tuple[str, int, bytes]], dict]:
-    """Lower the compiled graphs of a model folder to the accelerator: the four isa/*
-    sections and the fallback report (host ops per graph)."""
+def isa_sections(folder: Path, hwconfig: str = "default", *, report: CompileReport | None = None,
+                 dump_dir: str | Path | None = None,
+                 progress: Callable[[str], None] | None = None) -> tuple[list[tuple[str, int, bytes]], dict]:
+    """Lower the compiled graphs of a model folder to the accelerator with the lower-isa pass
+    (passes/lower_isa.py: verified, dumped to `<dump_dir>/lower-isa/<role>/`, its records
+    appended to `report.passes`): the four isa/* sections and the summary (kernel counts,
+    host ops per graph)."""
     from spikec.frontend import manifest as mf
     from spikec.isa.container import SectionKind
     from spikec.isa.encoding import encode_program
@@ -337,7 +366,13 @@ def isa_sections(folder: Path, hwconfig: str = "default") -> tuple[list[tuple[st
     cfg = HwConfig.load(hwconfig)
     manifest = mf.load_json(folder)
     graphs = {role: spir.load_model(mf.graph_path(folder, manifest, role)) for role in manifest["graphs"]}
-    art = lower_isa.lower_graphs(graphs, cfg)
+    sub_dump = Path(dump_dir) / "lower-isa" if dump_dir is not None else None
+    art, records = lower_isa.lower_model(graphs, cfg, dump_dir=sub_dump, progress=progress)
+    if report is not None:
+        for rec in records:
+            rec.index = len(report.passes) + 1
+            rec.dumps = [f"lower-isa/{rec.name.split('/')[0]}/{d}" for d in rec.dumps]
+            report.passes.append(rec)
     program = encode_program(lower_isa.representative_program(art))
     sections = [
         ("isa/hwconfig", SectionKind.HWCONFIG, cfg.to_json()),
@@ -377,12 +412,16 @@ def _compile_to_sbin(input_path: Path, output: Path, *, isa: bool = False, hwcon
             atomic.write_text(folder / "manifest.json", json.dumps(manifest, indent=2) + "\n")
         extra_sections: list = []
         if isa:
-            extra_sections, report.extra["isa"] = isa_sections(folder, hwconfig)
+            extra_sections, report.extra["isa"] = isa_sections(folder, hwconfig, report=report,
+                                                               dump_dir=kw.get("dump_dir"), progress=kw.get("progress"))
         report_json = json.dumps(dataclasses.asdict(report), indent=2, default=_json_default, sort_keys=True)
-        # wall times differ run to run; the container must not, so the packed report drops them
+        # wall times differ run to run; the container must not, so the packed report drops them;
+        # the per-pass property trail (the pass contracts) is compile diagnostics, kept in
+        # --report and --dump-ir's report.json, not in the artifact
         packed = json.loads(report_json)
         for rec in packed.get("passes", []):
             rec.pop("wall_s", None)
+            rec.pop("properties", None)
         pack_folder(folder, output, extra=[("report", SectionKind.JSON,
                                             (json.dumps(packed, indent=2, sort_keys=True) + "\n").encode()),
                                            *extra_sections])

@@ -72,8 +72,8 @@ DEFAULT_MODALITIES = ("text", "vision")
 # table). Append new modalities (e.g. "audio": 2); never renumber.
 MODALITY_IDS = {name: i for i, name in enumerate(DEFAULT_MODALITIES)}
 MODALITIES_KEY = "spikec.modalities"
-CLIP_T = 16  # static clip tables cover T = 1..CLIP_T
-MAX_T = 16  # largest timesteps the compiler accepts (codes of up to 17 bits)
+MAX_T = R.MAX_T  # the largest timesteps the compiler accepts (one definition: spikec.reference)
+CLIP_T = MAX_T  # static clip tables cover every compilable T = 1..CLIP_T
 NEURONS = ("tc-lif", "if")
 ACT_SCALES = ("static", "dynamic")
 
@@ -216,34 +216,29 @@ def dequantize_acc(acc: np.ndarray, s_x, s_w, bias) -> np.ndarray:
 
 
 def rate_if_accumulate(q, w_q, T_tok, acc_bias, mods, where: str) -> np.ndarray:
-    """Rate-IF product: per token, 2**b_i - 1 binary planes of c = q + 2**(b_i - 1)
-    (spikec.reference.rate_if_encode), summed through W_q in int32, plus the folded
-    offset acc_bias[m(i)] (the integer bias input of the rewritten op)."""
+    """Rate-IF product int32 [..., N, M]: per token, the spike count c = q + 2**(b_i - 1) of
+    its b_i = T_i + 1 bit code through W_q (spikec.reference.rate_if_accumulate), plus the
+    folded offset acc_bias[m(i)] (the integer bias input of the rewritten op)."""
     q = np.asarray(q).astype(np.int64)
-    w32 = np.asarray(w_q).astype(np.int32)
-    acc = np.zeros(q.shape[:-1] + (w32.shape[-1],), dtype=np.int32)
+    w = np.asarray(w_q)
+    acc = np.zeros(q.shape[:-1] + (w.shape[-1],), dtype=np.int32)
     for Ti in np.unique(T_tok):
         rows = T_tok == Ti
-        planes = R.rate_if_encode(q[rows], int(Ti) + 1, where)
-        R.check_overflow(q.shape[-1], int(Ti) + 1, int(np.abs(w32).max(initial=0)), where)
-        part = np.zeros((planes.shape[1], w32.shape[-1]), dtype=np.int32)
-        for plane in planes:
-            part = part + plane.astype(np.int32) @ w32
-        acc[rows] = part + np.asarray(acc_bias, dtype=np.int32)[mods[rows]]
+        c = R.rate_if_offset_code(q[rows], int(Ti) + 1, where)
+        R.check_overflow(q.shape[-1], int(Ti) + 1, int(np.abs(w).max(initial=0)), where)
+        acc[rows] = R.rate_if_accumulate(c, w) + np.asarray(acc_bias, dtype=np.int32)[mods[rows]]
     return acc
 
 
 def rate_if_accumulate_offset(q, w_q, T_tok, acc_bias, mods, zero_point: int, where: str) -> np.ndarray:
-    """Rate IF on an imported offset code c = q + z in [0, 2**(T+1) - 1]: binary planes
-    s_t = [t < c], summed through W_q in int32, plus acc_bias[m] = -z * sum_k W_q[k, j]."""
-    c = np.asarray(q).astype(np.int64) + zero_point
-    w32 = np.asarray(w_q).astype(np.int32)
-    steps = int((1 << (int(T_tok.max()) + 1)) - 1) if T_tok.size else 1
-    R.check_overflow(c.shape[-1], int(T_tok.max()) + 1 if T_tok.size else 1, int(np.abs(w32).max(initial=0)), where)
-    acc = np.zeros(c.shape[:-1] + (w32.shape[-1],), dtype=np.int32)
-    for t in range(steps):
-        acc = acc + (t < c).astype(np.int32) @ w32
-    return acc + np.asarray(acc_bias, dtype=np.int32)[mods]
+    """Rate IF on an imported offset code c = q + z in [0, 2**(T+1) - 1] through W_q
+    (spikec.reference.rate_if_accumulate), plus acc_bias[m] = -z * sum_k W_q[k, j]."""
+    bits = int(T_tok.max()) + 1 if T_tok.size else 1
+    # the planes [t < c], t < 2**bits - 1, count c clipped to [0, 2**bits - 1]
+    c = np.clip(np.asarray(q).astype(np.int64) + zero_point, 0, 2**bits - 1)
+    w = np.asarray(w_q)
+    R.check_overflow(c.shape[-1], bits, int(np.abs(w).max(initial=0)), where)
+    return R.rate_if_accumulate(c, w) + np.asarray(acc_bias, dtype=np.int32)[mods]
 
 
 # ---------------------------------------------------------------- onnx.reference kernels

@@ -14,7 +14,7 @@ graphs agree bit for bit. Scales are max|.| / Qb in float32, per tensor, per tok
 is all zero gets scale 1.0 (ZERO_RANGE_SCALE): a zero scale would divide by zero, and
 1.0 codes it as 0. The same fallback serves a static scale whose calibrated clip is 0
 (a layer silent on the calibration data): `static_scale` is the one definition every
-target uses (spikec.ops, runtime/ort_lowering.py, passes/lower_isa.py, the report).
+target uses (spikec.ops, spikec/ort_lowering.py, passes/lower_isa.py, the report).
 
 Non-finite activations (SEMANTICS.md is silent; this project's rule, docs/passes.md
 "Non-finite activations"). A token whose activation row x[..., i, :] entering a spiking
@@ -53,7 +53,8 @@ import numpy as np
 from spikec.errors import SpikecError
 
 INT32_MAX = 2**31 - 1
-MAX_T = 31  # codes |q| <= 2**T - 1 must fit int32
+MAX_CODE_T = INT32_MAX.bit_length()  # 31: codes |q| <= 2**T - 1 fit int32, the functions' bound
+MAX_T = 16  # the largest timesteps spikec compiles (codes of up to 17 bits; static clip tables)
 ZERO_RANGE_SCALE = np.float32(1.0)  # the scale of an all-zero range (dynamic row or static clip 0)
 
 
@@ -82,7 +83,7 @@ def _int_param(v, lo: int, hi: int, op: str, where: str, name: str) -> np.ndarra
 
 def _token_T(T_tokens, tokens: tuple, op: str, where: str) -> np.ndarray:
     """Per-token timesteps broadcast to the token shape [..., N]; a scalar broadcasts."""
-    T = _int_param(T_tokens, 1, MAX_T, op, where, "T_tokens")
+    T = _int_param(T_tokens, 1, MAX_CODE_T, op, where, "T_tokens")
     try:
         return np.broadcast_to(T, tokens)
     except ValueError:
@@ -267,7 +268,7 @@ def tclif_encode(q, T: int, where: str = "") -> np.ndarray:
     """Ternary TC-LIF planes int8 [T, *q.shape], MSB first: sum_t 2**(T-1-t) * planes[t] == q."""
     op = "tclif_encode"
     q = _codes(q, op, where)
-    T = int(_int_param(T, 1, MAX_T, op, where, "T"))
+    T = int(_int_param(T, 1, MAX_CODE_T, op, where, "T"))
     _check_range(q, 2**T - 1, op, where, f"2**T - 1 for T={T}")
     shift = np.arange(T - 1, -1, -1).reshape((T,) + (1,) * q.ndim)  # bit T-1-t at step t
     digits = (np.abs(q)[None] >> shift) & 1  # binary digits of |q|, MSB first
@@ -279,7 +280,7 @@ def tclif_neuron(q, T: int, where: str = "") -> tuple[np.ndarray, np.ndarray]:
     tclif_encode. Returns (planes int8 [T, ...], final membrane int32, all zero)."""
     op = "tclif_neuron"
     u = _codes(q, op, where)  # membrane u_0 = q
-    T = int(_int_param(T, 1, MAX_T, op, where, "T"))
+    T = int(_int_param(T, 1, MAX_CODE_T, op, where, "T"))
     _check_range(u, 2**T - 1, op, where, f"2**T - 1 for T={T}")
     planes = np.empty((T,) + u.shape, dtype=np.int8)
     for t in range(T):
@@ -309,16 +310,35 @@ def tclif_encode_tokens(q, T_tokens, where: str = "") -> np.ndarray:
     return planes
 
 
-def rate_if_encode(q, bits: int, where: str = "") -> np.ndarray:
-    """Rate-IF planes uint8 [2**bits - 1, *q.shape]: s_t = 1 for t < c = q + 2**(bits-1)."""
-    op = "rate_if_encode"
+def rate_if_offset_code(q, bits: int, where: str = "", op: str = "rate_if_offset_code") -> np.ndarray:
+    """The rate-IF spike count c = q + 2**(bits-1), int64 like q, of symmetric b-bit codes
+    (|q| <= 2**(bits-1) - 1, else SpikecError), so c lies in [1, 2**bits - 1]."""
     q = _codes(q, op, where)
     Qb = int(_qmax_of(bits, op, where))
-    # Symmetric codes only (|q| <= Qb), so c lies in [1, 2**b - 1]; c = 0 is never used.
     _check_range(q, Qb, op, where, f"2**(bits-1) - 1 for bits={bits}")
-    c = q + (Qb + 1)
-    t = np.arange(2 * Qb + 1).reshape((-1,) + (1,) * q.ndim)
+    return q + (Qb + 1)
+
+
+def rate_if_encode(q, bits: int, where: str = "") -> np.ndarray:
+    """Rate-IF planes uint8 [2**bits - 1, *q.shape]: s_t = 1 for t < c = q + 2**(bits-1)."""
+    c = rate_if_offset_code(q, bits, where, op="rate_if_encode")
+    t = np.arange(2 ** int(bits) - 1).reshape((-1,) + (1,) * c.ndim)
     return (t < c[None]).astype(np.uint8)
+
+
+def wrap_int32(a) -> np.ndarray:
+    """int32 of integers `a` reduced mod 2**32 to [-2**31, 2**31): what int32 adds give."""
+    return ((np.asarray(a, dtype=np.int64) + 2**31) % 2**32 - 2**31).astype(np.int32)
+
+
+def rate_if_accumulate(c, w_q) -> np.ndarray:
+    """The rate-IF accumulation int32 [..., N, M] of spike counts c [..., N, K] (c >= 0)
+    through w_q [..., K, M]: the binary planes s_t = [t < c], each through W_q, summed.
+    That sum is c @ W_q; it is computed exactly in int64 and reduced mod 2**32, which is
+    what int32 accumulation in any plane order gives (the hardware's adders wrap; the
+    compiler's check_overflow proves no wrap occurs). The one definition every target uses
+    (spikec.ops, the simulator)."""
+    return wrap_int32(np.asarray(c, dtype=np.int64) @ np.asarray(w_q, dtype=np.int64))
 
 
 def rate_if_bias_fold(w_q, bits: int) -> np.ndarray:
@@ -378,14 +398,10 @@ def rate_if_matmul(q, w_q, bits: int, where: str = "") -> np.ndarray:
     op = "rate_if_matmul"
     q, w = _codes(q, op, where), _codes(w_q, op, where, "w_q")
     _check_matmul(q, w, op, where)
-    planes = rate_if_encode(q, bits, where)
+    c = rate_if_offset_code(q, bits, where, op=op)
     # The plane sum is c @ W with c <= 2**bits - 1: the TC-LIF bound with T = bits.
     check_overflow(q.shape[-1], bits, _amax(w), where or op)
-    w32 = w.astype(np.int32)
-    acc = planes[0].astype(np.int32) @ w32
-    for plane in planes[1:]:
-        acc = acc + plane.astype(np.int32) @ w32
-    return acc + np.expand_dims(rate_if_bias_fold(w, bits), -2)
+    return rate_if_accumulate(c, w) + np.expand_dims(rate_if_bias_fold(w, bits), -2)
 
 
 def integer_matmul(q, w_q, where: str = "") -> np.ndarray:

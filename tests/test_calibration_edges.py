@@ -15,7 +15,7 @@ from spikec import ir as spir
 from spikec import ops as sops
 from spikec import reference as R
 from spikec.errors import SpikecError
-from spikec.runtime.ort_lowering import lower_for_ort
+from spikec.ort_lowering import lower_for_ort
 
 
 def test_static_scale_is_the_one_fallback():

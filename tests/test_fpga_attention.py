@@ -26,11 +26,11 @@ from onnx import TensorProto, helper
 
 from spike_graphs import exported
 from spikec import ops as sops
-from spikec.isa import programs
 from spikec.compiler import compile_path
 from spikec.errors import SpikecError
 from spikec.frontend.export import sample_image
 from spikec.isa.container import SbinFile
+from spikec.isa.descriptors import KernelsDocument
 from spikec.isa.hwconfig import HwConfig
 from spikec.passes import lower_isa
 from spikec.passes.options import SpikeOptions
@@ -77,7 +77,7 @@ def test_attention_on_the_simulator_equals_the_host(case):
     cfg = HwConfig.load(cfg_name)
     model = _attention_graph(H, K, N, T, transpose)
     art = lower_isa.lower_graphs({"g": model}, cfg)
-    assert len(art.attn_kernels) == 1 and art.attn_kernels[0]["wtrans"] == transpose
+    assert len(art.attn_kernels) == 1 and art.attn_kernels[0].wtrans == transpose
     fb = art.fallback["graphs"]["g"]
     assert fb["attn_kernels"] == 1 and fb["host_ops"] == {} and fb["not_lowered"] == {}
     rng = np.random.default_rng(0)
@@ -136,12 +136,13 @@ def compiled_attention_isa(tv: int, tt: int) -> str:
 def test_tiny_llava_generation_with_attention_on_the_device_equals_ort():
     path = compiled_attention_isa(8, 8)
     with SbinFile(path) as f:
-        doc = programs.load_kernels(f.read("isa/kernels"))
-    assert len(doc["attn_kernels"]) == 6  # Q @ K^T and P @ V: 2 LM layers, 1 vision layer
-    assert sum(k["wtrans"] for k in doc["attn_kernels"]) == 2  # the LM's K^T transposes are bypassed
+        cfg = HwConfig.from_json(f.read("isa/hwconfig"))
+        doc = KernelsDocument.from_bytes(f.read("isa/kernels"), "isa/kernels", cfg, len(f.read("isa/weights")))
+    assert len(doc.attn_kernels) == 6  # Q @ K^T and P @ V: 2 LM layers, 1 vision layer
+    assert sum(k.wtrans for k in doc.attn_kernels) == 2  # the LM's K^T transposes are bypassed
     for role in ("lm", "vision"):
-        g = doc["fallback"]["graphs"][role]
-        assert g["attn_kernels"] > 0 and g["not_lowered"].keys().isdisjoint({k["node"] for k in doc["attn_kernels"]})
+        g = doc.fallback["graphs"][role]
+        assert g["attn_kernels"] > 0 and g["not_lowered"].keys().isdisjoint({k.node for k in doc.attn_kernels})
         assert not {"spikec::SpikeMatMul", "spikec::SpikeCode", "spikec::SpikeEncode"} & set(g["host_ops"])
     image = sample_image()
     with load(path, target="fpga") as fpga, load(path) as ort_model:

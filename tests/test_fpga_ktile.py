@@ -26,6 +26,7 @@ import pytest
 from test_fpga_target import _linear_graph
 from spikec import ops as sops
 from spikec import reference as R
+from spikec.isa.descriptors import ProductKernel
 from spikec.isa.encoding import decode_program, encode_program
 from spikec.isa.fields import AccMode, Opcode
 from spikec.isa.hwconfig import HwConfig
@@ -62,7 +63,7 @@ def test_k_tiled_kernel_equals_the_reference(case):
     art = lower_isa.lower_graphs({"g": model}, cfg)
     assert len(art.kernels) == 1 and art.fallback["graphs"]["g"]["not_lowered"] == {}
     k = art.kernels[0]
-    assert k["k_tile"] < K and k["k_tile"] % cfg.pe_rows == 0
+    assert k.k_tile < K and k.k_tile % cfg.pe_rows == 0
     rng = np.random.default_rng(3)
     x = (rng.standard_normal((n, K)) * 2).astype(np.float32)
     x[1, 5] = 40.0  # an outlier: the row's dynamic scale must come from the whole row
@@ -81,9 +82,9 @@ def test_k_tiled_kernel_equals_the_reference(case):
         np.testing.assert_array_equal(y.view(np.int32), ref.view(np.int32))
     prog = decode_program(loaded[-1])
     spmm = [i for i in prog if i.op == Opcode.SPMM]
-    assert any(i.acc_mode == AccMode.ACCUMULATE for i in spmm) and max(i.k for i in spmm) <= k["k_tile"]
+    assert any(i.acc_mode == AccMode.ACCUMULATE for i in spmm) and max(i.k for i in spmm) <= k.k_tile
     if case[-1] == 40:  # several M-tiles, several chunks per resident block
-        assert len(k["tiles"]) > 1 and k["n_max"] < min(cfg.buffer_elems(0) // K, cfg.buffer_elems(2) // k["m_tile"])
+        assert len(k.tiles) > 1 and k.n_max < min(cfg.buffer_elems(0) // K, cfg.buffer_elems(2) // k.m_tile)
     # decode-shaped call (one token), and the representative program
     np.testing.assert_array_equal(runner(0, x[2:3], mods[2:3], "mm").view(np.int32), want[2:3].view(np.int32))
     sim = Simulator(cfg)
@@ -100,7 +101,8 @@ def test_a_refused_plan_now_lowers():
     # down_proj of a Qwen2-VL-2B-sized LM: two [8960, 16] int8 tiles exceed WGT (256 KiB)
     mt, n_max, kt = tiling.plan_tiles(cfg, 8960, 1536, 8)
     assert kt < 8960 and 2 * tiling.align(kt * mt, tiling.TILE_ALIGN) <= cfg.buffer_bytes(1) and n_max >= 1
-    assert isinstance(tiling.plan_tiles(cfg, 16384, 16, 8), str)  # beyond the ISA's len/k fields: still refused
+    with pytest.raises(tiling.TilingError):  # beyond the ISA's len/k fields: still refused
+        tiling.plan_tiles(cfg, 16384, 16, 8)
     assert tiling.plan_tiles(cfg, 1536, 8960, 8)[2] == 1536  # fits: not K-tiled
 
 
@@ -108,8 +110,9 @@ def test_untiled_kernels_and_old_descriptors_are_unchanged():
     cfg = HwConfig.load("small")
     model, *_ = _linear_graph(40, 100, [4, 3], 8, "tc-lif", "dynamic", True)
     k = lower_isa.lower_graphs({"g": model}, cfg).kernels[0]
-    assert k["k_tile"] == 40
-    old = {key: v for key, v in k.items() if key != "k_tile"}  # a descriptor written before K-tiling
+    assert k.k_tile == 40
+    old_json = {key: v for key, v in k.to_json().items() if key != "k_tile"}  # a descriptor written before K-tiling
+    old = ProductKernel.from_json(old_json, "old", cfg)
     for desc in (k, old):
         groups = [programs.Group(desc, 0, 0, 9, 0, 1 << 20), programs.Group(desc, 1, 9, 20, 0, 1 << 20)]
         prog = programs.build_program(groups, cfg)

@@ -31,6 +31,7 @@ from spikec.errors import SpikecError
 from spikec.frontend.export import sample_image
 from spikec.isa.asm import assemble_program
 from spikec.isa.container import SbinFile, SectionKind, write_sbin
+from spikec.isa.descriptors import KernelsDocument
 from spikec.isa.encoding import encode_program
 from spikec.isa.hwconfig import HwConfig
 from spikec.passes import lower_isa
@@ -93,7 +94,7 @@ def test_kernel_on_the_simulator_equals_the_reference(case):
     assert len(art.kernels) == 1 and art.fallback["graphs"]["g"]["host_ops"] == {}
     k = art.kernels[0]
     if cfg_name == "small":
-        assert len(k["tiles"]) > 1 or k["n_max"] < 27
+        assert len(k.tiles) > 1 or k.n_max < 27
     rng = np.random.default_rng(1)
     n = 27
     x = (rng.standard_normal((n, K)) * 2).astype(np.float32)
@@ -136,20 +137,20 @@ def test_representative_program_runs_and_disasm_reassembles(run_cli, tmp_path):
         program = f.read("isa/program")
         weights = f.read("isa/weights")
         cfg = HwConfig.from_json(f.read("isa/hwconfig"))
-        doc = programs.load_kernels(f.read("isa/kernels"))
+        doc = KernelsDocument.from_bytes(f.read("isa/kernels"), "isa/kernels", cfg, len(weights))
         assert f.sections["isa/program"].kind == SectionKind.PROGRAM
         assert f.sections["isa/weights"].kind == SectionKind.WEIGHTS
-    assert len(doc["kernels"]) == 23  # 15 LM products + 8 vision products
-    lm = doc["fallback"]["graphs"]["lm"]
+    assert len(doc.kernels) == 23  # 15 LM products + 8 vision products
+    lm = doc.fallback["graphs"]["lm"]
     assert "Softmax" not in lm["host_ops"] and lm["vec_kernels"]["SOFTMAX"] == 2  # tests/test_fpga_vec.py
     # the stored program is the representative one; it passes the simulator's checks
-    groups = programs.representative_groups(doc["kernels"], len(weights))
+    groups = programs.representative_groups(doc.kernels, len(weights))
     assert encode_program(programs.build_program(groups, cfg)) == program
     sim = Simulator(cfg)
     sim.write(0, weights)
     rng = np.random.default_rng(0)
     for g in groups:
-        sim.write_array(g.x_addr + 4 * g.row0 * g.kernel["K"], rng.standard_normal(g.kernel["K"]), "<f4")
+        sim.write_array(g.x_addr + 4 * g.row0 * g.kernel.K, rng.standard_normal(g.kernel.K), "<f4")
     sim.load_program(program)
     ctr = sim.run()
     assert ctr.cycles > 0 and ctr.spikes > 0
@@ -250,12 +251,12 @@ def test_both_tile_orders_are_bit_exact(monkeypatch, order, scale):
     cfg = HwConfig.load("small")
     model, *_ = _linear_graph(40, 100, [4, 3], 8, "tc-lif", scale, True)
     art = lower_isa.lower_graphs({"g": model}, cfg)
-    assert len(art.kernels[0]["tiles"]) > 1
+    assert len(art.kernels[0].tiles) > 1
     chosen = []
 
     def forced(groups, cfg_, rows_cap, chunks_cap):
         k = groups[0].kernel
-        chunks = [(g, g.row0 + r, min(k["n_max"], g.n - r)) for g in groups for r in range(0, g.n, k["n_max"])]
+        chunks = [(g, g.row0 + r, min(k.n_max, g.n - r)) for g in groups for r in range(0, g.n, k.n_max)]
         plan = (order, chunks) if order == "reencode" else ("resident", programs._pack_chunks(chunks, rows_cap, chunks_cap))
         chosen.append(plan[0])
         return plan

@@ -92,7 +92,7 @@ def test_vector_kernel_equals_the_host_op(case):
         on_ref = ReferenceEvaluator(_compiled(proto)).run(None, feeds)[0]
         np.testing.assert_array_equal(on_ref.view(np.int32), want.view(np.int32))
     y, art, runner = _on_device(proto, feeds, "default")
-    assert [k["func"] for k in art.vec_kernels] == [func]
+    assert [k.func.name for k in art.vec_kernels] == [func]
     assert art.fallback["graphs"]["g"]["host_ops"] == HOST_LEFT.get(func, {})
     assert runner.stats.vec_calls == 1 and runner.stats.device.cycles > 0 and runner.stats.gpu_vec_seconds > 0
     assert y.shape == want.shape and y.dtype == np.float32
@@ -140,7 +140,7 @@ def test_rows_that_do_not_fit_are_refused():
     proto, make_feeds = G.softmax(600)
     art = lower_isa.lower_graphs({"g": ir.from_proto(_compiled(proto))}, small)
     (k,) = art.vec_kernels
-    assert k["len"] is None and k["max_len"] == tiling.max_len(small, lower_vec.VecFunc.SOFTMAX) == 512
+    assert k.length is None and k.max_len == tiling.max_len(small, lower_vec.VecFunc.SOFTMAX) == 512
     with pytest.raises(SpikecError, match="rows of 600 elements.*at most 512"):
         _on_device(proto, make_feeds(np.random.default_rng(0), 2), "small")
     # ROPE needs rotate-half tables (equal halves); another table is refused at run time

@@ -211,7 +211,7 @@ def test_gptq_needs_calibration_data():
 def test_compile_gptq_end_to_end_every_spiking_product_equals_the_reference(run_cli, tmp_path):
     from spikec import ir as spir
     from spikec.runtime.model import load
-    from spikec.runtime.ort_lowering import lower_for_ort
+    from spikec.ort_lowering import lower_for_ort
 
     out, report = tmp_path / "m.sbin", tmp_path / "report.json"
     res = run_cli("compile", str(exported("tiny-llava")), "-o", str(out), "--weight-method", "gptq", "--gptq-act-order",

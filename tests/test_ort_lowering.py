@@ -12,7 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from spikec import ir as spir
 from spikec import ops as sops
 from spikec import reference as R
-from spikec.runtime.ort_lowering import STATS_PREFIX, lower_for_ort
+from spikec.ort_lowering import STATS_PREFIX, lower_for_ort
 
 K, M = 24, 10
 

@@ -22,7 +22,7 @@ from spikec.compiler import compile_path
 from spikec.frontend.export import sample_image
 from spikec.passes.options import SpikeOptions
 from spikec.runtime.model import load
-from spikec.runtime.ort_lowering import lower_for_ort
+from spikec.ort_lowering import lower_for_ort
 
 ARCHS = ["tiny-llava", "tiny-qwen2-vl"]
 

@@ -105,7 +105,7 @@ def test_cli_single_onnx_with_npz_calibration(run_cli, tmp_path):
     assert r.code == 0, r.err
     report = json.loads((tmp_path / "r.json").read_text())
     names = [p["name"] for p in report["passes"]]
-    assert names[-5:] == ["quantize", "spike-rewrite", "eliminate-common-subexpressions", "med", "msts"]
+    assert names[-6:] == ["quantize", "spike-rewrite", "eliminate-common-subexpressions", "med", "msts", "lower-ort"]
     rows = report["extra"]["layers"]
     assert len(rows) == 9 and all(r["timesteps"] == {"text": 4, "vision": 3} and r["wbits"] == 4 for r in rows)
     assert all(r["act_scales"]["vision"] > 0 for r in rows) and rows[0]["med"] is not None

@@ -271,8 +271,8 @@ def test_compiled_digits_llava_layer_rtl_equals_simulator(cfg_name, capsys, tmp_
         assert getattr(c_rtl, k) == getattr(c_sim, k), k
     rel = (c_rtl.cycles - c_sim.cycles) / c_sim.cycles
     with capsys.disabled():
-        print(f"\n[rtl cosim] digits-llava on '{cfg_name}', LM kernel {call['kernels'][call['index']]['node']} "
-              f"({call['x'].reshape(-1, call['kernels'][call['index']]['K']).shape[0]} tokens): RTL {c_rtl.cycles:,} cycles, "
+        print(f"\n[rtl cosim] digits-llava on '{cfg_name}', LM kernel {call['kernels'][call['index']].node} "
+              f"({call['x'].reshape(-1, call['kernels'][call['index']].K).shape[0]} tokens): RTL {c_rtl.cycles:,} cycles, "
               f"cost model {c_sim.cycles:,} ({rel:+.2%})")
     assert abs(rel) <= 0.05, f"RTL cycles {c_rtl.cycles:,} vs cost model {c_sim.cycles:,}: {rel:+.2%}"
 

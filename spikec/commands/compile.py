@@ -50,13 +50,18 @@ from spikec.passes import PASSES, QDQ_PIPELINE, SPIKING_PIPELINE
               "for `spikec run --target fpga` and `spikec disasm`).")
 @click.option("--exact-vector", is_flag=True, help="Norms, softmax and SiLU with the accelerator's exact float32 "
               "numerics (implied by --isa): the same bits on every target, slower on ONNX Runtime (docs/passes.md).")
+@click.option("--rotate", is_flag=True, help="QuaRot's Hadamard rotation of the residual stream, folded into the "
+              "weights before quantizing (combines with --weight-method gptq; export folders only; passes/rotate.py).")
+@click.option("--no-online-hadamard", "online_hadamard", flag_value=False, default=True,
+              help="With --rotate: leave out QuaRot's online Hadamard before each down projection.")
 @click.option("--hwconfig", default="default", show_default=True, help="With --isa: the hardware configuration (built-in name or JSON path).")
 @click.option("--no-per-layer", "per_layer", flag_value=False, default=True, help="With --budget: one T per modality for all layers.")
 def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_list: str | None, report_path: Path | None,
                     wbits: str, act_scale: str, calib: Path | None, calib_method: str, percentile: float, calib_samples: int,
                     smooth: float | None, neuron: str, tv: int | None, tt: int | None, budget: float | None,
                     spike_attention: bool, isa: bool, hwconfig: str, per_layer: bool, weight_method: str = "rtn",
-                    gptq_damp: float = 0.01, gptq_act_order: bool = False, exact_vector: bool = False) -> None:
+                    gptq_damp: float = 0.01, gptq_act_order: bool = False, exact_vector: bool = False,
+                    rotate: bool = False, online_hadamard: bool = True) -> None:
     """Compile INPUT (an ONNX file, or an export folder of `spikec export`) into OUTPUT."""
     from spikec import atomic
     from spikec import progress as P
@@ -69,6 +74,7 @@ def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_
         percentile=percentile, calib_samples=calib_samples, smooth=smooth, neuron=neuron, tv=tv, tt=tt,
         budget=budget, spike_attention=spike_attention, per_layer=per_layer,
         weight_method=weight_method, gptq_damp=gptq_damp, gptq_act_order=gptq_act_order, exact_vector=exact_vector,
+        rotate=rotate, online_hadamard=online_hadamard,
     ).validate()
     names = None if pass_list is None else [n.strip() for n in pass_list.split(",") if n.strip()]
     # one bar per graph over its passes on a terminal; the "[i/n] pass" lines in a pipe; nothing with -q

@@ -35,7 +35,7 @@ def disasm_command(model_path: Path, section: str, output: Path | None) -> None:
         except SpikecError as exc:
             raise SpikecError(f"{model_path}: section '{section}' is not a valid accelerator program: {exc}") from None
         if "isa/kernels" in f.sections:
-            text = _kernel_comments(f.read("isa/kernels"), model_path) + text
+            text = _kernel_comments(f, model_path) + text
     if output is not None:
         atomic.write_text(output, text)
         n = sum(1 for line in text.splitlines() if line and not line.startswith("#"))
@@ -44,21 +44,27 @@ def disasm_command(model_path: Path, section: str, output: Path | None) -> None:
         click.echo(text, nl=False)
 
 
-def _kernel_comments(data: bytes, where: Path) -> str:
+def _kernel_comments(f, where: Path) -> str:
     """One comment line per lowered kernel, in program order, naming the layer it runs (the
     module path the export gave the node, e.g. lm:model.language_model.layers.3.mlp.down_proj).
-    Comments: the assembler skips them, so the output still re-assembles to identical bytes."""
+    Comments: the assembler skips them, so the output still re-assembles to identical bytes.
+    Empty when the descriptors do not pass their checks (against the file's hardware
+    configuration and weights image): the program is printed without them. Raises
+    SpikecError when the section is not JSON."""
+    from spikec.errors import SpikecError
+    from spikec.isa.descriptors import KernelsDocument
+    from spikec.isa.hwconfig import HwConfig
     from spikec.schema import parse_json
 
-    doc = parse_json(data, where=f"{where}: section 'isa/kernels'")
-    lines = []
-    for key, kind in (("kernels", "kernel"), ("attn_kernels", "attention kernel"), ("vec_kernels", "vector kernel")):
-        items = doc.get(key) if isinstance(doc, dict) else None
-        for i, k in enumerate(items if isinstance(items, list) else []):
-            if not isinstance(k, dict):
-                continue
-            name = f"{k.get('graph', '?')}:{k.get('node', '?')}"
-            shape = f" K={k['K']} M={k['M']}" if isinstance(k.get("K"), int) and isinstance(k.get("M"), int) else ""
-            func = f" {k['func']}" if isinstance(k.get("func"), str) else ""
-            lines.append(f"# {kind} {i}: {name}{func}{shape}".replace("\n", " ").replace("\r", " "))
-    return "".join(line + "\n" for line in lines)
+    where_k = f"{where}: section 'isa/kernels'"
+    obj = parse_json(f.read("isa/kernels"), where=where_k)
+    try:
+        cfg = HwConfig.from_json(f.read("isa/hwconfig"), f"{where}: section 'isa/hwconfig'")
+        weights_len = len(f.read("isa/weights")) if "isa/weights" in f.sections else None
+        doc = KernelsDocument.from_json(obj, where_k, cfg, weights_len)
+    except (SpikecError, KeyError):
+        return ""
+    lines = [f"# kernel {k.index}: {k.graph}:{k.node} K={k.K} M={k.M}" for k in doc.kernels]
+    lines += [f"# attention kernel {k.index}: {k.graph}:{k.node}" for k in doc.attn_kernels]
+    lines += [f"# vector kernel {k.index}: {k.graph}:{k.node} {k.func.name}" for k in doc.vec_kernels]
+    return "".join(line.replace("\n", " ").replace("\r", " ") + "\n" for line in lines)

@@ -52,6 +52,14 @@ MAX_NAME = 1024
 assert HEADER.size == 64 and ENTRY.size == 48
 
 
+# The accelerator's sections of a .sbin (`spikec compile --isa`), each name written once here.
+ISA_HWCONFIG = "isa/hwconfig"  # HWCONFIG: the hardware configuration the program was built for
+ISA_WEIGHTS = "isa/weights"  # WEIGHTS: every kernel's packed weights, one DRAM image
+ISA_KERNELS = "isa/kernels"  # JSON: the kernel descriptors (isa/descriptors.py)
+ISA_PROGRAM = "isa/program"  # PROGRAM: a representative instruction stream (for `spikec disasm`)
+ISA_SECTIONS = (ISA_HWCONFIG, ISA_WEIGHTS, ISA_KERNELS, ISA_PROGRAM)
+
+
 class SectionKind(enum.IntEnum):
     """What a section holds. Readers ignore kinds they do not know (minor versions may add some)."""
 

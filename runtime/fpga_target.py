@@ -41,6 +41,7 @@ from spikec import ops as sops
 from spikec import reference as R
 from spikec import schema
 from spikec.isa import programs, tiling
+from spikec.isa import container as C
 from spikec.isa.descriptors import MAX_MODALITIES, AttentionKernel, KernelsDocument, ProductKernel, VecKernel
 from spikec.errors import SpikecError
 from spikec.isa.encoding import encode_program
@@ -490,18 +491,18 @@ def make_device(name: str, cfg: HwConfig) -> Device:
 def create_sessions(sbin, device: str = "sim") -> tuple[dict[str, FpgaSession], KernelRunner]:
     from spikec.isa.encoding import decode_program
 
-    missing = [s for s in ("isa/hwconfig", "isa/weights", "isa/kernels", "isa/program") if s not in sbin.file.sections]
+    missing = [s for s in C.ISA_SECTIONS if s not in sbin.file.sections]
     if missing:
         raise SpikecError(f"{sbin.path}: no accelerator sections ({', '.join(missing)} missing); "
                           f"compile with `spikec compile --isa -o MODEL.sbin` for --target fpga")
-    cfg = HwConfig.from_json(sbin.file.read("isa/hwconfig"), f"{sbin.path}:isa/hwconfig")
+    cfg = HwConfig.from_json(sbin.file.read(C.ISA_HWCONFIG), f"{sbin.path}:{C.ISA_HWCONFIG}")
     where = f"{sbin.path}:isa/kernels"
-    weights = sbin.file.read("isa/weights")
+    weights = sbin.file.read(C.ISA_WEIGHTS)
     # every descriptor checked once here, so that no call can fail on one later
-    doc = KernelsDocument.from_bytes(sbin.file.read("isa/kernels"), where, cfg, len(weights))
+    doc = KernelsDocument.from_bytes(sbin.file.read(C.ISA_KERNELS), where, cfg, len(weights))
     kernels, vec_kernels, attn_kernels = doc.kernels, doc.vec_kernels, doc.attn_kernels
     try:
-        decode_program(sbin.file.read("isa/program"))
+        decode_program(sbin.file.read(C.ISA_PROGRAM))
     except SpikecError as exc:
         raise SpikecError(f"{sbin.path}: section 'isa/program' is not a valid accelerator program: {exc}") from None
     runner = KernelRunner(make_device(device, cfg), weights, kernels, vec_kernels=vec_kernels,

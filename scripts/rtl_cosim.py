@@ -112,6 +112,7 @@ def capture_lm_call(sbin: Path, graph: str = "lm") -> dict:
     """Run one prefill of the compiled model on the fpga target (simulator) and record the
     first call of a `graph` kernel: {"weights", "kernels", "cfg", "index", "x", "mods"}."""
     from spikec.datasets.digits import load_digit_images, make_items, render_image
+    from spikec.isa import container as C
     from spikec.isa.container import SbinFile
     from spikec.isa.hwconfig import HwConfig
     from spikec.isa.descriptors import KernelsDocument
@@ -139,9 +140,9 @@ def capture_lm_call(sbin: Path, graph: str = "lm") -> dict:
     if not calls:
         raise RuntimeError(f"no call of a '{graph}' kernel was made")
     with SbinFile(sbin) as f:
-        weights = f.read("isa/weights")
-        cfg = HwConfig.from_json(f.read("isa/hwconfig"))
-        kernels = KernelsDocument.from_bytes(f.read("isa/kernels"), f"{sbin}:isa/kernels", cfg, len(weights)).kernels
+        weights = f.read(C.ISA_WEIGHTS)
+        cfg = HwConfig.from_json(f.read(C.ISA_HWCONFIG))
+        kernels = KernelsDocument.from_bytes(f.read(C.ISA_KERNELS), f"{sbin}:{C.ISA_KERNELS}", cfg, len(weights)).kernels
     index, x, mods = calls[0]
     return {"weights": weights, "kernels": kernels, "cfg": cfg, "index": index, "x": x, "mods": mods}
 

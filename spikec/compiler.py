@@ -347,7 +347,6 @@ def compile_path(input_path: str | Path, output: str | Path, *, isa: bool = Fals
     return compile_onnx(p, output, **kw)
 
 
-ISA_SECTIONS = ("isa/hwconfig", "isa/weights", "isa/kernels", "isa/program")
 
 
 def isa_sections(folder: Path, hwconfig: str = "default", *, report: CompileReport | None = None,
@@ -358,6 +357,7 @@ def isa_sections(folder: Path, hwconfig: str = "default", *, report: CompileRepo
     appended to `report.passes`): the four isa/* sections and the summary (kernel counts,
     host ops per graph)."""
     from spikec.frontend import manifest as mf
+    from spikec.isa import container as C
     from spikec.isa.container import SectionKind
     from spikec.isa.encoding import encode_program
     from spikec.isa.hwconfig import HwConfig
@@ -375,10 +375,10 @@ def isa_sections(folder: Path, hwconfig: str = "default", *, report: CompileRepo
             report.passes.append(rec)
     program = encode_program(lower_isa.representative_program(art))
     sections = [
-        ("isa/hwconfig", SectionKind.HWCONFIG, cfg.to_json()),
-        ("isa/weights", SectionKind.WEIGHTS, art.weights),
-        ("isa/kernels", SectionKind.JSON, art.kernels_json()),
-        ("isa/program", SectionKind.PROGRAM, program),
+        (C.ISA_HWCONFIG, SectionKind.HWCONFIG, cfg.to_json()),
+        (C.ISA_WEIGHTS, SectionKind.WEIGHTS, art.weights),
+        (C.ISA_KERNELS, SectionKind.JSON, art.kernels_json()),
+        (C.ISA_PROGRAM, SectionKind.PROGRAM, program),
     ]
     summary = {"hwconfig": cfg.name, "kernels": len(art.kernels), "vec_kernels": len(art.vec_kernels),
                "attn_kernels": len(art.attn_kernels),
@@ -392,7 +392,7 @@ def _compile_to_sbin(input_path: Path, output: Path, *, isa: bool = False, hwcon
     import tempfile
 
     from spikec.isa.container import SectionKind
-    from spikec.package import pack_folder
+    from spikec.package import REPORT_SECTION, pack_folder
 
     output.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix=f".{output.name}.build-", dir=output.parent) as tmp:
@@ -422,7 +422,7 @@ def _compile_to_sbin(input_path: Path, output: Path, *, isa: bool = False, hwcon
         for rec in packed.get("passes", []):
             rec.pop("wall_s", None)
             rec.pop("properties", None)
-        pack_folder(folder, output, extra=[("report", SectionKind.JSON,
+        pack_folder(folder, output, extra=[(REPORT_SECTION, SectionKind.JSON,
                                             (json.dumps(packed, indent=2, sort_keys=True) + "\n").encode()),
                                            *extra_sections])
     return report

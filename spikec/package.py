@@ -36,6 +36,7 @@ from spikec.isa.container import SbinFile, SectionKind, write_sbin
 from spikec.schema import condense, parse_json
 
 MANIFEST_SECTION = "manifest"
+REPORT_SECTION = "report"  # JSON: the compile report (`spikec compile`; read by `spikec report`)
 GRAPH_PREFIX = "graph/"
 FILE_PREFIX = "files/"
 # Where the processor files of a .sbin are extracted, inside a private temporary folder:

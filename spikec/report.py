@@ -257,7 +257,7 @@ def gather(sbin: str | os.PathLike, *, images_dir: str | os.PathLike | None = No
     """Everything the page shows, as plain data. `fpga`: None = when the file has isa/*
     sections and images are given; True = required; False = never."""
     from spikec.isa.container import is_sbin
-    from spikec.package import SbinModel
+    from spikec.package import REPORT_SECTION, SbinModel
 
     progress = progress or (lambda msg: None)
     path = Path(sbin)
@@ -272,7 +272,7 @@ def gather(sbin: str | os.PathLike, *, images_dir: str | os.PathLike | None = No
         sections = sorted(m.file.sections)
         manifest = m.manifest
         try:
-            report = m.section_json("report")
+            report = m.section_json(REPORT_SECTION)
         except SpikecError as exc:
             report = None
             notes.append(f"the compile report could not be read: {exc}")

@@ -21,6 +21,7 @@ def disasm_command(model_path: Path, section: str, output: Path | None) -> None:
     from spikec import atomic
     from spikec.errors import SpikecError
     from spikec.isa.asm import disassemble_program
+    from spikec.isa import container as C
     from spikec.isa.container import SbinFile, SectionKind
 
     if not model_path.is_file():
@@ -34,7 +35,7 @@ def disasm_command(model_path: Path, section: str, output: Path | None) -> None:
             text = disassemble_program(f.read(section))
         except SpikecError as exc:
             raise SpikecError(f"{model_path}: section '{section}' is not a valid accelerator program: {exc}") from None
-        if "isa/kernels" in f.sections:
+        if C.ISA_KERNELS in f.sections:
             text = _kernel_comments(f, model_path) + text
     if output is not None:
         atomic.write_text(output, text)
@@ -52,15 +53,16 @@ def _kernel_comments(f, where: Path) -> str:
     configuration and weights image): the program is printed without them. Raises
     SpikecError when the section is not JSON."""
     from spikec.errors import SpikecError
+    from spikec.isa import container as C
     from spikec.isa.descriptors import KernelsDocument
     from spikec.isa.hwconfig import HwConfig
     from spikec.schema import parse_json
 
     where_k = f"{where}: section 'isa/kernels'"
-    obj = parse_json(f.read("isa/kernels"), where=where_k)
+    obj = parse_json(f.read(C.ISA_KERNELS), where=where_k)
     try:
-        cfg = HwConfig.from_json(f.read("isa/hwconfig"), f"{where}: section 'isa/hwconfig'")
-        weights_len = len(f.read("isa/weights")) if "isa/weights" in f.sections else None
+        cfg = HwConfig.from_json(f.read(C.ISA_HWCONFIG), f"{where}: section '{C.ISA_HWCONFIG}'")
+        weights_len = len(f.read(C.ISA_WEIGHTS)) if C.ISA_WEIGHTS in f.sections else None
         doc = KernelsDocument.from_json(obj, where_k, cfg, weights_len)
     except (SpikecError, KeyError):
         return ""

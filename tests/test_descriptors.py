@@ -21,8 +21,7 @@ import onnx_ir as ir
 import pytest
 
 from spike_graphs import exported
-from test_fpga_attention import _attention_graph
-from test_fpga_target import _linear_graph
+from isa_graphs import attention_graph, linear_graph
 from spikec.compiler import compile_path
 from spikec.errors import SpikecError
 from spikec.isa import tiling
@@ -48,7 +47,7 @@ def compiled_doc() -> tuple[dict, bytes, int]:
 
 
 def _static_product() -> ProductKernel:
-    model, *_ = _linear_graph(40, 100, [4, 3], 8, "tc-lif", "static", True)
+    model, *_ = linear_graph(40, 100, [4, 3], 8, "tc-lif", "static", True)
     (k,) = lower_isa.lower_graphs({"g": model}, CFG).kernels
     return k
 
@@ -160,8 +159,8 @@ def test_plans_that_do_not_fit_raise_tiling_error():
 
 
 def _two_graphs() -> dict[str, ir.Model]:
-    a, *_ = _linear_graph(40, 100, [4, 3], 8, "tc-lif", "dynamic", True)
-    b, *_ = _linear_graph(48, 32, [4, 3], 4, "tc-lif", "dynamic", False, seed=1)
+    a, *_ = linear_graph(40, 100, [4, 3], 8, "tc-lif", "dynamic", True)
+    b, *_ = linear_graph(48, 32, [4, 3], 4, "tc-lif", "dynamic", False, seed=1)
     return {"b": b, "a": a}
 
 
@@ -187,7 +186,7 @@ def test_lower_isa_is_a_registered_pass():
 
 
 def test_attention_kernels_go_through_the_pass():
-    model = _attention_graph(4, 8, 21, [4, 3], True)
+    model = attention_graph(4, 8, 21, [4, 3], True)
     art, _ = lower_isa.lower_model({"g": model}, CFG)
     (k,) = art.attn_kernels
     assert k.wtrans and k.transpose == "kt"

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 import pytest
-from onnx import TensorProto, helper
 
+from isa_graphs import attention_graph
 from spike_graphs import exported
 from spikec import ops as sops
 from spikec.compiler import compile_path
@@ -41,27 +41,6 @@ from spikec.runtime.simulator import Simulator
 PROMPT = "What is in the image?"
 
 
-def _attention_graph(H: int, K: int, N: int | str, T: list[int], transpose: bool):
-    """a [1, H, s, K] (+ modality [1, s]) @ b [1, H, K, N]; with `transpose`, b = Transpose(k)
-    of k [1, H, N, K] (Q @ K^T), else b is an input (P @ V)."""
-    b_in = "k" if transpose else "b"
-    b_shape = [1, H, N, K] if transpose else [1, H, K, N]
-    nodes = [helper.make_node("SpikeEncode", ["a", "modality"], ["q", "s_x"], name="mm.encode", domain=sops.DOMAIN,
-                              timesteps=T, act_scale="dynamic", neuron="tc-lif"),
-             helper.make_node("SpikeCode", ["b"], ["q_b", "s_b"], name="mm.code", domain=sops.DOMAIN, bits=8),
-             helper.make_node("SpikeMatMul", ["q", "s_x", "modality", "q_b", "s_b"], ["y"], name="mm",
-                              domain=sops.DOMAIN, timesteps=T, neuron="tc-lif", wbits=8)]
-    if transpose:
-        nodes.insert(0, helper.make_node("Transpose", ["k"], ["b"], name="kt", perm=[0, 1, 3, 2]))
-    graph = helper.make_graph(nodes, "attn", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [1, H, "s", K]),
-                                              helper.make_tensor_value_info("modality", TensorProto.INT64, [1, "s"]),
-                                              helper.make_tensor_value_info(b_in, TensorProto.FLOAT, b_shape)],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, H, "s", N])])
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(sops.DOMAIN, 1)])
-    model = ir.from_proto(proto)
-    sops.ensure_opset(model)
-    return model
-
 
 CASES = [  # (config, H, K, N, S, T, transpose)
     ("default", 4, 8, 21, 21, [4, 3], True),  # Q @ K^T: K^T read untransposed (wtrans = 1)
@@ -75,7 +54,7 @@ CASES = [  # (config, H, K, N, S, T, transpose)
 def test_attention_on_the_simulator_equals_the_host(case):
     cfg_name, H, K, N, S, T, transpose = case
     cfg = HwConfig.load(cfg_name)
-    model = _attention_graph(H, K, N, T, transpose)
+    model = attention_graph(H, K, N, T, transpose)
     art = lower_isa.lower_graphs({"g": model}, cfg)
     assert len(art.attn_kernels) == 1 and art.attn_kernels[0].wtrans == transpose
     fb = art.fallback["graphs"]["g"]
@@ -104,7 +83,7 @@ def test_attention_on_the_simulator_equals_the_host(case):
 
 
 def test_a_right_operand_beyond_one_encode_row_runs_on_the_host():
-    model = _attention_graph(1, 8, "n", [4, 4], False)
+    model = attention_graph(1, 8, "n", [4, 4], False)
     art = lower_isa.lower_graphs({"g": model}, HwConfig.load("default"))
     runner = KernelRunner(Simulator("default"), art.weights, art.kernels, attn_kernels=art.attn_kernels)
     rng = np.random.default_rng(2)
@@ -117,7 +96,7 @@ def test_a_right_operand_beyond_one_encode_row_runs_on_the_host():
 
 
 def test_attention_overflow_is_rejected():
-    model = _attention_graph(1, 4096, 4, [15, 15], False)  # 4096 * (2**15 - 1) * 127 > 2**31 - 1
+    model = attention_graph(1, 4096, 4, [15, 15], False)  # 4096 * (2**15 - 1) * 127 > 2**31 - 1
     with pytest.raises(SpikecError, match="overflow|int32"):
         lower_isa.lower_graphs({"g": model}, HwConfig.load("default"))
 

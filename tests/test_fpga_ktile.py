@@ -23,7 +23,7 @@ import json
 import numpy as np
 import pytest
 
-from test_fpga_target import _linear_graph
+from isa_graphs import linear_graph
 from spikec import ops as sops
 from spikec import reference as R
 from spikec.isa.descriptors import ProductKernel
@@ -59,7 +59,7 @@ CASES = [  # (config, K, M, T, wbits, neuron, scale, bias, tokens)
 def test_k_tiled_kernel_equals_the_reference(case):
     cfg_name, K, M, T, wbits, neuron, scale, bias, n = case
     cfg = _config(cfg_name)
-    model, w, s_w, b = _linear_graph(K, M, T, wbits, neuron, scale, bias)
+    model, w, s_w, b = linear_graph(K, M, T, wbits, neuron, scale, bias)
     art = lower_isa.lower_graphs({"g": model}, cfg)
     assert len(art.kernels) == 1 and art.fallback["graphs"]["g"]["not_lowered"] == {}
     k = art.kernels[0]
@@ -108,7 +108,7 @@ def test_a_refused_plan_now_lowers():
 
 def test_untiled_kernels_and_old_descriptors_are_unchanged():
     cfg = HwConfig.load("small")
-    model, *_ = _linear_graph(40, 100, [4, 3], 8, "tc-lif", "dynamic", True)
+    model, *_ = linear_graph(40, 100, [4, 3], 8, "tc-lif", "dynamic", True)
     k = lower_isa.lower_graphs({"g": model}, cfg).kernels[0]
     assert k.k_tile == 40
     old_json = {key: v for key, v in k.to_json().items() if key != "k_tile"}  # a descriptor written before K-tiling

@@ -13,15 +13,12 @@
 
 from __future__ import annotations
 
-import functools
-import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnx_ir as ir
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
+from isa_graphs import compiled_isa, linear_graph
 from spike_graphs import exported, lm_feeds
 from spikec import ops as sops
 from spikec import reference as R
@@ -43,39 +40,6 @@ from spikec.runtime.simulator import Simulator
 PROMPT = "What is in the image?"
 
 
-def _linear_graph(K, M, T, wbits=8, neuron="tc-lif", scale="dynamic", bias=True, seed=0):
-    """x [N, K] + modality [N] -> SpikeEncode -> SpikeMatMul -> y [N, M]."""
-    rng = np.random.default_rng(seed)
-    qw = R.qmax(wbits)
-    w = rng.integers(-qw, qw + 1, size=(K, M)).astype(np.int8)
-    s_w = rng.uniform(0.001, 0.02, M).astype(np.float32)
-    inits = [numpy_helper.from_array(w, "W_q"), numpy_helper.from_array(s_w, "s_w")]
-    mm_in = ["q", "s_x", "modality", "W_q", "s_w"]
-    if bias:
-        inits.append(numpy_helper.from_array(rng.standard_normal(M).astype(np.float32), "bias"))
-        mm_in.append("bias")
-    enc_attrs = {"timesteps": T, "act_scale": scale, "neuron": neuron}
-    if scale == "static":
-        clip = np.full((2, sops.CLIP_T), np.nan, np.float32)
-        clip[0], clip[1] = 2.5, 4.0
-        enc_attrs["act_clip"] = [float(c) for c in clip.ravel()]
-    if neuron == "if":
-        if not bias:
-            mm_in.append("")
-        inits.append(numpy_helper.from_array(sops.if_offset_table(w, T), "acc_bias"))
-        mm_in.append("acc_bias")
-    nodes = [
-        helper.make_node("SpikeEncode", ["x", "modality"], ["q", "s_x"], name="enc", domain=sops.DOMAIN, **enc_attrs),
-        helper.make_node("SpikeMatMul", mm_in, ["y"], name="mm", domain=sops.DOMAIN, timesteps=T, neuron=neuron, wbits=wbits),
-    ]
-    graph = helper.make_graph(nodes, "lin", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", K]),
-                                             helper.make_tensor_value_info("modality", TensorProto.INT64, ["n"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", M])], initializer=inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(sops.DOMAIN, 1)])
-    model = ir.from_proto(proto)
-    sops.ensure_opset(model)
-    return model, w, s_w, numpy_helper.to_array(inits[2]) if bias else None
-
 
 CASES = [  # (config, K, M, T, wbits, neuron, scale, bias)
     ("small", 40, 100, [4, 3], 8, "tc-lif", "dynamic", True),  # M tiles and token chunks on 'small'
@@ -89,7 +53,7 @@ CASES = [  # (config, K, M, T, wbits, neuron, scale, bias)
 def test_kernel_on_the_simulator_equals_the_reference(case):
     cfg_name, K, M, T, wbits, neuron, scale, bias = case
     cfg = HwConfig.load(cfg_name)
-    model, w, s_w, b = _linear_graph(K, M, T, wbits, neuron, scale, bias)
+    model, w, s_w, b = linear_graph(K, M, T, wbits, neuron, scale, bias)
     art = lower_isa.lower_graphs({"g": model}, cfg)
     assert len(art.kernels) == 1 and art.fallback["graphs"]["g"]["host_ops"] == {}
     k = art.kernels[0]
@@ -116,19 +80,13 @@ def test_kernel_on_the_simulator_equals_the_reference(case):
 
 
 def test_kernel_overflow_is_rejected():
-    model, *_ = _linear_graph(4096, 4, [15, 15], wbits=8)  # 4096 * (2**15 - 1) * 127 > 2**31 - 1
+    model, *_ = linear_graph(4096, 4, [15, 15], wbits=8)  # 4096 * (2**15 - 1) * 127 > 2**31 - 1
     with pytest.raises(SpikecError, match="overflow|int32"):
         lower_isa.lower_graphs({"g": model}, HwConfig.load("default"))
 
 
 # ---------------------------------------------------------------- tiny-llava
 
-
-@functools.cache
-def compiled_isa(tv: int, tt: int) -> str:
-    out = Path(tempfile.mkdtemp(prefix="spikec-test-isa-")) / f"tiny-llava-{tv}-{tt}.sbin"
-    compile_path(exported("tiny-llava"), out, options=SpikeOptions(tv=tv, tt=tt).validate(), isa=True)
-    return str(out)
 
 
 def test_representative_program_runs_and_disasm_reassembles(run_cli, tmp_path):
@@ -249,7 +207,7 @@ def test_both_tile_orders_are_bit_exact(monkeypatch, order, scale):
     """The lowering picks tile-outer 'resident' (codes kept in INP across M-tiles) or
     're-encode' by modeled energy; force each on 'small' (M tiles, several chunks)."""
     cfg = HwConfig.load("small")
-    model, *_ = _linear_graph(40, 100, [4, 3], 8, "tc-lif", scale, True)
+    model, *_ = linear_graph(40, 100, [4, 3], 8, "tc-lif", scale, True)
     art = lower_isa.lower_graphs({"g": model}, cfg)
     assert len(art.kernels[0].tiles) > 1
     chosen = []
@@ -279,7 +237,7 @@ def test_non_finite_tokens_give_nan_rows_as_on_every_target(scale):
     NaN; the other rows are bit-identical to a run without it (the simulator faults on
     NaN, so the host sends zeros and writes NaN over those rows)."""
     cfg = HwConfig.load("small")
-    model, *_ = _linear_graph(24, 8, [3, 4], 8, "tc-lif", scale, True)
+    model, *_ = linear_graph(24, 8, [3, 4], 8, "tc-lif", scale, True)
     art = lower_isa.lower_graphs({"g": model}, cfg)
     runner = KernelRunner(Simulator(cfg), art.weights, art.kernels)
     rng = np.random.default_rng(3)

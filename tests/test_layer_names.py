@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from test_fpga_target import compiled_isa
+from isa_graphs import compiled_isa
 
 from spikec.package import SbinModel
 

@@ -34,20 +34,20 @@ import contextlib
 import json
 import tempfile
 import time
-from collections import deque
 from pathlib import Path
 
 import numpy as np
 
 from spikec.isa import programs, tiling
+from spikec.isa.decode import timeline as decode_timeline
 from spikec.isa.descriptors import ProductKernel
 from spikec.isa.encoding import decode_program
-from spikec.isa.fields import FORMATS, Module, Opcode
+from spikec.isa.fields import Opcode
 from spikec.isa.hwconfig import HwConfig
 from spikec.passes import lower_isa
 from spikec.isa import costmodel
 from spikec.runtime.fpga_target import GPU_A100, KernelRunner, report
-from spikec.runtime.simulator import _POP, _PUSH, Simulator
+from spikec.runtime.simulator import Simulator
 
 ROOT = Path(__file__).resolve().parents[1]
 T_BY_MOD = [4, 3]  # modality 0 = text (Tt = 4), 1 = vision (Tv = 3)
@@ -97,49 +97,12 @@ def make_kernel(cfg: HwConfig, index: int, K: int, M: int, wbits: int = 8, bias:
 
 
 def timeline(prog, cfg: HwConfig, spmm_counts) -> tuple[int, dict[str, float], dict[str, int]]:
-    """The simulator's timing without its functional work: each module runs its
-    instructions in order, an instruction starting at max(module free, push time of each
-    token it pops) (runtime/simulator.py). `spmm_counts(i, ins)` gives (vectors, spikes) of
-    the i-th SPMM. Returns (cycles, energy pJ by component, totals)."""
-    per_mod = {m: [ins for ins in prog if FORMATS[ins.op].module == m] for m in Module}
-    ptr = {m: 0 for m in Module}
-    t_free = {m: 0 for m in Module}
-    tokens = {q: deque() for q in ("l2c", "c2l", "c2s", "s2c")}
-    energy = {"dram": 0.0, "sram": 0.0, "pe": 0.0, "vec": 0.0}
-    tot = {"sops": 0, "spikes": 0, "dram_bytes": 0, "instructions": len(prog)}
-    spmm_i = 0
-    while any(ptr[m] < len(per_mod[m]) for m in Module):
-        progressed = False
-        for m in Module:
-            lst, pops, pushes = per_mod[m], _POP[m], _PUSH[m]
-            while ptr[m] < len(lst):
-                ins = lst[ptr[m]]
-                qs = [q for bit, q in pops.items() if getattr(ins, bit)]
-                if any(not tokens[q] for q in qs):
-                    break
-                start = t_free[m]
-                for q in qs:
-                    start = max(start, tokens[q].popleft())
-                if ins.op == Opcode.SPMM:
-                    vectors, spikes = spmm_counts(spmm_i, ins)
-                    spmm_i += 1
-                    c = costmodel.instruction_cost(cfg, ins, vectors, spikes)
-                    tot["sops"] += spikes * ins.m
-                    tot["spikes"] += spikes
-                else:
-                    c = costmodel.instruction_cost(cfg, ins)
-                for k, v in c.energy_pj(cfg).items():
-                    energy[k] += v
-                tot["dram_bytes"] += c.dram_read + c.dram_write
-                t_free[m] = start + c.cycles
-                for bit, q in pushes.items():
-                    if getattr(ins, bit):
-                        tokens[q].append(t_free[m])
-                ptr[m] += 1
-                progressed = True
-        if not progressed:
-            raise RuntimeError("timeline: deadlock")
-    return max(t_free.values()), energy, tot
+    """The simulator's timing without its functional work (`isa.decode.timeline`, the one
+    definition); `spmm_counts(i, ins)` gives (vectors, spikes) of the i-th SPMM. Returns
+    (cycles, energy pJ by component, totals)."""
+    t = decode_timeline(prog, cfg, 0.0, spmm_counts=spmm_counts)
+    return t.cycles, t.energy_pj, {"sops": t.sops, "dram_bytes": t.dram_read + t.dram_write,
+                                   "instructions": t.instructions}
 
 
 @contextlib.contextmanager
@@ -308,8 +271,8 @@ def model_2b(cfg: HwConfig, dens: dict[int, tuple[float, float]], wbits: int, n_
         cyc, en, tot = timeline(prog, cfg, counts)
         per_call.append((name, K, M, dict(cycles=cyc, energy=en, tot=tot, gpu_s=gpu_call(n, K, M), macs=n * K * M,
                                           steps=sum(1 for ins in prog if ins.op == Opcode.VEC),
-                                          spmms=sum(1 for ins in prog if ins.op == Opcode.SPMM), n_max=desc["n_max"],
-                                          m_tile=desc["m_tile"], k_tile=desc["k_tile"] if desc["k_tile"] < K else None), None))
+                                          spmms=sum(1 for ins in prog if ins.op == Opcode.SPMM), n_max=desc.n_max,
+                                          m_tile=desc.m_tile, k_tile=desc.k_tile if desc.k_tile < K else None), None))
     L = QWEN["layers"]
     ok = [c for c in per_call if c[3] is not None]
     cyc = L * sum(c[3]["cycles"] for c in ok)

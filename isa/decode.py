@@ -4,7 +4,11 @@ costed with the cost model (docs/isa.md section 11).
 `build_decode(shape, cfg, L)` builds the instruction stream of one decode step -- every
 decoder layer and the LM head -- with `ProgramBuilder`, and `cost_decode` runs it along the
 simulator's load/compute/store timeline (`timeline`), instruction by instruction with
-isa/costmodel.py. What runs where:
+isa/costmodel.py. `build_decode` checks its arguments, lays out the buffers
+(`_sram_layout`) and DRAM (`_dram_layout`), plans the step piece by piece with `_Step`
+(inputs, per layer `attention` -> `cache_rows` / `attend` and `mlp`, `lm_head`; each linear
+`product` streaming its weight tiles) into a `_Planner`, which schedules the c2l tokens and
+emits the program (docs/isa.md section 11). What runs where:
 
 - host: the token's embedding row (float32 [hidden]) written to DRAM, the program's
   per-step fields patched (KV-cache row, rotary-table row, context length), the logits
@@ -35,6 +39,7 @@ numerics (tests/test_decode_model.py, small shapes); at 7B size it is only coste
 
 from __future__ import annotations
 
+import functools
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -141,6 +146,205 @@ def dma_shapes(n: int, elem: int, cfg: HwConfig) -> list[tuple[int, int]]:
     return best[1]
 
 
+# ---------------------------------------------------------------- weight tiles
+
+
+def _parts(cfg: HwConfig, K: int) -> list[tuple[int, int]]:
+    """(k0, k) of the input row's parts: one, or two (the first a multiple of pe_rows) when
+    K exceeds what one ENCODE row holds; each part has its own dynamic scale."""
+    if K <= MAX_LEN:
+        return [(0, K)]
+    R = cfg.pe_rows
+    kh = -(-(-(-K // 2)) // R) * R
+    return [(0, kh), (kh, K - kh)]
+
+
+@functools.cache
+def _best_piece(cfg: HwConfig, pl: int, m: int) -> int:
+    """The k-piece (rows: a multiple of pe_rows, int4 [k, m] in half of WGT) of a part of
+    `pl` rows whose m-wide tiles load in the fewest cycles (cost model: LOAD latency and
+    per-row burst rounding, `dma_shapes`)."""
+    R = cfg.pe_rows
+    kmax = (2 * (cfg.buffer_bytes(Buffer.WGT) // 2) // cfg.pe_cols) // R * R  # rows of a C-wide tile in half of WGT
+
+    def load_cycles(nbytes: int) -> float:
+        return sum(cfg.dram_latency_cycles + r * math.ceil(c / cfg.dram_bytes_per_cycle)
+                   for r, c in dma_shapes(nbytes, 1, cfg))
+
+    cands = range(R, min(kmax, -(-pl // R) * R) + 1, R)
+    return min(cands, key=lambda kp: (sum(load_cycles(m * min(kp, pl - k0) // 2) for k0 in range(0, pl, kp)), -kp))
+
+
+def _tiles(cfg: HwConfig, K: int, M: int) -> list[tuple[int, int, int, int]]:
+    """(m0, m, k0, k) of the tiles of a [K, M] product: m-tiles of pe_cols, k-pieces
+    (`_best_piece`, inside one part of the row) with m * k / 2 bytes <= half of WGT;
+    m-tile outer, k-piece inner."""
+    C, out = cfg.pe_cols, []
+    for m0 in range(0, M, C):
+        m = min(C, M - m0)
+        for p0, pl in _parts(cfg, K):
+            kp = _best_piece(cfg, pl, m)
+            out += [(m0, m, p0 + k0, min(kp, pl - k0)) for k0 in range(0, pl, kp)]
+    return out
+
+
+def _deq_max(cfg: HwConfig) -> int:
+    """Outputs of a DEQ group: the most whole m-tiles one VEC row holds."""
+    return (MAX_LEN // cfg.pe_cols) * cfg.pe_cols
+
+
+def _deq_groups(cfg: HwConfig, M: int) -> list[tuple[int, int]]:
+    """(m0, m) of the DEQ groups of M outputs."""
+    g = _deq_max(cfg)
+    return [(m0, min(g, M - m0)) for m0 in range(0, M, g)]
+
+
+# ---------------------------------------------------------------- buffer and DRAM layout
+
+
+class _Alloc:
+    """A bump allocator: consecutive regions of one buffer (elements) or of DRAM (bytes)."""
+
+    def __init__(self) -> None:
+        self.used = 0
+
+    def __call__(self, n: int, align: int = 1) -> int:
+        a = -(-self.used // align) * align
+        self.used = a + n
+        return a
+
+
+@dataclass(frozen=True)
+class _Sram:
+    """Where the step's operands lie on chip (element indices). VEC (float32): the residual
+    row V_x [H], normed row V_h [H], q|k|v V_qkv [H + 2 KV], k|v scaled for the cache V_kvs
+    [2 KV], scaled queries V_qs [G, D], scores V_sc and probabilities V_p [G, kv_max], the
+    attention row V_att [H], a product's output V_o [H], gate|up V_gu [2 I], two half-row
+    products V_dn [2, H], per-layer constants V_c (two slots: gamma1, gamma2, 1/s_k | 1/s_v,
+    s_k: n_vc), rotary rows V_cos / V_sin [heads + kv_heads, D / 2], the final norm weight
+    V_gf [H], the logits of a DEQ group of the LM head V_lo (two slots). SCL (float32): 1.0 and eps,
+    S_row [kv_max] (1 / sqrt(D)), dynamic scales S_dyn / S_dyn2, per-layer constants S_c
+    (two slots: each product's s_w (and bias) per DEQ group at sw_off[name], s_v at sv_off;
+    n_sc), the LM head's s_w of a DEQ group S_h (two slots). INP (codes): the encoded row
+    I_x [max(I, H)], the encoded probabilities I_p [G, kv_max]."""
+
+    V_x: int
+    V_h: int
+    V_qkv: int
+    V_kvs: int
+    V_qs: int
+    V_sc: int
+    V_p: int
+    V_att: int
+    V_o: int
+    V_gu: int
+    V_dn: int
+    V_c: tuple[int, int]
+    V_cos: int
+    V_sin: int
+    V_gf: int
+    V_lo: tuple[int, int]
+    S_one: int
+    S_eps: int
+    S_row: int
+    S_dyn: int
+    S_dyn2: int
+    S_c: tuple[int, int]
+    S_h: tuple[int, int]
+    I_x: int
+    I_p: int
+    sw_off: dict[str, list[int]]
+    sv_off: int
+    n_sc: int
+    n_vc: int
+
+
+def _scl_constants(shape: LMShape, cfg: HwConfig) -> tuple[dict[str, list[int]], int, int]:
+    """A layer's SCL constants: (sw_off: each product's offset per DEQ group of its s_w,
+    followed by its bias when it has one; sv_off: s_v [KV]; n_sc: elements in all)."""
+    sw_off: dict[str, list[int]] = {}
+    n_sc = 0
+    for name, K, M, bias in shape.linears():
+        sw_off[name] = []
+        for m0, ml in _deq_groups(cfg, M):
+            sw_off[name].append(n_sc)
+            n_sc += ml * (2 if bias else 1)
+    return sw_off, n_sc, n_sc + shape.kv
+
+
+def _sram_layout(shape: LMShape, cfg: HwConfig, kv_max: int) -> _Sram:
+    """The on-chip layout (`_Sram`), checked against the configuration's buffers."""
+    H, I, G, D, KV = shape.hidden, shape.intermediate, shape.group, shape.head_dim, shape.kv
+    v, s, i = _Alloc(), _Alloc(), _Alloc()
+    n_vc = 2 * H + 2 * KV + KV  # gamma1, gamma2, 1/s_k | 1/s_v, s_k
+    nrope = shape.heads + shape.kv_heads
+    lo = min(_deq_max(cfg), shape.vocab)  # the LM head's DEQ group
+    vec = dict(V_x=v(H), V_h=v(H), V_qkv=v(H + 2 * KV), V_kvs=v(2 * KV), V_qs=v(G * D), V_sc=v(G * kv_max),
+               V_p=v(G * kv_max), V_att=v(H), V_o=v(H), V_gu=v(2 * I), V_dn=v(2 * H), V_c=(v(n_vc), v(n_vc)),
+               V_cos=v(nrope * D // 2), V_sin=v(nrope * D // 2), V_gf=v(H), V_lo=(v(lo), v(lo)))
+    S_one, S_eps, S_row = s(1), s(1), s(kv_max)
+    S_dyn = s(4 * max(G, 2))  # dynamic scales of ENCODE (per row); the second half: S_dyn2
+    sw_off, sv_off, n_sc = _scl_constants(shape, cfg)
+    scl = dict(S_one=S_one, S_eps=S_eps, S_row=S_row, S_dyn=S_dyn, S_dyn2=S_dyn + 2 * max(G, 2),
+               S_c=(s(n_sc), s(n_sc)), S_h=(s(lo), s(lo)))
+    inp = dict(I_x=i(max(I, H)), I_p=i(G * kv_max))
+    for buf, used in ((Buffer.VEC, v.used), (Buffer.SCL, s.used), (Buffer.INP, i.used)):
+        if used > cfg.buffer_elems(buf):
+            raise SpikecError(f"build_decode: {shape.name} needs {used} {buf.name} elements, config '{cfg.name}' "
+                              f"has {cfg.buffer_elems(buf)}")
+    acc_need = max(2 * I, 2 * H, G * kv_max, lo)
+    if acc_need > cfg.buffer_elems(Buffer.ACC):
+        raise SpikecError(f"build_decode: needs {acc_need} ACC elements, config '{cfg.name}' has "
+                          f"{cfg.buffer_elems(Buffer.ACC)}")
+    return _Sram(**vec, **scl, **inp, sw_off=sw_off, sv_off=sv_off, n_sc=n_sc, n_vc=n_vc)
+
+
+@dataclass(frozen=True)
+class _Dram:
+    """The DRAM layout (byte addresses): `w_addr` {(layer, product) or ("head",): the
+    address of each tile (`_tiles` order)} from 0 up to `weights_end` (only weights), then
+    per layer the SCL and VEC constants (c_scl, c_vec), the LM head's s_w (h_scl) and the
+    final norm weight (gf_vec), the KV cache (int8 codes [layers, kv_heads, kv_max, D], K
+    then V), the rotary tables (float32 [kv_max, D / 2], cos then sin), the constants 1.0
+    and eps, the score row [kv_max], the host's input row (x_in) and the logits; `end`."""
+
+    w_addr: dict[tuple, list[int]]
+    weights_end: int
+    c_scl: list[int]
+    c_vec: list[int]
+    h_scl: int
+    gf_vec: int
+    kcache: int
+    vcache: int
+    rope: int
+    consts: int
+    score_row: int
+    x_in: int
+    logits: int
+    end: int
+
+
+def _dram_layout(shape: LMShape, cfg: HwConfig, layers: int, head: bool, kv_max: int, sram: _Sram) -> _Dram:
+    """The DRAM layout (`_Dram`), checked against the configuration's DRAM."""
+    H, D, KVH = shape.hidden, shape.head_dim, shape.kv_heads
+    d = _Alloc()
+    w_addr: dict[tuple, list[int]] = {}
+    for l in range(layers):
+        for name, K, M, _ in shape.linears():
+            w_addr[(l, name)] = [d(m * k // 2) for _, m, _, k in _tiles(cfg, K, M)]
+    if head:
+        w_addr[("head",)] = [d(m * k // 2) for _, m, _, k in _tiles(cfg, H, shape.vocab)]
+    weights_end = d.used
+    lay = dict(c_scl=[d(4 * sram.n_sc, 64) for _ in range(layers)], c_vec=[d(4 * sram.n_vc, 64) for _ in range(layers)],
+               h_scl=d(4 * shape.vocab, 64), gf_vec=d(4 * H, 64), kcache=d(layers * KVH * kv_max * D, 64),
+               vcache=d(layers * KVH * kv_max * D, 64), rope=d(4 * kv_max * D, 64), consts=d(8, 64),
+               score_row=d(4 * kv_max, 64), x_in=d(4 * H, 64), logits=d(4 * shape.vocab, 64))
+    if d.used > cfg.dram_bytes:
+        raise SpikecError(f"build_decode: {shape.name} needs {d.used:,} bytes of DRAM, config '{cfg.name}' has "
+                          f"{cfg.dram_bytes:,}")
+    return _Dram(w_addr, weights_end, **lay, end=d.used)
+
+
 # ---------------------------------------------------------------- program plan
 
 
@@ -186,7 +390,8 @@ class DecodeProgram:
 
 
 class _Planner:
-    """Collects compute instructions and load groups, then emits them through ProgramBuilder."""
+    """Collects compute instructions and load groups (the plan), schedules the c2l tokens
+    that release buffer regions to later loads, then emits them through ProgramBuilder."""
 
     def __init__(self, cfg: HwConfig) -> None:
         self.cfg = cfg
@@ -206,6 +411,10 @@ class _Planner:
             off += rows * cols
         if needs is not None:
             self.pending_needs.append(needs)
+
+    def load_rows(self, buf: Buffer, sram: int, dram: int, stride: int, rows: int, cols: int) -> None:
+        """One 2-D LOAD as given (e.g. stride 0: one DRAM row repeated)."""
+        self.pending.append(dict(buf=buf, sram=sram, dram=dram, stride=stride, rows=rows, cols=cols))
 
     def op(self, op: Opcode, uses: tuple = (), pop_s2c: bool = False, **kw) -> int:
         """A compute instruction; it consumes the pending loads (if any) and touches `uses`."""
@@ -228,13 +437,14 @@ class _Planner:
             off += rows * cols
         self.compute[i].store_push = push
 
-    # -- emission
-    def emit(self, release_of: dict[object, int]) -> list[Instruction]:
-        """The program: c2l pushes placed at the earliest compute instruction after the
-        release of every region a group overwrites, in load order (pushes and pops pair up
-        in order, one push per instruction)."""
+    # -- schedule
+    def schedule(self, release_of: dict[object, int]) -> tuple[set[int], list[bool]]:
+        """(compute instructions that push c2l, whether each load group pops c2l): a push at
+        the earliest compute instruction after the release of every region the group
+        overwrites, in load order (pushes and pops pair up in order, one push per
+        instruction)."""
         assert not self.pending, "loads without a consumer"
-        push_at: dict[int, int] = {}  # compute index -> number of c2l pushes (always 1)
+        push_at: set[int] = set()
         group_pops: list[bool] = []
         last = -1
         for g in self.groups:
@@ -246,17 +456,23 @@ class _Planner:
             if p >= g.consumer:
                 raise SpikecError(f"decode program: a load group for compute instruction {g.consumer} cannot be "
                                   f"released before it (release at {p})")
-            push_at[p] = 1
+            push_at.add(p)
             last = p
             group_pops.append(True)
+        return push_at, group_pops
+
+    # -- emission
+    def emit(self, release_of: dict[object, int]) -> list[Instruction]:
+        """The program: each load group before its consumer, each compute instruction with its
+        tokens, its STOREs after it (`schedule` places the c2l pushes)."""
+        push_at, group_pops = self.schedule(release_of)
         b = ProgramBuilder()
         gi = 0
         for i, c in enumerate(self.compute):
             while gi < len(self.groups) and self.groups[gi].consumer == i:
-                g = self.groups[gi]
                 if group_pops[gi]:
                     b.pop(Module.COMPUTE, Module.LOAD)
-                for kw in g.loads:
+                for kw in self.groups[gi].loads:
                     b.emit(Opcode.LOAD, **kw)
                 b.push(Module.LOAD, Module.COMPUTE)
                 b.pop(Module.LOAD, Module.COMPUTE)
@@ -276,6 +492,192 @@ class _Planner:
         return b.program()
 
 
+# ---------------------------------------------------------------- the step, piece by piece
+
+
+class _Step:
+    """Plans one decode step into a `_Planner`, piece by piece: the step's inputs, per layer
+    its constants, the attention block (per KV head: the new cache rows, attention over the
+    cache) and the MLP block, then the LM head. Weight tiles and KV-cache tiles stream
+    through the two WGT slots alternately (`wgt_item`); counts the bytes they move."""
+
+    def __init__(self, shape: LMShape, cfg: HwConfig, L: int, kv_max: int, t: int, sram: _Sram, dram: _Dram) -> None:
+        self.shape, self.cfg, self.L, self.kv_max, self.t = shape, cfg, L, kv_max, t
+        self.s, self.d = sram, dram
+        self.P = _Planner(cfg)
+        self.slots = (0, cfg.buffer_bytes(Buffer.WGT) // 2)
+        self.items = 0  # WGT stream items so far
+        self.weight_bytes = 0  # weight bytes LOADed into WGT
+        self.kv_load = 0  # KV-cache bytes LOADed
+
+    def wgt_item(self, dram_addr: int, nbytes: int) -> tuple[int, object]:
+        """(slot, region) of the next WGT stream item: LOAD nbytes into the next slot, after
+        the release of the item that used it before."""
+        u = self.items
+        self.items += 1
+        slot = self.slots[u % 2]
+        if nbytes:
+            self.P.load(Buffer.WGT, slot, dram_addr, nbytes, needs=("wgt", u - 2) if u >= 2 else None)
+        return slot, ("wgt", u)
+
+    def encode(self, src: int, n: int, length: int, dst: int, scl: int) -> None:
+        """ENCODE n rows of `length` VEC elements into INP codes of t planes, dynamic scales at scl."""
+        self.P.op(Opcode.ENCODE, (), src=src, dst=dst, dst_buf=EncodeDst.INP, n=n, len=length, t=self.t,
+                  scale=ScaleMode.DYNAMIC, scl=scl)
+
+    def weight_tile(self, addr: int, inp: int, acc: int, m: int, k: int, overwrite: bool) -> None:
+        """Stream one int4 weight tile [k, m] into WGT and SPMM one encoded row with it into ACC."""
+        slot, item = self.wgt_item(addr, m * k // 2)
+        self.weight_bytes += m * k // 2
+        self.P.op(Opcode.SPMM, (item,), inp=inp, wgt=slot, acc=acc, n=1, k=k, m=m, acc_stride=m, t=self.t,
+                  neuron=int(Neuron.TCLIF), wfmt=WeightFormat.INT4,
+                  acc_mode=AccMode.OVERWRITE if overwrite else AccMode.ACCUMULATE)
+
+    def product(self, key: tuple, K: int, M: int, x_vec: int, out_vec: int, scl_sw: list[int], bias: bool,
+                s_region: tuple) -> None:
+        """out_vec [M] = x_vec [K] @ W (+ bias): ENCODE x (one row; two half rows when K >
+        MAX_LEN, each with its own scale and accumulators), the tiles' SPMMs, DEQ per group
+        of m-tiles (s_w, bias from SCL at scl_sw[group]) into out_vec."""
+        s = self.s
+        bounds = _parts(self.cfg, K)
+        for hi, (k0, kl) in enumerate(bounds):
+            self.encode(x_vec + k0, 1, kl, s.I_x + k0, s.S_dyn + hi)
+        tl = _tiles(self.cfg, K, M)
+        addrs = self.d.w_addr[key]
+        assert len(addrs) == len(tl)
+        for (m0, m, k0, k), addr in zip(tl, addrs):
+            hi = 0 if k0 < bounds[0][1] else 1
+            self.weight_tile(addr, s.I_x + k0, hi * M + m0, m, k, overwrite=k0 == bounds[hi][0])
+        flags = int(VecFlag.PER_ROW | (VecFlag.BIAS if bias else 0))
+        for gi, (g0, gl) in enumerate(_deq_groups(self.cfg, M)):
+            for hi in range(len(bounds)):
+                dst = out_vec + g0 if len(bounds) == 1 else s.V_dn + hi * self.shape.hidden + g0
+                self.P.op(Opcode.VEC, s_region, func=VecFunc.DEQ, flags=flags, dst=dst, src0=hi * M + g0,
+                          src1=s.S_dyn + hi, src2=scl_sw[gi], n=1, len=gl)
+        if len(bounds) == 2:
+            H = self.shape.hidden
+            self.P.op(Opcode.VEC, (), func=VecFunc.ADD, dst=out_vec, src0=s.V_dn, src1=s.V_dn + H, n=1, len=H)
+
+    def inputs(self, head: bool) -> None:
+        """Once per step: the input row, this position's rotary rows (one DRAM row repeated
+        for every head), 1.0 and eps, the score row, the final norm weight."""
+        s, d, P = self.s, self.d, self.P
+        D, pos, nrope = self.shape.head_dim, self.L - 1, self.shape.heads + self.shape.kv_heads
+        P.load(Buffer.VEC, s.V_x, d.x_in, self.shape.hidden)
+        P.load_rows(Buffer.VEC, s.V_cos, d.rope + 4 * pos * D // 2, 0, nrope, D // 2)
+        P.load_rows(Buffer.VEC, s.V_sin, d.rope + 4 * (self.kv_max + pos) * D // 2, 0, nrope, D // 2)
+        P.load_rows(Buffer.SCL, s.S_one, d.consts, 8, 1, 2)
+        P.load(Buffer.SCL, s.S_row, d.score_row, self.L)
+        if head:
+            P.load(Buffer.VEC, s.V_gf, d.gf_vec, self.shape.hidden)
+
+    def layer(self, l: int) -> None:
+        """Decoder layer l: its constants into the slots of its parity, attention, MLP."""
+        par, s = l % 2, self.s
+        self.P.load(Buffer.SCL, s.S_c[par], self.d.c_scl[l], s.n_sc, needs=("const", l - 2) if l >= 2 else None)
+        self.P.load(Buffer.VEC, s.V_c[par], self.d.c_vec[l], s.n_vc)
+        self.attention(l, s.S_c[par], s.V_c[par])
+        self.mlp(l, s.S_c[par], s.V_c[par])
+
+    def sw(self, sc: int, name: str) -> list[int]:
+        """SCL addresses of product `name`'s s_w per DEQ group, in the constants slot at sc."""
+        return [sc + o for o in self.s.sw_off[name]]
+
+    def attention(self, l: int, sc: int, vc: int) -> None:
+        """x += o(attention(rope(qkv(rmsnorm(x, gamma1))))): the new K, V rows scaled by
+        1 / s_k, 1 / s_v into V_kvs, then per KV head the cache rows and the attention."""
+        shape, s, P, cr = self.shape, self.s, self.P, ("const", l)
+        H, KV = shape.hidden, shape.kv
+        P.op(Opcode.VEC, (cr,), func=VecFunc.RMSNORM, dst=s.V_h, src0=s.V_x, src1=vc, src2=s.S_eps, n=1, len=H)
+        self.product((l, "qkv"), H, H + 2 * KV, s.V_h, s.V_qkv, self.sw(sc, "qkv"), shape.qkv_bias, (cr,))
+        P.op(Opcode.VEC, (), func=VecFunc.ROPE, dst=s.V_qkv, src0=s.V_qkv, src1=s.V_cos, src2=s.V_sin,
+             n=shape.heads + shape.kv_heads, len=shape.head_dim)
+        P.op(Opcode.VEC, (cr,), func=VecFunc.MUL_ROW, dst=s.V_kvs, src0=s.V_qkv + H, src1=vc + 2 * H, n=1, len=2 * KV)
+        for h in range(shape.kv_heads):
+            k, v = self.cache_rows(l, h)
+            self.attend(l, h, k, v, sc, vc)
+        self.product((l, "o"), H, H, s.V_att, s.V_o, self.sw(sc, "o"), False, (cr,))
+        P.op(Opcode.VEC, (), func=VecFunc.ADD, dst=s.V_x, src0=s.V_x, src1=s.V_o, n=1, len=H)
+
+    def cache_rows(self, l: int, h: int) -> tuple[tuple[int, object], tuple[int, object]]:
+        """KV head h of layer l: its K and V tiles ([kv_max, D] int8 codes) stream into WGT
+        (the L - 1 cached rows), this token's rows are ENCODEd (static unit scale, int8) into
+        the tiles and STOREd to the cache. Returns the (slot, region) of K and of V."""
+        D, pos, s, d, P = self.shape.head_dim, self.L - 1, self.s, self.d, self.P
+        base = ((l * self.shape.kv_heads + h) * self.kv_max) * D
+        k = self.wgt_item(d.kcache + base, pos * D)
+        v = self.wgt_item(d.vcache + base, pos * D)
+        self.kv_load += 2 * pos * D
+        rows = ((k, s.V_kvs + h * D, d.kcache), (v, s.V_kvs + self.shape.kv + h * D, d.vcache))
+        for (slot, item), src, cache in rows:
+            i = P.op(Opcode.ENCODE, (item,), src=src, dst=slot + pos * D, dst_buf=EncodeDst.WGT, n=1, len=D, t=7,
+                     scale=ScaleMode.STATIC, scl=s.S_one)
+            P.store(i, Buffer.WGT, slot + pos * D, cache + base + pos * D, D, push=True)
+        return k, v
+
+    def attend(self, l: int, h: int, k: tuple[int, object], v: tuple[int, object], sc: int, vc: int) -> None:
+        """The G query heads of KV head h: scores [G, L] = ENCODE(q * s_k) K^T / sqrt(D),
+        P = softmax, V_att rows [G, D] = ENCODE(P) V * s_v (the codes times their scales)."""
+        shape, s, P, cr, L = self.shape, self.s, self.P, ("const", l), self.L
+        G, D, H, KV, t, TC = shape.group, shape.head_dim, shape.hidden, shape.kv, self.t, int(Neuron.TCLIF)
+        (kslot, kitem), (vslot, vitem) = k, v
+        P.op(Opcode.VEC, (cr,), func=VecFunc.MUL_ROW, dst=s.V_qs, src0=s.V_qkv + h * G * D,
+             src1=vc + 2 * H + 2 * KV + h * D, n=G, len=D)
+        self.encode(s.V_qs, G, D, s.I_x, s.S_dyn)
+        P.op(Opcode.SPMM, (kitem,), inp=s.I_x, wgt=kslot, acc=0, n=G, k=D, m=L, acc_stride=L, t=t, neuron=TC,
+             wfmt=WeightFormat.INT8, wtrans=1, acc_mode=AccMode.OVERWRITE)
+        P.op(Opcode.VEC, (kitem,), pop_s2c=True, func=VecFunc.DEQ, flags=int(VecFlag.PER_ROW), dst=s.V_sc, src0=0,
+             src1=s.S_dyn, src2=s.S_row, n=G, len=L)
+        P.op(Opcode.VEC, (), func=VecFunc.SOFTMAX, dst=s.V_p, src0=s.V_sc, n=G, len=L)
+        self.encode(s.V_p, G, L, s.I_p, s.S_dyn2)
+        P.op(Opcode.SPMM, (vitem,), inp=s.I_p, wgt=vslot, acc=0, n=G, k=L, m=D, acc_stride=D, t=t, neuron=TC,
+             wfmt=WeightFormat.INT8, acc_mode=AccMode.OVERWRITE)
+        P.op(Opcode.VEC, (vitem, cr), pop_s2c=True, func=VecFunc.DEQ, flags=int(VecFlag.PER_ROW),
+             dst=s.V_att + h * G * D, src0=0, src1=s.S_dyn2, src2=sc + s.sv_off + h * D, n=G, len=D)
+
+    def mlp(self, l: int, sc: int, vc: int) -> None:
+        """x += down(silu(gate) * up), gate|up = gate_up(rmsnorm(x, gamma2)) ([2 I]; the
+        SiLU and MUL over two rows of I / 2 when I exceeds one VEC row)."""
+        shape, s, P, cr = self.shape, self.s, self.P, ("const", l)
+        H, I = shape.hidden, shape.intermediate
+        P.op(Opcode.VEC, (cr,), func=VecFunc.RMSNORM, dst=s.V_h, src0=s.V_x, src1=vc + H, src2=s.S_eps, n=1, len=H)
+        self.product((l, "gate_up"), H, 2 * I, s.V_h, s.V_gu, self.sw(sc, "gate_up"), False, (cr,))
+        rows = 1 if I <= MAX_LEN else 2
+        P.op(Opcode.VEC, (), func=VecFunc.SILU, dst=s.V_gu, src0=s.V_gu, n=rows, len=I // rows)
+        P.op(Opcode.VEC, (), func=VecFunc.MUL, dst=s.V_gu, src0=s.V_gu, src1=s.V_gu + I, n=rows, len=I // rows)
+        self.product((l, "down"), I, H, s.V_gu, s.V_o, self.sw(sc, "down"), False, (cr,))
+        P.op(Opcode.VEC, (cr,), func=VecFunc.ADD, dst=s.V_x, src0=s.V_x, src1=s.V_o, n=1, len=H)
+
+    def lm_head(self) -> None:
+        """logits [vocab] = ENCODE(rmsnorm(x, gamma_f)) @ W_head * s_w, per DEQ group: its
+        s_w into an S_h slot, its tiles' SPMMs, DEQ into a V_lo slot, STOREd to the logits."""
+        shape, s, d, P = self.shape, self.s, self.d, self.P
+        H = shape.hidden
+        P.op(Opcode.VEC, (), func=VecFunc.RMSNORM, dst=s.V_h, src0=s.V_x, src1=s.V_gf, src2=s.S_eps, n=1, len=H)
+        self.encode(s.V_h, 1, H, s.I_x, s.S_dyn)
+        groups, tl = _deq_groups(self.cfg, shape.vocab), _tiles(self.cfg, H, shape.vocab)
+        for gi, (g0, gl) in enumerate(groups):
+            P.load(Buffer.SCL, s.S_h[gi % 2], d.h_scl + 4 * g0, gl, needs=("hs", gi - 2) if gi >= 2 else None)
+            for (m0, m, k0, k), addr in zip(tl, d.w_addr[("head",)]):
+                if g0 <= m0 < g0 + gl:
+                    self.weight_tile(addr, s.I_x + k0, m0 - g0, m, k, overwrite=k0 == 0)
+            i = P.op(Opcode.VEC, (("hs", gi),), pop_s2c=gi >= 2, func=VecFunc.DEQ, flags=int(VecFlag.PER_ROW),
+                     dst=s.V_lo[gi % 2], src0=0, src1=s.S_dyn, src2=s.S_h[gi % 2], n=1, len=gl)
+            P.store(i, Buffer.VEC, s.V_lo[gi % 2], d.logits + 4 * g0, gl,
+                    push=gi + 2 < len(groups) or gi == len(groups) - 1)
+
+
+def _layout(shape: LMShape, cfg: HwConfig, layers: int, head: bool, kv_max: int, s: _Sram, d: _Dram) -> dict:
+    """`DecodeProgram.layout`: where the host finds and puts everything."""
+    keys = [((l, name), (K, M)) for l in range(layers) for name, K, M, _ in shape.linears()]
+    keys += [(("head",), (shape.hidden, shape.vocab))] if head else []
+    return dict(x_in=d.x_in, logits=d.logits, consts=d.consts, score_row=d.score_row, rope=d.rope, kcache=d.kcache,
+                vcache=d.vcache, end=d.end, kv_max=kv_max, c_scl=d.c_scl, c_vec=d.c_vec, h_scl=d.h_scl,
+                gf_vec=d.gf_vec, sw_off=s.sw_off, sv_off=s.sv_off, n_sc=s.n_sc, n_vc=s.n_vc,
+                tiles={key: [(a, *tl) for a, tl in zip(d.w_addr[key], _tiles(cfg, *dims))] for key, dims in keys},
+                parts={K: _parts(cfg, K) for _, K, _, _ in shape.linears()})
+
+
 def build_decode(shape: LMShape, cfg: HwConfig, L: int, layers: int | None = None, head: bool = True, t: int = 4,
                  wbits: int = 4, kv_max: int = 4096) -> DecodeProgram:
     """The instruction stream of one batch-1 decode step: `layers` decoder layers (default
@@ -283,279 +685,29 @@ def build_decode(shape: LMShape, cfg: HwConfig, L: int, layers: int | None = Non
     token (2 <= L <= kv_max; the KV cache holds kv_max rows per layer and KV head), `t`:
     the text timesteps (TC-LIF planes of the activation codes), `wbits`: 4 (packed int4).
 
-    DRAM layout (bytes): the weight tiles of every layer and the head from 0 (only weights:
-    `weights_end`), then per layer the SCL and VEC constants, the KV cache (int8 codes
-    [layers, kv_heads, kv_max, head_dim] for K and for V), the rotary tables (float32
-    [kv_max, head_dim / 2], cos then sin), the host's input row and the logits."""
+    Layouts: `_sram_layout` (on chip), `_dram_layout` (DRAM: the weights from 0, then
+    constants, KV cache, rotary tables, input row, logits). Plan: `_Step`, piece by piece,
+    into a `_Planner`; then the c2l tokens are scheduled and the program emitted."""
     if wbits != 4:
         raise SpikecError("build_decode: only 4-bit weights are modeled")
     layers = shape.layers if layers is None else layers
     if not 2 <= L <= kv_max:
         raise SpikecError(f"build_decode: context length L={L} outside 2..{kv_max}")
-    H, I, G, D, KVH = shape.hidden, shape.intermediate, shape.group, shape.head_dim, shape.kv_heads
-    KV = shape.kv
-    R, C = cfg.pe_rows, cfg.pe_cols
     wgt_slot = cfg.buffer_bytes(Buffer.WGT) // 2
-    if kv_max * D > wgt_slot or L > MAX_LEN:
-        raise SpikecError(f"build_decode: a KV tile of {kv_max} x {D} codes does not fit half of WGT ({wgt_slot} bytes)")
-    WS = (0, wgt_slot)
-    P = _Planner(cfg)
-    qkv_m = H + 2 * KV
-
-    # ---- buffer layout (elements)
-    vec_alloc, scl_alloc, inp_alloc = [0], [0], [0]
-
-    def take(counter: list[int], n: int) -> int:
-        a = counter[0]
-        counter[0] += n
-        return a
-
-    V_x, V_h, V_qkv = take(vec_alloc, H), take(vec_alloc, H), take(vec_alloc, qkv_m)
-    V_kvs, V_qs = take(vec_alloc, 2 * KV), take(vec_alloc, G * D)
-    V_sc, V_p = take(vec_alloc, G * kv_max), take(vec_alloc, G * kv_max)
-    V_att, V_o = take(vec_alloc, H), take(vec_alloc, H)
-    V_gu = take(vec_alloc, 2 * I)
-    V_dn = take(vec_alloc, 2 * H)
-    n_vc = 2 * H + 2 * KV + KV  # gamma1, gamma2, 1/s_k | 1/s_v, s_k
-    V_c = (take(vec_alloc, n_vc), take(vec_alloc, n_vc))
-    V_cos, V_sin = take(vec_alloc, (shape.heads + KVH) * D // 2), take(vec_alloc, (shape.heads + KVH) * D // 2)
-    V_gf = take(vec_alloc, H)
-    deq_max = (MAX_LEN // C) * C  # DEQ group: the most whole m-tiles a VEC row holds
-    V_lo = (take(vec_alloc, deq_max), take(vec_alloc, deq_max))
-
-    S_one, S_eps = take(scl_alloc, 1), take(scl_alloc, 1)
-    S_row = take(scl_alloc, kv_max)  # 1/sqrt(head_dim) per key: DEQ's s_w row of the scores
-    S_dyn = take(scl_alloc, 4 * max(G, 2))  # dynamic scales of ENCODE (per row)
-    S_dyn2 = S_dyn + 2 * max(G, 2)
-
-    def deq_groups(M: int) -> list[tuple[int, int]]:
-        return [(m0, min(deq_max, M - m0)) for m0 in range(0, M, deq_max)]
-
-    lin = shape.linears()
-    sw_off: dict[str, list[int]] = {}
-    n_sc = 0
-    for name, K, M, bias in lin:
-        sw_off[name] = []
-        for m0, ml in deq_groups(M):
-            sw_off[name].append(n_sc)
-            n_sc += ml * (2 if bias else 1)
-    sv_off = n_sc
-    n_sc += KV
-    S_c = (take(scl_alloc, n_sc), take(scl_alloc, n_sc))
-    S_h = (take(scl_alloc, deq_max), take(scl_alloc, deq_max))  # LM head s_w of a DEQ group
-    I_x = take(inp_alloc, max(I, H))
-    I_p = take(inp_alloc, G * kv_max)
-    for buf, used in ((Buffer.VEC, vec_alloc[0]), (Buffer.SCL, scl_alloc[0]), (Buffer.INP, inp_alloc[0])):
-        if used > cfg.buffer_elems(buf):
-            raise SpikecError(f"build_decode: {shape.name} needs {used} {buf.name} elements, config '{cfg.name}' "
-                              f"has {cfg.buffer_elems(buf)}")
-    acc_need = max(2 * I, 2 * H, G * kv_max, deq_max)
-    if acc_need > cfg.buffer_elems(Buffer.ACC):
-        raise SpikecError(f"build_decode: needs {acc_need} ACC elements, config '{cfg.name}' has "
-                          f"{cfg.buffer_elems(Buffer.ACC)}")
-
-    # ---- DRAM layout (bytes)
-    kmax = (2 * wgt_slot // C) // R * R  # k-piece rows of a C-wide int4 tile in half of WGT
-
-    def halves_of(K: int) -> list[tuple[int, int]]:
-        """(k0, k) of the input row's parts: one, or two (the first a multiple of R) when K
-        exceeds what one ENCODE row holds; each part has its own dynamic scale."""
-        if K <= MAX_LEN:
-            return [(0, K)]
-        kh = -(-(-(-K // 2)) // R) * R
-        return [(0, kh), (kh, K - kh)]
-
-    def tiles_of(K: int, M: int) -> list[tuple[int, int, int, int]]:
-        """(m0, m, k0, k) of the tiles of a [K, M] product: m-tiles of C, k-pieces (multiples
-        of R, inside one part of the row, `best_piece`) with m * k / 2 <= half of WGT;
-        m-tile outer, k-piece inner."""
-        out = []
-        for m0 in range(0, M, C):
-            m = min(C, M - m0)
-            for p0, pl in halves_of(K):
-                kp = best_piece(pl, m)
-                out += [(m0, m, p0 + k0, min(kp, pl - k0)) for k0 in range(0, pl, kp)]
-        return out
-
-    piece_memo: dict[tuple[int, int], int] = {}
-
-    def best_piece(pl: int, m: int) -> int:
-        """The k-piece (a multiple of R up to kmax) whose tiles load in the fewest cycles
-        (cost model: LOAD latency and per-row burst rounding, `dma_shapes`)."""
-        if (pl, m) not in piece_memo:
-            def load_cycles(nbytes: int) -> float:
-                return sum(cfg.dram_latency_cycles + r * math.ceil(c / cfg.dram_bytes_per_cycle)
-                           for r, c in dma_shapes(nbytes, 1, cfg))
-            cands = range(R, min(kmax, -(-pl // R) * R) + 1, R)
-            piece_memo[(pl, m)] = min(cands, key=lambda kp: (sum(load_cycles(m * min(kp, pl - k0) // 2)
-                                                                 for k0 in range(0, pl, kp)), -kp))
-        return piece_memo[(pl, m)]
-
-    dram = [0]
-
-    def dalloc(n: int, align: int = 64) -> int:
-        a = -(-dram[0] // align) * align
-        dram[0] = a + n
-        return a
-
-    w_addr: dict[tuple, list[int]] = {}
+    if kv_max * shape.head_dim > wgt_slot or L > MAX_LEN:
+        raise SpikecError(f"build_decode: a KV tile of {kv_max} x {shape.head_dim} codes does not fit half of WGT "
+                          f"({wgt_slot} bytes)")
+    sram = _sram_layout(shape, cfg, kv_max)
+    dram = _dram_layout(shape, cfg, layers, head, kv_max, sram)
+    step = _Step(shape, cfg, L, kv_max, t, sram, dram)
+    step.inputs(head)
     for l in range(layers):
-        for name, K, M, _ in lin:
-            w_addr[(l, name)] = [dalloc(m * k // 2, 1) for _, m, _, k in tiles_of(K, M)]
+        step.layer(l)
     if head:
-        w_addr[("head",)] = [dalloc(m * k // 2, 1) for _, m, _, k in tiles_of(H, shape.vocab)]
-    weights_end = dram[0]
-    c_scl = [dalloc(4 * n_sc) for _ in range(layers)]
-    c_vec = [dalloc(4 * n_vc) for _ in range(layers)]
-    h_scl = dalloc(4 * shape.vocab)
-    gf_vec = dalloc(4 * H)
-    kcache = dalloc(layers * KVH * kv_max * D)
-    vcache = dalloc(layers * KVH * kv_max * D)
-    rope = dalloc(4 * kv_max * D)  # cos [kv_max, D/2] then sin
-    consts = dalloc(8)  # 1.0, eps
-    score_row = dalloc(4 * kv_max)  # 1/sqrt(D), kv_max times
-    x_in = dalloc(4 * H)
-    logits = dalloc(4 * shape.vocab)
-    if dram[0] > cfg.dram_bytes:
-        raise SpikecError(f"build_decode: {shape.name} needs {dram[0]:,} bytes of DRAM, config '{cfg.name}' has "
-                          f"{cfg.dram_bytes:,}")
-
-    T = t
-    TC = int(Neuron.TCLIF)
-    wslot = [0]  # WGT stream item counter
-    weight_bytes = [0]
-
-    def wgt_item(dram_addr: int, nbytes: int) -> tuple[int, object]:
-        """LOAD nbytes into the next WGT slot (after its previous item's release)."""
-        u = wslot[0]
-        wslot[0] += 1
-        slot = WS[u % 2]
-        if nbytes:
-            P.load(Buffer.WGT, slot, dram_addr, nbytes, needs=("wgt", u - 2) if u >= 2 else None)
-        return slot, ("wgt", u)
-
-    def encode(src: int, n: int, length: int, dst: int, scl: int, uses: tuple = ()) -> None:
-        P.op(Opcode.ENCODE, uses, src=src, dst=dst, dst_buf=EncodeDst.INP, n=n, len=length, t=T,
-             scale=ScaleMode.DYNAMIC, scl=scl)
-
-    def product(key: tuple, K: int, M: int, x_vec: int, out_vec: int, scl_sw: list[int], bias: bool,
-                s_region: tuple) -> None:
-        """ENCODE x (one row; two half rows when K > MAX_LEN, each with its own scale and
-        accumulators), the tiles' SPMMs, DEQ per group of m-tiles into out_vec."""
-        bounds = halves_of(K)
-        halves = len(bounds)
-        for hi, (k0, kl) in enumerate(bounds):
-            encode(x_vec + k0, 1, kl, I_x + k0, S_dyn + hi, uses=())
-        tl = tiles_of(K, M)
-        addrs = w_addr[key]
-        assert len(addrs) == len(tl)
-        groups = deq_groups(M)
-        for (m0, m, k0, k), addr in zip(tl, addrs):
-            hi = 0 if k0 < bounds[0][1] else 1
-            first = k0 == bounds[hi][0]  # the first piece of its part overwrites ACC
-            slot, item = wgt_item(addr, m * k // 2)
-            weight_bytes[0] += m * k // 2
-            P.op(Opcode.SPMM, (item,), inp=I_x + k0, wgt=slot, acc=hi * M + m0, n=1, k=k, m=m, acc_stride=m, t=T,
-                 neuron=TC, wfmt=WeightFormat.INT4, acc_mode=AccMode.OVERWRITE if first else AccMode.ACCUMULATE)
-        for gi, (g0, gl) in enumerate(groups):
-            for hi in range(halves):
-                dst = out_vec + g0 if halves == 1 else V_dn + hi * H + g0
-                flags = VecFlag.PER_ROW | (VecFlag.BIAS if bias else 0)
-                P.op(Opcode.VEC, s_region, func=VecFunc.DEQ, flags=int(flags), dst=dst, src0=hi * M + g0,
-                     src1=S_dyn + hi, src2=scl_sw[gi], n=1, len=gl)
-        if halves == 2:
-            P.op(Opcode.VEC, (), func=VecFunc.ADD, dst=out_vec, src0=V_dn, src1=V_dn + H, n=1, len=H)
-
-    # ---- once per step: input row, rotary rows, constants, final norm weight
-    pos = L - 1
-    nrope = shape.heads + KVH
-    P.load(Buffer.VEC, V_x, x_in, H)
-    P.pending.append(dict(buf=Buffer.VEC, sram=V_cos, dram=rope + 4 * pos * D // 2, stride=0, rows=nrope, cols=D // 2))
-    P.pending.append(dict(buf=Buffer.VEC, sram=V_sin, dram=rope + 4 * (kv_max + pos) * D // 2, stride=0, rows=nrope,
-                          cols=D // 2))
-    P.pending.append(dict(buf=Buffer.SCL, sram=S_one, dram=consts, stride=8, rows=1, cols=2))
-    P.load(Buffer.SCL, S_row, score_row, L)
-    if head:
-        P.load(Buffer.VEC, V_gf, gf_vec, H)
-    kv_load = 0
-    for l in range(layers):
-        par = l % 2
-        cr = ("const", l)
-        need = ("const", l - 2) if l >= 2 else None
-        P.load(Buffer.SCL, S_c[par], c_scl[l], n_sc, needs=need)
-        P.load(Buffer.VEC, V_c[par], c_vec[l], n_vc)
-        sc, vc = S_c[par], V_c[par]
-        g1, g2, inv_kv, s_k = vc, vc + H, vc + 2 * H, vc + 2 * H + 2 * KV
-        # attention block
-        P.op(Opcode.VEC, (cr,), func=VecFunc.RMSNORM, dst=V_h, src0=V_x, src1=g1, src2=S_eps, n=1, len=H)
-        product((l, "qkv"), H, qkv_m, V_h, V_qkv, [sc + o for o in sw_off["qkv"]], shape.qkv_bias, (cr,))
-        P.op(Opcode.VEC, (), func=VecFunc.ROPE, dst=V_qkv, src0=V_qkv, src1=V_cos, src2=V_sin, n=nrope, len=D)
-        P.op(Opcode.VEC, (cr,), func=VecFunc.MUL_ROW, dst=V_kvs, src0=V_qkv + H, src1=inv_kv, n=1, len=2 * KV)
-        for h in range(KVH):
-            base = ((l * KVH + h) * kv_max) * D
-            # K_h: the cache's L-1 rows, then this token's row ENCODEd into the tile, STOREd to the cache
-            kslot, kitem = wgt_item(kcache + base, pos * D)
-            vslot, vitem = wgt_item(vcache + base, pos * D)
-            kv_load += 2 * pos * D
-            i = P.op(Opcode.ENCODE, (kitem,), src=V_kvs + h * D, dst=kslot + pos * D, dst_buf=EncodeDst.WGT, n=1,
-                     len=D, t=7, scale=ScaleMode.STATIC, scl=S_one)
-            P.store(i, Buffer.WGT, kslot + pos * D, kcache + base + pos * D, D, push=True)
-            i = P.op(Opcode.ENCODE, (vitem,), src=V_kvs + KV + h * D, dst=vslot + pos * D, dst_buf=EncodeDst.WGT,
-                     n=1, len=D, t=7, scale=ScaleMode.STATIC, scl=S_one)
-            P.store(i, Buffer.WGT, vslot + pos * D, vcache + base + pos * D, D, push=True)
-            # scores = (q * s_k) K^T / sqrt(D); P = softmax; out = P (V * s_v)
-            P.op(Opcode.VEC, (cr,), func=VecFunc.MUL_ROW, dst=V_qs, src0=V_qkv + h * G * D, src1=s_k + h * D, n=G,
-                 len=D)
-            encode(V_qs, G, D, I_x, S_dyn)
-            P.op(Opcode.SPMM, (kitem,), inp=I_x, wgt=kslot, acc=0, n=G, k=D, m=L, acc_stride=L, t=T, neuron=TC,
-                 wfmt=WeightFormat.INT8, wtrans=1, acc_mode=AccMode.OVERWRITE)
-            P.op(Opcode.VEC, (kitem,), pop_s2c=True, func=VecFunc.DEQ, flags=int(VecFlag.PER_ROW), dst=V_sc, src0=0,
-                 src1=S_dyn, src2=S_row, n=G, len=L)
-            P.op(Opcode.VEC, (), func=VecFunc.SOFTMAX, dst=V_p, src0=V_sc, n=G, len=L)
-            encode(V_p, G, L, I_p, S_dyn2)
-            P.op(Opcode.SPMM, (vitem,), inp=I_p, wgt=vslot, acc=0, n=G, k=L, m=D, acc_stride=D, t=T, neuron=TC,
-                 wfmt=WeightFormat.INT8, acc_mode=AccMode.OVERWRITE)
-            P.op(Opcode.VEC, (vitem, cr), pop_s2c=True, func=VecFunc.DEQ, flags=int(VecFlag.PER_ROW),
-                 dst=V_att + h * G * D, src0=0, src1=S_dyn2, src2=sc + sv_off + h * D, n=G, len=D)
-        product((l, "o"), H, H, V_att, V_o, [sc + o for o in sw_off["o"]], False, (cr,))
-        P.op(Opcode.VEC, (), func=VecFunc.ADD, dst=V_x, src0=V_x, src1=V_o, n=1, len=H)
-        # MLP block
-        P.op(Opcode.VEC, (cr,), func=VecFunc.RMSNORM, dst=V_h, src0=V_x, src1=g2, src2=S_eps, n=1, len=H)
-        product((l, "gate_up"), H, 2 * I, V_h, V_gu, [sc + o for o in sw_off["gate_up"]], False, (cr,))
-        rows = 1 if I <= MAX_LEN else 2
-        P.op(Opcode.VEC, (), func=VecFunc.SILU, dst=V_gu, src0=V_gu, n=rows, len=I // rows)
-        P.op(Opcode.VEC, (), func=VecFunc.MUL, dst=V_gu, src0=V_gu, src1=V_gu + I, n=rows, len=I // rows)
-        product((l, "down"), I, H, V_gu, V_o, [sc + o for o in sw_off["down"]], False, (cr,))
-        P.op(Opcode.VEC, (cr,), func=VecFunc.ADD, dst=V_x, src0=V_x, src1=V_o, n=1, len=H)
-    if head:
-        P.op(Opcode.VEC, (), func=VecFunc.RMSNORM, dst=V_h, src0=V_x, src1=V_gf, src2=S_eps, n=1, len=H)
-        encode(V_h, 1, H, I_x, S_dyn)
-        groups = deq_groups(shape.vocab)
-        tl = tiles_of(H, shape.vocab)
-        addrs = w_addr[("head",)]
-        per_group = {gi: [j for j, t_ in enumerate(tl) if g0 <= t_[0] < g0 + gl] for gi, (g0, gl) in enumerate(groups)}
-        for gi, (g0, gl) in enumerate(groups):
-            P.load(Buffer.SCL, S_h[gi % 2], h_scl + 4 * g0, gl, needs=("hs", gi - 2) if gi >= 2 else None)
-            for j in per_group[gi]:
-                m0, m, k0, k = tl[j]
-                slot, item = wgt_item(addrs[j], m * k // 2)
-                weight_bytes[0] += m * k // 2
-                P.op(Opcode.SPMM, (item,), inp=I_x + k0, wgt=slot, acc=m0 - g0, n=1, k=k, m=m, acc_stride=m, t=T,
-                     neuron=TC, wfmt=WeightFormat.INT4, acc_mode=AccMode.OVERWRITE if k0 == 0 else AccMode.ACCUMULATE)
-            i = P.op(Opcode.VEC, (("hs", gi),), pop_s2c=gi >= 2, func=VecFunc.DEQ, flags=int(VecFlag.PER_ROW),
-                     dst=V_lo[gi % 2], src0=0, src1=S_dyn, src2=S_h[gi % 2], n=1, len=gl)
-            P.store(i, Buffer.VEC, V_lo[gi % 2], logits + 4 * g0, gl, push=gi + 2 < len(groups) or gi == len(groups) - 1)
-    # release points: the last compute instruction touching each region
-    release_of = dict(P.last_use)
-    prog = P.emit(release_of)
-    layout = dict(x_in=x_in, logits=logits, consts=consts, score_row=score_row, rope=rope, kcache=kcache,
-                  vcache=vcache, end=dram[0], kv_max=kv_max, c_scl=c_scl, c_vec=c_vec, h_scl=h_scl, gf_vec=gf_vec,
-                  sw_off=sw_off, sv_off=sv_off, n_sc=n_sc, n_vc=n_vc,
-                  tiles={key: [(a, *tl) for a, tl in zip(addrs, tiles_of(*dims))] for key, addrs, dims in (
-                      [((l, name), w_addr[(l, name)], (K, M)) for l in range(layers) for name, K, M, _ in lin]
-                      + ([(("head",), w_addr[("head",)], (H, shape.vocab))] if head else []))},
-                  parts={K: halves_of(K) for _, K, _, _ in lin})
-    return DecodeProgram(shape, cfg, L, layers, head, prog, weight_bytes[0], kv_load, weights_end, layout)
+        step.lm_head()
+    prog = step.P.emit(dict(step.P.last_use))  # release points: the last compute instruction touching each region
+    return DecodeProgram(shape, cfg, L, layers, head, prog, step.weight_bytes, step.kv_load, dram.weights_end,
+                         _layout(shape, cfg, layers, head, kv_max, sram, dram))
 
 
 # ---------------------------------------------------------------- timeline

@@ -1,8 +1,10 @@
 """The deployment-scale decode model (isa/decode.py, isa/configs/deploy.json, docs/isa.md
 section 11): the program is well formed, streams each weight exactly once, runs on the
 functional simulator without a race or deadlock and bit-exact against the decode step
-computed op by op with the ISA's numerics (spikec.reference), costs linearly in layers, and
-the per-config energy constants leave the built-in configurations as they were."""
+computed op by op with the ISA's numerics (spikec.reference), gives the same DRAM on the RTL
+co-simulation (Verilator) as on the simulator with cycles within 5 % (issue 18 item 5),
+costs linearly in layers, and the per-config energy constants leave the built-in
+configurations as they were."""
 
 from __future__ import annotations
 
@@ -296,3 +298,54 @@ def test_decode_step_bit_exact(cfg, shape, L, kv_max):
             np.testing.assert_array_equal(v, ref_kv[l, h, 1])
     assert np.isfinite(ref_logits).all() and np.abs(ref_logits).max() > 0
     np.testing.assert_array_equal(logits, ref_logits.astype(np.float32))
+
+
+# ---------------------------------------------------------------- on the RTL
+
+# decode steps the RTL co-simulation runs in seconds: on `small` (1 KiB of SCL holds the
+# constants of a layer of hidden 8 and intermediate 16 only) and on `default`; both with
+# GQA (2 query heads per KV head) and the q/k/v bias
+RTL_SMALL = D.LMShape("rtl-small", hidden=8, intermediate=16, layers=2, heads=2, kv_heads=1, head_dim=4, vocab=16)
+RTL_DEFAULT = D.LMShape("rtl-default", hidden=64, intermediate=128, layers=2, heads=4, kv_heads=2, head_dim=16,
+                        vocab=256)
+
+
+@pytest.mark.parametrize("cfg_name, shape, L, kv_max", [
+    ("small", RTL_SMALL, 6, 8),
+    pytest.param("default", RTL_DEFAULT, 12, 16, marks=pytest.mark.slow),  # a second Verilator build (minutes)
+], ids=["small", "default"])
+def test_decode_step_rtl_equals_simulator(cfg_name, shape, L, kv_max, capsys):
+    """Issue 18 item 5: a decode step of a model the RTL can simulate gives the same DRAM,
+    byte for byte (logits, the new KV-cache rows, everything else), on the RTL
+    (runtime/rtl_device.RtlDevice, Verilator) as on the functional simulator -- the
+    reference's logits -- and the RTL's measured cycles are within 5 % of the simulator's
+    (the cost model's) cycles."""
+    from spikec.runtime.rtl_device import RtlDevice
+    from spikec.runtime.simulator import Simulator
+
+    cfg = HwConfig.load(cfg_name)
+    p = D.build_decode(shape, cfg, L, kv_max=kv_max)
+    prm = _model(p, np.random.default_rng(2))
+    runs = []
+    for dev in (Simulator(cfg), RtlDevice(cfg)):
+        _write_model(dev, p, prm)
+        dev.load_program(encode_program(p.program))
+        runs.append((dev, dev.run()))
+    (sim, c_sim), (rtl, c_rtl) = runs
+    lay, s = p.layout, shape
+    assert rtl.read(0, lay["end"]) == sim.read(0, lay["end"])
+    ref_logits, ref_kv = _reference(p, prm)
+    assert np.isfinite(ref_logits).all() and np.abs(ref_logits).max() > 0
+    np.testing.assert_array_equal(np.frombuffer(rtl.read(lay["logits"], 4 * s.vocab), "<f4"), ref_logits)
+    for l in range(p.layers):
+        for h in range(s.kv_heads):
+            off = ((l * s.kv_heads + h) * lay["kv_max"] + p.L - 1) * s.head_dim
+            assert rtl.read(lay["kcache"] + off, s.head_dim) == ref_kv[l, h, 0].tobytes()
+            assert rtl.read(lay["vcache"] + off, s.head_dim) == ref_kv[l, h, 1].tobytes()
+    for k in ("instructions", "spikes", "spike_vectors", "dram_read_bytes", "dram_write_bytes"):
+        assert getattr(c_rtl, k) == getattr(c_sim, k), k
+    rel = (c_rtl.cycles - c_sim.cycles) / c_sim.cycles
+    with capsys.disabled():
+        print(f"\n[rtl cosim] decode step of '{s.name}' (L={p.L}, {len(p.program)} instructions) on '{cfg.name}': "
+              f"RTL {c_rtl.cycles:,} cycles, simulator (cost model) {c_sim.cycles:,} ({rel:+.2%})")
+    assert abs(rel) <= 0.05, f"RTL cycles {c_rtl.cycles:,} vs cost model {c_sim.cycles:,}: {rel:+.2%}"

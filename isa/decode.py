@@ -51,6 +51,7 @@ from spikec.isa.fields import (FORMATS, ELEMENT_BYTES, AccMode, Buffer, EncodeDs
                                VecFlag, VecFunc, WeightFormat, field as isa_field)
 from spikec.isa.hwconfig import HwConfig
 from spikec.isa.programs import ProgramBuilder
+from spikec.isa.tiling import weight_bytes
 
 MAX_LEN = isa_field(Opcode.VEC, "len").max  # 16383: elements per row of ENCODE / VEC, SPMM k and m
 MAX_DMA = isa_field(Opcode.LOAD, "cols").max  # 65535 elements per DMA row (and rows per DMA)
@@ -97,7 +98,7 @@ class LMShape:
     def weight_bytes(self, wbits: int = 4) -> int:
         """Bytes of those weights at `wbits` (4: two per byte), every matrix packed on its own."""
         mats = [(K, M) for _, K, M, _ in self.linears()] * self.layers + [(self.hidden, self.vocab)]
-        return sum(-(-K * M * wbits // 8) for K, M in mats)
+        return sum(weight_bytes(K, M, wbits) for K, M in mats)
 
 
 QWEN2VL_7B = LMShape("Qwen2-VL-7B", hidden=3584, intermediate=18944, layers=28, heads=28, kv_heads=4, head_dim=128,
@@ -527,8 +528,9 @@ class _Step:
 
     def weight_tile(self, addr: int, inp: int, acc: int, m: int, k: int, overwrite: bool) -> None:
         """Stream one int4 weight tile [k, m] into WGT and SPMM one encoded row with it into ACC."""
-        slot, item = self.wgt_item(addr, m * k // 2)
-        self.weight_bytes += m * k // 2
+        nbytes = weight_bytes(k, m, 4)
+        slot, item = self.wgt_item(addr, nbytes)
+        self.weight_bytes += nbytes
         self.P.op(Opcode.SPMM, (item,), inp=inp, wgt=slot, acc=acc, n=1, k=k, m=m, acc_stride=m, t=self.t,
                   neuron=int(Neuron.TCLIF), wfmt=WeightFormat.INT4,
                   acc_mode=AccMode.OVERWRITE if overwrite else AccMode.ACCUMULATE)

@@ -59,6 +59,9 @@ def align(n: int, a: int) -> int:
 
 
 def weight_bytes(k: int, m: int, wbits: int) -> int:
+    """Bytes of a [k, m] weight block in the WGT format: int8, or int4 packed two per byte
+    (the last byte half-filled when k * m is odd). The one definition (costmodel, decode,
+    randprog use it)."""
     return k * m if wbits == 8 else -(-k * m // 2)
 
 

@@ -54,6 +54,7 @@ from spikec.isa.fields import (
     WeightFormat,
 )
 from spikec.isa.hwconfig import HwConfig
+from spikec.isa.tiling import weight_bytes
 
 ALL_VEC_FUNCS = tuple(VecFunc)
 DRAM = "DRAM"  # the tracked DRAM area (STORE destinations), a pseudo-buffer of bytes
@@ -425,7 +426,7 @@ class _Gen:
         wtrans = int(rng.random() < 0.3)
         acc_stride = m if rng.random() < 0.6 else m + int(rng.integers(1, 8))
         mode = AccMode.ACCUMULATE if rng.random() < 0.35 else AccMode.OVERWRITE
-        wbytes = k * m if wfmt == WeightFormat.INT8 else -(-k * m // 2)
+        wbytes = weight_bytes(k, m, 8 if wfmt == WeightFormat.INT8 else 4)
         inp = self.region(Buffer.INP, n * k)
         wgt = self.region(Buffer.WGT, wbytes)
         span = (n - 1) * acc_stride + m

@@ -15,7 +15,9 @@ and times the language model on onnxruntime, every variant in the same process:
              activations, MLAS' integer kernel; 0 would dequantize to float32 and SGEMM)
   spikec-w8  `spikec compile EXPORT -o x.sbin --wbits 8` (Tv/Tt = 3/4, dynamic per-token
              scales), run by spikec.runtime.model.load(sbin, mode="fused")
-  spikec-w4  the same with --wbits 4
+  spikec-w4  the same with --wbits 4; one-token products (decode) run on com.microsoft
+             MatMulNBits over the integer codes where that is exact (spikec/ort_lowering.py,
+             "nbits"), the others on MatMulInteger
 
 Shapes (--only, one or more; default tiny and large):
 
@@ -45,7 +47,11 @@ nodes is printed by op type, per phase.
 
     python benchmarks/ort_benchmark.py [--only tiny large 2b] [--layers 2] [--seq 256] [--repeat 20]
         [--threads 2] [--variants float ort-int8 ort-int4 spikec-w8 spikec-w4] [--block-size 32]
-        [--accuracy-level 4] [--spin] [--profile DIR] [--workdir DIR]
+        [--accuracy-level 4] [--spin] [--profile DIR] [--workdir DIR [--reuse]]
+
+--reuse takes the checkpoint, export, quantized models and .sbin files a previous run left
+in --workdir instead of building them again (the timing is the same; spikec's .sbin is
+lowered for onnxruntime when it is loaded, so a rebuilt spikec needs no recompile).
 """
 
 from __future__ import annotations
@@ -151,7 +157,10 @@ def prepare(shape: str, tmp: Path, args) -> tuple[Path, dict[str, Path]]:
     from spikec.frontend.export import export_quietly
     from spikec.passes.options import SpikeOptions
 
-    def step(what: str, fn):
+    def step(what: str, fn, done: Path | None = None):
+        if done is not None and getattr(args, "reuse", False) and done.exists():
+            print(f"[{shape}] {what}: reusing {done}", flush=True)
+            return done
         t = time.perf_counter()
         print(f"[{shape}] {what} ...", end="", flush=True)
         r = fn()
@@ -159,21 +168,26 @@ def prepare(shape: str, tmp: Path, args) -> tuple[Path, dict[str, Path]]:
         return r
 
     export_dir = tmp / f"{shape}-export"
-    source = step("checkpoint", lambda: checkpoint(shape, tmp, args.layers))
-    step("export", lambda: export_quietly(source, export_dir))
+    if getattr(args, "reuse", False) and (export_dir / "manifest.json").exists():
+        print(f"[{shape}] checkpoint, export: reusing {export_dir}", flush=True)
+    else:
+        source = step("checkpoint", lambda: checkpoint(shape, tmp, args.layers))
+        step("export", lambda: export_quietly(source, export_dir))
     lm = export_dir / mf.read(export_dir)["graphs"]["lm"]["file"]
     files = {"float": lm}
     for v in args.variants:
         if v == "ort-int8":
-            files[v] = step("quantize_dynamic int8", lambda: ort_int8(lm, tmp / f"{shape}-lm-int8.onnx"))
+            out = tmp / f"{shape}-lm-int8.onnx"
+            files[v] = step("quantize_dynamic int8", lambda: ort_int8(lm, out), out)
         elif v == "ort-int4":
+            out = tmp / f"{shape}-lm-int4-b{args.block_size}-l{args.accuracy_level}.onnx"
             files[v] = step(f"MatMulNBits int4 (block {args.block_size})",
-                            lambda: ort_int4(lm, tmp / f"{shape}-lm-int4.onnx", args.block_size, args.accuracy_level))
+                            lambda: ort_int4(lm, out, args.block_size, args.accuracy_level), out)
         elif v.startswith("spikec-w"):
             bits = int(v[len("spikec-w"):])
             sbin = tmp / f"{shape}-w{bits}.sbin"
             step(f"spikec compile --wbits {bits}", lambda: compile_path(
-                export_dir, sbin, options=SpikeOptions(tv=3, tt=4, wbits=bits).validate()))
+                export_dir, sbin, options=SpikeOptions(tv=3, tt=4, wbits=bits).validate()), sbin)
             files[v] = sbin
     return export_dir, files
 
@@ -418,6 +432,7 @@ def main() -> None:
                     help="let idle sessions' threads spin (onnxruntime's default; off here, see the docstring)")
     ap.add_argument("--profile", metavar="DIR", help="also profile every variant with onnxruntime's profiler")
     ap.add_argument("--workdir", type=Path, help="keep exports and quantized models here (default: a temporary folder)")
+    ap.add_argument("--reuse", action="store_true", help="reuse what a previous run left in --workdir")
     args = ap.parse_args()
     args.variants = ["float"] + [v for v in VARIANTS if v in args.variants and v != "float"]
     shapes = args.only or ["tiny", "large"]

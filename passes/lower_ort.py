@@ -11,7 +11,9 @@ compile time, the lowered graph is verified like every pass's output, `--dump-ir
 it (`<dump>/lower-ort/`), and the compile report has its record. The .sbin keeps the
 portable spiking graph, which the fpga target and the report also read; the ORT target
 applies the same lowering function when it loads a graph, in the mode the user picks at
-run time (`spikec run --mode`), instead of the .sbin storing three lowered copies.
+run time (`spikec run --mode`), instead of the .sbin storing three lowered copies. The one
+difference: the ORT target may add the one-token MatMulNBits path for W4 products (a 4-bit
+copy of the weights, made at load time only where memory allows); this pass lowers without it.
 """
 
 from __future__ import annotations
@@ -40,7 +42,10 @@ class LowerOrt(SpikecPass):
         self.mode = mode
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        stats = lower_for_ort(model, self.mode)
+        # nbits=False: the one-token MatMulNBits path packs a 4-bit copy of every W4 weight,
+        # which a compile of a 7B model must not hold; the ORT target adds it at load time
+        # where memory allows (runtime/ort_target.py), and tests/test_ort_nbits.py checks it.
+        stats = lower_for_ort(model, self.mode, nbits=False)
         return ir.passes.PassResult(model, modified=stats.nodes > 0)
 
 

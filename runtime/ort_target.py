@@ -33,7 +33,9 @@ class StatsSession:
         import onnxruntime as ort
 
         self.role = role
-        lowered = lower_for_ort(model, mode)
+        # the one-token MatMulNBits path keeps a 4-bit copy of the W4 weights (about 0.57 bytes
+        # per weight, in anonymous memory): only where prepacked copies fit too
+        lowered = lower_for_ort(model, mode, nbits=prepack)
         self.layers = lowered.layers or {}
         opts = ort.SessionOptions()
         opts.log_severity_level = 3

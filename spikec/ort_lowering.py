@@ -15,7 +15,16 @@ Two modes, bit-identical to each other and to `spikec.reference`:
   TC-LIF code |q| <= 127 (T <= 7) is one MatMulInteger of (q + 128) with zero point
   128. Wider codes (T up to 16) are split into 7-bit digit groups, q = sum_j 128^j d_j,
   and accumulated Horner-style in int32 -- the same bit-serial identity as the spike
-  planes, seven planes at a time.
+  planes, seven planes at a time. Two speed-ups keep every bit:
+  * one-token products (decode) with 4-bit weight codes run on com.microsoft MatMulNBits
+    over the integer codes (_nbits_matmul_fn): weights stored as u = w + 8 (zero point 8,
+    block scales 1.0) and one sentinel activation 127 per 128-block, so the int8
+    activation quantization of accuracy_level 4 has scale exactly 1.0 and keeps the codes;
+    every block and partial sum is then an integer below 2**24 (nbits_exact), exact in
+    float32. It reads half of MatMulInteger's bytes. An If on the token count picks it;
+    products sharing a code (Q/K/V, gate/up) are one call over concatenated weights.
+  * float32(acc) * s_x is one DequantizeLinear per row of the product (_scale_rows) in
+    place of a Cast and a Mul: the same rounding, one pass fewer over the product.
 - exact: the spike planes themselves. For TC-LIF, plane t of a code is
   sign(q) * bit_(T_max-1-t)(|q|) (zero planes at the top for tokens with fewer steps),
   accumulated as acc <- 2 acc + S_t @ W; for rate IF, plane t is [c > t] of the offset
@@ -168,7 +177,8 @@ def _mmi(n: list, a: str, w8: str, out: str, offset: int, tag: str) -> None:
     ]
 
 
-def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_bias: bool) -> onnx.FunctionProto:
+def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_bias: bool,
+               dql: bool = False) -> onnx.FunctionProto:
     """(q, s_x, w, s_w, [bias], off_tok, accb_tok, onehot) -> (y, [spikes]).
 
     tc-lif fused: `planes` is the number of 7-bit digit groups; exact: the number of
@@ -277,14 +287,151 @@ def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_
         n.append(helper.make_node("Add", ["acc_s", "accb_tok"], ["acc"]))
     else:
         n.append(helper.make_node("Identity", ["acc_s"], ["acc"]))
-    n += [
-        helper.make_node("Cast", ["acc"], ["accf"], to=TensorProto.FLOAT),
-        helper.make_node("Mul", ["accf", "s_x"], ["y0"]),
-        helper.make_node("Mul", ["y0", "s_w"], ["y1" if with_bias else "y"]),
-    ]
+    _scale_rows(n, "acc", "y0", dql)
+    n.append(helper.make_node("Mul", ["y0", "s_w"], ["y1" if with_bias else "y"]))
     if with_bias:
         n.append(helper.make_node("Add", ["y1", "bias"], ["y"]))
     return _fn(name, inputs, outputs, n, opset)
+
+
+def _scale_rows(n: list, acc: str, out: str, dql: bool) -> None:
+    """out = float32(acc) * s_x, one rounding per element, for an int32 acc [..., N, M].
+
+    dql: one DequantizeLinear (int32 -> float32(acc) * scale, zero point 0) per row of the
+    flattened [P, M] product, with s_x [..., N, 1] of acc's leading shape as P row scales:
+    the same two roundings in one pass over the product instead of a Cast and a Mul (the
+    dequantizing tail of a 151936-wide LM head is several % of a prefill). Needs s_x with
+    acc's leading shape (the encoder's per-token scale; checked by the lowering)."""
+    if not dql:
+        n += [helper.make_node("Cast", [acc], [f"{acc}_f"], to=TensorProto.FLOAT),
+              helper.make_node("Mul", [f"{acc}_f", "s_x"], [out])]
+        return
+    n += [
+        helper.make_node("Shape", [acc], [f"{acc}_shape"]),
+        helper.make_node("Flatten", [acc], [f"{acc}_2d"], axis=-1),
+        _c(f"{acc}_m1", [-1], np.int64),
+        helper.make_node("Reshape", ["s_x", f"{acc}_m1"], [f"{acc}_sx1"]),
+        helper.make_node("DequantizeLinear", [f"{acc}_2d", f"{acc}_sx1"], [f"{acc}_y2d"], axis=0),
+        helper.make_node("Reshape", [f"{acc}_y2d", f"{acc}_shape"], [out]),
+    ]
+
+
+ROW_DEQUANTIZE = True  # fused: float32(acc) * s_x as one DequantizeLinear (_scale_rows)
+NBITS_BLOCK = 128  # MatMulNBits block length along K: 127 codes and the sentinel
+NBITS_SENTINEL = 127  # the sentinel activation: every block's max |a| is exactly 127
+
+
+def nbits_blocks(K: int, block: int = NBITS_BLOCK) -> int:
+    """Blocks of the sentinel layout for K codes: block - 1 codes and one sentinel each."""
+    return -(-K // (block - 1))
+
+
+def nbits_exact(K: int, q_max: int, w_absmax: int, block: int = NBITS_BLOCK) -> bool:
+    """Whether the sentinel MatMulNBits product of K codes |q| <= q_max by 4-bit weight codes
+    is exact. Every block holds an element of |a| = 127, so MLAS' int8 activation scale is
+    127 / 127 = 1.0 and the activations stay the integer codes; weights are stored unsigned
+    (u = w + 8, zero point 8, block scale 1.0). Every block sum and every partial sum is an
+    integer; bounding each term by the unsigned weight 15 (whichever way MLAS folds the zero
+    point) and requiring the total below 2**24 makes every float32 step exact."""
+    if q_max > NBITS_SENTINEL or w_absmax > 7 or K < 1:
+        return False
+    blocks = nbits_blocks(K, block)
+    return blocks * ((block - 1) * q_max + NBITS_SENTINEL) * 15 < 2**24
+
+
+def nbits_pack(w: np.ndarray, block: int = NBITS_BLOCK) -> tuple[np.ndarray, np.ndarray]:
+    """int8 weight codes [K, N] in -7..7 -> (B uint8 [N, blocks, block // 2], scales float32 [N * blocks]):
+    MatMulNBits' 4-bit layout (low nibble first) of u = w + 8 with a zero-weight sentinel row
+    (u = 8) closing every block of block - 1 codes, and block scales 1.0."""
+    K, N = w.shape
+    blocks, data = nbits_blocks(K, block), block - 1
+    u = np.full((N, blocks, block), 8, np.uint8)  # 8: weight code 0 (the sentinel's, the padding's)
+    wt = np.ascontiguousarray(np.asarray(w).T).astype(np.uint8)  # two's complement bytes
+    wt += np.uint8(8)  # w + 8 for -7 <= w <= 7, modulo 256
+    full = K // data
+    u[:, :full, :data] = wt[:, :full * data].reshape(N, full, data)
+    if K > full * data:
+        u[:, full, :K - full * data] = wt[:, full * data:]
+    b = u[..., 0::2] | (u[..., 1::2] << 4)
+    return b, np.ones(N * blocks, np.float32)
+
+
+def _nbits_matmul_fn(name: str, opset: int, K: int, parts: list[tuple[int, bool]], rank: int, dql: bool,
+                     block: int = NBITS_BLOCK) -> onnx.FunctionProto:
+    """(q, s_x, then per part w_i, s_w_i, [bias_i], then nb_b, nb_s) -> y_i: TC-LIF products of
+    one code q (|q| <= 127, rank `rank`) by 4-bit weight codes, parts = [(M_i, has bias)]
+    (Q/K/V, or gate/up, share their code: one product over the concatenated weights).
+
+    One token (decode): com.microsoft MatMulNBits over the codes in the sentinel layout
+    (nbits_pack; exact, see nbits_exact), which reads half the bytes of MatMulInteger's int8
+    weights, then a Split; more tokens: the fused mode's MatMulInteger per part. Both give
+    float32(acc) * s_x exactly, then the reference's scale order; one If picks the path."""
+    blocks, data = nbits_blocks(K, block), block - 1
+    total = sum(m for m, _ in parts)
+    # where each element of the MatMulNBits row comes from in [q_0 .. q_(K-1), 127, 0]
+    pos = np.arange(blocks * data)
+    idx = np.empty((blocks, block), np.int64)
+    idx[:, :data] = np.where(pos < K, pos, K + 1).reshape(blocks, data)  # codes, then 0s
+    idx[:, data] = K  # the sentinel closing every block
+    then_nodes = [
+        helper.make_node("Cast", ["q"], ["nb_qf"], to=TensorProto.FLOAT),
+        _c("nb_row", [1, K], np.int64),
+        helper.make_node("Reshape", ["nb_qf", "nb_row"], ["nb_q2"]),
+        _c("nb_extra", [[float(NBITS_SENTINEL), 0.0]]),
+        helper.make_node("Concat", ["nb_q2", "nb_extra"], ["nb_q3"], axis=1),
+        _c("nb_idx", idx.reshape(-1), np.int64),
+        helper.make_node("Gather", ["nb_q3", "nb_idx"], ["nb_a"], axis=1),
+        helper.make_node("MatMulNBits", ["nb_a", "nb_b", "nb_s"], ["nb_y"], domain="com.microsoft",
+                         K=blocks * block, N=total, bits=4, block_size=block, accuracy_level=4),
+    ]
+    # Each branch ends in the Mul by s_w, a compute op: an If output that aliases another
+    # tensor (a Reshape's) would be copied, a pass over a prefill's product.
+    then_out = [f"nb_y1_{i}" for i in range(len(parts))]
+    then_nodes += [_c("nb_s2", [1, 1], np.int64), helper.make_node("Reshape", ["s_x", "nb_s2"], ["nb_sx"])]
+    if len(parts) == 1:
+        then_nodes.append(helper.make_node("Mul", ["nb_y", "nb_sx"], ["nb_y0_0"]))
+    else:
+        then_nodes += [helper.make_node("Mul", ["nb_y", "nb_sx"], ["nb_all"]),
+                       _c("nb_split", [m for m, _ in parts], np.int64),
+                       helper.make_node("Split", ["nb_all", "nb_split"], [f"nb_y0_{i}" for i in range(len(parts))],
+                                        axis=-1)]
+    for i, (m, _) in enumerate(parts):
+        then_nodes += [_c(f"nb_shape{i}", [1] * (rank - 1) + [m], np.int64),  # one token: leading axes 1
+                       helper.make_node("Reshape", [f"nb_y0_{i}", f"nb_shape{i}"], [f"nb_r{i}"]),
+                       helper.make_node("Mul", [f"nb_r{i}", f"s_w{i}"], [then_out[i]])]
+    else_nodes: list[onnx.NodeProto] = [
+        _c("g_off", 128, np.int32),
+        helper.make_node("Add", ["q", "g_off"], ["g_u32"]),
+        helper.make_node("Cast", ["g_u32"], ["g_u8"], to=TensorProto.UINT8),
+        _c("g_zp", 128, np.uint8),
+    ]
+    for i in range(len(parts)):
+        else_nodes.append(helper.make_node("MatMulInteger", ["g_u8", f"w{i}", "g_zp"], [f"mm_acc{i}"]))
+        _scale_rows(else_nodes, f"mm_acc{i}", f"mm_y0_{i}", dql)
+        else_nodes.append(helper.make_node("Mul", [f"mm_y0_{i}", f"s_w{i}"], [f"mm_y1_{i}"]))
+
+    def outs(names):
+        return [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in names]
+    then_g = helper.make_graph(then_nodes, "nbits", [], outs(then_out))
+    else_g = helper.make_graph(else_nodes, "mmi", [], outs([f"mm_y1_{i}" for i in range(len(parts))]))
+    n = [
+        helper.make_node("Size", ["q"], ["size"]),
+        _c("k", K, np.int64),
+        helper.make_node("Equal", ["size", "k"], ["one_token"]),
+        helper.make_node("If", ["one_token"], [f"y1_{i}" for i in range(len(parts))], then_branch=then_g,
+                         else_branch=else_g),
+    ]
+    inputs, outputs = ["q", "s_x"], []
+    for i, (m, with_bias) in enumerate(parts):
+        inputs += [f"w{i}", f"s_w{i}"] + ([f"bias{i}"] if with_bias else [])
+        outputs.append(f"y{i}")
+        if with_bias:
+            n.append(helper.make_node("Add", [f"y1_{i}", f"bias{i}"], [f"y{i}"]))
+        else:
+            n.append(helper.make_node("Identity", [f"y1_{i}"], [f"y{i}"]))
+    fp = _fn(name, inputs + ["nb_b", "nb_s"], outputs, n, opset)
+    fp.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return fp
 
 
 def _fakequant_fn(name: str, opset: int, with_bias: bool) -> onnx.FunctionProto:
@@ -325,10 +472,10 @@ class LoweringStats:
 
 
 class _Lowerer:
-    def __init__(self, model: ir.Model, mode: str) -> None:
+    def __init__(self, model: ir.Model, mode: str, nbits: bool = True) -> None:
         if mode not in MODES:
             raise SpikecError(f"--mode: '{mode}' is not one of {', '.join(MODES)}")
-        self.model, self.mode = model, mode
+        self.model, self.mode, self.nbits = model, mode, nbits
         self.graph = model.graph
         self.names = sops.modalities(model)
         self.opset = max(model.opset_imports.get("", 18), 18)
@@ -440,11 +587,18 @@ class _Lowerer:
             planes = t_max if self.mode == "exact" else -(-t_max // DIGIT_BITS)
             off = np.zeros(len(T), np.int32)
             accb = np.zeros((len(T), 1), np.int32)
+        # the encoder's per-token scale has the product's leading shape: one DequantizeLinear
+        # scales the int32 product by it (see _scale_rows)
+        producer = s_x.producer()
+        dql = (ROW_DEQUANTIZE and self.mode == "fused" and producer is not None and producer.domain == DOMAIN
+               and producer.op_type.startswith("Encode") and w.shape is not None and len(w.shape) == 2)
         off_tok = self._per_token(node, off, mod, q, "offset")
         accb_tok = self._per_token(node, accb, mod, q, "accbias")
         onehot = self._per_token(node, np.eye(len(self.names), dtype=np.int64), mod, q, "onehot")
-        name = f"SpikeMatMul_{neuron.replace('-', '')}_{self.mode}_{planes}{'_bias' if bias is not None else ''}"
-        fn = self._function(name, lambda: _matmul_fn(name, neuron, self.mode, planes, self.opset, bias is not None))
+        name = (f"SpikeMatMul_{neuron.replace('-', '')}_{self.mode}_{planes}{'_dql' if dql else ''}"
+                f"{'_bias' if bias is not None else ''}")
+        fn = self._function(name, lambda: _matmul_fn(name, neuron, self.mode, planes, self.opset, bias is not None,
+                                                     dql))
         inputs = [q, s_x, w, s_w] + ([bias] if bias is not None else []) + [off_tok, accb_tok, onehot]
         outs = self._insert(node, fn, inputs, n_out=2 if self.mode == "exact" else 1, domain=DOMAIN)
         if self.mode == "exact":
@@ -459,6 +613,61 @@ class _Lowerer:
             "timesteps": [int(t) for t in T], "neuron": neuron, "weights": w.const_value is not None,
         }
         return outs[0]
+
+    def nbits_key(self, node: ir.Node) -> tuple | None:
+        """A key shared by the one-token MatMulNBits products that can run as one (same code,
+        scale, T and K), or None where a SpikeMatMul does not qualify: fused mode, TC-LIF,
+        codes |q| <= 127, constant int8 [K, M] weights of 4-bit codes, constant scales and
+        bias, and a product nbits_exact proves exact."""
+        if not self.nbits or self.mode != "fused" or node.op_type != sops.SPIKE_MATMUL:
+            return None
+        if (sops.attr(node, "neuron", "tc-lif") or "tc-lif") != "tc-lif" or int(sops.attr(node, "wbits", 8) or 8) > 4:
+            return None
+        if len(node.inputs) < 5:
+            return None
+        q, s_x, w, s_w = node.inputs[0], node.inputs[1], node.inputs[3], node.inputs[4]
+        bias = node.inputs[5] if len(node.inputs) > 5 else None
+        T = self.timesteps(node)
+        rank = _rank(q) if q is not None else None
+        if (q is None or s_x is None or rank is None or rank < 2 or _rank(s_x) not in (None, rank)
+                or w is None or w.const_value is None or w.shape is None or len(w.shape) != 2
+                or s_w is None or s_w.const_value is None or (bias is not None and bias.const_value is None)):
+            return None
+        K, M = w.shape
+        codes = w.const_value.numpy()
+        if (not (isinstance(K, int) and isinstance(M, int)) or codes.dtype != np.int8
+                or not nbits_exact(K, 2 ** int(T.max()) - 1, R.absmax_int(codes), NBITS_BLOCK)):
+            return None
+        return (id(q), id(s_x), tuple(int(t) for t in T), K)
+
+    def nbits_group(self, nodes: list[ir.Node]) -> list[ir.Value]:
+        """One call for the products of `nodes` (one nbits_key): MatMulNBits over their
+        concatenated weights for one token, MatMulInteger per product otherwise."""
+        first = nodes[0]
+        q, s_x = first.inputs[0], first.inputs[1]
+        K = int(first.inputs[3].shape[0])
+        T = self.timesteps(first)
+        rank = _rank(q)
+        producer = s_x.producer()
+        dql = (ROW_DEQUANTIZE and producer is not None and producer.domain == DOMAIN
+               and producer.op_type.startswith("Encode"))
+        block = NBITS_BLOCK
+        parts, inputs, weights = [], [q, s_x], []
+        for node in nodes:
+            w, s_w = node.inputs[3], node.inputs[4]
+            bias = node.inputs[5] if len(node.inputs) > 5 else None
+            M = int(w.shape[1])
+            parts.append((M, bias is not None))
+            inputs += [w, s_w] + ([bias] if bias is not None else [])
+            weights.append(w.const_value.numpy())
+            self.layers[node.name] = {"K": K, "M": M, "timesteps": [int(t) for t in T], "neuron": "tc-lif",
+                                      "weights": True, "one_token": "MatMulNBits"}
+        b, s = nbits_pack(weights[0] if len(weights) == 1 else np.concatenate(weights, axis=1), block)
+        inputs += [self._const(f"{first.name}.nbits_b", b), self._const(f"{first.name}.nbits_s", s)]
+        sig = "_".join(f"{m}{'b' if has_b else ''}" for m, has_b in parts)
+        name = f"SpikeMatMul_tclif_nbits{block}_K{K}_{sig}_r{rank}{'_dql' if dql else ''}"
+        fn = self._function(name, lambda: _nbits_matmul_fn(name, self.opset, K, parts, rank, dql, block))
+        return self._insert(first, fn, inputs, n_out=len(nodes), domain=DOMAIN)
 
     def code(self, node: ir.Node) -> list[ir.Value]:
         bits = int(sops.attr(node, "bits", 8))
@@ -492,29 +701,45 @@ class _Lowerer:
 
     def run(self) -> LoweringStats:
         count = 0
+        groups: dict[tuple, list[ir.Node]] = {}
+        for node in self.graph:
+            key = self.nbits_key(node) if node.domain == sops.DOMAIN else None
+            if key is not None:
+                groups.setdefault(key, []).append(node)
+        first = {id(g[0]): g for g in groups.values()}
+        followers = {id(n) for g in groups.values() for n in g[1:]}
         for node in list(self.graph):
-            if node.domain != sops.DOMAIN:
+            if node.domain != sops.DOMAIN or id(node) in followers:
                 continue
             count += 1
             self._pending, self._stat_outputs = [], []
-            new_values = self.lower(node)
+            group = first.get(id(node))
+            new_values = self.nbits_group(group) if group else self.lower(node)
             for n in self._pending:
                 if n.domain == DOMAIN:
                     n.name = node.name  # keep the layer's name on its call, for dumps and stats
             ir.convenience.replace_nodes_and_values(
-                self.graph, node, [node], self._pending, list(node.outputs), new_values
+                self.graph, node, [node], self._pending, list(node.outputs), new_values[:1] if group else new_values
             )
+            for other, value in zip(group[1:] if group else [], new_values[1:]):
+                count += 1  # its product is an output of the group's call
+                ir.convenience.replace_nodes_and_values(self.graph, other, [other], [], list(other.outputs), [value])
             for stat in self._stat_outputs:
                 self.graph.outputs.append(stat)
                 self.stats.append(stat.name)
         self.model.opset_imports[DOMAIN] = VERSION
         self.model.opset_imports.pop(sops.DOMAIN, None)
+        if any(name.startswith("SpikeMatMul_tclif_nbits") for name in self.functions):
+            self.model.opset_imports.setdefault("com.microsoft", 1)
         for fp in self.functions.values():
             f = ir.serde.deserialize_function(fp)
             self.model.functions[f.identifier()] = f
         return LoweringStats(count, tuple(self.stats), self.layers)
 
 
-def lower_for_ort(model: ir.Model, mode: str = "fused") -> LoweringStats:
-    """Rewrite every spikec node of `model` in place into spikec.ort function calls."""
-    return _Lowerer(model, mode).run()
+def lower_for_ort(model: ir.Model, mode: str = "fused", nbits: bool = True) -> LoweringStats:
+    """Rewrite every spikec node of `model` in place into spikec.ort function calls.
+
+    nbits (fused mode): one-token products with 4-bit weights and codes |q| <= 127 run on
+    MatMulNBits where that is exact (nbits_exact); False keeps MatMulInteger everywhere."""
+    return _Lowerer(model, mode, nbits).run()

@@ -20,7 +20,7 @@ _spec.loader.exec_module(ob)
 def test_help_names_every_shape_and_variant():
     out = subprocess.run([sys.executable, str(SCRIPT), "--help"], capture_output=True, text=True, check=True).stdout
     for word in (*ob.SHAPES, *ob.VARIANTS, "--layers", "--block-size", "--accuracy-level", "--profile",
-                 "quantize_dynamic", "MatMulNBits"):
+                 "--reuse", "quantize_dynamic", "MatMulNBits"):
         assert word in out
 
 

@@ -1,0 +1,136 @@
+"""The one-token MatMulNBits product of the ORT lowering (fused mode, 4-bit weights):
+bit-identical to spikec.reference, including worst-case codes, and actually taken."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from spikec import ir as spir
+from spikec import ops as sops
+from spikec import reference as R
+from spikec.ort_lowering import NBITS_BLOCK, lower_for_ort, nbits_blocks, nbits_exact, nbits_pack
+
+
+def _graph(K: int, widths=(10,), bias=(True,), timesteps=(4, 3), seed=0, wbits=4, w_extreme=True) -> ir.Model:
+    """x [B, S, K] -> one SpikeEncode -> SpikeMatMul per width (Q/K/V-like, sharing the code)."""
+    rng = np.random.default_rng(seed)
+    qw = R.qmax(wbits)
+    inits, nodes, outputs = [], [], []
+    nodes.append(helper.make_node("SpikeEncode", ["x", "modality"], ["q", "s_x"], domain="spikec", name="enc",
+                                  timesteps=list(timesteps), neuron="tc-lif", act_scale="dynamic"))
+    for i, (m, has_bias) in enumerate(zip(widths, bias)):
+        w_q = rng.integers(-qw, qw + 1, (K, m)).astype(np.int8)
+        if w_extreme:  # columns at the code bounds: the largest sums
+            w_q[:, 0] = qw
+            if m > 1:
+                w_q[:, 1] = -qw
+        s_w = (rng.random(m) * 0.1 + 0.01).astype(np.float32)
+        inits += [numpy_helper.from_array(w_q, f"W{i}"), numpy_helper.from_array(s_w, f"s_w{i}")]
+        ins = ["q", "s_x", "modality", f"W{i}", f"s_w{i}"]
+        if has_bias:
+            inits.append(numpy_helper.from_array(rng.standard_normal(m).astype(np.float32), f"b{i}"))
+            ins.append(f"b{i}")
+        nodes.append(helper.make_node("SpikeMatMul", ins, [f"y{i}"], domain="spikec", name=f"mm{i}",
+                                      timesteps=list(timesteps), neuron="tc-lif", wbits=wbits))
+        outputs.append(helper.make_tensor_value_info(f"y{i}", TensorProto.FLOAT, ["b", "s", m]))
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", K]),
+              helper.make_tensor_value_info("modality", TensorProto.INT64, ["b", "s"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs, outputs, inits),
+                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("spikec", 1)])
+    model.ir_version = 10
+    return ir.from_proto(model)
+
+
+def _feeds(K: int, s: int, seed=1, worst=False):
+    rng = np.random.default_rng(seed)
+    if worst:  # every code at +-(2**T - 1): each row is +-1
+        x = np.where(rng.random((1, s, K)) < 0.5, -1.0, 1.0).astype(np.float32)
+    else:
+        x = (rng.standard_normal((1, s, K)) * 1.3).astype(np.float32)
+    mod = rng.integers(0, 2, (1, s)).astype(np.int64)
+    return {"x": x, "modality": mod}
+
+
+def _run(model: ir.Model, feeds) -> list[np.ndarray]:
+    sess = ort.InferenceSession(spir.to_proto(model).SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(None, feeds)
+
+
+def _calls(model: ir.Model) -> list[str]:
+    return [n.op_type for n in model.graph if n.op_type.startswith("SpikeMatMul_tclif_nbits")]
+
+
+@pytest.mark.parametrize("K", [24, NBITS_BLOCK - 1, NBITS_BLOCK, 2 * (NBITS_BLOCK - 1) + 1, 1536, 8960])
+@pytest.mark.parametrize("timesteps", [(4, 3), (7, 2), (1, 1)])
+def test_one_token_product_matches_reference(K, timesteps):
+    for worst in (False, True):
+        for s in (1, 3):  # one token: MatMulNBits; more: MatMulInteger
+            feeds = _feeds(K, s, seed=K + s, worst=worst)
+            model = _graph(K, widths=(7,), timesteps=timesteps)
+            want = sops.run_reference(_graph(K, widths=(7,), timesteps=timesteps), feeds)
+            stats = lower_for_ort(model, "fused")
+            taken = nbits_exact(K, 2 ** max(timesteps) - 1, 7)  # K=8960 at T=7: MatMulInteger
+            assert bool(_calls(model)) == taken and (stats.layers["mm0"].get("one_token") == "MatMulNBits") == taken
+            for got, ref in zip(_run(model, feeds), want):
+                np.testing.assert_array_equal(got, ref, err_msg=f"K={K} T={timesteps} s={s} worst={worst}")
+
+
+def test_products_sharing_a_code_are_one_call():
+    K, widths, bias = 300, (48, 8, 8), (True, True, False)
+    model = _graph(K, widths, bias)
+    lower_for_ort(model, "fused")
+    assert len(_calls(model)) == 1
+    for s in (1, 5):
+        feeds = _feeds(K, s, seed=s)
+        want = sops.run_reference(_graph(K, widths, bias), feeds)
+        exact = _graph(K, widths, bias)
+        lower_for_ort(exact, "exact")
+        for got, ex, ref in zip(_run(model, feeds), _run(exact, feeds), want):
+            np.testing.assert_array_equal(got, ref)
+            np.testing.assert_array_equal(got, ex)
+
+
+def test_one_token_path_is_taken():
+    """Spoiling the MatMulNBits weights changes one-token outputs only."""
+    K = 200
+    good, bad = _graph(K), _graph(K)
+    lower_for_ort(good, "fused")
+    lower_for_ort(bad, "fused")
+    packed = next(v for name, v in bad.graph.initializers.items() if name.startswith("mm0.nbits_b"))
+    packed.const_value = ir.Tensor(np.full(packed.const_value.numpy().shape, 0x99, np.uint8), name=packed.name)
+    one, many = _feeds(K, 1), _feeds(K, 4)
+    assert not np.array_equal(_run(good, one)[0], _run(bad, one)[0])
+    np.testing.assert_array_equal(_run(good, many)[0], _run(bad, many)[0])
+
+
+def test_not_taken_where_not_exact_or_not_4_bit():
+    assert nbits_exact(8960, 15, 7) and nbits_exact(1536, 127, 7) and not nbits_exact(8960, 127, 7)
+    assert not nbits_exact(1536, 255, 7)  # codes above the sentinel: T = 8
+    assert not nbits_exact(1536, 15, 8)  # not a 4-bit code
+    assert not nbits_exact(200_000, 127, 7)  # sums could leave float32's exact integers
+    for kw in (dict(wbits=8, w_extreme=False), dict(timesteps=(8, 3))):
+        model = _graph(64, **kw)
+        lower_for_ort(model, "fused")
+        assert not _calls(model)
+    model = _graph(64)
+    lower_for_ort(model, "fused", nbits=False)
+    assert not _calls(model) and "com.microsoft" not in model.opset_imports
+
+
+def test_pack_layout():
+    """u = w + 8, low nibble first, block - 1 codes then the zero-weight sentinel per block."""
+    rng = np.random.default_rng(0)
+    K, N, block = 300, 5, NBITS_BLOCK
+    w = rng.integers(-7, 8, (K, N)).astype(np.int8)
+    b, s = nbits_pack(w, block)
+    blocks = nbits_blocks(K, block)
+    assert b.shape == (N, blocks, block // 2) and s.shape == (N * blocks,) and (s == 1).all()
+    u = np.stack([b & 15, b >> 4], axis=-1).reshape(N, blocks, block).astype(np.int64) - 8
+    assert (u[:, :, -1] == 0).all()
+    codes = u[:, :, :-1].reshape(N, -1)
+    np.testing.assert_array_equal(codes[:, :K], w.T)
+    assert (codes[:, K:] == 0).all()

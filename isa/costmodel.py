@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from spikec.isa.encoding import Instruction
 from spikec.isa.fields import ELEMENT_BYTES, AccMode, Buffer, EncodeDst, Opcode, ScaleMode, VecFlag, VecFunc, WeightFormat
 from spikec.isa.hwconfig import EnergyConstants, HwConfig
+from spikec.isa.tiling import weight_bytes
 
 
 # The energy table: pJ per operation, per configuration (HwConfig.energy_constants; the
@@ -55,32 +56,35 @@ ENCODE_OPS = {ScaleMode.DYNAMIC: (3, 1, 2), ScaleMode.STATIC: (2, 1, 1)}  # |x|/
 
 
 # Cycles of the RTL's vector unit (docs/rtl.md section 2, rtl/spikec_vecu.sv): iterative,
-# one float32 operation per lane per cycle from a microprogram per (function, pass). A
-# chunk of `lanes` elements costs a fixed number of steps (its operand latch included);
-# the first chunk of a pass adds the row's prologue (row sum of the 16 partial sums,
-# mean, 1/sqrt, ENCODE scale, max over the lanes), run once per row.
-VEC_EXP_STEPS = 22  # clamp, 6 range reduction, 11 Horner, 3 final, ldexp (docs/isa.md 4)
+# one float32 operation per lane issued per cycle from a microprogram per (function,
+# pass); every operation that makes a value has a latency of 2 cycles (float32 add and
+# multiply in two pipeline stages), so a dependent operation waits one step and
+# independent ones issue back to back. A chunk of `lanes` elements costs a fixed number
+# of steps (its operand latch included); the first chunk of a pass adds the row's
+# prologue (row sum of the 16 partial sums, mean, 1/sqrt, ENCODE scale, max over the
+# lanes), run once per row.
+VEC_EXP_STEPS = 40  # 22 operations (docs/isa.md 4), each 2 steps after the one it reads; 2 issued next to a neighbour
 VEC_DIV_STEPS = 9  # iterative divide: unpack, 7 x 4 quotient bits, round
 VEC_SQRT_STEPS = 11  # iterative square root: unpack, 9 x 3 root bits, round
-VEC_TOT_STEPS = 15  # the 16 partial sums added left to right
+VEC_TOT_STEPS = 30  # the 16 partial sums added left to right: 15 adds, 2 steps each
 
 
 def vec_pass_steps(func: VecFunc | None, lanes: int, bias: bool = False, scale: ScaleMode | None = None) -> list[tuple[int, int]]:
     """(prologue, steps per chunk) of each pass over a row, as the RTL sequences them;
     func None is ENCODE with `scale`. ROPE's chunks cover len/2 elements (x1/x2, then cos
-    and sin); LAYERNORM's last pass reads x and gamma, then beta (1 + 5 steps)."""
+    and sin); LAYERNORM's last pass reads x and gamma, then beta (1 + 8 steps)."""
     e, d, q, t = VEC_EXP_STEPS, VEC_DIV_STEPS, VEC_SQRT_STEPS, VEC_TOT_STEPS
-    g = _ceil(lanes, 16)  # partial-sum update steps per chunk (16 partial sums)
-    rsq = t + 2 * d + 1 + q  # row sum, / len, + eps, sqrt, 1 / x
+    pg = 2 * _ceil(lanes, 16) - 1  # partial-sum update steps per chunk (16 partial sums), gaps between
+    rsq = t + (d + 1) + 2 + (q + 1) + (d + 1)  # row sum, / len, + eps, sqrt, 1 / x, each + 1 wait
     if func is None:
-        return [(0, 2), (1 + d, 2 + d)] if scale == ScaleMode.DYNAMIC else [(0, 2 + d)]
+        return [(0, 2), (2 + d, 3 + d)] if scale == ScaleMode.DYNAMIC else [(0, 3 + d)]
     return {
-        VecFunc.DEQ: [(0, 5 if bias else 4)],
-        VecFunc.RMSNORM: [(0, 2 + g), (rsq, 3)],
-        VecFunc.LAYERNORM: [(0, 1 + g), (t + d, 3 + g), (rsq, 6)],
-        VecFunc.SOFTMAX: [(0, 2), (1, 2 + e + g), (t, 2 + e + d)],
-        VecFunc.SILU: [(0, 2 + e + d)],
-        VecFunc.GELU: [(0, 12 + e + d)],
+        VecFunc.DEQ: [(0, 8 if bias else 6)],
+        VecFunc.RMSNORM: [(0, 3 + pg), (rsq, 4)],
+        VecFunc.LAYERNORM: [(0, 1 + pg), (t + d + 1, 5 + pg), (rsq, 9)],
+        VecFunc.SOFTMAX: [(0, 2), (1, 4 + e + pg), (t, 4 + e + d)],
+        VecFunc.SILU: [(0, 4 + e + d)],
+        VecFunc.GELU: [(0, 22 + e + d)],
         VecFunc.ROPE: [(0, 8)],
     }.get(func, [(0, 2)])  # COPY, ADD, MUL, ADD_ROW, MUL_ROW, SCALE: latch, one op
 
@@ -154,7 +158,7 @@ def spmm_cost(cfg: HwConfig, ins: Instruction, vectors: int | None = None, spike
         vectors = spmm_dense_vectors(cfg, ins)
     if spikes is None:
         spikes = vectors * min(R, ins.k)
-    wbytes = ins.k * ins.m if ins.wfmt == WeightFormat.INT8 else _ceil(ins.k * ins.m, 2)
+    wbytes = weight_bytes(ins.k, ins.m, 8 if ins.wfmt == WeightFormat.INT8 else 4)
     acc_bytes = ins.n * ins.m * 4
     # Loading a weight tile takes one cycle per PE row, or per PE column when W is stored
     # transposed (the array then takes a column of the tile per cycle).

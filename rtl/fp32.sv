@@ -40,13 +40,15 @@
 // tests/test_rtl_fp32.py checks these functions against it.
 //
 // Every function is `automatic` and purely combinational; nothing here holds state.
-// The vector unit (rtl/spikec_vecu.sv) instantiates f32_add and f32_mul once per lane and
-// the small operators; its divide and square root are iterative copies of f32_div's and
+// f32_add and f32_mul are each the composition of two stage functions (f32_add_s1 /
+// f32_add_s2, f32_mul_s1 / f32_mul_s2): the vector unit (rtl/spikec_vecu.sv) calls the
+// stages once per lane with a pipeline register between them, and the small operators; its divide and square root are iterative copies of f32_div's and
 // f32_sqrt's loops (a few bits per cycle), and exp is a microprogram of f32_exp's steps.
 // f32_div, f32_sqrt and f32_exp themselves serve tests/test_rtl_fp32.py.
 //
 // Public functions:
 //   f32_add, f32_sub, f32_mul, f32_div, f32_sqrt   correctly rounded
+//   f32_add_s1/_s2, f32_mul_s1/_s2                 the two pipeline stages of add, mul
 //   f32_from_i32(signed v)                         int32 -> float32, RNE
 //   f32_rint_clamp(x, qmax) -> signed int32        clamp(rint(x), -qmax, qmax); NaN -> 0
 //   f32_abs, f32_is_nan, f32_is_finite, f32_gt, f32_max
@@ -235,14 +237,17 @@ package spikec_fp32;
 
   // ---------------------------------------------------------------- add / sub
 
-  function automatic logic [31:0] f32_add(logic [31:0] a, logic [31:0] b);
-    logic swap, sub;
-    logic [31:0] x, y;  // |x| >= |y|
-    logic [7:0] ex, ey, d, budget;
-    logic [26:0] ax, by, m;
+  // Two pipeline stages (the vector unit registers the 71-bit value between them):
+  //   f32_add_s1: order by magnitude, align (sticky shift), add or subtract, and the
+  //               special cases (NaN, inf) -> {spec, spec value, sign, sub, ex, sum}
+  //   f32_add_s2: normalise, round, pack; exact zero; the special value
+  // f32_add(a, b) = f32_add_s2(f32_add_s1(a, b)), bit for bit.
+  function automatic logic [70:0] f32_add_s1(logic [31:0] a, logic [31:0] b);
+    logic swap, sub, spec;
+    logic [31:0] x, y, specv;  // |x| >= |y|
+    logic [7:0] ex, ey, d;
+    logic [26:0] ax, by;
     logic [27:0] sum;
-    logic [8:0] ef;
-    logic [31:0] res;
     swap = (a[30:0] < b[30:0]);
     x = swap ? b : a;
     y = swap ? a : b;
@@ -258,6 +263,25 @@ package spikec_fp32;
     by = f32_shr_sticky27(by, {4'd0, d});
     sub = x[31] ^ y[31];
     sum = sub ? ({1'b0, ax} - {1'b0, by}) : ({1'b0, ax} + {1'b0, by});
+    spec = 1'b1;
+    specv = F32_QNAN;
+    if (f32_is_nan(a) || f32_is_nan(b)) specv = F32_QNAN;
+    else if (f32_is_inf(a) && f32_is_inf(b)) specv = (a[31] != b[31]) ? F32_QNAN : a;
+    else if (f32_is_inf(a)) specv = a;
+    else if (f32_is_inf(b)) specv = b;
+    else spec = 1'b0;
+    f32_add_s1 = {spec, specv, x[31], sub, ex, sum};
+  endfunction
+
+  function automatic logic [31:0] f32_add_s2(logic [70:0] st);
+    logic spec, sx, sub;
+    logic [31:0] specv;
+    logic [7:0] ex, budget;
+    logic [27:0] sum;
+    logic [26:0] m;
+    logic [8:0] ef;
+    logic [31:0] res;
+    {spec, specv, sx, sub, ex, sum} = st;
     // Normalise left, but by at most ex - 1 places: a result below 2**-126 stops at
     // exponent 1 and is then a subnormal (field 0, same scale). Such a shift is exact
     // (only cancellation, d <= 1, shifts by more than one), so the rounding after it is
@@ -293,14 +317,15 @@ package spikec_fp32;
       m = {sum[27:2], sum[1] | sum[0]};
       ef = {1'b0, ex} + 9'd1;
     end
-    res = f32_round(x[31], ef, m);
-    if (f32_is_nan(a) || f32_is_nan(b)) f32_add = F32_QNAN;
-    else if (f32_is_inf(a) && f32_is_inf(b)) f32_add = (a[31] != b[31]) ? F32_QNAN : a;
-    else if (f32_is_inf(a)) f32_add = a;
-    else if (f32_is_inf(b)) f32_add = b;
+    res = f32_round(sx, ef, m);
+    if (spec) f32_add_s2 = specv;
     // Exact zero: x - x = +0 under round to nearest; (-0) + (-0) = -0.
-    else if (sum == 28'd0) f32_add = {sub ? 1'b0 : x[31], 31'd0};
-    else f32_add = res;
+    else if (sum == 28'd0) f32_add_s2 = {sub ? 1'b0 : sx, 31'd0};
+    else f32_add_s2 = res;
+  endfunction
+
+  function automatic logic [31:0] f32_add(logic [31:0] a, logic [31:0] b);
+    f32_add = f32_add_s2(f32_add_s1(a, b));
   endfunction
 
   function automatic logic [31:0] f32_sub(logic [31:0] a, logic [31:0] b);
@@ -310,31 +335,49 @@ package spikec_fp32;
 
   // ---------------------------------------------------------------- mul
 
-  function automatic logic [31:0] f32_mul(logic [31:0] a, logic [31:0] b);
-    logic s;
+  // Two pipeline stages, as f32_add (94 bits between them):
+  //   f32_mul_s1: unpack (normalising subnormals), the exact 24 x 24 product, the
+  //               exponent sum, the special cases -> {spec, spec value, sign, e, p}
+  //   f32_mul_s2: position, round and pack (subnormal results included)
+  function automatic logic [93:0] f32_mul_s1(logic [31:0] a, logic [31:0] b);
+    logic s, spec;
+    logic [31:0] specv;
     logic [35:0] ua, ub;
     logic [47:0] p;
-    logic [26:0] m;
     logic signed [11:0] e;
-    logic [31:0] res;
     s = a[31] ^ b[31];
     ua = f32_unpack(a);
     ub = f32_unpack(b);
     p = ua[23:0] * ub[23:0];  // exact, in [2**46, 2**48) for nonzero finite operands
     // value = p * 2**(ea + eb - 300); f32_pack wants m[26] = 1 and value = m * 2**(e-153).
     e = $signed(ua[35:24]) + $signed(ub[35:24]) - 12'sd127;
+    spec = 1'b1;
+    specv = F32_QNAN;
+    if (f32_is_nan(a) || f32_is_nan(b)) specv = F32_QNAN;
+    else if ((f32_is_inf(a) && f32_is_zero(b)) || (f32_is_zero(a) && f32_is_inf(b))) specv = F32_QNAN;
+    else if (f32_is_inf(a) || f32_is_inf(b)) specv = {s, 8'hff, 23'd0};
+    else if (f32_is_zero(a) || f32_is_zero(b)) specv = {s, 31'd0};
+    else spec = 1'b0;
+    f32_mul_s1 = {spec, specv, s, e, p};
+  endfunction
+
+  function automatic logic [31:0] f32_mul_s2(logic [93:0] st);
+    logic spec, s;
+    logic [31:0] specv;
+    logic [47:0] p;
+    logic [26:0] m;
+    logic signed [11:0] e;
+    {spec, specv, s, e, p} = st;
     m = {p[46:21], |p[20:0]};
     if (p[47]) begin
       m = {p[47:22], |p[21:0]};
       e = e + 12'sd1;
     end
-    res = f32_pack(s, e, m);
-    if (f32_is_nan(a) || f32_is_nan(b)) f32_mul = F32_QNAN;
-    else if ((f32_is_inf(a) && f32_is_zero(b)) || (f32_is_zero(a) && f32_is_inf(b)))
-      f32_mul = F32_QNAN;
-    else if (f32_is_inf(a) || f32_is_inf(b)) f32_mul = {s, 8'hff, 23'd0};
-    else if (f32_is_zero(a) || f32_is_zero(b)) f32_mul = {s, 31'd0};
-    else f32_mul = res;
+    f32_mul_s2 = spec ? specv : f32_pack(s, e, m);
+  endfunction
+
+  function automatic logic [31:0] f32_mul(logic [31:0] a, logic [31:0] b);
+    f32_mul = f32_mul_s2(f32_mul_s1(a, b));
   endfunction
 
   // ---------------------------------------------------------------- div

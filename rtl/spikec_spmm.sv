@@ -118,13 +118,18 @@ module spikec_spmm #(
         ni = 32'(pend_nib) + 32'(e);
         nib = ni[0] ? wgt_rdata[(ni>>1)*8+4+:4] : wgt_rdata[(ni>>1)*8+:4];
         w8 = f_int4 ? {{4{nib[3]}}, nib} : wgt_rdata[e*8+:8];
+        // constant part-selects under a compare with pend_idx: an indexed write
+        // `wnext[(pend_idx*C+e)*8+:8]` makes Yosys build a shifter over all R*C*8 bits
+        // per element (for `default`, 16 x 16 PEs, more than its 4 GiB)
         if (!f_trans && e < C) begin
           if (!(pend_lane_ok && (32'(pend_col0) + 32'(e) < 32'(f_m)))) w8 = 8'd0;
-          wnext[(pend_idx*C+e)*8+:8] = w8;
+          for (int r = 0; r < R; r++)
+            if (32'(pend_idx) == 32'(r)) wnext[(r*C+e)*8+:8] = w8;
         end
         if (f_trans && e < R) begin
           if (!(pend_lane_ok && (32'(pend_row0) + 32'(e) < 32'(f_k)))) w8 = 8'd0;
-          wnext[(e*C+pend_idx)*8+:8] = w8;
+          for (int c = 0; c < C; c++)
+            if (32'(pend_idx) == 32'(c)) wnext[(e*C+c)*8+:8] = w8;
         end
       end
     end

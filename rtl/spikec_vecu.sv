@@ -1,12 +1,14 @@
 // Vector unit: ENCODE and the VEC functions over n rows of len float32 elements, L
 // lanes (docs/isa.md sections 3 and 4; arithmetic from package spikec_fp32).
 //
-// Iterative, microcoded: each lane has ONE float32 adder, ONE multiplier, an iterative
-// divider (DIV_BITS quotient bits per cycle) and the small operators (clamp, rint,
-// ldexp, int->float, quantize, max), and executes one operation per cycle from a short
-// microprogram per (function, pass); every operation reads registers and writes a
-// register, so the longest path is one float32 add or multiply (the clock of
-// docs/synthesis.md), not a chain of them. The unit has one iterative square root.
+// Iterative, microcoded, pipelined: each lane has ONE float32 adder and ONE multiplier,
+// each in two stages (spikec_fp32::f32_add_s1/_s2, f32_mul_s1/_s2, a register between),
+// an iterative divider (DIV_BITS quotient bits per cycle) and the small operators
+// (clamp, rint, ldexp, int->float, quantize, max), and issues one operation per cycle
+// from a short microprogram per (function, pass); every operation reads registers and
+// writes a register two cycles later (latency LAT = 2: dependent operations two steps
+// apart, independent ones back to back), so the longest path is one stage of a float32
+// add or multiply (the clock of docs/synthesis.md). One iterative square root per unit.
 //
 // The issue stage walks (row, pass, chunk of L elements, phase) and addresses the
 // operand reads as before; a chunk then runs S steps in the execute stage:
@@ -18,7 +20,8 @@
 //   steps PL+1 .. S-1      the function's operations in the written order of the
 //                          reference (runtime/simulator.py vec_*), each rounded
 // The next chunk's operands are addressed in the last step, so chunks run back to back;
-// results go through a write register (written the cycle after the step that made them).
+// results go through a write register (written two cycles after the step that issued
+// them: second stage, then the write register).
 // Passes: ENCODE dynamic max|x| | quantize; SOFTMAX max | sum exp | divide;
 // RMSNORM sum x*x | scale; LAYERNORM sum x | sum d*d | scale (x and gamma, then beta).
 // ROPE: x1 and x2, then cos and sin (y1 and y2 written two steps apart).
@@ -108,8 +111,14 @@ module spikec_vecu #(
   localparam int SQ_IT = 27 / SQ_BITS;
   localparam int DIV_LEN = DIV_IT + 2;  // DIVI, DIVS x DIV_IT, DIVF
   localparam int SQ_LEN = SQ_IT + 2;
-  localparam int EXP_LEN = 22;
-  localparam int TOT_LEN = 15;
+  // Every operation that makes a value (add, multiply, the small operators, the last
+  // divide / square-root step) has a latency of 2 (LAT): issued in step s, its result is
+  // in its register at the end of step s + 1, so an operation that reads it runs in step
+  // s + 2 or later; independent operations issue back to back. The microprograms below
+  // place their operations accordingly (a NOP where nothing independent is left).
+  localparam int EXP_LEN = 40;  // 17 dependent steps and the gaps between them
+  localparam int TOT_LEN = 30;  // 15 dependent adds, each followed by a gap
+  localparam int PG = 2 * G - 1;  // PSUM block: G steps, a gap between (they share partials)
 
   // kinds: ENCODE (dynamic / static scale) and the VEC functions
   localparam logic [3:0] K_ENC_DYN = 4'd0, K_ENC_STAT = 4'd1, K_COPY = 4'd2, K_ADD = 4'd3, K_MUL = 4'd4,
@@ -130,6 +139,9 @@ module spikec_vecu #(
       X_LN2HI = 5'd18, X_LN2LO = 5'd19, X_P0 = 5'd20, X_P1 = 5'd21, X_P2 = 5'd22, X_P3 = 5'd23,
       X_P4 = 5'd24, X_P5 = 5'd25, X_RSA = 5'd26, X_RSB = 5'd27, X_MAX = 5'd28, X_S0 = 5'd29,
       X_FLEN = 5'd30, X_FQMAX = 5'd31;
+  // X_PS1 (partial sum 1, the row sum's first add) shares X_PS0's code: only tot_uop
+  // step 0 reads X_PS0, always as x, and X_PS1 always as y
+  localparam logic [4:0] X_PS1 = X_PS0;
   // destinations
   localparam logic [3:0] D_NONE = 4'd0, D_R0 = 4'd1, D_R1 = 4'd2, D_R2 = 4'd3, D_R3 = 4'd4, D_T = 4'd5,
       D_RSA = 4'd6, D_RSB = 4'd7, D_ENCS = 4'd8, D_W = 4'd9, D_W2 = 4'd10;
@@ -140,31 +152,32 @@ module spikec_vecu #(
   endfunction
 
   // exp (Cephes, docs/isa.md section 4) of source xin (negated when neg), into R0;
-  // uses R0..R3 (R1 = k, R2 = r, R3 = z).
+  // uses R0..R3 (R1 = k, R2 = r, R3 = z). EXP_LEN steps; R0 can be read one step after.
   function automatic logic [19:0] exp_uop(input int s, input logic [4:0] xin, input logic neg);
     case (s)
       0: exp_uop = U(O_CLAMP, xin, xin, neg, D_R0);
-      1: exp_uop = U(O_MUL, X_R0, X_LOG2E, 1'b0, D_R1);
-      2: exp_uop = U(O_RINT, X_R1, X_R1, 1'b0, D_R1);
-      3: exp_uop = U(O_MUL, X_R1, X_LN2HI, 1'b0, D_R2);
-      4: exp_uop = U(O_ADD, X_R0, X_R2, 1'b1, D_R2);
-      5: exp_uop = U(O_MUL, X_R1, X_LN2LO, 1'b0, D_R3);
-      6: exp_uop = U(O_ADD, X_R2, X_R3, 1'b1, D_R2);
-      7: exp_uop = U(O_MUL, X_R2, X_R2, 1'b0, D_R3);
-      8: exp_uop = U(O_MUL, X_P0, X_R2, 1'b0, D_R0);
-      9: exp_uop = U(O_ADD, X_R0, X_P1, 1'b0, D_R0);
-      10: exp_uop = U(O_MUL, X_R0, X_R2, 1'b0, D_R0);
-      11: exp_uop = U(O_ADD, X_R0, X_P2, 1'b0, D_R0);
-      12: exp_uop = U(O_MUL, X_R0, X_R2, 1'b0, D_R0);
-      13: exp_uop = U(O_ADD, X_R0, X_P3, 1'b0, D_R0);
-      14: exp_uop = U(O_MUL, X_R0, X_R2, 1'b0, D_R0);
-      15: exp_uop = U(O_ADD, X_R0, X_P4, 1'b0, D_R0);
-      16: exp_uop = U(O_MUL, X_R0, X_R2, 1'b0, D_R0);
-      17: exp_uop = U(O_ADD, X_R0, X_P5, 1'b0, D_R0);
-      18: exp_uop = U(O_MUL, X_R0, X_R3, 1'b0, D_R0);
-      19: exp_uop = U(O_ADD, X_R0, X_R2, 1'b0, D_R0);
-      20: exp_uop = U(O_ADD, X_R0, X_ONE, 1'b0, D_R0);
-      default: exp_uop = U(O_LDEXP, X_R0, X_R1, 1'b0, D_R0);
+      2: exp_uop = U(O_MUL, X_R0, X_LOG2E, 1'b0, D_R1);
+      4: exp_uop = U(O_RINT, X_R1, X_R1, 1'b0, D_R1);
+      6: exp_uop = U(O_MUL, X_R1, X_LN2HI, 1'b0, D_R2);
+      7: exp_uop = U(O_MUL, X_R1, X_LN2LO, 1'b0, D_R3);
+      8: exp_uop = U(O_ADD, X_R0, X_R2, 1'b1, D_R2);
+      10: exp_uop = U(O_ADD, X_R2, X_R3, 1'b1, D_R2);
+      12: exp_uop = U(O_MUL, X_R2, X_R2, 1'b0, D_R3);
+      13: exp_uop = U(O_MUL, X_P0, X_R2, 1'b0, D_R0);
+      15: exp_uop = U(O_ADD, X_R0, X_P1, 1'b0, D_R0);
+      17: exp_uop = U(O_MUL, X_R0, X_R2, 1'b0, D_R0);
+      19: exp_uop = U(O_ADD, X_R0, X_P2, 1'b0, D_R0);
+      21: exp_uop = U(O_MUL, X_R0, X_R2, 1'b0, D_R0);
+      23: exp_uop = U(O_ADD, X_R0, X_P3, 1'b0, D_R0);
+      25: exp_uop = U(O_MUL, X_R0, X_R2, 1'b0, D_R0);
+      27: exp_uop = U(O_ADD, X_R0, X_P4, 1'b0, D_R0);
+      29: exp_uop = U(O_MUL, X_R0, X_R2, 1'b0, D_R0);
+      31: exp_uop = U(O_ADD, X_R0, X_P5, 1'b0, D_R0);
+      33: exp_uop = U(O_MUL, X_R0, X_R3, 1'b0, D_R0);
+      35: exp_uop = U(O_ADD, X_R0, X_R2, 1'b0, D_R0);
+      37: exp_uop = U(O_ADD, X_R0, X_ONE, 1'b0, D_R0);
+      39: exp_uop = U(O_LDEXP, X_R0, X_R1, 1'b0, D_R0);
+      default: exp_uop = U(O_NOP, X_A, X_A, 1'b0, D_NONE);
     endcase
   endfunction
 
@@ -183,27 +196,32 @@ module spikec_vecu #(
     else sqrt_uop = U(O_SQF, x, x, 1'b0, dst);
   endfunction
 
-  // the row sum of the 16 partial sums, left to right, into T
+  // the row sum of the 16 partial sums, left to right, into T: adds in the even steps
+  // (partial 1 + s/2 in step s, read through the registered X_PSI), TOT_LEN steps
   function automatic logic [19:0] tot_uop(input int s);
-    tot_uop = (s == 0) ? U(O_ADD, X_PS0, X_PSI, 1'b0, D_T) : U(O_ADD, X_T, X_PSI, 1'b0, D_T);
+    if (s % 2 == 1) tot_uop = U(O_NOP, X_A, X_A, 1'b0, D_NONE);
+    else if (s == 0) tot_uop = U(O_ADD, X_PS0, X_PS1, 1'b0, D_T);
+    else tot_uop = U(O_ADD, X_T, X_PSI, 1'b0, D_T);
   endfunction
 
-  // 1/sqrt(T / len + eps) into dst, after the row sum
+  // 1/sqrt(T / len + eps) into dst, after the row sum (RSQ_LEN steps, the last a gap)
+  localparam int RSQ_LEN = (DIV_LEN + 1) + 2 + (SQ_LEN + 1) + (DIV_LEN + 1);
   function automatic logic [19:0] rsq_uop(input int s, input logic [3:0] dst);
+    rsq_uop = U(O_NOP, X_A, X_A, 1'b0, D_NONE);
     if (s < DIV_LEN) rsq_uop = div_uop(s, X_T, X_FLEN, D_T);
-    else if (s == DIV_LEN) rsq_uop = U(O_ADD, X_T, X_S0, 1'b0, D_T);
-    else if (s < DIV_LEN + 1 + SQ_LEN) rsq_uop = sqrt_uop(s - DIV_LEN - 1, X_T, D_T);
-    else rsq_uop = div_uop(s - DIV_LEN - 1 - SQ_LEN, X_ONE, X_T, dst);
+    else if (s == DIV_LEN + 1) rsq_uop = U(O_ADD, X_T, X_S0, 1'b0, D_T);
+    else if (s >= DIV_LEN + 3 && s < DIV_LEN + 3 + SQ_LEN) rsq_uop = sqrt_uop(s - DIV_LEN - 3, X_T, D_T);
+    else if (s >= DIV_LEN + 4 + SQ_LEN && s < RSQ_LEN - 1) rsq_uop = div_uop(s - DIV_LEN - 4 - SQ_LEN, X_ONE, X_T, dst);
   endfunction
 
   // prologue of the first chunk of a pass: length and operations
   function automatic int pro_len(input logic [3:0] k, input logic [1:0] p);
     pro_len = 0;
     case (k)
-      K_ENC_DYN: if (p == 2'd1) pro_len = 1 + DIV_LEN;
+      K_ENC_DYN: if (p == 2'd1) pro_len = 2 + DIV_LEN;
       K_SMAX: if (p == 2'd1) pro_len = 1; else if (p == 2'd2) pro_len = TOT_LEN;
-      K_RMS: if (p == 2'd1) pro_len = TOT_LEN + 2 * DIV_LEN + 1 + SQ_LEN;
-      K_LN: if (p == 2'd1) pro_len = TOT_LEN + DIV_LEN; else if (p == 2'd2) pro_len = TOT_LEN + 2 * DIV_LEN + 1 + SQ_LEN;
+      K_RMS: if (p == 2'd1) pro_len = TOT_LEN + RSQ_LEN;
+      K_LN: if (p == 2'd1) pro_len = TOT_LEN + DIV_LEN + 1; else if (p == 2'd2) pro_len = TOT_LEN + RSQ_LEN;
       default: ;
     endcase
   endfunction
@@ -211,12 +229,17 @@ module spikec_vecu #(
   function automatic logic [19:0] pro_uop(input logic [3:0] k, input logic [1:0] p, input int s);
     pro_uop = U(O_NOP, X_A, X_A, 1'b0, D_NONE);
     case (k)
-      K_ENC_DYN: pro_uop = (s == 0) ? U(O_MAXT, X_A, X_A, 1'b0, D_NONE) : div_uop(s - 1, X_MAX, X_FQMAX, D_ENCS);
+      K_ENC_DYN: begin  // the scale is in rs_a one step after the prologue
+        if (s == 0) pro_uop = U(O_MAXT, X_A, X_A, 1'b0, D_NONE);
+        else if (s <= DIV_LEN) pro_uop = div_uop(s - 1, X_MAX, X_FQMAX, D_ENCS);
+      end
       K_SMAX: pro_uop = (p == 2'd1) ? U(O_MAXT, X_A, X_A, 1'b0, D_NONE) : tot_uop(s);
       K_RMS: pro_uop = (s < TOT_LEN) ? tot_uop(s) : rsq_uop(s - TOT_LEN, D_RSA);
       K_LN: begin
         if (s < TOT_LEN) pro_uop = tot_uop(s);
-        else if (p == 2'd1) pro_uop = div_uop(s - TOT_LEN, X_T, X_FLEN, D_RSA);
+        else if (p == 2'd1) begin
+          if (s < TOT_LEN + DIV_LEN) pro_uop = div_uop(s - TOT_LEN, X_T, X_FLEN, D_RSA);
+        end
         else pro_uop = rsq_uop(s - TOT_LEN, D_RSB);
       end
       default: ;
@@ -226,27 +249,36 @@ module spikec_vecu #(
   // body of a chunk: length (step 0, the operand latch, included) and operations
   function automatic int body_len(input logic [3:0] k, input logic [1:0] p, input logic ph, input logic bias);
     case (k)
-      K_ENC_DYN: body_len = (p == 2'd0) ? 2 : 2 + DIV_LEN;
-      K_ENC_STAT: body_len = 2 + DIV_LEN;
-      K_DEQ: body_len = bias ? 5 : 4;
-      K_RMS: body_len = (p == 2'd0) ? 2 + G : 3;
-      K_LN: body_len = (p == 2'd0) ? 1 + G : (p == 2'd1) ? 3 + G : (ph ? 5 : 1);
-      K_SMAX: body_len = (p == 2'd0) ? 2 : (p == 2'd1) ? 2 + EXP_LEN + G : 2 + EXP_LEN + DIV_LEN;
-      K_SILU: body_len = 2 + EXP_LEN + DIV_LEN;
-      K_GELU: body_len = 8 + EXP_LEN + DIV_LEN + 4;
+      K_ENC_DYN: body_len = (p == 2'd0) ? 2 : 3 + DIV_LEN;
+      K_ENC_STAT: body_len = 3 + DIV_LEN;
+      K_DEQ: body_len = bias ? 8 : 6;
+      K_RMS: body_len = (p == 2'd0) ? 3 + PG : 4;
+      K_LN: body_len = (p == 2'd0) ? 1 + PG : (p == 2'd1) ? 5 + PG : (ph ? 8 : 1);
+      K_SMAX: body_len = (p == 2'd0) ? 2 : (p == 2'd1) ? 4 + EXP_LEN + PG : 4 + EXP_LEN + DIV_LEN;
+      K_SILU: body_len = 4 + EXP_LEN + DIV_LEN;
+      K_GELU: body_len = 22 + EXP_LEN + DIV_LEN;
       K_ROPE: body_len = ph ? 7 : 1;
       default: body_len = 2;  // COPY, ADD, MUL, ADD_ROW, MUL_ROW, SCALE
     endcase
   endfunction
 
+  // the PSUM block at the end of a body (steps st, st + 2, ...: group (s - st) / 2)
+  function automatic logic [19:0] psum_uop(input int s, input int st, input logic [4:0] y);
+    psum_uop = ((s - st) % 2 == 0) ? U(O_PSUM, X_PSL, y, 1'b0, D_NONE) : U(O_NOP, X_A, X_A, 1'b0, D_NONE);
+  endfunction
+
   // operation of body step s >= 1 (step 0 latches the operands)
   function automatic logic [19:0] body_uop(input logic [3:0] k, input logic [1:0] p, input int s, input logic bias);
+    int g0, d0, b;
     body_uop = U(O_NOP, X_A, X_A, 1'b0, D_NONE);
+    g0 = 13 + EXP_LEN;  // GELU: the gap after exp
+    d0 = g0 + 3;  // GELU: the divide
+    b = d0 + DIV_LEN;  // GELU: the gap after the divide
     case (k)
       K_ENC_DYN, K_ENC_STAT: begin
         if (k == K_ENC_DYN && p == 2'd0) body_uop = U(O_MAX, X_A, X_A, 1'b0, D_NONE);
         else if (s <= DIV_LEN) body_uop = div_uop(s - 1, X_A, (k == K_ENC_DYN) ? X_RSA : X_S0, D_R0);
-        else body_uop = U(O_QUANT, X_R0, X_R0, 1'b0, D_W);
+        else if (s == DIV_LEN + 2) body_uop = U(O_QUANT, X_R0, X_R0, 1'b0, D_W);
       end
       K_COPY: body_uop = U(O_MOV, X_A, X_A, 1'b0, D_W);
       K_ADD, K_ADDROW: body_uop = U(O_ADD, X_A, X_B, 1'b0, D_W);
@@ -255,74 +287,85 @@ module spikec_vecu #(
       K_DEQ: begin  // A = acc, B = s_w, C = bias
         case (s)
           1: body_uop = U(O_FROMI, X_A, X_A, 1'b0, D_R0);
-          2: body_uop = U(O_MUL, X_R0, X_S0, 1'b0, D_R0);
-          3: body_uop = U(O_MUL, X_R0, X_B, 1'b0, bias ? D_R0 : D_W);
-          default: body_uop = U(O_ADD, X_R0, X_C, 1'b0, D_W);
+          3: body_uop = U(O_MUL, X_R0, X_S0, 1'b0, D_R0);
+          5: body_uop = U(O_MUL, X_R0, X_B, 1'b0, bias ? D_R0 : D_W);
+          7: body_uop = U(O_ADD, X_R0, X_C, 1'b0, D_W);
+          default: ;
         endcase
       end
       K_RMS: begin
-        if (p == 2'd0) body_uop = (s == 1) ? U(O_MUL, X_A, X_A, 1'b0, D_R0) : U(O_PSUM, X_PSL, X_R0, 1'b0, D_NONE);
-        else body_uop = (s == 1) ? U(O_MUL, X_A, X_RSA, 1'b0, D_R0) : U(O_MUL, X_R0, X_B, 1'b0, D_W);
+        if (p == 2'd0) begin
+          if (s == 1) body_uop = U(O_MUL, X_A, X_A, 1'b0, D_R0);
+          else if (s >= 3) body_uop = psum_uop(s, 3, X_R0);
+        end else begin
+          if (s == 1) body_uop = U(O_MUL, X_A, X_RSA, 1'b0, D_R0);
+          else if (s == 3) body_uop = U(O_MUL, X_R0, X_B, 1'b0, D_W);
+        end
       end
       K_LN: begin
-        if (p == 2'd0) body_uop = U(O_PSUM, X_PSL, X_A, 1'b0, D_NONE);
+        if (p == 2'd0) body_uop = psum_uop(s, 1, X_A);
         else if (p == 2'd1) begin
           case (s)
             1: body_uop = U(O_ADD, X_A, X_RSA, 1'b1, D_R0);
-            2: body_uop = U(O_MUL, X_R0, X_R0, 1'b0, D_R0);
-            default: body_uop = U(O_PSUM, X_PSL, X_R0, 1'b0, D_NONE);
+            3: body_uop = U(O_MUL, X_R0, X_R0, 1'b0, D_R0);
+            2, 4: ;
+            default: body_uop = psum_uop(s, 5, X_R0);
           endcase
         end else begin  // phase 1: C = x, D = gamma (phase 0), A = beta
           case (s)
             1: body_uop = U(O_ADD, X_C, X_RSA, 1'b1, D_R0);
-            2: body_uop = U(O_MUL, X_R0, X_RSB, 1'b0, D_R0);
-            3: body_uop = U(O_MUL, X_R0, X_D, 1'b0, D_R0);
-            default: body_uop = U(O_ADD, X_R0, X_A, 1'b0, D_W);
+            3: body_uop = U(O_MUL, X_R0, X_RSB, 1'b0, D_R0);
+            5: body_uop = U(O_MUL, X_R0, X_D, 1'b0, D_R0);
+            7: body_uop = U(O_ADD, X_R0, X_A, 1'b0, D_W);
+            default: ;
           endcase
         end
       end
       K_SMAX: begin
         if (p == 2'd0) body_uop = U(O_MAX, X_A, X_A, 1'b0, D_NONE);
         else if (s == 1) body_uop = U(O_ADD, X_A, X_MAX, 1'b1, D_R0);
-        else if (s < 2 + EXP_LEN) body_uop = exp_uop(s - 2, X_R0, 1'b0);
-        else if (p == 2'd1) body_uop = U(O_PSUM, X_PSL, X_R0, 1'b0, D_NONE);
-        else body_uop = div_uop(s - 2 - EXP_LEN, X_R0, X_T, D_W);
+        else if (s >= 3 && s < 3 + EXP_LEN) body_uop = exp_uop(s - 3, X_R0, 1'b0);
+        else if (s >= 4 + EXP_LEN) begin
+          if (p == 2'd1) body_uop = psum_uop(s, 4 + EXP_LEN, X_R0);
+          else body_uop = div_uop(s - 4 - EXP_LEN, X_R0, X_T, D_W);
+        end
       end
       K_SILU: begin
         if (s < 1 + EXP_LEN) body_uop = exp_uop(s - 1, X_A, 1'b1);
-        else if (s == 1 + EXP_LEN) body_uop = U(O_ADD, X_R0, X_ONE, 1'b0, D_R0);
-        else body_uop = div_uop(s - 2 - EXP_LEN, X_A, X_R0, D_W);
+        else if (s == 2 + EXP_LEN) body_uop = U(O_ADD, X_R0, X_ONE, 1'b0, D_R0);
+        else if (s >= 4 + EXP_LEN) body_uop = div_uop(s - 4 - EXP_LEN, X_A, X_R0, D_W);
       end
       K_GELU: begin
         if (s == 1) body_uop = U(O_MUL, X_A, X_A, 1'b0, D_R0);
-        else if (s == 2) body_uop = U(O_MUL, X_R0, X_A, 1'b0, D_R0);
-        else if (s == 3) body_uop = U(O_MUL, X_GC1, X_R0, 1'b0, D_R0);
-        else if (s == 4) body_uop = U(O_ADD, X_A, X_R0, 1'b0, D_R0);
-        else if (s == 5) body_uop = U(O_MUL, X_GC0, X_R0, 1'b0, D_R0);
-        else if (s == 6) body_uop = U(O_ADD, X_R0, X_R0, 1'b0, D_R0);
-        else if (s < 7 + EXP_LEN) body_uop = exp_uop(s - 7, X_R0, 1'b0);
-        else if (s == 7 + EXP_LEN) body_uop = U(O_ADD, X_ONE, X_R0, 1'b0, D_R0);
-        else if (s < 8 + EXP_LEN + DIV_LEN) body_uop = div_uop(s - 8 - EXP_LEN, X_TWO, X_R0, D_R0);
-        else if (s == 8 + EXP_LEN + DIV_LEN) body_uop = U(O_ADD, X_ONE, X_R0, 1'b1, D_R0);
-        else if (s == 9 + EXP_LEN + DIV_LEN) body_uop = U(O_ADD, X_ONE, X_R0, 1'b0, D_R0);
-        else if (s == 10 + EXP_LEN + DIV_LEN) body_uop = U(O_MUL, X_HALF, X_A, 1'b0, D_R1);
-        else body_uop = U(O_MUL, X_R1, X_R0, 1'b0, D_W);
+        else if (s == 3) body_uop = U(O_MUL, X_R0, X_A, 1'b0, D_R0);
+        else if (s == 5) body_uop = U(O_MUL, X_GC1, X_R0, 1'b0, D_R0);
+        else if (s == 7) body_uop = U(O_ADD, X_A, X_R0, 1'b0, D_R0);
+        else if (s == 9) body_uop = U(O_MUL, X_GC0, X_R0, 1'b0, D_R0);
+        else if (s == 11) body_uop = U(O_ADD, X_R0, X_R0, 1'b0, D_R0);
+        else if (s >= 13 && s < g0) body_uop = exp_uop(s - 13, X_R0, 1'b0);
+        else if (s == g0 + 1) body_uop = U(O_ADD, X_ONE, X_R0, 1'b0, D_R0);
+        else if (s >= d0 && s < b) body_uop = div_uop(s - d0, X_TWO, X_R0, D_R0);
+        else if (s == b + 1) body_uop = U(O_ADD, X_ONE, X_R0, 1'b1, D_R0);
+        else if (s == b + 2) body_uop = U(O_MUL, X_HALF, X_A, 1'b0, D_R1);
+        else if (s == b + 3) body_uop = U(O_ADD, X_ONE, X_R0, 1'b0, D_R0);
+        else if (s == b + 5) body_uop = U(O_MUL, X_R1, X_R0, 1'b0, D_W);
       end
       K_ROPE: begin  // phase 1: A = cos, B = sin; C = x1, D = x2 (phase 0)
         case (s)
           1: body_uop = U(O_MUL, X_C, X_A, 1'b0, D_R0);
           2: body_uop = U(O_MUL, X_D, X_B, 1'b0, D_R1);
-          3: body_uop = U(O_ADD, X_R0, X_R1, 1'b1, D_W);
-          4: body_uop = U(O_MUL, X_D, X_A, 1'b0, D_R0);
-          5: body_uop = U(O_MUL, X_C, X_B, 1'b0, D_R1);
-          default: body_uop = U(O_ADD, X_R0, X_R1, 1'b0, D_W2);
+          3: body_uop = U(O_MUL, X_D, X_A, 1'b0, D_R2);
+          4: body_uop = U(O_MUL, X_C, X_B, 1'b0, D_R3);
+          5: body_uop = U(O_ADD, X_R0, X_R1, 1'b1, D_W);
+          default: body_uop = U(O_ADD, X_R2, X_R3, 1'b0, D_W2);
         endcase
       end
       default: ;
     endcase
   endfunction
 
-  localparam logic [2:0] S_IDLE = 3'd0, S_SETUP = 3'd1, S_RUN = 3'd2, S_TAIL = 3'd3, S_DRAIN = 3'd4;
+  localparam logic [2:0] S_IDLE = 3'd0, S_SETUP = 3'd1, S_RUN = 3'd2, S_TAIL = 3'd3, S_DRAIN = 3'd4,
+      S_FLUSH = 3'd5;
   logic [2:0] state;
   logic [31:0] setup_cnt;
 
@@ -400,16 +443,25 @@ module spikec_vecu #(
 
   // ---------------------------------------------------------------- step decode
   // The micro-operation of each step is decoded a cycle ahead into registers (uop_q,
-  // psum_g, tot_idx), so decoding is not in front of the float32 operators.
+  // psum_g; X_PSI's partial sum, ps_i), so decoding is not in front of the float32 operators.
   logic [19:0] uop_q, uop_n;
   logic [4:0] u_op, u_x, u_y;
   logic u_neg;
   logic [3:0] u_dst;
   logic u_latch;  // step 0
-  logic [4:0] tot_idx;  // partial sum read by X_PSI: the prologue step + 1
   logic [7:0] psum_g, psum_g_n;  // the PSUM step's lane group (lanes 16g .. 16g+15), for L > 16
   logic [7:0] pl_n, lastup_n;  // of the chunk being issued
   localparam logic [19:0] NOP = {O_NOP, X_A, X_A, 1'b0, D_NONE};
+
+  // the operation issued the step before, in its second stage: its destination and what
+  // its write needs (a chunk's last operation completes in the next chunk's step 0)
+  logic [4:0] p_op;
+  logic [3:0] p_dst;
+  logic [AW-1:0] p_waddr;
+  logic [LW-1:0] p_cnt;
+  logic [3:0] p_pbase;
+  logic [7:0] p_psum_g;
+  logic p_psum_first;
 
   assign e_last = e_busy && (e_up == e_lastup);
   assign u_latch = e_busy && (e_up == 8'd0);
@@ -425,7 +477,7 @@ module spikec_vecu #(
     uop_n = NOP;
     if (s <= int'(e_pl)) uop_n = pro_uop(kind, e_pass, s - 1);
     else uop_n = body_uop(kind, e_pass, s - int'(e_pl), f_bias);
-    psum_g_n = (G > 1) ? 8'(s - int'(e_pl) - bl + G) : 8'd0;
+    psum_g_n = (G > 1) ? 8'((s - int'(e_pl) - bl + PG) / 2) : 8'd0;
   end
 
   // partial sum of lane 0 (j0 % 16; always 0 when L is a multiple of 16)
@@ -434,10 +486,13 @@ module spikec_vecu #(
   logic psum_first;  // the pass's first PSUM step: partial sums start from +0
   assign psum_first = e_first_pass && (psum_g == 8'd0);
 
-  // shared sources
-  logic [31:0] ps_i, ps0;
+  // shared sources: partial sums 0 and 1 (the row sum's first add, which may follow
+  // the last PSUM write directly) and X_PSI, registered a step ahead: the row sum's add
+  // in prologue step u (= 2i + 1) reads partial i + 1
+  logic [31:0] ps_i, ps0, ps1;
   assign ps0 = psum[31:0];
-  assign ps_i = psum[tot_idx[3:0]*32+:32];
+  assign ps1 = psum[63:32];
+  always_ff @(posedge clk) ps_i <= psum[4'((e_up + 8'd2) >> 1)*32+:32];
 
   function automatic logic [31:0] shared_src(input logic [4:0] sel, input logic [31:0] t, input logic [31:0] p0,
                                              input logic [31:0] pi, input logic [31:0] ra, input logic [31:0] rb,
@@ -473,10 +528,10 @@ module spikec_vecu #(
 
   logic [31:0] sh_x, sh_y;
   assign sh_x = shared_src(u_x, t_reg, ps0, ps_i, rs_a, rs_b, red_max, s0q, flen, fqmax);
-  assign sh_y = shared_src(u_y, t_reg, ps0, ps_i, rs_a, rs_b, red_max, s0q, flen, fqmax);
+  assign sh_y = shared_src(u_y, t_reg, ps1, ps_i, rs_a, rs_b, red_max, s0q, flen, fqmax);
 
   // ---------------------------------------------------------------- lanes
-  logic [L*32-1:0] lane_res;   // each lane's result of this step
+  logic [L*32-1:0] lane_res;   // each lane's result of the operation issued the step before
   logic [L*32-1:0] lane_max;   // each lane's running max
   logic [L-1:0] lane_nan, lane_inf, lane_act;
   logic [31:0] sq_in;          // lane 0's x operand (square root input)
@@ -504,7 +559,10 @@ module spikec_vecu #(
     for (gl = 0; gl < L; gl++) begin : g_lane
       logic [31:0] ra, rb, rc, rd, r0, r1, r2, r3, lmax;
       logic [31:0] x, y, yn, psl;
-      logic [31:0] o_add, o_mul, o_rint, o_clamp, o_ldexp, o_fromi, o_quant, res;
+      logic [31:0] o_rint, o_clamp, o_ldexp, o_fromi, o_quant, o_one, res;
+      logic [70:0] add_q;  // pipeline registers: the adder's and multiplier's first stages,
+      logic [93:0] mul_q;  // the other operators' results
+      logic [31:0] one_q;
       logic [3:0] pidx;
       logic act;
       // iterative divider state
@@ -516,16 +574,14 @@ module spikec_vecu #(
       logic [31:0] o_div;
 
       assign act = LW'(gl) < e_cnt;
-      assign lane_act[gl] = act;
+      assign lane_act[gl] = LW'(gl) < p_cnt;  // of the PSUM write (a step later)
       assign pidx = 4'(pbase + 4'(gl % 16));
       assign psl = psum_first ? 32'd0 : psum[pidx*32+:32];
       assign x = lane_src(u_x, ra, rb, rc, rd, r0, r1, r2, r3, psl, sh_x);
       assign y = lane_src(u_y, ra, rb, rc, rd, r0, r1, r2, r3, psl, sh_y);
       assign yn = u_neg ? {~y[31], y[30:0]} : y;
 
-      // one call per operator, selected afterwards
-      assign o_add = spikec_fp32::f32_add(x, yn);
-      assign o_mul = spikec_fp32::f32_mul(x, y);
+      // one call per operator, selected afterwards; add and multiply in two stages
       assign o_rint = spikec_fp32::f32_rint(x);
       assign o_clamp = spikec_fp32::f32_gt(spikec_fp32::F32_EXP_LO, yn) ? spikec_fp32::F32_EXP_LO :
                        (spikec_fp32::f32_gt(yn, spikec_fp32::F32_EXP_HI) ? spikec_fp32::F32_EXP_HI : yn);
@@ -550,15 +606,26 @@ module spikec_vecu #(
 
       always_comb begin
         case (u_op)
-          O_ADD, O_PSUM: res = o_add;
-          O_MUL: res = o_mul;
-          O_RINT: res = o_rint;
-          O_CLAMP: res = o_clamp;
-          O_LDEXP: res = o_ldexp;
-          O_FROMI: res = o_fromi;
-          O_QUANT: res = o_quant;
-          O_DIVF: res = o_div;
-          default: res = x;  // MOV
+          O_RINT: o_one = o_rint;
+          O_CLAMP: o_one = o_clamp;
+          O_LDEXP: o_one = o_ldexp;
+          O_FROMI: o_one = o_fromi;
+          O_QUANT: o_one = o_quant;
+          O_DIVF: o_one = o_div;
+          default: o_one = x;  // MOV
+        endcase
+      end
+      always_ff @(posedge clk) begin
+        add_q <= spikec_fp32::f32_add_s1(x, yn);
+        mul_q <= spikec_fp32::f32_mul_s1(x, y);
+        one_q <= o_one;
+      end
+      // second stage, the step after the issue
+      always_comb begin
+        case (p_op)
+          O_ADD, O_PSUM: res = spikec_fp32::f32_add_s2(add_q);
+          O_MUL: res = spikec_fp32::f32_mul_s2(mul_q);
+          default: res = one_q;
         endcase
       end
       assign lane_res[gl*32+:32] = res;
@@ -587,7 +654,7 @@ module spikec_vecu #(
             rb <= vb_rdata[gl*32+:32];
           end
         end
-        case (u_dst)
+        case (p_dst)
           D_R0: r0 <= res;
           D_R1: r1 <= res;
           D_R2: r2 <= res;
@@ -646,7 +713,8 @@ module spikec_vecu #(
   logic [53:0] sq_rad;
   logic [29:0] sq_rem;
   logic [26:0] sq_root;
-  logic [31:0] o_sqrt;
+  logic [31:0] o_sqrt, sqrt_q;
+  always_ff @(posedge clk) sqrt_q <= o_sqrt;
   assign o_sqrt = sq_spec ? sq_specv : spikec_fp32::f32_pack(1'b0, sq_e, {sq_root[26:1], sq_root[0] | (sq_rem != 30'd0)});
 
   always_ff @(posedge clk) begin
@@ -700,7 +768,7 @@ module spikec_vecu #(
 
   logic [31:0] res0, unit_res;
   assign res0 = lane_res[31:0];
-  assign unit_res = (u_op == O_SQF) ? o_sqrt : res0;
+  assign unit_res = (p_op == O_SQF) ? sqrt_q : res0;
 
   logic lane_nan_any, lane_inf_any, f_bad_scale, fault_now, overlap_bad;
   assign lane_nan_any = |lane_nan;
@@ -729,7 +797,7 @@ module spikec_vecu #(
 
   always_ff @(posedge clk) begin
     if (u_latch) s0q <= s0_rdata[31:0];
-    case (u_dst)
+    case (p_dst)
       D_T: t_reg <= unit_res;
       D_RSA: rs_a <= unit_res;
       D_RSB: rs_b <= unit_res;
@@ -737,10 +805,10 @@ module spikec_vecu #(
       default: ;
     endcase
     if (u_op == O_MAXT) red_max <= max_tree(lane_max);
-    if (u_op == O_PSUM) begin
-      if (psum_first) psum <= '0;
+    if (p_op == O_PSUM) begin
+      if (p_psum_first) psum <= '0;
       for (int l = 0; l < L; l++) begin
-        if (lane_act[l] && (l / 16) == int'(psum_g)) psum[4'(pbase + 4'(l % 16))*32+:32] <= lane_res[l*32+:32];
+        if (lane_act[l] && (l / 16) == int'(p_psum_g)) psum[4'(p_pbase + 4'(l % 16))*32+:32] <= lane_res[l*32+:32];
       end
     end
   end
@@ -819,11 +887,21 @@ module spikec_vecu #(
       e_busy <= 1'b0;
       w_v <= 1'b0;
       uop_q <= NOP;
+      p_op <= O_NOP;
+      p_dst <= D_NONE;
     end else begin
+      // second stage (a fault stops the device: what is in flight is dropped)
+      p_op <= u_op;
+      p_dst <= u_dst;
+      p_waddr <= (u_dst == D_W2) ? e_waddr2 : e_waddr;
+      p_cnt <= e_cnt;
+      p_pbase <= pbase;
+      p_psum_g <= psum_g;
+      p_psum_first <= psum_first;
       // write register
-      w_v <= (u_dst == D_W || u_dst == D_W2) && !fault_now;
-      w_addr <= (u_dst == D_W2) ? e_waddr2 : e_waddr;
-      w_cnt <= e_cnt;
+      w_v <= (p_dst == D_W || p_dst == D_W2);
+      w_addr <= p_waddr;
+      w_cnt <= p_cnt;
       w_data <= lane_res;
 
       // execute stage: step counter, the next step's micro-operation
@@ -836,7 +914,6 @@ module spikec_vecu #(
       else if (e_busy) e_up <= e_up + 8'd1;
       uop_q <= (e_busy && !e_last && !issue) ? uop_n : NOP;
       psum_g <= psum_g_n;
-      tot_idx <= 5'(e_up + 8'd1);
 
       // issue stage
       if (issue) begin
@@ -868,7 +945,8 @@ module spikec_vecu #(
           if (setup_cnt <= 1) state <= S_RUN;
           setup_cnt <= setup_cnt - 1;
         end
-        S_TAIL: if (e_last) state <= S_DRAIN;
+        S_TAIL: if (e_last) state <= S_FLUSH;
+        S_FLUSH: state <= S_DRAIN;  // the last operation's second stage
         S_DRAIN: state <= S_IDLE;
         default: ;
       endcase
@@ -877,6 +955,8 @@ module spikec_vecu #(
         e_busy <= 1'b0;
         w_v <= 1'b0;
         uop_q <= NOP;
+        p_op <= O_NOP;
+        p_dst <= D_NONE;
       end
 
       if (start) begin : decode
@@ -943,9 +1023,10 @@ module spikec_vecu #(
         row_off <= '0;
         hrow_off <= '0;
         e_busy <= 1'b0;
-        // the first issue cycle and the last write come out of the setup time; at least
-        // one setup cycle remains for the overlap check
-        setup_cnt <= (SETUP > 3) ? SETUP - 2 : 1;
+        // the first issue cycle, the last operation's second stage and the last write
+        // come out of the setup time; at least one setup cycle remains for the overlap
+        // check
+        setup_cnt <= (SETUP > 4) ? SETUP - 3 : 1;
         state <= S_SETUP;
       end
     end

@@ -376,7 +376,7 @@ def table(cfg: HwConfig, stat: dict, seconds: float, share: bool = True, split: 
     ]
     if failed:
         lines += [f"Not counted (zero above, and in the rows that contain them): {', '.join(f'`{m}`' for m in failed)}: "
-                  "its Yosys run stopped at the WebAssembly build's 4 GiB address space (see docs/synthesis.md).", ""]
+                  "its Yosys run did not finish (see docs/synthesis.md).", ""]
     return "\n".join(lines) + "\n", by_name[TOP]
 
 

@@ -1,8 +1,9 @@
 """The vector unit's cycles, measured on the RTL (Verilator), against the cost model.
 
-rtl/spikec_vecu.sv is iterative (one float32 operation per lane per cycle, microprograms
-per function and pass; docs/rtl.md section 2); isa/costmodel.py `vec_pass_steps`
-states its steps. For each ENCODE mode and VEC function, `randprog.kind_program` makes
+rtl/spikec_vecu.sv is iterative and pipelined (one float32 operation per lane issued per
+cycle, each with a latency of 2: float32 add and multiply in two stages; microprograms
+per function and pass that wait for the results they read; docs/rtl.md section 2);
+isa/costmodel.py `vec_pass_steps` states its steps. For each ENCODE mode and VEC function, `randprog.kind_program` makes
 programs whose compute module runs only that kind (random n, len, operands); the RTL's
 busy cycles of the compute module must be within 5 % of the cost model's (the
 simulator's busy counter) and the results bit-identical. `small` in the default suite;

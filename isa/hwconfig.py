@@ -55,6 +55,18 @@ _OPTIONAL_INT: dict[str, tuple[type, int, int, str, int]] = {
 }
 
 
+
+def check_keys(d: dict, cls, where: str, optional: set[str], noun: str) -> None:
+    """Raise SpikecError naming `where` when dict `d` has a key that is no field of dataclass
+    `cls`, or lacks one that is not in `optional` (`noun`: "field" or "key" in the message)."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(map(str, set(d) - known))
+    if unknown:
+        raise SpikecError(f"{where}: unknown {noun}(s) {', '.join(repr(u[:40]) for u in unknown[:8])}")
+    missing = sorted(known - set(d) - optional)
+    if missing:
+        raise SpikecError(f"{where}: missing {noun}(s) {', '.join(missing)}")
+
 @dataclass(frozen=True)
 class EnergyConstants:
     """Energy per operation in pJ, and where the numbers come from. The defaults are
@@ -97,13 +109,7 @@ class EnergyConstants:
         where = f"{source}: field 'energy'"
         if not isinstance(d, dict):
             raise SpikecError(f"{where} must be an object, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(map(str, set(d) - known))
-        if unknown:
-            raise SpikecError(f"{where}: unknown key(s) {', '.join(repr(u[:40]) for u in unknown[:8])}")
-        missing = sorted(known - set(d) - {"citations"})
-        if missing:
-            raise SpikecError(f"{where}: missing key(s) {', '.join(missing)}")
+        check_keys(d, cls, where, optional={"citations"}, noun="key")
         vals: dict[str, object] = {}
         for key in ("int32_add", "int8_add", "fp32_add", "fp32_mult", "dram64"):
             v = d[key]
@@ -185,13 +191,7 @@ class HwConfig:
     def from_dict(cls, d: object, source: str = "hwconfig") -> "HwConfig":
         if not isinstance(d, dict):
             raise SpikecError(f"{source}: expected a JSON object, got {type(d).__name__}")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(map(str, set(d) - known))
-        if unknown:
-            raise SpikecError(f"{source}: unknown field(s) {', '.join(repr(u[:40]) for u in unknown[:8])}")
-        missing = [f for f in known if f not in d and f not in _OPTIONAL]
-        if missing:
-            raise SpikecError(f"{source}: missing field(s) {', '.join(sorted(missing))}")
+        check_keys(d, cls, source, optional=set(_OPTIONAL), noun="field")
         name = d["name"]
         if not isinstance(name, str) or not name or len(name) > 256:
             raise SpikecError(f"{source}: field 'name' must be a non-empty string of at most 256 characters, got {name!r:.80}")

@@ -139,6 +139,7 @@ def build(cfg: HwConfig, cache_dir: Path | None = None) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         tail = "\n".join((proc.stdout + proc.stderr).splitlines()[-30:])
         raise SpikecError(f"Verilator build of the RTL for '{cfg.name}' failed:\n{tail}")
+    prune_build(tmp, keep={BINARY_NAME, CFG_PACKAGE})
     try:
         tmp.rename(final)
     except OSError:  # another process finished the same build first
@@ -146,6 +147,19 @@ def build(cfg: HwConfig, cache_dir: Path | None = None) -> Path:
         if not binary.exists():
             raise
     return binary
+
+
+def prune_build(build_dir: Path, keep: set[str]) -> None:
+    """Delete a finished Verilator build's intermediates (generated C++, objects, precompiled
+    headers: 100-300 MB per build), keeping the files named in `keep`. The suite builds
+    several configurations and a CI machine may be short of disk."""
+    for entry in Path(build_dir).iterdir():
+        if entry.name in keep:
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
 
 
 def program_hex(program: bytes) -> str:

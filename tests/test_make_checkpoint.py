@@ -15,6 +15,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import sys
 from pathlib import Path
 
@@ -44,7 +45,8 @@ def _write(folder: Path, model: str) -> dict:
 
 @pytest.fixture(scope="module")
 def written(tmp_path_factory):
-    """model name -> (folder, summary), each written once per module."""
+    """model name -> (folder, summary), each written once per module and deleted after it
+    (about 1.6 GB in all: the suite keeps its disk footprint small)."""
     cache: dict[str, tuple[Path, dict]] = {}
 
     def get(model: str) -> tuple[Path, dict]:
@@ -53,7 +55,9 @@ def written(tmp_path_factory):
             cache[model] = (folder, _write(folder, model))
         return cache[model]
 
-    return get
+    yield get
+    for folder, _ in cache.values():
+        shutil.rmtree(folder.parent, ignore_errors=True)
 
 
 def _image():

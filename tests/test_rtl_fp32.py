@@ -27,6 +27,7 @@ import numpy as np
 import pytest
 
 from spikec.reference import vec_exp
+from spikec.runtime import rtl_sim
 
 ROOT = Path(__file__).resolve().parents[1]
 SOURCES = [ROOT / "rtl" / "fp32.sv", ROOT / "rtl" / "tests" / "fp32_tb.sv"]
@@ -95,6 +96,7 @@ def _build(name: str, sources: list[Path], extra: list[str]) -> Path:
     if proc.returncode != 0:
         shutil.rmtree(tmp, ignore_errors=True)
         pytest.fail(f"verilator build failed:\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    rtl_sim.prune_build(tmp, keep={"fp32_tb"})
     try:
         tmp.rename(out)
     except OSError:  # a concurrent run finished first

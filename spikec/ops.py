@@ -7,7 +7,9 @@ Quantized form (after the `quantize` / `import-qdq` passes), the fake-quantized 
 
     spikec::QuantLinear(x, modality?, W_q, s_w, bias?) -> y
         x [..., N, K] float; modality int64 [...] (optional, see below); W_q int8 [K, M]
-        (int4 codes are stored in int8, |W_q| <= 7); s_w float32 [M]; bias float32 [M].
+        (int4 codes are stored in int8, |W_q| <= 7); s_w float32 [M] (per output channel) or
+        [n_groups, M] (group-wise: group g covers rows g*K/n_groups .. (g+1)*K/n_groups - 1,
+        one int32 accumulator each; tc-lif only); bias float32 [M].
         y = spikec.reference.fake_quant_linear(x, s_x, W_q, s_w, bias, T_tokens)
     spikec::QuantMatMul(a, b, modality?) -> y            (attention: both operands activations)
         a spikes (per-token dynamic scale, T_i + 1 bits), b is an integer code of `bbits`
@@ -24,7 +26,8 @@ Spiking form (after `spike-rewrite`):
     spikec::SpikeMatMul(q, s_x, modality?, W_q, s_w, bias?, acc_bias?) -> y
         acc = the bit-serial spiking product (spikec.reference.spike_matmul for tc-lif;
         rate-IF planes summed plus the int32 offset fold `acc_bias[m(i)]` for if),
-        y = (float32(acc) * s_x) * s_w (+ bias): the reference's fixed float32 order.
+        y = spikec.reference.dequantize_acc(acc, s_x, s_w, bias): (float32(acc) * s_x) * s_w
+        (+ bias); group-wise, the groups' terms added in ascending order after the first.
 
 Per-modality attributes are lists indexed by modality id; the names are in the model's
 metadata `spikec.modalities` (JSON list, default ["text", "vision"]), so a third
@@ -207,12 +210,7 @@ def activation_scale(x, mods, T_tok, node_attrs: dict, names: Sequence[str], whe
     return R.static_scale(c, T_tok)[..., None]  # clip 0 (silent layer): the fallback 1.0
 
 
-def dequantize_acc(acc: np.ndarray, s_x, s_w, bias) -> np.ndarray:
-    """The reference's fixed float32 order: (float32(acc) * s_x) * s_w, then + bias."""
-    y = (acc.astype(np.float32) * np.asarray(s_x, np.float32)) * np.asarray(s_w, np.float32)
-    if bias is not None:
-        y = y + np.asarray(bias, dtype=np.float32)
-    return y
+dequantize_acc = R.dequantize_acc  # one definition: spikec.reference
 
 
 def rate_if_accumulate(q, w_q, T_tok, acc_bias, mods, where: str) -> np.ndarray:
@@ -279,6 +277,7 @@ class QuantLinear(_SpikecOp):
         T = _token_T(timesteps, mods, self.modality_names, where)
         s_x = activation_scale(x, mods, T, {"act_scale": act_scale, "act_clip": act_clip}, self.modality_names, where)
         if act_unsigned:
+            _per_channel_only(s_w, where, "an imported zero point (rate IF)")
             q = offset_code(x, s_x, int(act_zero_point or 0), T, where)
             R.check_overflow(x.shape[-1], int(T.max()) + 1, int(np.abs(w_q).max(initial=0)), where)
             return (dequantize_acc(R.integer_matmul(q, w_q, where), nonfinite_scale(x, s_x), s_w, bias),)
@@ -326,15 +325,27 @@ class SpikeMatMul(_SpikecOp):
         if np.ndim(s_w) == 0:  # attention: one scale for the right operand
             s_w = np.full(np.shape(w_q)[-1], s_w, dtype=np.float32)
         if neuron == "if":
+            _per_channel_only(s_w, where, "the rate-IF neuron")
             if acc_bias is None:
                 raise SpikecError(f"node '{where}': rate-IF SpikeMatMul needs its acc_bias (offset fold) input")
             if act_unsigned:
                 acc = rate_if_accumulate_offset(q, w_q, T, acc_bias, mods, int(act_zero_point or 0), where)
             else:
                 acc = rate_if_accumulate(q, w_q, T, acc_bias, mods, where)
+        elif np.ndim(s_w) == 2:  # group-wise weight scales: one accumulator per group
+            G = R.weight_group_size(np.shape(w_q)[-2], np.shape(s_w), where)
+            acc = R.grouped(lambda qg, wg: R.spike_matmul(qg, wg, T, where), q, w_q, G)
         else:
             acc = R.spike_matmul(q, w_q, T, where)
         return (dequantize_acc(acc, s_x, s_w, bias),)
+
+
+def _per_channel_only(s_w, where: str, what: str) -> None:
+    # The rate-IF offset fold (-2**(b-1) * sum_k W_q[k, j]) is one int32 per output
+    # channel; group-wise scales would need one per group (not implemented).
+    if np.ndim(s_w) == 2:
+        raise SpikecError(f"node '{where}': group-wise weight scales are not supported with {what}; "
+                          f"use per-channel scales (--group-size 0) or the tc-lif neuron")
 
 
 def _const_mod(node_proto: onnx.NodeProto) -> int:
@@ -470,8 +481,15 @@ def check_spikec_ops(model: ir.Model) -> None:
             if R.absmax_int(w) > qw:
                 raise SpikecError(f"{where}: W_q codes exceed +-{qw} for wbits={wbits}")
             s_w = _const(node.inputs[w_val_index(node) + 1])
-            if s_w is not None and (s_w.shape != w.shape[-1:] or not np.all(np.isfinite(s_w) & (s_w > 0))):
-                raise SpikecError(f"{where}: s_w must be finite, > 0 and of shape [{w.shape[-1]}]")
+            if s_w is not None and (s_w.shape[-1:] != w.shape[-1:] or s_w.ndim > 2
+                                    or not np.all(np.isfinite(s_w) & (s_w > 0))):
+                raise SpikecError(f"{where}: s_w must be finite, > 0 and of shape [{w.shape[-1]}] "
+                                  f"or [n_groups, {w.shape[-1]}]; got {list(s_w.shape)}")
+            if s_w is not None:
+                R.weight_group_size(w.shape[-2], s_w.shape, where)
+                if s_w.ndim == 2 and (attr(node, "neuron") == "if" or attr(node, "act_unsigned")):
+                    raise SpikecError(f"{where}: group-wise weight scales need the tc-lif neuron "
+                                      f"(the rate-IF offset fold is per output channel)")
         elif node.op_type == QUANT_MATMUL or (node.op_type == SPIKE_MATMUL and w is None):
             qw = R.qmax(int(attr(node, "bbits", attr(node, "wbits", 8))))
         else:

@@ -415,6 +415,54 @@ def integer_matmul(q, w_q, where: str = "") -> np.ndarray:
     return acc.astype(np.int32)
 
 
+def weight_group_size(K: int, s_w_shape, where: str = "") -> int:
+    """Rows per weight-scale group of a [K, M] weight whose scales have shape `s_w_shape`:
+    K for per-output-channel scales [M]; K // n for group-wise scales [n, M], group g covering
+    input rows g*G .. (g+1)*G - 1 (contiguous, as GPTQ's and AWQ's `group_size` without
+    act-order; SEMANTICS.md section 3 as extended in docs/passes.md, "Group-wise weight
+    scales"). SpikecError naming `where` unless n >= 1 divides K."""
+    shape = tuple(int(d) for d in s_w_shape)
+    if len(shape) == 1:
+        return int(K)
+    if len(shape) != 2 or shape[0] < 1 or int(K) % shape[0]:
+        raise SpikecError(f"{where or 'weight scales'}: s_w must be [M] (per output channel) or [n_groups, M] "
+                          f"with n_groups dividing K={K}; got shape {list(shape)}")
+    return int(K) // shape[0]
+
+
+def grouped(product, q, w, group_size: int) -> np.ndarray:
+    """int32 [n_groups, ..., N, M]: `product(q_g, w_g)` of each group of `group_size`
+    input rows (q [..., N, K], w [..., K, M]), in group order: the separate int32
+    accumulators of a group-wise product."""
+    K = np.shape(w)[-2]
+    return np.stack([product(q[..., k:k + group_size], w[..., k:k + group_size, :]) for k in range(0, K, group_size)])
+
+
+def dequantize_acc(acc, s_x, s_w, bias) -> np.ndarray:
+    """float32 [..., N, M]: the one fixed float32 order from int32 accumulators to a layer's
+    output (SEMANTICS.md section 3; every target computes exactly this).
+
+    Per output channel (s_w [M], acc int32 [..., N, M]): y = (float32(acc) * s_x) * s_w,
+    then y + bias. Group-wise (s_w [n, M], acc int32 [n, ..., N, M], one accumulator per
+    group): t_g = (float32(acc[g]) * s_x) * s_w[g]; y = t_0 (+ bias), then y = y + t_g for
+    g = 1 .. n-1 in ascending order. With n = 1 both are the same bits (IEEE addition is
+    commutative), so the bias joins the first group, as the accelerator's DEQ adds it.
+    s_x float32 scalar or [..., N, 1]; bias float32 [M] or None."""
+    s_x = np.asarray(s_x, dtype=np.float32)
+    s_w = np.asarray(s_w, dtype=np.float32)
+    acc = np.asarray(acc)
+    b = None if bias is None else np.asarray(bias, dtype=np.float32)
+    if s_w.ndim < 2:
+        y = (acc.astype(np.float32) * s_x) * s_w  # the fixed float32 order, left to right
+        return y if b is None else y + b
+    y = (acc[0].astype(np.float32) * s_x) * s_w[0]
+    if b is not None:
+        y = y + b
+    for g in range(1, s_w.shape[0]):
+        y = y + (acc[g].astype(np.float32) * s_x) * s_w[g]
+    return y
+
+
 def _linear(x, s_x, w_q, s_w, bias, T_tokens, where: str, op: str, spiking: bool):
     x = np.asarray(x, dtype=np.float32)
     w = _codes(w_q, op, where, "w_q")
@@ -425,21 +473,21 @@ def _linear(x, s_x, w_q, s_w, bias, T_tokens, where: str, op: str, spiking: bool
     if s_x.ndim not in (0, x.ndim) or (s_x.ndim and s_x.shape[-1] != 1):
         raise _fail(op, where, f"s_x must be a scalar or per token [..., N, 1], got {s_x.shape}")
     s_w = np.asarray(s_w, dtype=np.float32)
-    if s_w.shape != w.shape[-1:]:
-        raise _fail(op, where, f"s_w must be [{w.shape[-1]}] (per output channel), not {s_w.shape}")
+    if s_w.shape[-1:] != w.shape[-1:] or s_w.ndim > 2:
+        raise _fail(op, where, f"s_w must be [{w.shape[-1]}] (per output channel) or [n_groups, {w.shape[-1]}], "
+                    f"not {s_w.shape}")
+    G = weight_group_size(w.shape[-2], s_w.shape, where or op)
     # b_i = T_i + 1 bits; a non-finite token codes as 0 with scale NaN (module doc)
     q, s_x = encode_tokens(x, s_x, ((np.int64(1) << T) - 1)[..., None], where)
     if spiking:
-        acc = spike_matmul(q, w, T, where)
+        product = lambda qg, wg: spike_matmul(qg, wg, T, where)  # noqa: E731
     else:
         _check_matmul(q, w, op, where)
         # Same guard as the spiking path, so both accept exactly the same inputs.
         check_overflow(x.shape[-1], int(T.max()) if T.size else 1, _amax(w), where or op)
-        acc = integer_matmul(q, w, where)
-    y = (acc.astype(np.float32) * s_x) * s_w  # the fixed float32 order, left to right
-    if bias is not None:
-        y = y + np.asarray(bias, dtype=np.float32)
-    return y
+        product = lambda qg, wg: integer_matmul(qg, wg, where)  # noqa: E731
+    acc = product(q, w) if s_w.ndim < 2 else grouped(product, q, w, G)
+    return dequantize_acc(acc, s_x, s_w, bias)
 
 
 def spiking_linear(x, s_x, w_q, s_w, bias, T_tokens, where: str = "") -> np.ndarray:

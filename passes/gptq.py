@@ -26,10 +26,18 @@ The algorithm (`gptq_quantize`), as in the paper and its reference code:
    their order); with per-channel scales no group index is needed;
 3. dampening: H += damp * mean(diag(H)) * I (`--gptq-damp`, default 0.01);
 4. U = upper Cholesky factor of H^-1 (H^-1 = U^T U, H^-1 through the Cholesky factor of H);
-5. lazy batches of `block` rows (128): inside a block, row i is quantized, its error
+5. lazy batches of `block` rows (128; the group size instead when neither divides the other): inside a block, row i is quantized, its error
    err = (w_i - q_i s) / U[i, i] is subtracted from the block's later rows through U[i, i:];
    after the block the accumulated errors update all later rows at once through
    U[block, later] (one matrix product).
+Groups (`group_size` G, `--group-size`): one scale per output channel and group of G
+contiguous input rows (spikec.reference.dequantize_acc's group-wise form). Without
+act-order a group's scale is taken when its first row is reached, from the group's rows
+as updated so far (the errors of all earlier rows applied), as GPTQ's reference code does
+("find_params" at each group start); with act-order the groups stay contiguous in the
+original row order (the numeric has no g_idx), so the scales are fixed up front from the
+original weight, GPTQ's `static_groups` option, and each row uses its own group's scale
+whenever the permuted order reaches it.
 This equals the sequential optimal-brain-surgeon update (quantize row k, then re-solve the
 remaining rows by least squares for the damped objective); tests/test_gptq.py checks it
 against that slow form.
@@ -95,15 +103,21 @@ def _inverse_cholesky_upper(H: np.ndarray, where: str) -> np.ndarray:
 
 
 def gptq_quantize(W: np.ndarray, H: np.ndarray, bits: int, damp: float = 0.01, act_order: bool = False,
-                  block: int = BLOCK, where: str = "") -> tuple[np.ndarray, np.ndarray]:
+                  block: int = BLOCK, where: str = "", group_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """GPTQ of a weight W float32 [K, N] (y = x @ W) given H [K, K] = 2 X^T X / n.
 
-    Returns (codes int8 [K, N], s_w float32 [N]) with s_w the RTN per-channel scale
-    (spikec.reference.scale_per_channel) and |codes| <= Qb. See the module doc."""
+    Returns (codes int8 [K, N], s_w) with |codes| <= Qb. s_w float32 [N] is the RTN
+    per-channel scale (spikec.reference.scale_per_channel) when group_size is 0; with
+    group_size G (dividing K) s_w is float32 [K / G, N], one scale per output channel and
+    group of G input rows (see the module doc, "Groups"). SpikecError on a bad shape, a
+    non-finite H, a bad damp or a G that does not divide K."""
     W = np.asarray(W)
     if W.ndim != 2:
         raise SpikecError(f"gptq at {where}: weight must be [K, N], got shape {W.shape}")
     K, N = W.shape
+    G = int(group_size) or K
+    if G < 1 or K % G:
+        raise SpikecError(f"gptq at {where}: group size {group_size} does not divide K = {K}")
     H = np.asarray(H)
     if H.shape != (K, K):
         raise SpikecError(f"gptq at {where}: Hessian shape {H.shape} does not match the weight's K = {K}")
@@ -112,6 +126,8 @@ def gptq_quantize(W: np.ndarray, H: np.ndarray, bits: int, damp: float = 0.01, a
     if not (np.isfinite(damp) and damp > 0):
         raise SpikecError(f"gptq at {where}: damp must be > 0, got {damp}")
     block = max(1, int(block))
+    if block % G and G % block:
+        block = G  # a group's rows are all up to date when its scale is taken (module doc)
     qb = R.qmax(bits)
     dtype = hessian_dtype(K)
     H = np.array(H, dtype=dtype, copy=True)
@@ -129,14 +145,16 @@ def gptq_quantize(W: np.ndarray, H: np.ndarray, bits: int, damp: float = 0.01, a
     del H
 
     codes = np.empty((K, N), np.int8)
-    s_w = np.empty(N, np.float32)
+    s_w = np.empty((K // G, N), np.float32)
+    dynamic_groups = G < K and not act_order
     cols = max(1, COLUMN_CHUNK_ELEMENTS // max(K, 1))
     for j0 in range(0, N, cols):
         j1 = min(N, j0 + cols)
         w0 = np.asarray(W[:, j0:j1], dtype=np.float32)
-        s = R.scale_per_channel(w0, bits)  # RTN's scales, on the original weight
-        s_w[j0:j1] = s
-        s_d = s.astype(dtype)
+        # RTN's scales on the original weight: per channel, or per group with act-order
+        # (static groups); without act-order a group's scale is taken when it is reached.
+        for g in range(K // G):
+            s_w[g, j0:j1] = R.scale_per_channel(w0[g * G:(g + 1) * G], bits)
         Wc = w0[perm].astype(dtype)
         Q = np.empty(Wc.shape, np.int8)
         for i1 in range(0, K, block):
@@ -145,6 +163,11 @@ def gptq_quantize(W: np.ndarray, H: np.ndarray, bits: int, damp: float = 0.01, a
             Err1 = np.empty_like(W1)
             U1 = U[i1:i2, i1:i2]
             for i in range(i2 - i1):
+                k = i1 + i
+                if dynamic_groups and k % G == 0:
+                    s_w[k // G, j0:j1] = R.scale_per_channel(Wc[k:k + G].astype(np.float32), bits)
+                s = s_w[perm[k] // G, j0:j1]
+                s_d = s.astype(dtype)
                 w = W1[i]
                 # exactly spikec.reference.quantize: float32 division, half to even, clamp
                 q = np.clip(np.rint(w.astype(np.float32) / s), -qb, qb)
@@ -156,7 +179,16 @@ def gptq_quantize(W: np.ndarray, H: np.ndarray, bits: int, damp: float = 0.01, a
             if i2 < K:
                 Wc[i2:] -= U[i1:i2, i2:].T @ Err1
         codes[perm, j0:j1] = Q
-    return codes, s_w
+    return codes, (s_w if G < K else s_w[0])
+
+
+def dequantized_weight(codes: np.ndarray, s_w: np.ndarray, dtype=np.float64) -> np.ndarray:
+    """W_q = codes * s_w in `dtype` [K, N]: s_w [N] per output channel, or [K / G, N] per
+    group of G input rows (each scale row repeated over its group's rows)."""
+    s = np.asarray(s_w, np.float32).astype(dtype)
+    if s.ndim == 2:
+        s = np.repeat(s, codes.shape[0] // s.shape[0], axis=0)
+    return codes.astype(dtype) * s
 
 
 def proxy_loss(W: np.ndarray, codes: np.ndarray, s_w: np.ndarray, H: np.ndarray) -> float:
@@ -170,7 +202,7 @@ def proxy_loss(W: np.ndarray, codes: np.ndarray, s_w: np.ndarray, H: np.ndarray)
     for j0 in range(0, N, cols):
         j1 = min(N, j0 + cols)
         E = (np.asarray(W[:, j0:j1], np.float32).astype(dtype)
-             - codes[:, j0:j1].astype(dtype) * np.asarray(s_w[j0:j1], np.float32).astype(dtype))
+             - dequantized_weight(codes[:, j0:j1], np.asarray(s_w)[..., j0:j1], dtype))
         total += float(np.sum(E * (Hd @ E), dtype=np.float64))
     return total
 

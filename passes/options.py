@@ -26,6 +26,7 @@ from spikec.ops import ACT_SCALES, MAX_T, NEURONS
 
 CALIB_METHODS = ("max", "percentile", "mse")
 WEIGHT_METHODS = ("rtn", "gptq")
+GROUP_SIZES = (0, 32, 64, 128)  # --group-size: GPTQ's and AWQ's usual groups; 0 = per output channel
 DEFAULT_TT, DEFAULT_TV = 4, 3  # the paper's operating point Tv/Tt = 3/4
 
 
@@ -47,6 +48,9 @@ class SpikeOptions:
     weight_method: str = "rtn"  # rtn | gptq (passes/gptq.py; needs calibration data)
     gptq_damp: float = 0.01  # GPTQ dampening, a fraction of the mean diagonal of H
     gptq_act_order: bool = False  # GPTQ: quantize input rows by decreasing diag(H)
+    # weight scales per group of this many input rows (0: per output channel); a layer whose
+    # K it does not divide keeps per-channel scales (spikec.reference.dequantize_acc)
+    group_size: int = 0
     # norms, softmax and SiLU as spikec.vec functions (the vector-numerics pass): the
     # accelerator's numerics on every target; implied by --isa (spikec.compiler)
     exact_vector: bool = False
@@ -87,6 +91,12 @@ class SpikeOptions:
             raise SpikecError("--weight-method gptq: GPTQ needs calibration data (the layers' input activations); "
                               "pass --calib PATH (a folder of image+prompt pairs or an .npz of graph inputs) "
                               "or use --weight-method rtn")
+        if self.group_size not in GROUP_SIZES:
+            raise SpikecError(f"--group-size {self.group_size}: choose one of {', '.join(map(str, GROUP_SIZES))} "
+                              f"(0: one scale per output channel)")
+        if self.group_size and self.neuron == "if":
+            raise SpikecError("--group-size with --neuron if: the rate-IF offset fold is per output channel; "
+                              "use the tc-lif neuron or --group-size 0")
         if not (0 < self.gptq_damp <= 1):  # also refuses NaN
             raise SpikecError(f"--gptq-damp {self.gptq_damp}: must be in (0, 1] (a fraction of the mean diagonal of H)")
         return self

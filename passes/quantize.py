@@ -301,20 +301,35 @@ def smooth(linears: list[Linear], fetch, alpha: float) -> tuple[dict, list[dict]
 WEIGHT_BLOCK_ELEMENTS = 1 << 24
 
 
-def quantize_weight(w: np.ndarray, wbits: int, where: str) -> tuple[np.ndarray, np.ndarray]:
-    """Per-output-channel symmetric RTN of a weight float32 [K, N] (may be memory-mapped):
-    (codes int8 [K, N], scales float32 [N]), exactly spikec.reference's scale_per_channel
-    and quantize, computed one block of columns at a time (each column is independent)."""
+def quantize_weight(w: np.ndarray, wbits: int, where: str, group_size: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric RTN of a weight float32 [K, N] (may be memory-mapped): (codes int8 [K, N],
+    scales float32 [N] per output channel, or [K / group_size, N] per group of `group_size`
+    input rows when group_size > 0 (spikec.reference.weight_group_size: group g is rows
+    g*G .. (g+1)*G - 1; each group's scale is spikec.reference's scale_per_channel of its
+    rows). Exactly spikec.reference's scale_per_channel and quantize, one block of columns
+    at a time (each column is independent). SpikecError unless group_size divides K."""
     K, N = w.shape
+    G = K if not group_size else int(group_size)
+    if K % G:
+        raise SpikecError(f"{where}: --group-size {G} does not divide the layer's K = {K}")
     cols = max(1, WEIGHT_BLOCK_ELEMENTS // max(K, 1))
     w_q = np.empty((K, N), np.int8)
-    s_w = np.empty(N, np.float32)
+    s_w = np.empty((K // G, N), np.float32)
     for j in range(0, N, cols):
-        block = w[:, j:j + cols]
-        s = R.scale_per_channel(block, wbits)
-        w_q[:, j:j + cols] = R.quantize(block, s, R.qmax(wbits), where)
-        s_w[j:j + cols] = s
-    return w_q, s_w
+        for g, k in enumerate(range(0, K, G)):
+            block = w[k:k + G, j:j + cols]
+            s = R.scale_per_channel(block, wbits)
+            w_q[k:k + G, j:j + cols] = R.quantize(block, s, R.qmax(wbits), where)
+            s_w[g, j:j + cols] = s
+    return w_q, (s_w if group_size else s_w[0])
+
+
+def layer_group_size(K: int, group_size: int) -> int:
+    """The group size a layer of K input rows gets for --group-size: 0 (per output channel)
+    when none is asked for, when it does not divide K (that layer falls back to per-channel
+    scales; the quantize report's row says so) or when it is K (one group is the per-channel
+    numeric, stored as such)."""
+    return group_size if group_size and K % group_size == 0 and K != group_size else 0
 
 
 def gptq_hessians(fetch, linears: list[Linear], smooth_s: dict) -> gptq.Hessians:
@@ -327,17 +342,23 @@ def gptq_hessians(fetch, linears: list[Linear], smooth_s: dict) -> gptq.Hessians
 def _weights(lin: Linear, opts, hessians: gptq.Hessians | None) -> tuple[np.ndarray, np.ndarray, dict]:
     """(codes int8 [K, N], s_w float32 [N], report fields) of one layer: RTN, or GPTQ with its
     proxy loss trace((W - W_q)^T H (W - W_q)) against RTN's on the same H."""
+    G = layer_group_size(int(lin.w.shape[0]), opts.group_size)
+    group = {"group_size": G} if opts.group_size else {}
+    if opts.group_size and lin.w.shape[0] % opts.group_size:
+        log.warning("quantize: %s: --group-size %d does not divide K = %d; per-channel scales for this layer",
+                    lin.node.name, opts.group_size, lin.w.shape[0])
     if hessians is None:
-        w_q, s_w = quantize_weight(lin.w, opts.wbits, lin.node.name)
-        return w_q, s_w, {"weight_method": "rtn"}
+        w_q, s_w = quantize_weight(lin.w, opts.wbits, lin.node.name, G)
+        return w_q, s_w, {"weight_method": "rtn", **group}
     hess = hessians.get(lin.x.name)
     H = hess.value()
-    w_q, s_w = gptq.gptq_quantize(lin.w, H, opts.wbits, opts.gptq_damp, opts.gptq_act_order, where=lin.node.name)
-    rtn_q, rtn_s = quantize_weight(lin.w, opts.wbits, lin.node.name)
+    w_q, s_w = gptq.gptq_quantize(lin.w, H, opts.wbits, opts.gptq_damp, opts.gptq_act_order, where=lin.node.name,
+                                  group_size=G)
+    rtn_q, rtn_s = quantize_weight(lin.w, opts.wbits, lin.node.name, G)
     loss, rtn_loss = gptq.proxy_loss(lin.w, w_q, s_w, H), gptq.proxy_loss(lin.w, rtn_q, rtn_s, H)
     hessians.done(lin.x.name)
     log.info("quantize: %s: gptq loss %.6g (rtn %.6g)", lin.node.name, loss, rtn_loss)
-    return w_q, s_w, {"weight_method": "gptq", "gptq": {
+    return w_q, s_w, {"weight_method": "gptq", **group, "gptq": {
         "loss": loss, "rtn_loss": rtn_loss, "damp": opts.gptq_damp, "act_order": opts.gptq_act_order,
         "tokens": hess.n, "hessian": np.dtype(hess.dtype).name, "codes_changed": int(np.count_nonzero(w_q != rtn_q))}}
 
@@ -417,7 +438,8 @@ def check_quantized(model: ir.Model) -> None:
 
 
 class Quantize(ContextPass):
-    """Weights per output channel (int8/int4), activations static per modality or dynamic per token."""
+    """Weights per output channel or per group of input rows (int8/int4), activations static per
+    modality or dynamic per token."""
 
     name = "quantize"
     guarantees = ("quantized",)
@@ -534,7 +556,7 @@ class Quantize(ContextPass):
             "wbits": opts.wbits, "act_scale": "static" if static else "dynamic",
             "calib_method": opts.calib_method if static else None, "smooth_alpha": opts.smooth,
             "timesteps": dict(zip(names, T)), "layers": layers, "float": floats,
-            "silent": silent, "weight_method": opts.weight_method,
+            "silent": silent, "weight_method": opts.weight_method, "group_size": opts.group_size,
         }
         if hessians is not None:
             rows = [r["gptq"] for r in layers if "gptq" in r]

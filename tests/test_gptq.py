@@ -35,25 +35,31 @@ def _layer(seed: int, K: int = 16, N: int = 8, n: int = 96):
     return X, W, 2.0 / n * X.T @ X
 
 
-def slow_gptq(W, X, bits, damp, order):
+def slow_gptq(W, X, bits, damp, order, group_size=0):
     """Row by row in `order`: quantize the row (RTN grid, as spikec.reference rounds), then set
     every row not yet quantized to the least-squares optimum of ||X_aug (W - V)||^2 given the
     rows quantized so far. X_aug = [X; sqrt(lambda n / 2) I] makes 2/n X_aug^T X_aug =
-    H + lambda I, the damped Hessian (lambda = damp * mean diag(H)). No Cholesky, no blocks."""
+    H + lambda I, the damped Hessian (lambda = damp * mean diag(H)). No Cholesky, no blocks.
+    With group_size G: rows in order, a group's scale is RTN's of its rows as they stand when
+    its first row comes; in any other order (act-order), RTN's of the original rows."""
     n, K = X.shape
     H = 2.0 / n * X.T @ X
     lam = damp * np.mean(np.diag(H))
     Xa = np.vstack([X, np.sqrt(lam * n / 2) * np.eye(K)])
-    s = R.scale_per_channel(W, bits)
+    G = group_size or K
+    s = np.stack([R.scale_per_channel(W[g:g + G], bits) for g in range(0, K, G)])
+    in_order = list(order) == list(range(K))
     W64, V = W.astype(np.float64), W.astype(np.float64)
     Q = np.zeros(W.shape, np.int64)
     for i, k in enumerate(order):
-        Q[k] = R.quantize(V[k], s, R.qmax(bits))
+        if group_size and in_order and k % G == 0:
+            s[k // G] = R.scale_per_channel(V[k:k + G].astype(np.float32), bits)
+        Q[k] = R.quantize(V[k], s[k // G], R.qmax(bits))
         done, rest = list(order[: i + 1]), list(order[i + 1:])
         if rest:
-            D = Xa[:, done] @ (W64[done] - R.dequantize(Q[done], s).astype(np.float64))
+            D = Xa[:, done] @ (W64[done] - R.dequantize(Q[done], s[np.array(done) // G]).astype(np.float64))
             V[rest] = W64[rest] + np.linalg.lstsq(Xa[:, rest], D, rcond=None)[0]
-    return Q, s
+    return Q, (s if group_size else s[0])
 
 
 def _out_err(X, W, codes, s):
@@ -68,6 +74,33 @@ def test_codes_equal_the_slow_least_squares_form(seed, bits):
     want, s = slow_gptq(W, X, bits, 0.01, np.arange(W.shape[0]))
     assert np.array_equal(s_w, s)
     np.testing.assert_array_equal(codes.astype(np.int64), want)
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("group_size", [4, 8])
+def test_group_wise_codes_equal_the_slow_form(seed, act_order, group_size):
+    X, W, H = _layer(seed, K=24 if group_size == 4 else 32)
+    codes, s_w = gptq_quantize(W, H, 4, damp=0.01, act_order=act_order, group_size=group_size)
+    order = np.argsort(-np.diag(H), kind="stable") if act_order else np.arange(W.shape[0])
+    want, s = slow_gptq(W, X, 4, 0.01, order, group_size)
+    assert s_w.shape == (W.shape[0] // group_size, W.shape[1]) and s_w.dtype == np.float32
+    # the scales of later groups come from updated weights: equal to float rounding
+    np.testing.assert_allclose(s_w, s, rtol=1e-5)
+    np.testing.assert_array_equal(codes.astype(np.int64), want)
+    # group-wise scales fit the layer at least as well as RTN's per group, on its own inputs
+    rtn_q, rtn_s = quantize_weight(W, 4, "w", group_size)
+    assert proxy_loss(W, codes, s_w, H) < proxy_loss(W, rtn_q, rtn_s, H)
+    # and the per-group RTN scale grid beats the per-channel one
+    assert proxy_loss(W, rtn_q, rtn_s, H) < proxy_loss(W, *quantize_weight(W, 4, "w"), H)
+
+
+def test_group_size_must_divide_k():
+    X, W, H = _layer(0, K=24)
+    with pytest.raises(SpikecError, match="does not divide K = 24"):
+        gptq_quantize(W, H, 4, group_size=16)
+    with pytest.raises(SpikecError, match="does not divide"):
+        quantize_weight(W, 4, "layer.q", 16)
 
 
 @pytest.mark.parametrize("block", [1, 5, 128])

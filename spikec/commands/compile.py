@@ -27,9 +27,12 @@ from spikec.passes import PASSES, QDQ_PIPELINE, SPIKING_PIPELINE
          f"{','.join(QDQ_PIPELINE)}). Known passes: {', '.join(sorted(PASSES))}.",
 )
 @click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the JSON compile report here.")
-@click.option("--wbits", type=click.Choice(["8", "4"]), default="8", show_default=True, help="Weight bits (per output channel, round to nearest).")
+@click.option("--wbits", type=click.Choice(["8", "4"]), default="8", show_default=True, help="Weight bits (symmetric codes; scales per output channel or per --group-size).")
+@click.option("--group-size", type=click.Choice(["0", "32", "64", "128"]), default="0", show_default=True,
+              help="Weight scales per group of this many input features (GPTQ/AWQ style; 0: one per output channel). "
+                   "A layer whose input size it does not divide keeps per-channel scales. tc-lif only.")
 @click.option("--weight-method", type=click.Choice(["rtn", "gptq"]), default="rtn", show_default=True,
-              help="Weight codes: round to nearest, or GPTQ (same per-channel scales, codes that minimise the "
+              help="Weight codes: round to nearest, or GPTQ (RTN's scale grid, codes that minimise the "
                    "layer's output error on the calibration inputs; needs --calib).")
 @click.option("--gptq-damp", type=float, default=0.01, show_default=True,
               help="GPTQ dampening: added to diag(H) as a fraction of its mean.")
@@ -61,7 +64,7 @@ def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_
                     smooth: float | None, neuron: str, tv: int | None, tt: int | None, budget: float | None,
                     spike_attention: bool, isa: bool, hwconfig: str, per_layer: bool, weight_method: str = "rtn",
                     gptq_damp: float = 0.01, gptq_act_order: bool = False, exact_vector: bool = False,
-                    rotate: bool = False, online_hadamard: bool = True) -> None:
+                    rotate: bool = False, online_hadamard: bool = True, group_size: str = "0") -> None:
     """Compile INPUT (an ONNX file, or an export folder of `spikec export`) into OUTPUT."""
     from spikec import atomic
     from spikec import progress as P
@@ -74,7 +77,7 @@ def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_
         percentile=percentile, calib_samples=calib_samples, smooth=smooth, neuron=neuron, tv=tv, tt=tt,
         budget=budget, spike_attention=spike_attention, per_layer=per_layer,
         weight_method=weight_method, gptq_damp=gptq_damp, gptq_act_order=gptq_act_order, exact_vector=exact_vector,
-        rotate=rotate, online_hadamard=online_hadamard,
+        rotate=rotate, online_hadamard=online_hadamard, group_size=int(group_size),
     ).validate()
     names = None if pass_list is None else [n.strip() for n in pass_list.split(",") if n.strip()]
     # one bar per graph over its passes on a terminal; the "[i/n] pass" lines in a pipe; nothing with -q

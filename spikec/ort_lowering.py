@@ -43,6 +43,15 @@ q = clip(round_half_even(x / s), -Q, Q) with one float32 division; the scale is 
 per-modality static value (precomputed in float32 exactly as the reference does) or
 the dynamic per-token max|x| / Q; y = (float32(acc) * s_x) * s_w (+ bias).
 
+Group-wise weight scales (s_w [n_groups, M], tc-lif only; spikec.reference.dequantize_acc):
+the weight is viewed as [n_groups, G, M] (a second initializer over the same bytes, no
+copy; grouped_weight) and the codes as [n_groups, P, G], so each mode's integer product
+(MatMulInteger per digit group or spike plane, or fakequant's float32 MatMul, exact per
+group below 2**24) is one batched call giving every group's own accumulator; then
+t_g = (float32(acc_g) * s_x) * s_w[g] and y = t_0 (+ bias), y = y + t_g in ascending g, one
+Add each (_group_tail; never ReduceSum). MatMulNBits sums all of K into one accumulator,
+so group-wise products never take it. One group, s_w [1, M], lowers exactly as [M].
+
 Non-finite activations (docs/passes.md): a token whose input row holds NaN or +-inf is
 encoded as code 0 with scale NaN, so its output row is NaN, in every mode, exactly as
 spikec.reference.encode_tokens; the encoders detect such rows with IsNaN(ReduceSum(x * 0))
@@ -166,25 +175,91 @@ def _code_fn(name: str, opset: int) -> onnx.FunctionProto:
     return _fn(name, ["b", "q_max"], ["q", "s"], n, opset)
 
 
-def _mmi(n: list, a: str, w8: str, out: str, offset: int, tag: str) -> None:
-    """out = int32 (a @ w) for int32 codes a with 0 <= a + offset <= 255, via MatMulInteger."""
+def _mmi(n: list, a: str, w8: str, out: str, offset: int, tag: str, groups: tuple[int, int] | None = None) -> None:
+    """out = int32 (a @ w) for int32 codes a with 0 <= a + offset <= 255, via MatMulInteger.
+
+    groups = (n_groups, G): w8 is the weight viewed as [n_groups, G, M] and out the int32
+    accumulators of the groups, [n_groups, P, M] over the P = prod(lead) tokens of a
+    (_group_rows)."""
     n += [
         _c(f"{tag}_off", offset, np.int32),
         helper.make_node("Add", [a, f"{tag}_off"], [f"{tag}_u32"]),
         helper.make_node("Cast", [f"{tag}_u32"], [f"{tag}_u8"], to=TensorProto.UINT8),
         _c(f"{tag}_zp", offset, np.uint8),
-        helper.make_node("MatMulInteger", [f"{tag}_u8", w8, f"{tag}_zp"], [out]),
     ]
+    src = f"{tag}_u8"
+    if groups:
+        src = _group_rows(n, src, groups, tag)
+    n.append(helper.make_node("MatMulInteger", [src, w8, f"{tag}_zp"], [out]))
+
+
+def _group_rows(n: list, a: str, groups: tuple[int, int], tag: str) -> str:
+    """a [..., N, K] -> [n_groups, P, G] (P tokens): group g's columns g*G .. (g+1)*G - 1 as
+    batch g, to multiply by the weight viewed as [n_groups, G, M] (one batched product, one
+    int32 accumulator per group)."""
+    n_groups, G = groups
+    n += [
+        _c(f"{tag}_gshape", [-1, n_groups, G], np.int64),
+        helper.make_node("Reshape", [a, f"{tag}_gshape"], [f"{tag}_g3"]),
+        helper.make_node("Transpose", [f"{tag}_g3"], [f"{tag}_gt"], perm=[1, 0, 2]),
+    ]
+    return f"{tag}_gt"
+
+
+def _group_tail(n: list, acc: str, n_groups: int, with_bias: bool, is_float: bool = False) -> None:
+    """y [..., N, M] from the groups' accumulators acc [n_groups, P, M] (int32; float32 holding
+    exact integers when is_float), in spikec.reference.dequantize_acc's order:
+    t_g = (float32(acc_g) * s_x) * s_w[g] (s_x [..., N, 1] or scalar, s_w [n_groups, M]),
+    y = t_0 (+ bias), then y = y + t_g for g = 1 .. n_groups - 1, one Add each in ascending
+    g (never ReduceSum, whose order onnxruntime does not fix)."""
+    n += [
+        helper.make_node("Shape", ["q"], ["gq_shape"]),
+        _c("g_zero1", [0], np.int64),
+        _c("g_m1", [-1], np.int64),
+        helper.make_node("Slice", ["gq_shape", "g_zero1", "g_m1"], ["g_lead"]),  # [..., N]
+        _c("g_one1", [1], np.int64),
+        helper.make_node("Concat", ["g_lead", "g_one1"], ["g_sx_shape"], axis=0),
+        helper.make_node("Expand", ["s_x", "g_sx_shape"], ["g_sx_e"]),  # s_x per token [..., N, 1]
+        _c("g_col", [-1, 1], np.int64),
+        helper.make_node("Reshape", ["g_sx_e", "g_col"], ["g_sx"]),  # [P, 1]
+    ]
+    if not is_float:
+        n.append(helper.make_node("Cast", [acc], [f"{acc}_f"], to=TensorProto.FLOAT))
+        acc = f"{acc}_f"
+    n += [
+        helper.make_node("Mul", [acc, "g_sx"], ["g_t0"]),  # float32(acc_g) * s_x
+        helper.make_node("Unsqueeze", ["s_w", "g_one1"], ["g_sw"]),  # [n_groups, 1, M]
+        helper.make_node("Mul", ["g_t0", "g_sw"], ["g_t"]),  # ... * s_w[g]
+    ]
+    parts = [f"g_t_{g}" for g in range(n_groups)]
+    if n_groups > 1:
+        n.append(helper.make_node("Split", ["g_t"], parts, axis=0, num_outputs=n_groups))
+    else:
+        n.append(helper.make_node("Identity", ["g_t"], parts))
+    y = parts[0]
+    if with_bias:
+        n.append(helper.make_node("Add", [y, "bias"], ["g_y_0"]))
+        y = "g_y_0"
+    for g in range(1, n_groups):
+        n.append(helper.make_node("Add", [y, parts[g]], [f"g_y_{g}"]))
+        y = f"g_y_{g}"
+    n += [helper.make_node("Concat", ["g_lead", "g_m1"], ["g_y_shape"], axis=0),
+          helper.make_node("Reshape", [y, "g_y_shape"], ["y"])]
 
 
 def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_bias: bool,
-               dql: bool = False) -> onnx.FunctionProto:
+               dql: bool = False, groups: tuple[int, int] | None = None) -> onnx.FunctionProto:
     """(q, s_x, w, s_w, [bias], off_tok, accb_tok, onehot) -> (y, [spikes]).
 
     tc-lif fused: `planes` is the number of 7-bit digit groups; exact: the number of
     spike planes T_max. rate IF: off_tok is the per-token offset 2**(b_i-1) and accb_tok
     the folded int32 offset per token; fused splits c into digit groups, exact
-    sums `planes` = 2**b_max - 1 binary planes."""
+    sums `planes` = 2**b_max - 1 binary planes.
+
+    groups = (n_groups, G) (tc-lif, group-wise s_w [n_groups, M]): w is the weight viewed as
+    [n_groups, G, M]; every integer product is one batched MatMulInteger giving the groups'
+    own int32 accumulators [n_groups, P, M] (the same digit / plane steps, exact in int32),
+    then _group_tail's float32 order."""
     n: list[onnx.NodeProto] = [helper.make_node("Cast", ["w"], ["w8"], to=TensorProto.INT8)]
     inputs = ["q", "s_x", "w", "s_w"] + (["bias"] if with_bias else []) + ["off_tok", "accb_tok", "onehot"]
     outputs = ["y"]
@@ -197,9 +272,9 @@ def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_
     if mode == "fused" and planes == 1:
         # |code| fits one 7-bit group: the product is one MatMulInteger, no digit split
         if neuron == "if":
-            _mmi(n, "code", "w8", "acc0", 0, "g0")
+            _mmi(n, "code", "w8", "acc0", 0, "g0", groups)
         else:
-            _mmi(n, "q", "w8", "acc0", 128, "g0")
+            _mmi(n, "q", "w8", "acc0", 128, "g0", groups)
         n.append(helper.make_node("Identity", ["acc0"], ["acc_s"]))
     elif mode == "fused":
         # Horner over digit groups, most significant first: acc <- 128 acc + d_j @ W.
@@ -214,10 +289,10 @@ def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_
             else:
                 n.append(helper.make_node("Identity", [src], [f"dig{j}"]))
             if neuron == "if":
-                _mmi(n, f"dig{j}", "w8", f"p{j}", 0, f"g{j}")
+                _mmi(n, f"dig{j}", "w8", f"p{j}", 0, f"g{j}", groups)
             else:
                 n.append(helper.make_node("Mul", ["sgn", f"dig{j}"], [f"sd{j}"]))
-                _mmi(n, f"sd{j}", "w8", f"p{j}", 128, f"g{j}")
+                _mmi(n, f"sd{j}", "w8", f"p{j}", 128, f"g{j}", groups)
             if j == planes - 1:
                 n.append(helper.make_node("Identity", [f"p{j}"], [f"acc{j}"]))
             else:
@@ -237,7 +312,7 @@ def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_
                     helper.make_node("Greater", ["mag", f"t{t}"], [f"b{t}"]),
                     helper.make_node("Cast", [f"b{t}"], [f"s{t}"], to=TensorProto.INT32),
                 ]
-                _mmi(n, f"s{t}", "w8", f"p{t}", 0, f"g{t}")
+                _mmi(n, f"s{t}", "w8", f"p{t}", 0, f"g{t}", groups)
             else:
                 # plane t (MSB first) of T_max: sign(q) * bit_(T_max-1-t)(|q|)
                 n += [
@@ -246,7 +321,7 @@ def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_
                     helper.make_node("Mod", [f"sh{t}", "two"], [f"bit{t}"]),
                     helper.make_node("Mul", ["sgn", f"bit{t}"], [f"s{t}"]),
                 ]
-                _mmi(n, f"s{t}", "w8", f"p{t}", 128, f"g{t}")
+                _mmi(n, f"s{t}", "w8", f"p{t}", 128, f"g{t}", groups)
             # spikes fired by this plane, per token: sum_k |S_t|
             n += [
                 helper.make_node("Abs", [f"s{t}"], [f"as{t}"]),
@@ -287,6 +362,9 @@ def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_
         n.append(helper.make_node("Add", ["acc_s", "accb_tok"], ["acc"]))
     else:
         n.append(helper.make_node("Identity", ["acc_s"], ["acc"]))
+    if groups:  # group-wise s_w [n_groups, M]: acc is [n_groups, P, M], one accumulator per group
+        _group_tail(n, "acc", groups[0], with_bias)
+        return _fn(name, inputs, outputs, n, opset)
     _scale_rows(n, "acc", "y0", dql)
     n.append(helper.make_node("Mul", ["y0", "s_w"], ["y1" if with_bias else "y"]))
     if with_bias:
@@ -434,11 +512,21 @@ def _nbits_matmul_fn(name: str, opset: int, K: int, parts: list[tuple[int, bool]
     return fp
 
 
-def _fakequant_fn(name: str, opset: int, with_bias: bool) -> onnx.FunctionProto:
-    """(q, s_x, w, s_w, [bias]) -> y: float32 MatMul of integer codes, then the reference's scale order."""
+def _fakequant_fn(name: str, opset: int, with_bias: bool, groups: tuple[int, int] | None = None) -> onnx.FunctionProto:
+    """(q, s_x, w, s_w, [bias]) -> y: float32 MatMul of integer codes, then the reference's scale order.
+
+    groups = (n_groups, G): w viewed as [n_groups, G, M], one batched MatMul giving each
+    group's (exact, integer) sum [n_groups, P, M], then _group_tail's order."""
     n = [
         helper.make_node("Cast", ["q"], ["qf"], to=TensorProto.FLOAT),
         helper.make_node("Cast", ["w"], ["wf"], to=TensorProto.FLOAT),
+    ]
+    if groups:
+        src = _group_rows(n, "qf", groups, "fq")
+        n.append(helper.make_node("MatMul", [src, "wf"], ["accf"]))
+        _group_tail(n, "accf", groups[0], with_bias, is_float=True)
+        return _fn(name, ["q", "s_x", "w", "s_w"] + (["bias"] if with_bias else []), ["y"], n, opset)
+    n += [
         helper.make_node("MatMul", ["qf", "wf"], ["accf"]),
         helper.make_node("Mul", ["accf", "s_x"], ["y0"]),
         helper.make_node("Mul", ["y0", "s_w"], ["y1" if with_bias else "y"]),
@@ -483,6 +571,8 @@ class _Lowerer:
         self.stats: list[str] = []
         self.layers: dict[str, dict] = {}
         self._n = 0
+        self._views: dict[tuple, ir.Value] = {}  # (weight, groups) -> its [n_groups, G, M] view
+        self._viewed: list[ir.Value] = []  # weights given a group view (dropped at the end if unused)
 
     # -- helpers -------------------------------------------------------------
     def _const(self, base: str, array: np.ndarray) -> ir.Value:
@@ -561,20 +651,69 @@ class _Lowerer:
                                lambda: _encode_fn("EncodeDynamic" if dynamic else "EncodeStatic", dynamic, self.opset))
         return self._insert(node, fname, [x, s_tok, q_tok], n_out=2, domain=DOMAIN)
 
+    def weight_groups(self, node: ir.Node, w: ir.Value, s_w: ir.Value, neuron: str) -> tuple[int, int] | None:
+        """(n_groups, G) for group-wise weight scales s_w [n_groups, M], n_groups > 1; None for
+        per-channel scales [M] and for one group [1, M], which lowers exactly as [M] (s_w [1, M]
+        broadcasts over [..., N, M] as [M] does: the same nodes and the same bits)."""
+        shape = s_w.const_value.shape if s_w.const_value is not None else s_w.shape
+        if shape is None or len(shape) != 2:
+            return None
+        if neuron != "tc-lif":
+            raise SpikecError(f"node '{node.name}': group-wise weight scales need the tc-lif neuron "
+                              f"(the rate-IF offset fold is per output channel)")
+        wshape = w.const_value.shape if w.const_value is not None else w.shape
+        K = wshape[-2] if wshape is not None and len(wshape) == 2 else None
+        if not isinstance(shape[0], int) or not isinstance(K, int):
+            raise SpikecError(f"node '{node.name}': group-wise weight scales need a [K, M] weight and s_w "
+                              f"[n_groups, M] of known shapes")
+        G = R.weight_group_size(K, shape, f"node '{node.name}'")
+        return None if int(shape[0]) == 1 else (int(shape[0]), G)
+
+    def grouped_weight(self, node: ir.Node, w: ir.Value, groups: tuple[int, int]) -> ir.Value:
+        """w [K, M] viewed as [n_groups, G, M], no copy: a constant weight becomes a second
+        initializer over the same bytes (the same external-data reference into the .sbin, or a
+        numpy view); the original is dropped at the end when nothing else reads it."""
+        n_groups, G = groups
+        t = w.const_value
+        if t is None:  # a computed weight: a Reshape (a view in onnxruntime)
+            shape = self._const(f"{node.name}.gshape", np.array([n_groups, G, -1], np.int64))
+            return self._insert(node, "Reshape", [w, shape])[0]
+        key = (id(w), groups)
+        if key in self._views:
+            return self._views[key]
+        shape3 = ir.Shape([n_groups, G, int(t.shape[-1])])
+        self._n += 1
+        name = f"{w.name}.groups{n_groups}.{self._n}"
+        if isinstance(t, ir.ExternalTensor):
+            view = ir.ExternalTensor(t.location, t.offset, t.length, t.dtype, shape=shape3, name=name,
+                                     base_dir=t.base_dir)
+        else:
+            view = ir.Tensor(t.numpy().reshape(tuple(shape3)), dtype=t.dtype, name=name)
+        v = ir.Value(name=name, type=ir.TensorType(t.dtype), shape=shape3, const_value=view)
+        self.graph.register_initializer(v)
+        self._views[key] = v
+        self._viewed.append(w)
+        return v
+
     def matmul(self, node: ir.Node, q: ir.Value, s_x: ir.Value, mod: ir.Value, w: ir.Value, s_w: ir.Value,
                bias: ir.Value | None, T: np.ndarray) -> ir.Value:
         neuron = sops.attr(node, "neuron", "tc-lif") or "tc-lif"
         t_max = int(T.max())
+        groups = self.weight_groups(node, w, s_w, neuron)
+        w_in = self.grouped_weight(node, w, groups) if groups else w
+        gtag = f"_g{groups[0]}x{groups[1]}" if groups else ""
         if self.mode == "fakequant":
             K = w.shape[-2] if w.shape is not None and len(w.shape) >= 2 else None
             if isinstance(K, int) and w.const_value is not None:
-                bound = K * (2**t_max - 1) * R.absmax_int(w.const_value.numpy())
+                rows = groups[1] if groups else K  # each group's sum is separate
+                bound = rows * (2**t_max - 1) * R.absmax_int(w.const_value.numpy())
                 if bound >= 2**24:
                     raise SpikecError(f"node '{node.name}': fakequant mode is exact only below 2**24 "
-                                      f"(K={K}, T={t_max}: bound {bound}); use fused or exact")
-            name = f"SpikeMatMul_fakequant{'_bias' if bias is not None else ''}"
-            fn = self._function(name, lambda: _fakequant_fn(name, self.opset, bias is not None))
-            return self._insert(node, fn, [q, s_x, w, s_w] + ([bias] if bias is not None else []), domain=DOMAIN)[0]
+                                      f"(K={rows}, T={t_max}: bound {bound}); use fused or exact")
+            name = f"SpikeMatMul_fakequant{gtag}{'_bias' if bias is not None else ''}"
+            fn = self._function(name, lambda: _fakequant_fn(name, self.opset, bias is not None, groups))
+            return self._insert(node, fn, [q, s_x, w_in, s_w] + ([bias] if bias is not None else []),
+                                domain=DOMAIN)[0]
         if neuron == "if":
             bits = T + 1
             b_max = int(bits.max())
@@ -591,15 +730,16 @@ class _Lowerer:
         # scales the int32 product by it (see _scale_rows)
         producer = s_x.producer()
         dql = (ROW_DEQUANTIZE and self.mode == "fused" and producer is not None and producer.domain == DOMAIN
-               and producer.op_type.startswith("Encode") and w.shape is not None and len(w.shape) == 2)
+               and producer.op_type.startswith("Encode") and w.shape is not None and len(w.shape) == 2
+               and not groups)
         off_tok = self._per_token(node, off, mod, q, "offset")
         accb_tok = self._per_token(node, accb, mod, q, "accbias")
         onehot = self._per_token(node, np.eye(len(self.names), dtype=np.int64), mod, q, "onehot")
-        name = (f"SpikeMatMul_{neuron.replace('-', '')}_{self.mode}_{planes}{'_dql' if dql else ''}"
+        name = (f"SpikeMatMul_{neuron.replace('-', '')}_{self.mode}_{planes}{'_dql' if dql else ''}{gtag}"
                 f"{'_bias' if bias is not None else ''}")
         fn = self._function(name, lambda: _matmul_fn(name, neuron, self.mode, planes, self.opset, bias is not None,
-                                                     dql))
-        inputs = [q, s_x, w, s_w] + ([bias] if bias is not None else []) + [off_tok, accb_tok, onehot]
+                                                     dql, groups))
+        inputs = [q, s_x, w_in, s_w] + ([bias] if bias is not None else []) + [off_tok, accb_tok, onehot]
         outs = self._insert(node, fn, inputs, n_out=2 if self.mode == "exact" else 1, domain=DOMAIN)
         if self.mode == "exact":
             stat = outs[1]
@@ -612,6 +752,8 @@ class _Lowerer:
             "M": int(shape[-1]) if shape is not None and isinstance(shape[-1], int) else None,
             "timesteps": [int(t) for t in T], "neuron": neuron, "weights": w.const_value is not None,
         }
+        if groups:
+            self.layers[node.name]["group_size"] = groups[1]
         return outs[0]
 
     def nbits_key(self, node: ir.Node) -> tuple | None:
@@ -633,6 +775,8 @@ class _Lowerer:
                 or w is None or w.const_value is None or w.shape is None or len(w.shape) != 2
                 or s_w is None or s_w.const_value is None or (bias is not None and bias.const_value is None)):
             return None
+        if len(s_w.const_value.shape) == 2 and s_w.const_value.shape[0] != 1:
+            return None  # group-wise scales: the exact path (its groups' sums are separate)
         K, M = w.shape
         codes = w.const_value.numpy()
         if (not (isinstance(K, int) and isinstance(M, int)) or codes.dtype != np.int8
@@ -715,9 +859,11 @@ class _Lowerer:
             self._pending, self._stat_outputs = [], []
             group = first.get(id(node))
             new_values = self.nbits_group(group) if group else self.lower(node)
-            for n in self._pending:
-                if n.domain == DOMAIN:
-                    n.name = node.name  # keep the layer's name on its call, for dumps and stats
+            calls = [n for n in self._pending if n.domain == DOMAIN]
+            for i, n in enumerate(calls):
+                # keep the layer's name on its call, for dumps and stats; a QuantLinear's
+                # encoder call (before its product) gets its own, as node names must be unique
+                n.name = node.name if i == len(calls) - 1 else f"{node.name}/{n.op_type}"
             ir.convenience.replace_nodes_and_values(
                 self.graph, node, [node], self._pending, list(node.outputs), new_values[:1] if group else new_values
             )
@@ -727,6 +873,10 @@ class _Lowerer:
             for stat in self._stat_outputs:
                 self.graph.outputs.append(stat)
                 self.stats.append(stat.name)
+        for w in self._viewed:  # weights now read only through their group views: one copy
+            if (not w.uses() and not w.is_graph_output() and not w.is_graph_input()
+                    and self.graph.initializers.get(w.name) is w):
+                self.graph.initializers.pop(w.name)
         self.model.opset_imports[DOMAIN] = VERSION
         self.model.opset_imports.pop(sops.DOMAIN, None)
         if any(name.startswith("SpikeMatMul_tclif_nbits") for name in self.functions):

@@ -8,7 +8,10 @@ fields, except SPMM, whose PE-array time grows with the spike vectors that are n
 zero (the hardware skips all-zero (token, plane, k-chunk) vectors) -- the simulator
 passes that count in; without it the cost is the dense worst case. The simulator adds
 the per-instruction cycles along the load/compute/store timeline (modules overlap,
-dependency tokens order them), so a program's cycles are its critical path.
+dependency tokens order them), so a program's cycles are its critical path. A group-wise
+product (docs/isa.md section 9) costs what its instructions cost: per group and chunk its
+SPMMs, one DEQ and (after the first group) one VEC ADD, the K-tiled ENCODEs, and the scale
+LOADs.
 """
 
 from __future__ import annotations

@@ -12,7 +12,9 @@ weights image once, so that no later call fails on a bad descriptor:
     doc.kernels[3].K, doc.vec_kernels[0].func, doc.attn_kernels[1].wtrans
 
 `to_json` writes exactly the JSON `from_json` reads (so a compiled file round-trips).
-Bump `KERNELS_VERSION` when the JSON changes (docs/sbin.md).
+Bump `KERNELS_VERSION` when the JSON changes (docs/sbin.md). Version 2 adds a product's
+`group_size` (group-wise weight scales); a document holding no group-wise product is
+still written as version 1, byte for byte as before, and both versions are read.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ from spikec.isa.hwconfig import HwConfig
 from spikec.isa.tiling import Tile
 
 KERNELS_FORMAT = "spikec-isa-kernels"
-KERNELS_VERSION = 1
+KERNELS_VERSION = 2  # the newest version written (documents without group-wise products are written as v1)
+KERNELS_VERSIONS = (1, 2)  # the versions read
 MAX_KERNELS = 1 << 16  # descriptors of each kind in one document
 MAX_M = 1 << 20  # output features of one product (M-tiles are bounded by the ISA's fields)
 MAX_MODALITIES = 256
@@ -96,10 +99,16 @@ class ProductKernel:
     weights_bytes: int  # bytes of the kernel's image (tiles and static scales)
     static_scales: tuple[float | None, ...] | None = None  # act_scale static: per modality (None: uncalibrated)
     static_offset: int | None = None  # act_scale static: the scales as float32, one per modality
+    group_size: int | None = None  # rows per weight-scale group (s_w [K / group_size, M]); None: per channel
 
     @property
     def static(self) -> bool:
         return self.act_scale == "static"
+
+    @property
+    def n_groups(self) -> int:
+        """Weight-scale groups: 1 per output channel, else K / group_size."""
+        return tiling.n_groups(self.K, self.group_size)
 
     def to_json(self) -> dict:
         d = {"index": self.index, "graph": self.graph, "node": self.node, "encoder": self.encoder, "layer": self.layer,
@@ -111,6 +120,8 @@ class ProductKernel:
         if self.static:
             d["static_scales"] = list(self.static_scales)
             d["static_offset"] = self.static_offset
+        if self.n_groups > 1:
+            d["group_size"] = self.group_size
         return d
 
     @classmethod
@@ -134,11 +145,13 @@ class ProductKernel:
         mt = schema.get(k, "m_tile", int, where=where, min=1, max=min(M, tiling.MAX_LEN))
         kt = schema.get(k, "k_tile", int, where=where, min=1, max=K, default=K)
         n_max = schema.get(k, "n_max", int, where=where, min=1, max=tiling.MAX_N)
+        G = _group_size(k, where, K, kt, neuron)
         base = _offset(k, "weights_offset", where, weights_len)
-        if not tiling.product_fits(cfg, K, mt, kt, n_max, wbits):  # as plan_tiles checks when compiling
-            raise SpikecError(f"{where}: m_tile {mt}, k_tile {kt}, n_max {n_max} do not fit the buffers of hardware "
+        if not tiling.product_fits(cfg, K, mt, kt, n_max, wbits, G):  # as plan_tiles checks when compiling
+            raise SpikecError(f"{where}: m_tile {mt}, k_tile {kt}, n_max {n_max}"
+                              f"{f', group_size {G}' if G else ''} do not fit the buffers of hardware "
                               f"configuration '{cfg.name}'")
-        tiles, _, end = tiling.kernel_tiles(K, M, mt, kt, wbits, base)
+        tiles, _, end = tiling.kernel_tiles(K, M, mt, kt, wbits, base, group_size=G)
         if k.get("tiles") != [t.to_json() for t in tiles]:
             raise SpikecError(f"{where}: field 'tiles' is not the layout of a [{K}, {M}] kernel in M-tiles of {mt} "
                               f"(k_tile {kt}) at offset {base}")
@@ -148,7 +161,23 @@ class ProductKernel:
         nbytes = schema.get(k, "weights_bytes", int, where=where, min=end - base, max=weights_len)
         layer = schema.get(k, "layer", int, where=where, nullable=True, default=None)
         return cls(idx, *names, layer, K, M, wbits, neuron, T, mods, mid, act, has_bias, mt, n_max, kt, tuple(tiles),
-                   base, nbytes, scales, s_off)
+                   base, nbytes, scales, s_off, G)
+
+
+def _group_size(k: dict, where: str, K: int, kt: int, neuron: str) -> int | None:
+    """The optional 'group_size' (v2): rows per weight-scale group, dividing K, a multiple of
+    k_tile (a k-piece never spans two groups), TC-LIF only; None (and absent) per channel."""
+    G = schema.get(k, "group_size", int, where=where, min=1, max=K, default=None)
+    if G is None or G == K:
+        return None
+    if K % G:
+        raise SpikecError(f"{where}: field 'group_size' {G} does not divide K={K}")
+    if G % kt:
+        raise SpikecError(f"{where}: field 'k_tile' {kt} does not divide 'group_size' {G}: a k-piece would span two "
+                          f"weight-scale groups")
+    if neuron != "tc-lif":
+        raise SpikecError(f"{where}: field 'group_size' {G}: group-wise weight scales need the tc-lif neuron, not {neuron}")
+    return G
 
 
 def _static_scales(k: dict, where: str, n: int, weights_len: int | None) -> tuple[tuple[float | None, ...], int]:
@@ -305,7 +334,8 @@ class KernelsDocument:
     fallback: dict | None = None
 
     def to_json(self) -> dict:
-        return {"format": KERNELS_FORMAT, "version": KERNELS_VERSION, "hwconfig": self.hwconfig,
+        version = KERNELS_VERSION if any(k.n_groups > 1 for k in self.kernels) else 1  # v1 unless it needs v2
+        return {"format": KERNELS_FORMAT, "version": version, "hwconfig": self.hwconfig,
                 "kernels": [k.to_json() for k in self.kernels], "vec_kernels": [k.to_json() for k in self.vec_kernels],
                 "attn_kernels": [k.to_json() for k in self.attn_kernels], "fallback": self.fallback or {}}
 
@@ -325,8 +355,10 @@ class KernelsDocument:
         (when given) the weights image's length, so that no call can fail on them later.
         `vec_kernels` and `attn_kernels` may be absent (files compiled before those
         lowerings). Raises SpikecError naming `where`, the descriptor ("kernels[3]") and the field."""
-        if not isinstance(obj, dict) or obj.get("format") != KERNELS_FORMAT or obj.get("version") != KERNELS_VERSION:
-            raise SpikecError(f"{where}: not a {KERNELS_FORMAT} v{KERNELS_VERSION} document")
+        version = obj.get("version") if isinstance(obj, dict) else None
+        if not isinstance(obj, dict) or obj.get("format") != KERNELS_FORMAT or type(version) is not int \
+                or version not in KERNELS_VERSIONS:
+            raise SpikecError(f"{where}: not a {KERNELS_FORMAT} v1 document nor a v2 one (v2: group-wise weight scales)")
         lists = []
         for key, kind in (("kernels", ProductKernel), ("vec_kernels", VecKernel), ("attn_kernels", AttentionKernel)):
             items = schema.get(obj, key, list, where=where, max=MAX_KERNELS, default=None if key == "kernels" else [])
@@ -334,6 +366,10 @@ class KernelsDocument:
                 raise SpikecError(f"{where}: field 'kernels' is missing")
             lists.append(tuple(kind.from_json(k, f"{where}: {key}[{i}]", cfg, index=i, weights_len=weights_len)
                                for i, k in enumerate(items)))
+        if version < 2:
+            for i, k in enumerate(lists[0]):
+                if k.n_groups > 1:
+                    raise SpikecError(f"{where}: kernels[{i}]: field 'group_size' needs a v2 document, this is v{version}")
         hw = _str(obj, "hwconfig", where, default=cfg.name)
         fallback = schema.get(obj, "fallback", dict, where=where, default={})
         return cls(hw, *lists, fallback)
@@ -346,5 +382,6 @@ class KernelsDocument:
 
 Descriptor = ProductKernel | VecKernel | AttentionKernel
 
-__all__ = ["AttentionKernel", "Descriptor", "KERNELS_FORMAT", "KERNELS_VERSION", "KernelsDocument", "MAX_KERNELS",
+__all__ = ["AttentionKernel", "Descriptor", "KERNELS_FORMAT", "KERNELS_VERSION", "KERNELS_VERSIONS", "KernelsDocument",
+           "MAX_KERNELS",
            "MAX_MODALITIES", "ProductKernel", "Tile", "VEC_FUNCS", "VecKernel"]

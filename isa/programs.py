@@ -22,7 +22,7 @@ from spikec.isa.fields import (FORMATS, AccMode, Buffer, EncodeDst, Module, Neur
                                WeightFormat)
 from spikec.isa.hwconfig import HwConfig
 from spikec.isa.tiling import (CONST_ROWS, HAS_SCALAR, TILE_ALIGN, Tile, TilingError, align, operand_cols, plan_attention,
-                               plan_vec, weight_bytes)
+                               plan_vec, scale_row_offsets, scales_per_feature, weight_bytes)
 from spikec.isa import costmodel
 
 
@@ -121,7 +121,12 @@ class ProgramBuilder:
 class _Step:
     """One (chunk, M-tile) step of a program: SPMM + VEC DEQ + STORE, plus the loads it needs.
     With K-tiling, one (chunk, M-tile, k-piece) step: SPMM (accumulating after the first
-    piece), and DEQ + STORE only on the last piece."""
+    piece), and DEQ + STORE only on the last piece. With group-wise weight scales (the
+    kernel's n_groups > 1; always K-tiled, pieces inside one group), the SPMM of a group's
+    first piece overwrites ACC, and the step of a group's last piece (`grp_end`) DEQs that
+    group: group 0 (with the bias) into the chunk's running sum in VEC, group g >= 1 into a
+    scratch row then VEC ADD into the running sum, or, for the last group, into the output
+    slot (then STORE)."""
 
     g: Group
     r0: int  # first row of the chunk in the call's x / y arrays
@@ -140,6 +145,17 @@ class _Step:
     kl: int = 0  # the piece's features (0: the whole K)
     acc: int = 0  # ACC address of the chunk's accumulators
     last_k: bool = True  # the tile's last k-piece: DEQ + STORE follow (and [s_w | bias] loads with it)
+    grp_end: bool | None = None  # the last piece of a weight-scale group: its DEQ follows (None: last_k)
+    sb: int | None = None  # sequence number of the tile's [s_w | bias] load (SCL slot sb % 2; None: u)
+    load_sb: bool | None = None  # this step's load group loads [s_w | bias] (None: load_tile and last_k)
+
+    def __post_init__(self) -> None:
+        if self.grp_end is None:
+            self.grp_end = self.last_k
+        if self.sb is None:
+            self.sb = self.u
+        if self.load_sb is None:
+            self.load_sb = self.load_tile and self.last_k
 
 
 def _pack_chunks(chunks: list[tuple[Group, int, int]], rows_cap: int,
@@ -191,6 +207,17 @@ def _plan_segment(groups: list[Group], cfg: HwConfig, rows_cap: int, chunks_cap:
     return "resident", blocks
 
 
+def _block_scales(k: ProductKernel, cfg: HwConfig) -> bool:
+    """Whether a group-wise kernel's SCL slot holds its tile's whole scale block (loaded with
+    the tile's first piece) rather than one group's row (loaded with the group's first piece)."""
+    return scales_per_feature(cfg, k.K, k.m_tile, k.group_size) > 2
+
+
+def _sb_slot(k: ProductKernel, cfg: HwConfig, m: int) -> int:
+    """SCL elements of one [s_w | bias] slot of an M-tile of m features."""
+    return scales_per_feature(cfg, k.K, k.m_tile, k.group_size) * m
+
+
 def _schedule(groups: list[Group], cfg: HwConfig) -> tuple[list[_Step], int, int]:
     """The steps of a program (see build_program), with the static-scale slots per scale set
     and the widest M-tile: the scheduling, before any instruction is emitted."""
@@ -206,11 +233,19 @@ def _schedule(groups: list[Group], cfg: HwConfig) -> tuple[list[_Step], int, int
         raise SpikecError("build_program: no tokens")
     scl_elems, inp_elems, acc_elems = cfg.buffer_elems(Buffer.SCL), cfg.buffer_elems(Buffer.INP), cfg.buffer_elems(Buffer.ACC)
 
+    vec_elems = cfg.buffer_elems(Buffer.VEC)
+
     def rows_cap(k: ProductKernel) -> int:  # rows whose codes (and, K-tiled, accumulators) a block keeps on chip
-        return inp_elems // k.K if k.k_tile >= k.K else min(inp_elems // k.K, acc_elems // k.m_tile)
+        if k.k_tile >= k.K:
+            return inp_elems // k.K
+        if k.n_groups > 1:  # and their running sums in VEC, after the x and output slots and the DEQ scratch
+            return min(inp_elems // k.K, acc_elems // k.m_tile,
+                       (vec_elems - 2 * k.n_max * k.K - 3 * k.n_max * k.m_tile) // k.m_tile)
+        return min(inp_elems // k.K, acc_elems // k.m_tile)
 
     mt_max = max(t.m for seg in segs for t in seg[0].kernel.tiles)
-    budget = scl_elems - 4 * mt_max  # SCL left for dynamic scales and static-scale slots
+    sb_slot = max(_sb_slot(seg[0].kernel, cfg, t.m) for seg in segs for t in seg[0].kernel.tiles)
+    budget = scl_elems - 2 * sb_slot  # SCL left for dynamic scales and static-scale slots
     n_dyn = max([min(g.n, g.kernel.n_max) for seg in segs for g in seg if not g.kernel.static], default=0)
     chunks_cap = max(1, (budget - n_dyn) // 2)
     plans: list[tuple[list[Group], str, list]] = [None] * len(segs)
@@ -226,7 +261,7 @@ def _schedule(groups: list[Group], cfg: HwConfig) -> tuple[list[_Step], int, int
             k = seg[0].kernel
             plans[i] = (seg, *_plan_segment(seg, cfg, max(1, min(rows_cap(k), budget - 2 * n_static)), None))
     steps: list[_Step] = []
-    u = e = q = 0
+    u = e = q = v = 0  # v: [s_w | bias] loads of group-wise kernels
     for seg, mode, blocks in plans:
         tiles, K = seg[0].kernel.tiles, seg[0].kernel.K
         if mode == "reencode":
@@ -237,6 +272,9 @@ def _schedule(groups: list[Group], cfg: HwConfig) -> tuple[list[_Step], int, int
                 u += 1
             continue
         kt, mtk = seg[0].kernel.k_tile, seg[0].kernel.m_tile
+        gw = seg[0].kernel.n_groups > 1
+        G = seg[0].kernel.group_size if gw else K
+        whole = gw and _block_scales(seg[0].kernel, cfg)
         for block in blocks:
             offs = np.cumsum([0] + [n for _, _, n in block]).tolist()
             for ti, tile in enumerate(tiles):
@@ -249,9 +287,15 @@ def _schedule(groups: list[Group], cfg: HwConfig) -> tuple[list[_Step], int, int
                 for kc, k0 in enumerate(range(0, K, kt)):
                     kl = min(kt, K - k0)
                     for ci, (g, r0, n) in enumerate(block):
+                        # group-wise: the tile's scale block loads with its first piece (`whole`), or
+                        # each group's scale row with the group's first piece (SCL slot v % 2)
                         steps.append(_Step(g, r0, n, tile, u, ci == 0, ti == 0 and kc == 0, e + ci, q, ci, offs[ci] * K,
-                                           offs[ci], kc, k0, kl, offs[ci] * mtk, k0 + kl >= K))
+                                           offs[ci], kc, k0, kl, offs[ci] * mtk, k0 + kl >= K,
+                                           *((k0 + kl) % G == 0, v, ci == 0 and (kc == 0 if whole else k0 % G == 0))
+                                             if gw else ()))
                     u += 1
+                    v += gw and not whole and (k0 + kl) % G == 0
+                v += whole
             e, q = e + len(block), q + 1
     return steps, n_static, mt_max
 
@@ -264,8 +308,10 @@ class _Layout:
     VO: tuple[int, int]  # VEC: the DEQ outputs
     SX: int  # SCL: dynamic scales
     SST: int  # SCL: static-scale slots
-    SSB: tuple[int, int]  # SCL: [s_w | bias] of a tile
+    SSB: tuple[int, int]  # SCL: [s_w | bias] of a tile (and the other groups' s_w rows)
     WS: tuple[int, int]  # WGT: weight tiles
+    VY: int = 0  # VEC: group-wise running sums of a block's chunks (at the step's acc offset)
+    VT: int = 0  # VEC: group-wise DEQ scratch (one chunk)
 
 
 def _layout(steps: list[_Step], cfg: HwConfig, n_static: int, mt_max: int) -> _Layout:
@@ -275,16 +321,21 @@ def _layout(steps: list[_Step], cfg: HwConfig, n_static: int, mt_max: int) -> _L
     o_slot = max(st.n * st.tile.m for st in steps)
     w_slot = max(st.tile.w_bytes for st in steps)
     n_sx = max([st.row + st.n for st in steps if not st.g.kernel.static], default=0)
+    sb_slot = max(_sb_slot(st.g.kernel, cfg, st.tile.m) for st in steps)  # 2 * mt_max per channel
+    gw = [st for st in steps if st.g.kernel.n_groups > 1]
+    y_len = max([st.acc + st.n * st.tile.m for st in gw], default=0)
+    t_len = max([st.n * st.tile.m for st in gw], default=0)
     VX = (0, x_slot)
     VO = (2 * x_slot, 2 * x_slot + o_slot)
+    VY, VT = 2 * x_slot + 2 * o_slot, 2 * x_slot + 2 * o_slot + y_len
     SX, SST = 0, n_sx
-    SSB = (n_sx + 2 * n_static, n_sx + 2 * n_static + 2 * mt_max)
+    SSB = (n_sx + 2 * n_static, n_sx + 2 * n_static + sb_slot)
     WS = (0, w_slot)
-    if 2 * x_slot + 2 * o_slot > cfg.buffer_elems(Buffer.VEC) or SSB[1] + 2 * mt_max > scl_elems \
+    if VT + t_len > cfg.buffer_elems(Buffer.VEC) or SSB[1] + sb_slot > scl_elems \
             or 2 * w_slot > cfg.buffer_elems(Buffer.WGT) or max(st.inp + st.n * st.g.kernel.K for st in steps) > inp_elems \
             or max(st.acc + st.n * st.tile.m for st in steps) > acc_elems:
         raise SpikecError(f"build_program: the kernels' tiles do not fit the buffers of config '{cfg.name}'")
-    return _Layout(VX, VO, SX, SST, SSB, WS)
+    return _Layout(VX, VO, SX, SST, SSB, WS, VY, VT)
 
 
 def _slot_release(steps: list[_Step]) -> tuple[set[int], set[int]]:
@@ -295,19 +346,21 @@ def _slot_release(steps: list[_Step]) -> tuple[set[int], set[int]]:
     # the previous load group's, so the load module runs up to two groups ahead.
     pops: set[int] = set()  # steps whose load group pops c2l
     pushers: set[int] = set()  # steps whose DEQ pushes c2l
-    last_w, last_x, last_st = [-1, -1], [-1, -1], [-1, -1]  # last step reading each WGT/SSB, VEC x, static slot
+    last_w, last_x, last_st = [-1, -1], [-1, -1], [-1, -1]  # last step reading each WGT, VEC x, static slot
+    last_sb = [-1, -1]  # last step of a tile reading each SSB slot (per channel the WGT slot's: sb == u)
     last_push = -1
     for s, st in enumerate(steps):
         static = st.g.kernel.static
         if st.load_x or st.load_tile:
             need = max(last_x[st.e % 2] if st.load_x else -1, last_st[st.q % 2] if st.load_x and static else -1,
-                       last_w[st.u % 2] if st.load_tile else -1)
+                       last_w[st.u % 2] if st.load_tile else -1, last_sb[st.sb % 2] if st.load_sb else -1)
             if need >= 0:
                 last_push = max(need, last_push + 1)
                 assert last_push < s, "c2l token pushed after the load group that waits for it"
                 pops.add(s)
                 pushers.add(last_push)
         last_w[st.u % 2] = s
+        last_sb[st.sb % 2] = s
         if st.load_x:
             last_x[st.e % 2] = s
         if static:
@@ -345,6 +398,7 @@ def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
         o = outs[s]
         ktiled = st.kl > 0
         static = k.static
+        G = k.group_size if k.n_groups > 1 else K  # rows per accumulator
         T = int(k.timesteps[g.modality])
         scl = SST + (st.q % 2) * n_static + st.idx if static else SX + st.row
         # load module
@@ -357,8 +411,13 @@ def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
             w_rows = (align(weight_bytes(st.kl, mt, k.wbits), TILE_ALIGN) if ktiled else tile.w_bytes) // TILE_ALIGN
             loads.append(dict(buf=Buffer.WGT, sram=WS[st.u % 2], dram=tile.w + st.kc * tile.w_bytes,
                               stride=TILE_ALIGN, rows=w_rows, cols=TILE_ALIGN))
-            if st.last_k:
-                loads.append(dict(buf=Buffer.SCL, sram=SSB[st.u % 2], dram=tile.sb, stride=8 * mt, rows=1, cols=2 * mt))
+        whole = k.n_groups > 1 and _block_scales(k, cfg)
+        if st.load_sb:  # [s_w | bias], after the tile's piece; group-wise: the tile's whole scale block
+            # [s_w[0] | bias | s_w[1] | ...], or the group's row ([s_w[0] | bias] or s_w[g])
+            sbl = (k.n_groups + 1) * mt if whole else (2 if st.k0 < G else 1) * mt
+            off = 0 if whole else scale_row_offsets(k.n_groups, mt)[st.k0 // G]
+            loads.append(dict(buf=Buffer.SCL, sram=SSB[st.sb % 2], dram=tile.sb + 4 * off, stride=4 * sbl, rows=1,
+                              cols=sbl))
         if loads:
             if s in pops:
                 b.pop(Module.COMPUTE, Module.LOAD)
@@ -390,15 +449,27 @@ def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
                                           k=st.kl if ktiled else K, m=mt, acc_stride=mt, t=T,
                                           neuron=Neuron.IF if k.neuron == "if" else Neuron.TCLIF,
                                           wfmt=WeightFormat.INT4 if k.wbits == 4 else WeightFormat.INT8,
-                                          acc_mode=AccMode.ACCUMULATE if st.kc > 0 else AccMode.OVERWRITE)))
+                                          acc_mode=AccMode.ACCUMULATE if st.k0 % G else AccMode.OVERWRITE)))
         for op, kw in compute:
             b.emit(op, **kw)
-        if st.last_k:
+        if st.last_k and k.n_groups == 1:
             if o >= 2:  # its VEC output slot: STORE o - 2 has read it
                 b.pop(Module.STORE, Module.COMPUTE)
             flags = (0 if static else VecFlag.PER_ROW) | (VecFlag.BIAS if k.has_bias else 0)
             b.emit(Opcode.VEC, func=VecFunc.DEQ, flags=int(flags), dst=VO[o % 2], src0=st.acc, src1=scl,
-                   src2=SSB[st.u % 2], n=n, len=mt)
+                   src2=SSB[st.sb % 2], n=n, len=mt)
+        elif st.grp_end:
+            # group-wise (reference.dequantize_acc): t_g = (float32(acc_g) * s_x) * s_w[g]; y = t_0 (+ bias) in
+            # the chunk's running sum, then y = y + t_g in ascending g; the last ADD writes the output slot
+            grp = st.k0 // G
+            y = lay.VY + st.acc
+            flags = (0 if static else VecFlag.PER_ROW) | (VecFlag.BIAS if k.has_bias and grp == 0 else 0)
+            b.emit(Opcode.VEC, func=VecFunc.DEQ, flags=int(flags), dst=y if grp == 0 else lay.VT, src0=st.acc,
+                   src1=scl, src2=SSB[st.sb % 2] + (scale_row_offsets(k.n_groups, mt)[grp] if whole else 0), n=n, len=mt)
+            if grp > 0:
+                if st.last_k and o >= 2:  # its VEC output slot: STORE o - 2 has read it
+                    b.pop(Module.STORE, Module.COMPUTE)
+                b.emit(Opcode.VEC, func=VecFunc.ADD, dst=VO[o % 2] if st.last_k else y, src0=y, src1=lay.VT, n=n, len=mt)
         if s in pushers:  # after the step's last read of its slots
             b.push(Module.COMPUTE, Module.LOAD)
         # store module

@@ -3,8 +3,10 @@
 Every `SpikeEncode -> SpikeMatMul` pair whose weights are constants (TC-LIF, or rate IF
 on a symmetric code) becomes a *kernel*: its weights packed per M-tile into one DRAM
 image (int8, or int4 two per byte when wbits = 4), followed by the tile's `s_w` and
-`bias` (float32, adjacent, as VEC DEQ with BIAS reads them) and, for static activation
-scales, one float32 scale per modality. A kernel's *descriptor* (isa/descriptors.py,
+`bias` (float32, adjacent, as VEC DEQ with BIAS reads them; with group-wise scales
+s_w [n, M], [s_w[0] | bias | s_w[1] | ... ], the kernel K-tiled at group boundaries and
+each group DEQed then added in order: docs/isa.md section 9, "Group-wise products") and,
+for static activation scales, one float32 scale per modality. A kernel's *descriptor* (isa/descriptors.py,
 stored as JSON) says where its data lies and how it is tiled; the instruction stream of one call is a deterministic
 function of the descriptor and the call's token groups (`build_program`), generated at
 run time because the token count varies (prefill vs decode). `representative_program`
@@ -202,8 +204,9 @@ class IsaLowering:
         s_w = mm.inputs[4].const_value.numpy().astype(np.float32)
         bias_v = mm.inputs[5] if len(mm.inputs) > 5 else None
         bias = bias_v.const_value.numpy().astype(np.float32) if bias_v is not None else None
+        G = _group_size(mm, f"graph '{role}', node '{mm.name}'")
         base = len(self.image)
-        tiles, wimg, _ = kernel_tiles(K, M, plan.m_tile, plan.k_tile, wbits, base, w, s_w, bias)
+        tiles, wimg, _ = kernel_tiles(K, M, plan.m_tile, plan.k_tile, wbits, base, w, s_w, bias, group_size=G)
         self.image += wimg
         scale = sops.attr(enc, "act_scale", "dynamic")
         scales = s_off = None
@@ -216,7 +219,7 @@ class IsaLowering:
             wbits=wbits, neuron=neuron, timesteps=tuple(T), modalities=tuple(names),
             modality_id=int(sops.attr(mm, "modality_id", -1)), act_scale=scale, has_bias=bias is not None,
             m_tile=plan.m_tile, n_max=plan.n_max, k_tile=plan.k_tile, tiles=tuple(tiles), weights_offset=base,
-            weights_bytes=len(self.image) - base, static_scales=scales, static_offset=s_off)
+            weights_bytes=len(self.image) - base, static_scales=scales, static_offset=s_off, group_size=G)
 
     def artifact(self) -> IsaArtifact:
         """The lowered model; SpikecError when the image exceeds half the device DRAM."""
@@ -240,6 +243,19 @@ def _overflow_args(mm: ir.Node) -> tuple[int, int, int]:
     return K, max(sops.get_timesteps(mm)) + extra, R.qmax(wbits)
 
 
+def _group_size(mm: ir.Node, where: str) -> int | None:
+    """Rows per weight-scale group of a product with constant weights: None per output
+    channel (s_w [M]), else K / n_groups (s_w [n_groups, M], n_groups > 1; SpikecError
+    naming `where` unless it divides K)."""
+    s_w = mm.inputs[4] if len(mm.inputs) > 4 else None
+    shape = s_w.const_value.shape if s_w is not None and s_w.const_value is not None else None
+    if shape is None or len(shape) < 2:
+        return None
+    K = int(mm.inputs[3].const_value.shape[-2])
+    G = R.weight_group_size(K, tuple(int(d) for d in shape), where)
+    return G if G < K else None
+
+
 def _product_plan(mm: ir.Node, enc: ir.Node | None, cfg: HwConfig) -> tuple[str | None, TilePlan | None]:
     """(why the product stays on the host, None) or (None, its tiling)."""
     why = _why_not(mm, enc)
@@ -251,8 +267,11 @@ def _product_plan(mm: ir.Node, enc: ir.Node | None, cfg: HwConfig) -> tuple[str 
         return f"weights of rank {w.ndim}", None
     if wbits not in (4, 8) or R.absmax_int(w) > R.qmax(wbits):
         return f"weights exceed wbits={wbits}", None
+    G = _group_size(mm, f"node '{mm.name}'")
+    if G is not None and sops.attr(mm, "neuron", "tc-lif") != "tc-lif":
+        return "group-wise weight scales need the tc-lif neuron", None
     try:
-        return None, plan_tiles(cfg, int(w.shape[-2]), int(w.shape[-1]), wbits)
+        return None, plan_tiles(cfg, int(w.shape[-2]), int(w.shape[-1]), wbits, G)
     except TilingError as exc:
         return str(exc), None
 

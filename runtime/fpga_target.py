@@ -12,7 +12,8 @@ the host; a DeviceLinear call writes its activations (rows grouped by modality) 
 DRAM, builds the call's instruction stream from the descriptor
 (`isa/programs.py: build_program`), runs it on the device and reads the results back.
 The device's integer path and DEQ order are the reference's, so the outputs equal
-`spikec.reference.spiking_linear` bit for bit. Likewise each vector kernel (`vec_kernels`
+`spikec.reference.spiking_linear` bit for bit (group-wise weight scales: one accumulator,
+DEQ and, after the first, VEC ADD per group, `reference.dequantize_acc`'s order). Likewise each vector kernel (`vec_kernels`
 in `isa/kernels`, passes/lower_vec.py) becomes one `spikec.fpga::DeviceVec(operands...)`
 node replacing the host ops it matched: a call writes the operands, runs
 `programs.build_vec_program` (LOAD -> VEC -> STORE per chunk of rows) and reads the rows

@@ -58,6 +58,8 @@ class SpikeOptions:
     # quantize; combines with either weight method (rotation + GPTQ as in the paper)
     rotate: bool = False
     online_hadamard: bool = True  # with rotate: QuaRot's online Hadamard before each down projection
+    # with rotate and spike_attention: the attention products rotated online (passes/rotate.py)
+    attention_hadamard: bool = True
 
     def validate(self) -> "SpikeOptions":
         if self.wbits not in (4, 8):

@@ -34,7 +34,11 @@ Anything else, or a stream value read by another op, is refused with the node's 
 a partial rotation would change the model's function.
 
 Also QuaRot's online Hadamard before each down projection (`_online_hadamard`; off with
-`--no-online-hadamard`). The rotation of the attention products is not built.
+`--no-online-hadamard`), and, with --spike-attention, the online rotation of the attention
+products (`_rotate_attention`: Q and K by the head dimension's Hadamard matrix, so that
+Q K^T is unchanged; V by it and the output back), which spreads the outlier channels of
+the keys before their per-tensor 8-bit code (QuaRot section 4, "attention"). These are
+float ops on every target; on the accelerator the key's transpose then runs on the host.
 """
 
 from __future__ import annotations
@@ -337,6 +341,83 @@ def _online_hadamard(model: ir.Model, lin: Linear, rw: _Rewriter) -> bool:
     return True
 
 
+def _typed(v: ir.Value, like: ir.Value, shape) -> None:
+    v.type, v.shape = like.type, (ir.Shape(list(shape)) if shape is not None else None)
+
+
+def _times_constant(x: ir.Value, h: np.ndarray, base: str, rw: _Rewriter) -> tuple[list[ir.Node], ir.Value]:
+    """Nodes computing x @ h for x [..., a, n] of known rank and h [n, n] float32, as
+    Transpose -> MatMul(h^T, .) -> Transpose: a constant *left* operand, so the product stays
+    a float op (quantize takes only x @ W products as linear layers)."""
+    r = len(x.shape)
+    perm = list(range(r - 2)) + [r - 1, r - 2]
+    swapped = list(x.shape)[:-2] + [x.shape[-1], x.shape[-2]]
+    t1 = ir.node("Transpose", [x], attributes={"perm": perm}, name=f"{base}.transpose_in")
+    ht = rw.constant(f"{base}.hadamard_t", np.ascontiguousarray(h.T, dtype=np.float32))
+    mm = ir.node("MatMul", [ht, t1.outputs[0]], name=f"{base}.matmul")
+    t2 = ir.node("Transpose", [mm.outputs[0]], attributes={"perm": perm}, name=f"{base}.transpose_out")
+    _typed(t1.outputs[0], x, swapped)
+    _typed(mm.outputs[0], x, swapped)
+    _typed(t2.outputs[0], x, x.shape)
+    nodes = [t1, mm, t2]
+    for k in nodes:
+        k.outputs[0].name = f"{k.name}.out"
+    return nodes, t2.outputs[0]
+
+
+def _static(d) -> int | None:
+    return int(d) if isinstance(d, (int, np.integer)) else None
+
+
+def _rotate_attention(model: ir.Model, rw: _Rewriter) -> dict:
+    """QuaRot's rotation of the attention products (an activation x activation MatMul A @ B,
+    quantized with --spike-attention), online and exact in real arithmetic, with the
+    orthonormal Hadamard matrix Hn = H / sqrt(n) of the product's static head dimension:
+    - the contraction is static (Q @ K^T, k = head_dim): A' = A Hn, B' = Hn^T B, so
+      A' B' = A B; both operands are spread (K's outlier channels, QuaRot's reason);
+    - else the output is static (P @ V, n = head_dim): B' = B Hn, Y = (A B') Hn^T.
+    A product with no static dimension of a Hadamard order is left as it is (reported)."""
+    from spikec.passes.quantize import find_linears
+
+    done, skipped = [], []
+    for node in find_linears(model)[1]:
+        a, b = node.inputs[0], node.inputs[1]
+        if a.shape is None or b.shape is None or len(a.shape) < 2 or len(b.shape) < 2:
+            skipped.append({"name": node.name, "reason": "operand ranks not known"})
+            continue
+        k, n = _static(b.shape[-2]), _static(b.shape[-1])
+        base = f"{node.name}.attention_hadamard"
+        if k and k > 1 and hadamard(k) is not None:
+            hn = hadamard(k).astype(np.float64) / np.sqrt(k)
+            a_nodes, a2 = _times_constant(a, hn, f"{base}.left", rw)
+            ht = rw.constant(f"{base}.right.hadamard_t", np.ascontiguousarray(hn.T, dtype=np.float32))
+            mm = ir.node("MatMul", [ht, b], name=f"{base}.right.matmul")
+            _typed(mm.outputs[0], b, b.shape)
+            mm.outputs[0].name = f"{mm.name}.out"
+            model.graph.insert_before(node, a_nodes + [mm])
+            node.replace_input_with(0, a2)
+            node.replace_input_with(1, mm.outputs[0])
+            done.append({"name": node.name, "rotated": "contraction", "n": k})
+        elif n and n > 1 and hadamard(n) is not None:
+            y = node.outputs[0]
+            if y.is_graph_output() or y.shape is None:
+                skipped.append({"name": node.name, "reason": "output is a graph output or of unknown rank"})
+                continue
+            hn = hadamard(n).astype(np.float64) / np.sqrt(n)
+            b_nodes, b2 = _times_constant(b, hn, f"{base}.right", rw)
+            model.graph.insert_before(node, b_nodes)
+            node.replace_input_with(1, b2)
+            users = [(u.node, u.idx) for u in y.uses()]
+            y_nodes, y2 = _times_constant(y, hn.T, f"{base}.out", rw)
+            model.graph.insert_after(node, y_nodes)
+            for user, idx in users:
+                user.replace_input_with(idx, y2)
+            done.append({"name": node.name, "rotated": "output", "n": n})
+        else:
+            skipped.append({"name": node.name, "reason": "no static head dimension with a Hadamard matrix"})
+    return {"products": len(done), "rotated": done, "skipped": skipped}
+
+
 def _rotate_lm(model: ir.Model, x0: ir.Value, norms: dict[int, list], rw: _Rewriter, online: bool = True) -> dict:
     n = x0.shape[-1]
     q, kind = rotation_matrix(n)
@@ -397,9 +478,18 @@ def _rotate_table(node: ir.Node, rw: _Rewriter) -> dict:
     return {"graph": "token embedding", "n": int(table.shape[1]), "matrix": kind, "table": node.name}
 
 
-def rotate_graph(model: ir.Model, online_hadamard: bool = True) -> dict:
+def rotate_graph(model: ir.Model, online_hadamard: bool = True, attention: bool = False) -> dict:
     """Rotate `model` in place (see the module docstring); returns what was done (the report's
-    `rotate` entry). Raises SpikecError, naming the node, for a graph it cannot rotate whole."""
+    `rotate` entry). With `attention`, also the attention products (`_rotate_attention`;
+    for --spike-attention). Raises SpikecError, naming the node, for a graph it cannot
+    rotate whole."""
+    done = _rotate_stream(model, online_hadamard)
+    if attention:
+        done["attention"] = _rotate_attention(model, _Rewriter(model.graph))
+    return done
+
+
+def _rotate_stream(model: ir.Model, online_hadamard: bool) -> dict:
     graph = model.graph
     rw = _Rewriter(graph)
     rms = [m for m in match_functions(model) if m.func == VecFunc.RMSNORM]
@@ -434,7 +524,9 @@ class Rotate(ContextPass):
     invalidates = FLOAT_ANALYSES  # the weights change (the function, to float rounding, does not)
 
     def call(self, model: ir.Model) -> ir.passes.PassResult:
-        done = rotate_graph(model, online_hadamard=self.ctx.options.online_hadamard)
+        opts = self.ctx.options
+        done = rotate_graph(model, online_hadamard=opts.online_hadamard,
+                            attention=opts.spike_attention and opts.attention_hadamard)
         self.ctx.results["rotate"] = done
         log.info("rotate: %s", done)
         return ir.passes.PassResult(model, modified=True)

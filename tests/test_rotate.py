@@ -155,3 +155,35 @@ def test_a_lone_graph_is_not_rotated(tmp_path, tiny_mlp):
     from spikec.compiler import compile_onnx
     with pytest.raises(SpikecError, match="compile the export folder"):
         compile_onnx(tiny_mlp, tmp_path / "o.onnx", pipeline=None, options=SpikeOptions(rotate=True))
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_attention_rotation_keeps_the_function(name):
+    """With --spike-attention, rotate also turns every attention product by the head
+    dimension's Hadamard matrix (Q and K on the contraction; V and the output back): the
+    float function is unchanged to rounding, every product of the LM is rotated."""
+    root = _export(name)
+    plain, rotated = root / "plain-att.sbin", root / "rotated-att.sbin"
+    compile_path(root / "export", plain, pipeline=list(GENERIC_PIPELINE))
+    report = compile_path(root / "export", rotated, pipeline=list(GENERIC_PIPELINE) + ["rotate"],
+                          options=SpikeOptions(spike_attention=True))
+    _, l0, t0 = _prefill(plain)
+    _, l1, t1 = _prefill(rotated)
+    np.testing.assert_allclose(l1, l0, rtol=0, atol=1e-4 * np.abs(l0).max())
+    np.testing.assert_array_equal(t1, t0)
+    att = report.extra["graphs"]["lm"]["rotate"]["attention"]
+    assert att["products"] == 4 and not att["skipped"], att  # 2 layers x (Q K^T, P V)
+    assert sorted(r["rotated"] for r in att["rotated"]) == ["contraction", "contraction", "output", "output"]
+
+
+def test_attention_rotation_spiking_compile_stays_exact(tmp_path):
+    """--rotate --spike-attention at W4: the rotated products are quantized and the ORT
+    target's fused and exact modes agree bit for bit on the generated tokens."""
+    out = tmp_path / "w4-att.sbin"
+    root = _export("tiny-llava")
+    report = compile_path(root / "export", out, options=SpikeOptions(wbits=4, rotate=True, spike_attention=True).validate())
+    assert report.extra["graphs"]["lm"]["rotate"]["attention"]["products"] == 4
+    with load(out, target="ort") as a, load(out, target="ort", mode="exact") as b:
+        ids_a = a.generator().generate_ids(a.generator().prepare([sample_image()], ["describe"]), 4, stop_at_eos=False)
+        ids_b = b.generator().generate_ids(b.generator().prepare([sample_image()], ["describe"]), 4, stop_at_eos=False)
+    np.testing.assert_array_equal(ids_a, ids_b)

@@ -57,6 +57,8 @@ from spikec.passes import PASSES, QDQ_PIPELINE, SPIKING_PIPELINE
               "weights before quantizing (combines with --weight-method gptq; export folders only; passes/rotate.py).")
 @click.option("--no-online-hadamard", "online_hadamard", flag_value=False, default=True,
               help="With --rotate: leave out QuaRot's online Hadamard before each down projection.")
+@click.option("--no-attention-hadamard", "attention_hadamard", flag_value=False, default=True,
+              help="With --rotate --spike-attention: leave the attention products unrotated.")
 @click.option("--hwconfig", default="default", show_default=True, help="With --isa: the hardware configuration (built-in name or JSON path).")
 @click.option("--no-per-layer", "per_layer", flag_value=False, default=True, help="With --budget: one T per modality for all layers.")
 def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_list: str | None, report_path: Path | None,
@@ -64,7 +66,8 @@ def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_
                     smooth: float | None, neuron: str, tv: int | None, tt: int | None, budget: float | None,
                     spike_attention: bool, isa: bool, hwconfig: str, per_layer: bool, weight_method: str = "rtn",
                     gptq_damp: float = 0.01, gptq_act_order: bool = False, exact_vector: bool = False,
-                    rotate: bool = False, online_hadamard: bool = True, group_size: str = "0") -> None:
+                    rotate: bool = False, online_hadamard: bool = True, group_size: str = "0",
+                    attention_hadamard: bool = True) -> None:
     """Compile INPUT (an ONNX file, or an export folder of `spikec export`) into OUTPUT."""
     from spikec import atomic
     from spikec import progress as P
@@ -78,6 +81,7 @@ def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_
         budget=budget, spike_attention=spike_attention, per_layer=per_layer,
         weight_method=weight_method, gptq_damp=gptq_damp, gptq_act_order=gptq_act_order, exact_vector=exact_vector,
         rotate=rotate, online_hadamard=online_hadamard, group_size=int(group_size),
+        attention_hadamard=attention_hadamard,
     ).validate()
     names = None if pass_list is None else [n.strip() for n in pass_list.split(",") if n.strip()]
     # one bar per graph over its passes on a terminal; the "[i/n] pass" lines in a pipe; nothing with -q

@@ -138,7 +138,13 @@ module spikec_spmm #(
   // ---------------------------------------------------------------- code prefetch
   // A two-entry queue of token codes, read one token ahead through all tiles in the
   // processing order, so a new token's first plane follows the previous token's last.
-  logic [R*16-1:0] pq0, pq1;  // pq0 is the head
+  // Each entry holds the codes already clamped to +-qmax, with what the head token's
+  // control needs from them (the OR of the magnitudes, the rate-IF counts c = q + 2**t and
+  // their maximum), computed as the read arrives: the clamp, the OR and the max over R
+  // rows are then off the processing side's path (qmax -> clamp -> OR -> plane select ->
+  // tok_done was the routed critical path, docs/synthesis.md).
+  localparam int EW = R * 16 + R * 9 + 15 + 9;
+  logic [EW-1:0] pq0, pq1;  // pq0 is the head: {maxc, ormag, cval, q}
   logic [1:0] pq_cnt;
   logic rd_inflight, rd_on;
   logic [NW-1:0] rd_i;
@@ -146,14 +152,35 @@ module spikec_spmm #(
   logic [MW-1:0] rd_mleft;  // output features left to read for (m-chunks of C)
   logic [31:0] rd_addr;
   logic pop;
-  logic [R*16-1:0] arriving;
+  logic [EW-1:0] arriving;
   logic [KW-1:0] rd_row_q;  // the k-chunk of the read in flight
 
   always_comb begin
+    logic signed [15:0] c16;
+    logic signed [15:0] qm;
+    logic [15:0] a;
+    logic [14:0] orm;
+    logic [8:0] cv, mx;
+    logic live;
+    qm = $signed(qmax);
+    orm = '0;
+    mx = '0;
+    arriving = '0;
     for (int r = 0; r < R; r++) begin
-      // rows beyond k (last chunk) carry no spikes
-      arriving[r*16+:16] = (32'(rd_row_q) + 32'(r) < 32'(f_k)) ? inp_rdata[r*16+:16] : 16'd0;
+      // rows beyond k (last chunk) carry no spikes: code 0, and in IF no count (c = 0)
+      live = 32'(rd_row_q) + 32'(r) < 32'(f_k);
+      c16 = live ? $signed(inp_rdata[r*16+:16]) : 16'sd0;
+      if (c16 > qm) c16 = qm;
+      if (c16 < -qm) c16 = -qm;
+      arriving[r*16+:16] = c16;
+      a = c16[15] ? 16'(-c16) : 16'(c16);
+      orm = orm | a[14:0];
+      cv = live ? 9'(c16 + (16'sd1 <<< f_t)) : 9'd0;
+      arriving[R*16+r*9+:9] = cv;
+      if (cv > mx) mx = cv;
     end
+    arriving[R*25+:15] = orm;
+    arriving[R*25+15+:9] = mx;
   end
 
   logic rd_issue;
@@ -180,24 +207,18 @@ module spikec_spmm #(
 
   always_comb begin
     logic signed [15:0] c16;
-    logic signed [15:0] qm;
     logic [15:0] a;
-    qm = $signed(qmax);
-    ormag = '0;
-    maxc = '0;
     for (int r = 0; r < R; r++) begin
-      c16 = $signed(pq0[r*16+:16]);
-      if (c16 > qm) c16 = qm;
-      if (c16 < -qm) c16 = -qm;
+      c16 = $signed(pq0[r*16+:16]);  // clamped on arrival
       q[r*16+:16] = c16;
       neg[r] = c16[15];
       a = c16[15] ? 16'(-c16) : 16'(c16);
       mag[r*15+:15] = a[14:0];
-      ormag = ormag | a[14:0];
-      // padding rows hold code 0 but must not spike in IF: they were zeroed with c = 0
-      cval[r*9+:9] = (32'(ki_row) + 32'(r) < 32'(f_k)) ? 9'(c16 + (16'sd1 <<< f_t)) : 9'd0;
-      if (cval[r*9+:9] > maxc) maxc = cval[r*9+:9];
     end
+    // padding rows hold code 0 but must not spike in IF: their c was set to 0 on arrival
+    cval = pq0[R*16+:R*9];
+    ormag = pq0[R*25+:15];
+    maxc = pq0[R*25+15+:9];
   end
 
   assign cur_rem = hd_started ? rem : ormag;

@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import sys
 import tempfile
@@ -68,7 +69,12 @@ def main() -> None:
     ap.add_argument("--workdir", type=Path, help="keep the files here (default: a temporary folder, removed)")
     ap.add_argument("--json", type=Path, help="also write the rows as JSON here")
     ap.add_argument("--keep-going", action="store_true", help="delete each step's input when done (saves disk)")
+    ap.add_argument("--compile-args", default="", metavar="ARGS",
+                    help="more `spikec compile` options, one string (e.g. \"--rotate --weight-method gptq "
+                         "--group-size 128 --calib DIR\"); named in the step's label")
     args = ap.parse_args()
+    extra = shlex.split(args.compile_args)
+    label = f" {args.compile_args}" if extra else ""
 
     work = args.workdir or Path(tempfile.mkdtemp(prefix="spikec-realsize-"))
     work.mkdir(parents=True, exist_ok=True)
@@ -97,11 +103,11 @@ def main() -> None:
             shutil.rmtree(ckpt)
         for bits in args.wbits:
             sbin = work / f"{tag}-w{bits}.sbin"
-            if not step(rows, f"compile W{bits}", n_layers,
-                        [*spikec_cmd(), "compile", str(export), "-o", str(sbin), "--wbits", str(bits)],
+            if not step(rows, f"compile W{bits}{label}", n_layers,
+                        [*spikec_cmd(), "compile", str(export), "-o", str(sbin), "--wbits", str(bits), *extra],
                         work / f"{tag}-compile-w{bits}.log"):
                 continue
-            step(rows, f"run W{bits}", n_layers,
+            step(rows, f"run W{bits}{label}", n_layers,
                  [*spikec_cmd(), "run", str(sbin), "--image", str(image), "--prompt", "Describe the image.",
                   "--max-new-tokens", str(args.max_new_tokens)], work / f"{tag}-run-w{bits}.log")
             if args.keep_going:

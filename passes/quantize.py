@@ -13,7 +13,9 @@ What it does, in order:
    vector, LayerNormalization scale and bias), or the output columns of a preceding
    linear layer feeding X through Mul (the SwiGLU up-projection) or directly. Layers
    whose input has another producer are not smoothed (reported).
-3. weights: per output channel symmetric, round to nearest (spikec.reference), or GPTQ
+3. weights: the codes and scales of a quantized checkpoint where the graph carries them
+   (spikec/imported_weights.py: `imported_weights`, checked against the float weight bit
+   for bit; docs/frontend.md), else per output channel symmetric, round to nearest (spikec.reference), or GPTQ
    (--weight-method gptq, passes/gptq.py: the same per-channel scales, codes chosen to
    minimise the layer's output error on the calibration inputs; H per layer input from
    the float graph on ORT, `_weights`).
@@ -339,9 +341,58 @@ def gptq_hessians(fetch, linears: list[Linear], smooth_s: dict) -> gptq.Hessians
     return gptq.Hessians(fetch, [(lin.x.name, int(lin.w.shape[0])) for lin in linears], smooth_s)
 
 
-def _weights(lin: Linear, opts, hessians: gptq.Hessians | None) -> tuple[np.ndarray, np.ndarray, dict]:
+def imported_weights(model: ir.Model, opts):
+    """The codes and scales a graph exported from a published int4 checkpoint carries
+    (spikec/imported_weights.py), or None. Options that would re-derive those layers' codes
+    or change their float weight are refused: --weight-method gptq, --group-size, --smooth,
+    --rotate (the imported codes are the checkpoint's; other layers of such a graph, e.g. an
+    unquantized LM head, follow --wbits with RTN)."""
+    from spikec.imported_weights import imported_weights as side_file
+
+    imported = side_file(model)
+    if imported is None:
+        return None
+    for flag, on in (("--weight-method gptq", opts.weight_method == "gptq"), ("--group-size", bool(opts.group_size)),
+                     ("--smooth", opts.smooth is not None), ("--rotate", opts.rotate)):
+        if on:
+            raise SpikecError(f"quantize: {flag}: this graph holds the integer codes and scales of a quantized "
+                              f"checkpoint ({imported.format}, imported as stored); {flag} would change them. "
+                              f"Compile without {flag} (or export the float checkpoint instead)")
+    return imported
+
+
+def _imported(lin: Linear, imported, opts) -> tuple[np.ndarray, np.ndarray, dict]:
+    """The checkpoint's codes and scales of one layer, checked against the graph's float weight
+    (codes * scales, as the export computed it, must equal it bit for bit)."""
+    from spikec.imported_weights import dequantize
+
+    name = lin.node.name
+    codes, scales = imported.get(name)
+    if codes.shape != lin.w.shape or lin.bias is not None and lin.bias.shape != (codes.shape[1],):
+        raise SpikecError(f"quantize: layer '{name}': imported codes {list(codes.shape)} do not fit its weight "
+                          f"{list(lin.w.shape)} ({imported.path})")
+    K, n = codes.shape[0], scales.shape[0]
+    rows = max(K // n, (WEIGHT_BLOCK_ELEMENTS // max(codes.shape[1], 1)) // (K // n) * (K // n))
+    for k in range(0, K, rows):  # bounded: a block of rows at a time
+        want = dequantize(codes[k:k + rows], scales[k // (K // n):(k + rows) // (K // n)])
+        if not np.array_equal(want.view(np.uint32), np.asarray(lin.w[k:k + rows], np.float32).view(np.uint32)):
+            raise SpikecError(f"quantize: layer '{name}': the graph's weight is not the imported codes times their "
+                              f"scales (was the graph changed after export?); {imported.path}")
+    if n > 1 and opts.neuron == "if":
+        raise SpikecError(f"quantize: layer '{name}': imported group-wise scales with --neuron if: the rate-IF offset "
+                          f"fold is per output channel; use the tc-lif neuron")
+    wbits = 4 if int(np.abs(codes.astype(np.int16)).max(initial=0)) <= R.qmax(4) else 8
+    return codes, (scales if n > 1 else scales[0]), {
+        "weight_method": f"imported:{imported.format}", "group_size": K // n if n > 1 else 0, "_wbits": wbits}
+
+
+def _weights(lin: Linear, opts, hessians: gptq.Hessians | None, imported=None) -> tuple[np.ndarray, np.ndarray, dict]:
     """(codes int8 [K, N], s_w float32 [N], report fields) of one layer: RTN, or GPTQ with its
-    proxy loss trace((W - W_q)^T H (W - W_q)) against RTN's on the same H."""
+    proxy loss trace((W - W_q)^T H (W - W_q)) against RTN's on the same H, or the codes and
+    scales imported from a quantized checkpoint (`_imported`; "_wbits" is then the layer's
+    own weight width: 4 when every |code| <= 7, else 8)."""
+    if imported is not None and lin.node.name in imported:
+        return _imported(lin, imported, opts)
     G = layer_group_size(int(lin.w.shape[0]), opts.group_size)
     group = {"group_size": G} if opts.group_size else {}
     if opts.group_size and lin.w.shape[0] % opts.group_size:
@@ -465,6 +516,7 @@ class Quantize(ContextPass):
         T = opts.timesteps(names)
         linears, attention, floats = find_linears(model)
         check_finite_weights(linears)
+        imported = imported_weights(model, opts)  # a graph exported from a quantized checkpoint
         static = opts.static
         if static and linears and not self.ctx.feeds:
             raise SpikecError("--act-scale static: no calibration data for this graph; pass --calib PATH "
@@ -508,13 +560,14 @@ class Quantize(ContextPass):
 
         for lin in track(linears, "quantize", "layer", leave=False, delay=1.0):  # a bar on a terminal, if > 1 s
             w = lin.w
-            w_q, s_w, weight_note = _weights(lin, opts, hessians)
+            w_q, s_w, weight_note = _weights(lin, opts, hessians, imported)
+            wbits = weight_note.pop("_wbits", opts.wbits)
             base = lin.node.name or lin.out.name
             inputs = [lin.x, mod_in, initializer(model.graph, f"{base}.W_q", w_q),
                       initializer(model.graph, f"{base}.s_w", s_w)]
             if lin.bias is not None:
                 inputs.append(initializer(model.graph, f"{base}.bias", lin.bias))
-            attrs = [ir.AttrInt64("wbits", opts.wbits), ir.AttrInt64s("timesteps", T),
+            attrs = [ir.AttrInt64("wbits", wbits), ir.AttrInt64s("timesteps", T),
                      ir.AttrString("act_scale", "static" if static else "dynamic")]
             if static:
                 attrs.append(ir.AttrFloat32s("act_clip", [float(c) for c in clips[lin.node.name].reshape(-1)]))
@@ -522,11 +575,11 @@ class Quantize(ContextPass):
                 attrs.append(ir.AttrInt64("modality_id", const_mod))
             old_inputs = [v for n in lin.old_nodes for v in n.inputs]
             new = ir.Node(ops.DOMAIN, ops.QUANT_LINEAR, inputs, attrs, name=lin.node.name, num_outputs=1)
-            self._guard(new, w.shape[0], T, opts.wbits)
+            self._guard(new, w.shape[0], T, wbits)
             replace_node(model, lin.old_nodes, lin.out, new)
             drop_unused_initializers(model, old_inputs)
             row = {"name": lin.node.name, "kind": "linear", "K": int(w.shape[0]), "N": int(w.shape[1]),
-                   "wbits": opts.wbits, "act_scale": "static" if static else "dynamic", "bias": lin.bias is not None,
+                   "wbits": wbits, "act_scale": "static" if static else "dynamic", "bias": lin.bias is not None,
                    **weight_note}
             if static:
                 row["clip"] = {names[m]: _num(clips[lin.node.name][m, T[m] - 1]) for m in range(len(names))}
@@ -558,6 +611,14 @@ class Quantize(ContextPass):
             "timesteps": dict(zip(names, T)), "layers": layers, "float": floats,
             "silent": silent, "weight_method": opts.weight_method, "group_size": opts.group_size,
         }
+        if imported is not None:  # the layers whose codes came from the checkpoint say so in their rows
+            taken = {r["name"] for r in layers if str(r.get("weight_method", "")).startswith("imported:")}
+            unused = [m for m in imported.modules() if m not in taken]
+            if unused:
+                log.warning("quantize: %d imported layers of %s are not linear layers of this graph (e.g. %s); "
+                            "their codes are not used", len(unused), imported.path.name, unused[0])
+            self.ctx.results["quantize"]["imported"] = {
+                "format": imported.format, "file": imported.path.name, "layers": len(taken), "unused": unused}
         if hessians is not None:
             rows = [r["gptq"] for r in layers if "gptq" in r]
             self.ctx.results["quantize"]["gptq"] = {

@@ -167,6 +167,15 @@ def _rename_dims(model, names: dict[str, dict[int, str]]) -> None:
             v.shape = ir.Shape(dims)
 
 
+def _write_imported(weights, model, path: Path, imported: dict) -> None:
+    """A graph exported from a quantized checkpoint (spikec/frontend/quantized.py): its layers'
+    codes and scales beside it (`<graph>.int4.safetensors`, named in its metadata); before _save."""
+    write_imported = getattr(weights, "write_imported", None)
+    entry = write_imported(model, path) if write_imported is not None else None
+    if entry is not None:
+        imported[path.stem] = entry
+
+
 def _save(model, path: Path) -> None:
     import onnx_ir as ir
 
@@ -212,7 +221,7 @@ def export_loaded(loaded: Loaded, outdir: Path, *, opset: int = DEFAULT_OPSET,
     weights = loaded.weights if loaded.weights is not None else CheckpointWeights(model, model) if bind_weights else None
     config = model.config
     text_model = adapter.text_model(model)
-    graphs = {}
+    graphs, imported = {}, {}
     with atomic_path(outdir, is_dir=True) as tmp:
         # 1. Vision encoder + projector, traced on the processor's output for a sample image.
         t0 = time.time()
@@ -225,6 +234,7 @@ def export_loaded(loaded: Loaded, outdir: Path, *, opset: int = DEFAULT_OPSET,
         vkw = {k: torch.from_numpy(v) for k, v in feeds.items()}
         vision = _export_graph(adapter.vision_module(model), vkw, ["image_features"],
                                adapter.vision_dynamic_shapes(feeds), opset, weights)
+        _write_imported(weights, vision, tmp / "vision.onnx", imported)
         _save(vision, tmp / "vision.onnx")
         graphs["vision"] = mf.graph_entry("vision.onnx", "vision encoder + projector: image -> features, one row per "
                                           "image token", vision)
@@ -238,6 +248,7 @@ def export_loaded(loaded: Loaded, outdir: Path, *, opset: int = DEFAULT_OPSET,
         b, s = torch.export.Dim("batch"), torch.export.Dim("seq")
         embed = _export_graph(EmbedWrapper(text_model.get_input_embeddings()), {"input_ids": ids},
                               ["inputs_embeds"], {"input_ids": {0: b, 1: s}}, opset, weights)
+        _write_imported(weights, embed, tmp / "embed.onnx", imported)
         _save(embed, tmp / "embed.onnx")
         graphs["embed"] = mf.graph_entry("embed.onnx", "token embedding: input_ids -> inputs_embeds", embed)
         del embed
@@ -268,6 +279,7 @@ def export_loaded(loaded: Loaded, outdir: Path, *, opset: int = DEFAULT_OPSET,
         names = {"attention_mask": {1: "total"}, **{n: {2: "past"} for n in past_names},
                  **{n: {2: "total"} for n in present_names}}
         _rename_dims(lm, names)
+        _write_imported(weights, lm, tmp / "lm.onnx", imported)
         _save(lm, tmp / "lm.onnx")
         graphs["lm"] = mf.graph_entry("lm.onnx", "language model: inputs_embeds + modality + past -> logits + "
                                       "present (prefill: past length 0; decode: one token)", lm)
@@ -279,6 +291,11 @@ def export_loaded(loaded: Loaded, outdir: Path, *, opset: int = DEFAULT_OPSET,
         processor.save_pretrained(tmp / PROCESSOR_DIR)
         config.save_pretrained(tmp / PROCESSOR_DIR)
         manifest = mf.build(loaded, graphs, opset, PROCESSOR_DIR, (n_layers, n_kv, head_dim))
+        spec = getattr(getattr(weights, "ckpt", None), "spec", None)
+        if spec is not None:  # spikec/frontend/quantized.py: what was imported, per graph
+            from spikec.frontend.quantized import describe
+
+            manifest["quantization"] = {**describe(spec), "graphs": imported}
         mf.write(tmp / mf.MANIFEST, manifest)
     return manifest
 

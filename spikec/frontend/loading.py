@@ -88,12 +88,22 @@ def load_folder(folder: Path, *, allow_pickle: bool = False, stream: bool = Fals
     if not isinstance(raw, dict) or "model_type" not in raw:
         raise SpikecError(f"{cfg_path}: no model_type field")
     adapter = adapter_for(raw["model_type"], where=str(cfg_path))
+    from spikec.frontend import quantized
+
+    spec = quantized.read_spec(cfg_path, raw)  # checked before transformers reads the config
     try:
         config = AutoConfig.from_pretrained(folder, local_files_only=True)
     except Exception as exc:
         raise SpikecError(f"{cfg_path}: cannot read the config: {exc}") from exc
 
     _check_shard_index(folder)
+    if spec is not None:  # a published int4 format: codes and scales imported as stored
+        model, weights = quantized.load_quantized(folder, config, spec, stream=stream)
+        try:
+            processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
+        except Exception as exc:
+            raise SpikecError(f"{folder}: cannot load the processor/tokenizer files: {exc}") from exc
+        return Loaded(model.eval(), processor, adapter, str(folder), weights)
     safe, pickled = _weight_files(folder)
     if not safe and not pickled:
         raise SpikecError(f"{folder}: no weight files (*.safetensors)")

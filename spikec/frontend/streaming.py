@@ -143,8 +143,14 @@ class CheckpointWeights:
                     node_names.discard(consumer.name)
                     consumer.name = module
                     node_names.add(module)
+            self._bound(graph, fqn, consumer, transpose)
             bound += 1
         return bound
+
+    def _bound(self, graph, fqn: str, consumer, transpose: bool) -> None:
+        """Called for each initializer bound to parameter `fqn`, with the node that applies it
+        (after the Transpose fold, when there was one); quantized checkpoints
+        (spikec.frontend.quantized.QuantizedWeights) record their layers here."""
 
 
 def optimize(model) -> None:

@@ -464,8 +464,8 @@ def _rotate_lm(model: ir.Model, x0: ir.Value, norms: dict[int, list], rw: _Rewri
             idx = g_idx[0]
             rw.set_input(gamma_node, idx, np.ones_like(const_array(gamma_node.inputs[idx]), dtype=np.float32))
             folded += 1
-    return {"graph": "language model", "n": int(n), "matrix": kind, "readers": readers, "writers": writers,
-            "norms_folded": folded, "online_hadamard": online_done}
+    return {"graph": "language model", "input": x0.name, "n": int(n), "matrix": kind, "readers": readers,
+            "writers": writers, "norms_folded": folded, "online_hadamard": online_done}
 
 
 def _rotate_table(node: ir.Node, rw: _Rewriter) -> dict:
@@ -514,6 +514,23 @@ def _rotate_stream(model: ir.Model, online_hadamard: bool) -> dict:
     raise SpikecError("rotate: the graph has no output")
 
 
+def rotate_feeds(feeds: list[dict], name: str, n: int) -> list[dict]:
+    """The language model's calibration feeds with its residual-stream input `name`
+    (float32 [..., n]) turned by the same Q as the graph: the feeds were made by the
+    export's unrotated embedding and vision graphs (spikec.calibration), while the
+    rotated LM reads their rotated outputs, x Q. Static clips, GPTQ's Hessians, MED and
+    the MSTS search then see the inputs the rotated model will see. New dicts; the
+    callers' arrays are not changed."""
+    q, _ = rotation_matrix(n)
+    out = []
+    for feed in feeds:
+        x = feed.get(name)
+        if x is None or np.shape(x)[-1] != n:
+            raise SpikecError(f"rotate: calibration feed has no residual-stream input '{name}' of width {n}")
+        out.append({**feed, name: (np.asarray(x, np.float64) @ q).astype(np.float32)})
+    return out
+
+
 class Rotate(ContextPass):
     """QuaRot's residual-stream rotation folded into the weights (module docstring); run
     before quantize, on every graph of an export (spikec.compiler refuses a lone graph)."""
@@ -527,6 +544,9 @@ class Rotate(ContextPass):
         opts = self.ctx.options
         done = rotate_graph(model, online_hadamard=opts.online_hadamard,
                             attention=opts.spike_attention and opts.attention_hadamard)
+        if done["graph"] == "language model" and self.ctx.feeds:
+            self.ctx.feeds = rotate_feeds(self.ctx.feeds, done["input"], done["n"])
+            done["calibration_feeds_rotated"] = len(self.ctx.feeds)
         self.ctx.results["rotate"] = done
         log.info("rotate: %s", done)
         return ir.passes.PassResult(model, modified=True)

@@ -210,12 +210,32 @@ def _last_dim(v: ir.Value):
     return v.shape[-1] if v.shape is not None and len(v.shape) else None
 
 
+def _moves_whole_rows(p: ir.Node, v: ir.Value) -> bool:
+    """`p` (the producer of `v`) only moves whole rows of its data input (the last axis kept
+    as it is), so a rotation of the rows commutes with it: a Reshape keeping the last
+    axis, a Gather along another axis, a GatherND picking whole rows (Qwen2.5-VL's window
+    reordering of the merger's output)."""
+    if p.domain not in ("", "ai.onnx") or not p.inputs or p.inputs[0] is None or len(_uses(p.inputs[0])) != 1:
+        return False
+    data = p.inputs[0]
+    rank = len(data.shape) if data.shape is not None else None
+    if p.op_type == "Reshape":
+        return isinstance(_last_dim(v), int) and _last_dim(data) == _last_dim(v)
+    if p.op_type == "Gather" and rank:
+        axis = int(ops.attr(p, "axis", 0))
+        return (axis % rank) != rank - 1
+    if p.op_type == "GatherND" and rank and int(ops.attr(p, "batch_dims", 0)) == 0:
+        k = _last_dim(p.inputs[1]) if len(p.inputs) > 1 and p.inputs[1] is not None else None
+        return isinstance(k, int) and k < rank
+    return False
+
+
 def _writer(v: ir.Value) -> Linear:
     """The linear layer whose output (after its bias) is `v`, through a bias Add, and through
-    Reshapes that keep the last axis (a row stays a row, so the rotation commutes)."""
+    ops that only move whole rows (`_moves_whole_rows`: a row stays a row, so the rotation
+    commutes)."""
     p = v.producer()
-    while p is not None and p.op_type == "Reshape" and isinstance(_last_dim(v), int) \
-            and _last_dim(p.inputs[0]) == _last_dim(v) and len(_uses(p.inputs[0])) == 1:
+    while p is not None and _moves_whole_rows(p, v):
         v = p.inputs[0]
         p = v.producer()
     if p is not None and p.op_type == "Add":

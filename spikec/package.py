@@ -68,6 +68,9 @@ def _graph_sections(path: Path, role: str) -> list[tuple[str, int, bytes | memor
         tensors.append((name, SectionKind.TENSOR, memoryview(array).cast("B") if array.size else b""))
     if frozen.proto.ByteSize() >= 2**31:
         raise SpikecError(f"{path}: the graph without its big weights is still over protobuf's 2 GiB limit")
+    # The reader refuses any op outside SBIN_OPS: refuse it here too, so that a compile never
+    # writes a .sbin that spikec itself would not load.
+    check_graph_ops(frozen.proto, where=f"{path} (graph '{role}', packing into a .sbin)")
     return [(GRAPH_PREFIX + role, SectionKind.ONNX, frozen.proto.SerializeToString(deterministic=True)), *tensors]
 
 
@@ -104,8 +107,10 @@ def pack_folder(folder: str | os.PathLike, out: str | os.PathLike,
 # The ops a .sbin graph may contain: the ones spikec emits, and no others (a graph section
 # is run by ONNX Runtime or onnx's reference evaluator, so an op outside this list -- a Loop
 # with no trip count, a ConstantOfShape of 4 EiB -- would reach them unchecked).
-# Derived by exporting tiny-llava, tiny-qwen2-vl, tiny-internvl and models/digits-llava and
-# compiling each export (default options; --spike-attention; --neuron if --wbits 4), then
+# Derived by exporting every family's tiny model (tiny-llava, tiny-qwen2-vl, tiny-qwen2.5-vl,
+# tiny-internvl, tiny-idefics3) and models/digits-llava and compiling each export
+# (tests/fuzzing.py COLLECT_OPTIONS: default; --spike-attention; --neuron if --wbits 4;
+# W4 with groups of 32, --rotate --spike-attention), then
 # collecting (domain, op_type) of every exported and compiled graph
 # (tests/fuzzing.py: `collect_ops`, re-run by the slow test in tests/test_fuzz.py); plus the
 # spikec domain's ops (spikec/ops.py), the QDQ ops `import-qdq` reads, and the ops of the
@@ -113,10 +118,11 @@ def pack_folder(folder: str | os.PathLike, out: str | os.PathLike,
 # Constant; tests/graphs.py: Relu, Identity). No op carrying a subgraph (Loop, Scan, If) is
 # emitted, so none is accepted.
 DEFAULT_DOMAIN_OPS = frozenset({
-    "Add", "And", "Cast", "CastLike", "Concat", "Constant", "Conv", "Cos", "DequantizeLinear", "Div", "Equal", "Erf",
-    "Expand", "Gather", "GatherND", "Gemm", "Identity", "LayerNormalization", "LessOrEqual", "MatMul", "Max", "Mul",
-    "Neg", "Pow", "QuantizeLinear", "Range", "Reciprocal", "ReduceMean", "Relu", "Reshape", "Shape", "Sigmoid", "Sin",
-    "Slice", "Softmax", "Split", "Sqrt", "Squeeze", "Transpose", "Unsqueeze", "Where",
+    "Add", "And", "Cast", "CastLike", "Clip", "Concat", "Constant", "Conv", "Cos", "DequantizeLinear", "Div", "Equal",
+    "Erf", "Expand", "Gather", "GatherND", "Gemm", "Greater", "Identity", "LayerNormalization", "Less", "LessOrEqual",
+    "MatMul", "Max", "Mod", "Mul", "Neg", "Not", "Pow", "QuantizeLinear", "Range", "Reciprocal", "ReduceMean",
+    "ReduceSum", "Relu", "Reshape", "Shape", "Sigmoid", "Sin", "Slice", "Softmax", "Split", "Sqrt", "Squeeze", "Sub",
+    "Tanh", "Transpose", "Unsqueeze", "Where",
 })
 SPIKEC_DOMAIN_OPS = frozenset({"QuantLinear", "QuantMatMul", "SpikeEncode", "SpikeCode", "SpikeMatMul"})
 SBIN_OPS: frozenset[tuple[str, str]] = frozenset(

@@ -559,14 +559,20 @@ def make_base(work: Path, export_folder: Path, sbin: Path, sbin_isa: Path) -> Ba
     return Base(sbin, sbin_isa, exp, onnx_files, work / "embed.npz", work / "vision.npz", work)
 
 
-def collect_ops(names=("tiny-llava", "tiny-qwen2-vl", "tiny-internvl", "models/digits-llava"),
+COLLECT_OPTIONS = ({}, {"spike_attention": True}, {"neuron": "if", "wbits": 4, "tv": 2, "tt": 3},
+                   {"wbits": 4, "group_size": 32, "rotate": True, "spike_attention": True})
+
+
+def collect_ops(names=("tiny-llava", "tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-internvl", "tiny-idefics3",
+                       "models/digits-llava"),
                 work: Path | None = None) -> set[tuple[str, str]]:
-    """(domain, op_type) of every graph `spikec export` writes for `names` and `spikec compile`
-    makes of them (default options; --spike-attention; --neuron if --wbits 4): how
+    """(domain, op_type) of every graph `spikec export` writes for `names` (every family's
+    tiny model and the bundled one) and `spikec compile` makes of them (COLLECT_OPTIONS:
+    default; --spike-attention; --neuron if --wbits 4; W4, groups of 32, --rotate
+    --spike-attention), compiled to folders so that nothing is refused on the way: how
     spikec.package.SBIN_OPS was derived."""
     from spikec.compiler import compile_path
     from spikec.frontend.export import export
-    from spikec.package import SbinModel
     from spikec.passes.options import SpikeOptions
 
     work = Path(work or tempfile.mkdtemp(prefix="spikec-ops-"))
@@ -583,10 +589,9 @@ def collect_ops(names=("tiny-llava", "tiny-qwen2-vl", "tiny-internvl", "models/d
         export(src, exp)
         for f in exp.glob("*.onnx"):
             add(onnx.load(str(f), load_external_data=False))
-        for i, opts in enumerate([{}, {"spike_attention": True}, {"neuron": "if", "wbits": 4, "tv": 2, "tt": 3}]):
-            out = work / f"{Path(name).name}-{i}.sbin"
+        for i, opts in enumerate(COLLECT_OPTIONS):
+            out = work / f"{Path(name).name}-{i}"
             compile_path(exp, out, options=SpikeOptions(**opts).validate())
-            with SbinModel(out) as m:
-                for role in m.roles:
-                    add(m.graph(role))
+            for f in out.glob("*.onnx"):
+                add(onnx.load(str(f), load_external_data=False))
     return found

@@ -66,7 +66,7 @@ from spikec.passes import GENERIC_PIPELINE  # noqa: E402
 from spikec.passes.options import SpikeOptions  # noqa: E402
 from spikec.runtime.model import load  # noqa: E402
 
-FAMILIES = ["tiny-qwen2-vl", "tiny-llava", "tiny-internvl"]
+FAMILIES = ["tiny-qwen2-vl", "tiny-qwen2.5-vl", "tiny-llava", "tiny-internvl", "tiny-idefics3"]
 
 
 @functools.lru_cache(maxsize=None)

@@ -370,6 +370,7 @@ def rewrite_graph(proto: onnx.ModelProto, kernels: Sequence[ProductKernel], vec_
         raise SpikecError(f"{where}: vector kernels for nodes the graph does not have: {sorted(missing)[:3]}")
     g = proto.graph
     producers = {o: n for n in g.node for o in n.output}
+    dims = {t.name: [int(d) for d in t.dims] for t in g.initializer}  # shapes only: no weight is read
     new_nodes = []
     for n in g.node:
         v = by_vec.get(n.name)
@@ -403,6 +404,7 @@ def rewrite_graph(proto: onnx.ModelProto, kernels: Sequence[ProductKernel], vec_
         enc = producers.get(n.input[0]) if len(n.input) else None
         if enc is None or enc.name != k.encoder or not len(enc.input):
             raise SpikecError(f"{where}: kernel {k.index} names encoder '{k.encoder}', the graph has another")
+        _check_kernel_shapes(k, n, dims, where)
         mod = n.input[2] if len(n.input) > 2 else ""
         attrs = {"kernel": int(k.index)}
         if k.modality_id >= 0:
@@ -438,6 +440,21 @@ def rewrite_graph(proto: onnx.ModelProto, kernels: Sequence[ProductKernel], vec_
     if not any(o.domain == DOMAIN for o in out.opset_import):
         out.opset_import.append(helper.make_opsetid(DOMAIN, 1))
     return out
+
+
+def _check_kernel_shapes(k: ProductKernel, node: onnx.NodeProto, dims: dict[str, list[int]], where: str) -> None:
+    """The kernel's [K, M] and weight-scale groups against the node it replaces (its W_q
+    [K, M] and s_w [M] or [n, M] initializers): the ORT target runs the node's weights, the
+    device the kernel's, so a .sbin whose sections disagree is refused instead of giving
+    the two targets different numbers."""
+    w = dims.get(node.input[3]) if len(node.input) > 3 else None
+    s = dims.get(node.input[4]) if len(node.input) > 4 else None
+    if w is None or s is None:
+        return  # computed operands (no such kernel is lowered); nothing to compare
+    groups = s[0] if len(s) == 2 else 1
+    if w != [k.K, k.M] or s[-1:] != [k.M] or groups != k.n_groups:
+        raise SpikecError(f"{where}: kernel {k.index} is [K={k.K}, M={k.M}] with {k.n_groups} weight-scale group(s), "
+                          f"but node '{node.name[:80]}' has W_q {w} and s_w {s}")
 
 
 class FpgaSession:

@@ -306,3 +306,33 @@ def test_compiled_group_size_model_on_the_fpga_target_equals_ort(tmp_path):
         sim.write_array(g.x_addr + 4 * g.row0 * g.kernel.K, rng.standard_normal(g.kernel.K), "<f4")
     sim.load_program(program)
     assert sim.run().spikes > 0
+
+
+def test_kernel_and_graph_scale_groups_must_agree(tmp_path):
+    """The fpga target runs a kernel's weights, the ORT target the graph node's: a .sbin whose
+    isa/kernels says one grouping and whose graph says another (sections edited, checksums
+    recomputed) is refused by the fpga loader, naming the kernel and the node."""
+    import dataclasses
+
+    from spike_graphs import exported
+    from spikec.compiler import compile_path
+    from spikec.isa import container as C
+    from spikec.package import SbinModel
+    from spikec.passes.options import SpikeOptions
+    from spikec.runtime.fpga_target import rewrite_graph
+
+    out = tmp_path / "m.sbin"
+    compile_path(exported("tiny-llava"), out, options=SpikeOptions(tv=3, tt=4, group_size=32).validate(), isa=True)
+    with SbinModel(out) as m:
+        cfg = HwConfig.from_json(m.file.read(C.ISA_HWCONFIG))
+        weights = m.file.read(C.ISA_WEIGHTS)
+        doc = KernelsDocument.from_bytes(m.file.read(C.ISA_KERNELS), "isa/kernels", cfg, len(weights))
+        proto = m.graph("lm")
+    names = {n.name for n in proto.graph.node}
+    kernels = [k for k in doc.kernels if k.node in names]
+    rewrite_graph(proto, kernels)  # as compiled: consistent
+    gw = next(i for i, k in enumerate(kernels) if k.group_size)
+    wrong = list(kernels)
+    wrong[gw] = dataclasses.replace(kernels[gw], group_size=None)
+    with pytest.raises(SpikecError, match=rf"kernel {kernels[gw].index} is \[K=.*1 weight-scale group.*s_w \[2, "):
+        rewrite_graph(proto, wrong)

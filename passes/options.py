@@ -13,6 +13,7 @@ carries it too.
 from __future__ import annotations
 
 import dataclasses
+import logging
 from typing import Any
 
 import onnx
@@ -23,6 +24,8 @@ from spikec.errors import SpikecError
 from spikec.passes.analyses import FLOAT_MODEL, AnalysisManager
 from spikec.passes.manager import SpikecPass
 from spikec.ops import ACT_SCALES, MAX_T, NEURONS
+
+log = logging.getLogger(__name__)
 
 CALIB_METHODS = ("max", "percentile", "mse")
 WEIGHT_METHODS = ("rtn", "gptq")
@@ -99,9 +102,25 @@ class SpikeOptions:
         if self.group_size and self.neuron == "if":
             raise SpikecError("--group-size with --neuron if: the rate-IF offset fold is per output channel; "
                               "use the tc-lif neuron or --group-size 0")
+        if not getattr(self, "_ignored_warned", False):  # validate runs once per graph too
+            for msg in self.ignored():
+                log.warning("%s", msg)
+            self._ignored_warned = True
         if not (0 < self.gptq_damp <= 1):  # also refuses NaN
             raise SpikecError(f"--gptq-damp {self.gptq_damp}: must be in (0, 1] (a fraction of the mean diagonal of H)")
         return self
+
+    def ignored(self) -> list[str]:
+        """Options given that have no effect with the others (warned by validate, not refused:
+        a script may pass them for every run of a sweep)."""
+        out = []
+        if self.weight_method != "gptq" and (self.gptq_act_order or self.gptq_damp != 0.01):
+            out.append("--gptq-act-order / --gptq-damp have no effect without --weight-method gptq")
+        if not self.rotate and not (self.online_hadamard and self.attention_hadamard):
+            out.append("--no-online-hadamard / --no-attention-hadamard have no effect without --rotate")
+        if self.rotate and not self.spike_attention and not self.attention_hadamard:
+            out.append("--no-attention-hadamard has no effect without --spike-attention")
+        return out
 
     @property
     def static(self) -> bool:

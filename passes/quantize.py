@@ -395,9 +395,6 @@ def _weights(lin: Linear, opts, hessians: gptq.Hessians | None, imported=None) -
         return _imported(lin, imported, opts)
     G = layer_group_size(int(lin.w.shape[0]), opts.group_size)
     group = {"group_size": G} if opts.group_size else {}
-    if opts.group_size and lin.w.shape[0] % opts.group_size:
-        log.warning("quantize: %s: --group-size %d does not divide K = %d; per-channel scales for this layer",
-                    lin.node.name, opts.group_size, lin.w.shape[0])
     if hessians is None:
         w_q, s_w = quantize_weight(lin.w, opts.wbits, lin.node.name, G)
         return w_q, s_w, {"weight_method": "rtn", **group}
@@ -611,6 +608,14 @@ class Quantize(ContextPass):
             "timesteps": dict(zip(names, T)), "layers": layers, "float": floats,
             "silent": silent, "weight_method": opts.weight_method, "group_size": opts.group_size,
         }
+        if opts.group_size and linears:
+            rows = [r for r in layers if r["kind"] == "linear" and not str(r.get("weight_method")).startswith("imported:")]
+            kept = [r for r in rows if not r.get("group_size")]
+            self.ctx.results["quantize"]["group_wise_layers"] = len(rows) - len(kept)
+            if kept:  # one summary, not a line per layer
+                log.warning("quantize: --group-size %d: %d of %d linear layers keep per-channel scales (the size "
+                            "does not divide their K, or equals it), e.g. %s (K = %d)", opts.group_size, len(kept),
+                            len(rows), kept[0]["name"], kept[0]["K"])
         if imported is not None:  # the layers whose codes came from the checkpoint say so in their rows
             taken = {r["name"] for r in layers if str(r.get("weight_method", "")).startswith("imported:")}
             unused = [m for m in imported.modules() if m not in taken]

@@ -135,3 +135,26 @@ def test_graph_check_refuses_malformed_group_scales():
     mm.attributes["neuron"] = ir.AttrString("neuron", "if")
     with pytest.raises(SpikecError, match="group-wise weight scales need the tc-lif neuron"):
         spir.verify(spike)
+
+
+def test_fallback_layers_are_summarised_and_ignored_options_warned(caplog):
+    """One warning per graph for the layers that keep per-channel scales, the count in the
+    report; options that do nothing with the others are warned about once, not refused."""
+    import logging
+
+    with caplog.at_level(logging.WARNING):
+        _, ctx, _ = _compile(["quantize"], 64)
+    q = ctx.results["quantize"]
+    kept = [r for r in q["layers"] if r["kind"] == "linear" and not r["group_size"]]
+    # G = 64: K = 64 is one group (per channel), K = 96 is not divisible: every layer falls back
+    assert q["group_wise_layers"] == 0 and len(kept) == 9
+    summary = [r.message for r in caplog.records if "keep per-channel scales" in r.message]
+    assert len(summary) == 1 and "9 of 9 linear layers" in summary[0]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):
+        opts = SpikeOptions(gptq_act_order=True, online_hadamard=False)
+        opts.validate()
+        opts.validate()
+    msgs = [r.message for r in caplog.records]
+    assert sum("without --weight-method gptq" in m for m in msgs) == 1
+    assert sum("without --rotate" in m for m in msgs) == 1

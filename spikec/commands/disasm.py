@@ -49,9 +49,11 @@ def _kernel_comments(f, where: Path) -> str:
     """One comment line per lowered kernel, in program order, naming the layer it runs (the
     module path the export gave the node, e.g. lm:model.language_model.layers.3.mlp.down_proj).
     Comments: the assembler skips them, so the output still re-assembles to identical bytes.
-    Empty when the descriptors do not pass their checks (against the file's hardware
-    configuration and weights image): the program is printed without them. Raises
-    SpikecError when the section is not JSON."""
+    When the descriptors do not pass their checks (against the file's hardware
+    configuration and weights image) the program is printed without them, under one
+    comment line giving the check's error (also a warning on stderr): a disassembly of a
+    damaged file stays possible, and says it is damaged. Raises SpikecError when the
+    section is not JSON."""
     from spikec.errors import SpikecError
     from spikec.isa import container as C
     from spikec.isa.descriptors import KernelsDocument
@@ -64,8 +66,12 @@ def _kernel_comments(f, where: Path) -> str:
         cfg = HwConfig.from_json(f.read(C.ISA_HWCONFIG), f"{where}: section '{C.ISA_HWCONFIG}'")
         weights_len = len(f.read(C.ISA_WEIGHTS)) if C.ISA_WEIGHTS in f.sections else None
         doc = KernelsDocument.from_json(obj, where_k, cfg, weights_len)
-    except (SpikecError, KeyError):
-        return ""
+    except (SpikecError, KeyError) as exc:
+        import click
+
+        msg = f"kernel descriptors not shown: {str(exc)[:300]}".replace("\n", " ").replace("\r", " ")
+        click.echo(f"warning: {where}: {msg}", err=True)
+        return f"# {msg}\n"
     lines = [f"# kernel {k.index}: {k.graph}:{k.node} K={k.K} M={k.M}" for k in doc.kernels]
     lines += [f"# attention kernel {k.index}: {k.graph}:{k.node}" for k in doc.attn_kernels]
     lines += [f"# vector kernel {k.index}: {k.graph}:{k.node} {k.func.name}" for k in doc.vec_kernels]

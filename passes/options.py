@@ -26,6 +26,7 @@ from spikec.passes.manager import SpikecPass
 from spikec.ops import ACT_SCALES, MAX_T, NEURONS
 
 log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # ignored-option warnings already given in this process
 
 CALIB_METHODS = ("max", "percentile", "mse")
 WEIGHT_METHODS = ("rtn", "gptq")
@@ -102,10 +103,10 @@ class SpikeOptions:
         if self.group_size and self.neuron == "if":
             raise SpikecError("--group-size with --neuron if: the rate-IF offset fold is per output channel; "
                               "use the tc-lif neuron or --group-size 0")
-        if not getattr(self, "_ignored_warned", False):  # validate runs once per graph too
-            for msg in self.ignored():
+        for msg in self.ignored():
+            if msg not in _WARNED:  # validate runs once per graph too: say it once
+                _WARNED.add(msg)
                 log.warning("%s", msg)
-            self._ignored_warned = True
         if not (0 < self.gptq_damp <= 1):  # also refuses NaN
             raise SpikecError(f"--gptq-damp {self.gptq_damp}: must be in (0, 1] (a fraction of the mean diagonal of H)")
         return self

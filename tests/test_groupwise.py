@@ -151,6 +151,9 @@ def test_fallback_layers_are_summarised_and_ignored_options_warned(caplog):
     summary = [r.message for r in caplog.records if "keep per-channel scales" in r.message]
     assert len(summary) == 1 and "9 of 9 linear layers" in summary[0]
     caplog.clear()
+    from spikec.passes import options as O
+
+    O._WARNED.clear()  # once per process: start from none given
     with caplog.at_level(logging.WARNING):
         opts = SpikeOptions(gptq_act_order=True, online_hadamard=False)
         opts.validate()

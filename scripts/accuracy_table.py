@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -146,9 +147,12 @@ def main() -> None:
     atomic.write_text(out / "accuracy.json", json.dumps(result, indent=2) + "\n")
     text = render(result, args)
     old = Path(args.doc).read_text(encoding="utf-8") if Path(args.doc).is_file() else ""
-    begin, end = "<!-- scenetext-qwen2vl:begin -->", "<!-- scenetext-qwen2vl:end -->"
-    if begin in old and end in old:  # keep the second model's section (scripts/scenetext_accuracy.py)
-        text += "\n" + begin + old.split(begin, 1)[1].split(end, 1)[0] + end + "\n"
+    # keep the sections measured apart: the second model's (scripts/scenetext_accuracy.py) and
+    # the W4 extra rows (group-wise scales, rotated attention, MSTS per method; docs/accuracy.md)
+    for tag in ("w4-extra", "scenetext-qwen2vl"):
+        found = re.search(rf"<!-- {tag}:begin.*?<!-- {tag}:end -->", old, flags=re.S)
+        if found:
+            text += "\n" + found.group(0) + "\n"
     atomic.write_text(args.doc, text)
     log(f"wrote {args.doc} and {out / 'accuracy.json'} in {result['seconds']} s")
 

@@ -102,7 +102,10 @@ def calibration_feeds(options: SpikeOptions, model: ir.Model, input_path: Path, 
                               f"inside one) as INPUT, to run the checkpoint's processor; for a single ONNX file "
                               f"pass an .npz of its graph inputs")
         return C.export_folder_feeds(found[0], calib, options.calib_samples).get(found[1]) or None
-    raise SpikecError(f"--calib {calib}: not found, or neither an .npz file nor a folder")
+    if not calib.exists():
+        raise SpikecError(f"--calib {calib}: not found")
+    raise SpikecError(f"--calib {calib}: a file that is not an .npz of graph inputs; give an .npz, or a folder of "
+                      f"image+prompt pairs (data.jsonl, or NAME.png + NAME.txt)")
 
 
 # ---------------------------------------------------------------- reports

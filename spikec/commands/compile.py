@@ -12,7 +12,8 @@ from spikec.passes import PASSES, QDQ_PIPELINE, SPIKING_PIPELINE
 @click.command("compile")
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
 @click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
-              help="Output: a .onnx file for a single graph, or a folder for an export folder INPUT.")
+              help="Output: MODEL.sbin (one file for `spikec run`; needed with --isa), or a .onnx file for a "
+                   "single graph, or a folder for an export folder INPUT.")
 @click.option(
     "--dump-ir",
     "dump_dir",

@@ -36,6 +36,7 @@ import logging
 import numpy as np
 import onnx_ir as ir
 
+from spikec import ir as spir
 from spikec import ops
 from spikec.errors import SpikecError
 from spikec.passes.analyses import FLOAT_MODEL, LAYER_MAP
@@ -74,6 +75,9 @@ def compared_output(model: ir.Model) -> tuple[str, bool]:
     return ("logits" if logits else name), logits
 
 
+REFERENCE_MAX_BYTES = 64 << 20  # weights above this: errors measured on the ORT lowering (Evaluator._session)
+
+
 class Evaluator:
     """Measured output error of the model under a timestep assignment."""
 
@@ -85,10 +89,25 @@ class Evaluator:
         self.text_id = names.index("text") if "text" in names else 0
         self.evaluations = 0
 
+    def _session(self):
+        """(session, input names): the numpy reference evaluator for a small graph; above
+        REFERENCE_MAX_BYTES of weights, the ORT target's `fused` lowering of a clone (the
+        same bits by the numeric contract, memory-mapped weights and native kernels: the
+        reference evaluator inlines every weight and runs the bit-serial products in numpy,
+        hours and gigabytes at 2B widths)."""
+        if spir.parameter_stats(self.model)[1] <= REFERENCE_MAX_BYTES:
+            sess = ops.evaluator(self.model)
+            return sess, set(sess.input_names)
+        from spikec.ort_lowering import lower_for_ort
+
+        lowered = self.model.clone()
+        lower_for_ort(lowered, "fused", nbits=False)
+        sess = spir.ort_session(lowered)
+        return sess, {i.name for i in sess.get_inputs()}
+
     def error(self) -> float:
         self.evaluations += 1
-        sess = ops.evaluator(self.model)
-        known = set(sess.input_names)
+        sess, known = self._session()
         total = 0.0
         for feed, ref in zip(self.feeds, self.ref):
             out = sess.run([self.out_name], {k: v for k, v in feed.items() if k in known})[0]

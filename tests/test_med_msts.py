@@ -85,3 +85,20 @@ def test_cli_compiles_export_folder(run_cli, tmp_path):
     vision = report["extra"]["graphs"]["vision"]
     assert {r["timesteps"]["vision"] for r in vision["layers"]} == {lm["msts"]["timesteps"]["vision"]}
     assert "msts: T=" in r.out and "model.language_model.layers.1.mlp.down_proj" in r.out  # layers named by module path
+
+
+def test_msts_measures_large_graphs_on_the_ort_lowering(monkeypatch):
+    """Above REFERENCE_MAX_BYTES of weights the search measures its error on the ORT target's
+    fused lowering instead of the numpy reference evaluator (which inlines every weight):
+    the same bits by the numeric contract, so the same errors and the same choice."""
+    from spikec.passes import msts
+
+    feeds = mixed_feeds(3)
+    runs = []
+    for limit in (msts.REFERENCE_MAX_BYTES, 0):
+        monkeypatch.setattr(msts, "REFERENCE_MAX_BYTES", limit)
+        model = as_model(mixed_lm(big_k=64))
+        ctx = run_passes(model, ["quantize", "spike-rewrite", "med", "msts"], feeds, calib="npz", budget=4.0)
+        runs.append(ctx.results["msts"])
+    assert runs[0]["timesteps"] == runs[1]["timesteps"]
+    assert runs[0]["error"] == runs[1]["error"] and runs[0]["uniform"]["error"] == runs[1]["uniform"]["error"]

@@ -13,6 +13,8 @@ test_fpga_groupwise.py).
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -161,3 +163,17 @@ def test_fallback_layers_are_summarised_and_ignored_options_warned(caplog):
     msgs = [r.message for r in caplog.records]
     assert sum("without --weight-method gptq" in m for m in msgs) == 1
     assert sum("without --rotate" in m for m in msgs) == 1
+
+
+def test_inspect_shows_weight_bits_and_groups(run_cli, tmp_path):
+    """`spikec inspect` names each spiking layer's weight bits and scale groups (from the
+    shapes, no weight read), so a compiled model says how it was quantized."""
+    from spike_graphs import exported
+    from spikec.compiler import compile_path
+
+    out = tmp_path / "g.sbin"
+    compile_path(exported("tiny-llava"), out, options=SpikeOptions(wbits=4, group_size=32).validate())
+    r = run_cli("inspect", str(out))
+    assert r.code == 0 and "W4 groups of 32" in r.out
+    layers = json.loads(run_cli("inspect", str(out), "--json").out)["graphs"]["lm"]["spiking_layers"]
+    assert any(row.get("group_size") == 32 and row["wbits"] == 4 for row in layers)

@@ -24,7 +24,7 @@ def test_names_reach_every_view(run_cli, tmp_path):
     assert r.code == 0 and f"    {LAYER}  text=4 vision=3" in r.out
     r = run_cli("inspect", path, "--json")
     layers = json.loads(r.out)["graphs"]["lm"]["spiking_layers"]
-    assert {"name": LAYER, "timesteps": {"text": 4, "vision": 3}} in layers
+    assert {"name": LAYER, "timesteps": {"text": 4, "vision": 3}, "wbits": 8} in layers
     r = run_cli("disasm", path)
     assert r.code == 0 and any(line.startswith("# kernel ") and line.split(": ", 1)[1].startswith(f"lm:{LAYER} ")
                                for line in r.out.splitlines())

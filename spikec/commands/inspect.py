@@ -69,10 +69,12 @@ def _inspect_sbin(path: Path, as_json: bool) -> None:
         _print_onnx_summary(summary, indent="  ")
         layers = summary.get("spiking_layers") or []
         if layers:
-            click.echo(f"  spiking layers ({len(layers)}): T per modality")
+            click.echo(f"  spiking layers ({len(layers)}): T per modality, weight bits and groups")
             for row in layers:
                 T = " ".join(f"{k}={v}" for k, v in row["timesteps"].items())
-                click.echo(f"    {row['name']}  {T}")
+                w = f"  W{row['wbits']}" if "wbits" in row else "  (activation x activation)"
+                g = f" groups of {row['group_size']}" if row.get("group_size") else (" per channel" if "wbits" in row else "")
+                click.echo(f"    {row['name']}  {T}{w}{g}")
 
 
 def _spiking_layers(model) -> list[dict]:
@@ -81,8 +83,19 @@ def _spiking_layers(model) -> list[dict]:
     from spikec import ops
 
     names = ops.modalities(model)
-    return [{"name": n.name, "timesteps": dict(zip(names, ops.get_timesteps(n)))}
-            for n in ops.spikec_nodes(model, ops.SPIKE_MATMUL, ops.QUANT_LINEAR, ops.QUANT_MATMUL)]
+    rows = []
+    for n in ops.spikec_nodes(model, ops.SPIKE_MATMUL, ops.QUANT_LINEAR, ops.QUANT_MATMUL):
+        row = {"name": n.name, "timesteps": dict(zip(names, ops.get_timesteps(n)))}
+        i = ops.w_val_index(n)
+        w = n.inputs[i] if len(n.inputs) > i else None
+        s = n.inputs[i + 1] if len(n.inputs) > i + 1 else None
+        if w is not None and w.const_value is not None and ops.attr(n, "wbits") is not None:
+            row["wbits"] = int(ops.attr(n, "wbits"))
+            # shapes only (no weight is read): s_w [M] per channel, [n, M] groups of K / n rows
+            if s is not None and s.shape is not None and len(s.shape) == 2 and w.shape is not None:
+                row["group_size"] = int(w.shape[0]) // int(s.shape[0])
+        rows.append(row)
+    return rows
 
 
 @click.command("inspect")

@@ -18,12 +18,13 @@ from spikec.compiler import compile_path
 from spikec.passes.options import SpikeOptions
 
 
-def linear_graph(K, M, T, wbits=8, neuron="tc-lif", scale="dynamic", bias=True, seed=0):
+def linear_graph(K, M, T, wbits=8, neuron="tc-lif", scale="dynamic", bias=True, seed=0, group_size=None):
     """x [N, K] + modality [N] -> SpikeEncode -> SpikeMatMul -> y [N, M]."""
     rng = np.random.default_rng(seed)
     qw = R.qmax(wbits)
     w = rng.integers(-qw, qw + 1, size=(K, M)).astype(np.int8)
-    s_w = rng.uniform(0.001, 0.02, M).astype(np.float32)
+    # group-wise weight scales [K / group_size, M] when asked for, else one per output channel
+    s_w = rng.uniform(0.001, 0.02, (K // group_size, M) if group_size else M).astype(np.float32)
     inits = [numpy_helper.from_array(w, "W_q"), numpy_helper.from_array(s_w, "s_w")]
     mm_in = ["q", "s_x", "modality", "W_q", "s_w"]
     if bias:

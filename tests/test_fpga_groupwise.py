@@ -24,8 +24,8 @@ import json
 import numpy as np
 import onnx_ir as ir
 import pytest
-from onnx import TensorProto, helper, numpy_helper
 
+from isa_graphs import linear_graph
 from spikec import ops as sops
 from spikec import reference as R
 from spikec.errors import SpikecError
@@ -40,33 +40,9 @@ from spikec.runtime.simulator import Simulator
 
 
 def grouped_graph(K, M, T, G, wbits=8, scale="dynamic", bias=True, seed=0):
-    """x [N, K] + modality [N] -> SpikeEncode -> SpikeMatMul with s_w [K / G, M] -> y [N, M]."""
-    rng = np.random.default_rng(seed)
-    qw = R.qmax(wbits)
-    w = rng.integers(-qw, qw + 1, size=(K, M)).astype(np.int8)
-    s_w = rng.uniform(0.001, 0.02, (K // G, M)).astype(np.float32)
-    inits = [numpy_helper.from_array(w, "W_q"), numpy_helper.from_array(s_w, "s_w")]
-    mm_in = ["q", "s_x", "modality", "W_q", "s_w"]
-    if bias:
-        inits.append(numpy_helper.from_array(rng.standard_normal(M).astype(np.float32), "bias"))
-        mm_in.append("bias")
-    enc_attrs = {"timesteps": T, "act_scale": scale, "neuron": "tc-lif"}
-    if scale == "static":
-        clip = np.full((2, sops.CLIP_T), np.nan, np.float32)
-        clip[0], clip[1] = 2.5, 4.0
-        enc_attrs["act_clip"] = [float(c) for c in clip.ravel()]
-    nodes = [
-        helper.make_node("SpikeEncode", ["x", "modality"], ["q", "s_x"], name="enc", domain=sops.DOMAIN, **enc_attrs),
-        helper.make_node("SpikeMatMul", mm_in, ["y"], name="mm", domain=sops.DOMAIN, timesteps=T, neuron="tc-lif",
-                         wbits=wbits),
-    ]
-    graph = helper.make_graph(nodes, "lin", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["n", K]),
-                                             helper.make_tensor_value_info("modality", TensorProto.INT64, ["n"])],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["n", M])], initializer=inits)
-    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid(sops.DOMAIN, 1)])
-    model = ir.from_proto(proto)
-    sops.ensure_opset(model)
-    return model, w, s_w, (numpy_helper.to_array(inits[2]) if bias else None)
+    """x [N, K] + modality [N] -> SpikeEncode -> SpikeMatMul with s_w [K / G, M] -> y [N, M]
+    (tests/isa_graphs.py's linear graph with group-wise scales)."""
+    return linear_graph(K, M, T, wbits=wbits, scale=scale, bias=bias, seed=seed, group_size=G)
 
 
 def _config(name: str) -> HwConfig:

@@ -80,3 +80,22 @@ def compiled_isa(tv: int, tt: int) -> str:
     out = Path(tempfile.mkdtemp(prefix="spikec-test-isa-")) / f"tiny-llava-{tv}-{tt}.sbin"
     compile_path(exported("tiny-llava"), out, options=SpikeOptions(tv=tv, tt=tt).validate(), isa=True)
     return str(out)
+
+
+def run_representative_program(cfg, kernels, weights: bytes, program: bytes):
+    """The stored representative program of a compiled .sbin (isa/programs.py) checked the
+    way the tests share: it equals the one rebuilt from the descriptors, and it runs on the
+    simulator over random inputs. Returns the simulator's counters."""
+    from spikec.isa import programs
+    from spikec.isa.encoding import encode_program
+    from spikec.runtime.simulator import Simulator
+
+    groups = programs.representative_groups(kernels, len(weights))
+    assert encode_program(programs.build_program(groups, cfg)) == program
+    sim = Simulator(cfg)
+    sim.write(0, weights)
+    rng = np.random.default_rng(0)
+    for g in groups:
+        sim.write_array(g.x_addr + 4 * g.row0 * g.kernel.K, rng.standard_normal(g.kernel.K), "<f4")
+    sim.load_program(program)
+    return sim.run()

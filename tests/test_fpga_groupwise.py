@@ -25,7 +25,7 @@ import numpy as np
 import onnx_ir as ir
 import pytest
 
-from isa_graphs import linear_graph
+from isa_graphs import linear_graph, run_representative_program
 from spikec import ops as sops
 from spikec import reference as R
 from spikec.errors import SpikecError
@@ -124,8 +124,6 @@ def test_grouped_kernel_equals_the_reference(case):
 
 def test_per_channel_kernels_are_unchanged():
     """s_w [M] and s_w [1, M] give the same image, descriptor, v1 document and program."""
-    from isa_graphs import linear_graph
-
     cfg = HwConfig.load("small")
     model, w, s_w, b = linear_graph(64, 20, [4, 3], 8, "tc-lif", "dynamic", True)
     one, *_ = grouped_graph(64, 20, [4, 3], 64)
@@ -269,15 +267,7 @@ def test_compiled_group_size_model_on_the_fpga_target_equals_ort(tmp_path):
         cfg = HwConfig.from_json(f.read("isa/hwconfig"))
         doc = KernelsDocument.from_bytes(f.read("isa/kernels"), "isa/kernels", cfg, len(weights))
     assert json.loads(doc.to_bytes())["version"] == 2
-    groups = programs.representative_groups(doc.kernels, len(weights))
-    assert encode_program(programs.build_program(groups, cfg)) == program
-    sim = Simulator(cfg)
-    sim.write(0, weights)
-    rng = np.random.default_rng(0)
-    for g in groups:
-        sim.write_array(g.x_addr + 4 * g.row0 * g.kernel.K, rng.standard_normal(g.kernel.K), "<f4")
-    sim.load_program(program)
-    assert sim.run().spikes > 0
+    assert run_representative_program(cfg, doc.kernels, weights, program).spikes > 0
 
 
 def test_kernel_and_graph_scale_groups_must_agree(tmp_path):

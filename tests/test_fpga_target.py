@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from isa_graphs import compiled_isa, linear_graph
+from isa_graphs import compiled_isa, linear_graph, run_representative_program
 from spike_graphs import exported, lm_feeds
 from spikec import ops as sops
 from spikec import reference as R
@@ -29,7 +29,6 @@ from spikec.frontend.export import sample_image
 from spikec.isa.asm import assemble_program
 from spikec.isa.container import SbinFile, SectionKind, write_sbin
 from spikec.isa.descriptors import KernelsDocument
-from spikec.isa.encoding import encode_program
 from spikec.isa.hwconfig import HwConfig
 from spikec.passes import lower_isa
 from spikec.passes.options import SpikeOptions
@@ -102,15 +101,7 @@ def test_representative_program_runs_and_disasm_reassembles(run_cli, tmp_path):
     lm = doc.fallback["graphs"]["lm"]
     assert "Softmax" not in lm["host_ops"] and lm["vec_kernels"]["SOFTMAX"] == 2  # tests/test_fpga_vec.py
     # the stored program is the representative one; it passes the simulator's checks
-    groups = programs.representative_groups(doc.kernels, len(weights))
-    assert encode_program(programs.build_program(groups, cfg)) == program
-    sim = Simulator(cfg)
-    sim.write(0, weights)
-    rng = np.random.default_rng(0)
-    for g in groups:
-        sim.write_array(g.x_addr + 4 * g.row0 * g.kernel.K, rng.standard_normal(g.kernel.K), "<f4")
-    sim.load_program(program)
-    ctr = sim.run()
+    ctr = run_representative_program(cfg, doc.kernels, weights, program)
     assert ctr.cycles > 0 and ctr.spikes > 0
     # spikec disasm: text that re-assembles to the identical bytes
     res = run_cli("disasm", path)

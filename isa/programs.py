@@ -386,38 +386,17 @@ def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
     for the last STORE, for FINISH."""
     steps, n_static, mt_max = _schedule(groups, cfg)
     lay = _layout(steps, cfg, n_static, mt_max)
-    VX, VO, SX, SST, SSB, WS = lay.VX, lay.VO, lay.SX, lay.SST, lay.SSB, lay.WS
     pops, pushers = _slot_release(steps)
     outs = np.cumsum([0] + [int(st.last_k) for st in steps]).tolist()  # output (DEQ/STORE) index of each step
     S = outs[-1]  # outputs (VEC output slot o % 2)
     b = ProgramBuilder()
     for s, st in enumerate(steps):
-        g, r0, n, tile = st.g, st.r0, st.n, st.tile
-        k = g.kernel
-        K, M, mt = k.K, k.M, tile.m
+        k = st.g.kernel
         o = outs[s]
-        ktiled = st.kl > 0
-        static = k.static
-        G = k.group_size if k.n_groups > 1 else K  # rows per accumulator
-        T = int(k.timesteps[g.modality])
-        scl = SST + (st.q % 2) * n_static + st.idx if static else SX + st.row
-        # load module
-        loads = []
-        if st.load_x:
-            loads.append(dict(buf=Buffer.VEC, sram=VX[st.e % 2], dram=g.x_addr + 4 * r0 * K, stride=4 * K, rows=n, cols=K))
-            if static:
-                loads.append(dict(buf=Buffer.SCL, sram=scl, dram=k.static_offset + 4 * g.modality, stride=4, rows=1, cols=1))
-        if st.load_tile:
-            w_rows = (align(weight_bytes(st.kl, mt, k.wbits), TILE_ALIGN) if ktiled else tile.w_bytes) // TILE_ALIGN
-            loads.append(dict(buf=Buffer.WGT, sram=WS[st.u % 2], dram=tile.w + st.kc * tile.w_bytes,
-                              stride=TILE_ALIGN, rows=w_rows, cols=TILE_ALIGN))
+        scl = lay.SST + (st.q % 2) * n_static + st.idx if k.static else lay.SX + st.row  # the chunk's scale(s) in SCL
         whole = k.n_groups > 1 and _block_scales(k, cfg)
-        if st.load_sb:  # [s_w | bias], after the tile's piece; group-wise: the tile's whole scale block
-            # [s_w[0] | bias | s_w[1] | ...], or the group's row ([s_w[0] | bias] or s_w[g])
-            sbl = (k.n_groups + 1) * mt if whole else (2 if st.k0 < G else 1) * mt
-            off = 0 if whole else scale_row_offsets(k.n_groups, mt)[st.k0 // G]
-            loads.append(dict(buf=Buffer.SCL, sram=SSB[st.sb % 2], dram=tile.sb + 4 * off, stride=4 * sbl, rows=1,
-                              cols=sbl))
+        # load module
+        loads = _step_loads(st, lay, scl, whole)
         if loads:
             if s in pops:
                 b.pop(Module.COMPUTE, Module.LOAD)
@@ -426,61 +405,114 @@ def build_program(groups: list[Group], cfg: HwConfig) -> list[Instruction]:
             b.push(Module.LOAD, Module.COMPUTE)
             b.pop(Module.LOAD, Module.COMPUTE)  # the step's first compute instruction waits for them
         # compute module
-        compute = []
-        mode = ScaleMode.STATIC if static else ScaleMode.DYNAMIC
-        if st.load_x and ktiled and n > 1:
-            # K-tiled codes: piece c of the chunk is its own packed block [n, kl_c] at inp + n * k0_c.
-            # The dynamic scale needs the whole row: one dynamic ENCODE of the rows (its codes, in
-            # the same INP rows, are overwritten), then per token and piece a static ENCODE with
-            # that token's scale from SCL (x / s with the same s: the same codes).
-            if not static:
-                compute.append((Opcode.ENCODE, dict(src=VX[st.e % 2], dst=st.inp, dst_buf=EncodeDst.INP, n=n, len=K,
-                                                    t=T, scale=ScaleMode.DYNAMIC, scl=scl)))
-            for i in range(n):
-                for k0 in range(0, K, k.k_tile):
-                    kl = min(k.k_tile, K - k0)
-                    compute.append((Opcode.ENCODE, dict(src=VX[st.e % 2] + i * K + k0, dst=st.inp + n * k0 + i * kl,
-                                                        dst_buf=EncodeDst.INP, n=1, len=kl, t=T, scale=ScaleMode.STATIC,
-                                                        scl=scl if static else scl + i)))
-        elif st.load_x:  # (one row: its [1, K] codes are already the pieces' blocks)
-            compute.append((Opcode.ENCODE, dict(src=VX[st.e % 2], dst=st.inp, dst_buf=EncodeDst.INP, n=n, len=K, t=T,
-                                                scale=mode, scl=scl)))
-        compute.append((Opcode.SPMM, dict(inp=st.inp + n * st.k0, wgt=WS[st.u % 2], acc=st.acc, n=n,
-                                          k=st.kl if ktiled else K, m=mt, acc_stride=mt, t=T,
-                                          neuron=Neuron.IF if k.neuron == "if" else Neuron.TCLIF,
-                                          wfmt=WeightFormat.INT4 if k.wbits == 4 else WeightFormat.INT8,
-                                          acc_mode=AccMode.ACCUMULATE if st.k0 % G else AccMode.OVERWRITE)))
-        for op, kw in compute:
+        for op, kw in _step_compute(st, lay, scl):
             b.emit(op, **kw)
-        if st.last_k and k.n_groups == 1:
-            if o >= 2:  # its VEC output slot: STORE o - 2 has read it
-                b.pop(Module.STORE, Module.COMPUTE)
-            flags = (0 if static else VecFlag.PER_ROW) | (VecFlag.BIAS if k.has_bias else 0)
-            b.emit(Opcode.VEC, func=VecFunc.DEQ, flags=int(flags), dst=VO[o % 2], src0=st.acc, src1=scl,
-                   src2=SSB[st.sb % 2], n=n, len=mt)
-        elif st.grp_end:
-            # group-wise (reference.dequantize_acc): t_g = (float32(acc_g) * s_x) * s_w[g]; y = t_0 (+ bias) in
-            # the chunk's running sum, then y = y + t_g in ascending g; the last ADD writes the output slot
-            grp = st.k0 // G
-            y = lay.VY + st.acc
-            flags = (0 if static else VecFlag.PER_ROW) | (VecFlag.BIAS if k.has_bias and grp == 0 else 0)
-            b.emit(Opcode.VEC, func=VecFunc.DEQ, flags=int(flags), dst=y if grp == 0 else lay.VT, src0=st.acc,
-                   src1=scl, src2=SSB[st.sb % 2] + (scale_row_offsets(k.n_groups, mt)[grp] if whole else 0), n=n, len=mt)
-            if grp > 0:
-                if st.last_k and o >= 2:  # its VEC output slot: STORE o - 2 has read it
-                    b.pop(Module.STORE, Module.COMPUTE)
-                b.emit(Opcode.VEC, func=VecFunc.ADD, dst=VO[o % 2] if st.last_k else y, src0=y, src1=lay.VT, n=n, len=mt)
+        _emit_dequantize(b, st, lay, o, scl, whole)
         if s in pushers:  # after the step's last read of its slots
             b.push(Module.COMPUTE, Module.LOAD)
         # store module
         if st.last_k:
             b.push(Module.COMPUTE, Module.STORE)
             b.pop(Module.COMPUTE, Module.STORE)
-            b.emit(Opcode.STORE, buf=Buffer.VEC, sram=VO[o % 2], dram=g.y_addr + 4 * (r0 * M + tile.m0),
-                   stride=4 * M, rows=n, cols=mt)
+            b.emit(Opcode.STORE, buf=Buffer.VEC, sram=lay.VO[o % 2], dram=st.g.y_addr + 4 * (st.r0 * k.M + st.tile.m0),
+                   stride=4 * k.M, rows=st.n, cols=st.tile.m)
             if o + 2 < S or o == S - 1:  # for the DEQ of output o + 2, or for FINISH
                 b.push(Module.STORE, Module.COMPUTE)
     return b.program()
+
+
+def _acc_rows(k: ProductKernel) -> int:
+    """Input rows per accumulator: a weight-scale group's (group-wise kernels), else the whole K."""
+    return k.group_size if k.n_groups > 1 else k.K
+
+
+def _step_loads(st: _Step, lay: _Layout, scl: int, whole: bool) -> list[dict]:
+    """The LOAD fields of a step's load group: the chunk's rows (and static scale), the weight
+    tile (a K-tiled piece: its own packed block), and [s_w | bias] (group-wise: the tile's
+    whole scale block when `whole`, else the group's row)."""
+    g, k, tile = st.g, st.g.kernel, st.tile
+    K, mt = k.K, tile.m
+    G = _acc_rows(k)
+    loads = []
+    if st.load_x:
+        loads.append(dict(buf=Buffer.VEC, sram=lay.VX[st.e % 2], dram=g.x_addr + 4 * st.r0 * K, stride=4 * K,
+                          rows=st.n, cols=K))
+        if k.static:
+            loads.append(dict(buf=Buffer.SCL, sram=scl, dram=k.static_offset + 4 * g.modality, stride=4, rows=1, cols=1))
+    if st.load_tile:
+        w_rows = (align(weight_bytes(st.kl, mt, k.wbits), TILE_ALIGN) if st.kl > 0 else tile.w_bytes) // TILE_ALIGN
+        loads.append(dict(buf=Buffer.WGT, sram=lay.WS[st.u % 2], dram=tile.w + st.kc * tile.w_bytes,
+                          stride=TILE_ALIGN, rows=w_rows, cols=TILE_ALIGN))
+    if st.load_sb:  # [s_w | bias], after the tile's piece; group-wise: the tile's whole scale block
+        # [s_w[0] | bias | s_w[1] | ...], or the group's row ([s_w[0] | bias] or s_w[g])
+        sbl = (k.n_groups + 1) * mt if whole else (2 if st.k0 < G else 1) * mt
+        off = 0 if whole else scale_row_offsets(k.n_groups, mt)[st.k0 // G]
+        loads.append(dict(buf=Buffer.SCL, sram=lay.SSB[st.sb % 2], dram=tile.sb + 4 * off, stride=4 * sbl, rows=1,
+                          cols=sbl))
+    return loads
+
+
+def _step_compute(st: _Step, lay: _Layout, scl: int) -> list[tuple[Opcode, dict]]:
+    """A step's ENCODEs (when it loaded the chunk's rows) and its SPMM, which overwrites ACC at
+    the first piece of an accumulator (a group, or the whole K) and accumulates after it."""
+    k, n = st.g.kernel, st.n
+    K, static, ktiled = k.K, k.static, st.kl > 0
+    G = _acc_rows(k)
+    T = int(k.timesteps[st.g.modality])
+    compute = []
+    mode = ScaleMode.STATIC if static else ScaleMode.DYNAMIC
+    if st.load_x and ktiled and n > 1:
+        # K-tiled codes: piece c of the chunk is its own packed block [n, kl_c] at inp + n * k0_c.
+        # The dynamic scale needs the whole row: one dynamic ENCODE of the rows (its codes, in
+        # the same INP rows, are overwritten), then per token and piece a static ENCODE with
+        # that token's scale from SCL (x / s with the same s: the same codes).
+        if not static:
+            compute.append((Opcode.ENCODE, dict(src=lay.VX[st.e % 2], dst=st.inp, dst_buf=EncodeDst.INP, n=n, len=K,
+                                                t=T, scale=ScaleMode.DYNAMIC, scl=scl)))
+        for i in range(n):
+            for k0 in range(0, K, k.k_tile):
+                kl = min(k.k_tile, K - k0)
+                compute.append((Opcode.ENCODE, dict(src=lay.VX[st.e % 2] + i * K + k0, dst=st.inp + n * k0 + i * kl,
+                                                    dst_buf=EncodeDst.INP, n=1, len=kl, t=T, scale=ScaleMode.STATIC,
+                                                    scl=scl if static else scl + i)))
+    elif st.load_x:  # (one row: its [1, K] codes are already the pieces' blocks)
+        compute.append((Opcode.ENCODE, dict(src=lay.VX[st.e % 2], dst=st.inp, dst_buf=EncodeDst.INP, n=n, len=K, t=T,
+                                            scale=mode, scl=scl)))
+    compute.append((Opcode.SPMM, dict(inp=st.inp + n * st.k0, wgt=lay.WS[st.u % 2], acc=st.acc, n=n,
+                                      k=st.kl if ktiled else K, m=st.tile.m, acc_stride=st.tile.m, t=T,
+                                      neuron=Neuron.IF if k.neuron == "if" else Neuron.TCLIF,
+                                      wfmt=WeightFormat.INT4 if k.wbits == 4 else WeightFormat.INT8,
+                                      acc_mode=AccMode.ACCUMULATE if st.k0 % G else AccMode.OVERWRITE)))
+    return compute
+
+
+def _emit_dequantize(b: ProgramBuilder, st: _Step, lay: _Layout, o: int, scl: int, whole: bool) -> None:
+    """The step's VEC DEQ, where one follows: per channel, of the tile's last piece into output
+    slot o % 2; group-wise, of a group's last piece into the chunk's running sum (group 0)
+    or the scratch row, then VEC ADD into the running sum (the output slot for the last
+    group). A DEQ or ADD writing the output slot first waits for STORE o - 2, which read it."""
+    k, n, mt = st.g.kernel, st.n, st.tile.m
+    static = k.static
+    if st.last_k and k.n_groups == 1:
+        if o >= 2:  # its VEC output slot: STORE o - 2 has read it
+            b.pop(Module.STORE, Module.COMPUTE)
+        flags = (0 if static else VecFlag.PER_ROW) | (VecFlag.BIAS if k.has_bias else 0)
+        b.emit(Opcode.VEC, func=VecFunc.DEQ, flags=int(flags), dst=lay.VO[o % 2], src0=st.acc, src1=scl,
+               src2=lay.SSB[st.sb % 2], n=n, len=mt)
+    elif st.grp_end:
+        # group-wise (reference.dequantize_acc): t_g = (float32(acc_g) * s_x) * s_w[g]; y = t_0 (+ bias) in
+        # the chunk's running sum, then y = y + t_g in ascending g; the last ADD writes the output slot
+        grp = st.k0 // _acc_rows(k)
+        y = lay.VY + st.acc
+        flags = (0 if static else VecFlag.PER_ROW) | (VecFlag.BIAS if k.has_bias and grp == 0 else 0)
+        src2 = lay.SSB[st.sb % 2] + (scale_row_offsets(k.n_groups, mt)[grp] if whole else 0)  # s_w[grp]
+        b.emit(Opcode.VEC, func=VecFunc.DEQ, flags=int(flags), dst=y if grp == 0 else lay.VT, src0=st.acc,
+               src1=scl, src2=src2, n=n, len=mt)
+        if grp > 0:
+            if st.last_k and o >= 2:  # its VEC output slot: STORE o - 2 has read it
+                b.pop(Module.STORE, Module.COMPUTE)
+            b.emit(Opcode.VEC, func=VecFunc.ADD, dst=lay.VO[o % 2] if st.last_k else y, src0=y, src1=lay.VT, n=n,
+                   len=mt)
 
 
 def kernel_modalities(k: ProductKernel | AttentionKernel) -> list[int]:

@@ -172,18 +172,8 @@ class Msts(ContextPass):
         if not timed:
             self.ctx.results["msts"] = {"skipped": "no spikec ops"}
             return ir.passes.PassResult(model, False)
-        if any("layer" not in n.attributes for n in timed):
-            self.ctx.analyses.get(LAYER_MAP, model).assign(model)
-        n_groups = 1 + max(int(ops.attr(n, "layer", 0)) for n in timed)
-        groups = [[n for n in timed if int(ops.attr(n, "layer", 0)) == g] for g in range(n_groups)]
+        groups = self._layer_groups(model, timed)
         _, const_mod = modality_of_graph(model, self.ctx)
-
-        def apply(table: np.ndarray) -> None:  # table [groups, modalities]
-            for g, nodes in enumerate(groups):
-                for n in nodes:
-                    if not ops.attr(n, "act_unsigned"):  # an imported offset code fixes its own width
-                        ops.set_timesteps(n, table[g].tolist(), model)
-
         can_measure = bool(self.ctx.feeds) and self.ctx.analyses.get(FLOAT_MODEL, model) is not None
         if opts.budget is None and opts.tv is None and opts.tt is None and imported_timesteps(model):
             result = {"mode": "imported", "timesteps": "kept at the imported QDQ precision (--tv/--tt or --budget "
@@ -193,110 +183,157 @@ class Msts(ContextPass):
             self._finish(model, result)
             return ir.passes.PassResult(model, False)
         if opts.budget is None:
-            T = opts.timesteps(names)
-            table = np.tile(np.asarray(T, np.int64), (n_groups, 1))
-            apply(table)
-            result = {"mode": "explicit", "timesteps": dict(zip(names, T))}
-            if can_measure:
-                result["error"] = Evaluator(model, self.ctx, names).error()
-                counts = token_counts(self.ctx, names, const_mod)
-                if counts.sum():
-                    result["budget_used"] = float(counts @ np.asarray(T) / counts.sum())
-            self._finish(model, result)
+            self._finish(model, self._explicit(model, opts, groups, names, const_mod, can_measure))
             return ir.passes.PassResult(model, True)
-
         if not can_measure:
             raise SpikecError("--budget: the timestep search measures output error on calibration data; pass --calib PATH"
                               " (or give --tv/--tt instead of --budget)")
-        B = float(opts.budget)
-        counts = token_counts(self.ctx, names, const_mod)
-        present = [m for m in range(len(names)) if counts[m] > 0]
-        if not present:
-            raise SpikecError("--budget: the calibration data has no tokens")
-        weights = np.array([sum(_macs(n) for n in nodes if n.op_type != ops.SPIKE_ENCODE) for nodes in groups], float)
-        weights = np.where(weights > 0, weights, 1.0)
-        frac = counts / counts.sum()
-
-        def budget(table: np.ndarray) -> float:
-            return float(np.sum(weights[:, None] * table * frac[None, :]) / weights.sum())
-
-        ev = Evaluator(model, self.ctx, names)
-        base_T = opts.timesteps(names)
-        tried: dict[tuple, float] = {}
-
-        def err_of(table: np.ndarray) -> float:
-            key = tuple(table.reshape(-1).tolist())
-            if key not in tried:
-                apply(table)
-                tried[key] = ev.error()
-            return tried[key]
-
-        def global_table(choice: dict[int, int]) -> np.ndarray:
-            row = np.array([choice.get(m, base_T[m]) for m in range(len(names))], np.int64)
-            return np.tile(row, (n_groups, 1))
-
-        # 1. global: the Pareto frontier of per-modality T under the budget.
-        feasible = []
-        for combo in itertools.product(range(1, SEARCH_T + 1), repeat=len(present)):
-            if float(np.dot(frac[present], combo)) <= B + 1e-9:
-                feasible.append(combo)
-        frontier = [c for c in feasible if not any(d != c and all(x >= y for x, y in zip(d, c)) for d in feasible)]
-        T_uniform = int(min(SEARCH_T, np.floor(B + 1e-9)))
-        uniform = global_table({m: T_uniform for m in present})
-        uniform_err = err_of(uniform)
-        candidates = []
-        for combo in frontier:
-            table = global_table(dict(zip(present, combo)))
-            candidates.append({"timesteps": {names[m]: int(t) for m, t in zip(present, combo)},
-                               "budget": budget(table), "error": err_of(table)})
-        best = min(candidates + [{"timesteps": {names[m]: T_uniform for m in present}, "budget": budget(uniform),
-                                  "error": uniform_err}], key=lambda c: (c["error"], c["budget"]))
-        best_table = global_table({names.index(k): v for k, v in best["timesteps"].items()})
-        best_err = best["error"]
-        global_choice = dict(best)
-
-        # 2. per layer, guided by MED: the most modality-discrepant layers first.
-        moves = []
-        med = json.loads(model.metadata_props.get(MED_KEY, "{}") or "{}")
-        meds, es = med.get("med") or [], med.get("e") or []
-        if opts.per_layer and len(present) == 2 and meds:
-            order = sorted((l for l in range(min(len(meds), n_groups)) if meds[l] is not None),
-                           key=lambda l: -meds[l])[:REFINE_LAYERS]
-            for l in order:
-                e = es[l]
-                hi, lo = sorted(present, key=lambda m: -(e.get(names[m]) or 0.0))
-                for up, down in ((hi, lo), (lo, hi)):
-                    t = best_table.copy()
-                    t[l, up] += 1
-                    t[l, down] -= 1
-                    if t[l, down] < 1 or t[l, up] > SEARCH_T or budget(t) > B + 1e-9:
-                        continue
-                    err = err_of(t)
-                    accepted = err < best_err
-                    moves.append({"layer": l, "med": meds[l], "more": names[up], "less": names[down],
-                                  "error": err, "accepted": accepted})
-                    if accepted:
-                        best_table, best_err = t, err
-                        break
-        apply(best_table)
-        per_layer = [{"layer": g, "timesteps": {names[m]: int(best_table[g, m]) for m in range(len(names))}}
-                     for g in range(n_groups)]
-        result = {
-            "mode": "budget", "budget": B, "token_counts": {names[m]: int(counts[m]) for m in range(len(names))},
-            "timesteps": global_choice["timesteps"], "global_error": global_choice["error"],
-            "per_layer": per_layer, "budget_used": budget(best_table), "error": best_err,
-            "uniform": {"T": T_uniform, "budget_used": budget(uniform), "error": uniform_err},
-            "candidates": candidates, "layer_moves": moves, "evaluations": ev.evaluations,
-            "error_metric": "mean KL(float || spiking) over text-token logits" if ev.logits
-                            else "relative squared error of the first output",
-        }
-        self._finish(model, result)
+        self._finish(model, _BudgetSearch(model, self.ctx, opts, groups, names, const_mod).run())
         return ir.passes.PassResult(model, True)
+
+    def _layer_groups(self, model: ir.Model, timed: list[ir.Node]) -> list[list[ir.Node]]:
+        """The timed ops of each layer group 0 .. max(layer), by their `layer` attributes (med's;
+        assigned here from the layer-map analysis where an op has none)."""
+        if any("layer" not in n.attributes for n in timed):
+            self.ctx.analyses.get(LAYER_MAP, model).assign(model)
+        n_groups = 1 + max(int(ops.attr(n, "layer", 0)) for n in timed)
+        return [[n for n in timed if int(ops.attr(n, "layer", 0)) == g] for g in range(n_groups)]
+
+    def _explicit(self, model: ir.Model, opts, groups: list[list[ir.Node]], names: list[str], const_mod: int,
+                  can_measure: bool) -> dict:
+        """--tv/--tt (or their defaults) on every layer group; with calibration data, the
+        measured error and the budget those T use."""
+        T = opts.timesteps(names)
+        _apply(model, groups, np.tile(np.asarray(T, np.int64), (len(groups), 1)))
+        result = {"mode": "explicit", "timesteps": dict(zip(names, T))}
+        if can_measure:
+            result["error"] = Evaluator(model, self.ctx, names).error()
+            counts = token_counts(self.ctx, names, const_mod)
+            if counts.sum():
+                result["budget_used"] = float(counts @ np.asarray(T) / counts.sum())
+        return result
 
     def _finish(self, model: ir.Model, result: dict) -> None:
         self.ctx.results["msts"] = result
         keep = {k: result[k] for k in ("mode", "timesteps", "budget", "budget_used", "error", "uniform") if k in result}
         model.metadata_props[MSTS_KEY] = json.dumps(keep, sort_keys=True)
+
+
+def _apply(model: ir.Model, groups: list[list[ir.Node]], table: np.ndarray) -> None:
+    """Set the timesteps of every op of layer group g to table[g] (table [groups, modalities])."""
+    for g, nodes in enumerate(groups):
+        for n in nodes:
+            if not ops.attr(n, "act_unsigned"):  # an imported offset code fixes its own width
+                ops.set_timesteps(n, table[g].tolist(), model)
+
+
+class _BudgetSearch:
+    """The --budget search of one graph (module docstring, steps 1 and 2) over timestep tables
+    [groups, modalities]. A table's budget weighs each group by its share of the
+    multiply-accumulates and each modality by its share of the calibration tokens; its error
+    is measured once (`error` caches it by table). Raises SpikecError when the calibration
+    data has no tokens."""
+
+    def __init__(self, model: ir.Model, ctx: CompileContext, opts, groups: list[list[ir.Node]], names: list[str],
+                 const_mod: int) -> None:
+        self.model, self.groups, self.names, self.per_layer = model, groups, names, opts.per_layer
+        self.B = float(opts.budget)
+        self.counts = token_counts(ctx, names, const_mod)
+        self.present = [m for m in range(len(names)) if self.counts[m] > 0]
+        if not self.present:
+            raise SpikecError("--budget: the calibration data has no tokens")
+        weights = np.array([sum(_macs(n) for n in nodes if n.op_type != ops.SPIKE_ENCODE) for nodes in groups], float)
+        self.weights = np.where(weights > 0, weights, 1.0)
+        self.frac = self.counts / self.counts.sum()
+        self.ev = Evaluator(model, ctx, names)
+        self.base_T = opts.timesteps(names)
+        self.tried: dict[tuple, float] = {}
+
+    def budget(self, table: np.ndarray) -> float:
+        return float(np.sum(self.weights[:, None] * table * self.frac[None, :]) / self.weights.sum())
+
+    def error(self, table: np.ndarray) -> float:
+        key = tuple(table.reshape(-1).tolist())
+        if key not in self.tried:
+            _apply(self.model, self.groups, table)
+            self.tried[key] = self.ev.error()
+        return self.tried[key]
+
+    def global_table(self, choice: dict[int, int]) -> np.ndarray:
+        """Every group at T = choice[m] for modality m (the base T for a modality not chosen)."""
+        row = np.array([choice.get(m, self.base_T[m]) for m in range(len(self.names))], np.int64)
+        return np.tile(row, (len(self.groups), 1))
+
+    def frontier(self) -> list[tuple]:
+        """The maximal (Pareto) choices of T per present modality, 1..SEARCH_T, within the budget."""
+        feasible = []
+        for combo in itertools.product(range(1, SEARCH_T + 1), repeat=len(self.present)):
+            if float(np.dot(self.frac[self.present], combo)) <= self.B + 1e-9:
+                feasible.append(combo)
+        return [c for c in feasible if not any(d != c and all(x >= y for x, y in zip(d, c)) for d in feasible)]
+
+    def search_global(self) -> tuple[dict, list[dict], dict]:
+        """Step 1: (the best global choice, every frontier candidate, the uniform baseline T =
+        floor(B)); ties in error go to the smaller budget."""
+        T_uniform = int(min(SEARCH_T, np.floor(self.B + 1e-9)))
+        uniform = self.global_table({m: T_uniform for m in self.present})
+        uniform_err = self.error(uniform)
+        candidates = []
+        for combo in self.frontier():
+            table = self.global_table(dict(zip(self.present, combo)))
+            candidates.append({"timesteps": {self.names[m]: int(t) for m, t in zip(self.present, combo)},
+                               "budget": self.budget(table), "error": self.error(table)})
+        best = min(candidates + [{"timesteps": {self.names[m]: T_uniform for m in self.present},
+                                  "budget": self.budget(uniform), "error": uniform_err}],
+                   key=lambda c: (c["error"], c["budget"]))
+        return dict(best), candidates, {"T": T_uniform, "budget_used": self.budget(uniform), "error": uniform_err}
+
+    def refine_per_layer(self, table: np.ndarray, err: float, meds: list, es: list) -> tuple[np.ndarray, float, list]:
+        """Step 2, guided by MED: in the REFINE_LAYERS most modality-discrepant layers, move one
+        timestep to the modality that evolves more there, then the other way; a move is kept
+        only if it fits the budget and lowers the error. (table, error, the moves tried)."""
+        names, moves = self.names, []
+        order = sorted((l for l in range(min(len(meds), len(self.groups))) if meds[l] is not None),
+                       key=lambda l: -meds[l])[:REFINE_LAYERS]
+        for l in order:
+            hi, lo = sorted(self.present, key=lambda m: -(es[l].get(names[m]) or 0.0))
+            for up, down in ((hi, lo), (lo, hi)):
+                t = table.copy()
+                t[l, up] += 1
+                t[l, down] -= 1
+                if t[l, down] < 1 or t[l, up] > SEARCH_T or self.budget(t) > self.B + 1e-9:
+                    continue
+                e = self.error(t)
+                accepted = e < err
+                moves.append({"layer": l, "med": meds[l], "more": names[up], "less": names[down],
+                              "error": e, "accepted": accepted})
+                if accepted:
+                    table, err = t, e
+                    break
+        return table, err, moves
+
+    def run(self) -> dict:
+        """Search, apply the best table to the ops, and return the report."""
+        names = self.names
+        global_choice, candidates, uniform = self.search_global()
+        best_table = self.global_table({names.index(k): v for k, v in global_choice["timesteps"].items()})
+        best_err, moves = global_choice["error"], []
+        med = json.loads(self.model.metadata_props.get(MED_KEY, "{}") or "{}")
+        meds, es = med.get("med") or [], med.get("e") or []
+        if self.per_layer and len(self.present) == 2 and meds:
+            best_table, best_err, moves = self.refine_per_layer(best_table, best_err, meds, es)
+        _apply(self.model, self.groups, best_table)
+        per_layer = [{"layer": g, "timesteps": {names[m]: int(best_table[g, m]) for m in range(len(names))}}
+                     for g in range(len(self.groups))]
+        return {
+            "mode": "budget", "budget": self.B,
+            "token_counts": {names[m]: int(self.counts[m]) for m in range(len(names))},
+            "timesteps": global_choice["timesteps"], "global_error": global_choice["error"],
+            "per_layer": per_layer, "budget_used": self.budget(best_table), "error": best_err,
+            "uniform": uniform, "candidates": candidates, "layer_moves": moves, "evaluations": self.ev.evaluations,
+            "error_metric": "mean KL(float || spiking) over text-token logits" if self.ev.logits
+                            else "relative squared error of the first output",
+        }
 
 
 def _macs(node: ir.Node) -> float:

@@ -485,6 +485,87 @@ def check_quantized(model: ir.Model) -> None:
                           f"'{_const_source_name(lin.node.inputs[1])}' left in float")
 
 
+@dataclasses.dataclass
+class _ActivationPlan:
+    """How one graph's activations are encoded, the same for every layer: the modality input
+    (or the graph's constant modality), T per modality, static or dynamic scales, and with
+    static scales the clip tables and the layers silent on the calibration data."""
+
+    names: list[str]
+    mod_in: ir.Value | None
+    const_mod: int
+    T: list[int]
+    static: bool
+    clips: dict[str, np.ndarray]
+    silent: list[dict]
+
+    def linear_attrs(self, name: str, wbits: int) -> list:
+        """The attributes of layer `name`'s QuantLinear."""
+        attrs = [ir.AttrInt64("wbits", wbits), ir.AttrInt64s("timesteps", self.T),
+                 ir.AttrString("act_scale", "static" if self.static else "dynamic")]
+        if self.static:
+            attrs.append(ir.AttrFloat32s("act_clip", [float(c) for c in self.clips[name].reshape(-1)]))
+        if self.mod_in is None:
+            attrs.append(ir.AttrInt64("modality_id", self.const_mod))
+        return attrs
+
+    def linear_row(self, lin: Linear, wbits: int, weight_note: dict) -> dict:
+        """A linear layer's report row: shape, widths, weight method, and with static scales
+        the clip at each modality's T (and the fallback scale where the layer was silent)."""
+        name, w = lin.node.name, lin.w
+        row = {"name": name, "kind": "linear", "K": int(w.shape[0]), "N": int(w.shape[1]),
+               "wbits": wbits, "act_scale": "static" if self.static else "dynamic", "bias": lin.bias is not None,
+               **weight_note}
+        if self.static:
+            row["clip"] = {self.names[m]: _num(self.clips[name][m, self.T[m] - 1]) for m in range(len(self.names))}
+            quiet = [r["modality"] for r in self.silent if r["name"] == name]
+            if quiet:  # clip 0: the static scale is the fallback of spikec.reference.static_scale
+                row["silent"] = {"modalities": quiet, "fallback_scale": float(R.ZERO_RANGE_SCALE)}
+        return row
+
+
+def _clip_table(lin: Linear, acts: list[dict], s, n_modalities: int, const_mod: int, method: str,
+                percentile: float) -> np.ndarray:
+    """One layer's static clip table [modalities, T_max] over its input X / s on every
+    calibration feed, the tokens split by modality. Raises SpikecError when the input holds
+    NaN or inf on a feed."""
+    rows = [[] for _ in range(n_modalities)]
+    for i, a in enumerate(acts):
+        x = (a[lin.x.name] / s).astype(np.float32)
+        if not np.isfinite(x).all():
+            raise SpikecError(
+                f"quantize: layer '{lin.node.name}': its input '{lin.x.name}' holds NaN or inf on "
+                f"calibration feed {i} (the float model overflows or reads non-finite inputs there)")
+        per = C.tokens_by_modality(x, a.get(MODALITY_INPUT), const_mod, n_modalities, lin.node.name)
+        for m, r in enumerate(per):
+            rows[m].append(r)
+    return np.stack([C.clip_row(np.concatenate(r) if r else np.zeros((0, 1), np.float32), method, percentile)
+                     for r in rows])
+
+
+def _group_wise_summary(group_size: int, layers: list[dict]) -> int:
+    """The number of linear layers that took --group-size scales (imported ones aside); one
+    warning names the layers that keep per-channel scales, rather than a line per layer."""
+    rows = [r for r in layers if r["kind"] == "linear" and not str(r.get("weight_method")).startswith("imported:")]
+    kept = [r for r in rows if not r.get("group_size")]
+    if kept:
+        log.warning("quantize: --group-size %d: %d of %d linear layers keep per-channel scales (the size "
+                    "does not divide their K, or equals it), e.g. %s (K = %d)", group_size, len(kept),
+                    len(rows), kept[0]["name"], kept[0]["K"])
+    return len(rows) - len(kept)
+
+
+def _imported_summary(imported, layers: list[dict]) -> dict:
+    """The imported checkpoint's file and format, the layers whose codes came from it (their
+    rows say so), and its modules that are no linear layer of this graph (warned about)."""
+    taken = {r["name"] for r in layers if str(r.get("weight_method", "")).startswith("imported:")}
+    unused = [m for m in imported.modules() if m not in taken]
+    if unused:
+        log.warning("quantize: %d imported layers of %s are not linear layers of this graph (e.g. %s); "
+                    "their codes are not used", len(unused), imported.path.name, unused[0])
+    return {"format": imported.format, "file": imported.path.name, "layers": len(taken), "unused": unused}
+
+
 class Quantize(ContextPass):
     """Weights per output channel or per group of input rows (int8/int4), activations static per
     modality or dynamic per token."""
@@ -525,24 +606,7 @@ class Quantize(ContextPass):
                                             opts.smooth)
         clips = {}
         if static and linears:
-            # Activations of the float graph; a smoothed layer sees X / s (its producer was rescaled).
-            acts = self.ctx.analyses.activations(model, [lin.x.name for lin in linears] +
-                                                 ([MODALITY_INPUT] if mod_in is not None else []))
-            for lin in linears:
-                rows = [[] for _ in names]
-                s = smooth_s.get(lin.x.name, np.float32(1.0))
-                for i, a in enumerate(acts):
-                    x = (a[lin.x.name] / s).astype(np.float32)
-                    if not np.isfinite(x).all():
-                        raise SpikecError(
-                            f"quantize: layer '{lin.node.name}': its input '{lin.x.name}' holds NaN or inf on "
-                            f"calibration feed {i} (the float model overflows or reads non-finite inputs there)")
-                    per = C.tokens_by_modality(x, a.get(MODALITY_INPUT), const_mod, len(names), lin.node.name)
-                    for m, r in enumerate(per):
-                        rows[m].append(r)
-                clips[lin.node.name] = np.stack(
-                    [C.clip_row(np.concatenate(r) if r else np.zeros((0, 1), np.float32), opts.calib_method,
-                                opts.percentile) for r in rows])
+            clips = self._static_clips(model, linears, len(names), mod_in, const_mod, smooth_s, opts)
         hessians = None
         if opts.weight_method == "gptq" and linears:
             self.ctx.require_feeds("quantize (--weight-method gptq)")
@@ -552,85 +616,88 @@ class Quantize(ContextPass):
         if static and linears:
             carried = list(range(len(names))) if mod_in is not None else [const_mod]
             silent = check_static_clips(clips, names, carried)
+        plan = _ActivationPlan(names, mod_in, const_mod, T, static, clips, silent)
         layers = []
         from spikec.progress import track
 
         for lin in track(linears, "quantize", "layer", leave=False, delay=1.0):  # a bar on a terminal, if > 1 s
-            w = lin.w
-            w_q, s_w, weight_note = _weights(lin, opts, hessians, imported)
-            wbits = weight_note.pop("_wbits", opts.wbits)
-            base = lin.node.name or lin.out.name
-            inputs = [lin.x, mod_in, initializer(model.graph, f"{base}.W_q", w_q),
-                      initializer(model.graph, f"{base}.s_w", s_w)]
-            if lin.bias is not None:
-                inputs.append(initializer(model.graph, f"{base}.bias", lin.bias))
-            attrs = [ir.AttrInt64("wbits", wbits), ir.AttrInt64s("timesteps", T),
-                     ir.AttrString("act_scale", "static" if static else "dynamic")]
-            if static:
-                attrs.append(ir.AttrFloat32s("act_clip", [float(c) for c in clips[lin.node.name].reshape(-1)]))
-            if mod_in is None:
-                attrs.append(ir.AttrInt64("modality_id", const_mod))
-            old_inputs = [v for n in lin.old_nodes for v in n.inputs]
-            new = ir.Node(ops.DOMAIN, ops.QUANT_LINEAR, inputs, attrs, name=lin.node.name, num_outputs=1)
-            self._guard(new, w.shape[0], T, wbits)
-            replace_node(model, lin.old_nodes, lin.out, new)
-            drop_unused_initializers(model, old_inputs)
-            row = {"name": lin.node.name, "kind": "linear", "K": int(w.shape[0]), "N": int(w.shape[1]),
-                   "wbits": wbits, "act_scale": "static" if static else "dynamic", "bias": lin.bias is not None,
-                   **weight_note}
-            if static:
-                row["clip"] = {names[m]: _num(clips[lin.node.name][m, T[m] - 1]) for m in range(len(names))}
-                quiet = [r["modality"] for r in silent if r["name"] == lin.node.name]
-                if quiet:  # clip 0: the static scale is the fallback of spikec.reference.static_scale
-                    row["silent"] = {"modalities": quiet, "fallback_scale": float(R.ZERO_RANGE_SCALE)}
-            layers.append(row)
+            layers.append(self._quantize_linear(model, lin, plan, _weights(lin, opts, hessians, imported), opts.wbits))
         for node in attention:
             if not opts.spike_attention:
                 floats.append({"name": node.name, "op": "MatMul",
                                "reason": "attention product (activation x activation); --spike-attention converts it"})
                 continue
-            a, b = node.inputs[0], node.inputs[1]
-            attrs = [ir.AttrInt64s("timesteps", T), ir.AttrInt64("bbits", 8)]
-            if mod_in is None:
-                attrs.append(ir.AttrInt64("modality_id", const_mod))
-            new = ir.Node(ops.DOMAIN, ops.QUANT_MATMUL, [a, b, mod_in], attrs, name=node.name, num_outputs=1)
-            k = a.shape[-1] if a.shape is not None and len(a.shape) else None
-            if isinstance(k, int):
-                self._guard(new, k, T, 8)
-            replace_node(model, [node], node.outputs[0], new)
-            layers.append({"name": node.name, "kind": "attention", "K": k if isinstance(k, int) else None,
-                           "wbits": 8, "act_scale": "dynamic"})
+            layers.append(self._spike_attention(model, node, plan))
         for note in smooth_notes:
             next((r for r in layers if r["name"] == note["name"]), {})["smooth"] = note
-        self.ctx.results["quantize"] = {
-            "wbits": opts.wbits, "act_scale": "static" if static else "dynamic",
-            "calib_method": opts.calib_method if static else None, "smooth_alpha": opts.smooth,
-            "timesteps": dict(zip(names, T)), "layers": layers, "float": floats,
-            "silent": silent, "weight_method": opts.weight_method, "group_size": opts.group_size,
-        }
-        if opts.group_size and linears:
-            rows = [r for r in layers if r["kind"] == "linear" and not str(r.get("weight_method")).startswith("imported:")]
-            kept = [r for r in rows if not r.get("group_size")]
-            self.ctx.results["quantize"]["group_wise_layers"] = len(rows) - len(kept)
-            if kept:  # one summary, not a line per layer
-                log.warning("quantize: --group-size %d: %d of %d linear layers keep per-channel scales (the size "
-                            "does not divide their K, or equals it), e.g. %s (K = %d)", opts.group_size, len(kept),
-                            len(rows), kept[0]["name"], kept[0]["K"])
-        if imported is not None:  # the layers whose codes came from the checkpoint say so in their rows
-            taken = {r["name"] for r in layers if str(r.get("weight_method", "")).startswith("imported:")}
-            unused = [m for m in imported.modules() if m not in taken]
-            if unused:
-                log.warning("quantize: %d imported layers of %s are not linear layers of this graph (e.g. %s); "
-                            "their codes are not used", len(unused), imported.path.name, unused[0])
-            self.ctx.results["quantize"]["imported"] = {
-                "format": imported.format, "file": imported.path.name, "layers": len(taken), "unused": unused}
-        if hessians is not None:
-            rows = [r["gptq"] for r in layers if "gptq" in r]
-            self.ctx.results["quantize"]["gptq"] = {
-                "damp": opts.gptq_damp, "act_order": opts.gptq_act_order,
-                "loss": sum(r["loss"] for r in rows), "rtn_loss": sum(r["rtn_loss"] for r in rows)}
+        self._report(opts, plan, layers, floats, imported, hessians, bool(linears))
         log.info("quantize: %d linear, %d attention, %d left float", len(linears), len(layers) - len(linears), len(floats))
         return ir.passes.PassResult(model, bool(layers))
+
+    def _static_clips(self, model: ir.Model, linears: list[Linear], n_modalities: int, mod_in: ir.Value | None,
+                      const_mod: int, smooth_s: dict, opts) -> dict[str, np.ndarray]:
+        """{layer name: clip table [modalities, T_max]} from the float graph's activations on the
+        calibration feeds. A smoothed layer sees X / s (its producer was rescaled), so its
+        table is measured on X / s."""
+        acts = self.ctx.analyses.activations(model, [lin.x.name for lin in linears] +
+                                             ([MODALITY_INPUT] if mod_in is not None else []))
+        return {lin.node.name: _clip_table(lin, acts, smooth_s.get(lin.x.name, np.float32(1.0)), n_modalities,
+                                           const_mod, opts.calib_method, opts.percentile) for lin in linears}
+
+    def _quantize_linear(self, model: ir.Model, lin: Linear, plan: _ActivationPlan, weights: tuple, wbits: int) -> dict:
+        """Replace one linear layer by a QuantLinear over `weights` (`_weights`'s codes, scales and
+        report fields; `wbits` unless the fields carry the layer's own width); its report row."""
+        w = lin.w
+        w_q, s_w, weight_note = weights
+        wbits = weight_note.pop("_wbits", wbits)
+        base = lin.node.name or lin.out.name
+        inputs = [lin.x, plan.mod_in, initializer(model.graph, f"{base}.W_q", w_q),
+                  initializer(model.graph, f"{base}.s_w", s_w)]
+        if lin.bias is not None:
+            inputs.append(initializer(model.graph, f"{base}.bias", lin.bias))
+        old_inputs = [v for n in lin.old_nodes for v in n.inputs]
+        new = ir.Node(ops.DOMAIN, ops.QUANT_LINEAR, inputs, plan.linear_attrs(lin.node.name, wbits), name=lin.node.name,
+                      num_outputs=1)
+        self._guard(new, w.shape[0], plan.T, wbits)
+        replace_node(model, lin.old_nodes, lin.out, new)
+        drop_unused_initializers(model, old_inputs)
+        return plan.linear_row(lin, wbits, weight_note)
+
+    def _spike_attention(self, model: ir.Model, node: ir.Node, plan: _ActivationPlan) -> dict:
+        """Replace an attention product (both operands activations) by a QuantMatMul; its report row.
+        The overflow guard runs only where the graph gives the inner size K."""
+        a, b = node.inputs[0], node.inputs[1]
+        attrs = [ir.AttrInt64s("timesteps", plan.T), ir.AttrInt64("bbits", 8)]
+        if plan.mod_in is None:
+            attrs.append(ir.AttrInt64("modality_id", plan.const_mod))
+        new = ir.Node(ops.DOMAIN, ops.QUANT_MATMUL, [a, b, plan.mod_in], attrs, name=node.name, num_outputs=1)
+        k = a.shape[-1] if a.shape is not None and len(a.shape) else None
+        if isinstance(k, int):
+            self._guard(new, k, plan.T, 8)
+        replace_node(model, [node], node.outputs[0], new)
+        return {"name": node.name, "kind": "attention", "K": k if isinstance(k, int) else None,
+                "wbits": 8, "act_scale": "dynamic"}
+
+    def _report(self, opts, plan: _ActivationPlan, layers: list[dict], floats: list[dict], imported,
+                hessians: gptq.Hessians | None, any_linear: bool) -> None:
+        """The pass's results: the options, a row per layer, and the summaries of group-wise
+        scales, imported codes and GPTQ losses where they apply."""
+        static = plan.static
+        report = self.ctx.results["quantize"] = {
+            "wbits": opts.wbits, "act_scale": "static" if static else "dynamic",
+            "calib_method": opts.calib_method if static else None, "smooth_alpha": opts.smooth,
+            "timesteps": dict(zip(plan.names, plan.T)), "layers": layers, "float": floats,
+            "silent": plan.silent, "weight_method": opts.weight_method, "group_size": opts.group_size,
+        }
+        if opts.group_size and any_linear:
+            report["group_wise_layers"] = _group_wise_summary(opts.group_size, layers)
+        if imported is not None:
+            report["imported"] = _imported_summary(imported, layers)
+        if hessians is not None:
+            rows = [r["gptq"] for r in layers if "gptq" in r]
+            report["gptq"] = {
+                "damp": opts.gptq_damp, "act_order": opts.gptq_act_order,
+                "loss": sum(r["loss"] for r in rows), "rtn_loss": sum(r["rtn_loss"] for r in rows)}
 
     @staticmethod
     def _guard(node: ir.Node, K: int, T, wbits: int) -> None:

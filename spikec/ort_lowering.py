@@ -263,12 +263,7 @@ def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_
     n: list[onnx.NodeProto] = [helper.make_node("Cast", ["w"], ["w8"], to=TensorProto.INT8)]
     inputs = ["q", "s_x", "w", "s_w"] + (["bias"] if with_bias else []) + ["off_tok", "accb_tok", "onehot"]
     outputs = ["y"]
-    if neuron == "if":
-        n.append(helper.make_node("Add", ["q", "off_tok"], ["code"]))  # c = q + 2**(b-1) >= 0
-        n.append(helper.make_node("Identity", ["code"], ["mag"]))
-    elif mode == "exact" or planes > 1:
-        n.append(helper.make_node("Abs", ["q"], ["mag"]))
-        n.append(helper.make_node("Sign", ["q"], ["sgn"]))
+    _code_magnitude(n, neuron, mode, planes)
     if mode == "fused" and planes == 1:
         # |code| fits one 7-bit group: the product is one MatMulInteger, no digit split
         if neuron == "if":
@@ -277,87 +272,11 @@ def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_
             _mmi(n, "q", "w8", "acc0", 128, "g0", groups)
         n.append(helper.make_node("Identity", ["acc0"], ["acc_s"]))
     elif mode == "fused":
-        # Horner over digit groups, most significant first: acc <- 128 acc + d_j @ W.
-        for j in reversed(range(planes)):
-            n += [_c(f"m{j}", 128, np.int32)]
-            src = "mag"
-            if j > 0:  # the lowest group needs no shift
-                n += [_c(f"div{j}", 128**j, np.int32), helper.make_node("Div", ["mag", f"div{j}"], [f"sh{j}"])]
-                src = f"sh{j}"
-            if j < planes - 1:  # the highest group is already < 128
-                n.append(helper.make_node("Mod", [src, f"m{j}"], [f"dig{j}"]))
-            else:
-                n.append(helper.make_node("Identity", [src], [f"dig{j}"]))
-            if neuron == "if":
-                _mmi(n, f"dig{j}", "w8", f"p{j}", 0, f"g{j}", groups)
-            else:
-                n.append(helper.make_node("Mul", ["sgn", f"dig{j}"], [f"sd{j}"]))
-                _mmi(n, f"sd{j}", "w8", f"p{j}", 128, f"g{j}", groups)
-            if j == planes - 1:
-                n.append(helper.make_node("Identity", [f"p{j}"], [f"acc{j}"]))
-            else:
-                n += [
-                    helper.make_node("Mul", [f"acc{j + 1}", f"m{j}"], [f"sc{j}"]),
-                    helper.make_node("Add", [f"sc{j}", f"p{j}"], [f"acc{j}"]),
-                ]
-        n.append(helper.make_node("Identity", ["acc0"], ["acc_s"]))
+        _digit_products(n, neuron, planes, groups)
     else:
         outputs.append("spikes")
-        n += [_c("two", 2, np.int32), _c("one_i", 1, np.int32), _c("axes_k", [-1], np.int64)]
-        for t in range(planes):
-            if neuron == "if":
-                # plane t of a rate-coded offset code: 1 while t < c
-                n += [
-                    _c(f"t{t}", t, np.int32),
-                    helper.make_node("Greater", ["mag", f"t{t}"], [f"b{t}"]),
-                    helper.make_node("Cast", [f"b{t}"], [f"s{t}"], to=TensorProto.INT32),
-                ]
-                _mmi(n, f"s{t}", "w8", f"p{t}", 0, f"g{t}", groups)
-            else:
-                # plane t (MSB first) of T_max: sign(q) * bit_(T_max-1-t)(|q|)
-                n += [
-                    _c(f"d{t}", 2 ** (planes - 1 - t), np.int32),
-                    helper.make_node("Div", ["mag", f"d{t}"], [f"sh{t}"]),
-                    helper.make_node("Mod", [f"sh{t}", "two"], [f"bit{t}"]),
-                    helper.make_node("Mul", ["sgn", f"bit{t}"], [f"s{t}"]),
-                ]
-                _mmi(n, f"s{t}", "w8", f"p{t}", 128, f"g{t}", groups)
-            # spikes fired by this plane, per token: sum_k |S_t|
-            n += [
-                helper.make_node("Abs", [f"s{t}"], [f"as{t}"]),
-                helper.make_node("ReduceSum", [f"as{t}", "axes_k"], [f"cnt{t}"], keepdims=0),
-            ]
-            if t == 0:
-                n.append(helper.make_node("Identity", [f"p{t}"], [f"acc{t}"]))
-                n.append(helper.make_node("Identity", [f"cnt{t}"], [f"tot{t}"]))
-            else:
-                step = "Add" if neuron == "if" else None
-                if step is None:
-                    n.append(helper.make_node("Mul", [f"acc{t - 1}", "two"], [f"dbl{t}"]))
-                    n.append(helper.make_node("Add", [f"dbl{t}", f"p{t}"], [f"acc{t}"]))
-                else:
-                    n.append(helper.make_node("Add", [f"acc{t - 1}", f"p{t}"], [f"acc{t}"]))
-                n.append(helper.make_node("Add", [f"tot{t - 1}", f"cnt{t}"], [f"tot{t}"]))
-        last = planes - 1
-        n.append(helper.make_node("Identity", [f"acc{last}"], ["acc_s"]))
-        # spikes per modality: token counts [..., N] dotted with one-hot modality [..., N, M]
-        n += [
-            helper.make_node("Cast", [f"tot{last}"], ["tot_f"], to=TensorProto.INT64),
-            helper.make_node("Unsqueeze", ["tot_f", "axes_k"], ["tot_u"]),
-            helper.make_node("Mul", ["tot_u", "onehot"], ["per_mod"]),
-            helper.make_node("Shape", ["onehot"], ["oh_shape"]),
-            helper.make_node("Size", ["oh_shape"], ["oh_rank"]),
-            _c("one64", 1, np.int64),
-            helper.make_node("Sub", ["oh_rank", "one64"], ["lead_rank"]),
-            _c("zero64", 0, np.int64),
-            helper.make_node("Range", ["zero64", "lead_rank", "one64"], ["lead_axes"]),
-            helper.make_node("ReduceSum", ["per_mod", "lead_axes"], ["spk"], keepdims=0),
-            helper.make_node("ReduceSum", ["onehot", "lead_axes"], ["tok"], keepdims=0),
-            _c("axis0", [0], np.int64),
-            helper.make_node("Unsqueeze", ["spk", "axis0"], ["spk_u"]),
-            helper.make_node("Unsqueeze", ["tok", "axis0"], ["tok_u"]),
-            helper.make_node("Concat", ["spk_u", "tok_u"], ["spikes"], axis=0),
-        ]
+        _spike_plane_products(n, neuron, planes, groups)
+        _spikes_per_modality(n, f"tot{planes - 1}")
     if neuron == "if":
         n.append(helper.make_node("Add", ["acc_s", "accb_tok"], ["acc"]))
     else:
@@ -370,6 +289,110 @@ def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_
     if with_bias:
         n.append(helper.make_node("Add", ["y1", "bias"], ["y"]))
     return _fn(name, inputs, outputs, n, opset)
+
+
+def _code_magnitude(n: list, neuron: str, mode: str, planes: int) -> None:
+    """What the products split into digits or planes: rate IF's offset code c = q + 2**(b-1) >= 0
+    (`code`, and `mag` = c); TC-LIF's |q| (`mag`) and sign(q) (`sgn`), unless one fused
+    MatMulInteger takes q itself."""
+    if neuron == "if":
+        n.append(helper.make_node("Add", ["q", "off_tok"], ["code"]))  # c = q + 2**(b-1) >= 0
+        n.append(helper.make_node("Identity", ["code"], ["mag"]))
+    elif mode == "exact" or planes > 1:
+        n.append(helper.make_node("Abs", ["q"], ["mag"]))
+        n.append(helper.make_node("Sign", ["q"], ["sgn"]))
+
+
+def _digit_products(n: list, neuron: str, planes: int, groups: tuple[int, int] | None) -> None:
+    """fused, codes wider than 7 bits: acc_s = sum_j 128^j (d_j @ W) over the `planes` 7-bit
+    digit groups d_j of `mag` (signed by `sgn` for TC-LIF), Horner-style, most significant
+    first: acc <- 128 acc + d_j @ W (int32, exact)."""
+    for j in reversed(range(planes)):
+        n += [_c(f"m{j}", 128, np.int32)]
+        src = "mag"
+        if j > 0:  # the lowest group needs no shift
+            n += [_c(f"div{j}", 128**j, np.int32), helper.make_node("Div", ["mag", f"div{j}"], [f"sh{j}"])]
+            src = f"sh{j}"
+        if j < planes - 1:  # the highest group is already < 128
+            n.append(helper.make_node("Mod", [src, f"m{j}"], [f"dig{j}"]))
+        else:
+            n.append(helper.make_node("Identity", [src], [f"dig{j}"]))
+        if neuron == "if":
+            _mmi(n, f"dig{j}", "w8", f"p{j}", 0, f"g{j}", groups)
+        else:
+            n.append(helper.make_node("Mul", ["sgn", f"dig{j}"], [f"sd{j}"]))
+            _mmi(n, f"sd{j}", "w8", f"p{j}", 128, f"g{j}", groups)
+        if j == planes - 1:
+            n.append(helper.make_node("Identity", [f"p{j}"], [f"acc{j}"]))
+        else:
+            n += [
+                helper.make_node("Mul", [f"acc{j + 1}", f"m{j}"], [f"sc{j}"]),
+                helper.make_node("Add", [f"sc{j}", f"p{j}"], [f"acc{j}"]),
+            ]
+    n.append(helper.make_node("Identity", ["acc0"], ["acc_s"]))
+
+
+def _spike_plane_products(n: list, neuron: str, planes: int, groups: tuple[int, int] | None) -> None:
+    """exact: the spike planes S_t themselves, one MatMulInteger each, accumulated into acc_s
+    (TC-LIF: acc <- 2 acc + S_t @ W, MSB first; rate IF: acc <- acc + S_t @ W), with the
+    spikes each token fires summed over the planes into tot{planes - 1} ([..., N])."""
+    n += [_c("two", 2, np.int32), _c("one_i", 1, np.int32), _c("axes_k", [-1], np.int64)]
+    for t in range(planes):
+        if neuron == "if":
+            # plane t of a rate-coded offset code: 1 while t < c
+            n += [
+                _c(f"t{t}", t, np.int32),
+                helper.make_node("Greater", ["mag", f"t{t}"], [f"b{t}"]),
+                helper.make_node("Cast", [f"b{t}"], [f"s{t}"], to=TensorProto.INT32),
+            ]
+            _mmi(n, f"s{t}", "w8", f"p{t}", 0, f"g{t}", groups)
+        else:
+            # plane t (MSB first) of T_max: sign(q) * bit_(T_max-1-t)(|q|)
+            n += [
+                _c(f"d{t}", 2 ** (planes - 1 - t), np.int32),
+                helper.make_node("Div", ["mag", f"d{t}"], [f"sh{t}"]),
+                helper.make_node("Mod", [f"sh{t}", "two"], [f"bit{t}"]),
+                helper.make_node("Mul", ["sgn", f"bit{t}"], [f"s{t}"]),
+            ]
+            _mmi(n, f"s{t}", "w8", f"p{t}", 128, f"g{t}", groups)
+        # spikes fired by this plane, per token: sum_k |S_t|
+        n += [
+            helper.make_node("Abs", [f"s{t}"], [f"as{t}"]),
+            helper.make_node("ReduceSum", [f"as{t}", "axes_k"], [f"cnt{t}"], keepdims=0),
+        ]
+        if t == 0:
+            n.append(helper.make_node("Identity", [f"p{t}"], [f"acc{t}"]))
+            n.append(helper.make_node("Identity", [f"cnt{t}"], [f"tot{t}"]))
+        else:
+            if neuron == "if":
+                n.append(helper.make_node("Add", [f"acc{t - 1}", f"p{t}"], [f"acc{t}"]))
+            else:
+                n.append(helper.make_node("Mul", [f"acc{t - 1}", "two"], [f"dbl{t}"]))
+                n.append(helper.make_node("Add", [f"dbl{t}", f"p{t}"], [f"acc{t}"]))
+            n.append(helper.make_node("Add", [f"tot{t - 1}", f"cnt{t}"], [f"tot{t}"]))
+    n.append(helper.make_node("Identity", [f"acc{planes - 1}"], ["acc_s"]))
+
+
+def _spikes_per_modality(n: list, tot: str) -> None:
+    """spikes [2, modalities] = [spikes fired, tokens] per modality: the token counts tot
+    [..., N] dotted with the one-hot modality [..., N, M] over every leading axis."""
+    n += [
+        helper.make_node("Cast", [tot], ["tot_f"], to=TensorProto.INT64),
+        helper.make_node("Unsqueeze", ["tot_f", "axes_k"], ["tot_u"]),
+        helper.make_node("Mul", ["tot_u", "onehot"], ["per_mod"]),
+        helper.make_node("Shape", ["onehot"], ["oh_shape"]),
+        helper.make_node("Size", ["oh_shape"], ["oh_rank"]),
+        _c("one64", 1, np.int64),
+        helper.make_node("Sub", ["oh_rank", "one64"], ["lead_rank"]),
+        _c("zero64", 0, np.int64),
+        helper.make_node("Range", ["zero64", "lead_rank", "one64"], ["lead_axes"]),
+        helper.make_node("ReduceSum", ["per_mod", "lead_axes"], ["spk"], keepdims=0),
+        helper.make_node("ReduceSum", ["onehot", "lead_axes"], ["tok"], keepdims=0),
+        _c("axis0", [0], np.int64),
+        helper.make_node("Unsqueeze", ["spk", "axis0"], ["spk_u"]),
+        helper.make_node("Unsqueeze", ["tok", "axis0"], ["tok_u"]),
+        helper.make_node("Concat", ["spk_u", "tok_u"], ["spikes"], axis=0),
+    ]
 
 
 def _scale_rows(n: list, acc: str, out: str, dql: bool) -> None:

@@ -203,7 +203,7 @@ module spikec_spmm #(
   logic [3:0] bsel;  // TC-LIF: the bit (plane) processed this cycle
   logic [R-1:0] sp, sn;  // spike +1 / -1 per row
   logic tok_zero, tok_last, tok_active, tok_done;
-  logic [C*32-1:0] colv, hsum, colw, wbval;
+  logic [C*32-1:0] hsum, wbval;
 
   always_comb begin
     logic signed [15:0] c16;
@@ -245,25 +245,20 @@ module spikec_spmm #(
     end
   end
 
-  // the PE array: per column, the sum over rows of +w / -w / 0 (adds only), then the
-  // shift by the plane weight; colw = the tile's column sums (rate-IF fold)
-  always_comb begin
-    logic [31:0] acc_c, sum_w, w32;
-    for (int c = 0; c < C; c++) begin
-      acc_c = '0;
-      sum_w = '0;
-      for (int r = 0; r < R; r++) begin
-        w32 = 32'($signed(wnext[(r*C+c)*8+:8]));
-        if (sp[r]) acc_c = acc_c + w32;
-        if (sn[r]) acc_c = acc_c - w32;
-        sum_w = sum_w + w32;
+  // the PE array: one spikec_pe_col per output feature of the m-chunk, each fed its
+  // column of the weight tile (with this cycle's arriving row or column)
+  genvar gc;
+  generate
+    for (gc = 0; gc < C; gc++) begin : g_col
+      logic [R*8-1:0] wcol;
+      for (genvar gr = 0; gr < R; gr++) begin : g_row
+        assign wcol[gr*8+:8] = wnext[(gr*C+gc)*8+:8];
       end
-      colv[c*32+:32] = f_if ? acc_c : (acc_c << bsel);
-      colw[c*32+:32] = sum_w;
-      hsum[c*32+:32] = tok_zero ? 32'd0 : ((hd_started ? h[c*32+:32] : 32'd0) + colv[c*32+:32]);
-      wbval[c*32+:32] = f_if ? (hsum[c*32+:32] - (colw[c*32+:32] << f_t)) : hsum[c*32+:32];
+      spikec_pe_col #(.R(R), .TW(TW)) u_col (
+          .w(wcol), .sp(sp), .sn(sn), .bsel(bsel), .f_if(f_if), .f_t(f_t), .tok_zero(tok_zero),
+          .hd_started(hd_started), .h(h[gc*32+:32]), .hsum(hsum[gc*32+:32]), .wbval(wbval[gc*32+:32]));
     end
-  end
+  endgenerate
 
   always_comb begin
     logic [15:0] s;

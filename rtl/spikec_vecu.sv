@@ -88,7 +88,6 @@ module spikec_vecu #(
     output logic [31:0]          s_wdata
 );
   localparam logic [31:0] ONE = 32'h3f800000, TWO = 32'h40000000, HALF = 32'h3f000000;
-  localparam logic [31:0] NEG_INF = 32'hff800000;
   localparam logic [31:0] GELU_C0 = 32'h3f4c422a;  // f32(0.7978845608028654)
   localparam logic [31:0] GELU_C1 = 32'h3d372713;  // f32(0.044715)
   localparam int LW = $clog2(L + 1);
@@ -536,172 +535,57 @@ module spikec_vecu #(
   logic [L-1:0] lane_nan, lane_inf, lane_act;
   logic [31:0] sq_in;          // lane 0's x operand (square root input)
 
-  function automatic logic [31:0] lane_src(input logic [4:0] sel, input logic [31:0] a, input logic [31:0] b,
-                                           input logic [31:0] c, input logic [31:0] d, input logic [31:0] r0,
-                                           input logic [31:0] r1, input logic [31:0] r2, input logic [31:0] r3,
-                                           input logic [31:0] psl, input logic [31:0] sh);
+  // The micro-operation decoded once for every lane (spikec_vec_lane's one-hot selects).
+  function automatic logic [8:0] lane_sel(input logic [4:0] sel);
+    lane_sel = '0;
     case (sel)
-      X_A: lane_src = a;
-      X_B: lane_src = b;
-      X_C: lane_src = c;
-      X_D: lane_src = d;
-      X_R0: lane_src = r0;
-      X_R1: lane_src = r1;
-      X_R2: lane_src = r2;
-      X_R3: lane_src = r3;
-      X_PSL: lane_src = psl;
-      default: lane_src = sh;
+      X_A: lane_sel[0] = 1'b1;
+      X_B: lane_sel[1] = 1'b1;
+      X_C: lane_sel[2] = 1'b1;
+      X_D: lane_sel[3] = 1'b1;
+      X_R0: lane_sel[4] = 1'b1;
+      X_R1: lane_sel[5] = 1'b1;
+      X_R2: lane_sel[6] = 1'b1;
+      X_R3: lane_sel[7] = 1'b1;
+      X_PSL: lane_sel[8] = 1'b1;
+      default: ;  // a shared source
     endcase
   endfunction
+
+  logic [8:0] l_xsel, l_ysel;
+  logic [5:0] l_one;
+  logic [3:0] l_wr;
+  logic l_latch_deq, l_latch_cd, l_latch_ab;
+  assign l_xsel = lane_sel(u_x);
+  assign l_ysel = lane_sel(u_y);
+  assign l_one = {u_op == O_DIVF, u_op == O_QUANT, u_op == O_FROMI, u_op == O_LDEXP, u_op == O_CLAMP, u_op == O_RINT};
+  assign l_wr = {p_dst == D_R3, p_dst == D_R2, p_dst == D_R1, p_dst == D_R0};
+  assign l_latch_deq = u_latch && kind == K_DEQ;
+  assign l_latch_cd = u_latch && kind != K_DEQ && (kind == K_ROPE || (kind == K_LN && e_pass == 2'd2)) && !e_ph;
+  assign l_latch_ab = u_latch && !l_latch_deq && !l_latch_cd;
 
   genvar gl;
   generate
     for (gl = 0; gl < L; gl++) begin : g_lane
-      logic [31:0] ra, rb, rc, rd, r0, r1, r2, r3, lmax;
-      logic [31:0] x, y, yn, psl;
-      logic [31:0] o_rint, o_clamp, o_ldexp, o_fromi, o_quant, o_one, res;
-      logic [70:0] add_q;  // pipeline registers: the adder's and multiplier's first stages,
-      logic [93:0] mul_q;  // the other operators' results
-      logic [31:0] one_q;
       logic [3:0] pidx;
+      logic [31:0] psl, x;
       logic act;
-      // iterative divider state
-      logic dv_s, dv_spec;
-      logic [31:0] dv_specv;
-      logic signed [11:0] dv_e;
-      logic [24:0] dv_r, dv_mb;
-      logic [27:0] dv_q;
-      logic [31:0] o_div;
-
       assign act = LW'(gl) < e_cnt;
       assign lane_act[gl] = LW'(gl) < p_cnt;  // of the PSUM write (a step later)
       assign pidx = 4'(pbase + 4'(gl % 16));
       assign psl = psum_first ? 32'd0 : psum[pidx*32+:32];
-      assign x = lane_src(u_x, ra, rb, rc, rd, r0, r1, r2, r3, psl, sh_x);
-      assign y = lane_src(u_y, ra, rb, rc, rd, r0, r1, r2, r3, psl, sh_y);
-      assign yn = u_neg ? {~y[31], y[30:0]} : y;
-
-      // one call per operator, selected afterwards; add and multiply in two stages
-      assign o_rint = spikec_fp32::f32_rint(x);
-      assign o_clamp = spikec_fp32::f32_gt(spikec_fp32::F32_EXP_LO, yn) ? spikec_fp32::F32_EXP_LO :
-                       (spikec_fp32::f32_gt(yn, spikec_fp32::F32_EXP_HI) ? spikec_fp32::F32_EXP_HI : yn);
-      assign o_ldexp = spikec_fp32::f32_ldexp(x, spikec_fp32::f32_to_i32_exact(y));
-      assign o_fromi = spikec_fp32::f32_from_i32(x);
-      assign o_quant = 32'(spikec_fp32::f32_rint_clamp(x, qmax));
-
-      // divider: the last step rounds and packs
-      always_comb begin
-        logic [26:0] m;
-        logic signed [11:0] e;
-        logic sticky;
-        sticky = dv_r != 25'd0;
-        e = dv_e;
-        m = {dv_q[26:1], dv_q[0] | sticky};
-        if (dv_q[27]) begin
-          m = {dv_q[27:2], dv_q[1] | dv_q[0] | sticky};
-          e = e + 12'sd1;
-        end
-        o_div = dv_spec ? dv_specv : spikec_fp32::f32_pack(dv_s, e, m);
-      end
-
-      always_comb begin
-        case (u_op)
-          O_RINT: o_one = o_rint;
-          O_CLAMP: o_one = o_clamp;
-          O_LDEXP: o_one = o_ldexp;
-          O_FROMI: o_one = o_fromi;
-          O_QUANT: o_one = o_quant;
-          O_DIVF: o_one = o_div;
-          default: o_one = x;  // MOV
-        endcase
-      end
-      always_ff @(posedge clk) begin
-        add_q <= spikec_fp32::f32_add_s1(x, yn);
-        mul_q <= spikec_fp32::f32_mul_s1(x, y);
-        one_q <= o_one;
-      end
-      // second stage, the step after the issue
-      always_comb begin
-        case (p_op)
-          O_ADD, O_PSUM: res = spikec_fp32::f32_add_s2(add_q);
-          O_MUL: res = spikec_fp32::f32_mul_s2(mul_q);
-          default: res = one_q;
-        endcase
-      end
-      assign lane_res[gl*32+:32] = res;
-      assign lane_max[gl*32+:32] = lmax;
+      spikec_vec_lane #(.DIV_BITS(DIV_BITS)) u_lane (
+          .clk(clk), .x_sel(l_xsel), .y_sel(l_ysel), .y_neg(u_neg), .sh_x(sh_x), .sh_y(sh_y), .psl(psl),
+          .one_sel(l_one), .div_init(u_op == O_DIVI), .div_step(u_op == O_DIVS), .max_en(u_op == O_MAX),
+          .max_abs(kind == K_ENC_DYN), .max_neg_inf(kind == K_SMAX), .first_pass(e_first_pass), .act(act),
+          .qmax(qmax), .latch_deq(l_latch_deq), .latch_cd(l_latch_cd), .latch_ab(l_latch_ab),
+          .va(va_rdata[gl*32+:32]), .vb(vb_rdata[gl*32+:32]), .acc(acc_rdata[gl*32+:32]),
+          .s1(s1_rdata[gl*32+:32]), .s2(s2_rdata[gl*32+:32]),
+          .res_add(p_op == O_ADD || p_op == O_PSUM), .res_mul(p_op == O_MUL), .res_wr(l_wr),
+          .res(lane_res[gl*32+:32]), .lmax(lane_max[gl*32+:32]), .x(x), .nan_in(lane_nan[gl]),
+          .inf_in(lane_inf[gl]));
       if (gl == 0) begin : g_sq
         assign sq_in = x;
-      end
-
-      // operand checks of ENCODE (step 0, read data)
-      logic [31:0] va_l;
-      assign va_l = va_rdata[gl*32+:32];
-      assign lane_nan[gl] = act && spikec_fp32::f32_is_nan(va_l);
-      assign lane_inf[gl] = act && !spikec_fp32::f32_is_finite(va_l);
-
-      always_ff @(posedge clk) begin
-        if (u_latch) begin
-          if (kind == K_DEQ) begin
-            ra <= acc_rdata[gl*32+:32];
-            rb <= s1_rdata[gl*32+:32];
-            rc <= s2_rdata[gl*32+:32];
-          end else if ((kind == K_ROPE || (kind == K_LN && e_pass == 2'd2)) && !e_ph) begin
-            rc <= va_rdata[gl*32+:32];
-            rd <= vb_rdata[gl*32+:32];
-          end else begin
-            ra <= va_rdata[gl*32+:32];
-            rb <= vb_rdata[gl*32+:32];
-          end
-        end
-        case (p_dst)
-          D_R0: r0 <= res;
-          D_R1: r1 <= res;
-          D_R2: r2 <= res;
-          D_R3: r3 <= res;
-          default: ;
-        endcase
-        if (u_op == O_MAX) begin
-          logic [31:0] init, v;
-          init = (kind == K_SMAX) ? NEG_INF : 32'd0;
-          v = (kind == K_ENC_DYN) ? spikec_fp32::f32_abs(x) : x;
-          if (e_first_pass) lmax <= act ? spikec_fp32::f32_max(init, v) : init;
-          else if (act) lmax <= spikec_fp32::f32_max(lmax, v);
-        end
-        // divider
-        if (u_op == O_DIVI) begin
-          logic [35:0] ua, ub;
-          ua = spikec_fp32::f32_unpack(x);
-          ub = spikec_fp32::f32_unpack(y);
-          dv_s <= x[31] ^ y[31];
-          dv_e <= $signed(ua[35:24]) - $signed(ub[35:24]) + 12'sd126;
-          dv_r <= {1'b0, ua[23:0]};
-          dv_mb <= {1'b0, ub[23:0]};
-          dv_q <= 28'd0;
-          dv_spec <= 1'b1;
-          if (spikec_fp32::f32_is_nan(x) || spikec_fp32::f32_is_nan(y)) dv_specv <= spikec_fp32::F32_QNAN;
-          else if ((spikec_fp32::f32_is_inf(x) && spikec_fp32::f32_is_inf(y)) ||
-                   (spikec_fp32::f32_is_zero(x) && spikec_fp32::f32_is_zero(y)))
-            dv_specv <= spikec_fp32::F32_QNAN;
-          else if (spikec_fp32::f32_is_inf(x) || spikec_fp32::f32_is_zero(y)) dv_specv <= {x[31] ^ y[31], 8'hff, 23'd0};
-          else if (spikec_fp32::f32_is_zero(x) || spikec_fp32::f32_is_inf(y)) dv_specv <= {x[31] ^ y[31], 31'd0};
-          else dv_spec <= 1'b0;
-        end
-        if (u_op == O_DIVS) begin
-          logic [24:0] r;
-          logic [25:0] diff;
-          logic [27:0] q;
-          r = dv_r;
-          q = dv_q;
-          for (int i = 0; i < DIV_BITS; i++) begin
-            diff = {1'b0, r} - {1'b0, dv_mb};  // borrow: r < mb
-            q = {q[26:0], !diff[25]};
-            if (!diff[25]) r = diff[24:0];
-            r = {r[23:0], 1'b0};
-          end
-          dv_r <= r;
-          dv_q <= q;
-        end
       end
     end
   endgenerate

@@ -23,6 +23,7 @@ import time
 import numpy as np
 
 from spikec.isa.decode import QWEN2VL_2B, QWEN2VL_7B, HostModel, LMShape, cost_decode
+from spikec.isa.fields import Buffer
 from spikec.isa.hwconfig import EnergyConstants, HwConfig
 
 # Spike density of the language model's text tokens at T = 4, W4, measured on the bundled
@@ -172,8 +173,9 @@ def main() -> None:
     print(f"  what limits it: the load module is busy {t.busy['load'] / t.cycles:.1%} of the step (the weights at "
           f"full bandwidth would take {r['c'].prog.weight_load_bytes / (cfg.dram_gbps * 1e9) / r['dev_s']:.1%}; the rest "
           f"is DMA latency, burst rounding and the KV cache); the vector unit ({t.vec_cycles:,} cycles: softmax, ENCODE, "
-          f"norms, SiLU) runs while the two WGT slots (1 MiB, 0.51 us of HBM time) are full, so its time adds to the "
-          f"weight stream; energy is {r['e']['dram'] / r['ej']:.0%} HBM and {r['e']['sram'] / r['ej']:.0%} SRAM (every "
+          f"norms, SiLU) runs while the load module fills WGT ({cfg.buffer_bytes(Buffer.WGT) >> 20} MiB, "
+          f"{cfg.buffer_bytes(Buffer.WGT) / (cfg.dram_gbps * 1e3):.1f} us of HBM time) and then waits, so the part of a "
+          f"vector-only stretch beyond that (a layer's softmax over L) adds to the weight stream; energy is {r['e']['dram'] / r['ej']:.0%} HBM and {r['e']['sram'] / r['ej']:.0%} SRAM (every "
           f"weight written to and read from WGT once)")
 
     print(f"\n== context length (Qwen2-VL-7B-shaped) ==")
@@ -190,6 +192,8 @@ def main() -> None:
             ("DMA latency 70 cycles (the HBM round trip, ~100 ns) per instruction", variant(cfg, dram_latency_cycles=70)),
             ("clock 1 GHz (same HBM bandwidth)", variant(cfg, clock_mhz=1000)),
             ("vector unit 512 lanes", variant(cfg, vec_lanes=512)),
+            ("WGT 1 MiB (byte-addressed: two 512 KiB slots)", variant(cfg, wgt_kib=1024, wgt_addr_bytes=1)),
+            ("WGT 16 MiB (16-byte addresses: 32 slots)", variant(cfg, wgt_kib=16384, wgt_addr_bytes=16)),
             ("HBM 450 pJ per 64 bit (7.0 pJ/bit)", variant(cfg, energy=dataclasses.replace(e, dram64=450.0))),
             ("logic and SRAM at Horowitz's 45 nm figures (unscaled)", variant(cfg, energy=e45)),
             ("SRAM banked in 32 KB arrays (every access charged the 32 KB class, wires to the bank not counted)",

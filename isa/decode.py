@@ -23,10 +23,13 @@ emits the program (docs/isa.md section 11). What runs where:
 
 Weights stream once per step: each product's weights are laid out in DRAM as tiles (an
 m-tile of `pe_cols` output features by a k-piece, packed int4 [k, m] row-major, at most
-half of WGT), loaded into the two WGT slots alternately (double buffering: a tile's LOAD
-waits for the c2l token of the last compute instruction that read the slot two tiles
-before, its last LOAD pushes l2c for the SPMM that reads it). The KV-cache tiles of the
-attention ([L, head_dim] int8 codes per KV head) go through the same two slots. Per-layer
+one WGT slot), loaded into the WGT slots in turn (`wgt_slots`: WGT cut into slots of at
+most WGT_SLOT_MAX bytes, at least two; a tile's LOAD waits for the c2l token of the last
+compute instruction that read its slot, the item as many tiles before as there are slots,
+and its last LOAD pushes l2c for the SPMM that reads it), so the load module runs up to a
+whole WGT ahead of the PE array while the vector unit works. The KV-cache tiles of the
+attention ([L, head_dim] int8 codes per KV head) go through the same slots. WGT
+addresses count the configuration's wgt_addr_bytes (`HwConfig.wgt_address`). Per-layer
 constants (scales, biases, norm weights) are loaded once per layer into two slots (layer
 parity) of SCL and VEC. Every LOAD is shaped (rows x cols) to waste as little of the
 per-row burst rounding as possible (`dma_shapes`).
@@ -110,11 +113,12 @@ QWEN2VL_2B = LMShape("Qwen2-VL-2B", hidden=1536, intermediate=8960, layers=28, h
 # ---------------------------------------------------------------- DMA shapes
 
 
-def dma_shapes(n: int, elem: int, cfg: HwConfig) -> list[tuple[int, int]]:
+def dma_shapes(n: int, elem: int, cfg: HwConfig, align: int = 1) -> list[tuple[int, int]]:
     """(rows, cols) of the LOADs/STOREs that move `n` contiguous elements of `elem` bytes
     (each a packed 2-D transfer, DRAM stride = cols * elem) in the fewest cycles of the cost
     model: latency per instruction + rows * ceil(row bytes / bytes per cycle). One
-    transfer with cols dividing n, or a main transfer plus a one-row remainder."""
+    transfer with cols dividing n, or a main transfer plus a one-row remainder, which
+    starts at a multiple of `align` elements (a buffer address: `HwConfig.buffer_unit`)."""
     bpc, lat = cfg.dram_bytes_per_cycle, cfg.dram_latency_cycles
 
     def cyc(rows: int, cols: int) -> int:
@@ -133,14 +137,15 @@ def dma_shapes(n: int, elem: int, cfg: HwConfig) -> list[tuple[int, int]]:
         d += 1
     j = 1
     while True:
-        cols = min(n, MAX_DMA, int(j * bpc // elem))
+        full = min(n, MAX_DMA, int(j * bpc // elem))
+        cols = full if full == n else full - full % align  # the remainder's start is an address
         if cols >= 1:
             rows, rem = divmod(n, cols)
             if rows <= MAX_DMA:
                 c = lat * (1 + (rem > 0)) + cyc(rows, cols) + (cyc(1, rem) if rem else 0)
                 if best is None or c < best[0]:
                     best = (c, [(rows, cols)] + ([(1, rem)] if rem else []))
-        if cols >= min(n, MAX_DMA):
+        if full >= min(n, MAX_DMA):
             break
         j += 1
     assert best is not None
@@ -160,13 +165,29 @@ def _parts(cfg: HwConfig, K: int) -> list[tuple[int, int]]:
     return [(0, kh), (kh, K - kh)]
 
 
+# The largest WGT slot: a weight tile of 512 KiB is 180 cycles of `deploy`'s HBM stream
+# against its 4-cycle LOAD latency, so larger tiles gain nothing; a larger WGT is cut into
+# more slots, which lets the load module run further ahead (docs/isa.md section 11).
+WGT_SLOT_MAX = 512 * 1024
+
+
+def wgt_slots(cfg: HwConfig) -> tuple[int, int]:
+    """(number, bytes) of the WGT slots the weight and KV-cache tiles stream through: WGT
+    cut into at least two slots of at most WGT_SLOT_MAX bytes, each a whole number of WGT
+    addresses (wgt_addr_bytes)."""
+    total = cfg.buffer_bytes(Buffer.WGT)
+    n = max(2, -(-total // WGT_SLOT_MAX))
+    size = total // n // cfg.wgt_addr_bytes * cfg.wgt_addr_bytes
+    return n, size
+
+
 @functools.cache
 def _best_piece(cfg: HwConfig, pl: int, m: int) -> int:
-    """The k-piece (rows: a multiple of pe_rows, int4 [k, m] in half of WGT) of a part of
+    """The k-piece (rows: a multiple of pe_rows, int4 [k, m] in one WGT slot) of a part of
     `pl` rows whose m-wide tiles load in the fewest cycles (cost model: LOAD latency and
     per-row burst rounding, `dma_shapes`)."""
     R = cfg.pe_rows
-    kmax = (2 * (cfg.buffer_bytes(Buffer.WGT) // 2) // cfg.pe_cols) // R * R  # rows of a C-wide tile in half of WGT
+    kmax = (2 * wgt_slots(cfg)[1] // cfg.pe_cols) // R * R  # rows of a C-wide int4 tile in one slot
 
     def load_cycles(nbytes: int) -> float:
         return sum(cfg.dram_latency_cycles + r * math.ceil(c / cfg.dram_bytes_per_cycle)
@@ -178,7 +199,7 @@ def _best_piece(cfg: HwConfig, pl: int, m: int) -> int:
 
 def _tiles(cfg: HwConfig, K: int, M: int) -> list[tuple[int, int, int, int]]:
     """(m0, m, k0, k) of the tiles of a [K, M] product: m-tiles of pe_cols, k-pieces
-    (`_best_piece`, inside one part of the row) with m * k / 2 bytes <= half of WGT;
+    (`_best_piece`, inside one part of the row) with m * k / 2 bytes <= one WGT slot;
     m-tile outer, k-piece inner."""
     C, out = cfg.pe_cols, []
     for m0 in range(0, M, C):
@@ -403,19 +424,24 @@ class _Planner:
         self.pending_needs: list[object] = []
 
     # -- building
+    def address(self, buf: Buffer, elem: int) -> int:
+        """The buffer address of element `elem` (WGT: HwConfig.wgt_address of the byte)."""
+        return self.cfg.wgt_address(elem) if buf == Buffer.WGT else elem
+
     def load(self, buf: Buffer, sram: int, dram: int, n: int, needs: object | None = None) -> None:
         """LOAD n contiguous elements of DRAM at `dram` into `buf` from element `sram`."""
         e = ELEMENT_BYTES[buf]
         off = 0
-        for rows, cols in dma_shapes(n, e, self.cfg):
-            self.pending.append(dict(buf=buf, sram=sram + off, dram=dram + off * e, stride=cols * e, rows=rows, cols=cols))
+        for rows, cols in dma_shapes(n, e, self.cfg, self.cfg.buffer_unit(buf)):
+            self.pending.append(dict(buf=buf, sram=self.address(buf, sram + off), dram=dram + off * e, stride=cols * e,
+                                     rows=rows, cols=cols))
             off += rows * cols
         if needs is not None:
             self.pending_needs.append(needs)
 
     def load_rows(self, buf: Buffer, sram: int, dram: int, stride: int, rows: int, cols: int) -> None:
         """One 2-D LOAD as given (e.g. stride 0: one DRAM row repeated)."""
-        self.pending.append(dict(buf=buf, sram=sram, dram=dram, stride=stride, rows=rows, cols=cols))
+        self.pending.append(dict(buf=buf, sram=self.address(buf, sram), dram=dram, stride=stride, rows=rows, cols=cols))
 
     def op(self, op: Opcode, uses: tuple = (), pop_s2c: bool = False, **kw) -> int:
         """A compute instruction; it consumes the pending loads (if any) and touches `uses`."""
@@ -432,9 +458,9 @@ class _Planner:
         """STOREs of n contiguous elements after compute instruction i (c2s), pushing s2c when `push`."""
         e = ELEMENT_BYTES[buf]
         off = 0
-        for rows, cols in dma_shapes(n, e, self.cfg):
-            self.compute[i].stores.append(dict(buf=buf, sram=sram + off, dram=dram + off * e, stride=cols * e,
-                                               rows=rows, cols=cols))
+        for rows, cols in dma_shapes(n, e, self.cfg, self.cfg.buffer_unit(buf)):
+            self.compute[i].stores.append(dict(buf=buf, sram=self.address(buf, sram + off), dram=dram + off * e,
+                                               stride=cols * e, rows=rows, cols=cols))
             off += rows * cols
         self.compute[i].store_push = push
 
@@ -506,19 +532,20 @@ class _Step:
         self.shape, self.cfg, self.L, self.kv_max, self.t = shape, cfg, L, kv_max, t
         self.s, self.d = sram, dram
         self.P = _Planner(cfg)
-        self.slots = (0, cfg.buffer_bytes(Buffer.WGT) // 2)
+        n, size = wgt_slots(cfg)
+        self.slots = tuple(range(0, n * size, size))  # byte offsets
         self.items = 0  # WGT stream items so far
         self.weight_bytes = 0  # weight bytes LOADed into WGT
         self.kv_load = 0  # KV-cache bytes LOADed
 
     def wgt_item(self, dram_addr: int, nbytes: int) -> tuple[int, object]:
-        """(slot, region) of the next WGT stream item: LOAD nbytes into the next slot, after
-        the release of the item that used it before."""
-        u = self.items
+        """(slot, region) of the next WGT stream item: LOAD nbytes into the next slot (its
+        byte offset), after the release of the item that used it before."""
+        u, n = self.items, len(self.slots)
         self.items += 1
-        slot = self.slots[u % 2]
+        slot = self.slots[u % n]
         if nbytes:
-            self.P.load(Buffer.WGT, slot, dram_addr, nbytes, needs=("wgt", u - 2) if u >= 2 else None)
+            self.P.load(Buffer.WGT, slot, dram_addr, nbytes, needs=("wgt", u - n) if u >= n else None)
         return slot, ("wgt", u)
 
     def encode(self, src: int, n: int, length: int, dst: int, scl: int) -> None:
@@ -531,7 +558,7 @@ class _Step:
         nbytes = weight_bytes(k, m, 4)
         slot, item = self.wgt_item(addr, nbytes)
         self.weight_bytes += nbytes
-        self.P.op(Opcode.SPMM, (item,), inp=inp, wgt=slot, acc=acc, n=1, k=k, m=m, acc_stride=m, t=self.t,
+        self.P.op(Opcode.SPMM, (item,), inp=inp, wgt=self.cfg.wgt_address(slot), acc=acc, n=1, k=k, m=m, acc_stride=m, t=self.t,
                   neuron=int(Neuron.TCLIF), wfmt=WeightFormat.INT4,
                   acc_mode=AccMode.OVERWRITE if overwrite else AccMode.ACCUMULATE)
 
@@ -612,7 +639,8 @@ class _Step:
         self.kv_load += 2 * pos * D
         rows = ((k, s.V_kvs + h * D, d.kcache), (v, s.V_kvs + self.shape.kv + h * D, d.vcache))
         for (slot, item), src, cache in rows:
-            i = P.op(Opcode.ENCODE, (item,), src=src, dst=slot + pos * D, dst_buf=EncodeDst.WGT, n=1, len=D, t=7,
+            i = P.op(Opcode.ENCODE, (item,), src=src, dst=self.cfg.wgt_address(slot + pos * D), dst_buf=EncodeDst.WGT,
+                     n=1, len=D, t=7,
                      scale=ScaleMode.STATIC, scl=s.S_one)
             P.store(i, Buffer.WGT, slot + pos * D, cache + base + pos * D, D, push=True)
         return k, v
@@ -626,13 +654,13 @@ class _Step:
         P.op(Opcode.VEC, (cr,), func=VecFunc.MUL_ROW, dst=s.V_qs, src0=s.V_qkv + h * G * D,
              src1=vc + 2 * H + 2 * KV + h * D, n=G, len=D)
         self.encode(s.V_qs, G, D, s.I_x, s.S_dyn)
-        P.op(Opcode.SPMM, (kitem,), inp=s.I_x, wgt=kslot, acc=0, n=G, k=D, m=L, acc_stride=L, t=t, neuron=TC,
+        P.op(Opcode.SPMM, (kitem,), inp=s.I_x, wgt=self.cfg.wgt_address(kslot), acc=0, n=G, k=D, m=L, acc_stride=L, t=t, neuron=TC,
              wfmt=WeightFormat.INT8, wtrans=1, acc_mode=AccMode.OVERWRITE)
         P.op(Opcode.VEC, (kitem,), pop_s2c=True, func=VecFunc.DEQ, flags=int(VecFlag.PER_ROW), dst=s.V_sc, src0=0,
              src1=s.S_dyn, src2=s.S_row, n=G, len=L)
         P.op(Opcode.VEC, (), func=VecFunc.SOFTMAX, dst=s.V_p, src0=s.V_sc, n=G, len=L)
         self.encode(s.V_p, G, L, s.I_p, s.S_dyn2)
-        P.op(Opcode.SPMM, (vitem,), inp=s.I_p, wgt=vslot, acc=0, n=G, k=L, m=D, acc_stride=D, t=t, neuron=TC,
+        P.op(Opcode.SPMM, (vitem,), inp=s.I_p, wgt=self.cfg.wgt_address(vslot), acc=0, n=G, k=L, m=D, acc_stride=D, t=t, neuron=TC,
              wfmt=WeightFormat.INT8, acc_mode=AccMode.OVERWRITE)
         P.op(Opcode.VEC, (vitem, cr), pop_s2c=True, func=VecFunc.DEQ, flags=int(VecFlag.PER_ROW),
              dst=s.V_att + h * G * D, src0=0, src1=s.S_dyn2, src2=sc + s.sv_off + h * D, n=G, len=D)
@@ -695,10 +723,13 @@ def build_decode(shape: LMShape, cfg: HwConfig, L: int, layers: int | None = Non
     layers = shape.layers if layers is None else layers
     if not 2 <= L <= kv_max:
         raise SpikecError(f"build_decode: context length L={L} outside 2..{kv_max}")
-    wgt_slot = cfg.buffer_bytes(Buffer.WGT) // 2
+    wgt_slot = wgt_slots(cfg)[1]
     if kv_max * shape.head_dim > wgt_slot or L > MAX_LEN:
-        raise SpikecError(f"build_decode: a KV tile of {kv_max} x {shape.head_dim} codes does not fit half of WGT "
+        raise SpikecError(f"build_decode: a KV tile of {kv_max} x {shape.head_dim} codes does not fit a WGT slot "
                           f"({wgt_slot} bytes)")
+    if shape.head_dim % cfg.wgt_addr_bytes:
+        raise SpikecError(f"build_decode: head_dim {shape.head_dim} is not a multiple of wgt_addr_bytes "
+                          f"{cfg.wgt_addr_bytes}: a KV-cache row has no WGT address")
     sram = _sram_layout(shape, cfg, kv_max)
     dram = _dram_layout(shape, cfg, layers, head, kv_max, sram)
     step = _Step(shape, cfg, L, kv_max, t, sram, dram)
@@ -850,4 +881,4 @@ def cost_decode(shape: LMShape, cfg: HwConfig, L: int, spike_density: float, vec
 
 
 __all__ = ["DecodeCost", "DecodeProgram", "HostModel", "LMShape", "QWEN2VL_2B", "QWEN2VL_7B", "Timing", "build_decode",
-           "cost_decode", "dma_shapes", "timeline"]
+           "WGT_SLOT_MAX", "cost_decode", "dma_shapes", "timeline", "wgt_slots"]

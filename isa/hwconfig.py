@@ -52,6 +52,9 @@ _SPEC: dict[str, tuple[type, float, float, str]] = {
 # optional fields: name -> (kind, low, high, meaning, default)
 _OPTIONAL_INT: dict[str, tuple[type, int, int, str, int]] = {
     "pe_load_lines": (int, 1, 1024, "tile lines (rows; columns with wtrans) the PE array loads per cycle", 1),
+    # A WGT address names wgt_addr_bytes bytes (a power of two), so the field's 2**20
+    # addresses reach a WGT larger than 1 MiB (docs/isa.md section 1, "WGT addresses").
+    "wgt_addr_bytes": (int, 1, 64, "bytes per WGT address (a power of two)", 1),
 }
 
 
@@ -135,7 +138,7 @@ class EnergyConstants:
         return cls(**vals)  # type: ignore[arg-type]
 
 
-_OPTIONAL = ("pe_load_lines", "energy", "notes")
+_OPTIONAL = ("pe_load_lines", "wgt_addr_bytes", "energy", "notes")
 
 _KIB_FIELD = {Buffer.INP: "inp_kib", Buffer.WGT: "wgt_kib", Buffer.ACC: "acc_kib", Buffer.VEC: "vec_kib", Buffer.SCL: "scl_kib"}
 
@@ -161,6 +164,7 @@ class HwConfig:
     token_queue_depth: int
     # optional (omitted from to_dict when at their defaults)
     pe_load_lines: int = 1
+    wgt_addr_bytes: int = 1
     energy: EnergyConstants | None = None  # None: EnergyConstants() (Horowitz, 45 nm)
     notes: tuple[str, ...] = ()
 
@@ -176,6 +180,19 @@ class HwConfig:
 
     def buffer_elems(self, buf: Buffer | int) -> int:
         return self.buffer_bytes(buf) // ELEMENT_BYTES[Buffer(buf)]
+
+    def buffer_unit(self, buf: Buffer | int) -> int:
+        """Elements per address of `buf`: wgt_addr_bytes for WGT, 1 for the others."""
+        return self.wgt_addr_bytes if Buffer(buf) == Buffer.WGT else 1
+
+    def wgt_address(self, offset: int) -> int:
+        """The WGT address of byte `offset` (the value of an SPMM's `wgt`, a LOAD/STORE's
+        `sram` with buf WGT, an ENCODE's `dst` with dst_buf WGT). SpikecError when the
+        offset is not a multiple of wgt_addr_bytes: such bytes have no address."""
+        if offset % self.wgt_addr_bytes:
+            raise SpikecError(f"WGT byte offset {offset} is not a multiple of {self.wgt_addr_bytes} (wgt_addr_bytes of "
+                              f"hardware configuration '{self.name}'): it has no WGT address")
+        return offset // self.wgt_addr_bytes
 
     @property
     def dram_bytes(self) -> int:
@@ -208,6 +225,8 @@ class HwConfig:
             if isinstance(v, bool) or not isinstance(v, int) or not lo <= v <= hi:
                 raise SpikecError(f"{source}: field '{key}' ({meaning}) must be an integer in {lo}..{hi}, got {v!r:.80}")
             values[key] = v
+        if values["wgt_addr_bytes"] & (values["wgt_addr_bytes"] - 1):  # type: ignore[operator]
+            raise SpikecError(f"{source}: field 'wgt_addr_bytes' must be a power of two, got {values['wgt_addr_bytes']}")
         if "energy" in d:
             values["energy"] = EnergyConstants.from_dict(d["energy"], source)
         notes = d.get("notes", [])
@@ -216,10 +235,10 @@ class HwConfig:
         values["notes"] = tuple(notes)
         cfg = cls(**values)  # type: ignore[arg-type]
         for buf, key in _KIB_FIELD.items():
-            if cfg.buffer_elems(buf) > 1 << ADDR_BITS[buf]:
+            if cfg.buffer_elems(buf) > cfg.buffer_unit(buf) << ADDR_BITS[buf]:
                 raise SpikecError(
                     f"{source}: field '{key}' = {d[key]} KiB holds {cfg.buffer_elems(buf)} elements, more than the "
-                    f"{ADDR_BITS[buf]}-bit {buf.name} addresses reach ({1 << ADDR_BITS[buf]})"
+                    f"{ADDR_BITS[buf]}-bit {buf.name} addresses reach ({cfg.buffer_unit(buf) << ADDR_BITS[buf]})"
                 )
         if cfg.dram_bytes_per_cycle < 1e-3:
             raise SpikecError(f"{source}: field 'dram_gbps' gives {cfg.dram_bytes_per_cycle:g} bytes per cycle; too slow")
@@ -254,8 +273,9 @@ class HwConfig:
         """Every field; the optional ones only when they differ from their defaults (so the
         built-in configurations' dictionaries and JSON are what they were before them)."""
         d = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name not in _OPTIONAL}
-        if self.pe_load_lines != 1:
-            d["pe_load_lines"] = self.pe_load_lines
+        for key in _OPTIONAL_INT:
+            if getattr(self, key) != _OPTIONAL_INT[key][4]:
+                d[key] = getattr(self, key)
         if self.energy is not None:
             d["energy"] = self.energy.to_dict()
         if self.notes:

@@ -309,7 +309,7 @@ class _Layout:
     SX: int  # SCL: dynamic scales
     SST: int  # SCL: static-scale slots
     SSB: tuple[int, int]  # SCL: [s_w | bias] of a tile (and the other groups' s_w rows)
-    WS: tuple[int, int]  # WGT: weight tiles
+    WS: tuple[int, int]  # WGT: weight tiles (addresses: HwConfig.wgt_address of the slots' bytes)
     VY: int = 0  # VEC: group-wise running sums of a block's chunks (at the step's acc offset)
     VT: int = 0  # VEC: group-wise DEQ scratch (one chunk)
 
@@ -330,7 +330,7 @@ def _layout(steps: list[_Step], cfg: HwConfig, n_static: int, mt_max: int) -> _L
     VY, VT = 2 * x_slot + 2 * o_slot, 2 * x_slot + 2 * o_slot + y_len
     SX, SST = 0, n_sx
     SSB = (n_sx + 2 * n_static, n_sx + 2 * n_static + sb_slot)
-    WS = (0, w_slot)
+    WS = (0, cfg.wgt_address(w_slot))  # w_slot: whole TILE_ALIGN rows, so an address at any wgt_addr_bytes
     if VT + t_len > cfg.buffer_elems(Buffer.VEC) or SSB[1] + sb_slot > scl_elems \
             or 2 * w_slot > cfg.buffer_elems(Buffer.WGT) or max(st.inp + st.n * st.g.kernel.K for st in steps) > inp_elems \
             or max(st.acc + st.n * st.tile.m for st in steps) > acc_elems:
@@ -645,7 +645,7 @@ def build_attention_program(k: AttentionKernel, chunks: list[tuple[int, int, int
                scl=SX)
         if c == 0:
             q.pop(Module.STORE, Module.COMPUTE)
-        q.emit(Opcode.SPMM, inp=0, wgt=h * K * N, acc=0, n=n, k=K, m=N, acc_stride=N, t=t, neuron=Neuron.TCLIF,
+        q.emit(Opcode.SPMM, inp=0, wgt=cfg.wgt_address(h * K * N), acc=0, n=n, k=K, m=N, acc_stride=N, t=t, neuron=Neuron.TCLIF,
                wfmt=WeightFormat.INT8, wtrans=int(k.wtrans), acc_mode=AccMode.OVERWRITE)
         if c == 0:
             q.push(Module.COMPUTE, Module.LOAD)

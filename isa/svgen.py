@@ -137,6 +137,11 @@ def params(cfg: HwConfig) -> dict[str, int]:
     row or column of weights (+1 byte for unaligned int4), a spike vector of codes, a
     vector-unit chunk of lanes."""
     R, C, L = cfg.pe_rows, cfg.pe_cols, cfg.vec_lanes
+    if cfg.wgt_addr_bytes != 1:
+        # the RTL addresses WGT in bytes; a coarser WGT address is modeled only (simulator
+        # and cost model: the `deploy` configuration, docs/isa.md section 11)
+        raise SpikecError(f"hwconfig '{cfg.name}': wgt_addr_bytes = {cfg.wgt_addr_bytes}; the RTL implements 1 only "
+                          f"(byte-addressed WGT); the RTL cannot be built for it")
     beat = dram_beat_bytes(cfg)
     elems = {b: cfg.buffer_elems(b) for b in Buffer}
     need = {

@@ -302,6 +302,9 @@ def plan_attention(cfg: HwConfig, K: int, N: int, nb: int) -> int:
         raise TilingError(f"K={K} or N={N} exceeds the ISA's {MAX_LEN}")
     if nb > cfg.buffer_elems(Buffer.WGT):
         raise TilingError(f"the right operand's {nb} codes exceed WGT")
+    if (K * N) % cfg.wgt_addr_bytes:  # head h's codes start at byte h * K * N
+        raise TilingError(f"a head's K x N = {K * N} codes are not a whole number of WGT addresses "
+                          f"({cfg.wgt_addr_bytes} bytes each)")
     n = min(MAX_N, cfg.buffer_elems(Buffer.INP) // K, cfg.buffer_elems(Buffer.ACC) // N,
             (cfg.buffer_elems(Buffer.VEC) - nb) // (2 * K + 2 * N), cfg.buffer_elems(Buffer.SCL) - 1 - N)
     if n < 1:

@@ -58,22 +58,27 @@ F32 = np.float32
 # ---------------------------------------------------------------- regions an instruction touches
 
 
-def regions(ins: Instruction) -> list[tuple[Buffer, str, int, int, int, int]]:
+def regions(ins: Instruction, wgt_unit: int = 1) -> list[tuple[Buffer, str, int, int, int, int]]:
     """On-chip accesses of an instruction: (buffer, 'r'|'w', start, rows, cols, pitch) in
-    elements of the buffer. Used for bounds checks at load and race checks at run."""
+    elements of the buffer; a WGT address counts `wgt_unit` bytes (the configuration's
+    wgt_addr_bytes, docs/isa.md section 1). Used for bounds checks at load and race checks
+    at run."""
     op = ins.op
     if op in (Opcode.LOAD, Opcode.STORE):
-        return [(Buffer(ins.buf), "w" if op == Opcode.LOAD else "r", ins.sram, ins.rows, ins.cols, ins.cols)]
+        buf = Buffer(ins.buf)
+        start = ins.sram * (wgt_unit if buf == Buffer.WGT else 1)
+        return [(buf, "w" if op == Opcode.LOAD else "r", start, ins.rows, ins.cols, ins.cols)]
     if op == Opcode.SPMM:
         wbytes = ins.k * ins.m if ins.wfmt == WeightFormat.INT8 else -(-ins.k * ins.m // 2)
-        out = [(Buffer.INP, "r", ins.inp, ins.n, ins.k, ins.k), (Buffer.WGT, "r", ins.wgt, 1, wbytes, wbytes)]
+        out = [(Buffer.INP, "r", ins.inp, ins.n, ins.k, ins.k), (Buffer.WGT, "r", ins.wgt * wgt_unit, 1, wbytes, wbytes)]
         if ins.acc_mode == AccMode.ACCUMULATE:
             out.append((Buffer.ACC, "r", ins.acc, ins.n, ins.m, ins.acc_stride))
         return out + [(Buffer.ACC, "w", ins.acc, ins.n, ins.m, ins.acc_stride)]
     if op == Opcode.ENCODE:
         dst = Buffer.INP if ins.dst_buf == EncodeDst.INP else Buffer.WGT
+        dst_start = ins.dst * (wgt_unit if dst == Buffer.WGT else 1)
         scl = (Buffer.SCL, "w", ins.scl, 1, ins.n, ins.n) if ins.scale == ScaleMode.DYNAMIC else (Buffer.SCL, "r", ins.scl, 1, 1, 1)
-        return [(Buffer.VEC, "r", ins.src, ins.n, ins.len, ins.len), scl, (dst, "w", ins.dst, ins.n, ins.len, ins.len)]
+        return [(Buffer.VEC, "r", ins.src, ins.n, ins.len, ins.len), scl, (dst, "w", dst_start, ins.n, ins.len, ins.len)]
     if op == Opcode.VEC:
         n, L = ins.n, ins.len
         func = VecFunc(ins.func)
@@ -117,7 +122,7 @@ def dram_span(ins: Instruction) -> tuple[int, int]:
 def check_bounds(cfg: HwConfig, ins: Instruction, index: int = 0) -> None:
     """Every buffer and DRAM access of `ins` lies inside this configuration's memories."""
     where = f"instruction {index} ({ins.op.name})"
-    for buf, _mode, start, rows, cols, pitch in regions(ins):
+    for buf, _mode, start, rows, cols, pitch in regions(ins, cfg.wgt_addr_bytes):
         end = start + (rows - 1) * pitch + cols
         size = cfg.buffer_elems(buf)
         if end > size:
@@ -313,7 +318,7 @@ class Simulator(Device):
         """Race-check every region of the instruction; the index of each, in order."""
         who = f"instruction {i} ({ins.op.name})"
         out = []
-        for buf, mode, start, rows, cols, pitch in regions(ins):
+        for buf, mode, start, rows, cols, pitch in regions(ins, self.config.wgt_addr_bytes):
             idx = element_index(start, rows, cols, pitch)
             self._trackers[buf].access(buf, mode, idx, int(m), vc[m], i, who)
             out.append(idx)

@@ -39,6 +39,7 @@ from collections import deque
 
 import numpy as np
 
+from spikec.errors import SpikecError
 from spikec.isa.encoding import Instruction, encode_program, vec_dst_overlap
 from spikec.isa.fields import (
     ELEMENT_BYTES,
@@ -91,6 +92,8 @@ class _Track:
 class _Gen:
     def __init__(self, rng: np.random.Generator, cfg: HwConfig, vec_funcs, *, encode: bool, p_extra_token: float,
                  p_burst: float) -> None:
+        if cfg.wgt_addr_bytes != 1:  # random WGT addresses are byte offsets, as the RTL's
+            raise SpikecError(f"random programs need a byte-addressed WGT (wgt_addr_bytes 1), not {cfg.wgt_addr_bytes}")
         self.rng, self.cfg = rng, cfg
         self.vec_funcs = tuple(VecFunc(f) for f in vec_funcs)
         self.encode_ok = encode

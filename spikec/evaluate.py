@@ -6,7 +6,9 @@ The model under test is any of:
 
 - a Hugging Face checkpoint folder (float, transformers' own `generate`),
 - an export folder of `spikec export` (float graphs on onnxruntime),
-- a compiled .sbin (spiking graphs on a target: `ort`, fused or exact mode).
+- a compiled .sbin (spiking graphs on a target: `ort`, fused or exact mode, or `fpga`: the
+  spiking products on the accelerator's simulator or RTL co-simulation, a model compiled
+  with --isa).
 
 All three see the same inputs: the checkpoint's processor and the front end's prompt
 format (`spikec.frontend.export.processor_inputs`), greedy decoding, and the answer is
@@ -136,16 +138,21 @@ def _onnx_predictor(folder: Path, max_new_tokens: int) -> Predictor:
 
 
 def predictor_for(model: str | os.PathLike, *, target: str = "ort", mode: str = "fused",
-                  max_new_tokens: int = 8) -> tuple[Predictor, str, object]:
-    """(predict(image, prompt) -> text, kind, handle) for a checkpoint, export folder or .sbin."""
+                  max_new_tokens: int = 8, device: str = "sim") -> tuple[Predictor, str, object]:
+    """(predict(image, prompt) -> text, kind, handle) for a checkpoint, export folder or .sbin
+    (run on `target`, "ort" or "fpga"; `device` "sim" or "rtl" with "fpga"). SpikecError
+    when `target` or `device` is given for a model that is not a .sbin."""
     path = Path(model)
     from spikec.isa.container import is_sbin
 
     if path.is_file() and is_sbin(path):
         from spikec.runtime.model import load
 
-        compiled = load(path, target=target, mode=mode)
-        return (lambda image, prompt: compiled.generate(image, prompt, max_new_tokens=max_new_tokens)), f"sbin/{target}/{mode}", compiled
+        compiled = load(path, target=target, mode=mode, device=device)
+        kind = f"sbin/{target}/{mode}" + (f"/{device}" if target == "fpga" else "")
+        return (lambda image, prompt: compiled.generate(image, prompt, max_new_tokens=max_new_tokens)), kind, compiled
+    if target != "ort":
+        raise SpikecError(f"{path}: --target {target} runs a compiled .sbin; this is not one")
     if path.is_dir() and (path / "manifest.json").is_file():
         return _onnx_predictor(path, max_new_tokens), "onnx", None
     if path.is_dir() and (path / "config.json").is_file():
@@ -155,7 +162,7 @@ def predictor_for(model: str | os.PathLike, *, target: str = "ort", mode: str = 
 
 def evaluate(model: str | os.PathLike, data_dir: str | os.PathLike, *, target: str = "ort", mode: str = "fused",
              limit: int | None = None, max_new_tokens: int = 8,
-             progress: Callable[[int, int], None] | None = None) -> EvalResult:
+             progress: Callable[[int, int], None] | None = None, device: str = "sim") -> EvalResult:
     """Exact-match accuracy of `model` on the evaluation folder `data_dir`.
 
     Each image is read by `spikec.images.load_image`; an image that cannot be read, or
@@ -169,7 +176,7 @@ def evaluate(model: str | os.PathLike, data_dir: str | os.PathLike, *, target: s
     items = load_items(data_dir)
     if limit is not None:
         items = items[:limit]
-    predict, kind, handle = predictor_for(model, target=target, mode=mode, max_new_tokens=max_new_tokens)
+    predict, kind, handle = predictor_for(model, target=target, mode=mode, max_new_tokens=max_new_tokens, device=device)
     result = EvalResult(model=f"{model} ({kind})", data=str(data_dir), total=0, correct=0)
     by_type: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])
     start = time.perf_counter()

@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from isa_graphs import compiled_isa
 from spike_graphs import exported
 from spikec.errors import SpikecError
 from spikec.evaluate import evaluate, load_items
@@ -49,3 +50,16 @@ def test_bad_data_folders(tmp_path):
     (tmp_path / "data.jsonl").write_text('{"image": "ok.png", "prompt": "p", "answer": "a"}\n')
     with pytest.raises(SpikecError, match="not a .sbin, an export folder"):
         evaluate(tmp_path / "nothing", tmp_path)
+
+
+def test_eval_on_the_fpga_target_gives_the_ort_targets_answers(data_dir, run_cli):
+    sbin = compiled_isa(3, 4)
+    ort = evaluate(sbin, data_dir, max_new_tokens=3, limit=2)
+    fpga = evaluate(sbin, data_dir, max_new_tokens=3, limit=2, target="fpga")
+    assert fpga.predictions == ort.predictions and "sbin/fpga/fused/sim" in fpga.model
+    r = run_cli("eval", sbin, "--data", str(data_dir), "--target", "fpga", "--limit", "1", "--max-new-tokens", "2")
+    assert r.code == 0 and "(sbin/fpga/fused/sim)" in r.out and "/1 = " in r.out
+    with pytest.raises(SpikecError, match="--target fpga runs a compiled .sbin"):
+        evaluate(exported("tiny-llava"), data_dir, target="fpga")
+    r = run_cli("eval", str(exported("tiny-llava")), "--data", str(data_dir), "--device", "rtl")
+    assert r.code != 0 and "--device applies to --target fpga only" in r.out + r.err

@@ -12,12 +12,16 @@ import click
 @click.argument("model", type=click.Path(path_type=Path))
 @click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path, file_okay=False),
               help="Evaluation folder: data.jsonl + images (docs/default-model.md).")
-@click.option("--target", type=click.Choice(["ort"]), default="ort", show_default=True, help="Target for a .sbin MODEL.")
+@click.option("--target", type=click.Choice(["ort", "fpga"]), default="ort", show_default=True,
+              help="Target for a .sbin MODEL: ort = ONNX Runtime; fpga = spiking products on the accelerator (a model "
+                   "compiled with --isa).")
+@click.option("--device", type=click.Choice(["sim", "rtl"]), default="sim", show_default=True,
+              help="With --target fpga: the functional simulator, or the RTL co-simulation (slow).")
 @click.option("--mode", type=click.Choice(["fused", "exact", "fakequant"]), default="fused", show_default=True)
 @click.option("--limit", type=click.IntRange(1), help="Evaluate only the first N items.")
 @click.option("--max-new-tokens", type=click.IntRange(1, 256), default=8, show_default=True)
 @click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the result (with predictions) as JSON.")
-def eval_command(model, data_dir, target, mode, limit, max_new_tokens, json_path):
+def eval_command(model, data_dir, target, device, mode, limit, max_new_tokens, json_path):
     """Exact match, ANLS and VQA accuracy of MODEL (checkpoint folder, export folder or .sbin) on --data, per type."""
     from spikec import atomic
     from spikec import progress as P
@@ -28,7 +32,10 @@ def eval_command(model, data_dir, target, mode, limit, max_new_tokens, json_path
         if done % 100 == 0 or done == total:
             P.line(f"  {done}/{total}")
 
-    r = evaluate(model, data_dir, target=target, mode=mode, limit=limit, max_new_tokens=max_new_tokens, progress=progress)
+    if device != "sim" and target != "fpga":
+        raise click.UsageError("--device applies to --target fpga only")
+    r = evaluate(model, data_dir, target=target, mode=mode, limit=limit, max_new_tokens=max_new_tokens, progress=progress,
+                 device=device)
     click.echo(f"{r.model}: {r.correct}/{r.total} = {100 * r.accuracy:.2f}% exact match ({r.seconds:.1f} s)")
     m = r.metrics()
     click.echo(f"  {'type':<10} {'items':>11} {'exact':>8} {'ANLS':>8} {'VQA acc':>8}")

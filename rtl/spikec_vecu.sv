@@ -552,14 +552,35 @@ module spikec_vecu #(
     endcase
   endfunction
 
+  // uop_q, p_op, p_dst and the lanes' one-hot selects are registered together from the
+  // values they take at this edge (uop_d, u_op / u_dst; NOP on reset and on a fault), so
+  // no decoding sits between these registers and the lanes' operand muxes (the routed
+  // critical path of `small` ran from uop_q's x field through the decode, docs/synthesis.md)
+  logic [19:0] uop_d;
+  logic [4:0] d_op, d_x, d_y;
+  logic stop, fault_now;  // fault_now: the fault checks below
   logic [8:0] l_xsel, l_ysel;
   logic [5:0] l_one;
   logic [3:0] l_wr;
+  logic l_divi, l_divs, l_max, l_res_add, l_res_mul;
   logic l_latch_deq, l_latch_cd, l_latch_ab;
-  assign l_xsel = lane_sel(u_x);
-  assign l_ysel = lane_sel(u_y);
-  assign l_one = {u_op == O_DIVF, u_op == O_QUANT, u_op == O_FROMI, u_op == O_LDEXP, u_op == O_CLAMP, u_op == O_RINT};
-  assign l_wr = {p_dst == D_R3, p_dst == D_R2, p_dst == D_R1, p_dst == D_R0};
+  assign stop = rst || fault_now;
+  assign uop_d = (!stop && e_busy && !e_last && !issue) ? uop_n : NOP;
+  assign {d_op, d_x, d_y} = uop_d[19:5];
+  always_ff @(posedge clk) begin
+    uop_q <= uop_d;
+    l_xsel <= lane_sel(d_x);
+    l_ysel <= lane_sel(d_y);
+    l_one <= {d_op == O_DIVF, d_op == O_QUANT, d_op == O_FROMI, d_op == O_LDEXP, d_op == O_CLAMP, d_op == O_RINT};
+    l_divi <= d_op == O_DIVI;
+    l_divs <= d_op == O_DIVS;
+    l_max <= d_op == O_MAX;
+    p_op <= stop ? O_NOP : u_op;
+    p_dst <= stop ? D_NONE : u_dst;
+    l_res_add <= !stop && (u_op == O_ADD || u_op == O_PSUM);
+    l_res_mul <= !stop && u_op == O_MUL;
+    l_wr <= stop ? 4'd0 : {u_dst == D_R3, u_dst == D_R2, u_dst == D_R1, u_dst == D_R0};
+  end
   assign l_latch_deq = u_latch && kind == K_DEQ;
   assign l_latch_cd = u_latch && kind != K_DEQ && (kind == K_ROPE || (kind == K_LN && e_pass == 2'd2)) && !e_ph;
   assign l_latch_ab = u_latch && !l_latch_deq && !l_latch_cd;
@@ -576,12 +597,12 @@ module spikec_vecu #(
       assign psl = psum_first ? 32'd0 : psum[pidx*32+:32];
       spikec_vec_lane #(.DIV_BITS(DIV_BITS)) u_lane (
           .clk(clk), .x_sel(l_xsel), .y_sel(l_ysel), .y_neg(u_neg), .sh_x(sh_x), .sh_y(sh_y), .psl(psl),
-          .one_sel(l_one), .div_init(u_op == O_DIVI), .div_step(u_op == O_DIVS), .max_en(u_op == O_MAX),
+          .one_sel(l_one), .div_init(l_divi), .div_step(l_divs), .max_en(l_max),
           .max_abs(kind == K_ENC_DYN), .max_neg_inf(kind == K_SMAX), .first_pass(e_first_pass), .act(act),
           .qmax(qmax), .latch_deq(l_latch_deq), .latch_cd(l_latch_cd), .latch_ab(l_latch_ab),
           .va(va_rdata[gl*32+:32]), .vb(vb_rdata[gl*32+:32]), .acc(acc_rdata[gl*32+:32]),
           .s1(s1_rdata[gl*32+:32]), .s2(s2_rdata[gl*32+:32]),
-          .res_add(p_op == O_ADD || p_op == O_PSUM), .res_mul(p_op == O_MUL), .res_wr(l_wr),
+          .res_add(l_res_add), .res_mul(l_res_mul), .res_wr(l_wr),
           .res(lane_res[gl*32+:32]), .lmax(lane_max[gl*32+:32]), .x(x), .nan_in(lane_nan[gl]),
           .inf_in(lane_inf[gl]));
       if (gl == 0) begin : g_sq
@@ -654,7 +675,7 @@ module spikec_vecu #(
   assign res0 = lane_res[31:0];
   assign unit_res = (p_op == O_SQF) ? sqrt_q : res0;
 
-  logic lane_nan_any, lane_inf_any, f_bad_scale, fault_now, overlap_bad;
+  logic lane_nan_any, lane_inf_any, f_bad_scale, overlap_bad;
   assign lane_nan_any = |lane_nan;
   assign lane_inf_any = |lane_inf;
   assign f_bad_scale = (kind == K_ENC_STAT) &&
@@ -770,13 +791,9 @@ module spikec_vecu #(
       state <= S_IDLE;
       e_busy <= 1'b0;
       w_v <= 1'b0;
-      uop_q <= NOP;
-      p_op <= O_NOP;
-      p_dst <= D_NONE;
     end else begin
-      // second stage (a fault stops the device: what is in flight is dropped)
-      p_op <= u_op;
-      p_dst <= u_dst;
+      // second stage (a fault stops the device: what is in flight is dropped; p_op,
+      // p_dst: see uop_d)
       p_waddr <= (u_dst == D_W2) ? e_waddr2 : e_waddr;
       p_cnt <= e_cnt;
       p_pbase <= pbase;
@@ -796,7 +813,6 @@ module spikec_vecu #(
         e_lastup <= lastup_n;
       end else if (e_last) e_busy <= 1'b0;
       else if (e_busy) e_up <= e_up + 8'd1;
-      uop_q <= (e_busy && !e_last && !issue) ? uop_n : NOP;
       psum_g <= psum_g_n;
 
       // issue stage
@@ -838,9 +854,6 @@ module spikec_vecu #(
         state <= S_IDLE;
         e_busy <= 1'b0;
         w_v <= 1'b0;
-        uop_q <= NOP;
-        p_op <= O_NOP;
-        p_dst <= D_NONE;
       end
 
       if (start) begin : decode

@@ -116,8 +116,8 @@ def print_decode(shape: LMShape, cfg: HwConfig, L: int, host: HostModel) -> dict
     print(f"  (c) accelerator's own bound (weight bytes / {cfg.dram_gbps:g} GB/s): {r['bound_tok_s']:.1f} tokens/s -> "
           f"modeled device at {100 * r['frac']:.1f} % of it")
     print(f"  (paper's accelerator: {PAPER_ACC['tok_s']} tokens/s at {PAPER_ACC['watts']} W = "
-          f"{PAPER_ACC['watts'] / PAPER_ACC['tok_s'] * 1e3:.1f} mJ/token; streaming this model's W4 weights from HBM alone "
-          f"costs {r['e']['dram'] * 1e3:.1f} mJ/token here)")
+          f"{PAPER_ACC['watts'] / PAPER_ACC['tok_s'] * 1e3:.1f} mJ/token; this step's HBM traffic alone (W4 weights and "
+          f"KV cache) costs {r['e']['dram'] * 1e3:.1f} mJ/token here)")
     return r
 
 
@@ -132,7 +132,7 @@ def main() -> None:
     host = HostModel(argmax_s_per_elem=argmax_seconds_per_elem())
     print("decode benchmark -- assumptions (everything below is modeled)")
     print(f"  hwconfig '{cfg.name}' (isa/configs/deploy.json): {cfg.clock_mhz:g} MHz (28 nm ASIC clock of TPUv1, ISCA 2017; "
-          f"the RTL reaches 22.6 MHz on ECP5 for 'small', docs/synthesis.md), PE array {cfg.pe_rows}x{cfg.pe_cols} loading "
+          f"the RTL reaches 27.7 MHz on ECP5 for 'small', docs/synthesis.md), PE array {cfg.pe_rows}x{cfg.pe_cols} loading "
           f"{cfg.pe_load_lines} rows/cycle, {cfg.vec_lanes} vector lanes, WGT {cfg.wgt_kib} KiB, INP {cfg.inp_kib} KiB, "
           f"ACC {cfg.acc_kib} KiB, VEC {cfg.vec_kib} KiB, SCL {cfg.scl_kib} KiB, HBM {cfg.dram_gbps:g} GB/s "
           f"({cfg.dram_bytes_per_cycle:.1f} B/cycle), {cfg.dram_latency_cycles} cycles per DMA instruction")

@@ -137,11 +137,12 @@ def params(cfg: HwConfig) -> dict[str, int]:
     row or column of weights (+1 byte for unaligned int4), a spike vector of codes, a
     vector-unit chunk of lanes."""
     R, C, L = cfg.pe_rows, cfg.pe_cols, cfg.vec_lanes
-    if cfg.wgt_addr_bytes != 1:
-        # the RTL addresses WGT in bytes; a coarser WGT address is modeled only (simulator
-        # and cost model: the `deploy` configuration, docs/isa.md section 11)
-        raise SpikecError(f"hwconfig '{cfg.name}': wgt_addr_bytes = {cfg.wgt_addr_bytes}; the RTL implements 1 only "
-                          f"(byte-addressed WGT); the RTL cannot be built for it")
+    # Modeled only (simulator and cost model: the `deploy` configuration, docs/isa.md
+    # section 11): the RTL addresses WGT in bytes and loads one tile line per cycle.
+    for key, meaning in (("wgt_addr_bytes", "byte-addressed WGT"), ("pe_load_lines", "one tile line loaded per cycle")):
+        if getattr(cfg, key) != 1:
+            raise SpikecError(f"hwconfig '{cfg.name}': {key} = {getattr(cfg, key)}; the RTL implements 1 only "
+                              f"({meaning}); the RTL cannot be built for it")
     beat = dram_beat_bytes(cfg)
     elems = {b: cfg.buffer_elems(b) for b in Buffer}
     need = {

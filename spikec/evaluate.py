@@ -145,10 +145,16 @@ def predictor_for(model: str | os.PathLike, *, target: str = "ort", mode: str = 
     path = Path(model)
     from spikec.isa.container import is_sbin
 
+    if not path.exists():
+        raise SpikecError(f"{path}: no such file or folder")
+
     if path.is_file() and is_sbin(path):
         from spikec.runtime.model import load
 
-        compiled = load(path, target=target, mode=mode, device=device)
+        from spikec.schema import naming_file
+
+        with naming_file(path):  # a load error names its file, as `spikec run`'s
+            compiled = load(path, target=target, mode=mode, device=device)
         kind = f"sbin/{target}/{mode}" + (f"/{device}" if target == "fpga" else "")
         return (lambda image, prompt: compiled.generate(image, prompt, max_new_tokens=max_new_tokens)), kind, compiled
     if target != "ort":

@@ -49,6 +49,8 @@ def test_bad_data_folders(tmp_path):
     sample_image().save(tmp_path / "ok.png")
     (tmp_path / "data.jsonl").write_text('{"image": "ok.png", "prompt": "p", "answer": "a"}\n')
     with pytest.raises(SpikecError, match="not a .sbin, an export folder"):
+        evaluate(tmp_path, tmp_path)  # a folder that is no model
+    with pytest.raises(SpikecError, match="nothing: no such file or folder"):
         evaluate(tmp_path / "nothing", tmp_path)
 
 
@@ -62,4 +64,6 @@ def test_eval_on_the_fpga_target_gives_the_ort_targets_answers(data_dir, run_cli
     with pytest.raises(SpikecError, match="--target fpga runs a compiled .sbin"):
         evaluate(exported("tiny-llava"), data_dir, target="fpga")
     r = run_cli("eval", str(exported("tiny-llava")), "--data", str(data_dir), "--device", "rtl")
-    assert r.code != 0 and "--device applies to --target fpga only" in r.out + r.err
+    assert r.code == 1 and "--device rtl applies to --target fpga only" in r.err
+    r = run_cli("eval", str(data_dir / "nosuch.sbin"), "--data", str(data_dir), "--target", "fpga")
+    assert r.code == 1 and "nosuch.sbin: no such file or folder" in r.err

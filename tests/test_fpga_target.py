@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -107,6 +108,7 @@ def test_representative_program_runs_and_disasm_reassembles(run_cli, tmp_path):
     res = run_cli("disasm", path)
     assert res.code == 0, res.err
     assert "SPMM" in res.out and "ENCODE" in res.out and res.out.rstrip().splitlines()[-1].startswith("FINISH")
+    assert "# hwconfig 'default': PE array 16x16, 16 vector lanes, WGT addresses of 1 byte" in res.out
     assert assemble_program(res.out) == program
     res = run_cli("disasm", path, "-o", str(tmp_path / "p.s"))
     assert res.code == 0 and assemble_program((tmp_path / "p.s").read_text()) == program
@@ -154,6 +156,16 @@ def test_fpga_cli_and_clear_errors(run_cli, tmp_path):
                   "--max-new-tokens", "2", "--stats")
     assert res.code == 0, res.err
     assert "device cycles" in res.out and "modeled" in res.out and "throughput ratio" in res.out
+    assert "energy constants: Horowitz, ISSCC 2014, 45 nm" in res.out  # the configuration's own, named
+    # options that belong to another target are refused, not ignored
+    res = run_cli("run", path, "--device", "rtl", "--image", str(image), "--prompt", PROMPT)
+    assert res.code == 1 and "--device rtl applies to --target fpga only" in res.err
+    res = run_cli("compile", str(exported("tiny-llava")), "-o", str(tmp_path / "x.sbin"), "--hwconfig", "small")
+    assert res.code == 1 and "--hwconfig applies to --isa only" in res.err and not (tmp_path / "x.sbin").exists()
+    cfg = tmp_path / "cfg.json"
+    cfg.write_text(json.dumps(HwConfig.load("small").to_dict() | {"wgt_addr_bytes": 3}))
+    res = run_cli("compile", str(exported("tiny-llava")), "-o", str(tmp_path / "x.sbin"), "--isa", "--hwconfig", str(cfg))
+    assert res.code == 1 and "wgt_addr_bytes' must be a power of two" in res.err and "[1/" not in res.err  # before any pass
     # a model compiled without --isa
     plain = tmp_path / "plain.sbin"
     compile_path(exported("tiny-llava"), plain, options=SpikeOptions(tv=3, tt=4).validate())

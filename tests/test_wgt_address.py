@@ -130,6 +130,8 @@ def test_the_rtl_and_random_programs_need_byte_addresses():
     cfg = small_with_unit(4)
     with pytest.raises(SpikecError, match="wgt_addr_bytes = 4; the RTL implements 1 only"):
         svgen.params(cfg)
+    with pytest.raises(SpikecError, match="pe_load_lines = 4; the RTL implements 1 only"):  # the same for the PE load
+        svgen.params(dataclasses.replace(HwConfig.load("small"), pe_load_lines=4))
     with pytest.raises(SpikecError, match="byte-addressed WGT"):
         random_program(0, cfg)
     assert dataclasses.replace(cfg, wgt_addr_bytes=1).wgt_address(3) == 3

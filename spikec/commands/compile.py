@@ -60,12 +60,13 @@ from spikec.passes import PASSES, QDQ_PIPELINE, SPIKING_PIPELINE
               help="With --rotate: leave out QuaRot's online Hadamard before each down projection.")
 @click.option("--no-attention-hadamard", "attention_hadamard", flag_value=False, default=True,
               help="With --rotate --spike-attention: leave the attention products unrotated.")
-@click.option("--hwconfig", default="default", show_default=True, help="With --isa: the hardware configuration (built-in name or JSON path).")
+@click.option("--hwconfig", default=None, help="With --isa: the hardware configuration (built-in name or JSON path; "
+              "default: default).")
 @click.option("--no-per-layer", "per_layer", flag_value=False, default=True, help="With --budget: one T per modality for all layers.")
 def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_list: str | None, report_path: Path | None,
                     wbits: str, act_scale: str, calib: Path | None, calib_method: str, percentile: float, calib_samples: int,
                     smooth: float | None, neuron: str, tv: int | None, tt: int | None, budget: float | None,
-                    spike_attention: bool, isa: bool, hwconfig: str, per_layer: bool, weight_method: str = "rtn",
+                    spike_attention: bool, isa: bool, hwconfig: str | None, per_layer: bool, weight_method: str = "rtn",
                     gptq_damp: float = 0.01, gptq_act_order: bool = False, exact_vector: bool = False,
                     rotate: bool = False, online_hadamard: bool = True, group_size: str = "0",
                     attention_hadamard: bool = True) -> None:
@@ -73,6 +74,7 @@ def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_
     from spikec import atomic
     from spikec import progress as P
     from spikec.compiler import compile_path
+    from spikec.errors import SpikecError
     from spikec.schema import naming_file
     from spikec.passes.options import SpikeOptions
 
@@ -84,11 +86,17 @@ def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_
         rotate=rotate, online_hadamard=online_hadamard, group_size=int(group_size),
         attention_hadamard=attention_hadamard,
     ).validate()
+    if hwconfig is not None and not isa:
+        raise SpikecError("--hwconfig applies to --isa only")
+    if isa:  # a bad configuration is an error before any pass runs
+        from spikec.isa.hwconfig import HwConfig
+
+        HwConfig.load(hwconfig or "default")
     names = None if pass_list is None else [n.strip() for n in pass_list.split(",") if n.strip()]
     # one bar per graph over its passes on a terminal; the "[i/n] pass" lines in a pipe; nothing with -q
     with naming_file(input_path), P.pass_lines(lambda m: click.echo(m, err=True)) as progress:
         report = compile_path(input_path, output, pipeline=names, options=options, dump_dir=dump_dir,
-                              progress=progress, isa=isa, hwconfig=hwconfig)
+                              progress=progress, isa=isa, hwconfig=hwconfig or "default")
     # The output is complete and renamed by now: the summary below only reads the report,
     # and every value is formatted defensively (`_fmt`), so printing it cannot fail.
     if report_path is not None:

@@ -72,7 +72,10 @@ def _kernel_comments(f, where: Path) -> str:
         msg = f"kernel descriptors not shown: {str(exc)[:300]}".replace("\n", " ").replace("\r", " ")
         click.echo(f"warning: {where}: {msg}", err=True)
         return f"# {msg}\n"
-    lines = [f"# kernel {k.index}: {k.graph}:{k.node} K={k.K} M={k.M}" for k in doc.kernels]
+    # the configuration first: field values such as a WGT address mean bytes x wgt_addr_bytes
+    lines = [f"# hwconfig '{cfg.name}': PE array {cfg.pe_rows}x{cfg.pe_cols}, {cfg.vec_lanes} vector lanes, "
+             f"WGT addresses of {cfg.wgt_addr_bytes} byte{'s' if cfg.wgt_addr_bytes > 1 else ''} (docs/isa.md section 1)"]
+    lines += [f"# kernel {k.index}: {k.graph}:{k.node} K={k.K} M={k.M}" for k in doc.kernels]
     lines += [f"# attention kernel {k.index}: {k.graph}:{k.node}" for k in doc.attn_kernels]
     lines += [f"# vector kernel {k.index}: {k.graph}:{k.node} {k.func.name}" for k in doc.vec_kernels]
     return "".join(line.replace("\n", " ").replace("\r", " ") + "\n" for line in lines)

@@ -33,7 +33,9 @@ def eval_command(model, data_dir, target, device, mode, limit, max_new_tokens, j
             P.line(f"  {done}/{total}")
 
     if device != "sim" and target != "fpga":
-        raise click.UsageError("--device applies to --target fpga only")
+        from spikec.errors import SpikecError
+
+        raise SpikecError(f"--device {device} applies to --target fpga only")
     r = evaluate(model, data_dir, target=target, mode=mode, limit=limit, max_new_tokens=max_new_tokens, progress=progress,
                  device=device)
     click.echo(f"{r.model}: {r.correct}/{r.total} = {100 * r.accuracy:.2f}% exact match ({r.seconds:.1f} s)")

@@ -36,7 +36,8 @@ def _print_fpga(r: dict) -> None:
     click.echo(f"  device cycles: {r['cycles']:,} ({r.get('vec_cycles', 0):,} in vector kernels)   modeled latency of "
                f"the spiking products and vector ops: {r['latency_s'] * 1e3:.4f} ms")
     parts = ", ".join(f"{k} {v * 1e-6:.3f}" for k, v in r["energy_pj_by_component"].items())
-    click.echo(f"  modeled energy: {r['energy_j'] * 1e6:.3f} uJ ({parts} uJ; 45 nm Horowitz constants, docs/isa.md section 7)")
+    click.echo(f"  modeled energy: {r['energy_j'] * 1e6:.3f} uJ ({parts} uJ; the configuration's energy constants: "
+               f"{r.get('energy_constants', 'Horowitz, ISSCC 2014, 45 nm')}; docs/isa.md section 7)")
     click.echo(f"  spikes: {r['spikes']:,}   spike density: {r['spike_density']:.4f}   SOPs: {r['sops']:,}   "
                f"float MACs of the same products: {r['float_macs']:,}")
     click.echo(f"  spike vectors processed: {r['spike_vectors']:,}, skipped (all zero): {r['skipped_vectors']:,}   "
@@ -97,6 +98,8 @@ def run_command(model_path, target, device, mode, image, prompt, max_new_tokens,
         raise SpikecError("generation needs --prompt (with --image, or alone for a text-only prompt)")
     if output is not None and inputs_path is None:
         raise SpikecError("-o/--output goes with --inputs")
+    if device != "sim" and target != "fpga":
+        raise SpikecError(f"--device {device} applies to --target fpga only")
     if (stats or stats_json) and target == "ort":
         mode = "exact"
     with naming_file(model_path):  # a graph's load error names its file

@@ -110,6 +110,8 @@ def test_representative_program_runs_and_disasm_reassembles(run_cli, tmp_path):
     assert "SPMM" in res.out and "ENCODE" in res.out and res.out.rstrip().splitlines()[-1].startswith("FINISH")
     assert "# hwconfig 'default': PE array 16x16, 16 vector lanes, WGT addresses of 1 byte" in res.out
     assert assemble_program(res.out) == program
+    res = run_cli("inspect", path)  # names the accelerator too
+    assert res.code == 0 and "accelerator (isa/hwconfig): 'default', 200 MHz, PE array 16x16" in res.out
     res = run_cli("disasm", path, "-o", str(tmp_path / "p.s"))
     assert res.code == 0 and assemble_program((tmp_path / "p.s").read_text()) == program
 

@@ -28,6 +28,8 @@ def _print_onnx_summary(info: dict, indent: str = "") -> None:
 
 def _inspect_sbin(path: Path, as_json: bool) -> None:
     from spikec import ir as spir
+    from spikec.isa import container as C
+    from spikec.isa.hwconfig import HwConfig
     from spikec.package import SbinModel
 
     with SbinModel(path) as m:
@@ -41,6 +43,9 @@ def _inspect_sbin(path: Path, as_json: bool) -> None:
             graphs[role] = spir.summary(model)
             graphs[role]["spiking_layers"] = _spiking_layers(model)
         manifest = m.manifest
+        hwconfig = None
+        if C.ISA_HWCONFIG in m.file.sections:  # compiled with --isa: the accelerator it targets
+            hwconfig = HwConfig.from_json(m.file.read(C.ISA_HWCONFIG), f"{path}: section '{C.ISA_HWCONFIG}'").to_dict()
     info = {
         "file": str(path),
         "size": path.stat().st_size,
@@ -48,6 +53,7 @@ def _inspect_sbin(path: Path, as_json: bool) -> None:
         "modality": manifest.get("modality"),
         "timesteps": manifest.get("timesteps"),
         "graphs": graphs,
+        "hwconfig": hwconfig,
     }
     if as_json:
         click.echo(json.dumps(info, indent=2))
@@ -60,6 +66,11 @@ def _inspect_sbin(path: Path, as_json: bool) -> None:
     if tensors:  # one per big weight: thousands on a 7B model, listed by --json
         click.echo(f"  {'tensor/* (weights, --json lists them)':<40} {'TENSOR':<9} "
                    f"{sum(s['size'] for s in tensors):>12,} bytes in {len(tensors)} sections")
+    if hwconfig is not None:
+        h = hwconfig
+        click.echo(f"accelerator (isa/hwconfig): '{h['name']}', {h['clock_mhz']:g} MHz, PE array {h['pe_rows']}x{h['pe_cols']}, "
+                   f"{h['vec_lanes']} vector lanes, WGT {h['wgt_kib']} KiB in addresses of {h.get('wgt_addr_bytes', 1)} "
+                   f"byte(s), DRAM {h['dram_mib']} MiB at {h['dram_gbps']:g} GB/s")
     if info["modality"]:
         click.echo("modalities: " + ", ".join(f"{k}={v}" for k, v in info["modality"].items()))
     if info["timesteps"]:

@@ -562,6 +562,13 @@ def train(args) -> dict:
             best = (_score(val), step_n)
             best_state = copy.deepcopy(model.state_dict())
 
+    def optimise(objective: torch.Tensor) -> None:
+        """One AdamW step on `objective`, gradients clipped to norm 1.0."""
+        opt.zero_grad(set_to_none=True)
+        objective.backward()
+        torch.nn.utils.clip_grad_norm_(all_params, 1.0)
+        opt.step()
+
     for step in range(args.steps):
         if args.max_minutes and time.perf_counter() - t0 > 60 * args.max_minutes:
             # The wall-clock guard (a busy machine): keep what was learned, say so in the report.
@@ -575,10 +582,7 @@ def train(args) -> dict:
             for g in opt.param_groups:
                 g["lr"] = lr_at(step) * g["mult"]
             dense = page_loss(model, processor, head, step, args)
-            opt.zero_grad(set_to_none=True)
-            (args.aux_weight * dense).backward()
-            torch.nn.utils.clip_grad_norm_(all_params, 1.0)
-            opt.step()
+            optimise(args.aux_weight * dense)
             run_dense += dense.item()
             run_n += 1
             if (step + 1) % args.log_every == 0:
@@ -602,10 +606,7 @@ def train(args) -> dict:
             run_aux += aux.item()
             if dense is not None:
                 run_dense += dense.item()
-        opt.zero_grad(set_to_none=True)
-        total.backward()
-        torch.nn.utils.clip_grad_norm_(all_params, 1.0)
-        opt.step()
+        optimise(total)
         run_loss += loss.item()
         run_n += 1
         if (step + 1) % args.log_every == 0:

@@ -390,13 +390,18 @@ class QuantizedCheckpoint:
             z = z + 1
         return z
 
-    def _gptq(self, module: str, K: int, M: int) -> Layer:
+    def _packed_groups(self, module: str, K: int, dim: str, size: int) -> tuple[str, int, int]:
+        """(tensor-name prefix, number of scale groups n, group size G) of a packed 4-bit layer
+        whose packed dimension `dim` (K or M, `size` long) holds eight codes per int32."""
         p = module + "."
-        if K % 8:
-            raise SpikecError(f"{self.folder}: quantized layer {module}: K = {K} is not a multiple of 8")
+        if size % 8:
+            raise SpikecError(f"{self.folder}: quantized layer {module}: {dim} = {size} is not a multiple of 8")
         _, s_shape = self.meta(p + "scales") if self.has(p + "scales") else ("", [])
         n = s_shape[0] if len(s_shape) == 2 else -1
-        G = self._group(module, K, n, f"scales shape {s_shape}")
+        return p, n, self._group(module, K, n, f"scales shape {s_shape}")
+
+    def _gptq(self, module: str, K: int, M: int) -> Layer:
+        p, n, G = self._packed_groups(module, K, "K", K)
         q = _unpack4(self._int(p + "qweight", module, [K // 8, M]), 0)  # [K, M] in 0..15
         z = self._zeros(p + "qzeros", module, n, M)
         s = self._scales(p + "scales", module, [n, M])
@@ -420,12 +425,7 @@ class QuantizedCheckpoint:
         return Layer(np.ascontiguousarray(codes, dtype=np.int8), s, perm, G)
 
     def _awq(self, module: str, K: int, M: int) -> Layer:
-        p = module + "."
-        if M % 8:
-            raise SpikecError(f"{self.folder}: quantized layer {module}: M = {M} is not a multiple of 8")
-        _, s_shape = self.meta(p + "scales") if self.has(p + "scales") else ("", [])
-        n = s_shape[0] if len(s_shape) == 2 else -1
-        G = self._group(module, K, n, f"scales shape {s_shape}")
+        p, n, G = self._packed_groups(module, K, "M", M)
         q = _unpack4(self._int(p + "qweight", module, [K, M // 8]), 1, AWQ_ORDER)  # [K, M] in 0..15
         z = self._zeros(p + "qzeros", module, n, M, AWQ_ORDER)
         s = self._scales(p + "scales", module, [n, M])

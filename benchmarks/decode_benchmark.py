@@ -8,10 +8,11 @@ energy constants. Printed: decode tokens/s, energy per token (J), average power 
 HBM, SRAM, PE array and vector unit, next to (a) the SpikeMLLM paper's A800 figures, (b) an
 FP16 roofline of the same GPU, (c) the accelerator's own bound (weight bytes per token /
 bandwidth); the targets of issue 18 (met or not); context-length and assumption
-sensitivities; prefill figures (compute-bound, analytic). Everything is modeled; nothing
-here measures hardware. About 30 s on two CPU cores.
+sensitivities; prefill figures: the prompt's program on the device (`build_prefill`,
+costed the same way) and the PE array's compute bound. Everything is modeled; nothing
+here measures hardware. About a minute on two CPU cores.
 
-    python benchmarks/decode_benchmark.py [--L 1024] [--quick]
+    python benchmarks/decode_benchmark.py [--L 1024] [--prompt 32] [--quick]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import time
 
 import numpy as np
 
-from spikec.isa.decode import QWEN2VL_2B, QWEN2VL_7B, HostModel, LMShape, cost_decode
+from spikec.isa.decode import QWEN2VL_2B, QWEN2VL_7B, HostModel, LMShape, cost_decode, cost_prefill
 from spikec.isa.fields import Buffer
 from spikec.isa.hwconfig import EnergyConstants, HwConfig
 
@@ -121,9 +122,32 @@ def print_decode(shape: LMShape, cfg: HwConfig, L: int, host: HostModel) -> dict
     return r
 
 
+def print_prefill(cfg: HwConfig, prompt: int, kv_max: int) -> None:
+    """The prompt's program on the device (isa/decode.build_prefill: chunks of token rows
+    through every layer, each weight streamed once per chunk), next to the PE array's
+    compute bound and the GPU's FP16 roofline for the same prompt."""
+    print(f"\n== prefill of a {prompt}-token prompt on the device (build_prefill; KV cache of {kv_max} rows) ==")
+    for shape in (QWEN2VL_7B, QWEN2VL_2B):
+        c = cost_prefill(shape, cfg, prompt, SPIKE_DENSITY, VECTOR_DENSITY, kv_max=kv_max)
+        t, e = c.timing, c.energy_j
+        tok_s = prompt / c.seconds
+        bound = cfg.clock_mhz * 1e6 * cfg.pe_rows * cfg.pe_cols / (shape.weights() * T_TEXT * VECTOR_DENSITY)
+        w = shape.weights()
+        gpu = prompt / max(2 * w / GPU_BW, 2 * w * prompt / GPU_FLOPS)
+        print(f"  {shape.name}: chunks of {c.prog.chunk} token rows (the most the VEC, INP and ACC buffers hold); "
+              f"{t.instructions:,} instructions, {t.cycles:,} cycles = {c.seconds * 1e3:.2f} ms -> {tok_s:,.0f} tokens/s "
+              f"(load module busy {t.busy['load']:,}, compute {t.busy['compute']:,} of which SPMM {t.spmm_cycles:,} and "
+              f"vector unit {t.vec_cycles:,}); {sum(e.values()) / prompt * 1e3:.2f} mJ/token")
+        print(f"    PE-array bound (weights x T / {cfg.pe_rows * cfg.pe_cols} PEs, every spike vector processed): "
+              f"{bound:,.0f} tokens/s -> device at {100 * tok_s / bound:.1f} % of it; GPU FP16 roofline for the same "
+              f"prompt (max of weight bytes / bandwidth and FLOPs / peak): {gpu:,.0f} tokens/s -> device "
+              f"{tok_s / gpu:.3f}x")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--L", type=int, default=1024, help="context length of the decode step (KV rows incl. the new token)")
+    ap.add_argument("--prompt", type=int, default=32, help="prompt tokens of the modeled prefill (default 32)")
     ap.add_argument("--quick", action="store_true", help="skip the sensitivity runs")
     args = ap.parse_args()
     t_start = time.perf_counter()
@@ -205,14 +229,7 @@ def main() -> None:
                   f"{rr['tok_s'] / rr['roof']:.2f}x roofline), {rr['ej']:.4f} J/token "
                   f"({(1 / rr['ej']) / gpu_tpj:.1f}x the paper GPU's tokens per joule)")
 
-    print("\n== prefill (compute-bound; analytic: PE-array time of the linear products only) ==")
-    for shape in (QWEN2VL_7B, QWEN2VL_2B):
-        per_tok = shape.weights() * T_TEXT * VECTOR_DENSITY / (cfg.pe_rows * cfg.pe_cols)  # cycles per token
-        acc = cfg.clock_mhz * 1e6 / per_tok
-        gpu = GPU_FLOPS / (2 * shape.weights())
-        print(f"  {shape.name}: {per_tok:,.0f} PE-array cycles per token (weights x T x spike-vector density / "
-              f"{cfg.pe_rows * cfg.pe_cols} PEs) -> {acc:,.0f} tokens/s; GPU FP16 compute roofline {gpu:,.0f} tokens/s "
-              f"({acc / gpu:.3f}x); vector ops, attention and weight loads not counted on either side")
+    print_prefill(cfg, args.prompt, args.L)
     print(f"\ntotal benchmark wall clock {time.perf_counter() - t_start:.1f} s")
 
 

@@ -4,7 +4,9 @@ costed with the cost model (docs/isa.md section 11).
 `build_decode(shape, cfg, L)` builds the instruction stream of one decode step -- every
 decoder layer and the LM head -- with `ProgramBuilder`, and `cost_decode` runs it along the
 simulator's load/compute/store timeline (`timeline`), instruction by instruction with
-isa/costmodel.py. `build_decode` checks its arguments, lays out the buffers
+isa/costmodel.py. `build_prefill(shape, cfg, tokens)` / `cost_prefill` do the same for a
+prompt: its tokens in chunks of rows that stay on the device through every layer, each
+weight tile streamed once per chunk and SPMMed with all its rows. `build_decode` checks its arguments, lays out the buffers
 (`_sram_layout`) and DRAM (`_dram_layout`), plans the step piece by piece with `_Step`
 (inputs, per layer `attention` -> `cache_rows` / `attend` and `mlp`, `lm_head`; each linear
 `product` streaming its weight tiles) into a `_Planner`, which schedules the c2l tokens and
@@ -294,29 +296,45 @@ def _scl_constants(shape: LMShape, cfg: HwConfig) -> tuple[dict[str, list[int]],
     return sw_off, n_sc, n_sc + shape.kv
 
 
-def _sram_layout(shape: LMShape, cfg: HwConfig, kv_max: int) -> _Sram:
-    """The on-chip layout (`_Sram`), checked against the configuration's buffers."""
+def _acc_need(shape: LMShape, cfg: HwConfig, kv_max: int, n: int) -> int:
+    """ACC elements a step of n token rows needs: a product's accumulators (one row: all M
+    of each part; n rows: each part's n rows of one DEQ group at a time), the scores of a
+    KV head's queries, the LM head's DEQ group."""
+    lo = min(_deq_max(cfg), shape.vocab)
+    if n == 1:
+        prods = max(len(_parts(cfg, K)) * M for _, K, M, _ in shape.linears())
+    else:
+        prods = max(len(_parts(cfg, K)) * n * min(M, _deq_max(cfg)) for _, K, M, _ in shape.linears())
+    return max(prods, shape.group * kv_max, lo)
+
+
+def _sram_layout(shape: LMShape, cfg: HwConfig, kv_max: int, n: int = 1) -> _Sram:
+    """The on-chip layout (`_Sram`) for chunks of up to n token rows (decode: 1), checked
+    against the configuration's buffers."""
     H, I, G, D, KV = shape.hidden, shape.intermediate, shape.group, shape.head_dim, shape.kv
     v, s, i = _Alloc(), _Alloc(), _Alloc()
     n_vc = 2 * H + 2 * KV + KV  # gamma1, gamma2, 1/s_k | 1/s_v, s_k
     nrope = shape.heads + shape.kv_heads
     lo = min(_deq_max(cfg), shape.vocab)  # the LM head's DEQ group
-    vec = dict(V_x=v(H), V_h=v(H), V_qkv=v(H + 2 * KV), V_kvs=v(2 * KV), V_qs=v(G * D), V_sc=v(G * kv_max),
-               V_p=v(G * kv_max), V_att=v(H), V_o=v(H), V_gu=v(2 * I), V_dn=v(2 * H), V_c=(v(n_vc), v(n_vc)),
-               V_cos=v(nrope * D // 2), V_sin=v(nrope * D // 2), V_gf=v(H), V_lo=(v(lo), v(lo)))
+    vec = dict(V_x=v(n * H), V_h=v(n * H), V_qkv=v(n * (H + 2 * KV)), V_kvs=v(n * 2 * KV), V_qs=v(G * D),
+               V_sc=v(G * kv_max), V_p=v(G * kv_max), V_att=v(n * H), V_o=v(n * H), V_gu=v(n * 2 * I),
+               V_dn=v(n * 2 * H), V_c=(v(n_vc), v(n_vc)), V_cos=v(n * nrope * D // 2), V_sin=v(n * nrope * D // 2),
+               V_gf=v(H), V_lo=(v(lo), v(lo)))
     S_one, S_eps, S_row = s(1), s(1), s(kv_max)
-    S_dyn = s(4 * max(G, 2))  # dynamic scales of ENCODE (per row); the second half: S_dyn2
+    w = max(G, 2 * n)  # dynamic scales of ENCODE (per row: a product's n rows x 2 parts, or G query rows)
+    S_dyn = s(4 * w)  # the second half: S_dyn2 (the attention's probabilities)
     sw_off, sv_off, n_sc = _scl_constants(shape, cfg)
-    scl = dict(S_one=S_one, S_eps=S_eps, S_row=S_row, S_dyn=S_dyn, S_dyn2=S_dyn + 2 * max(G, 2),
+    scl = dict(S_one=S_one, S_eps=S_eps, S_row=S_row, S_dyn=S_dyn, S_dyn2=S_dyn + 2 * w,
                S_c=(s(n_sc), s(n_sc)), S_h=(s(lo), s(lo)))
-    inp = dict(I_x=i(max(I, H)), I_p=i(G * kv_max))
+    inp = dict(I_x=i(n * max(I, H)), I_p=i(G * kv_max))
+    what = "build_decode" if n == 1 else f"build_prefill (chunks of {n} tokens)"
     for buf, used in ((Buffer.VEC, v.used), (Buffer.SCL, s.used), (Buffer.INP, i.used)):
         if used > cfg.buffer_elems(buf):
-            raise SpikecError(f"build_decode: {shape.name} needs {used} {buf.name} elements, config '{cfg.name}' "
+            raise SpikecError(f"{what}: {shape.name} needs {used} {buf.name} elements, config '{cfg.name}' "
                               f"has {cfg.buffer_elems(buf)}")
-    acc_need = max(2 * I, 2 * H, G * kv_max, lo)
+    acc_need = _acc_need(shape, cfg, kv_max, n)
     if acc_need > cfg.buffer_elems(Buffer.ACC):
-        raise SpikecError(f"build_decode: needs {acc_need} ACC elements, config '{cfg.name}' has "
+        raise SpikecError(f"{what}: needs {acc_need} ACC elements, config '{cfg.name}' has "
                           f"{cfg.buffer_elems(Buffer.ACC)}")
     return _Sram(**vec, **scl, **inp, sw_off=sw_off, sv_off=sv_off, n_sc=n_sc, n_vc=n_vc)
 
@@ -328,7 +346,8 @@ class _Dram:
     per layer the SCL and VEC constants (c_scl, c_vec), the LM head's s_w (h_scl) and the
     final norm weight (gf_vec), the KV cache (int8 codes [layers, kv_heads, kv_max, D], K
     then V), the rotary tables (float32 [kv_max, D / 2], cos then sin), the constants 1.0
-    and eps, the score row [kv_max], the host's input row (x_in) and the logits; `end`."""
+    and eps, the score row [kv_max], the host's input rows (x_in: float32 [tokens, hidden])
+    and the logits (of the last token); `end`."""
 
     w_addr: dict[tuple, list[int]]
     weights_end: int
@@ -346,7 +365,8 @@ class _Dram:
     end: int
 
 
-def _dram_layout(shape: LMShape, cfg: HwConfig, layers: int, head: bool, kv_max: int, sram: _Sram) -> _Dram:
+def _dram_layout(shape: LMShape, cfg: HwConfig, layers: int, head: bool, kv_max: int, sram: _Sram,
+                 tokens: int = 1) -> _Dram:
     """The DRAM layout (`_Dram`), checked against the configuration's DRAM."""
     H, D, KVH = shape.hidden, shape.head_dim, shape.kv_heads
     d = _Alloc()
@@ -360,7 +380,7 @@ def _dram_layout(shape: LMShape, cfg: HwConfig, layers: int, head: bool, kv_max:
     lay = dict(c_scl=[d(4 * sram.n_sc, 64) for _ in range(layers)], c_vec=[d(4 * sram.n_vc, 64) for _ in range(layers)],
                h_scl=d(4 * shape.vocab, 64), gf_vec=d(4 * H, 64), kcache=d(layers * KVH * kv_max * D, 64),
                vcache=d(layers * KVH * kv_max * D, 64), rope=d(4 * kv_max * D, 64), consts=d(8, 64),
-               score_row=d(4 * kv_max, 64), x_in=d(4 * H, 64), logits=d(4 * shape.vocab, 64))
+               score_row=d(4 * kv_max, 64), x_in=d(4 * tokens * H, 64), logits=d(4 * shape.vocab, 64))
     if d.used > cfg.dram_bytes:
         raise SpikecError(f"build_decode: {shape.name} needs {d.used:,} bytes of DRAM, config '{cfg.name}' has "
                           f"{cfg.dram_bytes:,}")
@@ -390,12 +410,13 @@ class _Compute:
 
 @dataclass
 class DecodeProgram:
-    """A decode step's instruction stream and what it moves.
+    """A decode step's (or a prefill's: `build_prefill`) instruction stream and what it moves.
 
     - `program`: the instructions (FINISH last);
     - `weight_load_bytes`: bytes LOADed into WGT from the weights' region of DRAM (each
       weight once: equals `shape.weight_bytes(4)`); `kv_load_bytes`: KV-cache bytes LOADed;
-    - `layers`, `head`: what it covers; `L`: context length (KV rows incl. this token)."""
+    - `layers`, `head`: what it covers; `L`: context length (KV rows incl. this token or
+      the prefill's last)."""
 
     shape: LMShape
     cfg: HwConfig
@@ -409,6 +430,9 @@ class DecodeProgram:
     layout: dict = field(default_factory=dict)  # where everything lies: DRAM addresses (x_in, logits, consts, KV
     # cache, rope tables, per-layer constants c_scl / c_vec), `tiles` {(layer, product) or ("head",): [(dram, m0, m,
     # k0, k)]}, the constants' offsets (sw_off, sv_off) and the input row's parts per K
+    start: int = 0  # position of the first token (a decode step: L - 1)
+    tokens: int = 1  # token rows the program runs (x_in holds them; decode: 1)
+    chunk: int = 1  # token rows per chunk (each weight is streamed once per chunk)
 
 
 class _Planner:
@@ -523,20 +547,26 @@ class _Planner:
 
 
 class _Step:
-    """Plans one decode step into a `_Planner`, piece by piece: the step's inputs, per layer
-    its constants, the attention block (per KV head: the new cache rows, attention over the
-    cache) and the MLP block, then the LM head. Weight tiles and KV-cache tiles stream
-    through the two WGT slots alternately (`wgt_item`); counts the bytes they move."""
+    """Plans a decode step, or a prefill, into a `_Planner`, piece by piece: the program's
+    inputs; per chunk of token rows (decode: one row) the chunk's rows, and per layer its
+    constants, the attention block (per KV head: the chunk's new cache rows, then per
+    token the attention over the cache up to its position) and the MLP block; then the LM
+    head on the last token. Weight tiles and KV-cache tiles stream through the WGT slots in
+    turn (`wgt_item`), once per chunk; counts the bytes they move."""
 
-    def __init__(self, shape: LMShape, cfg: HwConfig, L: int, kv_max: int, t: int, sram: _Sram, dram: _Dram) -> None:
+    def __init__(self, shape: LMShape, cfg: HwConfig, L: int, kv_max: int, t: int, sram: _Sram, dram: _Dram,
+                 start: int | None = None) -> None:
         self.shape, self.cfg, self.L, self.kv_max, self.t = shape, cfg, L, kv_max, t
         self.s, self.d = sram, dram
+        self.start = L - 1 if start is None else start  # position of the program's first token (x_in row 0)
         self.P = _Planner(cfg)
         n, size = wgt_slots(cfg)
         self.slots = tuple(range(0, n * size, size))  # byte offsets
         self.items = 0  # WGT stream items so far
         self.weight_bytes = 0  # weight bytes LOADed into WGT
         self.kv_load = 0  # KV-cache bytes LOADed
+        self.chunk, self.p0, self.rows = 0, self.start, 1  # the chunk being planned: index, first position, rows
+        self.layers_done = 0  # decoder layers planned so far, over all chunks (constant slots by parity)
 
     def wgt_item(self, dram_addr: int, nbytes: int) -> tuple[int, object]:
         """(slot, region) of the next WGT stream item: LOAD nbytes into the next slot (its
@@ -563,7 +593,16 @@ class _Step:
                   acc_mode=AccMode.OVERWRITE if overwrite else AccMode.ACCUMULATE)
 
     def product(self, key: tuple, K: int, M: int, x_vec: int, out_vec: int, scl_sw: list[int], bias: bool,
-                s_region: tuple) -> None:
+                s_region: tuple, x_pitch: int | None = None) -> None:
+        """out_vec [rows, M] = x_vec [rows, K] (rows x_pitch apart, default K) @ W (+ bias)
+        for the chunk's token rows (`product_rows` when there are several)."""
+        if self.rows > 1:
+            self.product_rows(key, K, M, x_vec, out_vec, scl_sw, bias, s_region, x_pitch or K)
+            return
+        self.product_row(key, K, M, x_vec, out_vec, scl_sw, bias, s_region)
+
+    def product_row(self, key: tuple, K: int, M: int, x_vec: int, out_vec: int, scl_sw: list[int], bias: bool,
+                    s_region: tuple) -> None:
         """out_vec [M] = x_vec [K] @ W (+ bias): ENCODE x (one row; two half rows when K >
         MAX_LEN, each with its own scale and accumulators), the tiles' SPMMs, DEQ per group
         of m-tiles (s_w, bias from SCL at scl_sw[group]) into out_vec."""
@@ -587,103 +626,186 @@ class _Step:
             H = self.shape.hidden
             self.P.op(Opcode.VEC, (), func=VecFunc.ADD, dst=out_vec, src0=s.V_dn, src1=s.V_dn + H, n=1, len=H)
 
+    def product_rows(self, key: tuple, K: int, M: int, x_vec: int, out_vec: int, scl_sw: list[int], bias: bool,
+                     s_region: tuple, x_pitch: int) -> None:
+        """out_vec [rows, M] = x_vec [rows, K] @ W (+ bias) for rows > 1 token rows, each
+        weight tile LOADed once and SPMMed with all rows (n = rows). Per row and part of K
+        (`_parts`) a dynamic ENCODE gives the row's scale; an SPMM reads [rows, k] codes
+        packed, so where a part has several k-pieces each piece's rows are ENCODEd again,
+        statically with the same scale (the same codes: q = clamp(rint(x / s))), into INP
+        [rows, k] at I_x + rows * k0. Per DEQ group of m-tiles: its tiles' SPMMs into ACC
+        [part, rows, group] (acc_stride = the group's width), then DEQ into out_vec."""
+        s, n, cfg = self.s, self.rows, self.cfg
+        bounds = _parts(cfg, K)
+        tl = _tiles(cfg, K, M)
+        for hi, (k0, kl) in enumerate(bounds):
+            for r in range(n):
+                self.encode(x_vec + r * x_pitch + k0, 1, kl, s.I_x + n * k0 + r * kl, s.S_dyn + hi * n + r)
+            pieces = sorted({(tk0, tk) for _, _, tk0, tk in tl if k0 <= tk0 < k0 + kl})
+            if len(pieces) > 1:
+                for pk0, pk in pieces:
+                    for r in range(n):
+                        self.P.op(Opcode.ENCODE, (), src=x_vec + r * x_pitch + pk0, dst=s.I_x + n * pk0 + r * pk,
+                                  dst_buf=EncodeDst.INP, n=1, len=pk, t=self.t, scale=ScaleMode.STATIC,
+                                  scl=s.S_dyn + hi * n + r)
+        addrs = self.d.w_addr[key]
+        assert len(addrs) == len(tl)
+        flags = int(VecFlag.PER_ROW | (VecFlag.BIAS if bias else 0))
+        groups = _deq_groups(cfg, M)
+        for gi, (g0, gl) in enumerate(groups):
+            for (m0, m, k0, k), addr in zip(tl, addrs):
+                if not g0 <= m0 < g0 + gl:
+                    continue
+                hi = 0 if k0 < bounds[0][1] else 1
+                nbytes = weight_bytes(k, m, 4)
+                slot, item = self.wgt_item(addr, nbytes)
+                self.weight_bytes += nbytes
+                self.P.op(Opcode.SPMM, (item,), inp=s.I_x + n * k0, wgt=cfg.wgt_address(slot), acc=hi * n * gl + m0 - g0,
+                          n=n, k=k, m=m, acc_stride=gl, t=self.t, neuron=int(Neuron.TCLIF), wfmt=WeightFormat.INT4,
+                          acc_mode=AccMode.OVERWRITE if k0 == bounds[hi][0] else AccMode.ACCUMULATE)
+            for hi in range(len(bounds)):
+                dst = out_vec if len(bounds) == 1 else s.V_dn + hi * n * M
+                if len(groups) == 1:  # the rows of ACC and of out_vec are both M apart
+                    self.P.op(Opcode.VEC, s_region, func=VecFunc.DEQ, flags=flags, dst=dst, src0=hi * n * gl,
+                              src1=s.S_dyn + hi * n, src2=scl_sw[gi], n=n, len=gl)
+                    continue
+                for r in range(n):
+                    self.P.op(Opcode.VEC, s_region, func=VecFunc.DEQ, flags=flags, dst=dst + r * M + g0,
+                              src0=hi * n * gl + r * gl, src1=s.S_dyn + hi * n + r, src2=scl_sw[gi], n=1, len=gl)
+        if len(bounds) == 2:
+            self.P.op(Opcode.VEC, (), func=VecFunc.ADD, dst=out_vec, src0=s.V_dn, src1=s.V_dn + n * M, n=n, len=M)
+
     def inputs(self, head: bool) -> None:
-        """Once per step: the input row, this position's rotary rows (one DRAM row repeated
-        for every head), 1.0 and eps, the score row, the final norm weight."""
+        """Once per program: the first chunk's rows (`chunk_rows`), 1.0 and eps, the score
+        row, the final norm weight."""
         s, d, P = self.s, self.d, self.P
-        D, pos, nrope = self.shape.head_dim, self.L - 1, self.shape.heads + self.shape.kv_heads
-        P.load(Buffer.VEC, s.V_x, d.x_in, self.shape.hidden)
-        P.load_rows(Buffer.VEC, s.V_cos, d.rope + 4 * pos * D // 2, 0, nrope, D // 2)
-        P.load_rows(Buffer.VEC, s.V_sin, d.rope + 4 * (self.kv_max + pos) * D // 2, 0, nrope, D // 2)
+        self.chunk_rows()
         P.load_rows(Buffer.SCL, s.S_one, d.consts, 8, 1, 2)
         P.load(Buffer.SCL, s.S_row, d.score_row, self.L)
         if head:
             P.load(Buffer.VEC, s.V_gf, d.gf_vec, self.shape.hidden)
 
+    def chunk_rows(self) -> None:
+        """The chunk's input rows (x_in rows p0 - start ...) and each token's rotary rows
+        (one DRAM row repeated for every head); a later chunk's overwrite the previous
+        chunk's once its last instruction has run."""
+        s, d, P = self.s, self.d, self.P
+        D, nrope, H = self.shape.head_dim, self.shape.heads + self.shape.kv_heads, self.shape.hidden
+        needs = ("rows", self.chunk - 1) if self.chunk else None
+        P.load(Buffer.VEC, s.V_x, d.x_in + 4 * (self.p0 - self.start) * H, self.rows * H, needs=needs)
+        for r in range(self.rows):
+            pos, off = self.p0 + r, r * nrope * D // 2
+            P.load_rows(Buffer.VEC, s.V_cos + off, d.rope + 4 * pos * D // 2, 0, nrope, D // 2)
+            P.load_rows(Buffer.VEC, s.V_sin + off, d.rope + 4 * (self.kv_max + pos) * D // 2, 0, nrope, D // 2)
+
+    def next_chunk(self, p0: int, rows: int) -> None:
+        """Start the next chunk of token rows at position p0, after the last instruction of
+        this one (which releases its row buffers)."""
+        self.P.last_use[("rows", self.chunk)] = len(self.P.compute) - 1
+        self.chunk, self.p0, self.rows = self.chunk + 1, p0, rows
+        self.chunk_rows()
+
     def layer(self, l: int) -> None:
         """Decoder layer l: its constants into the slots of its parity, attention, MLP."""
-        par, s = l % 2, self.s
-        self.P.load(Buffer.SCL, s.S_c[par], self.d.c_scl[l], s.n_sc, needs=("const", l - 2) if l >= 2 else None)
+        g = self.layers_done  # constants slots and regions count layers over all chunks
+        self.layers_done += 1
+        par, s = g % 2, self.s
+        self.P.load(Buffer.SCL, s.S_c[par], self.d.c_scl[l], s.n_sc, needs=("const", g - 2) if g >= 2 else None)
         self.P.load(Buffer.VEC, s.V_c[par], self.d.c_vec[l], s.n_vc)
-        self.attention(l, s.S_c[par], s.V_c[par])
-        self.mlp(l, s.S_c[par], s.V_c[par])
+        self.attention(l, g, s.S_c[par], s.V_c[par])
+        self.mlp(l, g, s.S_c[par], s.V_c[par])
 
     def sw(self, sc: int, name: str) -> list[int]:
         """SCL addresses of product `name`'s s_w per DEQ group, in the constants slot at sc."""
         return [sc + o for o in self.s.sw_off[name]]
 
-    def attention(self, l: int, sc: int, vc: int) -> None:
-        """x += o(attention(rope(qkv(rmsnorm(x, gamma1))))): the new K, V rows scaled by
-        1 / s_k, 1 / s_v into V_kvs, then per KV head the cache rows and the attention."""
-        shape, s, P, cr = self.shape, self.s, self.P, ("const", l)
-        H, KV = shape.hidden, shape.kv
-        P.op(Opcode.VEC, (cr,), func=VecFunc.RMSNORM, dst=s.V_h, src0=s.V_x, src1=vc, src2=s.S_eps, n=1, len=H)
+    def attention(self, l: int, g: int, sc: int, vc: int) -> None:
+        """x += o(attention(rope(qkv(rmsnorm(x, gamma1))))) for the chunk's rows: the new K, V
+        rows scaled by 1 / s_k, 1 / s_v into V_kvs, then per KV head the cache rows and
+        each token's attention. `g`: the layer's index over all chunks (its constants)."""
+        shape, s, P, cr, n = self.shape, self.s, self.P, ("const", g), self.rows
+        H, KV, D, nrope = shape.hidden, shape.kv, shape.head_dim, shape.heads + shape.kv_heads
+        P.op(Opcode.VEC, (cr,), func=VecFunc.RMSNORM, dst=s.V_h, src0=s.V_x, src1=vc, src2=s.S_eps, n=n, len=H)
         self.product((l, "qkv"), H, H + 2 * KV, s.V_h, s.V_qkv, self.sw(sc, "qkv"), shape.qkv_bias, (cr,))
-        P.op(Opcode.VEC, (), func=VecFunc.ROPE, dst=s.V_qkv, src0=s.V_qkv, src1=s.V_cos, src2=s.V_sin,
-             n=shape.heads + shape.kv_heads, len=shape.head_dim)
-        P.op(Opcode.VEC, (cr,), func=VecFunc.MUL_ROW, dst=s.V_kvs, src0=s.V_qkv + H, src1=vc + 2 * H, n=1, len=2 * KV)
+        for r in range(n):  # a token's q and k heads, with its own position's rotary rows
+            row, rot = s.V_qkv + r * (H + 2 * KV), r * nrope * D // 2
+            P.op(Opcode.VEC, (), func=VecFunc.ROPE, dst=row, src0=row, src1=s.V_cos + rot, src2=s.V_sin + rot,
+                 n=nrope, len=D)
+        for r in range(n):
+            P.op(Opcode.VEC, (cr,), func=VecFunc.MUL_ROW, dst=s.V_kvs + r * 2 * KV, src0=s.V_qkv + r * (H + 2 * KV) + H,
+                 src1=vc + 2 * H, n=1, len=2 * KV)
         for h in range(shape.kv_heads):
             k, v = self.cache_rows(l, h)
-            self.attend(l, h, k, v, sc, vc)
+            for r in range(n):
+                self.attend(g, h, r, k, v, sc, vc)
         self.product((l, "o"), H, H, s.V_att, s.V_o, self.sw(sc, "o"), False, (cr,))
-        P.op(Opcode.VEC, (), func=VecFunc.ADD, dst=s.V_x, src0=s.V_x, src1=s.V_o, n=1, len=H)
+        P.op(Opcode.VEC, (), func=VecFunc.ADD, dst=s.V_x, src0=s.V_x, src1=s.V_o, n=n, len=H)
 
     def cache_rows(self, l: int, h: int) -> tuple[tuple[int, object], tuple[int, object]]:
         """KV head h of layer l: its K and V tiles ([kv_max, D] int8 codes) stream into WGT
-        (the L - 1 cached rows), this token's rows are ENCODEd (static unit scale, int8) into
-        the tiles and STOREd to the cache. Returns the (slot, region) of K and of V."""
-        D, pos, s, d, P = self.shape.head_dim, self.L - 1, self.s, self.d, self.P
+        (the p0 rows cached before the chunk), the chunk's rows are ENCODEd (static unit
+        scale, int8) into the tiles after them and STOREd to the cache. Returns the (slot,
+        region) of K and of V."""
+        D, p0, n, s, d, P = self.shape.head_dim, self.p0, self.rows, self.s, self.d, self.P
         base = ((l * self.shape.kv_heads + h) * self.kv_max) * D
-        k = self.wgt_item(d.kcache + base, pos * D)
-        v = self.wgt_item(d.vcache + base, pos * D)
-        self.kv_load += 2 * pos * D
+        k = self.wgt_item(d.kcache + base, p0 * D)
+        v = self.wgt_item(d.vcache + base, p0 * D)
+        self.kv_load += 2 * p0 * D
         rows = ((k, s.V_kvs + h * D, d.kcache), (v, s.V_kvs + self.shape.kv + h * D, d.vcache))
         for (slot, item), src, cache in rows:
-            i = P.op(Opcode.ENCODE, (item,), src=src, dst=self.cfg.wgt_address(slot + pos * D), dst_buf=EncodeDst.WGT,
-                     n=1, len=D, t=7,
-                     scale=ScaleMode.STATIC, scl=s.S_one)
-            P.store(i, Buffer.WGT, slot + pos * D, cache + base + pos * D, D, push=True)
+            for r in range(n):
+                i = P.op(Opcode.ENCODE, (item,), src=src + r * 2 * self.shape.kv,
+                         dst=self.cfg.wgt_address(slot + (p0 + r) * D), dst_buf=EncodeDst.WGT, n=1, len=D, t=7,
+                         scale=ScaleMode.STATIC, scl=s.S_one)
+            P.store(i, Buffer.WGT, slot + p0 * D, cache + base + p0 * D, n * D, push=True)
         return k, v
 
-    def attend(self, l: int, h: int, k: tuple[int, object], v: tuple[int, object], sc: int, vc: int) -> None:
-        """The G query heads of KV head h: scores [G, L] = ENCODE(q * s_k) K^T / sqrt(D),
-        P = softmax, V_att rows [G, D] = ENCODE(P) V * s_v (the codes times their scales)."""
-        shape, s, P, cr, L = self.shape, self.s, self.P, ("const", l), self.L
+    def attend(self, g: int, h: int, r: int, k: tuple[int, object], v: tuple[int, object], sc: int, vc: int) -> None:
+        """Token r of the chunk (position p = p0 + r), the G query heads of KV head h: scores
+        [G, p + 1] = ENCODE(q * s_k) K^T / sqrt(D) over the cache rows up to its own (the
+        causal mask: later rows are not read), P = softmax, its V_att rows [G, D] =
+        ENCODE(P) V * s_v (the codes times their scales)."""
+        shape, s, P, cr, L = self.shape, self.s, self.P, ("const", g), self.p0 + r + 1
         G, D, H, KV, t, TC = shape.group, shape.head_dim, shape.hidden, shape.kv, self.t, int(Neuron.TCLIF)
         (kslot, kitem), (vslot, vitem) = k, v
-        P.op(Opcode.VEC, (cr,), func=VecFunc.MUL_ROW, dst=s.V_qs, src0=s.V_qkv + h * G * D,
+        P.op(Opcode.VEC, (cr,), func=VecFunc.MUL_ROW, dst=s.V_qs, src0=s.V_qkv + r * (H + 2 * KV) + h * G * D,
              src1=vc + 2 * H + 2 * KV + h * D, n=G, len=D)
         self.encode(s.V_qs, G, D, s.I_x, s.S_dyn)
         P.op(Opcode.SPMM, (kitem,), inp=s.I_x, wgt=self.cfg.wgt_address(kslot), acc=0, n=G, k=D, m=L, acc_stride=L, t=t, neuron=TC,
              wfmt=WeightFormat.INT8, wtrans=1, acc_mode=AccMode.OVERWRITE)
-        P.op(Opcode.VEC, (kitem,), pop_s2c=True, func=VecFunc.DEQ, flags=int(VecFlag.PER_ROW), dst=s.V_sc, src0=0,
+        P.op(Opcode.VEC, (kitem,), pop_s2c=r == 0, func=VecFunc.DEQ, flags=int(VecFlag.PER_ROW), dst=s.V_sc, src0=0,
              src1=s.S_dyn, src2=s.S_row, n=G, len=L)
         P.op(Opcode.VEC, (), func=VecFunc.SOFTMAX, dst=s.V_p, src0=s.V_sc, n=G, len=L)
         self.encode(s.V_p, G, L, s.I_p, s.S_dyn2)
         P.op(Opcode.SPMM, (vitem,), inp=s.I_p, wgt=self.cfg.wgt_address(vslot), acc=0, n=G, k=L, m=D, acc_stride=D, t=t, neuron=TC,
              wfmt=WeightFormat.INT8, acc_mode=AccMode.OVERWRITE)
-        P.op(Opcode.VEC, (vitem, cr), pop_s2c=True, func=VecFunc.DEQ, flags=int(VecFlag.PER_ROW),
-             dst=s.V_att + h * G * D, src0=0, src1=s.S_dyn2, src2=sc + s.sv_off + h * D, n=G, len=D)
+        P.op(Opcode.VEC, (vitem, cr), pop_s2c=r == 0, func=VecFunc.DEQ, flags=int(VecFlag.PER_ROW),
+             dst=s.V_att + r * H + h * G * D, src0=0, src1=s.S_dyn2, src2=sc + s.sv_off + h * D, n=G, len=D)
 
-    def mlp(self, l: int, sc: int, vc: int) -> None:
-        """x += down(silu(gate) * up), gate|up = gate_up(rmsnorm(x, gamma2)) ([2 I]; the
-        SiLU and MUL over two rows of I / 2 when I exceeds one VEC row)."""
-        shape, s, P, cr = self.shape, self.s, self.P, ("const", l)
+    def mlp(self, l: int, g: int, sc: int, vc: int) -> None:
+        """x += down(silu(gate) * up), gate|up = gate_up(rmsnorm(x, gamma2)) ([rows, 2 I];
+        per token the SiLU and MUL over two rows of I / 2 when I exceeds one VEC row)."""
+        shape, s, P, cr, n = self.shape, self.s, self.P, ("const", g), self.rows
         H, I = shape.hidden, shape.intermediate
-        P.op(Opcode.VEC, (cr,), func=VecFunc.RMSNORM, dst=s.V_h, src0=s.V_x, src1=vc + H, src2=s.S_eps, n=1, len=H)
+        P.op(Opcode.VEC, (cr,), func=VecFunc.RMSNORM, dst=s.V_h, src0=s.V_x, src1=vc + H, src2=s.S_eps, n=n, len=H)
         self.product((l, "gate_up"), H, 2 * I, s.V_h, s.V_gu, self.sw(sc, "gate_up"), False, (cr,))
         rows = 1 if I <= MAX_LEN else 2
-        P.op(Opcode.VEC, (), func=VecFunc.SILU, dst=s.V_gu, src0=s.V_gu, n=rows, len=I // rows)
-        P.op(Opcode.VEC, (), func=VecFunc.MUL, dst=s.V_gu, src0=s.V_gu, src1=s.V_gu + I, n=rows, len=I // rows)
-        self.product((l, "down"), I, H, s.V_gu, s.V_o, self.sw(sc, "down"), False, (cr,))
-        P.op(Opcode.VEC, (cr,), func=VecFunc.ADD, dst=s.V_x, src0=s.V_x, src1=s.V_o, n=1, len=H)
+        for r in range(n):
+            gu = s.V_gu + r * 2 * I
+            P.op(Opcode.VEC, (), func=VecFunc.SILU, dst=gu, src0=gu, n=rows, len=I // rows)
+            P.op(Opcode.VEC, (), func=VecFunc.MUL, dst=gu, src0=gu, src1=gu + I, n=rows, len=I // rows)
+        self.product((l, "down"), I, H, s.V_gu, s.V_o, self.sw(sc, "down"), False, (cr,), x_pitch=2 * I)
+        P.op(Opcode.VEC, (cr,), func=VecFunc.ADD, dst=s.V_x, src0=s.V_x, src1=s.V_o, n=n, len=H)
 
     def lm_head(self) -> None:
-        """logits [vocab] = ENCODE(rmsnorm(x, gamma_f)) @ W_head * s_w, per DEQ group: its
-        s_w into an S_h slot, its tiles' SPMMs, DEQ into a V_lo slot, STOREd to the logits."""
+        """logits [vocab] = ENCODE(rmsnorm(x, gamma_f)) @ W_head * s_w of the last token, per
+        DEQ group: its s_w into an S_h slot, its tiles' SPMMs, DEQ into a V_lo slot, STOREd
+        to the logits."""
         shape, s, d, P = self.shape, self.s, self.d, self.P
         H = shape.hidden
-        P.op(Opcode.VEC, (), func=VecFunc.RMSNORM, dst=s.V_h, src0=s.V_x, src1=s.V_gf, src2=s.S_eps, n=1, len=H)
+        last, self.rows = self.rows - 1, 1  # one row from here: the chunk's last token
+        P.op(Opcode.VEC, (), func=VecFunc.RMSNORM, dst=s.V_h, src0=s.V_x + last * H, src1=s.V_gf, src2=s.S_eps, n=1,
+             len=H)
         self.encode(s.V_h, 1, H, s.I_x, s.S_dyn)
         groups, tl = _deq_groups(self.cfg, shape.vocab), _tiles(self.cfg, H, shape.vocab)
         for gi, (g0, gl) in enumerate(groups):
@@ -708,6 +830,38 @@ def _layout(shape: LMShape, cfg: HwConfig, layers: int, head: bool, kv_max: int,
                 parts={K: _parts(cfg, K) for _, K, _, _ in shape.linears()})
 
 
+def _check_kv(what: str, shape: LMShape, cfg: HwConfig, L: int, kv_max: int) -> None:
+    wgt_slot = wgt_slots(cfg)[1]
+    if kv_max * shape.head_dim > wgt_slot or L > MAX_LEN:
+        raise SpikecError(f"{what}: a KV tile of {kv_max} x {shape.head_dim} codes does not fit a WGT slot "
+                          f"({wgt_slot} bytes)")
+    if shape.head_dim % cfg.wgt_addr_bytes:
+        raise SpikecError(f"{what}: head_dim {shape.head_dim} is not a multiple of wgt_addr_bytes "
+                          f"{cfg.wgt_addr_bytes}: a KV-cache row has no WGT address")
+
+
+def _build(shape: LMShape, cfg: HwConfig, start: int, tokens: int, chunk: int, layers: int, head: bool, t: int,
+           kv_max: int) -> DecodeProgram:
+    """The program of `tokens` token rows from position `start`, in chunks of `chunk` rows
+    (decode: one token, one chunk); see build_decode and build_prefill."""
+    L = start + tokens
+    sram = _sram_layout(shape, cfg, kv_max, chunk)
+    dram = _dram_layout(shape, cfg, layers, head, kv_max, sram, tokens)
+    step = _Step(shape, cfg, L, kv_max, t, sram, dram, start)
+    step.rows = min(chunk, tokens)
+    step.inputs(head)
+    for p0 in range(start, L, chunk):
+        if p0 > start:
+            step.next_chunk(p0, min(chunk, L - p0))
+        for l in range(layers):
+            step.layer(l)
+    if head:
+        step.lm_head()
+    prog = step.P.emit(dict(step.P.last_use))  # release points: the last compute instruction touching each region
+    return DecodeProgram(shape, cfg, L, layers, head, prog, step.weight_bytes, step.kv_load, dram.weights_end,
+                         _layout(shape, cfg, layers, head, kv_max, sram, dram), start=start, tokens=tokens, chunk=chunk)
+
+
 def build_decode(shape: LMShape, cfg: HwConfig, L: int, layers: int | None = None, head: bool = True, t: int = 4,
                  wbits: int = 4, kv_max: int = 4096) -> DecodeProgram:
     """The instruction stream of one batch-1 decode step: `layers` decoder layers (default
@@ -723,24 +877,50 @@ def build_decode(shape: LMShape, cfg: HwConfig, L: int, layers: int | None = Non
     layers = shape.layers if layers is None else layers
     if not 2 <= L <= kv_max:
         raise SpikecError(f"build_decode: context length L={L} outside 2..{kv_max}")
-    wgt_slot = wgt_slots(cfg)[1]
-    if kv_max * shape.head_dim > wgt_slot or L > MAX_LEN:
-        raise SpikecError(f"build_decode: a KV tile of {kv_max} x {shape.head_dim} codes does not fit a WGT slot "
-                          f"({wgt_slot} bytes)")
-    if shape.head_dim % cfg.wgt_addr_bytes:
-        raise SpikecError(f"build_decode: head_dim {shape.head_dim} is not a multiple of wgt_addr_bytes "
-                          f"{cfg.wgt_addr_bytes}: a KV-cache row has no WGT address")
-    sram = _sram_layout(shape, cfg, kv_max)
-    dram = _dram_layout(shape, cfg, layers, head, kv_max, sram)
-    step = _Step(shape, cfg, L, kv_max, t, sram, dram)
-    step.inputs(head)
-    for l in range(layers):
-        step.layer(l)
-    if head:
-        step.lm_head()
-    prog = step.P.emit(dict(step.P.last_use))  # release points: the last compute instruction touching each region
-    return DecodeProgram(shape, cfg, L, layers, head, prog, step.weight_bytes, step.kv_load, dram.weights_end,
-                         _layout(shape, cfg, layers, head, kv_max, sram, dram))
+    _check_kv("build_decode", shape, cfg, L, kv_max)
+    return _build(shape, cfg, L - 1, 1, 1, layers, head, t, kv_max)
+
+
+def build_prefill(shape: LMShape, cfg: HwConfig, tokens: int, start: int = 0, chunk: int | None = None,
+                  layers: int | None = None, head: bool = True, t: int = 4, wbits: int = 4,
+                  kv_max: int = 4096) -> DecodeProgram:
+    """The instruction stream of a batch-1 prefill: `tokens` prompt tokens at positions
+    start .. start + tokens - 1 (start > 0: a prompt continued after `start` cached rows)
+    through `layers` decoder layers and, with `head`, the LM head of the last token; the
+    activations stay on the device between layers and the KV cache in DRAM.
+
+    The host writes the tokens' embedding rows (float32 [tokens, hidden] at
+    layout["x_in"]); the program runs them in chunks of `chunk` rows (default: the most
+    the configuration's buffers hold, `prefill_chunk`), streaming every weight once per
+    chunk and SPMMing each tile with all the chunk's rows. Per chunk and layer: the new K, V
+    rows go into the cache first, then each token attends to the cache rows up to its own
+    position (the causal mask is the SPMM's length: no masked score is computed). Each
+    token's numerics are a decode step's, so the program's KV cache and logits equal, bit
+    for bit, `tokens` decode steps' (tests/test_decode_model.py). Raises SpikecError when
+    the arguments or the buffers do not fit."""
+    if wbits != 4:
+        raise SpikecError("build_prefill: only 4-bit weights are modeled")
+    layers = shape.layers if layers is None else layers
+    if tokens < 1 or start < 0 or start + tokens > kv_max:
+        raise SpikecError(f"build_prefill: tokens {tokens} from position {start} outside the KV cache's {kv_max} rows")
+    _check_kv("build_prefill", shape, cfg, start + tokens, kv_max)
+    chunk = prefill_chunk(shape, cfg, kv_max) if chunk is None else chunk
+    if chunk < 1:
+        raise SpikecError(f"build_prefill: chunk {chunk} < 1")
+    return _build(shape, cfg, start, tokens, min(chunk, tokens), layers, head, t, kv_max)
+
+
+def prefill_chunk(shape: LMShape, cfg: HwConfig, kv_max: int = 4096, most: int = 256) -> int:
+    """The most token rows (at most `most`) whose buffers (`_sram_layout`) fit `cfg`; 0 when
+    not even one does."""
+    best = 0
+    for n in range(1, most + 1):
+        try:
+            _sram_layout(shape, cfg, kv_max, n)
+        except SpikecError:
+            break
+        best = n
+    return best
 
 
 # ---------------------------------------------------------------- timeline
@@ -880,5 +1060,14 @@ def cost_decode(shape: LMShape, cfg: HwConfig, L: int, spike_density: float, vec
     return DecodeCost(prog, timeline(prog.program, cfg, spike_density, vector_density))
 
 
+def cost_prefill(shape: LMShape, cfg: HwConfig, tokens: int, spike_density: float, vector_density: float = 1.0,
+                 kv_max: int = 4096, chunk: int | None = None, layers: int | None = None,
+                 head: bool = True) -> DecodeCost:
+    """Cost of a prefill of `tokens` prompt tokens from position 0 (`build_prefill`; the
+    chunk the buffers hold unless given): `seconds` for the whole prompt."""
+    prog = build_prefill(shape, cfg, tokens, chunk=chunk, layers=layers, head=head, kv_max=kv_max)
+    return DecodeCost(prog, timeline(prog.program, cfg, spike_density, vector_density))
+
+
 __all__ = ["DecodeCost", "DecodeProgram", "HostModel", "LMShape", "QWEN2VL_2B", "QWEN2VL_7B", "Timing", "build_decode",
-           "WGT_SLOT_MAX", "cost_decode", "dma_shapes", "timeline", "wgt_slots"]
+           "build_prefill", "WGT_SLOT_MAX", "cost_decode", "cost_prefill", "dma_shapes", "prefill_chunk", "timeline", "wgt_slots"]

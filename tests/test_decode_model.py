@@ -4,7 +4,9 @@ functional simulator without a race or deadlock and bit-exact against the decode
 computed op by op with the ISA's numerics (spikec.reference), gives the same DRAM on the RTL
 co-simulation (Verilator) as on the simulator with cycles within 5 % (issue 18 item 5),
 costs linearly in layers, and the per-config energy constants leave the built-in
-configurations as they were."""
+configurations as they were. The prefill program (`build_prefill`: a prompt in chunks of
+token rows) leaves the KV cache and logits bit for bit as the same tokens' decode steps do,
+on the simulator and on the RTL."""
 
 from __future__ import annotations
 
@@ -349,3 +351,127 @@ def test_decode_step_rtl_equals_simulator(cfg_name, shape, L, kv_max, capsys):
         print(f"\n[rtl cosim] decode step of '{s.name}' (L={p.L}, {len(p.program)} instructions) on '{cfg.name}': "
               f"RTL {c_rtl.cycles:,} cycles, simulator (cost model) {c_sim.cycles:,} ({rel:+.2%})")
     assert abs(rel) <= 0.05, f"RTL cycles {c_rtl.cycles:,} vs cost model {c_sim.cycles:,}: {rel:+.2%}"
+
+
+# ---------------------------------------------------------------- prefill on the device
+
+
+def _run_prefill(dev, p: D.DecodeProgram, prm: dict, xs: np.ndarray):
+    _write_model(dev, p, prm)
+    dev.write(p.layout["x_in"], np.ascontiguousarray(xs, "<f4").tobytes())
+    dev.load_program(encode_program(p.program))
+    return dev.run()
+
+
+def _decode_steps(cfg, shape, prm: dict, xs: np.ndarray, start: int, kv_max: int):
+    """The simulator after len(xs) decode steps from position `start` (the cache rows
+    before it as `prm` has them); the last step's program."""
+    from spikec.runtime.simulator import Simulator
+
+    sim = Simulator(cfg)
+    for r, x in enumerate(xs):
+        p = D.build_decode(shape, cfg, start + r + 1, kv_max=kv_max)
+        if r == 0:
+            _write_model(sim, p, prm)
+        sim.write(p.layout["x_in"], x.astype("<f4").tobytes())
+        sim.load_program(encode_program(p.program))
+        sim.run()
+    return sim, p
+
+
+@pytest.mark.parametrize("shape, start, tokens, chunk, kv_max", [
+    (TINY, 3, 5, 2, 64),  # chunks of 2, 2, 1
+    (HALVES, 2, 4, 3, 16),  # K of the down product in two parts of several k-pieces; gate|up in several DEQ groups
+], ids=["tiny", "halves"])
+def test_prefill_equals_decode_steps(cfg, shape, start, tokens, chunk, kv_max):
+    """A prefill of `tokens` rows in chunks leaves the KV cache and the last token's logits
+    bit for bit as that many decode steps do (each checked against the reference above)."""
+    from spikec.runtime.simulator import Simulator
+
+    p = D.build_prefill(shape, cfg, tokens, start=start, chunk=chunk, kv_max=kv_max)
+    assert p.chunk == chunk and p.L == start + tokens
+    assert any(i.op == Opcode.SPMM and i.n == chunk and i.wfmt == 1 for i in p.program)  # tiles SPMMed with all rows
+    prm = _model(p, np.random.default_rng(1))
+    xs = np.random.default_rng(5).standard_normal((tokens, shape.hidden)).astype(np.float32)
+    pre = Simulator(cfg)
+    _run_prefill(pre, p, prm, xs)
+    dec, last = _decode_steps(cfg, shape, prm, xs, start, kv_max)
+    lay = p.layout
+    cache = lay["rope"] - lay["kcache"]
+    assert pre.read(lay["kcache"], cache) == dec.read(lay["kcache"], cache)
+    logits = np.frombuffer(pre.read(lay["logits"], 4 * shape.vocab), "<f4")
+    assert np.abs(logits).max() > 0
+    np.testing.assert_array_equal(logits, np.frombuffer(dec.read(last.layout["logits"], 4 * shape.vocab), "<f4"))
+    # each chunk streams every layer's weights once; the LM head runs once, on the last token
+    from spikec.isa.tiling import weight_bytes
+
+    head = weight_bytes(shape.hidden, shape.vocab, 4)
+    assert p.weight_load_bytes == _weight_loads(p) == -(-tokens // chunk) * (shape.weight_bytes(4) - head) + head
+
+
+def test_prefill_from_position_zero(cfg):
+    """A prompt from position 0 (the first token attends to itself alone): its first token
+    equals the reference's step at L = 1, the whole prompt equals that token plus decode steps."""
+    from types import SimpleNamespace
+
+    from spikec.runtime.simulator import Simulator
+
+    kv_max, tokens = 64, 5
+    p = D.build_prefill(TINY, cfg, tokens, chunk=2, kv_max=kv_max)
+    prm = _model(p, np.random.default_rng(1))
+    xs = np.random.default_rng(5).standard_normal((tokens, TINY.hidden)).astype(np.float32)
+    first = D.build_prefill(TINY, cfg, 1, kv_max=kv_max)
+    one = Simulator(cfg)
+    _run_prefill(one, first, prm, xs[:1])
+    ref_logits, ref_kv = _reference(SimpleNamespace(shape=TINY, layout=first.layout, L=1, layers=TINY.layers),
+                                    dict(prm, x=xs[0]))
+    np.testing.assert_array_equal(np.frombuffer(one.read(first.layout["logits"], 4 * TINY.vocab), "<f4"), ref_logits)
+    whole = Simulator(cfg)
+    _run_prefill(whole, p, prm, xs)
+    lay, D_ = p.layout, TINY.head_dim
+    for l in range(TINY.layers):
+        for h in range(TINY.kv_heads):
+            off = ((l * TINY.kv_heads + h) * kv_max) * D_
+            assert one.read(lay["kcache"] + off, D_) == ref_kv[l, h, 0].tobytes() == whole.read(lay["kcache"] + off, D_)
+            assert one.read(lay["vcache"] + off, D_) == ref_kv[l, h, 1].tobytes() == whole.read(lay["vcache"] + off, D_)
+    prm0 = dict(prm, kc=prm["kc"].copy(), vc=prm["vc"].copy())  # the cache after the first token
+    prm0["kc"][:, :, 0], prm0["vc"][:, :, 0] = ref_kv[:, :, 0], ref_kv[:, :, 1]
+    rest, last = _decode_steps(cfg, TINY, prm0, xs[1:], 1, kv_max)
+    cache = lay["rope"] - lay["kcache"]
+    assert whole.read(lay["kcache"], cache) == rest.read(lay["kcache"], cache)
+    np.testing.assert_array_equal(np.frombuffer(whole.read(lay["logits"], 4 * TINY.vocab), "<f4"),
+                                  np.frombuffer(rest.read(last.layout["logits"], 4 * TINY.vocab), "<f4"))
+
+
+def test_prefill_rtl_equals_simulator():
+    """A prefill in chunks of 2 rows on the RTL co-simulation: the same DRAM, byte for byte,
+    as the functional simulator, and cycles within 5 % of the cost model's."""
+    from spikec.runtime.rtl_device import RtlDevice
+    from spikec.runtime.simulator import Simulator
+
+    small = HwConfig.load("small")
+    p = D.build_prefill(RTL_SMALL, small, 5, chunk=2, kv_max=8)
+    prm = _model(p, np.random.default_rng(2))
+    xs = np.random.default_rng(5).standard_normal((5, RTL_SMALL.hidden)).astype(np.float32)
+    sim, rtl = Simulator(small), RtlDevice(small)
+    c_sim, c_rtl = _run_prefill(sim, p, prm, xs), _run_prefill(rtl, p, prm, xs)
+    assert rtl.read(0, p.layout["end"]) == sim.read(0, p.layout["end"])
+    assert abs(c_rtl.cycles - c_sim.cycles) <= 0.05 * c_sim.cycles
+
+
+def test_prefill_chunk_is_what_the_buffers_hold(cfg):
+    from spikec.errors import SpikecError
+
+    n = D.prefill_chunk(D.QWEN2VL_7B, cfg, 1024)
+    assert n >= 1
+    D.build_prefill(D.QWEN2VL_7B, cfg, 2 * n, chunk=n, layers=1, head=False, kv_max=1024)
+    with pytest.raises(SpikecError, match=r"chunks of \d+ tokens.*(VEC|INP|ACC|SCL)"):
+        D.build_prefill(D.QWEN2VL_7B, cfg, 2 * n + 2, chunk=n + 1, layers=1, head=False, kv_max=1024)
+    with pytest.raises(SpikecError, match="outside the KV cache"):
+        D.build_prefill(TINY, cfg, 10, start=60, kv_max=64)
+
+
+def test_prefill_cost_linear_in_layers(cfg):
+    c = [D.cost_prefill(D.QWEN2VL_2B, cfg, 8, 0.23, layers=n, head=False, kv_max=1024).timing.cycles
+         for n in (1, 2, 3)]
+    assert abs((c[2] - c[1]) - (c[1] - c[0])) <= 0.01 * (c[1] - c[0])

@@ -201,13 +201,14 @@ def _best_piece(cfg: HwConfig, pl: int, m: int) -> int:
 
 def _tiles(cfg: HwConfig, K: int, M: int) -> list[tuple[int, int, int, int]]:
     """(m0, m, k0, k) of the tiles of a [K, M] product: m-tiles of pe_cols, k-pieces
-    (`_best_piece`, inside one part of the row) with m * k / 2 bytes <= one WGT slot;
-    m-tile outer, k-piece inner."""
+    (`_best_piece` of the widest m-tile, inside one part of the row; the same for every
+    m-tile, since a prefill lays out its rows' codes per k-piece) with m * k / 2 bytes <=
+    one WGT slot; m-tile outer, k-piece inner."""
     C, out = cfg.pe_cols, []
+    pieces = [(p0, pl, _best_piece(cfg, pl, min(C, M))) for p0, pl in _parts(cfg, K)]
     for m0 in range(0, M, C):
         m = min(C, M - m0)
-        for p0, pl in _parts(cfg, K):
-            kp = _best_piece(cfg, pl, m)
+        for p0, pl, kp in pieces:
             out += [(m0, m, p0 + k0, min(kp, pl - k0)) for k0 in range(0, pl, kp)]
     return out
 

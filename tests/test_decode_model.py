@@ -379,10 +379,19 @@ def _decode_steps(cfg, shape, prm: dict, xs: np.ndarray, start: int, kv_max: int
     return sim, p
 
 
+# Two layers, so that every token's layer-0 output (MLP included) reaches what is compared:
+# the layer-1 KV-cache rows.
+HALVES2 = D.LMShape("halves2", hidden=256, intermediate=16896, layers=2, heads=2, kv_heads=1, head_dim=128, vocab=512)
+# down: K 2560 in k-pieces of 1792 and 768, M 896 with a last m-tile 384 wide (whose own
+# best pieces would be 2048 and 512: the pieces must be the same for every m-tile)
+WIDE = D.LMShape("wide", hidden=896, intermediate=2560, layers=2, heads=7, kv_heads=1, head_dim=128, vocab=600)
+
+
 @pytest.mark.parametrize("shape, start, tokens, chunk, kv_max", [
     (TINY, 3, 5, 2, 64),  # chunks of 2, 2, 1
-    (HALVES, 2, 4, 3, 16),  # K of the down product in two parts of several k-pieces; gate|up in several DEQ groups
-], ids=["tiny", "halves"])
+    (HALVES2, 2, 4, 2, 16),  # K of the down product in two parts of several k-pieces; gate|up in several DEQ groups
+    (WIDE, 1, 4, 2, 16),
+], ids=["tiny", "halves", "wide"])
 def test_prefill_equals_decode_steps(cfg, shape, start, tokens, chunk, kv_max):
     """A prefill of `tokens` rows in chunks leaves the KV cache and the last token's logits
     bit for bit as that many decode steps do (each checked against the reference above)."""

@@ -8,7 +8,8 @@ For each text-layer count: writes a published-shape checkpoint with random weigh
 (benchmarks/make_checkpoint.py, bf16 as published, unless --checkpoint gives one), then
 runs `spikec export`, `spikec compile -o MODEL.sbin --wbits B` for each --wbits, and
 `spikec run MODEL.sbin --image ... --max-new-tokens N`, each in a child process measured
-by benchmarks/peak_memory.py: wall time, and the peaks of the process tree's anonymous
+by benchmarks/peak_memory.py: wall time, CPU time (user + system of the tree: what to
+compare under load), and the peaks of the process tree's anonymous
 memory (RssAnon: what spikec holds) and file-backed memory (RssFile: pages of
 memory-mapped checkpoints, exports and .sbin files, which the kernel reclaims under
 pressure). Prints one row per step, then the time per text layer between layer counts.
@@ -42,7 +43,7 @@ def step(rows: list, name: str, layers: int | str, cmd: list[str], log: Path) ->
         r = measure(cmd, stdout=f, stderr=f)
     rows.append({"step": name, "text_layers": layers, **r})
     status = "ok" if r["rc"] == 0 else f"FAILED rc={r['rc']} (see {log})"
-    print(f"{name:<14} {layers:>3} layers  {r['wall_s']:8.1f} s  RssAnon {gib(r['peak_RssAnon']):>10}  "
+    print(f"{name:<14} {layers:>3} layers  {r['wall_s']:8.1f} s  cpu {r['cpu_s']:8.1f} s  RssAnon {gib(r['peak_RssAnon']):>10}  "
           f"RssFile {gib(r['peak_RssFile']):>10}  VmRSS {gib(r['peak_VmRSS']):>10}  {status}", flush=True)
     return r["rc"] == 0
 
@@ -117,13 +118,14 @@ def main() -> None:
     by_step: dict[str, list] = {}
     for r in rows:
         if r["rc"] == 0 and isinstance(r["text_layers"], int):
-            by_step.setdefault(r["step"], []).append((r["text_layers"], r["wall_s"]))
+            by_step.setdefault(r["step"], []).append((r["text_layers"], r["wall_s"], r["cpu_s"]))
     for name, pts in by_step.items():
         pts = sorted(set(pts))
         if len(pts) > 1:
-            per = [(b[1] - a[1]) / (b[0] - a[0]) for a, b in zip(pts, pts[1:]) if b[0] != a[0]]
-            print(f"{name}: seconds per text layer between counts {[p[0] for p in pts]}: "
-                  f"{', '.join(f'{p:.2f}' for p in per)}")
+            for i, what in ((1, "wall"), (2, "CPU")):
+                per = [(b[i] - a[i]) / (b[0] - a[0]) for a, b in zip(pts, pts[1:]) if b[0] != a[0]]
+                print(f"{name}: {what} seconds per text layer between counts {[p[0] for p in pts]}: "
+                      f"{', '.join(f'{p:.2f}' for p in per)}")
     if args.json:
         args.json.write_text(json.dumps(rows, indent=2) + "\n")
     if args.workdir is None:

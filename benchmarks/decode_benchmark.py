@@ -23,7 +23,7 @@ import time
 
 import numpy as np
 
-from spikec.isa.decode import QWEN2VL_2B, QWEN2VL_7B, HostModel, LMShape, cost_decode, cost_prefill
+from spikec.isa.decode import QWEN2VL_2B, QWEN2VL_7B, HostModel, LMShape, cost_decode, cost_prefill, prefill_chunk
 from spikec.isa.fields import Buffer
 from spikec.isa.hwconfig import EnergyConstants, HwConfig
 
@@ -134,7 +134,8 @@ def print_prefill(cfg: HwConfig, prompt: int, kv_max: int) -> None:
         bound = cfg.clock_mhz * 1e6 * cfg.pe_rows * cfg.pe_cols / (shape.weights() * T_TEXT * VECTOR_DENSITY)
         w = shape.weights()
         gpu = prompt / max(2 * w / GPU_BW, 2 * w * prompt / GPU_FLOPS)
-        print(f"  {shape.name}: chunks of {c.prog.chunk} token rows (the most the VEC, INP and ACC buffers hold); "
+        most = prefill_chunk(shape, cfg, kv_max)
+        print(f"  {shape.name}: chunks of {c.prog.chunk} token rows (the buffers hold {most}); "
               f"{t.instructions:,} instructions, {t.cycles:,} cycles = {c.seconds * 1e3:.2f} ms -> {tok_s:,.0f} tokens/s "
               f"(load module busy {t.busy['load']:,}, compute {t.busy['compute']:,} of which SPMM {t.spmm_cycles:,} and "
               f"vector unit {t.vec_cycles:,}); {sum(e.values()) / prompt * 1e3:.2f} mJ/token")
@@ -146,10 +147,16 @@ def print_prefill(cfg: HwConfig, prompt: int, kv_max: int) -> None:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--L", type=int, default=1024, help="context length of the decode step (KV rows incl. the new token)")
-    ap.add_argument("--prompt", type=int, default=32, help="prompt tokens of the modeled prefill (default 32)")
+    ap.add_argument("--L", type=int, default=1024,
+                    help="context length of the decode step (KV rows incl. the new token); also the KV-cache rows the "
+                         "prefill is sized for (default 1024)")
+    ap.add_argument("--prompt", type=int, default=32, help="prompt tokens of the modeled prefill, at most --L (default 32)")
     ap.add_argument("--quick", action="store_true", help="skip the sensitivity runs")
     args = ap.parse_args()
+    if not 2 <= args.L <= 16383:
+        ap.error(f"--L {args.L}: a decode step's context length lies in 2..16383")
+    if not 1 <= args.prompt <= args.L:
+        ap.error(f"--prompt {args.prompt}: the prompt must have 1..{args.L} (--L) tokens")
     t_start = time.perf_counter()
     cfg = HwConfig.load("deploy")
     e = cfg.energy_constants

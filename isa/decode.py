@@ -14,7 +14,7 @@ emits the program (docs/isa.md section 11). What runs where:
 
 - host: the token's embedding row (float32 [hidden]) written to DRAM, the program's
   per-step fields patched (KV-cache row, rotary-table row, context length), the logits
-  (float32 [vocab]) read back and the next token sampled (`host_ops`);
+  (float32 [vocab]) read back and the next token sampled (`HostModel.ops`);
 - device, per layer: RMSNorm -> ENCODE -> q|k|v product (one [H, H + 2 kv] matrix, W4,
   bias) -> DEQ -> ROPE (q and k rows) -> new k, v rows quantized to int8 codes (per-channel
   static scales) into the KV-cache tiles and STOREd to the cache in DRAM -> per KV head:
@@ -58,6 +58,10 @@ from spikec.isa.hwconfig import HwConfig
 from spikec.isa.programs import ProgramBuilder
 from spikec.isa.tiling import weight_bytes
 
+def _is_int(v: object) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
 MAX_LEN = isa_field(Opcode.VEC, "len").max  # 16383: elements per row of ENCODE / VEC, SPMM k and m
 MAX_DMA = isa_field(Opcode.LOAD, "cols").max  # 65535 elements per DMA row (and rows per DMA)
 
@@ -80,6 +84,20 @@ class LMShape:
     head_dim: int
     vocab: int
     qkv_bias: bool = True
+
+    def __post_init__(self) -> None:
+        for f in ("hidden", "intermediate", "layers", "heads", "kv_heads", "head_dim", "vocab"):
+            v = getattr(self, f)
+            if not _is_int(v) or v < 1:
+                raise SpikecError(f"LMShape '{self.name}': {f} = {v!r} must be an integer >= 1")
+        if self.heads % self.kv_heads:
+            raise SpikecError(f"LMShape '{self.name}': heads {self.heads} is not a multiple of kv_heads "
+                              f"{self.kv_heads} (grouped-query attention shares each KV head among heads / kv_heads)")
+        if self.heads * self.head_dim != self.hidden:
+            raise SpikecError(f"LMShape '{self.name}': heads x head_dim = {self.heads} x {self.head_dim} != hidden "
+                              f"{self.hidden} (the program's attention rows are [hidden])")
+        if self.head_dim % 2:
+            raise SpikecError(f"LMShape '{self.name}': head_dim {self.head_dim} is odd (rotary embedding pairs halves)")
 
     @property
     def kv(self) -> int:
@@ -309,9 +327,9 @@ def _acc_need(shape: LMShape, cfg: HwConfig, kv_max: int, n: int) -> int:
     return max(prods, shape.group * kv_max, lo)
 
 
-def _sram_layout(shape: LMShape, cfg: HwConfig, kv_max: int, n: int = 1) -> _Sram:
+def _sram_layout(shape: LMShape, cfg: HwConfig, kv_max: int, n: int = 1, what: str = "build_decode") -> _Sram:
     """The on-chip layout (`_Sram`) for chunks of up to n token rows (decode: 1), checked
-    against the configuration's buffers."""
+    against the configuration's buffers (SpikecError starting with `what`)."""
     H, I, G, D, KV = shape.hidden, shape.intermediate, shape.group, shape.head_dim, shape.kv
     v, s, i = _Alloc(), _Alloc(), _Alloc()
     n_vc = 2 * H + 2 * KV + KV  # gamma1, gamma2, 1/s_k | 1/s_v, s_k
@@ -328,7 +346,7 @@ def _sram_layout(shape: LMShape, cfg: HwConfig, kv_max: int, n: int = 1) -> _Sra
     scl = dict(S_one=S_one, S_eps=S_eps, S_row=S_row, S_dyn=S_dyn, S_dyn2=S_dyn + 2 * w,
                S_c=(s(n_sc), s(n_sc)), S_h=(s(lo), s(lo)))
     inp = dict(I_x=i(n * max(I, H)), I_p=i(G * kv_max))
-    what = "build_decode" if n == 1 else f"build_prefill (chunks of {n} tokens)"
+    what = what if n == 1 else f"{what} (chunks of {n} tokens)"
     for buf, used in ((Buffer.VEC, v.used), (Buffer.SCL, s.used), (Buffer.INP, i.used)):
         if used > cfg.buffer_elems(buf):
             raise SpikecError(f"{what}: {shape.name} needs {used} {buf.name} elements, config '{cfg.name}' "
@@ -367,7 +385,7 @@ class _Dram:
 
 
 def _dram_layout(shape: LMShape, cfg: HwConfig, layers: int, head: bool, kv_max: int, sram: _Sram,
-                 tokens: int = 1) -> _Dram:
+                 tokens: int = 1, what: str = "build_decode") -> _Dram:
     """The DRAM layout (`_Dram`), checked against the configuration's DRAM."""
     H, D, KVH = shape.hidden, shape.head_dim, shape.kv_heads
     d = _Alloc()
@@ -383,7 +401,7 @@ def _dram_layout(shape: LMShape, cfg: HwConfig, layers: int, head: bool, kv_max:
                vcache=d(layers * KVH * kv_max * D, 64), rope=d(4 * kv_max * D, 64), consts=d(8, 64),
                score_row=d(4 * kv_max, 64), x_in=d(4 * tokens * H, 64), logits=d(4 * shape.vocab, 64))
     if d.used > cfg.dram_bytes:
-        raise SpikecError(f"build_decode: {shape.name} needs {d.used:,} bytes of DRAM, config '{cfg.name}' has "
+        raise SpikecError(f"{what}: {shape.name} needs {d.used:,} bytes of DRAM, config '{cfg.name}' has "
                           f"{cfg.dram_bytes:,}")
     return _Dram(w_addr, weights_end, **lay, end=d.used)
 
@@ -414,8 +432,10 @@ class DecodeProgram:
     """A decode step's (or a prefill's: `build_prefill`) instruction stream and what it moves.
 
     - `program`: the instructions (FINISH last);
-    - `weight_load_bytes`: bytes LOADed into WGT from the weights' region of DRAM (each
-      weight once: equals `shape.weight_bytes(4)`); `kv_load_bytes`: KV-cache bytes LOADed;
+    - `weight_load_bytes`: bytes LOADed into WGT from the weights' region of DRAM (a decode
+      step of every layer and the head: each weight once, `shape.weight_bytes(4)`; a
+      prefill: every layer's weights once per chunk, the head's once); `kv_load_bytes`:
+      KV-cache bytes LOADed;
     - `layers`, `head`: what it covers; `L`: context length (KV rows incl. this token or
       the prefill's last)."""
 
@@ -831,23 +851,37 @@ def _layout(shape: LMShape, cfg: HwConfig, layers: int, head: bool, kv_max: int,
                 parts={K: _parts(cfg, K) for _, K, _, _ in shape.linears()})
 
 
-def _check_kv(what: str, shape: LMShape, cfg: HwConfig, L: int, kv_max: int) -> None:
+def _check_args(what: str, shape: LMShape, cfg: HwConfig, L: int, kv_max: int, layers: int, head: bool, t: int,
+                wbits: int) -> None:
+    """SpikecError naming the argument that the program cannot be built with."""
+    if not isinstance(shape, LMShape):
+        raise SpikecError(f"{what}: shape must be an LMShape, not {type(shape).__name__}")
+    if wbits != 4:
+        raise SpikecError(f"{what}: only 4-bit weights are modeled (wbits={wbits!r})")
+    for name, v, lo, hi in (("kv_max", kv_max, 1, None), ("layers", layers, 0, shape.layers), ("t", t, 1, None)):
+        if not _is_int(v) or v < lo or (hi is not None and v > hi):
+            rng = f"{lo}..{hi}" if hi is not None else f">= {lo}"
+            raise SpikecError(f"{what}: {name} = {v!r} must be an integer {rng}")
+    if layers == 0 and not head:
+        raise SpikecError(f"{what}: layers=0 and head=False: the program would do nothing")
+    if L > MAX_LEN:
+        raise SpikecError(f"{what}: context length {L} exceeds {MAX_LEN}, the most scores one SOFTMAX row holds")
     wgt_slot = wgt_slots(cfg)[1]
-    if kv_max * shape.head_dim > wgt_slot or L > MAX_LEN:
-        raise SpikecError(f"{what}: a KV tile of {kv_max} x {shape.head_dim} codes does not fit a WGT slot "
-                          f"({wgt_slot} bytes)")
+    if kv_max * shape.head_dim > wgt_slot:
+        raise SpikecError(f"{what}: a KV tile of kv_max x head_dim = {kv_max} x {shape.head_dim} codes does not fit a "
+                          f"WGT slot of config '{cfg.name}' ({wgt_slot} bytes): pass a smaller kv_max")
     if shape.head_dim % cfg.wgt_addr_bytes:
         raise SpikecError(f"{what}: head_dim {shape.head_dim} is not a multiple of wgt_addr_bytes "
                           f"{cfg.wgt_addr_bytes}: a KV-cache row has no WGT address")
 
 
 def _build(shape: LMShape, cfg: HwConfig, start: int, tokens: int, chunk: int, layers: int, head: bool, t: int,
-           kv_max: int) -> DecodeProgram:
+           kv_max: int, what: str) -> DecodeProgram:
     """The program of `tokens` token rows from position `start`, in chunks of `chunk` rows
     (decode: one token, one chunk); see build_decode and build_prefill."""
     L = start + tokens
-    sram = _sram_layout(shape, cfg, kv_max, chunk)
-    dram = _dram_layout(shape, cfg, layers, head, kv_max, sram, tokens)
+    sram = _sram_layout(shape, cfg, kv_max, chunk, what)
+    dram = _dram_layout(shape, cfg, layers, head, kv_max, sram, tokens, what)
     step = _Step(shape, cfg, L, kv_max, t, sram, dram, start)
     step.rows = min(chunk, tokens)
     step.inputs(head)
@@ -873,13 +907,11 @@ def build_decode(shape: LMShape, cfg: HwConfig, L: int, layers: int | None = Non
     Layouts: `_sram_layout` (on chip), `_dram_layout` (DRAM: the weights from 0, then
     constants, KV cache, rotary tables, input row, logits). Plan: `_Step`, piece by piece,
     into a `_Planner`; then the c2l tokens are scheduled and the program emitted."""
-    if wbits != 4:
-        raise SpikecError("build_decode: only 4-bit weights are modeled")
     layers = shape.layers if layers is None else layers
-    if not 2 <= L <= kv_max:
-        raise SpikecError(f"build_decode: context length L={L} outside 2..{kv_max}")
-    _check_kv("build_decode", shape, cfg, L, kv_max)
-    return _build(shape, cfg, L - 1, 1, 1, layers, head, t, kv_max)
+    if not _is_int(L) or not _is_int(kv_max) or not 2 <= L <= kv_max:
+        raise SpikecError(f"build_decode: context length L={L!r} outside 2..{kv_max!r}")
+    _check_args("build_decode", shape, cfg, L, kv_max, layers, head, t, wbits)
+    return _build(shape, cfg, L - 1, 1, 1, layers, head, t, kv_max, "build_decode")
 
 
 def build_prefill(shape: LMShape, cfg: HwConfig, tokens: int, start: int = 0, chunk: int | None = None,
@@ -899,16 +931,21 @@ def build_prefill(shape: LMShape, cfg: HwConfig, tokens: int, start: int = 0, ch
     token's numerics are a decode step's, so the program's KV cache and logits equal, bit
     for bit, `tokens` decode steps' (tests/test_decode_model.py). Raises SpikecError when
     the arguments or the buffers do not fit."""
-    if wbits != 4:
-        raise SpikecError("build_prefill: only 4-bit weights are modeled")
+    what = "build_prefill"
     layers = shape.layers if layers is None else layers
+    for name, v in (("tokens", tokens), ("start", start), ("kv_max", kv_max)):
+        if not _is_int(v):
+            raise SpikecError(f"{what}: {name} = {v!r} must be an integer")
     if tokens < 1 or start < 0 or start + tokens > kv_max:
-        raise SpikecError(f"build_prefill: tokens {tokens} from position {start} outside the KV cache's {kv_max} rows")
-    _check_kv("build_prefill", shape, cfg, start + tokens, kv_max)
-    chunk = prefill_chunk(shape, cfg, kv_max) if chunk is None else chunk
-    if chunk < 1:
-        raise SpikecError(f"build_prefill: chunk {chunk} < 1")
-    return _build(shape, cfg, start, tokens, min(chunk, tokens), layers, head, t, kv_max)
+        raise SpikecError(f"{what}: tokens {tokens} from position {start} outside the KV cache's {kv_max} rows")
+    _check_args(what, shape, cfg, start + tokens, kv_max, layers, head, t, wbits)
+    if chunk is None:
+        chunk = prefill_chunk(shape, cfg, kv_max)
+        if chunk == 0:  # not even one row fits: the layout's own message says which buffer
+            _sram_layout(shape, cfg, kv_max, 1, what)
+    if not _is_int(chunk) or chunk < 1:
+        raise SpikecError(f"{what}: chunk = {chunk!r} must be an integer >= 1")
+    return _build(shape, cfg, start, tokens, min(chunk, tokens), layers, head, t, kv_max, what)
 
 
 def prefill_chunk(shape: LMShape, cfg: HwConfig, kv_max: int = 4096, most: int = 256) -> int:
@@ -959,7 +996,11 @@ def timeline(prog: list[Instruction], cfg: HwConfig, spike_density: float, vecto
     free time, the push time of each token it pops); cost per instruction from
     isa/costmodel.py. Each SPMM processes `vector_density` x its dense spike vectors and
     `spike_density` x n*k*t spikes (rounded), or `spmm_counts(i, ins)` -> (vectors,
-    spikes) for the i-th SPMM when given. SpikecError on a deadlock."""
+    spikes) for the i-th SPMM when given. SpikecError on a deadlock, or on a density
+    outside [0, 1]."""
+    for name, v in (("spike_density", spike_density), ("vector_density", vector_density)):
+        if not 0.0 <= v <= 1.0:
+            raise SpikecError(f"timeline: {name} = {v!r} must lie in [0, 1] (a fraction of spikes or spike vectors)")
     spmm_i = 0
     per_mod = {m: [ins for ins in prog if FORMATS[ins.op].module == m] for m in Module}
     ptr = {m: 0 for m in Module}
@@ -1040,8 +1081,9 @@ class HostModel:
 
 @dataclass
 class DecodeCost:
-    """Cost of one decode step: device `timing` of the whole program (layers + head),
-    `seconds` (device), energy (J) by component, and the program's traffic."""
+    """Cost of a program of `build_decode` (one decode step) or `build_prefill` (a whole
+    prompt): device `timing` of the whole program, `seconds` (device, the whole program),
+    energy (J) by component, and the program's traffic."""
 
     prog: DecodeProgram
     timing: Timing
@@ -1056,17 +1098,19 @@ class DecodeCost:
 
 
 def cost_decode(shape: LMShape, cfg: HwConfig, L: int, spike_density: float, vector_density: float = 1.0,
-                layers: int | None = None, head: bool = True) -> DecodeCost:
-    prog = build_decode(shape, cfg, L, layers=layers, head=head)
+                layers: int | None = None, head: bool = True, t: int = 4, kv_max: int = 4096) -> DecodeCost:
+    """Cost of one decode step at context length L (`build_decode`, then `timeline` with
+    the given spike and spike-vector densities, each in [0, 1])."""
+    prog = build_decode(shape, cfg, L, layers=layers, head=head, t=t, kv_max=kv_max)
     return DecodeCost(prog, timeline(prog.program, cfg, spike_density, vector_density))
 
 
 def cost_prefill(shape: LMShape, cfg: HwConfig, tokens: int, spike_density: float, vector_density: float = 1.0,
                  kv_max: int = 4096, chunk: int | None = None, layers: int | None = None,
-                 head: bool = True) -> DecodeCost:
-    """Cost of a prefill of `tokens` prompt tokens from position 0 (`build_prefill`; the
-    chunk the buffers hold unless given): `seconds` for the whole prompt."""
-    prog = build_prefill(shape, cfg, tokens, chunk=chunk, layers=layers, head=head, kv_max=kv_max)
+                 head: bool = True, start: int = 0, t: int = 4) -> DecodeCost:
+    """Cost of a prefill of `tokens` prompt tokens from position `start` (`build_prefill`;
+    the chunk the buffers hold unless given): `seconds` for the whole prompt."""
+    prog = build_prefill(shape, cfg, tokens, start=start, chunk=chunk, layers=layers, head=head, t=t, kv_max=kv_max)
     return DecodeCost(prog, timeline(prog.program, cfg, spike_density, vector_density))
 
 

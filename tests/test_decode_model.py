@@ -484,3 +484,42 @@ def test_prefill_cost_linear_in_layers(cfg):
     c = [D.cost_prefill(D.QWEN2VL_2B, cfg, 8, 0.23, layers=n, head=False, kv_max=1024).timing.cycles
          for n in (1, 2, 3)]
     assert abs((c[2] - c[1]) - (c[1] - c[0])) <= 0.01 * (c[1] - c[0])
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(kv_heads=0), "kv_heads = 0 must be an integer >= 1"),
+    (dict(heads=3, kv_heads=2, hidden=384), "not a multiple of kv_heads"),
+    (dict(hidden=300), r"heads x head_dim = 2 x 128 != hidden 300"),
+    (dict(head_dim=3, hidden=6), "head_dim 3 is odd"),
+    (dict(vocab=0), "vocab = 0"),
+    (dict(hidden=256.0), "hidden = 256.0 must be an integer"),
+])
+def test_impossible_shapes_are_refused(fields, match):
+    from spikec.errors import SpikecError
+
+    base = dict(name="x", hidden=256, intermediate=512, layers=1, heads=2, kv_heads=1, head_dim=128, vocab=300)
+    with pytest.raises(SpikecError, match=match):
+        D.LMShape(**(base | fields))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda c: D.build_prefill(TINY, c, 3, kv_max=64, layers=-1), "layers = -1 must be an integer 0..2"),
+    (lambda c: D.build_prefill(TINY, c, 3, kv_max=64, layers=5), "layers = 5 must be an integer 0..2"),
+    (lambda c: D.build_prefill(TINY, c, 3, kv_max=64, layers=0, head=False), "would do nothing"),
+    (lambda c: D.build_prefill(TINY, c, 2.0, kv_max=64), "tokens = 2.0 must be an integer"),
+    (lambda c: D.build_prefill(TINY, c, 3, chunk=1.5, kv_max=64), "chunk = 1.5 must be an integer"),
+    (lambda c: D.build_prefill(TINY, c, 3, chunk=True, kv_max=64), "chunk = True must be an integer"),
+    (lambda c: D.build_decode(TINY, c, 16384, kv_max=16384), "context length 16384 exceeds 16383"),
+    (lambda c: D.build_decode(TINY, HwConfig.load("small"), 8), "does not fit a WGT slot.*smaller kv_max"),
+    (lambda c: D.build_prefill(D.LMShape("hd6", 12, 16, 1, 2, 1, 6, 16), HwConfig.load("small"), 3, kv_max=6),
+     "build_prefill: hd6 needs .* SCL elements"),
+    (lambda c: D.build_prefill(D.LMShape("big", 4096, 16384, 40, 32, 8, 128, 160000), c, 2, chunk=1, kv_max=16),
+     "build_prefill: big needs .* bytes of DRAM"),
+    (lambda c: D.cost_decode(TINY, c, 8, -1.0, kv_max=64), r"spike_density = -1.0 must lie in \[0, 1\]"),
+], ids=["layers<0", "layers>shape", "nothing", "float-tokens", "float-chunk", "bool-chunk", "L>16383", "kv-tile",
+        "no-row-fits", "dram", "density"])
+def test_bad_arguments_name_what_is_wrong(cfg, call, match):
+    from spikec.errors import SpikecError
+
+    with pytest.raises(SpikecError, match=match):
+        call(cfg)

@@ -39,6 +39,7 @@ import onnx_ir as ir
 from spikec import ir as spir
 from spikec import ops
 from spikec.errors import SpikecError
+from spikec.schema import parse_json
 from spikec.passes.analyses import FLOAT_MODEL, LAYER_MAP
 from spikec.passes.import_qdq import imported_timesteps
 from spikec.passes.manager import register_property
@@ -318,7 +319,8 @@ class _BudgetSearch:
         global_choice, candidates, uniform = self.search_global()
         best_table = self.global_table({names.index(k): v for k, v in global_choice["timesteps"].items()})
         best_err, moves = global_choice["error"], []
-        med = json.loads(self.model.metadata_props.get(MED_KEY, "{}") or "{}")
+        med = parse_json(self.model.metadata_props.get(MED_KEY, "{}") or "{}", where=f"graph metadata '{MED_KEY}'")
+        med = med if isinstance(med, dict) else {}
         meds, es = med.get("med") or [], med.get("e") or []
         if self.per_layer and len(self.present) == 2 and meds:
             best_table, best_err, moves = self.refine_per_layer(best_table, best_err, meds, es)

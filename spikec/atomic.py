@@ -2,7 +2,9 @@
 
 Every file or folder spikec writes goes to a temporary name beside its final path
 and is renamed when complete, so an error or an interrupt never leaves a partial
-output behind.
+output behind. Before any work, `check_output` refuses an output path that could not be
+written whole or whose writing would destroy something else: a folder spikec did not
+write, the folder holding an input, the current folder.
 """
 
 from __future__ import annotations
@@ -12,16 +14,66 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Callable, Iterable, Iterator
+
+from spikec.errors import SpikecError
+
+
+def is_spikec_folder(path: Path) -> bool:
+    """A folder spikec wrote and may replace: an export or compiled folder (manifest.json)."""
+    return (path / "manifest.json").is_file()
+
+
+def check_output(path: str | os.PathLike, *, is_dir: bool, inputs: Iterable[str | os.PathLike | None] = (),
+                 replaceable: Callable[[Path], bool] | None = None, option: str = "-o") -> None:
+    """Raise SpikecError (naming `option` and the path) unless `path` can take an output of
+    this kind without destroying anything else:
+
+    - no component of its parent is a file;
+    - a file output does not name a folder, a folder output does not name a file;
+    - a folder output is not the current folder or one holding it;
+    - an existing non-empty folder is replaced only where `replaceable(folder)` says spikec
+      wrote it (an earlier output of the same kind);
+    - the output is none of `inputs` and holds none of them (replacing it would delete them).
+    Symlinks are followed for the comparisons."""
+    final = Path(path)
+    where = f"{option} {path}"
+    for parent in final.absolute().parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise SpikecError(f"{where}: {parent} is a file, so nothing can be created under it")
+            break
+    if final.exists():
+        if is_dir and not final.is_dir():
+            raise SpikecError(f"{where}: a file of that name exists; the output is a folder")
+        if not is_dir and final.is_dir():
+            raise SpikecError(f"{where}: is a folder; give the output file's name")
+    resolved = final.resolve()
+    for inp in inputs:
+        if inp is None:
+            continue
+        source = Path(inp).resolve()
+        if source == resolved or source.is_relative_to(resolved):
+            raise SpikecError(f"{where}: the output would replace the input {inp}; give another path")
+    if is_dir:
+        cwd = Path.cwd().resolve()
+        if cwd == resolved or cwd.is_relative_to(resolved):
+            raise SpikecError(f"{where}: is the current folder or holds it; give a new folder's name")
+        if final.is_dir() and any(final.iterdir()) and not (replaceable is not None and replaceable(final)):
+            raise SpikecError(f"{where}: the folder exists and is not one spikec wrote; spikec replaces only its own "
+                              "outputs: remove it or give another path")
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | os.PathLike, *, is_dir: bool = False) -> Iterator[Path]:
+def atomic_path(path: str | os.PathLike, *, is_dir: bool = False,
+                replaceable: Callable[[Path], bool] | None = None) -> Iterator[Path]:
     """Yield a temporary path beside `path`; rename it onto `path` on success.
 
     The temporary lives in the same folder so the final rename is atomic on one
-    file system. On any exception it is removed and `path` is left untouched.
-    """
+    file system. On any exception it is removed and `path` is left untouched. An
+    existing folder is replaced only where `replaceable` says spikec wrote it
+    (`check_output`, which raises SpikecError before anything is written)."""
+    check_output(path, is_dir=is_dir, replaceable=replaceable)
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{final.name}.tmp-"

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import signal
 import sys
 
 import click
@@ -58,7 +59,7 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
       spikec export CHECKPOINT -o OUTDIR     Hugging Face folder -> ONNX graphs + manifest
       spikec compile INPUT -o OUT            quantize, rewrite into spiking ops, lower
       spikec run MODEL --target ort|fpga     run a compiled model
-    (commands not listed below are not available in this version)
+    Every command is listed below; `spikec COMMAND --help` describes it.
     """
     ctx.ensure_object(dict)
     ctx.obj["verbose"] = verbose
@@ -69,9 +70,26 @@ def cli(ctx: click.Context, verbose: int, quiet: bool) -> None:
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
 
 
+def _terminated(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console entry point: user errors become one line and a non-zero exit."""
     verbose = any(a in ("-v", "-vv", "-vvv", "--verbose") for a in (argv if argv is not None else sys.argv[1:]))
+    # SIGTERM (kill, a job scheduler's timeout) unwinds like Ctrl-C, so temporary outputs are removed
+    try:
+        previous = signal.signal(signal.SIGTERM, _terminated)
+    except ValueError:  # not the main thread: signals stay as they are
+        previous = None
+    try:
+        _main(argv, verbose)
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _main(argv: list[str] | None, verbose: bool) -> None:
     try:
         cli.main(args=argv, prog_name="spikec", standalone_mode=False)
     except SpikecError as exc:

@@ -169,7 +169,7 @@ def write_output(kind: str, output: Path, graphs: dict[str, ir.Model], *, report
     from spikec.frontend import manifest as mf
     from spikec.paths import files_inside
 
-    with atomic.atomic_path(output, is_dir=True) as tmp:
+    with atomic.atomic_path(output, is_dir=True, replaceable=atomic.is_spikec_folder) as tmp:
         # every path below comes from the source manifest: resolved inside its folder (reading)
         # and inside the new one (writing), so nothing outside either is touched
         manifest = mf.load_json(source_dir)
@@ -335,6 +335,12 @@ def compile_path(input_path: str | Path, output: str | Path, *, isa: bool = Fals
     `options.exact_vector` (the device computes norms, softmax and SiLU, so every target
     must compute them alike: the vector-numerics pass)."""
     output = Path(output)
+    if Path(input_path).is_dir() and output.suffix == ".onnx":
+        raise SpikecError(f"-o {output}: an export folder compiles to a .sbin or to a folder; a .onnx output is for "
+                          "one graph (give a graph file as INPUT)")
+    opts = kw.get("options")
+    atomic.check_output(output, is_dir=output.suffix not in (".sbin", ".onnx"), replaceable=atomic.is_spikec_folder,
+                        inputs=[input_path, kw.get("dump_dir"), getattr(opts, "calib", None) or None])
     if isa:
         kw["options"] = dataclasses.replace(kw.get("options") or SpikeOptions(), exact_vector=True)
     if output.suffix == ".sbin":

@@ -20,7 +20,6 @@ TextVQA against the optional "answers" reference list) are kept overall and per 
 from __future__ import annotations
 
 import collections
-import json
 import logging
 import os
 import time
@@ -29,6 +28,7 @@ from pathlib import Path
 from typing import Callable, Iterable
 
 from spikec.errors import SpikecError
+from spikec.schema import parse_json
 from spikec.paths import resolve_inside
 
 log = logging.getLogger(__name__)
@@ -83,10 +83,7 @@ def load_items(data_dir: str | os.PathLike) -> list[dict]:
     for n, line in enumerate(path.read_text().splitlines(), start=1):
         if not line.strip():
             continue
-        try:
-            obj = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise SpikecError(f"{path}:{n}: invalid JSON ({exc})") from None
+        obj = parse_json(line, where=f"{path}:{n}")
         if not isinstance(obj, dict):
             raise SpikecError(f"{path}:{n}: expected a JSON object, got {type(obj).__name__}")
         for key in ("image", "prompt", "answer"):
@@ -151,7 +148,7 @@ def predictor_for(model: str | os.PathLike, *, target: str = "ort", mode: str = 
     if path.is_file() and is_sbin(path):
         from spikec.runtime.model import load
 
-        from spikec.schema import naming_file
+        from spikec.schema import naming_file, parse_json
 
         with naming_file(path):  # a load error names its file, as `spikec run`'s
             compiled = load(path, target=target, mode=mode, device=device)

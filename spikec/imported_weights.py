@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from spikec.errors import SpikecError
+from spikec.schema import parse_json
 
 IMPORTED_KEY = "spikec.imported_weights"  # graph metadata: {"format", "file", "layers"}
 SIDE_SUFFIX = ".int4.safetensors"
@@ -98,8 +99,8 @@ def imported_weights(model) -> ImportedWeights | None:
     from spikec.paths import resolve_inside
 
     try:
-        info = json.loads(meta)
-    except ValueError:
+        info = parse_json(meta, where="quantization metadata")
+    except SpikecError:
         info = None
     if not isinstance(info, dict) or not isinstance(info.get("file"), str) or not isinstance(info.get("format"), str):
         raise SpikecError(f"graph metadata {IMPORTED_KEY}: expected {{\"format\": str, \"file\": str}}, got "

@@ -94,10 +94,20 @@ TIMED_OPS = (QUANT_LINEAR, QUANT_MATMUL, SPIKE_ENCODE, SPIKE_MATMUL)
 
 
 def modalities(model: ir.Model) -> list[str]:
-    raw = model.metadata_props.get(MODALITIES_KEY)
+    """The model's modality names (metadata MODALITIES_KEY, a JSON list of strings; the
+    defaults when absent). SpikecError when the metadata is not such a list."""
+    return list(_modality_names(model.metadata_props.get(MODALITIES_KEY)))
+
+
+def _modality_names(raw: str | None) -> tuple[str, ...]:
     if not raw:
-        return list(DEFAULT_MODALITIES)
-    return list(json.loads(raw))
+        return tuple(DEFAULT_MODALITIES)
+    from spikec.schema import parse_json
+
+    names = parse_json(raw, where=f"graph metadata '{MODALITIES_KEY}'")
+    if not isinstance(names, list) or not names or not all(isinstance(n, str) and n for n in names):
+        raise SpikecError(f"graph metadata '{MODALITIES_KEY}': expected a non-empty JSON list of names, got {raw[:80]!r}")
+    return tuple(names)
 
 
 def set_modalities(model: ir.Model, names: Sequence[str]) -> None:
@@ -376,7 +386,7 @@ def evaluator(model: ir.Model | onnx.ModelProto | spir.Frozen) -> ReferenceEvalu
     names = DEFAULT_MODALITIES
     for p in proto.metadata_props:
         if p.key == MODALITIES_KEY:
-            names = tuple(json.loads(p.value))
+            names = _modality_names(p.value)
     if any(n.op_type in ("QuantizeLinear", "DequantizeLinear") and n.domain in ("", "ai.onnx") for n in proto.graph.node):
         # onnx.reference implements Q/DQ from opset 19 on; 13..18 have the same meaning for
         # the 8-bit types QDQ models use, so the evaluator's copy imports opset 19.

@@ -177,3 +177,22 @@ def test_generate_takes_arrays_and_lists():
                 model.generate(bad, "x")
         with pytest.raises(SpikecError, match="2 prompts for 1 images"):
             model.generate([img], ["a", "b"])
+
+
+def test_prompt_longer_than_the_context_is_refused_before_running():
+    """A prompt over the model's max_position_embeddings (512 for the tiny models) is a
+    SpikecError before any graph runs (it ended in a 25 GB allocation failure)."""
+    gen = _gen("tiny-llava")
+    with pytest.raises(SpikecError, match=r"the prompt is \d+ tokens .* context of 512 tokens"):
+        gen.generate(None, "a " * 3000, max_new_tokens=2)
+    assert gen.sessions["lm"].calls == 0
+
+
+def test_broken_tokenizer_names_the_processor_folder(tmp_path):
+    import shutil
+
+    out = tmp_path / "ex"
+    shutil.copytree(exported("tiny-llava"), out)
+    (out / "processor" / "tokenizer.json").write_text('{"model": 5}')
+    with pytest.raises(SpikecError, match=r"processor: cannot load the processor, tokenizer or config files"):
+        OrtGenerator(out)

@@ -84,3 +84,9 @@ def test_compile_and_inspect_commands(run_cli, tmp_path):
     assert r.code == 0 and "MatMul" in r.out and "parameters: 36" in r.out
     r = run_cli("compile", str(src), "-o", str(tmp_path / "out.onnx"), "--passes", "fold-constants,no-such-pass")
     assert r.code != 0 and "unknown pass 'no-such-pass'" in r.err
+
+
+def test_budget_without_calib_refused_before_passes(run_cli, tmp_path, tiny_mlp):
+    r = run_cli("compile", str(tiny_mlp), "-o", str(tmp_path / "m.sbin"), "--budget", "3")
+    assert r.code == 1 and "--budget" in r.err and "--calib" in r.err
+    assert "[1/" not in r.out + r.err and not (tmp_path / "m.sbin").exists()  # no pass ran

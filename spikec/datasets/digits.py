@@ -47,6 +47,7 @@ import numpy as np
 
 from spikec.atomic import atomic_path
 from spikec.errors import SpikecError
+from spikec.schema import parse_json
 from spikec.paths import resolve_inside
 
 QUESTION_TYPES: tuple[str, ...] = ("digit", "parity", "compare", "add")
@@ -254,7 +255,7 @@ def write_eval_folder(
     """
     images, _ = _digits()
     final = Path(directory)
-    with atomic_path(final, is_dir=True) as tmp:
+    with atomic_path(final, is_dir=True, replaceable=lambda d: (d / "data.jsonl").is_file()) as tmp:
         (tmp / "images").mkdir()
         written: set[int] = set()
         lines = []
@@ -286,10 +287,7 @@ def load_eval_folder(directory: str | os.PathLike) -> list[EvalItem]:
             if not line.strip():
                 continue
             where = f"{data}:{lineno}"
-            try:
-                rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise SpikecError(f"{where}: not valid JSON ({e.msg})") from None
+            rec = parse_json(line, where=where)
             if not isinstance(rec, dict):
                 raise SpikecError(f"{where}: expected a JSON object")
             for key in REQUIRED_FIELDS:

@@ -416,7 +416,7 @@ def write_eval_folder(items: Sequence[SceneItem], directory: str | os.PathLike) 
     DIR is replaced whole. Returns DIR.
     """
     final = Path(directory)
-    with atomic_path(final, is_dir=True) as tmp:
+    with atomic_path(final, is_dir=True, replaceable=lambda d: (d / "data.jsonl").is_file()) as tmp:
         (tmp / "images").mkdir()
         lines = []
         for it in items:

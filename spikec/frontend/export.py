@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from spikec.atomic import atomic_path
+from spikec.atomic import atomic_path, check_output, is_spikec_folder
 from spikec.frontend import manifest as mf
 from spikec.frontend.loading import Loaded, load
 
@@ -222,7 +222,7 @@ def export_loaded(loaded: Loaded, outdir: Path, *, opset: int = DEFAULT_OPSET,
     config = model.config
     text_model = adapter.text_model(model)
     graphs, imported = {}, {}
-    with atomic_path(outdir, is_dir=True) as tmp:
+    with atomic_path(outdir, is_dir=True, replaceable=is_spikec_folder) as tmp:
         # 1. Vision encoder + projector, traced on the processor's output for a sample image.
         t0 = time.time()
         progress("exporting vision encoder + projector")
@@ -311,6 +311,7 @@ def _export_lm(wrapper, kw, past_names, output_names, dyn, opset, weights=None):
 def export(source: str, outdir: str | os.PathLike, *, allow_pickle: bool = False, opset: int = DEFAULT_OPSET,
            progress: Callable[[str], None] = lambda s: None) -> dict:
     """Load SOURCE (folder or built-in tiny name) and export it into OUTDIR."""
+    check_output(outdir, is_dir=True, inputs=[source] if Path(source).exists() else [], replaceable=is_spikec_folder)
     progress(f"loading {source}")
     loaded = load(source, allow_pickle=allow_pickle, stream=True)
     return export_loaded(loaded, Path(outdir), opset=opset, progress=progress)

@@ -70,8 +70,12 @@ class OrtGenerator:
         proc_dir = mf.processor_path(self.outdir, self.manifest)
         if proc_dir is None or not proc_dir.is_dir():
             raise SpikecError(f"{self.outdir / mf.MANIFEST}: field 'processor' names no processor folder")
-        self.processor = AutoProcessor.from_pretrained(proc_dir, local_files_only=True)
-        self.config = AutoConfig.from_pretrained(proc_dir, local_files_only=True)
+        try:  # files someone else made: a broken tokenizer.json is a KeyError deep in transformers
+            self.processor = AutoProcessor.from_pretrained(proc_dir, local_files_only=True)
+            self.config = AutoConfig.from_pretrained(proc_dir, local_files_only=True)
+        except Exception as exc:  # noqa: BLE001 - transformers raises many kinds
+            raise SpikecError(f"{proc_dir}: cannot load the processor, tokenizer or config files "
+                              f"({type(exc).__name__}: {str(exc)[:200]})") from None
         self.sessions = sessions if sessions is not None else create_sessions(self.outdir, self.manifest, providers)
         self.n_layers, self.n_kv, self.head_dim = fields["num_layers"], fields["num_kv_heads"], fields["head_dim"]
         self.image_token_id = fields["image_token_id"]
@@ -138,6 +142,23 @@ class OrtGenerator:
         pos, state = self.adapter.prefill_position_ids(self.config, input_ids, mask, proc_out)
         return embeds, mask, pos, modality, state
 
+    def _check_context(self, prompt: int, new: int) -> None:
+        """SpikecError when the prompt (tokens, image tokens included) is longer than the
+        language model's context (its config's max_position_embeddings), before any graph
+        runs: those positions were never trained, and a long prompt's attention scores can
+        need more memory than the machine has. A prompt that fits but leaves less room than
+        --max-new-tokens gets a warning (generation often stops at EOS well before)."""
+        text = getattr(self.config, "text_config", None) or self.config
+        limit = getattr(text, "max_position_embeddings", None)
+        if not isinstance(limit, int) or limit <= 0:
+            return
+        if prompt > limit:
+            raise SpikecError(f"the prompt is {prompt} tokens (image tokens included), more than this model's context "
+                              f"of {limit} tokens (max_position_embeddings); shorten the prompt")
+        if prompt + new > limit:
+            log.warning("the prompt (%d tokens) and --max-new-tokens %d pass this model's context of %d tokens: "
+                        "tokens beyond it use positions the model was not trained on", prompt, new, limit)
+
     def empty_past(self, batch: int) -> list[np.ndarray]:
         return [np.zeros((batch, self.n_kv, 0, self.head_dim), np.float32) for _ in range(2 * self.n_layers)]
 
@@ -166,6 +187,7 @@ class OrtGenerator:
 
         embeds, mask, pos, modality, state = self.prefill_inputs(proc_out)
         b = embeds.shape[0]
+        self._check_context(embeds.shape[1], max_new_tokens)
         logits, past = self.lm(embeds, mask, pos, modality, self.empty_past(b))
         eos = self.eos if stop_at_eos else set()
         pad = self.processor.tokenizer.pad_token_id or 0

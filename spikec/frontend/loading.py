@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from spikec.errors import SpikecError
+from spikec.schema import parse_json
 from spikec.paths import resolve_inside
 
 log = logging.getLogger(__name__)
@@ -82,9 +83,9 @@ def load_folder(folder: Path, *, allow_pickle: bool = False, stream: bool = Fals
     # Check the architecture from the raw JSON first: an unsupported model is reported
     # as such even when its config would not validate in transformers.
     try:
-        raw = json.loads(cfg_path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise SpikecError(f"{cfg_path}: not valid JSON: {exc}") from exc
+        raw = parse_json(cfg_path.read_bytes(), where=str(cfg_path))
+    except OSError as exc:
+        raise SpikecError(f"{cfg_path}: cannot read: {exc}") from None
     if not isinstance(raw, dict) or "model_type" not in raw:
         raise SpikecError(f"{cfg_path}: no model_type field")
     adapter = adapter_for(raw["model_type"], where=str(cfg_path))

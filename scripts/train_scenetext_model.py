@@ -359,9 +359,34 @@ def training_batch(step: int, args):
     if stage in ("easy", "small"):
         s0 = step if stage == "easy" else step - args.easy_steps
         pairs = [curriculum_item(stage, s0 * B + j, args.data_seed) for j in range(B)]
+        pairs = _with_early_other(pairs, s0, stage, args)
         return [p[0] for p in pairs], [p[1] for p in pairs]
     s0 = step - args.easy_steps - args.small_steps
     return [full_item(s0 * B + j, args.data_seed) for j in range(B)], None
+
+
+# --early-count-colour: generator train items of these types, numbered from here on (the full
+# stage would reach this many items of a type only after ~10^8 steps): never shared with it.
+EARLY_OTHER_OFFSET = 10_000_000
+
+
+def early_other_item(k: int, seed: int):
+    """The k-th count/colour item mixed into the easy/small stages (--early-count-colour), with
+    its character labels all ignored (-100: the script has no masks for the generator's text)."""
+    qtype = ("count", "colour")[k % 2]
+    n = EARLY_OTHER_OFFSET + k // 2
+    item = S.make_item("train", len(S.QUESTION_TYPES) * n + S.QUESTION_TYPES.index(qtype), seed)
+    h, w = item.pixels.shape[:2]
+    return item, np.full((h // CELL) * (w // CELL), -100, np.int64)
+
+
+def _with_early_other(pairs, step_in_stage: int, stage: str, args):
+    """Replace the last --early-count-colour items of a batch by generator count/colour items."""
+    k = args.early_count_colour
+    if k <= 0:
+        return pairs
+    base = (step_in_stage + (args.easy_steps if stage == "small" else 0)) * k
+    return pairs[: len(pairs) - k] + [early_other_item(base + j, args.data_seed) for j in range(k)]
 
 
 class AuxHead(torch.nn.Module):
@@ -542,6 +567,13 @@ def train(args) -> dict:
     all_params = [q for g in groups for q in g["params"]]
 
     def lr_at(step: int) -> float:
+        if args.lr_schedule == "stages" and 0 < args.page_steps < args.steps:
+            # page stage: warm-up, then constant; the LM stages: a fresh warm-up (the language
+            # model's first updates), then cosine to 0 over the LM stages alone
+            if step < args.page_steps:
+                return args.lr * min(1.0, (step + 1) / args.warmup)
+            s, n = step - args.page_steps, args.steps - args.page_steps
+            return args.lr * min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * s / n))
         warm = min(1.0, (step + 1) / args.warmup)
         return args.lr * warm * 0.5 * (1 + math.cos(math.pi * step / args.steps))
 
@@ -689,6 +721,12 @@ def main(argv=None) -> int:
                    help="weight of the auxiliary losses on the vision tokens (characters, word, digits; 0: off)")
     p.add_argument("--vision-lr-mult", type=float, default=1.0,
                    help="learning-rate multiplier of the vision tower and the auxiliary head")
+    p.add_argument("--early-count-colour", type=int, default=0,
+                   help="per batch of the easy/small stages, this many generator count/colour items "
+                        "(alternating) replace reading items (0: reading only, as before)")
+    p.add_argument("--lr-schedule", choices=("cosine", "stages"), default="cosine",
+                   help="cosine: warm-up then cosine to 0 over all --steps; stages: warm-up then constant "
+                        "in the page stage, a fresh warm-up then cosine to 0 over the LM stages")
     p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=1.5e-3)
     p.add_argument("--warmup", type=int, default=60)

@@ -80,7 +80,7 @@ class SpikeOptions:
             raise SpikecError(f"--neuron {self.neuron}: choose one of {', '.join(NEURONS)}")
         for flag, t in (("--tv", self.tv), ("--tt", self.tt)):
             if t is not None and not 1 <= t <= MAX_T:
-                raise SpikecError(f"{flag} {t}: timesteps must be 1..{MAX_T} (T = 0 would carry no spikes)")
+                raise SpikecError(f"{flag} {t}: timesteps must be 1..{MAX_T}" + (" (T = 0 would carry no spikes)" if t == 0 else ""))
         if self.budget is not None:
             if not 1 <= self.budget <= MAX_T:
                 raise SpikecError(f"--budget {self.budget}: effective timesteps per token must be in 1..{MAX_T}")

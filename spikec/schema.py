@@ -88,6 +88,11 @@ def parse_json(data: bytes | bytearray | memoryview | str, *, where: str, max_by
     return doc
 
 
+def _bound(v: float) -> str:
+    """A range bound as people read it: integers in full (1048576, not 1.04858e+06)."""
+    return str(int(v)) if float(v).is_integer() else f"{v:g}"
+
+
 def describe(value: object) -> str:
     """A short representation of a bad value for an error message."""
     text = repr(value)
@@ -151,8 +156,8 @@ def check(value: object, kind: type | tuple[type, ...], *, where: str, min: floa
         size = value if ok in (int, float) else len(value) if ok in (str, list, dict) else None
         if size is not None and ((min is not None and size < min) or (max is not None and size > max)):
             what = "" if ok in (int, float) else " (its length)"
-            lo = "" if min is None else f"{min:g}"
-            hi = "" if max is None else f"{max:g}"
+            lo = "" if min is None else _bound(min)
+            hi = "" if max is None else _bound(max)
             raise SpikecError(f"{where}{what} must be in {lo}..{hi}, got {describe(value if size is value else size)}")
     return value
 

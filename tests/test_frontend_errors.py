@@ -117,3 +117,13 @@ def test_failure_mid_export_leaves_no_outdir(llava_folder, tmp_path, monkeypatch
 
 def test_bad_opset(run_cli, tmp_path):
     _fails(run_cli, "tiny-llava", tmp_path / "out", "--opset 23", extra=("--opset", "23"))
+
+
+def test_image_token_outside_the_vocabulary(run_cli, ckpt, tmp_path):
+    """An image token id no input id can equal would silently drop the image: refused."""
+    import json
+
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["image_token_index" if "image_token_index" in cfg else "image_token_id"] = 99999
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    _fails(run_cli, ckpt, tmp_path / "out", "image token id 99999 is outside the vocabulary")

@@ -222,7 +222,8 @@ def test_generation_checks_the_manifest_fields_it_reads(tmp_path):
     m = json.loads((exported("tiny-llava") / "manifest.json").read_text())
     assert mf.generation_fields(m, where="m")["num_layers"] == m["lm"]["num_layers"]
     for key, value, message in [("family", "nope", "family"), ("lm", {"num_layers": 2}, "lm.num_kv_heads"),
-                                ("merge", {}, "merge.image_token_id"), ("modality", {"text": 0}, "modality.vision")]:
+                                ("merge", {}, "merge.image_token_id"), ("modality", {"text": 0}, "modality.vision"),
+                                ("merge", {"image_token_id": m["lm"]["vocab_size"]}, "outside the vocabulary")]:
         with pytest.raises(SpikecError, match=message):
             mf.generation_fields({**m, key: value}, where="m")
 

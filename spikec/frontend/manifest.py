@@ -60,6 +60,10 @@ def build(loaded, graphs: dict, opset: int, processor_dir: str, lm_dims) -> dict
     adapter = loaded.adapter
     tc = config.get_text_config()
     n_layers, n_kv, head_dim = lm_dims
+    image_token = adapter.image_token_id(config)
+    if not 0 <= image_token < tc.vocab_size:
+        raise SpikecError(f"{loaded.source}/config.json: the image token id {image_token} is outside the vocabulary "
+                          f"(vocab_size {tc.vocab_size}): no position could take the image")
     gen = getattr(loaded.model, "generation_config", None)
     eos = getattr(gen, "eos_token_id", None) if gen is not None else None
     return {
@@ -68,7 +72,7 @@ def build(loaded, graphs: dict, opset: int, processor_dir: str, lm_dims) -> dict
         "opset": opset, "dtype": "float32",
         "modality": dict(MODALITY_IDS),  # the LM's `modality` input values (spikec.ops, the one table)
         "merge": {
-            "image_token_id": adapter.image_token_id(config),
+            "image_token_id": image_token,
             "rule": "inputs_embeds = embed(input_ids); the rows of vision's image_features replace, in order, "
                     "the positions where input_ids == image_token_id (row-major over batch, then sequence); "
                     "those positions get modality = vision",
@@ -214,6 +218,12 @@ def generation_fields(m: dict, *, where: str) -> dict:
     check_manifest(m, where=where, sbin=True)
     families = [a.family for a in ADAPTERS]
     eos = m.get("eos_token_id")
+    vocab = schema.get(m, "lm.vocab_size", int, where=where, default=None, min=1, max=MAX_TOKEN_ID)
+    image_token = schema.get(m, "merge.image_token_id", int, where=where, min=0, max=MAX_TOKEN_ID)
+    if vocab is not None and image_token >= vocab:
+        # the merge would find no image position: the image would be silently ignored
+        raise SpikecError(f"{where}: field 'merge.image_token_id' = {image_token} is outside the vocabulary "
+                          f"(lm.vocab_size {vocab})")
     return {
         "family": schema.get(m, "family", str, where=where, choices=families),
         "num_layers": schema.get(m, "lm.num_layers", int, where=where, min=1, max=MAX_LAYERS),

@@ -127,3 +127,14 @@ def test_image_token_outside_the_vocabulary(run_cli, ckpt, tmp_path):
     cfg["image_token_index" if "image_token_index" in cfg else "image_token_id"] = 99999
     (ckpt / "config.json").write_text(json.dumps(cfg))
     _fails(run_cli, ckpt, tmp_path / "out", "image token id 99999 is outside the vocabulary")
+
+
+@pytest.mark.parametrize("damage", ["truncate", "header"])
+def test_damaged_safetensors_names_the_file(run_cli, ckpt, tmp_path, damage):
+    shard = next(ckpt.glob("*.safetensors"))
+    data = shard.read_bytes()
+    if damage == "truncate":
+        shard.write_bytes(data[: len(data) // 2])
+    else:  # a header length pointing past the end of the file
+        shard.write_bytes((len(data) * 2).to_bytes(8, "little") + data[8:])
+    _fails(run_cli, ckpt, tmp_path / "out", shard.name)

@@ -68,6 +68,38 @@ def _weight_files(folder: Path) -> tuple[list[Path], list[Path]]:
     return safe, pickled
 
 
+# safetensors: an 8-byte little-endian header length, the JSON header, then the data
+# (https://github.com/huggingface/safetensors, "Format"); the library caps the header at 100 MB
+SAFETENSORS_MAX_HEADER = 100_000_000
+
+
+def check_safetensors(path: Path) -> None:
+    """SpikecError naming `path` unless its header is well formed and every tensor's
+    data_offsets lie inside the file (a truncated or mutated shard), read without loading
+    any tensor. Raises: SpikecError."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as f:
+            head = f.read(8)
+            n = int.from_bytes(head, "little") if len(head) == 8 else -1
+            if n < 2 or n > SAFETENSORS_MAX_HEADER or 8 + n > size:
+                raise SpikecError(f"{path}: not a complete safetensors file (header of {n} bytes in a file of {size})")
+            header = parse_json(f.read(n), where=f"{path}: safetensors header")
+    except OSError as exc:
+        raise SpikecError(f"{path}: cannot read: {exc}") from None
+    if not isinstance(header, dict):
+        raise SpikecError(f"{path}: safetensors header is not a JSON object")
+    data = size - 8 - n
+    for name, entry in header.items():
+        if name == "__metadata__":
+            continue
+        offs = entry.get("data_offsets") if isinstance(entry, dict) else None
+        if (not isinstance(offs, list) or len(offs) != 2 or not all(isinstance(o, int) for o in offs)
+                or not 0 <= offs[0] <= offs[1] <= data):
+            raise SpikecError(f"{path}: tensor '{str(name)[:80]}': data_offsets {str(offs)[:80]} outside the file's "
+                              f"{data} data bytes (truncated or damaged)")
+
+
 def load_folder(folder: Path, *, allow_pickle: bool = False, stream: bool = False) -> Loaded:
     import torch
     from transformers import AutoConfig, AutoModelForImageTextToText, AutoProcessor
@@ -98,6 +130,8 @@ def load_folder(folder: Path, *, allow_pickle: bool = False, stream: bool = Fals
         raise SpikecError(f"{cfg_path}: cannot read the config: {exc}") from exc
 
     _check_shard_index(folder)
+    for shard in _weight_files(folder)[0]:  # names a damaged shard before transformers reads it
+        check_safetensors(shard)
     if spec is not None:  # a published int4 format: codes and scales imported as stored
         model, weights = quantized.load_quantized(folder, config, spec, stream=stream)
         try:

@@ -33,3 +33,20 @@ def test_names_reach_every_view(run_cli, tmp_path):
     r = run_cli("run", path, "--image", str(image), "--prompt", "What is in the image?", "--max-new-tokens", "2",
                 "--stats")
     assert r.code == 0 and f"lm:{LAYER} " in r.out
+
+
+def test_fused_linear_nodes_keep_module_paths(tmp_path):
+    """The optimizer fuses a MatMul and its bias Add into a Gemm it names `node_Gemm_N`
+    (Qwen2-VL's vision blocks); the export names it after the module again."""
+    import onnx
+
+    from spikec.frontend.export import export_quietly
+
+    out = export_quietly("tiny-qwen2-vl", tmp_path / "ex")
+    for role in ("vision", "lm"):
+        m = onnx.load(str(out / f"{role}.onnx"), load_external_data=False)
+        linear = [n for n in m.graph.node if n.op_type in ("Gemm", "MatMul") and len(n.input) > 1
+                  and n.input[1].endswith(".weight")]
+        assert linear and all(n.name == n.input[1][: -len(".weight")] for n in linear), \
+            [(n.name, n.input[1]) for n in linear if n.name != n.input[1][: -len(".weight")]]
+    assert any(n.op_type == "Gemm" for n in onnx.load(str(out / "vision.onnx"), load_external_data=False).graph.node)

@@ -180,3 +180,25 @@ def optimize(model) -> None:
         if isinstance(default, tuple):
             rewriter._DEFAULT_REWRITE_RULES = default
     onnxscript.rewriter.onnx_fusions.fuse(model)
+    name_weight_consumers(model)
+
+
+def name_weight_consumers(model) -> int:
+    """Give a node that applies a module's weight (its second input an initializer named
+    `<module>.weight`) the module's path as its name where the optimizer made the node and
+    named it (`node_...`): a fused MatMul + Add becomes a `node_Gemm_N`, and the name the
+    binding gave the MatMul is lost (Qwen2-VL's vision blocks). Returns the count renamed."""
+    graph = model.graph
+    names = {n.name for n in graph}
+    renamed = 0
+    for node in graph:
+        w = node.inputs[1] if len(node.inputs) > 1 else None
+        if w is None or w.name not in graph.initializers or not w.name.endswith(".weight"):
+            continue
+        module = w.name[: -len(".weight")]
+        if node.name.startswith("node_") and module not in names:
+            names.discard(node.name)
+            node.name = module
+            names.add(module)
+            renamed += 1
+    return renamed

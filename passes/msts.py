@@ -76,6 +76,8 @@ def compared_output(model: ir.Model) -> tuple[str, bool]:
     return ("logits" if logits else name), logits
 
 
+BUDGET_NEEDS_CALIB = ("--budget: the timestep search measures output error on calibration data; pass --calib PATH"
+                      " (or give --tv/--tt instead of --budget)")
 REFERENCE_MAX_BYTES = 64 << 20  # weights above this: errors measured on the ORT lowering (Evaluator._session)
 
 
@@ -187,8 +189,7 @@ class Msts(ContextPass):
             self._finish(model, self._explicit(model, opts, groups, names, const_mod, can_measure))
             return ir.passes.PassResult(model, True)
         if not can_measure:
-            raise SpikecError("--budget: the timestep search measures output error on calibration data; pass --calib PATH"
-                              " (or give --tv/--tt instead of --budget)")
+            raise SpikecError(BUDGET_NEEDS_CALIB)
         self._finish(model, _BudgetSearch(model, self.ctx, opts, groups, names, const_mod).run())
         return ir.passes.PassResult(model, True)
 

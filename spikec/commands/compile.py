@@ -90,8 +90,9 @@ def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_
         raise SpikecError("--hwconfig applies to --isa only")
     if budget is not None and not calib and (pass_list is None or "msts" in pass_list):
         # the msts pass would say so too, but only after the passes before it have run
-        raise SpikecError("--budget: the timestep search measures output error on calibration data; pass --calib PATH"
-                          " (or give --tv/--tt instead of --budget)")
+        from spikec.passes.msts import BUDGET_NEEDS_CALIB
+
+        raise SpikecError(BUDGET_NEEDS_CALIB)
     if isa:  # a bad configuration is an error before any pass runs
         from spikec.isa.hwconfig import HwConfig
 

@@ -549,6 +549,7 @@ def train(args) -> dict:
     processor = build_processor()
     tok = processor.tokenizer
     model = build_model(tok, args)
+    init_report = load_init(model, args) if args.init_from else None
     n_params = sum(p.numel() for p in model.parameters())
     print(f"parameters: {n_params:,} ({4 * n_params / 1e6:.1f} MB float32)  vocab: {len(tok)}", flush=True)
 
@@ -573,8 +574,9 @@ def train(args) -> dict:
             if step < args.page_steps:
                 return args.lr * min(1.0, (step + 1) / args.warmup)
             s, n = step - args.page_steps, args.steps - args.page_steps
-            return args.lr * min(1.0, (s + 1) / args.warmup) * 0.5 * (1 + math.cos(math.pi * s / n))
-        warm = min(1.0, (step + 1) / args.warmup)
+            rewarm = min(1.0, (step - args.start_step + 1) / args.warmup)  # 1 unless continuing
+            return args.lr * min(1.0, (s + 1) / args.warmup, rewarm) * 0.5 * (1 + math.cos(math.pi * s / n))
+        warm = min(1.0, (step + 1) / args.warmup, (step - args.start_step + 1) / args.warmup)
         return args.lr * warm * 0.5 * (1 + math.cos(math.pi * step / args.steps))
 
     history = []
@@ -601,7 +603,9 @@ def train(args) -> dict:
         torch.nn.utils.clip_grad_norm_(all_params, 1.0)
         opt.step()
 
-    for step in range(args.steps):
+    if args.start_step:
+        score_now(args.start_step, "  (the --init-from checkpoint, before continuing)")
+    for step in range(args.start_step, args.steps):
         if args.max_minutes and time.perf_counter() - t0 > 60 * args.max_minutes:
             # The wall-clock guard (a busy machine): keep what was learned, say so in the report.
             stopped_early = step
@@ -668,6 +672,11 @@ def train(args) -> dict:
         "torch": torch.__version__,
         "threads": args.threads,
     }
+    if init_report is not None:
+        # the run this one continued, so that the bundled checkpoint's whole recipe is on record
+        report["continued_from"] = {k: init_report.get(k) for k in
+                                    ("command", "selected_step", "train_wall_s", "stopped_early_at_step", "history",
+                                     "test_greedy", "continued_from")}
     for split, n in (("validation", args.val_items), ("test", args.test_items)):
         r = generate_exact(model, processor, S.make_items(split, n, seed=args.data_seed))
         report[f"{split}_greedy"] = r
@@ -685,6 +694,33 @@ def train(args) -> dict:
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
     print(f"wrote {out} ({size / 1e6:.2f} MB) in {report['total_wall_s']:.0f}s total", flush=True)
     verify(out, S.make_items("test", 20, seed=args.data_seed))
+    return report
+
+
+def load_init(model, args) -> dict:
+    """Load the weights of a checkpoint this script wrote (`--init-from`) into `model`, which
+    `build_model` made from the same size arguments; return that checkpoint's training report.
+
+    Raises SystemExit (a one-line message) when the folder is not such a checkpoint or its
+    tensors do not match the model's names and shapes."""
+    from transformers import Qwen2VLForConditionalGeneration
+
+    folder = Path(args.init_from)
+    weights, report_path = folder / "model.safetensors", folder / "training_report.json"
+    if not weights.is_file() or not report_path.is_file():
+        raise SystemExit(f"--init-from {folder}: not a checkpoint written by this script "
+                         "(model.safetensors and training_report.json expected)")
+    report = json.loads(report_path.read_text(encoding="utf-8"))
+    # from_pretrained, not the raw file: transformers maps the saved names onto its classes'
+    state = Qwen2VLForConditionalGeneration.from_pretrained(folder, local_files_only=True).state_dict()
+    ours = model.state_dict()
+    bad = sorted(set(ours) ^ set(state)) or [k for k in ours if tuple(ours[k].shape) != tuple(state[k].shape)]
+    if bad:
+        raise SystemExit(f"--init-from {weights}: tensors do not match the model built from the size "
+                         f"arguments (first: {bad[0]}); pass the sizes that checkpoint was trained with")
+    model.load_state_dict(state)
+    print(f"continuing from {folder} (its run: {report.get('command')}; selected step {report.get('selected_step')})",
+          flush=True)
     return report
 
 
@@ -744,7 +780,17 @@ def main(argv=None) -> int:
     p.add_argument("--threads", type=int, default=1, help="torch threads (1: bit-reproducible anywhere)")
     p.add_argument("--max-minutes", type=float, default=None,
                    help="wall-clock guard: stop training after this many minutes (the report says so)")
+    p.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                   help="continue from a checkpoint this script wrote (its weights; a fresh optimiser and "
+                        "auxiliary head); use with --start-step and the same stage and size arguments")
+    p.add_argument("--start-step", type=int, default=0,
+                   help="with --init-from: the step to continue at; stages, items and the learning-rate "
+                        "schedule are those of the whole --steps run, with a fresh --warmup")
     args = p.parse_args(argv)
+    if args.start_step and not args.init_from:
+        p.error("--start-step needs --init-from (the weights trained up to that step)")
+    if not 0 <= args.start_step < args.steps:
+        p.error(f"--start-step {args.start_step} must lie in 0..{args.steps - 1} (--steps {args.steps})")
     train(args)
     return 0
 

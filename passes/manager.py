@@ -24,7 +24,9 @@ a pass needs a property no earlier pass guarantees (or a later one invalidated).
 After each pass the manager runs the verifier (`spikec.ir.verify`), invalidates the
 analyses the pass names in `invalidates`, optionally writes `NN-<pass>.onnx` and
 `NN-<pass>.txt` to the dump folder, and records a report entry (wall time, node counts by
-op type, parameter bytes, the properties that hold after it).
+op type, parameter bytes, the properties that hold after it). The manager writes into its
+dump folder in place; `spikec compile` (spikec/compiler.py, `dump_folder`) gives it a
+temporary folder that is renamed onto `--dump-ir DIR` only when the compile succeeds.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import re
 import time
 from pathlib import Path
 from typing import Any, Callable, ClassVar, Sequence
@@ -56,6 +59,18 @@ class Property:
 
 
 PROPERTIES: dict[str, Property] = {}
+
+# The files of a dump folder: NN-<pass>.onnx (+ .data beside a big one), NN-<pass>.txt, report.json
+_DUMP_FILE = re.compile(r"(\d{2,}-[^/]+\.(onnx|onnx\.data|txt)|report\.json)")
+
+
+def is_dump_folder(path: Path) -> bool:
+    """A folder an earlier `--dump-ir` wrote, which a new one may replace: at least one
+    report.json, and no file but the dumps' own (NN-<pass>.onnx, .onnx.data, .txt,
+    report.json) in it or its subfolders (one per graph, lower-ort/, lower-isa/)."""
+    files = [f for f in Path(path).rglob("*") if not f.is_dir() or f.is_symlink()]
+    return (any(f.name == "report.json" for f in files)
+            and all(not f.is_symlink() and _DUMP_FILE.fullmatch(f.name) for f in files))
 
 
 def register_property(name: str, doc: str) -> Callable[[Callable[[ir.Model], None]], Callable[[ir.Model], None]]:

@@ -51,9 +51,26 @@ class CompiledModel:
         table = self.manifest.get("modality") or sops.MODALITY_IDS
         return [name for name, _ in sorted(table.items(), key=lambda kv: kv[1])]
 
+    def check_generates(self) -> None:
+        """SpikecError unless this model can generate text: a .sbin compiled from an export
+        folder (vision, embed and lm graphs, a processor). One compiled from a single ONNX
+        file holds one graph and no processor: it runs raw tensors only (`run`, --inputs)."""
+        from spikec.frontend.manifest import FORMAT
+
+        if self.manifest.get("format") != FORMAT:
+            source = self.manifest.get("source")
+            raise SpikecError(
+                f"{self.path}: holds {'a single graph' if len(self.sessions) == 1 else 'graphs'} "
+                f"({', '.join(sorted(self.sessions))}) compiled from one ONNX file"
+                f"{f' ({source})' if isinstance(source, str) else ''}, not from an export folder, so it cannot "
+                "generate text from an image and a prompt: run it on raw tensors (--inputs FILE.npz), or compile "
+                "the export folder of `spikec export` for generation")
+
     def generator(self):
-        """The front end's greedy generation loop, driven by this target's sessions."""
+        """The front end's greedy generation loop, driven by this target's sessions.
+        Raises SpikecError for a model that cannot generate (`check_generates`)."""
         if self._generator is None:
+            self.check_generates()
             from spikec.frontend.generate import OrtGenerator
 
             self._generator = OrtGenerator(self.sbin.folder(), sessions=self.sessions)
@@ -72,8 +89,11 @@ class CompiledModel:
         that is not a str, or that holds the image token more often than images are given
         ("--prompt: ..."); max_new_tokens that is not an int >= 1 ("max_new_tokens
         (--max-new-tokens): ..."; 0 is refused, as by the CLI); a processor that needs an
-        image when image is None (naming the family); logits that hold NaN or +inf.
+        image when image is None (naming the family); logits that hold NaN or +inf; a model
+        compiled from a single ONNX file, which runs raw tensors only (`check_generates`),
+        before the image is read.
         """
+        self.check_generates()
         if isinstance(image, (list, tuple)):
             # a batch: generated one after the other (the same answers as one at a time)
             prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt] * len(image)

@@ -67,6 +67,40 @@ def weight_spill(output: Path):
             yield
 
 
+# The temporary --dump-ir folders of the compiles in progress: a compile called by another
+# (compile_path -> compile_folder) writes into its caller's, not a second one.
+_DUMPS_IN_PROGRESS: set[Path] = set()
+
+
+@contextlib.contextmanager
+def dump_folder(dump_dir: str | Path | None, *, output: str | Path | None = None, inputs=()):
+    """`--dump-ir DIR` written whole or not at all: yields a temporary folder beside DIR
+    (None when `dump_dir` is None) that is renamed onto DIR when the block ends without an
+    error and removed when it raises (spikec.atomic.atomic_path), so a compile that fails
+    partway leaves no partial dump behind. DIR is checked before any work: an existing
+    non-empty folder is replaced only when an earlier --dump-ir wrote it
+    (passes/manager.py, `is_dump_folder`), and DIR may neither be nor hold the output or
+    an input (`inputs`), since replacing DIR would delete them. Raises SpikecError naming
+    --dump-ir."""
+    from spikec.passes.manager import is_dump_folder
+
+    if dump_dir is None or Path(dump_dir) in _DUMPS_IN_PROGRESS:
+        yield dump_dir
+        return
+    final = Path(dump_dir)
+    if output is not None and (Path(output).resolve() == final.resolve()
+                               or Path(output).resolve().is_relative_to(final.resolve())):
+        raise SpikecError(f"--dump-ir {dump_dir}: is or holds the output -o {output}; give the dumps a folder of "
+                          "their own")
+    atomic.check_output(final, is_dir=True, inputs=inputs, replaceable=is_dump_folder, option="--dump-ir")
+    with atomic.atomic_path(final, is_dir=True, replaceable=is_dump_folder) as tmp:
+        _DUMPS_IN_PROGRESS.add(tmp)
+        try:
+            yield tmp
+        finally:
+            _DUMPS_IN_PROGRESS.discard(tmp)
+
+
 # ---------------------------------------------------------------- calibration
 
 
@@ -239,7 +273,9 @@ def compile_onnx(
     dump_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> CompileReport:
-    """Compile one ONNX file through `pipeline` (None: the default spiking or QDQ pipeline)."""
+    """Compile one ONNX file through `pipeline` (None: the default spiking or QDQ pipeline).
+    `dump_dir` (--dump-ir) is written whole or not at all (`dump_folder`). Raises
+    SpikecError naming the file, node or option at fault."""
     output_path = Path(output_path)
     if output_path.suffix != ".onnx":
         raise SpikecError(f"-o {output_path}: unsupported output type '{output_path.suffix}' (this version writes .onnx)")
@@ -249,7 +285,8 @@ def compile_onnx(
     if options.rotate or (pipeline is not None and "rotate" in pipeline):
         raise SpikecError(f"--rotate: {input_path} is one graph; rotation changes every graph that feeds the "
                           "language model (embedding, vision projector), so compile the export folder instead")
-    with weight_spill(output_path):
+    with dump_folder(dump_dir, output=output_path, inputs=[input_path, options.calib or None]) as dump_dir, \
+            weight_spill(output_path):
         model = spir.load_model(Path(input_path))
         ctx = CompileContext(options=options)
         found = _role_in_export(Path(input_path))
@@ -272,15 +309,27 @@ def compile_folder(
     dump_dir: str | Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> CompileReport:
-    """Compile every graph of an export folder (vision, embed, lm) together: one report."""
-    from spikec import calibration as C
+    """Compile every graph of an export folder (vision, embed, lm) together: one report.
+    `dump_dir` (--dump-ir) gets one subfolder per graph, written whole or not at all
+    (`dump_folder`). Raises SpikecError naming the file, node or option at fault."""
     from spikec.frontend import manifest as mf
 
     input_dir, output_dir = Path(input_dir), Path(output_dir)
     if input_dir.resolve() == output_dir.resolve():
         raise SpikecError(f"-o {output_dir}: the output would overwrite the input folder; choose another path")
     manifest = mf.read(input_dir)
+    for role in manifest["graphs"]:  # every graph and its external data checked before any work
+        spir.check_model_file(mf.graph_path(input_dir, manifest, role))
     options = (options or SpikeOptions()).validate()
+    with dump_folder(dump_dir, output=output_dir, inputs=[input_dir, options.calib or None]) as dump_dir:
+        return _compile_folder(input_dir, output_dir, manifest, options, pipeline, dump_dir, progress)
+
+
+def _compile_folder(input_dir: Path, output_dir: Path, manifest: dict, options: SpikeOptions, pipeline, dump_dir,
+                    progress) -> CompileReport:
+    from spikec import calibration as C
+    from spikec.frontend import manifest as mf
+
     folder_feeds = None
     if options.calib and Path(options.calib).is_dir():
         progress and progress(f"calibration: running {options.calib} through the float graphs")
@@ -333,7 +382,9 @@ def compile_path(input_path: str | Path, output: str | Path, *, isa: bool = Fals
     (a built-in name or a JSON path), adding the sections isa/hwconfig, isa/weights,
     isa/kernels and isa/program (docs/isa.md, "Lowering and the fpga target"); `isa` implies
     `options.exact_vector` (the device computes norms, softmax and SiLU, so every target
-    must compute them alike: the vector-numerics pass)."""
+    must compute them alike: the vector-numerics pass). `dump_dir` (--dump-ir) is written
+    whole or not at all (`dump_folder`). Raises SpikecError naming the file, node or option
+    at fault, before any work for a bad OUTPUT or dump folder."""
     output = Path(output)
     if Path(input_path).is_dir() and output.suffix == ".onnx":
         raise SpikecError(f"-o {output}: an export folder compiles to a .sbin or to a folder; a .onnx output is for "
@@ -343,6 +394,12 @@ def compile_path(input_path: str | Path, output: str | Path, *, isa: bool = Fals
                         inputs=[input_path, kw.get("dump_dir"), getattr(opts, "calib", None) or None])
     if isa:
         kw["options"] = dataclasses.replace(kw.get("options") or SpikeOptions(), exact_vector=True)
+    with dump_folder(kw.pop("dump_dir", None), output=output,
+                     inputs=[input_path, getattr(opts, "calib", None) or None]) as dump_dir:
+        return _compile_path(Path(input_path), output, isa=isa, hwconfig=hwconfig, dump_dir=dump_dir, **kw)
+
+
+def _compile_path(input_path: Path, output: Path, *, isa: bool, hwconfig: str, **kw) -> CompileReport:
     if output.suffix == ".sbin":
         return _compile_to_sbin(Path(input_path), output, isa=isa, hwconfig=hwconfig, **kw)
     if isa:

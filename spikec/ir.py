@@ -311,8 +311,28 @@ def check_graph_structure(proto: onnx.ModelProto, *, where: str) -> None:
 
 
 def load_model(path: str | os.PathLike) -> ir.Model:
-    """Load an ONNX file into the IR, validating it and its external data first."""
+    """Load an ONNX file into the IR, validating it and its external data first
+    (`check_model_file`). Raises SpikecError naming the file (and tensor)."""
     p = Path(path)
+    proto = _read_checked(p)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as exc:  # onnx_ir raises several types for malformed protos
+        raise SpikecError(f"{p}: cannot read the model ({type(exc).__name__}: {exc})") from None
+    ir.external_data.set_base_dir(model.graph, str(p.parent))
+    return model
+
+
+def check_model_file(path: str | os.PathLike) -> None:
+    """The checks `load_model` makes, without building the IR (the graph is parsed, its
+    weights are not read): an ONNX file of a valid structure whose external data lies in
+    files beside it, inside its folder (no symlink out) and inside their bounds. For
+    refusing a bad graph of a folder before work starts, and before onnxruntime opens it.
+    Raises SpikecError naming the file (and tensor)."""
+    _read_checked(Path(path))
+
+
+def _read_checked(p: Path) -> onnx.ModelProto:
     if not p.exists():
         raise SpikecError(f"{p}: no such file")
     if not p.is_file():
@@ -330,12 +350,7 @@ def load_model(path: str | os.PathLike) -> ir.Model:
         raise SpikecError(f"{p}: not a valid ONNX model (no graph or no ir_version; truncated or not ONNX?)")
     check_graph_structure(proto, where=str(p))
     check_external_data(proto, p)
-    try:
-        model = ir.serde.deserialize_model(proto)
-    except Exception as exc:  # onnx_ir raises several types for malformed protos
-        raise SpikecError(f"{p}: cannot read the model ({type(exc).__name__}: {exc})") from None
-    ir.external_data.set_base_dir(model.graph, str(p.parent))
-    return model
+    return proto
 
 
 # ---------------------------------------------------------------- verifying

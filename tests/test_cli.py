@@ -90,3 +90,25 @@ def test_budget_without_calib_refused_before_passes(run_cli, tmp_path, tiny_mlp)
     r = run_cli("compile", str(tiny_mlp), "-o", str(tmp_path / "m.sbin"), "--budget", "3")
     assert r.code == 1 and "--budget" in r.err and "--calib" in r.err
     assert "[1/" not in r.out + r.err and not (tmp_path / "m.sbin").exists()  # no pass ran
+
+
+def test_single_graph_sbin_runs_tensors_and_refuses_generation(run_cli, tmp_path, tiny_mlp):
+    """A .sbin compiled from one model.onnx holds one graph and no processor: --inputs runs
+    it; generation (run, eval, the Python API) is one clear error, not a temporary path."""
+    import numpy as np
+    import pytest
+
+    import spikec
+    from spikec.errors import SpikecError
+
+    sbin = tmp_path / "m.sbin"
+    assert run_cli("-q", "compile", str(tiny_mlp), "-o", str(sbin)).code == 0
+    np.savez(tmp_path / "in.npz", x=np.zeros((1, 3, 32), np.float32))
+    r = run_cli("run", str(sbin), "--inputs", str(tmp_path / "in.npz"))
+    assert r.code == 0 and "float32 [1, 3, 32]" in r.out, r.err
+    for args in (("--prompt", "hi"), ("--image", str(tmp_path / "in.npz"), "--prompt", "hi")):
+        r = run_cli("run", str(sbin), *args)
+        assert r.code == 1 and "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1, r.err
+        assert f"{sbin}: holds a single graph (model)" in r.err and "--inputs" in r.err and "spikec-sbin-" not in r.err
+    with spikec.load(sbin) as model, pytest.raises(SpikecError, match="single graph"):
+        model.generate(None, "hi")

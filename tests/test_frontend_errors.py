@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 
 import pytest
@@ -138,3 +139,93 @@ def test_damaged_safetensors_names_the_file(run_cli, ckpt, tmp_path, damage):
     else:  # a header length pointing past the end of the file
         shard.write_bytes((len(data) * 2).to_bytes(8, "little") + data[8:])
     _fails(run_cli, ckpt, tmp_path / "out", shard.name)
+
+
+def _set_config(ckpt, field: str, value) -> None:
+    cfg = json.loads((ckpt / "config.json").read_text())
+    *path, last = field.split(".")
+    target = cfg
+    for key in path:
+        target = target[key]
+    target[last] = value
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("text_config.num_attention_heads", 0, "field 'text_config.num_attention_heads' must be in 1..4096, got 0"),
+    ("text_config.num_attention_heads", -2, "field 'text_config.num_attention_heads' must be in 1..4096, got -2"),
+    ("text_config.num_attention_heads", 3, "field 'text_config.hidden_size' (32) is not a multiple of field "
+                                           "'text_config.num_attention_heads' (3)"),
+    ("text_config.num_key_value_heads", 0, "field 'text_config.num_key_value_heads' must be in 1..4096, got 0"),
+    ("text_config.num_key_value_heads", 3, "field 'text_config.num_attention_heads' (4) is not a multiple of field "
+                                           "'text_config.num_key_value_heads' (3)"),
+    ("text_config.hidden_size", 30, "field 'text_config.hidden_size' (30) is not a multiple"),
+    ("text_config.hidden_size", 2.5, "field 'text_config.hidden_size' must be an integer, got 2.5"),
+    ("text_config.hidden_size", "32", "field 'text_config.hidden_size' must be an integer, got '32'"),
+    ("text_config.hidden_size", 10**9, "field 'text_config.hidden_size' must be in 1..1048576, got 1000000000"),
+    ("text_config.intermediate_size", 0, "field 'text_config.intermediate_size' must be in 1..1048576, got 0"),
+    ("text_config.vocab_size", 0, "field 'text_config.vocab_size' must be in 1..2147483647, got 0"),
+    ("text_config.num_hidden_layers", 0, "field 'text_config.num_hidden_layers' must be in 1..1024, got 0"),
+    ("text_config.num_hidden_layers", -1, "field 'text_config.num_hidden_layers' must be in 1..1024, got -1"),
+    ("vision_config.num_attention_heads", 0, "field 'vision_config.num_attention_heads' must be in 1..4096, got 0"),
+    ("vision_config.hidden_size", 30, "field 'vision_config.hidden_size' (30) is not a multiple"),
+])
+def test_bad_sizes_in_config_name_the_field(run_cli, ckpt, tmp_path, field, value, message):
+    """Sizes are checked in config.json itself, before transformers divides by them or
+    allocates with them: one error naming the file and the field."""
+    _set_config(ckpt, field, value)
+    _fails(run_cli, ckpt, tmp_path / "out", f"{ckpt / 'config.json'}: {message}")
+
+
+def test_config_sizes_of_every_layout():
+    """Qwen2-VL's vision sizes (embed_dim, num_heads, depth) and configs with the text sizes
+    at the top level are checked alike; null means "the default" and is let through."""
+    from spikec.frontend.loading import check_config_sizes
+
+    good = {"model_type": "qwen2_vl", "hidden_size": 1536, "num_attention_heads": 12, "num_key_value_heads": 2,
+            "head_dim": None, "vision_config": {"embed_dim": 1280, "num_heads": 16, "depth": 32, "hidden_size": 1536}}
+    check_config_sizes(good, where="config.json")
+    for change, message in [({"num_key_value_heads": 5}, "'num_attention_heads' (12) is not a multiple of field "
+                                                        "'num_key_value_heads' (5)"),
+                            ({"vision_config": {"embed_dim": 1280, "num_heads": 24}},
+                             "'vision_config.embed_dim' (1280) is not a multiple of field 'vision_config.num_heads'"),
+                            ({"vision_config": {"depth": 0}}, "'vision_config.depth' must be in 1..1024, got 0"),
+                            ({"vision_config": {"num_heads": True}}, "'vision_config.num_heads' must be an integer")]:
+        with pytest.raises(SpikecError, match=re.escape(message)):
+            check_config_sizes({**good, **change}, where="config.json")
+
+
+def _no_model_built(monkeypatch):
+    """Make any construction of the model with real weights fail loudly."""
+    import transformers
+
+    def boom(*args, **kwargs):
+        raise AssertionError("the model was built before the memory check")
+
+    monkeypatch.setattr(transformers.AutoModelForImageTextToText, "from_pretrained", boom)
+
+
+def test_model_larger_than_memory_is_refused_before_any_allocation(run_cli, ckpt, tmp_path, monkeypatch):
+    """A config far larger than the machine (vocab_size 10^9: 64 G parameters) is refused
+    with the estimate before transformers builds or loads anything."""
+    _set_config(ckpt, "text_config.vocab_size", 10**9)
+    _no_model_built(monkeypatch)
+    err = _fails(run_cli, ckpt, tmp_path / "out", f"{ckpt / 'config.json'}: exporting this model needs about",
+                 "GiB of memory", "64,000,044,640 parameters", "model.language_model.embed_tokens.weight [1000000000, 32]")
+    assert "available" in err and "the model was built" not in err
+
+
+def test_memory_estimate_against_what_is_available(ckpt, monkeypatch):
+    """The estimate (export: two of the largest tensors in float32 plus the runtime; a float32
+    load: every parameter) is compared with what the machine has, before anything is built."""
+    from spikec import memory
+    from spikec.frontend import loading
+
+    monkeypatch.setattr(memory, "available_bytes", lambda: loading.RUNTIME_BYTES // 2)
+    with monkeypatch.context() as m:
+        _no_model_built(m)
+        for stream, verb in ((True, "exporting"), (False, "loading")):
+            with pytest.raises(SpikecError, match=f"config.json: {verb} this model needs about 0.5 GiB of memory"):
+                load_folder(ckpt, stream=stream)
+    monkeypatch.setattr(memory, "available_bytes", lambda: None)  # unknown: no check
+    assert load_folder(ckpt, stream=True).weights is not None

@@ -84,7 +84,10 @@ def test_cli_compiles_export_folder(run_cli, tmp_path):
     assert any(r["med"] is not None for r in lm["layers"])
     vision = report["extra"]["graphs"]["vision"]
     assert {r["timesteps"]["vision"] for r in vision["layers"]} == {lm["msts"]["timesteps"]["vision"]}
-    assert "msts: T=" in r.out and "model.language_model.layers.1.mlp.down_proj" in r.out  # layers named by module path
+    assert "model.language_model.layers.1.mlp.down_proj" in r.out  # layers named by module path
+    chosen = lm["msts"]["timesteps"]  # the summary line reads as text, not as a Python dict
+    line = next(ln for ln in r.out.splitlines() if ln.startswith("lm: msts: "))
+    assert f"T text {chosen['text']}, vision {chosen['vision']};" in line and "{" not in line and "'" not in line, line
 
 
 def test_msts_measures_large_graphs_on_the_ort_lowering(monkeypatch):

@@ -119,3 +119,42 @@ class _BadPostcondition(SpikecPass):
 def test_pass_postconditions_surface_as_user_errors():
     with pytest.raises(SpikecError, match="pass 'bad-postcondition': postcondition failed: node 'mm'"):
         PassManager([_BadPostcondition()]).run(ir.from_proto(messy_linear()))
+
+
+class _FailsMidway(SpikecPass):
+    name = "fails-midway"
+
+    def call(self, model):
+        raise SpikecError("simulated failure")
+
+
+@pytest.mark.parametrize("output", ["out.onnx", "out.sbin"])
+def test_dump_ir_of_a_failed_compile_is_not_left_behind(run_cli, tmp_path, tiny_mlp, monkeypatch, output):
+    """--dump-ir is written whole or not at all: passes that ran before the failing one
+    dumped into a temporary folder, removed with the error (here a new dump folder, and
+    an earlier dump folder that stays as it was)."""
+    monkeypatch.setitem(PASSES, "fails-midway", _FailsMidway)
+    dump = tmp_path / "dump"
+    args = ("compile", str(tiny_mlp), "-o", str(tmp_path / output), "--dump-ir", str(dump))
+    r = run_cli(*args, "--passes", "fold-constants,eliminate-identity,fails-midway")
+    assert r.code == 1 and "simulated failure" in r.err and "Traceback" not in r.err
+    assert sorted(p.name for p in tmp_path.iterdir()) == []  # no dump folder, no temporary, no output
+    assert run_cli(*args, "--passes", "fold-constants").code == 0
+    before = {p.relative_to(dump): p.read_bytes() for p in dump.rglob("*") if p.is_file()}
+    r = run_cli(*args, "--passes", "fold-constants,eliminate-identity,fails-midway")
+    assert r.code == 1
+    assert {p.relative_to(dump): p.read_bytes() for p in dump.rglob("*") if p.is_file()} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["dump", output]
+    assert run_cli(*args, "--passes", "fold-constants,eliminate-identity").code == 0  # an earlier dump is replaced
+    assert (dump / "02-eliminate-identity.onnx").is_file()
+
+
+def test_dump_ir_folder_is_checked_before_any_work(run_cli, tmp_path, tiny_mlp):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("keep")
+    r = run_cli("compile", str(tiny_mlp), "-o", str(tmp_path / "o.onnx"), "--dump-ir", str(mine))
+    assert r.code == 1 and f"--dump-ir {mine}" in r.err and "[1/" not in r.out + r.err
+    assert [p.name for p in mine.iterdir()] == ["notes.txt"] and not (tmp_path / "o.onnx").exists()
+    r = run_cli("compile", str(tiny_mlp), "-o", str(tmp_path / "d" / "o.onnx"), "--dump-ir", str(tmp_path / "d"))
+    assert r.code == 1 and "--dump-ir" in r.err and not (tmp_path / "d").exists()

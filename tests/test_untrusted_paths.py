@@ -164,6 +164,31 @@ def test_symlinks_in_an_export_folder_do_not_lead_out(run_cli, tmp_path, what):
     assert _snapshot(outside) == before and not (tmp_path / "m.sbin").exists()
 
 
+@pytest.mark.parametrize("link", ["vision.onnx", "vision.onnx.data"])
+@pytest.mark.parametrize("calib", [False, True])
+def test_symlinks_out_are_refused_before_any_work(run_cli, tmp_path, link, calib):
+    """A graph file or its external data leading out of an export folder (a symlink) is
+    refused when the folder is read: before calibration and before any graph compiles
+    (the language model compiles first, the vision graph after it), and before
+    onnxruntime opens it (whose own refusal was a traceback)."""
+    import shutil
+
+    from spike_graphs import calib_folder, exported
+
+    folder = tmp_path / "exp"
+    shutil.copytree(exported("tiny-llava"), folder)
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    shutil.move(folder / link, outside / link)
+    (folder / link).symlink_to(outside / link)
+    extra = ("--calib", str(calib_folder()), "--calib-samples", "1") if calib else ()
+    r = run_cli("compile", str(folder), "-o", str(tmp_path / "m.sbin"), *extra)
+    assert r.code == 1 and "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1, r.err
+    assert f"'{link}' escapes its folder" in r.err and "symlink" in r.err, r.err
+    assert "[1/" not in r.out + r.err and "calibration" not in r.out + r.err  # refused before any work
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exp", "outside"]
+
+
 def test_pack_and_generate_use_the_same_checks(tmp_path):
     from spikec.frontend.generate import create_sessions
     from spikec.package import pack_folder

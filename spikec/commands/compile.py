@@ -131,6 +131,16 @@ def _fmt(value, spec: str = "") -> str:
         return format(str(value), f"{align}{width}")
 
 
+def _timesteps(value) -> str:
+    """Timesteps as people read them: {"text": 4, "vision": 2} -> "text 4, vision 2"; a
+    single T as is (never a Python dict or list in a summary line)."""
+    if isinstance(value, dict):
+        return ", ".join(f"{k} {v}" for k, v in value.items()) or "none"
+    if isinstance(value, (list, tuple)):
+        return "/".join(map(str, value)) or "none"
+    return str(value)
+
+
 def _get(d, key, default=None):
     return d.get(key, default) if isinstance(d, dict) else default
 
@@ -139,9 +149,10 @@ def _print_layers(role: str, extra: dict) -> None:
     msts = _get(extra, "msts") or {}
     if _get(msts, "mode") == "budget":
         u = _get(msts, "uniform") or {}
-        click.echo(f"{role + ': ' if role else ''}msts: T={_get(msts, 'timesteps')} budget {_get(msts, 'budget')} (used "
-                   f"{_fmt(_get(msts, 'budget_used'), '.3f')}) error {_fmt(_get(msts, 'error'), '.6g')}; uniform "
-                   f"T={_get(u, 'T')} error {_fmt(_get(u, 'error'), '.6g')}")
+        click.echo(f"{role + ': ' if role else ''}msts: T {_timesteps(_get(msts, 'timesteps'))}; budget "
+                   f"{_get(msts, 'budget')} (used {_fmt(_get(msts, 'budget_used'), '.3f')}), error "
+                   f"{_fmt(_get(msts, 'error'), '.6g')}; uniform T {_timesteps(_get(u, 'T'))}, error "
+                   f"{_fmt(_get(u, 'error'), '.6g')}")
     rows = _get(extra, "layers") or []
     if not rows or not isinstance(rows, list):
         return

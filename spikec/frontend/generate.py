@@ -16,6 +16,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from spikec import ir as spir
 from spikec.errors import SpikecError
 from spikec.frontend import manifest as mf
 from spikec.progress import track
@@ -40,6 +41,7 @@ def create_sessions(outdir: str | Path, manifest: dict | None = None, providers:
         path = mf.graph_path(outdir, manifest, role)
         if not path.is_file():
             raise SpikecError(f"{path}: graph file named by manifest.json is missing")
+        spir.check_model_file(path)  # external data inside the folder, before onnxruntime reads it
         sessions[role] = ort.InferenceSession(str(path), opts, providers=providers or ["CPUExecutionProvider"])
     return sessions
 

@@ -1,15 +1,18 @@
 """Load a model and its processor: a save_pretrained folder or a built-in tiny name.
 
 Every way a folder can be wrong ends in a SpikecError that names the file or tensor:
-no config.json, an unsupported architecture, no weights, pickle-only weights
-without --allow-pickle, a missing tensor or one of the wrong shape, a tensor holding
-NaN or inf.
+no config.json, an unsupported architecture, a size in config.json that is not a positive
+integer in range (or heads that do not divide the hidden size), a model that needs more
+memory than the machine has (refused before anything is allocated, with the estimate),
+no weights, pickle-only weights without --allow-pickle, a missing tensor or one of the
+wrong shape, a tensor holding NaN or inf.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -73,10 +76,11 @@ def _weight_files(folder: Path) -> tuple[list[Path], list[Path]]:
 SAFETENSORS_MAX_HEADER = 100_000_000
 
 
-def check_safetensors(path: Path) -> None:
+def check_safetensors(path: Path) -> int:
     """SpikecError naming `path` unless its header is well formed and every tensor's
     data_offsets lie inside the file (a truncated or mutated shard), read without loading
-    any tensor. Raises: SpikecError."""
+    any tensor. Returns the number of elements its tensors hold (by their shapes).
+    Raises: SpikecError."""
     try:
         size = path.stat().st_size
         with open(path, "rb") as f:
@@ -90,6 +94,7 @@ def check_safetensors(path: Path) -> None:
     if not isinstance(header, dict):
         raise SpikecError(f"{path}: safetensors header is not a JSON object")
     data = size - 8 - n
+    elements = 0
     for name, entry in header.items():
         if name == "__metadata__":
             continue
@@ -98,6 +103,113 @@ def check_safetensors(path: Path) -> None:
                 or not 0 <= offs[0] <= offs[1] <= data):
             raise SpikecError(f"{path}: tensor '{str(name)[:80]}': data_offsets {str(offs)[:80]} outside the file's "
                               f"{data} data bytes (truncated or damaged)")
+        shape = entry.get("shape")
+        if isinstance(shape, list) and all(isinstance(d, int) and d >= 0 for d in shape):
+            elements += math.prod(shape)
+    return elements
+
+
+# Sizes config.json gives a model (in the top level and in every *_config object: text_config,
+# vision_config), with their bounds: those of an export folder's manifest.json
+# (spikec.frontend.manifest), so that whatever exports can be read back.
+def _size_fields() -> dict[str, int]:
+    from spikec.frontend import manifest as mf
+
+    return {"hidden_size": mf.MAX_HIDDEN, "embed_dim": mf.MAX_HIDDEN, "intermediate_size": mf.MAX_HIDDEN,
+            "num_attention_heads": mf.MAX_HEADS, "num_heads": mf.MAX_HEADS, "num_key_value_heads": mf.MAX_HEADS,
+            "head_dim": mf.MAX_HEAD_DIM, "num_hidden_layers": mf.MAX_LAYERS, "depth": mf.MAX_LAYERS,
+            "vocab_size": mf.MAX_TOKEN_ID}
+
+
+def check_config_sizes(raw: dict, *, where: str) -> None:
+    """The sizes of a checkpoint's config.json (`raw`, parsed; `where` names the file), checked
+    before transformers reads them: hidden_size, embed_dim, intermediate_size,
+    num_attention_heads, num_heads, num_key_value_heads, head_dim, num_hidden_layers, depth
+    and vocab_size, where present and not null, at the top level and in every `*_config`
+    object, must be integers from 1 up to the bounds of manifest.json; the attention heads
+    must divide the hidden size (hidden_size or embed_dim) and be a multiple of the key/value
+    heads. Raises SpikecError naming the file and the field ('text_config.num_attention_heads').
+    """
+    from spikec import schema
+
+    bounds = _size_fields()
+    stack: list[tuple[str, dict]] = [("", raw)]
+    while stack:
+        prefix, cfg = stack.pop()
+        sizes = {}
+        for key, hi in bounds.items():
+            if cfg.get(key) is not None:
+                sizes[key] = schema.check(cfg[key], int, where=f"{where}: field '{prefix}{key}'", min=1, max=hi)
+        heads = next((k for k in ("num_attention_heads", "num_heads") if k in sizes), None)
+        hidden = next((k for k in ("hidden_size", "embed_dim") if k in sizes and
+                       (k == "embed_dim" or heads == "num_attention_heads")), None)
+        if heads and hidden and sizes[hidden] % sizes[heads]:
+            raise SpikecError(f"{where}: field '{prefix}{hidden}' ({sizes[hidden]}) is not a multiple of field "
+                              f"'{prefix}{heads}' ({sizes[heads]})")
+        kv = sizes.get("num_key_value_heads")
+        if heads and kv and sizes[heads] % kv:
+            raise SpikecError(f"{where}: field '{prefix}{heads}' ({sizes[heads]}) is not a multiple of field "
+                              f"'{prefix}num_key_value_heads' ({kv})")
+        stack.extend((f"{prefix}{k}.", v) for k, v in sorted(cfg.items(), reverse=True)
+                     if k.endswith("_config") and isinstance(v, dict))
+
+
+# Memory a load or an export needs beyond its tensors and beyond what the process holds when
+# the check runs (Python, torch and transformers are loaded by then): the exporter and the
+# traced graphs. docs/real-size.md: 2B and 7B exports peaked at 2.47 and 4.84 GiB in all,
+# about 0.6 GiB of it the loaded runtime, the rest mostly two of their largest float32 tensors.
+RUNTIME_BYTES = 512 << 20
+
+
+def memory_estimate(folder: Path, config, *, stream: bool, checkpoint_elements: int | None) -> dict:
+    """What loading the checkpoint in `folder` with `config` will take, from the config alone:
+    the model is built on torch's meta device (shapes, no storage). `stream` (export): two of
+    the largest tensors in float32 (one converted while another is written) plus the
+    runtime; otherwise (a float32 model, for evaluation) every parameter in float32 plus the
+    runtime. With `checkpoint_elements` (the elements the *.safetensors files hold), the
+    parameters the checkpoint does not hold are added in float32: transformers allocates
+    those from the config (a config larger than its checkpoint). Returns {"bytes",
+    "parameters", "largest", "largest_name"}. Raises SpikecError naming config.json when the
+    model cannot be built from the config."""
+    import copy
+
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    config = copy.deepcopy(config)
+    if hasattr(config, "quantization_config"):  # shapes of the float model; no quantizer set up
+        delattr(config, "quantization_config")
+    try:
+        with torch.device("meta"):
+            meta = AutoModelForImageTextToText.from_config(config, attn_implementation="eager")
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds on a bad config
+        raise SpikecError(f"{folder / 'config.json'}: cannot build the model from the config: "
+                          f"{type(exc).__name__}: {str(exc)[:300]}") from None
+    params = dict(meta.named_parameters())  # tied parameters once
+    total = sum(p.numel() for p in params.values())
+    name, largest = max(((n, p) for n, p in params.items()), key=lambda np_: np_[1].numel(), default=("", None))
+    big = largest.numel() if largest is not None else 0
+    need = RUNTIME_BYTES + (2 * 4 * big if stream else 4 * total)
+    if checkpoint_elements is not None:
+        need += 4 * max(0, total - checkpoint_elements)
+    return {"bytes": need, "parameters": total, "largest": list(largest.shape) if largest is not None else [],
+            "largest_name": name}
+
+
+def check_memory(folder: Path, config, *, stream: bool, checkpoint_elements: int | None) -> None:
+    """Refuse, before anything is allocated, a checkpoint whose load (`memory_estimate`) needs
+    more memory than the machine has available (spikec.memory.available_bytes; no check where
+    that cannot be read). Raises SpikecError naming config.json, with the estimate."""
+    from spikec.memory import available_bytes, gib
+
+    available = available_bytes()
+    est = memory_estimate(folder, config, stream=stream, checkpoint_elements=checkpoint_elements)
+    if available is not None and est["bytes"] > available:
+        raise SpikecError(
+            f"{folder / 'config.json'}: {'exporting' if stream else 'loading'} this model needs about "
+            f"{gib(est['bytes'])} of memory ({est['parameters']:,} parameters, the largest "
+            f"{est['largest_name']} {est['largest']}), more than the {gib(available)} available; nothing was "
+            "loaded (check the sizes in config.json, or use a machine with more memory)")
 
 
 def load_folder(folder: Path, *, allow_pickle: bool = False, stream: bool = False) -> Loaded:
@@ -121,6 +233,7 @@ def load_folder(folder: Path, *, allow_pickle: bool = False, stream: bool = Fals
     if not isinstance(raw, dict) or "model_type" not in raw:
         raise SpikecError(f"{cfg_path}: no model_type field")
     adapter = adapter_for(raw["model_type"], where=str(cfg_path))
+    check_config_sizes(raw, where=str(cfg_path))  # before transformers divides by them
     from spikec.frontend import quantized
 
     spec = quantized.read_spec(cfg_path, raw)  # checked before transformers reads the config
@@ -130,8 +243,12 @@ def load_folder(folder: Path, *, allow_pickle: bool = False, stream: bool = Fals
         raise SpikecError(f"{cfg_path}: cannot read the config: {exc}") from exc
 
     _check_shard_index(folder)
+    elements = 0
     for shard in _weight_files(folder)[0]:  # names a damaged shard before transformers reads it
-        check_safetensors(shard)
+        elements += check_safetensors(shard)
+    # a quantized checkpoint packs several codes per stored element: no count to compare
+    check_memory(folder, config, stream=stream,
+                 checkpoint_elements=elements if spec is None and _weight_files(folder)[0] else None)
     if spec is not None:  # a published int4 format: codes and scales imported as stored
         model, weights = quantized.load_quantized(folder, config, spec, stream=stream)
         try:

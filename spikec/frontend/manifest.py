@@ -100,7 +100,9 @@ def load_json(outdir: str | Path) -> dict:
     be a plain name (it names output files), every graph `file` and the `processor` folder
     a relative path with no `..` (spikec.paths); `graph_path` / `processor_path` then
     resolve them inside the folder, symlinks included. Every other field spikec reads is
-    checked by `check_manifest`. Raises SpikecError naming the file and field.
+    checked by `check_manifest`. Raises SpikecError naming the file and field, among them a
+    graph file or processor folder whose real location (symlinks followed) is outside the
+    folder: refused here, when the manifest is read, before any graph is opened.
     """
     path = Path(outdir) / MANIFEST
     if not path.is_file():
@@ -114,6 +116,11 @@ def load_json(outdir: str | Path) -> dict:
         raise SpikecError(f"{path}: cannot read ({exc.strerror})") from None
     m = schema.parse_json(data, where=str(path))
     check_manifest(m, where=str(path))
+    # resolved now, not when a graph is first opened: a graph file or processor folder that
+    # leads out of the folder (a symlink) is refused before any work starts
+    for role in m["graphs"]:
+        graph_path(outdir, m, role)
+    processor_path(outdir, m)
     return m
 
 

@@ -52,10 +52,9 @@ def load_npz(path: str | Path, input_names: Sequence[str], graph: str | None = N
              required: Sequence[str] = ()) -> list[dict]:
     """Feeds of one graph from an .npz (see module doc for the key layout)."""
     p = Path(path)
-    try:
-        data = np.load(p, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise SpikecError(f"--calib {p}: cannot read as .npz ({exc})") from None
+    from spikec.schema import open_npz
+
+    data = open_npz(p, where=f"--calib {p}")
     keys = list(data.keys())
     prefix = f"{graph}/" if graph and any(k.startswith(f"{graph}/") for k in keys) else ""
     keys = [k[len(prefix):] for k in keys if k.startswith(prefix)]

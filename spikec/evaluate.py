@@ -163,6 +163,10 @@ def predictor_for(model: str | os.PathLike, *, target: str = "ort", mode: str = 
     raise SpikecError(f"{path}: not a .sbin, an export folder (manifest.json) or a checkpoint folder (config.json)")
 
 
+# the per-type row of items whose data.jsonl line has no "type" (not "all": that is the total)
+UNTYPED = "untyped"
+
+
 def evaluate(model: str | os.PathLike, data_dir: str | os.PathLike, *, target: str = "ort", mode: str = "fused",
              limit: int | None = None, max_new_tokens: int = 8,
              progress: Callable[[int, int], None] | None = None, device: str = "sim") -> EvalResult:
@@ -193,10 +197,11 @@ def evaluate(model: str | os.PathLike, data_dir: str | os.PathLike, *, target: s
             ok = text == item["answer"].strip()
             result.total += 1
             result.correct += ok
-            t = by_type[item.get("type", "all")]
+            qtype = item.get("type", UNTYPED)
+            t = by_type[qtype]
             t[0] += ok
             t[1] += 1
-            sums = result.metric_sums.setdefault(item.get("type", "all"), {})
+            sums = result.metric_sums.setdefault(qtype, {})
             for name, value in score(text, item["answer"], item.get("answers")).items():
                 sums[name] = sums.get(name, 0.0) + value
             result.predictions.append(text)

@@ -204,3 +204,27 @@ def naming_file(path: str | os.PathLike) -> Iterator[None]:
         if str(path) in str(exc) or str(exc).startswith("-"):
             raise
         raise SpikecError(f"{path}: {exc}") from exc
+
+
+# An .npz is a zip archive (numpy.savez); anything else numpy.load would try to read as a
+# pickle, and with allow_pickle=False say "contains pickled (object) data", which misleads.
+ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def open_npz(path: str | os.PathLike, *, where: str):
+    """numpy.load of an untrusted .npz, pickles refused: returns the NpzFile (a context
+    manager). Raises SpikecError starting with `where` when the file is missing, is not a
+    zip archive, or numpy cannot read it."""
+    import numpy as np
+
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as exc:
+        raise SpikecError(f"{where}: cannot read ({exc.strerror})") from None
+    if head not in ZIP_MAGICS:
+        raise SpikecError(f"{where}: not an .npz file (numpy.savez writes a zip archive; this file does not start like one)")
+    try:
+        return np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise SpikecError(f"{where}: not a readable .npz ({condense(exc)})") from None

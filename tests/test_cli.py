@@ -106,6 +106,10 @@ def test_single_graph_sbin_runs_tensors_and_refuses_generation(run_cli, tmp_path
     np.savez(tmp_path / "in.npz", x=np.zeros((1, 3, 32), np.float32))
     r = run_cli("run", str(sbin), "--inputs", str(tmp_path / "in.npz"))
     assert r.code == 0 and "float32 [1, 3, 32]" in r.out, r.err
+    # a file that is not an .npz: said so (numpy's own message spoke of pickled data)
+    (tmp_path / "bad.npz").write_text("garbage")
+    r = run_cli("run", str(sbin), "--inputs", str(tmp_path / "bad.npz"))
+    assert r.code == 1 and "not an .npz file" in r.err and "pickle" not in r.err, r.err
     for args in (("--prompt", "hi"), ("--image", str(tmp_path / "in.npz"), "--prompt", "hi")):
         r = run_cli("run", str(sbin), *args)
         assert r.code == 1 and "Traceback" not in r.err and len(r.err.strip().splitlines()) == 1, r.err

@@ -244,3 +244,23 @@ def test_bundled_model_single_item_generate(bundled):
             out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
         right += processor.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True).strip() == it.answer
     assert right >= 4
+
+
+def test_unknown_words_in_a_prompt_are_warned_about(tmp_path, caplog):
+    """The bundled models' tokenizers are word-level: a word outside the vocabulary becomes
+    <unk> without a word. Generation says so (a newcomer's trial: 'READ THE WORD.' and a
+    French question were answered as if understood); a known prompt warns nothing."""
+    import logging
+
+    from spikec.frontend.export import export
+    from spikec.frontend.generate import OrtGenerator
+
+    export(str(MODEL_DIR), tmp_path / "export")
+    gen = OrtGenerator(tmp_path / "export")
+    images, _ = D.load_digit_images()
+    item = D.make_items("test")[0]
+    with caplog.at_level(logging.WARNING, logger="spikec"):
+        gen.generate(D.render_image(images[item.index]), item.prompt, max_new_tokens=2)
+        assert "does not know" not in caplog.text
+        gen.generate(D.render_image(images[item.index]), "WHAT DIGIT quelle", max_new_tokens=2)
+    assert "the prompt has 3 token(s) the tokenizer does not know (<unk>)" in caplog.text

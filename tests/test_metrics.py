@@ -106,3 +106,17 @@ def test_spikec_eval_prints_the_metrics_per_type(run_cli, monkeypatch, tmp_path)
     assert lines[4].split() == ["all", "1/3", "33.33%", "60.00%", "66.67%"]
     data = json.loads((tmp_path / "r.json").read_text())
     assert data["by_type"]["word"]["metrics"]["anls"] == pytest.approx(0.8)
+
+
+def test_items_without_a_type_are_their_own_row_not_a_second_all(monkeypatch, tmp_path):
+    """A data.jsonl line without "type" is counted under "untyped" (it was counted under
+    "all", the name the eval command prints for the total: two "all" rows; a newcomer's trial)."""
+    import spikec.evaluate as E
+
+    sample_image().save(tmp_path / "ok.png")
+    lines = [{"image": "ok.png", "prompt": "p", "answer": "a", "type": "word"},
+             {"image": "ok.png", "prompt": "p", "answer": "b"}]
+    (tmp_path / "data.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    monkeypatch.setattr(E, "predictor_for", lambda *a, **k: ((lambda image, prompt: "a"), "float", None))
+    r = E.evaluate(tmp_path, tmp_path)
+    assert r.by_type == {"word": [1, 1], E.UNTYPED: [0, 1]} and "all" not in r.to_dict()["by_type"]

@@ -110,11 +110,14 @@ def run_command(model_path, target, device, mode, image, prompt, max_new_tokens,
         else:
             if not inputs_path.is_file():
                 raise SpikecError(f"--inputs {inputs_path}: no such file")
+            from spikec.schema import open_npz
+
+            where = f"--inputs {inputs_path}"
             try:
-                with np.load(inputs_path, allow_pickle=False) as data:
+                with open_npz(inputs_path, where=where) as data:
                     feeds = {k: data[k] for k in data.files}
-            except (ValueError, OSError) as exc:
-                raise SpikecError(f"--inputs {inputs_path}: not a readable .npz ({exc})") from None
+            except (ValueError, OSError) as exc:  # a member numpy cannot read
+                raise SpikecError(f"{where}: not a readable .npz ({exc})") from None
             try:
                 outs = model.run(feeds, graph=graph)
             except _ort_errors() as exc:  # the inputs do not fit the graph (type, shape, rank)

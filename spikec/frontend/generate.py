@@ -240,12 +240,12 @@ class OrtGenerator:
         else:
             proc = self.prepare([image], [prompt])
         unk = getattr(self.processor.tokenizer, "unk_token_id", None)
-        if unk is not None and "input_ids" in proc and int((np.asarray(proc["input_ids"]) == unk).sum()):
+        unknown = int((np.asarray(proc["input_ids"]) == unk).sum()) if unk is not None and "input_ids" in proc else 0
+        if unknown:
             # a word-level vocabulary (the bundled models') maps unknown words to <unk> silently;
             # the answer to such a prompt is not one the model was trained to give
             log.warning("the prompt has %d token(s) the tokenizer does not know (%s): the model sees them as one "
-                        "unknown token", int((np.asarray(proc["input_ids"]) == unk).sum()),
-                        self.processor.tokenizer.unk_token)
+                        "unknown token", unknown, self.processor.tokenizer.unk_token)
         row = [int(t) for t in self.generate_ids(proc, max_new_tokens)[0]]
         eos = set(self.eos)
         cut = next((i for i, t in enumerate(row) if t in eos), len(row))

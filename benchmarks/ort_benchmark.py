@@ -17,7 +17,11 @@ and times the language model on onnxruntime, every variant in the same process:
              scales), run by spikec.runtime.model.load(sbin, mode="fused")
   spikec-w4  the same with --wbits 4; one-token products (decode) run on com.microsoft
              MatMulNBits over the integer codes where that is exact (spikec/ort_lowering.py,
-             "nbits"), the others on MatMulInteger
+             "nbits"), reading the .sbin's packed 4-bit sections in place; the others on
+             MatMulInteger over int8 codes unpacked at load
+  spikec-w4-inplace  the same .sbin run as `spikec run` runs a model too large to prepack:
+             every product with packed weights on MatMulNBits, whatever the token count,
+             no copy of any weight, onnxruntime's prepacking off
 
 Shapes (--only, one or more; default tiny and large):
 
@@ -46,7 +50,7 @@ With --profile DIR, each variant is then run under onnxruntime's profiler
 nodes is printed by op type, per phase.
 
     python benchmarks/ort_benchmark.py [--only tiny large 2b] [--layers 2] [--seq 256] [--repeat 20]
-        [--threads 2] [--variants float ort-int8 ort-int4 spikec-w8 spikec-w4] [--block-size 32]
+        [--threads 2] [--variants float ort-int8 ort-int4 spikec-w8 spikec-w4 spikec-w4-inplace] [--block-size 32]
         [--accuracy-level 4] [--spin] [--profile DIR] [--workdir DIR [--reuse]]
 
 --reuse takes the checkpoint, export, quantized models and .sbin files a previous run left
@@ -70,7 +74,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SHAPES = ("tiny", "large", "2b")
-VARIANTS = ("float", "ort-int8", "ort-int4", "spikec-w8", "spikec-w4")
+VARIANTS = ("float", "ort-int8", "ort-int4", "spikec-w8", "spikec-w4", "spikec-w4-inplace")
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -183,12 +187,16 @@ def prepare(shape: str, tmp: Path, args) -> tuple[Path, dict[str, Path]]:
             out = tmp / f"{shape}-lm-int4-b{args.block_size}-l{args.accuracy_level}.onnx"
             files[v] = step(f"MatMulNBits int4 (block {args.block_size})",
                             lambda: ort_int4(lm, out, args.block_size, args.accuracy_level), out)
+        elif v == "spikec-w4-inplace":
+            continue  # the spikec-w4 file, run as a model too large to prepack (below)
         elif v.startswith("spikec-w"):
             bits = int(v[len("spikec-w"):])
             sbin = tmp / f"{shape}-w{bits}.sbin"
             step(f"spikec compile --wbits {bits}", lambda: compile_path(
                 export_dir, sbin, options=SpikeOptions(tv=3, tt=4, wbits=bits).validate()), sbin)
             files[v] = sbin
+    if "spikec-w4-inplace" in args.variants and "spikec-w4" in files:
+        files["spikec-w4-inplace"] = files["spikec-w4"]
     return export_dir, files
 
 
@@ -228,7 +236,13 @@ class Runner:
 
             sbin = SbinModel(path)
             graph = sbin.model("lm")
-            lower_for_ort(graph, "fused")
+            # -inplace: what `spikec run` does with a model too large to prepack
+            # (runtime/ort_target.py): weights used where they lie in the .sbin, W4's packed
+            # ones on MatMulNBits for every token count, no prepacked copies
+            in_place = variant.endswith("-inplace")
+            lower_for_ort(graph, "fused", in_place=in_place)
+            if in_place:
+                opts.add_session_config_entry("session.disable_prepacking", "1")
             self.session, self.closer = spir.ort_session(graph, opts), sbin
         else:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -398,6 +412,7 @@ def print_profile(shape: str, prof: dict, top: int = 12) -> None:
 
 
 RATIOS = (("spikec-w8", "ort-int8", "w8/int8"), ("spikec-w4", "ort-int4", "w4/nbits"),
+          ("spikec-w4-inplace", "ort-int4", "w4ip/nbits"),
           ("spikec-w8", "float", "w8/float"), ("spikec-w4", "float", "w4/float"))
 
 
@@ -407,13 +422,16 @@ def print_table(r: dict, args) -> None:
           f"{r['heads']}/{r['kv_heads']} (head_dim {r['head_dim']}), vocab {r.get('vocab')}; "
           f"prefill {args.seq} tokens ({args.seq // 4} vision), decode 1 token after {args.seq}")
     ratios = [(a, b, label) for a, b, label in RATIOS if a in variants and b in variants]
-    head = f"{'phase':<8}" + "".join(f"{v:>11}" for v in variants) + " |" + "".join(f"{lab:>9}" for _, _, lab in ratios)
-    print(head)
+    width = {v: max(11, len(v) + 1) for v in variants}
+    lw = {lab: max(9, len(lab) + 1) for _, _, lab in ratios}
+    head = f"{'phase':<8}" + "".join(f"{v:>{width[v]}}" for v in variants) + " |"
+    print(head + "".join(f"{lab:>{lw[lab]}}" for _, _, lab in ratios))
     for phase, ms in r["phases"].items():
-        line = f"{phase:<8}" + "".join(f"{ms[v]:>8.2f} ms" if ms[v] >= 10 else f"{ms[v]:>8.3f} ms" for v in variants)
-        line += " |" + "".join(f"{ms[b] / ms[a]:>8.2f}x" for a, b, _ in ratios)
+        line = f"{phase:<8}" + "".join(f"{ms[v]:>{width[v] - 3}.2f} ms" if ms[v] >= 10 else f"{ms[v]:>{width[v] - 3}.3f} ms"
+                                       for v in variants)
+        line += " |" + "".join(f"{ms[b] / ms[a]:>{lw[lab] - 1}.2f}x" for a, b, lab in ratios)
         print(line)
-    print(f"{'rel.err':<8}" + "".join(f"{r['rel_err'][v]:>11.4f}" for v in variants) + "    (prefill logits vs float)")
+    print(f"{'rel.err':<8}" + "".join(f"{r['rel_err'][v]:>{width[v]}.4f}" for v in variants) + "    (prefill logits vs float)")
 
 
 def main() -> None:

@@ -108,6 +108,8 @@ def main() -> None:
                         [*spikec_cmd(), "compile", str(export), "-o", str(sbin), "--wbits", str(bits), *extra],
                         work / f"{tag}-compile-w{bits}.log"):
                 continue
+            rows[-1]["sbin_bytes"] = sbin.stat().st_size
+            print(f"{'':<14} {'':>3}         .sbin {sbin.stat().st_size / 2**30:.2f} GiB ({sbin.name})", flush=True)
             step(rows, f"run W{bits}{label}", n_layers,
                  [*spikec_cmd(), "run", str(sbin), "--image", str(image), "--prompt", "Describe the image.",
                   "--max-new-tokens", str(args.max_new_tokens)], work / f"{tag}-run-w{bits}.log")

@@ -32,7 +32,7 @@ import struct
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable
+from typing import Callable, Iterable
 
 from spikec import atomic
 from spikec.errors import SpikecError
@@ -40,8 +40,10 @@ from spikec.errors import SpikecError
 MAGIC = b"\x89SBIN\r\n\x1a"  # non-ASCII first byte and CR/LF catch text-mode mangling, as PNG's does
 # 2.0: graphs may keep their weights in TENSOR sections (docs/sbin.md, "Weights"), which a
 # 1.x reader would not resolve. 1.x files (self-contained graphs) are still read.
+# 2.1: W4 weights may be TENSOR_INT4 sections (4-bit codes two per byte), which a 2.0 reader
+# refuses by name ("not a TENSOR section") rather than misreads.
 VERSION_MAJOR = 2
-VERSION_MINOR = 0
+VERSION_MINOR = 1
 READABLE_MAJORS = (1, 2)
 ALIGN = 4096
 HEADER = struct.Struct("<8sHHIIQQQII12x")
@@ -72,6 +74,11 @@ class SectionKind(enum.IntEnum):
     WEIGHTS = 6  # packed accelerator weights
     HWCONFIG = 7  # accelerator hardware configuration
     TENSOR = 8  # one weight of a graph: raw little-endian bytes, named by the graph's initializer
+    TENSOR_INT4 = 9  # one int8 [K, N] weight of 4-bit codes, packed two per byte (spikec/int4.py)
+
+
+# The kinds that hold a graph's weights: checked on first use, not when the file is opened.
+WEIGHT_KINDS = (SectionKind.TENSOR, SectionKind.TENSOR_INT4)
 
 
 @dataclass(frozen=True)
@@ -90,9 +97,26 @@ def _align(n: int) -> int:
 # ---------------------------------------------------------------- writing
 
 
-def write_sbin(path: str | os.PathLike, sections: Iterable[tuple[str, int, bytes | bytearray | memoryview]]) -> Path:
-    """Write sections (name, kind, payload) to `path`, atomically and deterministically."""
-    items = [(name, int(kind), memoryview(data).cast("B")) for name, kind, data in sections]
+@dataclass(frozen=True)
+class StreamedPayload:
+    """A payload produced while the file is written, `size` bytes in the pieces `chunks()`
+    yields: a section that would not fit in memory whole (a packed weight of a 7B model)."""
+
+    size: int
+    chunks: Callable[[], Iterable[bytes | bytearray | memoryview]]
+
+
+Payload = bytes | bytearray | memoryview | StreamedPayload
+
+
+def write_sbin(path: str | os.PathLike, sections: Iterable[tuple[str, int, Payload]]) -> Path:
+    """Write sections (name, kind, payload) to `path`, atomically and deterministically.
+
+    Payloads are written first and the table (with each payload's CRC) last, so a
+    StreamedPayload is produced once, chunk by chunk; SpikecError if it yields another
+    number of bytes than its `size`."""
+    items = [(name, int(kind), data if isinstance(data, StreamedPayload) else memoryview(data).cast("B"))
+             for name, kind, data in sections]
     names = [n for n, _, _ in items]
     if len(set(names)) != len(names):
         raise SpikecError(f"{path}: duplicate section names in {names}")
@@ -109,25 +133,46 @@ def write_sbin(path: str | os.PathLike, sections: Iterable[tuple[str, int, bytes
     table_offset = HEADER.size
     table_size = ENTRY.size * len(items) + len(name_blob)
     cursor = _align(table_offset + table_size)
-    entries = []
     layout = []
-    for (name_off, name_len), (_, kind, data) in zip(name_refs, items):
-        entries.append(ENTRY.pack(name_off, name_len, kind, 0, cursor, len(data), zlib.crc32(data), 0, 0))
+    for _, _, data in items:
         layout.append(cursor)
-        cursor = _align(cursor + len(data))
+        cursor = _align(cursor + _size(data))
     file_size = cursor
-    table = b"".join(entries) + name_blob
-    header = _pack_header(len(items), table_offset, table_size, file_size, zlib.crc32(table))
     final = Path(path)
     with atomic.atomic_path(final) as tmp:
         with open(tmp, "wb") as f:
-            f.write(header)
-            f.write(table)
-            for offset, (_, _, data) in zip(layout, items):
+            f.write(b"\0" * _align(table_offset + table_size))  # header and table, written last
+            crcs = []
+            for offset, (name, _, data) in zip(layout, items):
                 f.write(b"\0" * (offset - f.tell()))
-                f.write(data)
+                crcs.append(_write_payload(f, data, f"{path}: section '{name}'"))
             f.write(b"\0" * (file_size - f.tell()))
+            entries = [ENTRY.pack(name_off, name_len, kind, 0, offset, _size(data), crc, 0, 0)
+                       for (name_off, name_len), (_, kind, data), offset, crc in zip(name_refs, items, layout, crcs)]
+            table = b"".join(entries) + name_blob
+            f.seek(0)
+            f.write(_pack_header(len(items), table_offset, table_size, file_size, zlib.crc32(table)))
+            f.write(table)
     return final
+
+
+def _size(data: "memoryview | StreamedPayload") -> int:
+    return data.size if isinstance(data, StreamedPayload) else len(data)
+
+
+def _write_payload(f, data: "memoryview | StreamedPayload", where: str) -> int:
+    """Write one payload; its CRC-32."""
+    if not isinstance(data, StreamedPayload):
+        f.write(data)
+        return zlib.crc32(data)
+    crc, written = 0, 0
+    for chunk in data.chunks():
+        chunk = memoryview(chunk).cast("B")
+        f.write(chunk)
+        crc, written = zlib.crc32(chunk, crc), written + len(chunk)
+    if written != data.size:
+        raise SpikecError(f"{where}: produced {written} bytes, declared {data.size}")
+    return crc
 
 
 def _pack_header(count: int, table_offset: int, table_size: int, file_size: int, table_crc: int) -> bytes:

@@ -33,9 +33,10 @@ class StatsSession:
         import onnxruntime as ort
 
         self.role = role
-        # the one-token MatMulNBits path keeps a 4-bit copy of the W4 weights (about 0.57 bytes
-        # per weight, in anonymous memory): only where prepacked copies fit too
-        lowered = lower_for_ort(model, mode, nbits=prepack)
+        # Small models (prepacked): W4 decode on MatMulNBits over the .sbin's packed 4-bit
+        # sections in place, prefill on MatMulInteger over an unpacked int8 copy. Large ones:
+        # every token on MatMulNBits, no copy of any weight (int8-stored weights in place).
+        lowered = lower_for_ort(model, mode, in_place=not prepack)
         self.layers = lowered.layers or {}
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
@@ -88,6 +89,8 @@ def prepack_weights(sbin) -> bool:
     from spikec.memory import available_bytes
 
     weights = sum(sbin.file.sections[n].size for n in sbin.file.names(SectionKind.TENSOR))
+    # packed 4-bit codes are unpacked to int8 (twice their bytes) for prefill's MatMulInteger
+    weights += 2 * sum(sbin.file.sections[n].size for n in sbin.file.names(SectionKind.TENSOR_INT4))
     available = available_bytes()
     return available is None or weights <= PREPACK_MEMORY_SHARE * available
 

@@ -21,8 +21,10 @@ Two modes, bit-identical to each other and to `spikec.reference`:
     block scales 1.0) and one sentinel activation 127 per 128-block, so the int8
     activation quantization of accuracy_level 4 has scale exactly 1.0 and keeps the codes;
     every block and partial sum is then an integer below 2**24 (nbits_exact), exact in
-    float32. It reads half of MatMulInteger's bytes. An If on the token count picks it;
-    products sharing a code (Q/K/V, gate/up) are one call over concatenated weights.
+    float32. It reads half of MatMulInteger's bytes: a .sbin's packed 4-bit sections
+    (spikec/int4.py), in place. An If on the token count picks it; products sharing a code
+    (Q/K/V, gate/up) are one call. With in_place (a model too large for copies of its
+    weights) packed products run on it for every token count, and no int8 form is made.
   * float32(acc) * s_x is one DequantizeLinear per row of the product (_scale_rows) in
     place of a Cast and a Mul: the same rounding, one pass fewer over the product.
 - exact: the spike planes themselves. For TC-LIF, plane t of a code is
@@ -69,6 +71,7 @@ import onnx
 import onnx_ir as ir
 from onnx import TensorProto, helper
 
+from spikec import int4
 from spikec import ops as sops
 from spikec import reference as R
 from spikec.errors import SpikecError
@@ -418,7 +421,7 @@ def _scale_rows(n: list, acc: str, out: str, dql: bool) -> None:
 
 
 ROW_DEQUANTIZE = True  # fused: float32(acc) * s_x as one DequantizeLinear (_scale_rows)
-NBITS_BLOCK = 128  # MatMulNBits block length along K: 127 codes and the sentinel
+NBITS_BLOCK = int4.BLOCK  # MatMulNBits block length along K: 127 codes and the sentinel
 NBITS_SENTINEL = 127  # the sentinel activation: every block's max |a| is exactly 127
 
 
@@ -442,95 +445,121 @@ def nbits_exact(K: int, q_max: int, w_absmax: int, block: int = NBITS_BLOCK) -> 
 
 def nbits_pack(w: np.ndarray, block: int = NBITS_BLOCK) -> tuple[np.ndarray, np.ndarray]:
     """int8 weight codes [K, N] in -7..7 -> (B uint8 [N, blocks, block // 2], scales float32 [N * blocks]):
-    MatMulNBits' 4-bit layout (low nibble first) of u = w + 8 with a zero-weight sentinel row
-    (u = 8) closing every block of block - 1 codes, and block scales 1.0."""
-    K, N = w.shape
+    MatMulNBits' 4-bit layout of u = w + 8 with a zero-weight slot (u = 8) closing every
+    block of block - 1 codes (spikec/int4.py, the .sbin's own TENSOR_INT4 layout), and
+    block scales 1.0."""
+    if block != int4.BLOCK:
+        raise ValueError(f"nbits_pack: block {block}; the packed layout's block is {int4.BLOCK}")
+    return int4.pack(np.asarray(w)), nbits_scales(w.shape[1], w.shape[0])
+
+
+def nbits_scales(N: int, K: int) -> np.ndarray:
+    """MatMulNBits' block scales for the sentinel layout: all 1.0, float32 [N * blocks]."""
+    return np.ones(N * nbits_blocks(K), np.float32)
+
+
+def _nbits_activation(n: list, K: int, block: int, every_token: bool) -> None:
+    """q -> nb_a: the codes as float32 rows [rows, blocks * block] in the sentinel layout
+    (each block's last element the sentinel 127, positions past K zero)."""
     blocks, data = nbits_blocks(K, block), block - 1
-    u = np.full((N, blocks, block), 8, np.uint8)  # 8: weight code 0 (the sentinel's, the padding's)
-    wt = np.ascontiguousarray(np.asarray(w).T).astype(np.uint8)  # two's complement bytes
-    wt += np.uint8(8)  # w + 8 for -7 <= w <= 7, modulo 256
-    full = K // data
-    u[:, :full, :data] = wt[:, :full * data].reshape(N, full, data)
-    if K > full * data:
-        u[:, full, :K - full * data] = wt[:, full * data:]
-    b = u[..., 0::2] | (u[..., 1::2] << 4)
-    return b, np.ones(N * blocks, np.float32)
-
-
-def _nbits_matmul_fn(name: str, opset: int, K: int, parts: list[tuple[int, bool]], rank: int, dql: bool,
-                     block: int = NBITS_BLOCK) -> onnx.FunctionProto:
-    """(q, s_x, then per part w_i, s_w_i, [bias_i], then nb_b, nb_s) -> y_i: TC-LIF products of
-    one code q (|q| <= 127, rank `rank`) by 4-bit weight codes, parts = [(M_i, has bias)]
-    (Q/K/V, or gate/up, share their code: one product over the concatenated weights).
-
-    One token (decode): com.microsoft MatMulNBits over the codes in the sentinel layout
-    (nbits_pack; exact, see nbits_exact), which reads half the bytes of MatMulInteger's int8
-    weights, then a Split; more tokens: the fused mode's MatMulInteger per part. Both give
-    float32(acc) * s_x exactly, then the reference's scale order; one If picks the path."""
-    blocks, data = nbits_blocks(K, block), block - 1
-    total = sum(m for m, _ in parts)
-    # where each element of the MatMulNBits row comes from in [q_0 .. q_(K-1), 127, 0]
+    # where each element of a MatMulNBits row comes from in [q_0 .. q_(K-1), 127, 0]
     pos = np.arange(blocks * data)
     idx = np.empty((blocks, block), np.int64)
     idx[:, :data] = np.where(pos < K, pos, K + 1).reshape(blocks, data)  # codes, then 0s
     idx[:, data] = K  # the sentinel closing every block
-    then_nodes = [
-        helper.make_node("Cast", ["q"], ["nb_qf"], to=TensorProto.FLOAT),
-        _c("nb_row", [1, K], np.int64),
-        helper.make_node("Reshape", ["nb_qf", "nb_row"], ["nb_q2"]),
-        _c("nb_extra", [[float(NBITS_SENTINEL), 0.0]]),
-        helper.make_node("Concat", ["nb_q2", "nb_extra"], ["nb_q3"], axis=1),
-        _c("nb_idx", idx.reshape(-1), np.int64),
-        helper.make_node("Gather", ["nb_q3", "nb_idx"], ["nb_a"], axis=1),
-        helper.make_node("MatMulNBits", ["nb_a", "nb_b", "nb_s"], ["nb_y"], domain="com.microsoft",
-                         K=blocks * block, N=total, bits=4, block_size=block, accuracy_level=4),
-    ]
-    # Each branch ends in the Mul by s_w, a compute op: an If output that aliases another
-    # tensor (a Reshape's) would be copied, a pass over a prefill's product.
-    then_out = [f"nb_y1_{i}" for i in range(len(parts))]
-    then_nodes += [_c("nb_s2", [1, 1], np.int64), helper.make_node("Reshape", ["s_x", "nb_s2"], ["nb_sx"])]
-    if len(parts) == 1:
-        then_nodes.append(helper.make_node("Mul", ["nb_y", "nb_sx"], ["nb_y0_0"]))
-    else:
-        then_nodes += [helper.make_node("Mul", ["nb_y", "nb_sx"], ["nb_all"]),
-                       _c("nb_split", [m for m, _ in parts], np.int64),
-                       helper.make_node("Split", ["nb_all", "nb_split"], [f"nb_y0_{i}" for i in range(len(parts))],
-                                        axis=-1)]
-    for i, (m, _) in enumerate(parts):
-        then_nodes += [_c(f"nb_shape{i}", [1] * (rank - 1) + [m], np.int64),  # one token: leading axes 1
-                       helper.make_node("Reshape", [f"nb_y0_{i}", f"nb_shape{i}"], [f"nb_r{i}"]),
-                       helper.make_node("Mul", [f"nb_r{i}", f"s_w{i}"], [then_out[i]])]
-    else_nodes: list[onnx.NodeProto] = [
-        _c("g_off", 128, np.int32),
-        helper.make_node("Add", ["q", "g_off"], ["g_u32"]),
-        helper.make_node("Cast", ["g_u32"], ["g_u8"], to=TensorProto.UINT8),
-        _c("g_zp", 128, np.uint8),
-    ]
-    for i in range(len(parts)):
-        else_nodes.append(helper.make_node("MatMulInteger", ["g_u8", f"w{i}", "g_zp"], [f"mm_acc{i}"]))
-        _scale_rows(else_nodes, f"mm_acc{i}", f"mm_y0_{i}", dql)
-        else_nodes.append(helper.make_node("Mul", [f"mm_y0_{i}", f"s_w{i}"], [f"mm_y1_{i}"]))
+    n += [helper.make_node("Cast", ["q"], ["nb_qf"], to=TensorProto.FLOAT),
+          _c("nb_row", [-1 if every_token else 1, K], np.int64),
+          helper.make_node("Reshape", ["nb_qf", "nb_row"], ["nb_q2"]),
+          _c("nb_extra", [[float(NBITS_SENTINEL), 0.0]])]
+    extra = "nb_extra"
+    if every_token:  # the two extra columns for every row
+        n += [helper.make_node("Shape", ["nb_q2"], ["nb_rows"], end=1),
+              _c("nb_two", [2], np.int64),
+              helper.make_node("Concat", ["nb_rows", "nb_two"], ["nb_eshape"], axis=0),
+              helper.make_node("Expand", ["nb_extra", "nb_eshape"], ["nb_extra_rows"])]
+        extra = "nb_extra_rows"
+    n += [helper.make_node("Concat", ["nb_q2", extra], ["nb_q3"], axis=1),
+          _c("nb_idx", idx.reshape(-1), np.int64),
+          helper.make_node("Gather", ["nb_q3", "nb_idx"], ["nb_a"], axis=1)]
 
-    def outs(names):
-        return [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in names]
-    then_g = helper.make_graph(then_nodes, "nbits", [], outs(then_out))
-    else_g = helper.make_graph(else_nodes, "mmi", [], outs([f"mm_y1_{i}" for i in range(len(parts))]))
-    n = [
-        helper.make_node("Size", ["q"], ["size"]),
-        _c("k", K, np.int64),
-        helper.make_node("Equal", ["size", "k"], ["one_token"]),
-        helper.make_node("If", ["one_token"], [f"y1_{i}" for i in range(len(parts))], then_branch=then_g,
-                         else_branch=else_g),
-    ]
+
+def _nbits_products(n: list, K: int, parts: list[tuple[int, bool]], rank: int, block: int, every_token: bool,
+                    outputs: list[str]) -> None:
+    """nb_a -> outputs[i] = (float32(acc_i) * s_x) * s_w_i: one MatMulNBits per part over its
+    own packed weights nb_b{i} (each a TENSOR_INT4 section where the .sbin has one)."""
+    blocks = nbits_blocks(K, block)
+    n += [_c("nb_sx_shape", [-1 if every_token else 1, 1], np.int64),
+          helper.make_node("Reshape", ["s_x", "nb_sx_shape"], ["nb_sx"])]
+    if every_token:  # the product's leading axes: q's
+        n += [helper.make_node("Shape", ["q"], ["nb_lead"], end=-1)]
+    for i, (m, _) in enumerate(parts):
+        n += [helper.make_node("MatMulNBits", ["nb_a", f"nb_b{i}", f"nb_s{i}"], [f"nb_acc{i}"], domain="com.microsoft",
+                               K=blocks * block, N=m, bits=4, block_size=block, accuracy_level=4),
+              helper.make_node("Mul", [f"nb_acc{i}", "nb_sx"], [f"nb_y0_{i}"])]
+        if every_token:
+            n += [_c(f"nb_m{i}", [m], np.int64),
+                  helper.make_node("Concat", ["nb_lead", f"nb_m{i}"], [f"nb_shape{i}"], axis=0)]
+        else:  # one token: leading axes 1
+            n += [_c(f"nb_shape{i}", [1] * (rank - 1) + [m], np.int64)]
+        n += [helper.make_node("Reshape", [f"nb_y0_{i}", f"nb_shape{i}"], [f"nb_r{i}"]),
+              helper.make_node("Mul", [f"nb_r{i}", f"s_w{i}"], [outputs[i]])]
+
+
+def _nbits_matmul_fn(name: str, opset: int, K: int, parts: list[tuple[int, bool]], rank: int, dql: bool,
+                     block: int = NBITS_BLOCK, every_token: bool = False) -> onnx.FunctionProto:
+    """(q, s_x, then per part [w_i,] s_w_i, [bias_i], nb_b_i, nb_s_i) -> y_i: TC-LIF products
+    of one code q (|q| <= 127, rank `rank`) by 4-bit weight codes, parts = [(M_i, has bias)]
+    (Q/K/V, or gate/up, share their code: one call, one MatMulNBits each).
+
+    One token (decode): com.microsoft MatMulNBits over the codes in the sentinel layout
+    (spikec/int4.py; exact, see nbits_exact), which reads half the bytes of MatMulInteger's
+    int8 weights; more tokens: the fused mode's MatMulInteger per part over w_i. Both give
+    float32(acc) * s_x exactly, then the reference's scale order; one If picks the path.
+    every_token: MatMulNBits for any number of tokens and no w_i (weights used only where
+    they lie packed in the .sbin: no int8 copy)."""
+    if every_token:
+        n: list[onnx.NodeProto] = []
+        _nbits_activation(n, K, block, True)
+        _nbits_products(n, K, parts, rank, block, True, [f"y1_{i}" for i in range(len(parts))])
+    else:
+        # Each branch ends in the Mul by s_w, a compute op: an If output that aliases another
+        # tensor (a Reshape's) would be copied, a pass over a prefill's product.
+        then_nodes: list[onnx.NodeProto] = []
+        _nbits_activation(then_nodes, K, block, False)
+        then_out = [f"nb_y1_{i}" for i in range(len(parts))]
+        _nbits_products(then_nodes, K, parts, rank, block, False, then_out)
+        else_nodes: list[onnx.NodeProto] = [
+            _c("g_off", 128, np.int32),
+            helper.make_node("Add", ["q", "g_off"], ["g_u32"]),
+            helper.make_node("Cast", ["g_u32"], ["g_u8"], to=TensorProto.UINT8),
+            _c("g_zp", 128, np.uint8),
+        ]
+        for i in range(len(parts)):
+            else_nodes.append(helper.make_node("MatMulInteger", ["g_u8", f"w{i}", "g_zp"], [f"mm_acc{i}"]))
+            _scale_rows(else_nodes, f"mm_acc{i}", f"mm_y0_{i}", dql)
+            else_nodes.append(helper.make_node("Mul", [f"mm_y0_{i}", f"s_w{i}"], [f"mm_y1_{i}"]))
+
+        def outs(names):
+            return [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in names]
+        then_g = helper.make_graph(then_nodes, "nbits", [], outs(then_out))
+        else_g = helper.make_graph(else_nodes, "mmi", [], outs([f"mm_y1_{i}" for i in range(len(parts))]))
+        n = [
+            helper.make_node("Size", ["q"], ["size"]),
+            _c("k", K, np.int64),
+            helper.make_node("Equal", ["size", "k"], ["one_token"]),
+            helper.make_node("If", ["one_token"], [f"y1_{i}" for i in range(len(parts))], then_branch=then_g,
+                             else_branch=else_g),
+        ]
     inputs, outputs = ["q", "s_x"], []
     for i, (m, with_bias) in enumerate(parts):
-        inputs += [f"w{i}", f"s_w{i}"] + ([f"bias{i}"] if with_bias else [])
+        inputs += ([] if every_token else [f"w{i}"]) + [f"s_w{i}"] + ([f"bias{i}"] if with_bias else [])
+        inputs += [f"nb_b{i}", f"nb_s{i}"]
         outputs.append(f"y{i}")
         if with_bias:
             n.append(helper.make_node("Add", [f"y1_{i}", f"bias{i}"], [f"y{i}"]))
         else:
             n.append(helper.make_node("Identity", [f"y1_{i}"], [f"y{i}"]))
-    fp = _fn(name, inputs + ["nb_b", "nb_s"], outputs, n, opset)
+    fp = _fn(name, inputs, outputs, n, opset)
     fp.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return fp
 
@@ -583,10 +612,10 @@ class LoweringStats:
 
 
 class _Lowerer:
-    def __init__(self, model: ir.Model, mode: str, nbits: bool = True) -> None:
+    def __init__(self, model: ir.Model, mode: str, nbits: bool = True, in_place: bool = False) -> None:
         if mode not in MODES:
             raise SpikecError(f"--mode: '{mode}' is not one of {', '.join(MODES)}")
-        self.model, self.mode, self.nbits = model, mode, nbits
+        self.model, self.mode, self.nbits, self.in_place = model, mode, nbits, in_place
         self.graph = model.graph
         self.names = sops.modalities(model)
         self.opset = max(model.opset_imports.get("", 18), 18)
@@ -801,11 +830,19 @@ class _Lowerer:
         if len(s_w.const_value.shape) == 2 and s_w.const_value.shape[0] != 1:
             return None  # group-wise scales: the exact path (its groups' sums are separate)
         K, M = w.shape
-        codes = w.const_value.numpy()
-        if (not (isinstance(K, int) and isinstance(M, int)) or codes.dtype != np.int8
-                or not nbits_exact(K, 2 ** int(T.max()) - 1, R.absmax_int(codes), NBITS_BLOCK)):
+        packed = isinstance(w.const_value, int4.PackedInt4Tensor)
+        if self.in_place and not packed:
+            return None  # a 4-bit copy of int8-stored weights would cost memory the model does not have
+        if packed:  # codes -7..7, checked when the .sbin was read; no need to unpack them here
+            dtype, absmax = np.dtype(np.int8), int4.CODE_MAX
+        else:
+            codes = w.const_value.numpy()
+            dtype, absmax = codes.dtype, R.absmax_int(codes)
+        if (not (isinstance(K, int) and isinstance(M, int)) or dtype != np.int8
+                or not nbits_exact(K, 2 ** int(T.max()) - 1, absmax, NBITS_BLOCK)):
             return None
-        return (id(q), id(s_x), tuple(int(t) for t in T), K)
+        # every token on MatMulNBits when weights are used in place: the group must be all packed
+        return (id(q), id(s_x), tuple(int(t) for t in T), K, packed and self.in_place)
 
     def nbits_group(self, nodes: list[ir.Node]) -> list[ir.Value]:
         """One call for the products of `nodes` (one nbits_key): MatMulNBits over their
@@ -819,22 +856,38 @@ class _Lowerer:
         dql = (ROW_DEQUANTIZE and producer is not None and producer.domain == DOMAIN
                and producer.op_type.startswith("Encode"))
         block = NBITS_BLOCK
-        parts, inputs, weights = [], [q, s_x], []
+        every_token = self.nbits_key(first)[-1]
+        parts, inputs = [], [q, s_x]
         for node in nodes:
             w, s_w = node.inputs[3], node.inputs[4]
             bias = node.inputs[5] if len(node.inputs) > 5 else None
             M = int(w.shape[1])
             parts.append((M, bias is not None))
-            inputs += [w, s_w] + ([bias] if bias is not None else [])
-            weights.append(w.const_value.numpy())
+            inputs += ([] if every_token else [w]) + [s_w] + ([bias] if bias is not None else [])
+            inputs += [self._packed(node.name, w), self._const(f"{node.name}.nbits_s", nbits_scales(M, K))]
+            if every_token:
+                self._viewed.append(w)  # its int8 form is not used: dropped at the end
             self.layers[node.name] = {"K": K, "M": M, "timesteps": [int(t) for t in T], "neuron": "tc-lif",
-                                      "weights": True, "one_token": "MatMulNBits"}
-        b, s = nbits_pack(weights[0] if len(weights) == 1 else np.concatenate(weights, axis=1), block)
-        inputs += [self._const(f"{first.name}.nbits_b", b), self._const(f"{first.name}.nbits_s", s)]
+                                      "weights": True, "one_token": "MatMulNBits",
+                                      "tokens": "MatMulNBits" if every_token else "MatMulInteger"}
         sig = "_".join(f"{m}{'b' if has_b else ''}" for m, has_b in parts)
-        name = f"SpikeMatMul_tclif_nbits{block}_K{K}_{sig}_r{rank}{'_dql' if dql else ''}"
-        fn = self._function(name, lambda: _nbits_matmul_fn(name, self.opset, K, parts, rank, dql, block))
+        name = f"SpikeMatMul_tclif_nbits{block}_K{K}_{sig}_r{rank}{'_dql' if dql else ''}{'_all' if every_token else ''}"
+        fn = self._function(name, lambda: _nbits_matmul_fn(name, self.opset, K, parts, rank, dql, block,
+                                                            every_token))
         return self._insert(first, fn, inputs, n_out=len(nodes), domain=DOMAIN)
+
+    def _packed(self, base: str, w: ir.Value) -> ir.Value:
+        """The packed 4-bit form of weight `w` (spikec/int4.py): the .sbin's own TENSOR_INT4
+        bytes where it came from one (mapped in place, not copied), else packed now."""
+        t = w.const_value
+        if isinstance(t, int4.PackedInt4Tensor):
+            self._n += 1
+            name = f"{base}.nbits_b.{self._n}"
+            v = ir.Value(name=name, type=ir.TensorType(ir.DataType.UINT8), shape=ir.Shape(t.packed.shape),
+                         const_value=t.packed)
+            self.graph.register_initializer(v)
+            return v
+        return self._const(f"{base}.nbits_b", int4.pack(t.numpy()))
 
     def code(self, node: ir.Node) -> list[ir.Value]:
         bits = int(sops.attr(node, "bits", 8))
@@ -910,9 +963,13 @@ class _Lowerer:
         return LoweringStats(count, tuple(self.stats), self.layers)
 
 
-def lower_for_ort(model: ir.Model, mode: str = "fused", nbits: bool = True) -> LoweringStats:
+def lower_for_ort(model: ir.Model, mode: str = "fused", nbits: bool = True, in_place: bool = False) -> LoweringStats:
     """Rewrite every spikec node of `model` in place into spikec.ort function calls.
 
     nbits (fused mode): one-token products with 4-bit weights and codes |q| <= 127 run on
-    MatMulNBits where that is exact (nbits_exact); False keeps MatMulInteger everywhere."""
-    return _Lowerer(model, mode, nbits).run()
+    MatMulNBits where that is exact (nbits_exact); False keeps MatMulInteger everywhere.
+    in_place (for models whose weights must stay where they lie in the .sbin): products
+    whose weights are packed 4-bit codes (int4.PackedInt4Tensor) run on MatMulNBits for
+    every token count, so their int8 form is never made; int8-stored weights keep
+    MatMulInteger (no 4-bit copy is made of them)."""
+    return _Lowerer(model, mode, nbits, in_place).run()

@@ -2,16 +2,17 @@
 
 A model folder is what `spikec export` (and `spikec compile` on a folder) writes:
 `manifest.json`, one ONNX graph per role (`graphs.<role>.file`, weights possibly
-in external data), and the checkpoint's processor/tokenizer files. The .sbin (2.0) holds:
+in external data), and the checkpoint's processor/tokenizer files. The .sbin (2.1) holds:
 
     manifest            MANIFEST  the folder's manifest, graph files replaced by section names
     graph/<role>        ONNX      each graph; weights of 64 KiB or more refer to TENSOR sections
-    tensor/<role>/<k>   TENSOR    those weights, raw bytes, each 4096-aligned (memory-mapped on load)
+    tensor/<role>/<k>   TENSOR    those weights, raw bytes, each 4096-aligned (memory-mapped on load);
+                        TENSOR_INT4 for a weight of 4-bit codes (two per byte, spikec/int4.py)
     files/<relpath>     FILE      every file of the processor folder
     <extra sections>              e.g. the compile report, the accelerator program
 
 No weight is copied into the Python heap on either side: packing writes views of the
-memory-mapped source, and `SbinModel.model` hands views of the .sbin's own map to the
+memory-mapped source (4-bit codes packed a few MiB at a time), and `SbinModel.model` hands views of the .sbin's own map to the
 runtime. Container format and checks: docs/sbin.md (isa/container.py).
 """
 
@@ -28,11 +29,11 @@ import onnx
 import onnx_ir as ir
 
 from spikec import ir as spir
-from spikec import vector
+from spikec import int4, vector
 from spikec.errors import SpikecError
 from spikec.frontend import manifest as mf
 from spikec.paths import check_name, files_inside, resolve_inside
-from spikec.isa.container import SbinFile, SectionKind, write_sbin
+from spikec.isa.container import WEIGHT_KINDS, SbinFile, SectionKind, StreamedPayload, write_sbin
 from spikec.schema import condense, parse_json
 
 MANIFEST_SECTION = "manifest"
@@ -61,11 +62,19 @@ def _graph_sections(path: Path, role: str) -> list[tuple[str, int, bytes | memor
         array = np.ascontiguousarray(frozen.weights[t.name].numpy())
         if array.dtype.byteorder == ">":
             array = array.astype(array.dtype.newbyteorder("<"))
+        if int4.fits(array):
+            # 4-bit codes, two per byte, in the layout onnxruntime's MatMulNBits reads in place;
+            # packed while the file is written, a few MiB at a time
+            size = int4.packed_nbytes(*array.shape)
+            payload = StreamedPayload(size, lambda a=array: int4.pack_chunks(a))
+            tensors.append((name, SectionKind.TENSOR_INT4, payload))
+        else:
+            size = array.nbytes
+            tensors.append((name, SectionKind.TENSOR, memoryview(array).cast("B") if array.size else b""))
         del t.external_data[:]
-        for key, value in (("location", name), ("offset", "0"), ("length", str(array.nbytes))):
+        for key, value in (("location", name), ("offset", "0"), ("length", str(size))):
             entry = t.external_data.add()
             entry.key, entry.value = key, value
-        tensors.append((name, SectionKind.TENSOR, memoryview(array).cast("B") if array.size else b""))
     if frozen.proto.ByteSize() >= 2**31:
         raise SpikecError(f"{path}: the graph without its big weights is still over protobuf's 2 GiB limit")
     # The reader refuses any op outside SBIN_OPS: refuse it here too, so that a compile never
@@ -226,7 +235,7 @@ class SbinModel:
         self.file = SbinFile(self.path)
         if verify_all:
             for section in self.file.sections.values():
-                if section.kind != SectionKind.TENSOR:
+                if section.kind not in WEIGHT_KINDS:
                     self.file.view(section.name).release()
         if MANIFEST_SECTION not in self.file.sections:
             raise SpikecError(f"{self.path}: no section 'manifest' (not a compiled spikec model)")
@@ -313,12 +322,15 @@ class SbinModel:
                 raise SpikecError(f"{tw}: external data {sorted(info)[:4]} must name one TENSOR section of this "
                                   f"file, at offset 0")
             entry = self.file.sections.get(section) if section.startswith(TENSOR_PREFIX) else None
-            if entry is None or entry.kind != SectionKind.TENSOR:
+            if entry is None or entry.kind not in WEIGHT_KINDS:
                 raise SpikecError(f"{tw}: external data '{section[:80]}' is not a TENSOR section of this file; "
                                   f"an embedded graph refers only to its own .sbin")
             if t.name in tensors:
                 raise SpikecError(f"{tw}: initializer appears twice")
             dtype, shape, nbytes = spir.tensor_layout(t, where=tw)
+            if entry.kind == SectionKind.TENSOR_INT4:
+                tensors[t.name] = self._packed_tensor(t, entry, info, shape, tw, folder, shared_file_ok)
+                continue
             if entry.size != nbytes or info.get("length", str(nbytes)) != str(nbytes):
                 raise SpikecError(f"{tw}: section '{section}' holds {entry.size} bytes; dims {list(t.dims)[:8]} of "
                                   f"{onnx.TensorProto.DataType.Name(t.data_type)} need {nbytes}")
@@ -332,6 +344,31 @@ class SbinModel:
                 array = np.frombuffer(view, dtype=dtype).reshape(shape) if nbytes else np.zeros(shape, dtype)
                 tensors[t.name] = ir.Tensor(array, name=t.name)
         return proto, tensors
+
+    def _packed_tensor(self, t: onnx.TensorProto, entry, info: dict, shape: tuple[int, ...], tw: str,
+                       folder: Path, shared_file_ok: bool) -> int4.PackedInt4Tensor:
+        """A TENSOR_INT4 section as the int8 [K, N] weight it packs (spikec/int4.py), after
+        checking its type, size, CRC and every nibble (int4.check_packed)."""
+        if t.data_type != onnx.TensorProto.INT8 or len(shape) != 2 or min(shape) < 1:
+            raise SpikecError(f"{tw}: section '{entry.name}' is TENSOR_INT4, an int8 matrix [K, N]; the graph declares "
+                              f"{onnx.TensorProto.DataType.Name(t.data_type)} {list(shape)[:8]}")
+        K, N = shape
+        size = int4.packed_nbytes(K, N)
+        if entry.size != size or info.get("length", str(size)) != str(size):
+            raise SpikecError(f"{tw}: section '{entry.name}' holds {entry.size} bytes; int8 [{K}, {N}] packed "
+                              f"two codes per byte needs {size}")
+        view = self.file.view(entry.name)  # checks the section's CRC on first use
+        packed = np.frombuffer(view, dtype=np.uint8).reshape(int4.packed_shape(K, N))
+        int4.check_packed(packed, K, where=f"{tw}: section '{entry.name}'")
+        if shared_file_ok:
+            del packed
+            view.release()
+            packed = ir.ExternalTensor(self.path.name, entry.offset, size, ir.DataType.UINT8,
+                                       shape=ir.Shape(int4.packed_shape(K, N)), name=f"{t.name}.int4",
+                                       base_dir=str(folder))
+        else:
+            packed = ir.Tensor(packed, name=f"{t.name}.int4")
+        return int4.PackedInt4Tensor(packed, K, name=t.name)
 
     def section_json(self, name: str) -> object | None:
         """A JSON section parsed (None when the file has no such section); SpikecError naming

@@ -134,3 +134,43 @@ def test_pack_layout():
     codes = u[:, :, :-1].reshape(N, -1)
     np.testing.assert_array_equal(codes[:, :K], w.T)
     assert (codes[:, K:] == 0).all()
+
+
+def _packed(model: ir.Model) -> ir.Model:
+    """The same graph with its weights as a .sbin's TENSOR_INT4 sections present them."""
+    from spikec import int4
+
+    for v in model.graph.initializers.values():
+        a = v.const_value.numpy()
+        if v.name.startswith("W"):
+            v.const_value = int4.PackedInt4Tensor(ir.Tensor(int4.pack(a)), a.shape[0], name=v.name)
+    return model
+
+
+@pytest.mark.parametrize("K", [24, NBITS_BLOCK, 2 * (NBITS_BLOCK - 1) + 1, 1536, 8960])
+@pytest.mark.parametrize("timesteps", [(4, 3), (7, 2)])
+def test_every_token_on_packed_weights_matches_reference(K, timesteps):
+    """Weights used in place (lower_for_ort(in_place=True)): MatMulNBits for any number of
+    tokens, over the packed bytes themselves, bit for bit the reference's; no int8 weight left."""
+    widths, bias = (7, 3), (True, False)
+    taken = nbits_exact(K, 2 ** max(timesteps) - 1, 7)
+    for worst in (False, True):
+        for s in (1, 3, 17):
+            feeds = _feeds(K, s, seed=K + s, worst=worst)
+            want = sops.run_reference(_graph(K, widths, bias, timesteps=timesteps), feeds)
+            model = _packed(_graph(K, widths, bias, timesteps=timesteps))
+            stats = lower_for_ort(model, "fused", in_place=True)
+            assert bool(_calls(model)) == taken
+            assert (stats.layers["mm0"].get("tokens") == "MatMulNBits") == taken
+            if taken:
+                assert not any(n.startswith("W") for n in model.graph.initializers)  # no int8 copy
+            for got, ref in zip(_run(model, feeds), want):
+                np.testing.assert_array_equal(got, ref, err_msg=f"K={K} T={timesteps} s={s} worst={worst}")
+
+
+def test_int8_weights_in_place_get_no_4_bit_copy():
+    """In place, int8-stored weights (a 2.0 .sbin) stay on MatMulInteger: packing them would
+    be a copy the model's memory budget does not have."""
+    model = _graph(300)
+    lower_for_ort(model, "fused", in_place=True)
+    assert not _calls(model)

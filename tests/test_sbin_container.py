@@ -89,7 +89,7 @@ def test_truncation(sbin, keep):
 
 def test_unknown_version(sbin):
     _repack(sbin, header={1: 3})
-    with pytest.raises(SpikecError, match="unsupported .sbin version 3.0"):
+    with pytest.raises(SpikecError, match=r"unsupported .sbin version 3\.\d"):
         SbinFile(sbin)
 
 

@@ -54,7 +54,7 @@ def pair(tmp_path_factory):
 def test_weights_live_in_tensor_sections(pair):
     inline, mapped = pair
     with SbinFile(inline) as f:
-        assert f.version == (2, 0) and not f.names(SectionKind.TENSOR)
+        assert f.version == (C.VERSION_MAJOR, C.VERSION_MINOR) and not f.names(SectionKind.TENSOR)
     with SbinModel(mapped) as m:
         names = m.file.names(SectionKind.TENSOR)
         assert len(names) > 20 and all(n.startswith(TENSOR_PREFIX) for n in names)
@@ -187,7 +187,7 @@ def test_a_version_1_file_still_loads(pair, tmp_path):
     inline, _ = pair
     data = bytearray(inline.read_bytes())
     fields = list(C.HEADER.unpack_from(data, 0))
-    fields[1], fields[-1] = 1, 0
+    fields[1], fields[2], fields[-1] = 1, 0, 0
     unsigned = C.HEADER.pack(*fields)
     fields[-1] = zlib.crc32(unsigned)
     data[: C.HEADER.size] = C.HEADER.pack(*fields)

@@ -1,0 +1,209 @@
+""".sbin 2.1: W4 weights stored as 4-bit codes, two per byte (TENSOR_INT4 sections).
+
+The packed bytes are MatMulNBits' own layout (spikec/int4.py), so onnxruntime's decode
+products read them where they lie in the .sbin; prefill either unpacks them (small models)
+or runs MatMulNBits for every token (weights used in place). Every way must give the
+bits of the int8-stored model. As in test_sbin_weights.py, the tiny models' weights are
+spilled into sections by lowering `spikec.ir.BIG_TENSOR_BYTES`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+from spike_graphs import lm_feeds
+from spikec import int4
+from spikec import ir as spir
+from spikec.compiler import compile_path
+from spikec.errors import SpikecError
+from spikec.isa.container import SbinFile, SectionKind, write_sbin
+from spikec.package import SbinModel
+from spikec.passes.options import SpikeOptions
+from spikec.runtime import ort_target
+from spikec.runtime.model import load
+
+
+@pytest.fixture(scope="module")
+def w4(tmp_path_factory):
+    """(W4 .sbin with every weight in the graph, W4 .sbin with TENSOR_INT4 sections) of the
+    bundled models/digits-llava (the tiny models' K of 32 and 64 gain nothing from packing)."""
+    from spikec.frontend.export import export
+
+    d = tmp_path_factory.mktemp("int4")
+    export(str(Path(__file__).resolve().parents[1] / "models" / "digits-llava"), d / "export")
+    opts = SpikeOptions(tv=3, tt=4, wbits=4).validate()
+    compile_path(d / "export", d / "inline.sbin", options=opts)
+    mp = pytest.MonkeyPatch()
+    mp.setattr(spir, "BIG_TENSOR_BYTES", 1024)
+    compile_path(d / "export", d / "packed.sbin", options=opts)
+    mp.undo()
+    return d / "inline.sbin", d / "packed.sbin"
+
+
+# ---------------------------------------------------------------- the layout itself
+
+
+@pytest.mark.parametrize("K", [1, 5, 126, 127, 128, 254, 255, 300, 1536])
+def test_pack_unpack_round_trip(K):
+    rng = np.random.default_rng(K)
+    w = rng.integers(-7, 8, (K, 9)).astype(np.int8)
+    w[0, 0], w[-1, -1] = 7, -7
+    b = int4.pack(w)
+    assert b.shape == int4.packed_shape(K, 9) and b.nbytes == int4.packed_nbytes(K, 9)
+    np.testing.assert_array_equal(int4.unpack(b, K), w)
+    int4.check_packed(b, K, where="x")
+    assert b"".join(bytes(c) for c in int4.pack_chunks(w)) == b.tobytes()
+    # u = w + 8, low nibble first, then a zero weight (u = 8) closing each block of 127 codes
+    u = np.stack([b & 15, b >> 4], axis=-1).reshape(9, -1, int4.BLOCK).astype(np.int64) - 8
+    assert (u[:, :, -1] == 0).all()
+    codes = u[:, :, :-1].reshape(9, -1)
+    np.testing.assert_array_equal(codes[:, :K], w.T)
+    assert (codes[:, K:] == 0).all()
+
+
+def test_what_fits():
+    assert int4.fits(np.full((300, 2), 7, np.int8)) and int4.fits(np.full((300, 2), -7, np.int8))
+    assert not int4.fits(np.full((300, 2), -8, np.int8))  # -8 is not a symmetric 4-bit code
+    assert not int4.fits(np.full((300, 2), 8, np.int8))
+    assert not int4.fits(np.zeros((300, 2), np.int16)) and not int4.fits(np.zeros((600,), np.int8))
+    assert not int4.fits(np.zeros((0, 2), np.int8))
+    assert not int4.fits(np.zeros((128, 2), np.int8)) and int4.fits(np.zeros((129, 2), np.int8))  # bytes saved
+
+
+@pytest.mark.parametrize("spoil, message", [
+    (lambda b: b.__setitem__((0, 0, 0), 0x80), "-8"),  # low nibble 0
+    (lambda b: b.__setitem__((1, 0, 63), 0x98), "zero-weight slot"),  # the slot holds code 1
+    (lambda b: b.__setitem__((2, 2, 60), 0x89), "past K"),  # K = 300: the last block holds 46 codes
+])
+def test_impossible_packed_bytes_are_refused(spoil, message):
+    b = int4.pack(np.zeros((300, 4), np.int8))
+    spoil(b)
+    with pytest.raises(SpikecError, match=message):
+        int4.check_packed(b, 300, where="here")
+
+
+# ---------------------------------------------------------------- in the .sbin
+
+
+def _int8_bytes(model) -> dict[str, int]:
+    return {v.name: v.const_value.nbytes for v in model.graph.initializers.values()
+            if isinstance(v.const_value, int4.PackedInt4Tensor)}
+
+
+def test_w4_codes_are_stored_two_per_byte(w4):
+    inline, packed = w4
+    with SbinModel(packed) as m:
+        assert m.file.version >= (2, 1)
+        sections = m.file.names(SectionKind.TENSOR_INT4)
+        assert len(sections) >= 2
+        model = m.model("lm")
+        packed_weights = [v.const_value for v in model.graph.initializers.values()
+                          if isinstance(v.const_value, int4.PackedInt4Tensor)]
+        assert packed_weights and all(t.dtype == spir.ir.DataType.INT8 for t in packed_weights)
+        int8_bytes = sum(t.nbytes for t in packed_weights)
+        stored = sum(t.packed.nbytes for t in packed_weights)
+        assert 0.5 * int8_bytes < stored <= 0.75 * int8_bytes  # small K: K = 384 takes 4 blocks of 127
+        # the packed bytes are a reference into the .sbin itself (mapped, not copied)
+        assert all(isinstance(t.packed, spir.ir.ExternalTensor) for t in packed_weights)
+    with SbinModel(inline) as a, SbinModel(packed) as b:
+        ma, mb = a.model("lm"), b.model("lm")
+        for name in _int8_bytes(mb):
+            np.testing.assert_array_equal(ma.graph.initializers[name].const_value.numpy(),
+                                          mb.graph.initializers[name].const_value.numpy())
+
+
+@pytest.mark.parametrize("mode", ["fused", "exact"])
+@pytest.mark.parametrize("in_place", [False, True])
+def test_packed_weights_give_the_same_bits(w4, monkeypatch, mode, in_place):
+    inline, packed = w4
+    if in_place:  # as for a model too large to prepack: every token on MatMulNBits, no int8 copy
+        monkeypatch.setattr(ort_target, "PREPACK_MEMORY_SHARE", 0.0)
+    with load(inline, mode=mode) as a, load(packed, mode=mode) as b:
+        feeds = lm_feeds(a)
+        ra, rb = a.run(feeds, graph="lm"), b.run(feeds, graph="lm")
+        for k in ra:
+            np.testing.assert_array_equal(ra[k], rb[k], err_msg=k)
+        image = _image()
+        assert a.generate(image, "What is in the image?", 6) == b.generate(image, "What is in the image?", 6)
+        tokens = {info.get("tokens") for info in b.sessions["lm"].layers.values()}
+        if mode == "fused":
+            assert ("MatMulNBits" in tokens) == in_place  # prefill too, where weights stay in place
+
+
+@pytest.mark.parametrize("in_place", [False, True])
+def test_in_place_lowering_makes_no_int8_copy(w4, in_place):
+    """In place, the packed weights reach onnxruntime only as their mapped 4-bit bytes."""
+    from spikec.ort_lowering import lower_for_ort
+
+    _, packed = w4
+    with SbinModel(packed) as m:
+        model = m.model("lm")
+        lower_for_ort(model, "fused", in_place=in_place)
+        int8_left = [v.name for v in model.graph.initializers.values()
+                     if isinstance(v.const_value, int4.PackedInt4Tensor)]
+        mapped = [v for v in model.graph.initializers.values()
+                  if isinstance(v.const_value, spir.ir.ExternalTensor) and v.const_value.dtype == spir.ir.DataType.UINT8]
+        assert mapped  # decode's MatMulNBits reads the .sbin's sections either way
+        assert bool(int8_left) != in_place
+
+
+def _image():
+    from spikec.frontend.export import sample_image
+
+    return sample_image()
+
+
+def _rewrite(path, out, edit):
+    """Rewrite the first TENSOR_INT4 section of graph 'lm' with `edit(bytes, tensor_proto)`
+    (valid CRCs: only spikec's own checks can refuse the result)."""
+    with SbinFile(path) as f:
+        secs = [(n, f.sections[n].kind, bytes(f.read(n))) for n in f.names()]
+    g = next(i for i, s in enumerate(secs) if s[0] == "graph/lm")
+    proto = onnx.load_from_string(secs[g][2])
+    kinds = {n: k for n, k, _ in secs}
+    t = next(t for t in proto.graph.initializer
+             if t.external_data and kinds.get(t.external_data[0].value) == SectionKind.TENSOR_INT4)
+    i = next(i for i, s in enumerate(secs) if s[0] == t.external_data[0].value)
+    secs[i] = (secs[i][0], secs[i][1], edit(bytearray(secs[i][2]), t))
+    secs[g] = (secs[g][0], secs[g][1], proto.SerializeToString())
+    write_sbin(out, secs)
+    return out
+
+
+def _nibble_zero(data, t):
+    data[0] &= 0xF0
+    return bytes(data)
+
+
+def _slot(data, t):
+    data[63] = (data[63] & 0x0F) | 0x90
+    return bytes(data)
+
+
+def _short(data, t):
+    return bytes(data[:-64])
+
+
+def _float(data, t):
+    t.data_type = onnx.TensorProto.FLOAT
+    return bytes(data)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (_nibble_zero, "-8"),
+    (_slot, "zero-weight slot"),
+    (_short, "packed two codes per byte needs"),
+    (_float, "is TENSOR_INT4, an int8 matrix"),
+])
+def test_bad_packed_sections_are_refused(w4, tmp_path, run_cli, edit, message):
+    _, packed = w4
+    bad = _rewrite(packed, tmp_path / "bad.sbin", edit)
+    with SbinModel(bad) as m, pytest.raises(SpikecError, match=message) as info:
+        m.model("lm")
+    assert "graph 'lm'" in str(info.value) and "tensor/lm/" in str(info.value)
+    r = run_cli("inspect", str(bad))
+    assert r.code == 1 and "Traceback" not in r.err and message.split()[0] in r.err

@@ -21,7 +21,7 @@ and times the language model on onnxruntime, every variant in the same process:
              MatMulInteger over int8 codes unpacked at load
   spikec-w4-inplace  the same .sbin run as `spikec run` runs a model too large to prepack:
              every product with packed weights on MatMulNBits, whatever the token count,
-             no copy of any weight, onnxruntime's prepacking off
+             no int8 copy of any weight (MLAS' own 4-bit repacking of them stays on)
 
 Shapes (--only, one or more; default tiny and large):
 
@@ -237,12 +237,10 @@ class Runner:
             sbin = SbinModel(path)
             graph = sbin.model("lm")
             # -inplace: what `spikec run` does with a model too large to prepack
-            # (runtime/ort_target.py): weights used where they lie in the .sbin, W4's packed
-            # ones on MatMulNBits for every token count, no prepacked copies
-            in_place = variant.endswith("-inplace")
-            lower_for_ort(graph, "fused", in_place=in_place)
-            if in_place:
-                opts.add_session_config_entry("session.disable_prepacking", "1")
+            # (runtime/ort_target.py): W4's packed weights on MatMulNBits for every token
+            # count, no int8 copy (MLAS still prepacks MatMulNBits' 4-bit weights: without
+            # it a decode step is about 100x slower)
+            lower_for_ort(graph, "fused", in_place=variant.endswith("-inplace"))
             self.session, self.closer = spir.ort_session(graph, opts), sbin
         else:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])

@@ -132,6 +132,8 @@ def test_packed_weights_give_the_same_bits(w4, monkeypatch, mode, in_place):
         tokens = {info.get("tokens") for info in b.sessions["lm"].layers.values()}
         if mode == "fused":
             assert ("MatMulNBits" in tokens) == in_place  # prefill too, where weights stay in place
+            # MatMulNBits keeps onnxruntime's prepacking (MLAS' 4-bit layout) even in place
+            assert ort_target.uses_matmul_nbits(b.sessions["lm"].layers)
 
 
 @pytest.mark.parametrize("in_place", [False, True])

@@ -33,7 +33,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
-from spikec import vector
+from spikec import int4, vector
 from spikec.errors import SpikecError
 from spikec.paths import resolve_inside
 
@@ -506,7 +506,7 @@ def ort_session(graph: "Frozen | ir.Model", options=None, providers: list[str] |
         options.add_session_config_entry("session.model_external_initializers_file_folder_path", folder)
     names = [n for n, t in frozen.weights.items()
              if not (isinstance(t, ir.ExternalTensor) and str(t.base_dir) == folder)]
-    values = [ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(frozen.weights[n].numpy())) for n in names]
+    values = [ort.OrtValue.ortvalue_from_numpy(a) for a in _session_arrays([frozen.weights[n] for n in names])]
     if names:
         options.add_external_initializers(names, values)
     exact = any(o.domain == vector.DOMAIN for o in frozen.proto.opset_import)
@@ -515,6 +515,37 @@ def ort_session(graph: "Frozen | ir.Model", options=None, providers: list[str] |
                                    disabled_optimizers=list(FLOAT_REWRITING_OPTIMIZERS) if exact else [])
     session.spikec_weights = values  # onnxruntime reads these buffers for the session's lifetime
     return session
+
+
+def _session_arrays(tensors: list) -> list[np.ndarray]:
+    """The arrays handed to onnxruntime for `tensors`. onnxruntime uses them in place for the
+    session's lifetime (and prepacks integer weights: a copy of its own). Packed 4-bit
+    weights (int4.PackedInt4Tensor), whose int8 form prefill's MatMulInteger needs, are
+    unpacked into an unlinked temporary file and mapped back, one weight at a time, so that
+    form is clean file-backed memory the kernel can drop once onnxruntime has prepacked it,
+    not a second anonymous copy (Qwen2-VL-2B at W4: 2 GiB)."""
+    packed = [t for t in tensors if isinstance(t, int4.PackedInt4Tensor)]
+    if not packed:
+        return [np.ascontiguousarray(t.numpy()) for t in tensors]
+    offsets, end = {}, 0
+    for t in packed:
+        offsets[id(t)] = end
+        end += -(-t.nbytes // 64) * 64
+    with tempfile.TemporaryFile(prefix="spikec-int8-") as f:  # unlinked: gone with its last mapping
+        for t in packed:
+            f.seek(offsets[id(t)])
+            f.write(memoryview(int4.unpack(t.packed.numpy(), t.K)).cast("B"))
+        f.truncate(end)
+        f.flush()
+        mapped = np.memmap(f, dtype=np.uint8, mode="r", shape=(end,))
+    out = []
+    for t in tensors:
+        if isinstance(t, int4.PackedInt4Tensor):
+            o = offsets[id(t)]
+            out.append(mapped[o:o + t.nbytes].view(np.int8).reshape(tuple(t.shape)))
+        else:
+            out.append(np.ascontiguousarray(t.numpy()))
+    return out
 
 
 class WeightStore:

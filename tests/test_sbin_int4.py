@@ -209,3 +209,24 @@ def test_bad_packed_sections_are_refused(w4, tmp_path, run_cli, edit, message):
     assert "graph 'lm'" in str(info.value) and "tensor/lm/" in str(info.value)
     r = run_cli("inspect", str(bad))
     assert r.code == 1 and "Traceback" not in r.err and message.split()[0] in r.err
+
+
+def test_prefill_int8_form_is_a_mapped_file_not_heap():
+    """The int8 form prefill's MatMulInteger reads (small models) is unpacked into an
+    unlinked temporary file and mapped: file-backed pages, not a second anonymous copy
+    beside onnxruntime's prepacked one."""
+    import mmap
+
+    rng = np.random.default_rng(0)
+    ws = [rng.integers(-7, 8, (300, n)).astype(np.int8) for n in (5, 64)]
+    tensors = [int4.PackedInt4Tensor(spir.ir.Tensor(int4.pack(w)), 300, name=f"w{i}") for i, w in enumerate(ws)]
+    plain = spir.ir.Tensor(np.arange(6, dtype=np.float32), name="b")
+    arrays = spir._session_arrays([tensors[0], plain, tensors[1]])
+    for a, w in zip((arrays[0], arrays[2]), ws):
+        np.testing.assert_array_equal(a, w)
+        assert not a.flags.writeable
+        base = a
+        while getattr(base, "base", None) is not None and not isinstance(base, mmap.mmap):
+            base = base.base
+        assert isinstance(base, mmap.mmap)
+    np.testing.assert_array_equal(arrays[1], np.arange(6, dtype=np.float32))

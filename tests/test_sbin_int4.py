@@ -230,3 +230,25 @@ def test_prefill_int8_form_is_a_mapped_file_not_heap():
             base = base.base
         assert isinstance(base, mmap.mmap)
     np.testing.assert_array_equal(arrays[1], np.arange(6, dtype=np.float32))
+
+
+def test_fpga_target_reads_packed_weights(w4, tmp_path, monkeypatch):
+    """--target fpga on a W4 .sbin with packed sections (its host ops on onnxruntime read
+    them too): the same prefill logits and tokens as the ORT target, bit for bit."""
+    inline, _ = w4
+    monkeypatch.setattr(spir, "BIG_TENSOR_BYTES", 1024)
+    path = tmp_path / "isa.sbin"
+    compile_path(inline.parent / "export", path, options=SpikeOptions(tv=3, tt=4, wbits=4).validate(), isa=True)
+    monkeypatch.undo()
+    with SbinFile(path) as f:
+        assert f.names(SectionKind.TENSOR_INT4)
+    got = {}
+    for target in ("ort", "fpga"):
+        with load(path, target=target) as model:
+            g = model.generator()
+            po = g.prepare([_image()], ["What is in the image?"])
+            embeds, mask, pos, modality, _ = g.prefill_inputs(po)
+            logits, _ = g.lm(embeds, mask, pos, modality, g.empty_past(embeds.shape[0]))
+            got[target] = (logits, g.generate_ids(po, 3, stop_at_eos=False))
+    np.testing.assert_array_equal(got["ort"][0].view(np.uint8), got["fpga"][0].view(np.uint8))
+    np.testing.assert_array_equal(got["ort"][1], got["fpga"][1])

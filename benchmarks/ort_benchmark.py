@@ -19,9 +19,10 @@ and times the language model on onnxruntime, every variant in the same process:
              MatMulNBits over the integer codes where that is exact (spikec/ort_lowering.py,
              "nbits"), reading the .sbin's packed 4-bit sections in place; the others on
              MatMulInteger over int8 codes unpacked at load
-  spikec-w4-inplace  the same .sbin run as `spikec run` runs a model too large to prepack:
-             every product with packed weights on MatMulNBits, whatever the token count,
-             no int8 copy of any weight (MLAS' own 4-bit repacking of them stays on)
+  spikec-w4-nbits  the same .sbin under the runtime's "nbits" weight policy (a W4 model
+             too large to prepack int8, runtime/ort_target.py: choose_weight_policy): every
+             product with packed weights on MatMulNBits, whatever the token count, no int8
+             form of them (MLAS' own 4-bit repacking stays on)
 
 Shapes (--only, one or more; default tiny and large):
 
@@ -50,7 +51,7 @@ With --profile DIR, each variant is then run under onnxruntime's profiler
 nodes is printed by op type, per phase.
 
     python benchmarks/ort_benchmark.py [--only tiny large 2b] [--layers 2] [--seq 256] [--repeat 20]
-        [--threads 2] [--variants float ort-int8 ort-int4 spikec-w8 spikec-w4 spikec-w4-inplace] [--block-size 32]
+        [--threads 2] [--variants float ort-int8 ort-int4 spikec-w8 spikec-w4 spikec-w4-nbits] [--block-size 32]
         [--accuracy-level 4] [--spin] [--profile DIR] [--workdir DIR [--reuse]]
 
 --reuse takes the checkpoint, export, quantized models and .sbin files a previous run left
@@ -74,7 +75,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SHAPES = ("tiny", "large", "2b")
-VARIANTS = ("float", "ort-int8", "ort-int4", "spikec-w8", "spikec-w4", "spikec-w4-inplace")
+VARIANTS = ("float", "ort-int8", "ort-int4", "spikec-w8", "spikec-w4", "spikec-w4-nbits")
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -187,16 +188,16 @@ def prepare(shape: str, tmp: Path, args) -> tuple[Path, dict[str, Path]]:
             out = tmp / f"{shape}-lm-int4-b{args.block_size}-l{args.accuracy_level}.onnx"
             files[v] = step(f"MatMulNBits int4 (block {args.block_size})",
                             lambda: ort_int4(lm, out, args.block_size, args.accuracy_level), out)
-        elif v == "spikec-w4-inplace":
-            continue  # the spikec-w4 file, run as a model too large to prepack (below)
+        elif v == "spikec-w4-nbits":
+            continue  # the spikec-w4 file, run under another weight policy (below)
         elif v.startswith("spikec-w"):
             bits = int(v[len("spikec-w"):])
             sbin = tmp / f"{shape}-w{bits}.sbin"
             step(f"spikec compile --wbits {bits}", lambda: compile_path(
                 export_dir, sbin, options=SpikeOptions(tv=3, tt=4, wbits=bits).validate()), sbin)
             files[v] = sbin
-    if "spikec-w4-inplace" in args.variants and "spikec-w4" in files:
-        files["spikec-w4-inplace"] = files["spikec-w4"]
+    if "spikec-w4-nbits" in args.variants and "spikec-w4" in files:
+        files["spikec-w4-nbits"] = files["spikec-w4"]
     return export_dir, files
 
 
@@ -236,11 +237,10 @@ class Runner:
 
             sbin = SbinModel(path)
             graph = sbin.model("lm")
-            # -inplace: what `spikec run` does with a model too large to prepack
-            # (runtime/ort_target.py): W4's packed weights on MatMulNBits for every token
-            # count, no int8 copy (MLAS still prepacks MatMulNBits' 4-bit weights: without
-            # it a decode step is about 100x slower)
-            lower_for_ort(graph, "fused", in_place=variant.endswith("-inplace"))
+            # -nbits: the runtime's "nbits" weight policy (runtime/ort_target.py): W4's packed
+            # weights on MatMulNBits for every token count, no int8 form (MLAS still prepacks
+            # MatMulNBits' 4-bit weights: without it a decode step is about 100x slower)
+            lower_for_ort(graph, "fused", in_place=variant.endswith("-nbits"))
             self.session, self.closer = spir.ort_session(graph, opts), sbin
         else:
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
@@ -410,7 +410,7 @@ def print_profile(shape: str, prof: dict, top: int = 12) -> None:
 
 
 RATIOS = (("spikec-w8", "ort-int8", "w8/int8"), ("spikec-w4", "ort-int4", "w4/nbits"),
-          ("spikec-w4-inplace", "ort-int4", "w4ip/nbits"),
+          ("spikec-w4-nbits", "ort-int4", "w4nb/nbits"),
           ("spikec-w8", "float", "w8/float"), ("spikec-w4", "float", "w4/float"))
 
 

@@ -29,23 +29,28 @@ class StatsSession:
     and accumulates them (spikes and tokens per modality, per spiking product)."""
 
     def __init__(self, role: str, model: ir.Model, mode: str, threads: int | None = None,
-                 prepack: bool = True) -> None:
+                 weights: str = "prepack") -> None:
         import onnxruntime as ort
 
-        self.role = role
-        # Small models (prepacked): W4 decode on MatMulNBits over the .sbin's packed 4-bit
-        # sections in place, prefill on MatMulInteger over an unpacked int8 copy. Large ones:
-        # every token on MatMulNBits, no copy of any weight (int8-stored weights in place).
-        lowered = lower_for_ort(model, mode, in_place=not prepack)
+        if weights not in WEIGHT_POLICIES:
+            raise SpikecError(f"weights policy '{weights}' is not one of {', '.join(WEIGHT_POLICIES)}")
+        self.role, self.weights = role, weights
+        # prepack: W4 decode on MatMulNBits over the .sbin's packed sections, prefill on
+        # prepacked MatMulInteger; nbits: every packed product on MatMulNBits (MLAS' 4-bit
+        # prepacked copy); in-place: MatMulInteger over int8 read in place (packed weights
+        # unpacked into a mapped temporary file), nothing prepacked. See choose_weight_policy.
+        if weights == "in-place":
+            lowered = lower_for_ort(model, mode, nbits=False)
+        else:
+            lowered = lower_for_ort(model, mode, in_place=weights == "nbits")
         self.layers = lowered.layers or {}
         opts = ort.SessionOptions()
         opts.log_severity_level = 3
         if threads:
             opts.intra_op_num_threads = threads
-        if not prepack and not uses_matmul_nbits(self.layers):
-            # MatMulNBits is never run unprepacked: MLAS then takes a path about 100x slower
-            # (decode at 2B widths: 922 ms against 9.3 ms); its prepacked form is a 4-bit
-            # copy, about half a byte per weight, where the int8 alternative would cost two
+        if weights == "in-place":
+            # (MatMulNBits, which is never run unprepacked -- MLAS then takes a path about 100x
+            # slower: decode at 2B widths 922 ms against 9.3 ms -- is not used here)
             opts.add_session_config_entry("session.disable_prepacking", "1")
         try:
             # weights reach onnxruntime as views of the .sbin's memory map, not copies
@@ -77,44 +82,54 @@ class StatsSession:
         return [o for o in self.session.get_outputs() if not o.name.startswith(STATS_PREFIX)]
 
 
-def uses_matmul_nbits(layers: dict) -> bool:
-    """Whether a lowered graph's products (LoweringStats.layers) include MatMulNBits ones."""
-    return any(info.get("one_token") == "MatMulNBits" for info in layers.values())
-
-
-# onnxruntime "prepacks" constant MatMulInteger weights into its own layout: a copy of every
-# integer weight in anonymous memory, for about 1.5x faster decode (Qwen2-VL-2B widths, W8:
-# 500 vs 769 ms per token on 2 threads). Prepacked only while the weights take at most this
-# share of the memory available; beyond it they are used in place from the mapped .sbin,
-# so a 7B model runs in bounded memory.
+# onnxruntime "prepacks" constant integer weights into its own layout: a copy of every
+# weight in anonymous memory, for faster products (Qwen2-VL-2B widths, W8: 500 vs 769 ms
+# per decode step on 2 threads; MatMulNBits is about 100x slower unprepacked). What is
+# copied is bounded by this share of the memory available (choose_weight_policy); beyond
+# it the weights are used where they lie in files, so any model runs in bounded memory.
 PREPACK_MEMORY_SHARE = 0.25
+WEIGHT_POLICIES = ("prepack", "nbits", "in-place")
 
 
-def prepack_weights(sbin) -> bool:
-    """Whether to let onnxruntime copy the .sbin's weights into prepacked form (see
-    PREPACK_MEMORY_SHARE); True when available memory cannot be read."""
+def choose_weight_policy(sbin) -> str:
+    """How a .sbin's graphs hold their weights in onnxruntime, the fastest that copies at
+    most PREPACK_MEMORY_SHARE of the available memory ("prepack" when that cannot be read):
+
+    - "prepack": everything prepacked; W4 one-token products on MatMulNBits over the packed
+      sections, multi-token ones on MatMulInteger over int8 unpacked into a mapped temporary
+      file (copies: about 1 byte per int8 weight, 1.5 per packed 4-bit one);
+    - "nbits": every product with packed 4-bit weights on MatMulNBits for any token count,
+      MLAS' 4-bit prepacked copy only (about half a byte per weight; prefill about 2x
+      slower than MatMulInteger);
+    - "in-place": nothing copied: MatMulInteger over int8 weights read in place, the .sbin's
+      or, for packed ones, a temporary file they are unpacked into at load (one byte per
+      weight of disk in TMPDIR); decode about 1.5x slower than prepacked."""
     from spikec.isa.container import SectionKind
     from spikec.memory import available_bytes
 
-    weights = sum(sbin.file.sections[n].size for n in sbin.file.names(SectionKind.TENSOR))
-    # packed 4-bit codes are unpacked to int8 (twice their bytes) for prefill's MatMulInteger
-    weights += 2 * sum(sbin.file.sections[n].size for n in sbin.file.names(SectionKind.TENSOR_INT4))
+    int8 = sum(sbin.file.sections[n].size for n in sbin.file.names(SectionKind.TENSOR))
+    packed = sum(sbin.file.sections[n].size for n in sbin.file.names(SectionKind.TENSOR_INT4))
     available = available_bytes()
-    return available is None or weights <= PREPACK_MEMORY_SHARE * available
+    if available is None or int8 + 3 * packed <= PREPACK_MEMORY_SHARE * available:
+        return "prepack"
+    if packed and packed <= PREPACK_MEMORY_SHARE * available:
+        return "nbits"
+    return "in-place"
 
 
 def create_sessions(sbin, mode: str = "fused", threads: int | None = None) -> dict[str, StatsSession]:
     """Lowered sessions for every graph role of an opened .sbin (spikec.package.SbinModel);
     weights are read in place from the .sbin's memory map (prepacked copies only when small,
-    see PREPACK_MEMORY_SHARE)."""
+    see choose_weight_policy)."""
     if mode not in MODES:
         raise SpikecError(f"--mode: '{mode}' is not one of {', '.join(MODES)}")
-    prepack = prepack_weights(sbin)
-    log.info("onnxruntime weight prepacking %s", "on" if prepack else "off (weights used in place)")
+    policy = choose_weight_policy(sbin)
+    log.info("onnxruntime weights: %s", {"prepack": "prepacked", "nbits": "4-bit products on MatMulNBits (prepacked)",
+                                         "in-place": "used in place, not prepacked"}[policy])
     sessions = {}
     for role in sbin.roles:
         model = sbin.model(role)
-        sessions[role] = StatsSession(role, model, mode, threads, prepack)
+        sessions[role] = StatsSession(role, model, mode, threads, policy)
     return sessions
 
 

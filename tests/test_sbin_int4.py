@@ -117,11 +117,12 @@ def test_w4_codes_are_stored_two_per_byte(w4):
 
 
 @pytest.mark.parametrize("mode", ["fused", "exact"])
-@pytest.mark.parametrize("in_place", [False, True])
-def test_packed_weights_give_the_same_bits(w4, monkeypatch, mode, in_place):
+@pytest.mark.parametrize("policy", ort_target.WEIGHT_POLICIES)
+def test_packed_weights_give_the_same_bits(w4, monkeypatch, mode, policy):
+    """Every weight policy of the runtime (choose_weight_policy: by the memory available)
+    gives the int8-stored model's bits, in run and generate."""
     inline, packed = w4
-    if in_place:  # as for a model too large to prepack: every token on MatMulNBits, no int8 copy
-        monkeypatch.setattr(ort_target, "PREPACK_MEMORY_SHARE", 0.0)
+    monkeypatch.setattr(ort_target, "choose_weight_policy", lambda sbin: policy)
     with load(inline, mode=mode) as a, load(packed, mode=mode) as b:
         feeds = lm_feeds(a)
         ra, rb = a.run(feeds, graph="lm"), b.run(feeds, graph="lm")
@@ -129,11 +130,24 @@ def test_packed_weights_give_the_same_bits(w4, monkeypatch, mode, in_place):
             np.testing.assert_array_equal(ra[k], rb[k], err_msg=k)
         image = _image()
         assert a.generate(image, "What is in the image?", 6) == b.generate(image, "What is in the image?", 6)
-        tokens = {info.get("tokens") for info in b.sessions["lm"].layers.values()}
-        if mode == "fused":
-            assert ("MatMulNBits" in tokens) == in_place  # prefill too, where weights stay in place
-            # MatMulNBits keeps onnxruntime's prepacking (MLAS' 4-bit layout) even in place
-            assert ort_target.uses_matmul_nbits(b.sessions["lm"].layers)
+        layers = b.sessions["lm"].layers.values()
+        if mode == "fused":  # which products MatMulNBits runs, per policy
+            assert any(info.get("one_token") == "MatMulNBits" for info in layers) == (policy != "in-place")
+            assert any(info.get("tokens") == "MatMulNBits" for info in layers) == (policy == "nbits")
+
+
+def test_weight_policy_follows_the_memory_available(w4, monkeypatch):
+    from spikec import memory
+
+    _, packed = w4
+    with SbinModel(packed) as m:
+        sizes = {k: sum(m.file.sections[n].size for n in m.file.names(k))
+                 for k in (SectionKind.TENSOR, SectionKind.TENSOR_INT4)}
+        int8, nib = sizes[SectionKind.TENSOR], sizes[SectionKind.TENSOR_INT4]
+        for available, want in ((None, "prepack"), (4 * (int8 + 3 * nib), "prepack"),
+                                (4 * (int8 + 3 * nib) - 4, "nbits"), (4 * nib, "nbits"), (4 * nib - 4, "in-place")):
+            monkeypatch.setattr(memory, "available_bytes", lambda a=available: a)
+            assert ort_target.choose_weight_policy(m) == want, available
 
 
 @pytest.mark.parametrize("in_place", [False, True])

@@ -37,8 +37,8 @@ class StatsSession:
         self.role, self.weights = role, weights
         # prepack: W4 decode on MatMulNBits over the .sbin's packed sections, prefill on
         # prepacked MatMulInteger; nbits: every packed product on MatMulNBits (MLAS' 4-bit
-        # prepacked copy); in-place: MatMulInteger over int8 read in place (packed weights
-        # unpacked into a mapped temporary file), nothing prepacked. See choose_weight_policy.
+        # prepacked copy); in-place: MatMulInteger over int8 read in place, nothing
+        # prepacked. See choose_weight_policy.
         if weights == "in-place":
             lowered = lower_for_ort(model, mode, nbits=False)
         else:
@@ -101,9 +101,11 @@ def choose_weight_policy(sbin) -> str:
     - "nbits": every product with packed 4-bit weights on MatMulNBits for any token count,
       MLAS' 4-bit prepacked copy only (about half a byte per weight; prefill about 2x
       slower than MatMulInteger);
-    - "in-place": nothing copied: MatMulInteger over int8 weights read in place, the .sbin's
-      or, for packed ones, a temporary file they are unpacked into at load (one byte per
-      weight of disk in TMPDIR); decode about 1.5x slower than prepacked."""
+    - "in-place": nothing copied: MatMulInteger over the .sbin's int8 weights read in place
+      (decode about 1.5x slower than prepacked). A .sbin with packed 4-bit weights never
+      gets it: their int8 form would have to reach onnxruntime from another file, and
+      onnxruntime copies weights it does not map from the model's own folder (1 byte per
+      weight, measured), so "nbits" (half a byte) is the least such a model can hold."""
     from spikec.isa.container import SectionKind
     from spikec.memory import available_bytes
 
@@ -112,7 +114,11 @@ def choose_weight_policy(sbin) -> str:
     available = available_bytes()
     if available is None or int8 + 3 * packed <= PREPACK_MEMORY_SHARE * available:
         return "prepack"
-    if packed and packed <= PREPACK_MEMORY_SHARE * available:
+    if packed:
+        if packed > PREPACK_MEMORY_SHARE * available:
+            log.warning("%s: the 4-bit weights (%.1f GiB, held once more by onnxruntime's MatMulNBits) take more than "
+                        "%d%% of the available memory (%.1f GiB)", sbin.path, packed / 2**30,
+                        round(100 * PREPACK_MEMORY_SHARE), available / 2**30)
         return "nbits"
     return "in-place"
 

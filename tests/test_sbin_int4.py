@@ -137,6 +137,8 @@ def test_packed_weights_give_the_same_bits(w4, monkeypatch, mode, policy):
 
 
 def test_weight_policy_follows_the_memory_available(w4, monkeypatch):
+    """prepack while every copy fits; a packed model then takes nbits, never in-place (its
+    int8 form would be copied by onnxruntime: a byte per weight, more than nbits' half)."""
     from spikec import memory
 
     _, packed = w4
@@ -145,7 +147,7 @@ def test_weight_policy_follows_the_memory_available(w4, monkeypatch):
                  for k in (SectionKind.TENSOR, SectionKind.TENSOR_INT4)}
         int8, nib = sizes[SectionKind.TENSOR], sizes[SectionKind.TENSOR_INT4]
         for available, want in ((None, "prepack"), (4 * (int8 + 3 * nib), "prepack"),
-                                (4 * (int8 + 3 * nib) - 4, "nbits"), (4 * nib, "nbits"), (4 * nib - 4, "in-place")):
+                                (4 * (int8 + 3 * nib) - 4, "nbits"), (4 * nib, "nbits"), (4 * nib - 4, "nbits")):
             monkeypatch.setattr(memory, "available_bytes", lambda a=available: a)
             assert ort_target.choose_weight_policy(m) == want, available
 

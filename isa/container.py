@@ -247,6 +247,9 @@ class SbinFile:
                 raise self._fail(f"section '{name}': offset {offset} is not aligned to {ALIGN}")
             if offset < table_offset + table_size or offset + length > size:
                 raise self._fail(f"section '{name}': [{offset}, {offset + length}) lies outside the file ({size} bytes)")
+            if kind == SectionKind.TENSOR_INT4 and (major, minor) < (2, 1):
+                raise self._fail(f"section '{name}': kind TENSOR_INT4 appeared in .sbin 2.1; the header says "
+                                 f"{major}.{minor}")
             spans.append((offset, offset + length, name))
             self.sections[name] = Section(name, _kind(kind), offset, length, crc)
         spans.sort()

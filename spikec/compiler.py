@@ -371,8 +371,11 @@ def _compile_role(role: str, path: Path, opts: SpikeOptions, modality_ids: dict,
     return model, _compile_model(model, ctx, pipeline, str(path), dump_dir, progress)
 
 
+INT4_STORAGE = ("packed", "int8")  # how a .sbin stores W4 codes (--int4-storage)
+
+
 def compile_path(input_path: str | Path, output: str | Path, *, isa: bool = False, hwconfig: str = "default",
-                 **kw) -> CompileReport:
+                 int4_storage: str = "packed", **kw) -> CompileReport:
     """A folder with manifest.json compiles as an export folder, anything else as one ONNX file.
 
     An OUTPUT ending in .sbin gets the whole compiled model packed into one container
@@ -383,9 +386,15 @@ def compile_path(input_path: str | Path, output: str | Path, *, isa: bool = Fals
     isa/kernels and isa/program (docs/isa.md, "Lowering and the fpga target"); `isa` implies
     `options.exact_vector` (the device computes norms, softmax and SiLU, so every target
     must compute them alike: the vector-numerics pass). `dump_dir` (--dump-ir) is written
-    whole or not at all (`dump_folder`). Raises SpikecError naming the file, node or option
-    at fault, before any work for a bad OUTPUT or dump folder."""
+    whole or not at all (`dump_folder`). `int4_storage` (a .sbin OUTPUT): "packed" stores W4
+    codes two per byte (TENSOR_INT4, docs/sbin.md), "int8" one per byte, which onnxruntime
+    can use with no copy at all (docs/ort-target.md, "Memory"). Raises SpikecError naming
+    the file, node or option at fault, before any work for a bad OUTPUT or dump folder."""
     output = Path(output)
+    if int4_storage not in INT4_STORAGE:
+        raise SpikecError(f"--int4-storage: '{int4_storage}' is not one of {', '.join(INT4_STORAGE)}")
+    if int4_storage != "packed" and output.suffix != ".sbin":
+        raise SpikecError(f"--int4-storage {int4_storage}: the storage of a .sbin; -o {output} is not one")
     if Path(input_path).is_dir() and output.suffix == ".onnx":
         raise SpikecError(f"-o {output}: an export folder compiles to a .sbin or to a folder; a .onnx output is for "
                           "one graph (give a graph file as INPUT)")
@@ -396,6 +405,9 @@ def compile_path(input_path: str | Path, output: str | Path, *, isa: bool = Fals
         kw["options"] = dataclasses.replace(kw.get("options") or SpikeOptions(), exact_vector=True)
     with dump_folder(kw.pop("dump_dir", None), output=output,
                      inputs=[input_path, getattr(opts, "calib", None) or None]) as dump_dir:
+        if output.suffix == ".sbin":
+            return _compile_to_sbin(Path(input_path), output, isa=isa, hwconfig=hwconfig, dump_dir=dump_dir,
+                                    int4_storage=int4_storage, **kw)
         return _compile_path(Path(input_path), output, isa=isa, hwconfig=hwconfig, dump_dir=dump_dir, **kw)
 
 
@@ -454,7 +466,7 @@ def isa_sections(folder: Path, hwconfig: str = "default", *, report: CompileRepo
 
 
 def _compile_to_sbin(input_path: Path, output: Path, *, isa: bool = False, hwconfig: str = "default",
-                     **kw) -> CompileReport:
+                     int4_storage: str = "packed", **kw) -> CompileReport:
     import tempfile
 
     from spikec.isa.container import SectionKind
@@ -490,5 +502,5 @@ def _compile_to_sbin(input_path: Path, output: Path, *, isa: bool = False, hwcon
             rec.pop("properties", None)
         pack_folder(folder, output, extra=[(REPORT_SECTION, SectionKind.JSON,
                                             (json.dumps(packed, indent=2, sort_keys=True) + "\n").encode()),
-                                           *extra_sections])
+                                           *extra_sections], pack_int4=int4_storage == "packed")
     return report

@@ -505,6 +505,10 @@ def check_spikec_ops(model: ir.Model) -> None:
         else:
             continue
         K = _K(node)
+        x = node.inputs[0] if node.inputs else None
+        k_in = x.shape[-1] if x is not None and x.shape is not None and len(x.shape) else None
+        if K is not None and isinstance(k_in, int) and k_in != K and node.op_type in (QUANT_LINEAR, SPIKE_MATMUL):
+            raise SpikecError(f"{where}: the weight has K = {K} input features, its input {k_in}")
         if K is not None and node.op_type in (QUANT_LINEAR, QUANT_MATMUL, SPIKE_MATMUL):
             R.check_overflow(K, _code_bound_T(node, max(get_timesteps(node))), qw, where)
 

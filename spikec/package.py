@@ -51,9 +51,10 @@ TENSOR_PREFIX = "tensor/"
 MAX_PROCESSOR_JSON = 256 << 20
 
 
-def _graph_sections(path: Path, role: str) -> list[tuple[str, int, bytes | memoryview]]:
+def _graph_sections(path: Path, role: str, pack_int4: bool = True) -> list[tuple[str, int, bytes | memoryview]]:
     """A graph file as an ONNX section whose big weights refer to TENSOR sections, then those
-    sections (payloads are views of the source's memory map, not copies)."""
+    sections (payloads are views of the source's memory map, not copies); with `pack_int4`,
+    weights of 4-bit codes as TENSOR_INT4 sections (int4.fits), packed as they are written."""
     model = spir.load_model(path)
     frozen = spir.freeze(model)
     tensors = []
@@ -62,7 +63,7 @@ def _graph_sections(path: Path, role: str) -> list[tuple[str, int, bytes | memor
         array = np.ascontiguousarray(frozen.weights[t.name].numpy())
         if array.dtype.byteorder == ">":
             array = array.astype(array.dtype.newbyteorder("<"))
-        if int4.fits(array):
+        if pack_int4 and int4.fits(array):
             # 4-bit codes, two per byte, in the layout onnxruntime's MatMulNBits reads in place;
             # packed while the file is written, a few MiB at a time
             size = int4.packed_nbytes(*array.shape)
@@ -84,8 +85,9 @@ def _graph_sections(path: Path, role: str) -> list[tuple[str, int, bytes | memor
 
 
 def pack_folder(folder: str | os.PathLike, out: str | os.PathLike,
-                extra: Iterable[tuple[str, int, bytes]] = ()) -> Path:
-    """Pack a model folder (manifest.json + graphs + processor files) into `out` (.sbin).
+                extra: Iterable[tuple[str, int, bytes]] = (), pack_int4: bool = True) -> Path:
+    """Pack a model folder (manifest.json + graphs + processor files) into `out` (.sbin);
+    `pack_int4` stores W4 codes two per byte (TENSOR_INT4), else one per byte (TENSOR).
 
     Every path comes from the folder's manifest and is resolved inside `folder`
     (frontend.manifest.graph_path / processor_path): nothing outside it is packed."""
@@ -98,7 +100,7 @@ def pack_folder(folder: str | os.PathLike, out: str | os.PathLike,
     sections: list[tuple[str, int, bytes]] = []
     packed_manifest = json.loads(json.dumps(manifest))
     for role in sorted(graphs):
-        sections.extend(_graph_sections(mf.graph_path(folder, manifest, role), role))
+        sections.extend(_graph_sections(mf.graph_path(folder, manifest, role), role, pack_int4))
         packed_manifest["graphs"][role]["file"] = GRAPH_PREFIX + role
     proc_dir = mf.processor_path(folder, manifest)
     if proc_dir is not None:
@@ -309,6 +311,7 @@ class SbinModel:
         spir.check_graph_structure(proto, where=where)
         check_graph_ops(proto, where=where)
         tensors: dict[str, ir.TensorProtocol] = {}
+        used: dict[str, str] = {}  # section -> the initializer it holds
         folder = self.path.resolve().parent
         # onnx_ir refuses to map a file with several hard links; such a .sbin is read through views
         shared_file_ok = os.stat(self.path).st_nlink == 1
@@ -327,6 +330,15 @@ class SbinModel:
                                   f"an embedded graph refers only to its own .sbin")
             if t.name in tensors:
                 raise SpikecError(f"{tw}: initializer appears twice")
+            if section in used:
+                raise SpikecError(f"{tw}: section '{section}' is already the data of '{used[section][:80]}'; "
+                                  f"each weight has its own section")
+            used[section] = t.name
+            if "length" in info and not info["length"].isdigit():
+                raise SpikecError(f"{tw}: external data length '{info['length'][:40]}' is not a byte count")
+            if "length" in info and info["length"] != str(int(info["length"])):
+                raise SpikecError(f"{tw}: external data length '{info['length'][:40]}' is not written plainly "
+                                  f"(as {int(info['length'])})")
             dtype, shape, nbytes = spir.tensor_layout(t, where=tw)
             if entry.kind == SectionKind.TENSOR_INT4:
                 tensors[t.name] = self._packed_tensor(t, entry, info, shape, tw, folder, shared_file_ok)

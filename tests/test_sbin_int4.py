@@ -268,3 +268,100 @@ def test_fpga_target_reads_packed_weights(w4, tmp_path, monkeypatch):
             got[target] = (logits, g.generate_ids(po, 3, stop_at_eos=False))
     np.testing.assert_array_equal(got["ort"][0].view(np.uint8), got["fpga"][0].view(np.uint8))
     np.testing.assert_array_equal(got["ort"][1], got["fpga"][1])
+
+
+def test_int8_storage_on_request(w4, tmp_path, monkeypatch, run_cli):
+    """--int4-storage int8: W4 codes one per byte (TENSOR), which a model too large for any
+    copy runs in place; the same bits as the packed file."""
+    inline, packed = w4
+    monkeypatch.setattr(spir, "BIG_TENSOR_BYTES", 1024)
+    path = tmp_path / "int8.sbin"
+    compile_path(inline.parent / "export", path, options=SpikeOptions(tv=3, tt=4, wbits=4).validate(),
+                 int4_storage="int8")
+    monkeypatch.undo()
+    with SbinFile(path) as f, SbinFile(packed) as g:
+        assert not f.names(SectionKind.TENSOR_INT4) and g.names(SectionKind.TENSOR_INT4)
+    assert path.stat().st_size > packed.stat().st_size
+    with load(path) as a, load(packed) as b:
+        feeds = lm_feeds(a)
+        ra, rb = a.run(feeds, graph="lm"), b.run(feeds, graph="lm")
+        for k in ra:
+            np.testing.assert_array_equal(ra[k], rb[k], err_msg=k)
+    r = run_cli("compile", str(inline.parent / "export"), "-o", str(tmp_path / "folder"), "--int4-storage", "int8")
+    assert r.code == 1 and "--int4-storage int8" in r.err and "Traceback" not in r.err
+    assert not (tmp_path / "folder").exists()
+
+
+def _k_minus_one(data, t):
+    """K - 1 codes, repacked so nothing lies past the new K (same byte count)."""
+    K, N = t.dims
+    codes = int4.unpack(np.frombuffer(bytes(data), np.uint8).reshape(int4.packed_shape(K, N)), K)
+    t.dims[0] = K - 1
+    return int4.pack(codes[:K - 1]).tobytes()
+
+
+def _length_leading_zero(data, t):
+    for e in t.external_data:
+        if e.key == "length":
+            e.value = "0" + e.value
+    return bytes(data)
+
+
+def test_a_packed_k_that_does_not_fit_its_input(w4, tmp_path, run_cli):
+    """Found by a newcomer's trial: K - 1 codes packed in the same bytes pass every nibble
+    check; the graph then does not fit. Refused where the input's width is known (the ops
+    check), else by onnxruntime when the graph is loaded: exit 1, file and graph named."""
+    from spikec import ops as sops
+    from test_ort_nbits import _graph
+
+    model = _graph(300)
+    node = next(n for n in model.graph if n.op_type == "SpikeMatMul")
+    node.inputs[0].shape = spir.ir.Shape([1, 2, 299])
+    with pytest.raises(SpikecError, match="K = 300 input features, its input 299"):
+        sops.check_spikec_ops(model)
+    _, packed = w4
+    bad = _rewrite(packed, tmp_path / "bad.sbin", _k_minus_one)
+    r = run_cli("run", str(bad), "--prompt", "hi", "--max-new-tokens", "1")
+    assert r.code == 1 and "Traceback" not in r.err and "graph 'lm'" in r.err and str(bad) in r.err, r.err
+
+
+def test_a_length_written_oddly_is_named(w4, tmp_path, run_cli):
+    _, packed = w4
+    bad = _rewrite(packed, tmp_path / "bad.sbin", _length_leading_zero)
+    r = run_cli("inspect", str(bad))
+    assert r.code == 1 and "Traceback" not in r.err and "not written plainly" in r.err, r.err
+
+
+def test_a_section_backs_one_weight_only(w4, tmp_path):
+    _, packed = w4
+    with SbinFile(packed) as f:
+        secs = [(n, f.sections[n].kind, bytes(f.read(n))) for n in f.names()]
+    g = next(i for i, s in enumerate(secs) if s[0] == "graph/lm")
+    proto = onnx.load_from_string(secs[g][2])
+    kinds = {n: k for n, k, _ in secs}
+    refs = [t for t in proto.graph.initializer
+            if t.external_data and kinds.get(t.external_data[0].value) == SectionKind.TENSOR_INT4]
+    same = [t for t in refs if list(t.dims) == list(refs[0].dims)]
+    assert len(same) >= 2
+    same[1].external_data[0].value = same[0].external_data[0].value
+    secs[g] = (secs[g][0], secs[g][1], proto.SerializeToString())
+    bad = write_sbin(tmp_path / "bad.sbin", secs)
+    with SbinModel(bad) as m, pytest.raises(SpikecError, match="already the data of"):
+        m.model("lm")
+
+
+def test_a_2_0_header_with_packed_sections_is_refused(w4, tmp_path):
+    import zlib
+
+    from spikec.isa import container as C
+
+    _, packed = w4
+    data = bytearray(packed.read_bytes())
+    fields = list(C.HEADER.unpack_from(data, 0))
+    fields[2], fields[-1] = 0, 0
+    fields[-1] = zlib.crc32(C.HEADER.pack(*fields))
+    data[: C.HEADER.size] = C.HEADER.pack(*fields)
+    old = tmp_path / "old.sbin"
+    old.write_bytes(bytes(data))
+    with pytest.raises(SpikecError, match="TENSOR_INT4 appeared in .sbin 2.1"):
+        SbinFile(old)

@@ -29,6 +29,10 @@ from spikec.passes import PASSES, QDQ_PIPELINE, SPIKING_PIPELINE
 )
 @click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the JSON compile report here.")
 @click.option("--wbits", type=click.Choice(["8", "4"]), default="8", show_default=True, help="Weight bits (symmetric codes; scales per output channel or per --group-size).")
+@click.option("--int4-storage", type=click.Choice(["packed", "int8"]), default="packed", show_default=True,
+              help="How a .sbin stores W4 codes: two per byte (half the file; onnxruntime's MatMulNBits reads them, "
+                   "holding half a byte per weight of its own), or one per byte (onnxruntime reads them in place "
+                   "with no copy: for a model larger than memory allows otherwise). docs/sbin.md.")
 @click.option("--group-size", type=click.Choice(["0", "32", "64", "128"]), default="0", show_default=True,
               help="Weight scales per group of this many input features (GPTQ/AWQ style; 0: one per output channel). "
                    "A layer whose input size it does not divide keeps per-channel scales. tc-lif only.")
@@ -69,7 +73,7 @@ def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_
                     spike_attention: bool, isa: bool, hwconfig: str | None, per_layer: bool, weight_method: str = "rtn",
                     gptq_damp: float = 0.01, gptq_act_order: bool = False, exact_vector: bool = False,
                     rotate: bool = False, online_hadamard: bool = True, group_size: str = "0",
-                    attention_hadamard: bool = True) -> None:
+                    attention_hadamard: bool = True, int4_storage: str = "packed") -> None:
     """Compile INPUT (an ONNX file, or an export folder of `spikec export`) into OUTPUT."""
     from spikec import atomic
     from spikec import progress as P
@@ -101,7 +105,7 @@ def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_
     # one bar per graph over its passes on a terminal; the "[i/n] pass" lines in a pipe; nothing with -q
     with naming_file(input_path), P.pass_lines(lambda m: click.echo(m, err=True)) as progress:
         report = compile_path(input_path, output, pipeline=names, options=options, dump_dir=dump_dir,
-                              progress=progress, isa=isa, hwconfig=hwconfig or "default")
+                              progress=progress, isa=isa, hwconfig=hwconfig or "default", int4_storage=int4_storage)
     # The output is complete and renamed by now: the summary below only reads the report,
     # and every value is formatted defensively (`_fmt`), so printing it cannot fail.
     if report_path is not None:

@@ -405,15 +405,14 @@ def compile_path(input_path: str | Path, output: str | Path, *, isa: bool = Fals
         kw["options"] = dataclasses.replace(kw.get("options") or SpikeOptions(), exact_vector=True)
     with dump_folder(kw.pop("dump_dir", None), output=output,
                      inputs=[input_path, getattr(opts, "calib", None) or None]) as dump_dir:
-        if output.suffix == ".sbin":
-            return _compile_to_sbin(Path(input_path), output, isa=isa, hwconfig=hwconfig, dump_dir=dump_dir,
-                                    int4_storage=int4_storage, **kw)
-        return _compile_path(Path(input_path), output, isa=isa, hwconfig=hwconfig, dump_dir=dump_dir, **kw)
+        return _compile_path(Path(input_path), output, isa=isa, hwconfig=hwconfig, dump_dir=dump_dir,
+                             int4_storage=int4_storage, **kw)
 
 
-def _compile_path(input_path: Path, output: Path, *, isa: bool, hwconfig: str, **kw) -> CompileReport:
+def _compile_path(input_path: Path, output: Path, *, isa: bool, hwconfig: str, int4_storage: str,
+                  **kw) -> CompileReport:
     if output.suffix == ".sbin":
-        return _compile_to_sbin(Path(input_path), output, isa=isa, hwconfig=hwconfig, **kw)
+        return _compile_to_sbin(Path(input_path), output, isa=isa, hwconfig=hwconfig, int4_storage=int4_storage, **kw)
     if isa:
         raise SpikecError(f"--isa: the accelerator lowering is packed into a .sbin; give -o {Path(output).with_suffix('.sbin').name}")
     p = Path(input_path)

@@ -518,12 +518,13 @@ def ort_session(graph: "Frozen | ir.Model", options=None, providers: list[str] |
 
 
 def _session_arrays(tensors: list) -> list[np.ndarray]:
-    """The arrays handed to onnxruntime for `tensors`. onnxruntime uses them in place for the
-    session's lifetime (and prepacks integer weights: a copy of its own). Packed 4-bit
-    weights (int4.PackedInt4Tensor), whose int8 form prefill's MatMulInteger needs, are
-    unpacked into an unlinked temporary file and mapped back, one weight at a time, so that
-    form is clean file-backed memory the kernel can drop once onnxruntime has prepacked it,
-    not a second anonymous copy (Qwen2-VL-2B at W4: 2 GiB)."""
+    """The arrays handed to onnxruntime for `tensors` through add_external_initializers,
+    which spikec keeps alive for the session (`session.spikec_weights`) while onnxruntime
+    makes its own copy (prepacked, for integer products). Packed 4-bit weights
+    (int4.PackedInt4Tensor), whose int8 form prefill's MatMulInteger needs, are unpacked
+    into an unlinked temporary file and mapped back, one weight at a time, so that the
+    array kept alive is clean file-backed memory the kernel can drop, not a second
+    anonymous copy (Qwen2-VL-2B at W4: 2 GiB, docs/ort-target.md "Memory")."""
     packed = [t for t in tensors if isinstance(t, int4.PackedInt4Tensor)]
     if not packed:
         return [np.ascontiguousarray(t.numpy()) for t in tensors]

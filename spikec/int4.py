@@ -35,9 +35,9 @@ CODE_MAX = 7  # |w| <= 7: symmetric 4-bit codes; u = 0 (w = -8) is never stored
 CHUNK_BYTES = 16 << 20
 
 
-def blocks(K: int) -> int:
-    """Blocks of 128 nibbles that hold K codes (127 codes and one zero-weight slot each)."""
-    return -(-K // CODES_PER_BLOCK)
+def blocks(K: int, block: int = BLOCK) -> int:
+    """Blocks of `block` nibbles that hold K codes (block - 1 codes and one zero-weight slot each)."""
+    return -(-K // (block - 1))
 
 
 def packed_shape(K: int, N: int) -> tuple[int, int, int]:

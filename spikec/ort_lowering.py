@@ -425,9 +425,7 @@ NBITS_BLOCK = int4.BLOCK  # MatMulNBits block length along K: 127 codes and the 
 NBITS_SENTINEL = 127  # the sentinel activation: every block's max |a| is exactly 127
 
 
-def nbits_blocks(K: int, block: int = NBITS_BLOCK) -> int:
-    """Blocks of the sentinel layout for K codes: block - 1 codes and one sentinel each."""
-    return -(-K // (block - 1))
+nbits_blocks = int4.blocks  # blocks of the sentinel layout: block - 1 codes and the sentinel each
 
 
 def nbits_exact(K: int, q_max: int, w_absmax: int, block: int = NBITS_BLOCK) -> bool:
@@ -844,7 +842,7 @@ class _Lowerer:
         # every token on MatMulNBits when weights are used in place: the group must be all packed
         return (id(q), id(s_x), tuple(int(t) for t in T), K, packed and self.in_place)
 
-    def nbits_group(self, nodes: list[ir.Node]) -> list[ir.Value]:
+    def nbits_group(self, nodes: list[ir.Node], every_token: bool) -> list[ir.Value]:
         """One call for the products of `nodes` (one nbits_key): MatMulNBits over their
         concatenated weights for one token, MatMulInteger per product otherwise."""
         first = nodes[0]
@@ -856,7 +854,6 @@ class _Lowerer:
         dql = (ROW_DEQUANTIZE and producer is not None and producer.domain == DOMAIN
                and producer.op_type.startswith("Encode"))
         block = NBITS_BLOCK
-        every_token = self.nbits_key(first)[-1]
         parts, inputs = [], [q, s_x]
         for node in nodes:
             w, s_w = node.inputs[3], node.inputs[4]
@@ -926,15 +923,15 @@ class _Lowerer:
             key = self.nbits_key(node) if node.domain == sops.DOMAIN else None
             if key is not None:
                 groups.setdefault(key, []).append(node)
-        first = {id(g[0]): g for g in groups.values()}
+        first = {id(g[0]): (g, key[-1]) for key, g in groups.items()}  # key[-1]: every token on MatMulNBits
         followers = {id(n) for g in groups.values() for n in g[1:]}
         for node in list(self.graph):
             if node.domain != sops.DOMAIN or id(node) in followers:
                 continue
             count += 1
             self._pending, self._stat_outputs = [], []
-            group = first.get(id(node))
-            new_values = self.nbits_group(group) if group else self.lower(node)
+            group, every_token = first.get(id(node), (None, False))
+            new_values = self.nbits_group(group, every_token) if group else self.lower(node)
             calls = [n for n in self._pending if n.domain == DOMAIN]
             for i, n in enumerate(calls):
                 # keep the layer's name on its call, for dumps and stats; a QuantLinear's

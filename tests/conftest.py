@@ -3,11 +3,51 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sys
+import tempfile
+from pathlib import Path
 
 import pytest
 
 from spikec import cli
+
+
+_RUN_TMP: dict[str, object] = {}
+
+
+def pytest_configure(config):
+    """Every temporary file of a test run under one folder, removed when the run ends.
+
+    The tests cache exports and compiled models in `tempfile.mkdtemp` folders (made once
+    per run), spikec makes its own temporary files, and CLI subprocesses inherit TMPDIR:
+    all of it went to the system's temporary folder and stayed there (about 1.5 GB after
+    a few runs). The fuzzers' failure folder stays in the system one, to outlive the run."""
+    system_tmp = tempfile.gettempdir()
+    os.environ.setdefault("SPIKEC_FUZZ_DIR", str(Path(system_tmp) / "spikec-fuzz-failures"))
+    root = tempfile.mkdtemp(prefix="spikec-tests-", dir=system_tmp)
+    _RUN_TMP.update(root=root, previous=os.environ.get("TMPDIR"))
+    os.environ["TMPDIR"] = root
+    tempfile.tempdir = root
+
+
+def pytest_sessionfinish(session, exitstatus):
+    _RUN_TMP["failed"] = exitstatus not in (0, 5)
+
+
+def pytest_unconfigure(config):
+    root = _RUN_TMP.get("root")
+    if root is None:
+        return
+    tempfile.tempdir = None
+    if _RUN_TMP["previous"] is None:
+        os.environ.pop("TMPDIR", None)
+    else:
+        os.environ["TMPDIR"] = _RUN_TMP["previous"]
+    if _RUN_TMP.get("failed"):
+        print(f"\ntemporary files of this run kept for inspection: {root}", file=sys.stderr)
+    else:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(config, items):

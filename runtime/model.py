@@ -76,10 +76,18 @@ class CompiledModel:
             self._generator = OrtGenerator(self.sbin.folder(), sessions=self.sessions)
         return self._generator
 
-    def generate(self, image: Any, prompt: str | list[str], max_new_tokens: int = 32) -> str | list[str]:
+    @property
+    def default_max_new_tokens(self) -> int:
+        """The checkpoint's generation_config `max_new_tokens` as exported (manifest field,
+        1..4096), else 32."""
+        value = self.manifest.get("max_new_tokens")
+        return value if isinstance(value, int) and not isinstance(value, bool) and value >= 1 else 32
+
+    def generate(self, image: Any, prompt: str | list[str], max_new_tokens: int | None = None) -> str | list[str]:
         """Image (a PIL image, a path, a uint8 array, or None for a text-only prompt) + prompt
         -> text, greedy. A list of images (with one prompt, or a list of as many) gives a
-        list of answers, generated one after the other.
+        list of answers, generated one after the other. max_new_tokens None: the
+        checkpoint's own (`default_max_new_tokens`).
 
         The text before the first EOS: "" when the model answers EOS first. A path is read by
         `spikec.images.load_image` (8-bit RGB; high-depth images scaled, decompression bombs
@@ -94,6 +102,8 @@ class CompiledModel:
         before the image is read.
         """
         self.check_generates()
+        if max_new_tokens is None:
+            max_new_tokens = self.default_max_new_tokens
         if isinstance(image, (list, tuple)):
             # a batch: generated one after the other (the same answers as one at a time)
             prompts = list(prompt) if isinstance(prompt, (list, tuple)) else [prompt] * len(image)

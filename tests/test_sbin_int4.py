@@ -365,3 +365,25 @@ def test_a_2_0_header_with_packed_sections_is_refused(w4, tmp_path):
     old.write_bytes(bytes(data))
     with pytest.raises(SpikecError, match="TENSOR_INT4 appeared in .sbin 2.1"):
         SbinFile(old)
+
+
+def test_generation_length_is_the_checkpoints(w4, monkeypatch):
+    """Without max_new_tokens, generate takes the checkpoint's generation_config (the bundled
+    model's is 4, carried by the export's manifest into the .sbin); a manifest without it: 32."""
+    from spikec.frontend.generate import OrtGenerator
+
+    asked = []
+    real = OrtGenerator.generate
+
+    def spy(self, image, prompt, max_new_tokens=32):
+        asked.append(max_new_tokens)
+        return real(self, image, prompt, max_new_tokens=max_new_tokens)
+
+    monkeypatch.setattr(OrtGenerator, "generate", spy)
+    with load(w4[1]) as m:
+        assert m.manifest["max_new_tokens"] == 4 and m.default_max_new_tokens == 4
+        m.generate(_image(), "What is in the image?")
+        m.generate(_image(), "What is in the image?", 2)
+        m.manifest.pop("max_new_tokens")
+        assert m.default_max_new_tokens == 32
+    assert asked == [4, 2]

@@ -96,3 +96,31 @@ def test_optimize_leaves_out_only_the_quadratic_rules():
     assert len(seen) == 1 and not set(seen[0]) & set(streaming.QUADRATIC_RULES)
     assert len(seen[0]) == len(default) - len(streaming.QUADRATIC_RULES)
     assert rewriter._DEFAULT_REWRITE_RULES is default
+
+
+def test_generation_config_reaches_the_manifest(tmp_path):
+    """generation_config.json's EOS list and max_new_tokens are exported, also from a model
+    built from the config alone (the streaming path's trace model): a config-derived
+    generation config knows one EOS and no max_new_tokens."""
+    import json
+
+    from spikec.errors import SpikecError
+    from spikec.frontend import manifest as mf
+
+    model, processor = build_tiny("tiny-llava")
+    eos = int(processor.tokenizer.eos_token_id)
+    model.generation_config.eos_token_id = [eos, 5]
+    model.generation_config.max_new_tokens = 3
+    model.to(torch.float16).save_pretrained(tmp_path / "ckpt")
+    processor.save_pretrained(tmp_path / "ckpt")
+    streamed = load(str(tmp_path / "ckpt"), stream=True)
+    assert streamed.model.generation_config.eos_token_id == [eos, 5]
+    export_loaded(streamed, tmp_path / "out")
+    manifest = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert manifest["eos_token_id"] == [eos, 5] and manifest["max_new_tokens"] == 3
+    mf.load_json(tmp_path / "out")  # valid as written
+    for bad in (0, 5000, "3", True):
+        manifest["max_new_tokens"] = bad
+        (tmp_path / "out" / "manifest.json").write_text(json.dumps(manifest))
+        with pytest.raises(SpikecError, match="max_new_tokens"):
+            mf.load_json(tmp_path / "out")

@@ -75,7 +75,9 @@ def _ort_errors() -> tuple[type[BaseException], ...]:
 @click.option("--image", type=click.Path(path_type=Path),
               help="Input image for generation (omit it for a text-only prompt, where the family allows one).")
 @click.option("--prompt", help="Text prompt for generation.")
-@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=None,
+              help="The most tokens to generate (it stops earlier at EOS). Default: the checkpoint's "
+                   "generation_config max_new_tokens, as exported; 32 where it sets none.")
 @click.option("--inputs", "inputs_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Raw input tensors (.npz keyed by graph input name).")
 @click.option("--graph", help="With --inputs: which graph to run (vision, embed, lm, ...).")

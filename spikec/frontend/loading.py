@@ -255,6 +255,7 @@ def load_folder(folder: Path, *, allow_pickle: bool = False, stream: bool = Fals
             processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
         except Exception as exc:
             raise SpikecError(f"{folder}: cannot load the processor/tokenizer files: {exc}") from exc
+        _set_generation_config(folder, model)
         return Loaded(model.eval(), processor, adapter, str(folder), weights)
     safe, pickled = _weight_files(folder)
     if not safe and not pickled:
@@ -288,7 +289,28 @@ def load_folder(folder: Path, *, allow_pickle: bool = False, stream: bool = Fals
         processor = AutoProcessor.from_pretrained(folder, local_files_only=True)
     except Exception as exc:
         raise SpikecError(f"{folder}: cannot load the processor/tokenizer files: {exc}") from exc
+    _set_generation_config(folder, model)
     return Loaded(model.eval(), processor, adapter, str(folder), weights)
+
+
+def _set_generation_config(folder: Path, model) -> None:
+    """The checkpoint's generation_config.json on `model`, whichever way it was built.
+
+    A model built from the config alone (the streaming path's trace model, a quantized
+    checkpoint's) has a generation config derived from config.json, which misses what only
+    generation_config.json says: its EOS list (Qwen2-VL-Instruct's adds 151643) and
+    max_new_tokens, both exported into the manifest. Raises SpikecError naming the file
+    when transformers cannot read it."""
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return
+    from transformers import GenerationConfig
+
+    try:
+        model.generation_config = GenerationConfig.from_pretrained(folder, local_files_only=True)
+    except Exception as exc:  # noqa: BLE001 - transformers raises many kinds on a bad file
+        raise SpikecError(f"{path}: cannot read the generation config: {type(exc).__name__}: "
+                          f"{str(exc)[:300]}") from None
 
 
 def _check_finite(folder: Path, model, safe: list[Path], chunk: int = 1 << 24) -> None:

@@ -14,6 +14,7 @@ Schema (version 1):
          "past": "past_key_values.{i}.key|value", "present": "present.{i}.key|value",
          "decode": "..."},
   "eos_token_id": int | list | null,
+  "max_new_tokens": int | null,                  # generation_config's, 1..MAX_NEW_TOKENS (`spikec run`'s default)
   "graphs": {"vision"|"embed"|"lm": {"file", "role", "inputs": [io], "outputs": [io]}}
 }
 io = {"name": str, "dtype": "float32" | "int64" | "bool", "shape": [int | str]}
@@ -34,6 +35,8 @@ from spikec.paths import check_name, check_relative, resolve_inside
 
 MANIFEST = "manifest.json"
 FORMAT, VERSION = "spikec-frontend", 1
+# The most tokens one generation may produce (`spikec run --max-new-tokens`'s range).
+MAX_NEW_TOKENS = 4096
 
 
 def past_names(n_layers: int) -> list[str]:
@@ -66,6 +69,11 @@ def build(loaded, graphs: dict, opset: int, processor_dir: str, lm_dims) -> dict
                           f"(vocab_size {tc.vocab_size}): no position could take the image")
     gen = getattr(loaded.model, "generation_config", None)
     eos = getattr(gen, "eos_token_id", None) if gen is not None else None
+    # generate()'s default length as the checkpoint sets it; a value out of the runtime's
+    # range is left out rather than refused (the runtime's own default applies)
+    max_new = getattr(gen, "max_new_tokens", None) if gen is not None else None
+    if isinstance(max_new, bool) or not isinstance(max_new, int) or not 1 <= max_new <= MAX_NEW_TOKENS:
+        max_new = None
     return {
         "format": FORMAT, "version": VERSION,
         "family": adapter.family, "model_type": config.model_type, "source": loaded.source,
@@ -85,6 +93,7 @@ def build(loaded, graphs: dict, opset: int, processor_dir: str, lm_dims) -> dict
                "decode": "feed present.* back as past_key_values.*; prefill with past length 0; attention_mask "
                          "covers past + new tokens"},
         "eos_token_id": eos,
+        "max_new_tokens": max_new,
         "graphs": graphs,
     }
 
@@ -193,6 +202,7 @@ def check_manifest(m: object, *, where: str, sbin: bool = False) -> dict:
         schema.int_list(eos, where=f"{where}: field 'eos_token_id'", min=0, max=MAX_TOKEN_ID, length=(0, 1024))
     else:
         schema.get(m, "eos_token_id", int, where=where, default=None, nullable=True, min=0, max=MAX_TOKEN_ID)
+    schema.get(m, "max_new_tokens", int, where=where, default=None, nullable=True, min=1, max=MAX_NEW_TOKENS)
     timesteps = schema.get(m, "timesteps", dict, where=where, default=None, max=MAX_GRAPHS)
     for role, table in (timesteps or {}).items():
         if schema.check(table, dict, where=f"{where}: field 'timesteps.{role}'", nullable=True, max=MAX_MODALITY_ID + 1):

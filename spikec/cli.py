@@ -43,7 +43,35 @@ class _LazyGroup(click.Group):
         if target is None:
             return None
         module_name, attr = target.split(":")
-        return getattr(importlib.import_module(module_name), attr)
+        command = getattr(importlib.import_module(module_name), attr)
+        _accept_global_options(command)
+        return command
+
+
+def _apply_verbosity(verbose: int, quiet: bool) -> None:
+    """-q / -v wherever they are given: progress output and the root logger's level."""
+    if quiet:
+        progress.set_quiet(True)
+    if verbose or quiet:
+        logging.getLogger().setLevel(logging.INFO if verbose == 1 else logging.DEBUG if verbose > 1 else logging.ERROR)
+
+
+def _subcommand_verbosity(ctx: click.Context, param: click.Parameter, value) -> None:
+    if value:
+        _apply_verbosity(value if param.name == "verbose" else 0, param.name == "quiet")
+
+
+def _accept_global_options(command: click.Command) -> None:
+    """Let `spikec COMMAND ... -q` (or -v) mean what `spikec -q COMMAND ...` does: users put
+    them after the command as often as before it. Added once per command object."""
+    if any(p.name in ("quiet", "verbose") for p in command.params):
+        return
+    command.params += [
+        click.Option(["-v", "--verbose"], count=True, expose_value=False, callback=_subcommand_verbosity,
+                     help="As `spikec -v`: more logging, tracebacks on errors."),
+        click.Option(["-q", "--quiet"], is_flag=True, expose_value=False, callback=_subcommand_verbosity,
+                     help="As `spikec -q`: no progress output, no warnings."),
+    ]
 
 
 @click.group(cls=_LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})

@@ -41,6 +41,13 @@ def test_quiet_prints_only_errors(run_cli, tiny_mlp, tmp_path):
     # the flag belongs to one invocation
     r = run_cli("compile", str(tiny_mlp), "-o", str(tmp_path / "o.onnx"))
     assert "[1/10] fold-constants" in r.err
+    # after the command as before it
+    r = run_cli("compile", str(tiny_mlp), "-o", str(tmp_path / "o.onnx"), "-q")
+    assert r.code == 0 and r.err == "" and "compiled" in r.out, r.err
+    r = run_cli("compile", str(tiny_mlp), "-o", str(tmp_path / "o.onnx"))
+    assert "[1/10] fold-constants" in r.err
+    r = run_cli("compile", str(tmp_path / "nope.onnx"), "-o", str(tmp_path / "x.onnx"), "--quiet")
+    assert r.code == 1 and r.err.startswith("error: ") and r.err.count("\n") == 1, r.err
 
 
 def test_adapters_off_a_terminal():

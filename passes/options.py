@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 _WARNED: set[str] = set()  # ignored-option warnings already given in this process
 
 CALIB_METHODS = ("max", "percentile", "mse")
+DEFAULT_PERCENTILE, DEFAULT_CALIB_SAMPLES = 99.99, 8
 WEIGHT_METHODS = ("rtn", "gptq")
 GROUP_SIZES = (0, 32, 64, 128)  # --group-size: GPTQ's and AWQ's usual groups; 0 = per output channel
 DEFAULT_TT, DEFAULT_TV = 4, 3  # the paper's operating point Tv/Tt = 3/4
@@ -40,8 +41,8 @@ class SpikeOptions:
     act_scale: str = "auto"  # static | dynamic | auto (static when --calib is given, else dynamic)
     calib: str | None = None
     calib_method: str = "max"
-    percentile: float = 99.99
-    calib_samples: int = 8  # image+prompt pairs (or npz feeds) used at most
+    percentile: float = DEFAULT_PERCENTILE
+    calib_samples: int = DEFAULT_CALIB_SAMPLES  # image+prompt pairs (or npz feeds) used at most
     smooth: float | None = None  # SmoothQuant alpha
     neuron: str = "tc-lif"
     tv: int | None = None
@@ -121,6 +122,12 @@ class SpikeOptions:
             out.append("--no-online-hadamard / --no-attention-hadamard have no effect without --rotate")
         if self.rotate and not self.spike_attention and not self.attention_hadamard:
             out.append("--no-attention-hadamard has no effect without --spike-attention")
+        if not self.calib and (self.calib_method != "max" or self.calib_samples != DEFAULT_CALIB_SAMPLES):
+            out.append("--calib-method / --calib-samples have no effect without --calib")
+        if self.calib_method != "percentile" and self.percentile != DEFAULT_PERCENTILE:
+            out.append("--percentile has no effect without --calib-method percentile")
+        if self.budget is None and not self.per_layer:
+            out.append("--no-per-layer has no effect without --budget")
         return out
 
     @property

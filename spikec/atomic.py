@@ -34,14 +34,21 @@ def check_output(path: str | os.PathLike, *, is_dir: bool, inputs: Iterable[str 
     - a folder output is not the current folder or one holding it;
     - an existing non-empty folder is replaced only where `replaceable(folder)` says spikec
       wrote it (an earlier output of the same kind);
-    - the output is none of `inputs` and holds none of them (replacing it would delete them).
+    - the output is none of `inputs` and holds none of them (replacing it would delete them),
+      nor an existing file inside an input folder (a data folder's data.jsonl, an image);
+    - a file output's path does not end in a path separator (`model.sbin/` names a folder);
+    - its nearest existing folder takes a new file (a temporary one is made and removed
+      there: a read-only or virtual file system is refused here, before any work).
     Symlinks are followed for the comparisons."""
     final = Path(path)
     where = f"{option} {path}"
+    if not is_dir and str(path).endswith((os.sep, "/")):
+        raise SpikecError(f"{where}: ends in a path separator, which names a folder; give the output file's name")
     for parent in final.absolute().parents:
         if parent.exists():
             if not parent.is_dir():
                 raise SpikecError(f"{where}: {parent} is a file, so nothing can be created under it")
+            _check_writable(parent, where)
             break
     if final.exists():
         if is_dir and not final.is_dir():
@@ -55,6 +62,8 @@ def check_output(path: str | os.PathLike, *, is_dir: bool, inputs: Iterable[str 
         source = Path(inp).resolve()
         if source == resolved or source.is_relative_to(resolved):
             raise SpikecError(f"{where}: the output would replace the input {inp}; give another path")
+        if source.is_dir() and final.exists() and resolved.is_relative_to(source):
+            raise SpikecError(f"{where}: would replace a file of the input folder {inp}; give another path")
     if is_dir:
         cwd = Path.cwd().resolve()
         if cwd == resolved or cwd.is_relative_to(resolved):
@@ -62,6 +71,17 @@ def check_output(path: str | os.PathLike, *, is_dir: bool, inputs: Iterable[str 
         if final.is_dir() and any(final.iterdir()) and not (replaceable is not None and replaceable(final)):
             raise SpikecError(f"{where}: the folder exists and is not one spikec wrote; spikec replaces only its own "
                               "outputs: remove it or give another path")
+
+
+def _check_writable(folder: Path, where: str) -> None:
+    """SpikecError unless a file can be created in `folder` (probed: os.access does not see
+    read-only mounts, /proc or /sys for root)."""
+    try:
+        fd, name = tempfile.mkstemp(prefix=".spikec-probe-", dir=folder)
+    except OSError as exc:
+        raise SpikecError(f"{where}: cannot write in {folder} ({exc.strerror or exc})") from None
+    os.close(fd)
+    os.unlink(name)
 
 
 @contextlib.contextmanager
@@ -75,15 +95,18 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False,
     (`check_output`, which raises SpikecError before anything is written)."""
     check_output(path, is_dir=is_dir, replaceable=replaceable)
     final = Path(path)
-    final.parent.mkdir(parents=True, exist_ok=True)
     prefix = f".{final.name}.tmp-"
-    if is_dir:
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
-        tmp.chmod(0o755)  # mkdtemp makes it 0700; the output is an ordinary folder
-    else:
-        fd, name = tempfile.mkstemp(prefix=prefix, dir=final.parent)
-        os.close(fd)
-        tmp = Path(name)
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        if is_dir:
+            tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=final.parent))
+            tmp.chmod(0o755)  # mkdtemp makes it 0700; the output is an ordinary folder
+        else:
+            fd, name = tempfile.mkstemp(prefix=prefix, dir=final.parent)
+            os.close(fd)
+            tmp = Path(name)
+    except OSError as exc:
+        raise SpikecError(f"{path}: cannot write ({exc.strerror or exc})") from None
     try:
         yield tmp
         if is_dir:
@@ -108,9 +131,13 @@ def atomic_path(path: str | os.PathLike, *, is_dir: bool = False,
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write `data` to `path` atomically."""
+    """Write `data` to `path` atomically. SpikecError naming `path` when it cannot be
+    written (`check_output`'s refusals, a full disk)."""
     with atomic_path(path) as tmp:
-        tmp.write_bytes(data)
+        try:
+            tmp.write_bytes(data)
+        except OSError as exc:
+            raise SpikecError(f"{path}: cannot write ({exc.strerror or exc})") from None
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:

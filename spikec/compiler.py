@@ -395,6 +395,11 @@ def compile_path(input_path: str | Path, output: str | Path, *, isa: bool = Fals
         raise SpikecError(f"--int4-storage: '{int4_storage}' is not one of {', '.join(INT4_STORAGE)}")
     if int4_storage != "packed" and output.suffix != ".sbin":
         raise SpikecError(f"--int4-storage {int4_storage}: the storage of a .sbin; -o {output} is not one")
+    from spikec.isa.container import is_sbin
+
+    if is_sbin(input_path):
+        raise SpikecError(f"{input_path}: is a compiled .sbin, not a model to compile (INPUT is an export folder of "
+                          "`spikec export` or an ONNX file); run it with `spikec run`, look inside with `spikec inspect`")
     if Path(input_path).is_dir() and output.suffix == ".onnx":
         raise SpikecError(f"-o {output}: an export folder compiles to a .sbin or to a folder; a .onnx output is for "
                           "one graph (give a graph file as INPUT)")

@@ -365,7 +365,7 @@ def check_overflow(K: int, T: int, w_qmax: int, where: str = "") -> None:
         bound = int(K) * (2 ** int(T) - 1) * int(w_qmax)
         raise SpikecError(
             f"{where or 'matmul'}: int32 accumulator can overflow: K={K} * (2**{T} - 1) * "
-            f"Qw={w_qmax} = {bound} > 2**31 - 1; split K or lower T"
+            f"Qw={w_qmax} = {bound} > 2**31 - 1; lower T (--tv/--tt) or the weight bits (--wbits 4)"
         )
 
 

@@ -116,3 +116,35 @@ def test_single_graph_sbin_runs_tensors_and_refuses_generation(run_cli, tmp_path
         assert f"{sbin}: holds a single graph (model)" in r.err and "--inputs" in r.err and "spikec-sbin-" not in r.err
     with spikec.load(sbin) as model, pytest.raises(SpikecError, match="single graph"):
         model.generate(None, "hi")
+
+
+def test_options_that_do_nothing_are_named(caplog):
+    """Options given that have no effect with the others are warned about by name (not
+    refused: a script may pass them for every run of a sweep)."""
+    from spikec.passes.options import SpikeOptions
+
+    cases = {
+        "--gptq-act-order": dict(gptq_act_order=True),
+        "--no-online-hadamard": dict(online_hadamard=False),
+        "--calib-method": dict(calib_method="mse"),
+        "--calib-samples": dict(calib_samples=2),
+        "--percentile": dict(percentile=50.0),
+        "--no-per-layer": dict(per_layer=False),
+    }
+    for flag, kw in cases.items():
+        assert any(flag in m for m in SpikeOptions(**kw).ignored()), flag
+    assert SpikeOptions().ignored() == []
+    assert SpikeOptions(calib="c", calib_method="percentile", percentile=50.0, budget=3.0, per_layer=False).ignored() == []
+
+
+def test_wrong_kind_of_input_and_empty_pass_list(run_cli, tmp_path, tiny_mlp):
+    sbin = tmp_path / "m.sbin"
+    assert run_cli("-q", "compile", str(tiny_mlp), "-o", str(sbin)).code == 0
+    r = run_cli("compile", str(sbin), "-o", str(tmp_path / "x.sbin"))
+    assert r.code == 1 and "is a compiled .sbin, not a model to compile" in r.err, r.err
+    (tmp_path / "junk.bin").write_bytes(b"\x00\x01garbage" * 10)
+    r = run_cli("inspect", str(tmp_path / "junk.bin"))
+    assert r.code == 1 and "not a valid ONNX model" in r.err and "nor a .sbin" in r.err, r.err
+    r = run_cli("compile", str(tiny_mlp), "-o", str(tmp_path / "y.onnx"), "--passes", " , ")
+    assert r.code == 1 and "--passes: the list is empty" in r.err, r.err
+    assert not (tmp_path / "x.sbin").exists() and not (tmp_path / "y.onnx").exists()

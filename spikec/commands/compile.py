@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from spikec.passes import PASSES, QDQ_PIPELINE, SPIKING_PIPELINE
+from spikec.passes.options import DEFAULT_CALIB_SAMPLES, DEFAULT_PERCENTILE
 
 
 @click.command("compile")
@@ -45,11 +46,15 @@ from spikec.passes import PASSES, QDQ_PIPELINE, SPIKING_PIPELINE
 @click.option("--act-scale", type=click.Choice(["auto", "static", "dynamic"]), default="auto", show_default=True,
               help="Activation scales: static per modality from calibration, or dynamic per token (auto: static when --calib is given).")
 @click.option("--calib", type=click.Path(path_type=Path), help="Calibration data: a folder of image+prompt pairs, or an .npz of graph inputs.")
-@click.option("--calib-method", type=click.Choice(["max", "percentile", "mse"]), default="max", show_default=True)
-@click.option("--percentile", type=float, default=99.99, show_default=True, help="Percentile of |x| for --calib-method percentile.")
-@click.option("--calib-samples", type=int, default=8, show_default=True, help="Calibration image+prompt pairs used at most.")
+@click.option("--calib-method", type=click.Choice(["max", "percentile", "mse"]), default="max", show_default=True,
+              help="With --calib: static activation scales from max |x|, a percentile of |x|, or the scale of least "
+                   "squared error.")
+@click.option("--percentile", type=float, default=DEFAULT_PERCENTILE, show_default=True, help="Percentile of |x| for --calib-method percentile.")
+@click.option("--calib-samples", type=int, default=DEFAULT_CALIB_SAMPLES, show_default=True, help="Calibration image+prompt pairs used at most.")
 @click.option("--smooth", type=float, default=None, help="SmoothQuant alpha (folded into the preceding norm or linear layer).")
-@click.option("--neuron", type=click.Choice(["tc-lif", "if"]), default="tc-lif", show_default=True)
+@click.option("--neuron", type=click.Choice(["tc-lif", "if"]), default="tc-lif", show_default=True,
+              help="tc-lif: a b-bit code in b-1 timesteps (SpikeMLLM); if: rate-coded integrate-and-fire, "
+                   "2^T - 1 timesteps (the baseline).")
 @click.option("--tv", type=int, default=None, help="Timesteps of vision tokens (default 3).")
 @click.option("--tt", type=int, default=None, help="Timesteps of text tokens (default 4).")
 @click.option("--budget", type=float, default=None, help="Effective timesteps per token: search Tv/Tt (and per layer) for least error.")
@@ -92,6 +97,15 @@ def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_
     ).validate()
     if hwconfig is not None and not isa:
         raise SpikecError("--hwconfig applies to --isa only")
+    if int4_storage != "packed" and wbits != "4":
+        import logging
+
+        logging.getLogger("spikec").warning("--int4-storage has no effect without --wbits 4")
+    if pass_list is not None and not [n for n in pass_list.split(",") if n.strip()]:
+        raise SpikecError("--passes: the list is empty; give pass names (or leave --passes out for the default "
+                          "pipeline)")
+    if report_path is not None:
+        atomic.check_output(report_path, is_dir=False, inputs=[input_path, output, calib], option="--report")
     if budget is not None and not calib and (pass_list is None or "msts" in pass_list):
         # the msts pass would say so too, but only after the passes before it have run
         from spikec.passes.msts import BUDGET_NEEDS_CALIB
@@ -111,6 +125,8 @@ def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_
     if report_path is not None:
         atomic.write_text(report_path, report.to_json())
     click.echo(f"compiled {input_path} -> {output}")
+    if P.is_quiet():  # -q: the result line only; the tables are in --report / --dump-ir
+        return
     click.echo(f"{'pass':<28} {'time (s)':>9} {'nodes':>7} {'param bytes':>12}  changed")
     for r in report.passes:
         click.echo(f"{_fmt(r.name, '<28')} {_fmt(r.wall_s, '>9.3f')} {_fmt(r.nodes, '>7')} "
@@ -187,3 +203,4 @@ def _print_isa(isa: dict) -> None:
         for node, why in (not_lowered.items() if isinstance(not_lowered, dict) else ()):
             click.echo(f"    not lowered: {node}: {why}")
     click.echo(f"  note: {_get(isa, 'note')}")
+

@@ -26,6 +26,8 @@ def disasm_command(model_path: Path, section: str, output: Path | None) -> None:
 
     if not model_path.is_file():
         raise SpikecError(f"{model_path}: no such file")
+    if output is not None:
+        atomic.check_output(output, is_dir=False, inputs=[model_path], option="-o")
     with SbinFile(model_path) as f:
         if section not in f.sections:
             programs = f.names(SectionKind.PROGRAM)

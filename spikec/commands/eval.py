@@ -36,6 +36,8 @@ def eval_command(model, data_dir, target, device, mode, limit, max_new_tokens, j
         from spikec.errors import SpikecError
 
         raise SpikecError(f"--device {device} applies to --target fpga only")
+    if json_path is not None:  # before the evaluation, not after it
+        atomic.check_output(json_path, is_dir=False, inputs=[model, data_dir], option="--json")
     r = evaluate(model, data_dir, target=target, mode=mode, limit=limit, max_new_tokens=max_new_tokens, progress=progress,
                  device=device)
     click.echo(f"{r.model}: {r.correct}/{r.total} = {100 * r.accuracy:.2f}% exact match ({r.seconds:.1f} s)")

@@ -121,7 +121,16 @@ def inspect_command(path: Path, as_json: bool) -> None:
     if is_sbin(path):
         _inspect_sbin(path, as_json)
         return
-    info = spir.summary(spir.load_model(path))
+    from spikec.errors import SpikecError
+
+    try:
+        model = spir.load_model(path)
+    except SpikecError as exc:
+        if not path.is_file():
+            raise
+        # neither kind: say both were tried
+        raise SpikecError(f"{exc} (nor a .sbin: it does not start with the .sbin magic)") from None
+    info = spir.summary(model)
     if as_json:
         click.echo(json.dumps(info, indent=2))
         return

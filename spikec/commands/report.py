@@ -49,6 +49,9 @@ def report_command(model_path, output, images_dir, prompt, max_images, max_new_t
         if not is_quiet():
             click.echo(f"  {msg}", err=True)
 
+    from spikec import atomic
+
+    atomic.check_output(output, is_dir=False, inputs=[model_path, images_dir, data_dir, float_model], option="-o")
     with naming_file(model_path):  # a graph's load error names its file
         write_report(model_path, output, images_dir=images_dir, data_dir=data_dir, prompt=prompt,
                      max_images=max_images, max_new_tokens=max_new_tokens, fpga=fpga, eval_limit=eval_limit,

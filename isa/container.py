@@ -15,8 +15,8 @@ Entry:   name_offset(u32) name_size(u32) kind(u32) flags(u32)
          offset(u64) size(u64) crc32(u32) reserved(u32) reserved(u64)
 
 The reader validates in an order that never trusts a number before it is checked:
-file size, magic, version, header CRC, table bounds, table CRC, then every
-section's bounds, alignment and overlap -- all before any payload is touched.
+file size, magic, version, header CRC, the header's reserved bytes (zero),
+table bounds, table CRC, then every section's bounds, alignment and overlap -- all before any payload is touched.
 Payloads are memory-mapped (no copy, no allocation proportional to a declared
 size) and their CRC32 is checked on first access (or all at once with
 `verify_all`). Writing is deterministic (no timestamps, sections in the order
@@ -52,6 +52,7 @@ MAX_SECTIONS = 65536
 MAX_NAME = 1024
 
 assert HEADER.size == 64 and ENTRY.size == 48
+HEADER_RESERVED = slice(52, 64)  # the header's reserved bytes: zero, refused otherwise (not under header_crc32)
 
 
 # The accelerator's sections of a .sbin (`spikec compile --isa`), each name written once here.
@@ -222,6 +223,11 @@ class SbinFile:
         check = HEADER.pack(magic, major, minor, flags, count, table_offset, table_size, file_size, table_crc, 0)
         if zlib.crc32(check) != header_crc:
             raise self._fail("header checksum mismatch (corrupt header)")
+        # header_crc32 is computed with the reserved bytes as zero (HEADER packs them as
+        # padding), so it does not cover them: checked here, or any value would pass
+        if any(mm[HEADER_RESERVED]):
+            raise self._fail(f"header field 'reserved' (bytes {HEADER_RESERVED.start}-{HEADER_RESERVED.stop - 1}) "
+                             f"must be zero, got {bytes(mm[HEADER_RESERVED]).hex()}")
         if file_size != size:
             raise self._fail(f"header says {file_size} bytes but the file has {size}; truncated or padded")
         if count > MAX_SECTIONS:

@@ -73,7 +73,9 @@ class CompiledModel:
             self.check_generates()
             from spikec.frontend.generate import OrtGenerator
 
-            self._generator = OrtGenerator(self.sbin.folder(), sessions=self.sessions)
+            # the manifest and processor are read from a temporary folder: errors name the .sbin
+            with self.sbin.naming_files():
+                self._generator = OrtGenerator(self.sbin.folder(), sessions=self.sessions)
         return self._generator
 
     @property
@@ -118,9 +120,10 @@ class CompiledModel:
 
             path = image
             image = load_image(path)
-            with naming_image(path, where=f"--image {path}"):
+            with naming_image(path, where=f"--image {path}"), self.sbin.naming_files():
                 return self.generator().generate(image, prompt, max_new_tokens=max_new_tokens)
-        return self.generator().generate(image, prompt, max_new_tokens=max_new_tokens)
+        with self.sbin.naming_files():  # an error about the processor's files names the .sbin
+            return self.generator().generate(image, prompt, max_new_tokens=max_new_tokens)
 
     def run(self, feeds: dict[str, np.ndarray], graph: str | None = None) -> dict[str, np.ndarray]:
         """Raw tensors through one graph (by role; the only graph if there is one)."""

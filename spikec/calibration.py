@@ -24,7 +24,6 @@ Clipping ranges (per linear layer and modality, over that modality's tokens):
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Sequence
@@ -36,6 +35,7 @@ from spikec import ir as spir
 from spikec import reference as R
 from spikec.errors import SpikecError
 from spikec.paths import resolve_inside
+from spikec.schema import parse_json
 from spikec.ops import CLIP_T, token_modality
 
 log = logging.getLogger(__name__)
@@ -50,11 +50,19 @@ MSE_GRID = np.linspace(0.05, 1.0, 96, dtype=np.float32)
 
 def load_npz(path: str | Path, input_names: Sequence[str], graph: str | None = None, *,
              required: Sequence[str] = ()) -> list[dict]:
-    """Feeds of one graph from an .npz (see module doc for the key layout)."""
+    """Feeds of one graph from an .npz (see module doc for the key layout).
+
+    Raises SpikecError naming the file ("--calib PATH: ...") for a file that is not a
+    readable .npz (schema.open_npz: a corrupt archive or member included), no array named
+    after the inputs, or a feed lacking a `required` input."""
     p = Path(path)
     from spikec.schema import open_npz
 
-    data = open_npz(p, where=f"--calib {p}")
+    with open_npz(p, where=f"--calib {p}") as data:  # a corrupt archive or member: SpikecError naming the file
+        return _npz_feeds(p, data, input_names, graph, required)
+
+
+def _npz_feeds(p: Path, data, input_names: Sequence[str], graph: str | None, required: Sequence[str]) -> list[dict]:
     keys = list(data.keys())
     prefix = f"{graph}/" if graph and any(k.startswith(f"{graph}/") for k in keys) else ""
     keys = [k[len(prefix):] for k in keys if k.startswith(prefix)]
@@ -93,11 +101,16 @@ def _image_prompt_rows(folder: str | Path) -> list[tuple[Path, str, str]]:
         for n, line in enumerate(jsonl.read_text().splitlines(), 1):
             if not line.strip():
                 continue
+            # schema.parse_json: invalid JSON, a key given twice, lone surrogates... name the line
+            row = parse_json(line, where=f"--calib {jsonl}: line {n}")
+            if isinstance(row, dict) and "prompt" in row and not isinstance(row["prompt"], str):
+                # as the evaluation folder's reader refuses it (a number is no prompt)
+                raise SpikecError(f"--calib {jsonl}: line {n}: field 'prompt' must be a string, got "
+                                  f"{type(row['prompt']).__name__}")
             try:
-                row = json.loads(line)
                 image = resolve_inside(folder, row["image"], where=f"--calib {jsonl}: line {n}: field 'image'")
-                rows.append((image, str(row["prompt"]), f"--calib {jsonl}:{n}"))
-            except (json.JSONDecodeError, KeyError, TypeError, RecursionError, ValueError) as exc:
+                rows.append((image, row["prompt"], f"--calib {jsonl}:{n}"))
+            except (KeyError, TypeError, RecursionError, ValueError) as exc:
                 raise SpikecError(f"--calib {jsonl}: line {n}: expected {{\"image\": ..., \"prompt\": ...}} ({exc})") from None
     else:
         for img in sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES):

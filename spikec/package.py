@@ -18,11 +18,13 @@ runtime. Container format and checks: docs/sbin.md (isa/container.py).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
-from typing import Iterable
+from typing import Iterable, Iterator
 
 import numpy as np
 import onnx
@@ -90,7 +92,9 @@ def pack_folder(folder: str | os.PathLike, out: str | os.PathLike,
     `pack_int4` stores W4 codes two per byte (TENSOR_INT4), else one per byte (TENSOR).
 
     Every path comes from the folder's manifest and is resolved inside `folder`
-    (frontend.manifest.graph_path / processor_path): nothing outside it is packed."""
+    (frontend.manifest.graph_path / processor_path): nothing outside it is packed. The
+    processor's JSON files are checked as opening the .sbin checks them (schema.parse_json:
+    a key given twice, invalid JSON). Raises SpikecError naming the file and field."""
     from spikec.frontend import manifest as mf
 
     folder = Path(folder)
@@ -98,7 +102,7 @@ def pack_folder(folder: str | os.PathLike, out: str | os.PathLike,
     manifest = mf.load_json(folder)
     graphs = manifest["graphs"]
     sections: list[tuple[str, int, bytes]] = []
-    packed_manifest = json.loads(json.dumps(manifest))
+    packed_manifest = json.loads(json.dumps(manifest))  # a deep copy of the checked manifest, not a file read
     for role in sorted(graphs):
         sections.extend(_graph_sections(mf.graph_path(folder, manifest, role), role, pack_int4))
         packed_manifest["graphs"][role]["file"] = GRAPH_PREFIX + role
@@ -108,7 +112,10 @@ def pack_folder(folder: str | os.PathLike, out: str | os.PathLike,
             raise SpikecError(f"{manifest_path}: processor folder '{manifest['processor']}' not found")
         packed_manifest["processor"] = PROCESSOR_DIR
         for rel, f in files_inside(proc_dir, where=f"{manifest_path}: processor file"):
-            sections.append((FILE_PREFIX + rel, SectionKind.FILE, f.read_bytes()))
+            data = f.read_bytes()
+            if rel.endswith(".json"):  # checked as SbinModel.folder() will check it: refused now, not at run time
+                parse_json(data, where=str(f), max_bytes=MAX_PROCESSOR_JSON)
+            sections.append((FILE_PREFIX + rel, SectionKind.FILE, data))
     manifest_bytes = (json.dumps(packed_manifest, indent=2, sort_keys=True) + "\n").encode()
     return write_sbin(out, [(MANIFEST_SECTION, SectionKind.MANIFEST, manifest_bytes), *sections, *extra])
 
@@ -419,6 +426,34 @@ class SbinModel:
                     raise SpikecError(f"{where} '{name[:80]}' cannot be extracted: it collides with another "
                                       f"file section ({exc.strerror})") from None
         return Path(self._tmp.name)
+
+    def public_name(self, message: str) -> str:
+        """`message` with every path into the private folder of `folder()` replaced by what
+        the user knows: "<tmp>/manifest.json" -> "model.sbin: manifest.json" (the section
+        'manifest'), "<tmp>/processor/x.json" -> "model.sbin (files/x.json)" (a FILE
+        section), "<tmp>/processor" -> "model.sbin (files/)"; the folder itself is
+        temporary and removed on close, so an error naming it would point nowhere."""
+        if self._tmp is None:
+            return message
+        root = self._tmp.name
+        proc = re.escape(f"{root}{os.sep}{PROCESSOR_DIR}{os.sep}")
+        message = message.replace(f"{root}{os.sep}{mf.MANIFEST}", f"{self.path}: {mf.MANIFEST}")
+        message = re.sub(proc + r"([^\s'\":,)]+)", lambda mt: f"{self.path} ({FILE_PREFIX}{mt.group(1)})", message)
+        message = message.replace(f"{root}{os.sep}{PROCESSOR_DIR}", f"{self.path} ({FILE_PREFIX})")
+        return message.replace(root, str(self.path))
+
+    @contextlib.contextmanager
+    def naming_files(self) -> Iterator[None]:
+        """Re-raise a SpikecError raised inside that names the private folder of `folder()`
+        (a check of its manifest.json, a processor file transformers cannot load) with the
+        .sbin and section named instead (`public_name`); the original stays the cause."""
+        try:
+            yield
+        except SpikecError as exc:
+            text = self.public_name(str(exc))
+            if text == str(exc):
+                raise
+            raise SpikecError(text) from exc
 
     def close(self) -> None:
         self.file.close()

@@ -1,7 +1,8 @@
 """Validated reading of the JSON and fields spikec takes from files other people made.
 
 Every JSON document spikec reads from a file (an export folder's manifest.json, a .sbin's
-manifest and isa/kernels sections, a hardware configuration) goes through `parse_json`,
+manifest and isa/kernels sections, a hardware configuration, a checkpoint's config.json,
+data.jsonl rows) goes through `parse_json`,
 and every field a reader uses through `get` (or one of the helpers below), so that a
 value of the wrong type, out of range, or absent ends in one SpikecError naming the file
 and the field -- never a KeyError, TypeError or a huge allocation later:
@@ -64,8 +65,8 @@ def parse_json(data: bytes | bytearray | memoryview | str, *, where: str, max_by
     """Parse a JSON document read from a file; every failure is a SpikecError naming `where`.
 
     Refused: more than `max_bytes`, invalid UTF-8, invalid JSON, integers beyond Python's
-    digit limit (ValueError), NaN/Infinity literals, nesting deeper than `max_depth`,
-    strings holding lone surrogates.
+    digit limit (ValueError), NaN/Infinity literals, a key that appears twice in one object
+    (naming the key), nesting deeper than `max_depth`, strings holding lone surrogates.
     Raises: SpikecError."""
     if len(data) > max_bytes:
         raise SpikecError(f"{where}: {len(data)} bytes of JSON, over the limit of {max_bytes}")
@@ -77,8 +78,20 @@ def parse_json(data: bytes | bytearray | memoryview | str, *, where: str, max_by
     def no_constant(name: str) -> None:
         raise ValueError(f"{name} is not a JSON number")
 
+    def no_duplicates(pairs: list[tuple[str, Any]]) -> dict:
+        # json keeps the last of two equal keys; another reader may keep the first, so which
+        # value applies would depend on the reader: refused
+        obj = dict(pairs)
+        if len(obj) != len(pairs):
+            seen: set[str] = set()
+            for key, _ in pairs:
+                if key in seen:
+                    raise SpikecError(f"{where}: key {describe(key)} appears twice in one object")
+                seen.add(key)
+        return obj
+
     try:
-        doc = json.loads(text, parse_constant=no_constant)
+        doc = json.loads(text, parse_constant=no_constant, object_pairs_hook=no_duplicates)
     except RecursionError:
         raise SpikecError(f"{where}: not valid JSON (nested too deeply)") from None
     except (ValueError, TypeError) as exc:  # JSONDecodeError, the int digit limit, NaN/Infinity
@@ -211,10 +224,53 @@ def naming_file(path: str | os.PathLike) -> Iterator[None]:
 ZIP_MAGICS = (b"PK\x03\x04", b"PK\x05\x06")
 
 
-def open_npz(path: str | os.PathLike, *, where: str):
-    """numpy.load of an untrusted .npz, pickles refused: returns the NpzFile (a context
+class Npz:
+    """An opened untrusted .npz (`open_npz`): `files`, `keys()`, `in`, iteration and
+    `npz[name]` as numpy's NpzFile, and a context manager; a member that cannot be read
+    (a corrupt zip entry, a bad CRC, a truncated or pickled array) is a SpikecError naming
+    the file and the member, never zipfile's or zlib's exception."""
+
+    def __init__(self, data, where: str) -> None:
+        self._data = data
+        self._where = where
+        self.files: list[str] = list(data.files)
+
+    def keys(self) -> list[str]:
+        return list(self.files)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.files
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self.files)
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, name: str):
+        if name not in self.files:
+            raise SpikecError(f"{self._where}: no array {describe(name)}")
+        try:
+            return self._data[name]
+        except Exception as exc:  # noqa: BLE001 - zipfile, zlib and numpy raise many kinds on a corrupt member
+            raise SpikecError(f"{self._where}: array {describe(name)} cannot be read "
+                              f"({type(exc).__name__}: {condense(exc, 200)})") from None
+
+    def close(self) -> None:
+        self._data.close()
+
+    def __enter__(self) -> "Npz":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def open_npz(path: str | os.PathLike, *, where: str) -> Npz:
+    """numpy.load of an untrusted .npz, pickles refused: returns an `Npz` (a context
     manager). Raises SpikecError starting with `where` when the file is missing, is not a
-    zip archive, or numpy cannot read it."""
+    zip archive, or numpy cannot read it (a corrupt archive: zipfile.BadZipFile and the
+    like); reading a corrupt member later raises SpikecError too (`Npz.__getitem__`)."""
     import numpy as np
 
     try:
@@ -225,6 +281,9 @@ def open_npz(path: str | os.PathLike, *, where: str):
     if head not in ZIP_MAGICS:
         raise SpikecError(f"{where}: not an .npz file (numpy.savez writes a zip archive; this file does not start like one)")
     try:
-        return np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise SpikecError(f"{where}: not a readable .npz ({condense(exc)})") from None
+        data = np.load(path, allow_pickle=False)
+    except Exception as exc:  # noqa: BLE001 - zipfile.BadZipFile, zlib.error, OSError, ValueError, EOFError...
+        raise SpikecError(f"{where}: not a readable .npz ({type(exc).__name__}: {condense(exc, 200)})") from None
+    if not hasattr(data, "files"):  # np.load of a zip always gives an NpzFile; anything else is not an .npz
+        raise SpikecError(f"{where}: not an .npz file")
+    return Npz(data, where)

@@ -86,9 +86,10 @@ class OrtGenerator:
         self._check_graphs()
 
     def _check_graphs(self) -> None:
-        """The graphs the generation loop calls exist, and the LM takes the KV-cache inputs
-        the manifest's `lm.num_layers` implies (a SpikecError naming the manifest field,
-        rather than an error of the runtime at the first call)."""
+        """The graphs the generation loop calls exist, the LM takes the KV-cache inputs the
+        manifest's `lm.num_layers` implies, and each graph has the inputs the manifest's
+        `family` feeds it (a SpikecError naming the manifest field, rather than an error of
+        the runtime or a KeyError of an adapter at the first call)."""
         where = f"{self.outdir / mf.MANIFEST}"
         for role in ("embed", "lm"):
             if role not in self.sessions:
@@ -99,6 +100,16 @@ class OrtGenerator:
             if missing:
                 raise SpikecError(f"{where}: field 'lm.num_layers' = {self.n_layers} implies KV-cache inputs the "
                                   f"'lm' graph does not have (e.g. '{missing[0]}')")
+        # the graphs themselves (not only the manifest's declaration of them, checked by
+        # check_manifest) take what this family's adapter feeds them
+        family = self.manifest["family"]
+        for role, wanted in (("vision", mf.VISION_INPUTS.get(family, ())), ("embed", mf.EMBED_INPUTS),
+                             ("lm", mf.LM_INPUTS)):
+            names = _input_names(self.sessions[role]) if role in self.sessions else None
+            missing = [n for n in wanted if n not in names] if names is not None else []
+            if missing:
+                raise SpikecError(f"{where}: field 'family' = {family!r} feeds the '{role}' graph an input "
+                                  f"{missing[0]!r} it does not have (its inputs: {sorted(names)[:8]})")
 
     # ---- inputs -------------------------------------------------------------------
     def prepare(self, images: list, prompts: list[str]) -> dict:

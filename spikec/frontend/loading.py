@@ -10,7 +10,6 @@ wrong shape, a tensor holding NaN or inf.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -347,14 +346,22 @@ def _check_finite(folder: Path, model, safe: list[Path], chunk: int = 1 << 24) -
                       "(a broken fine-tune, merge or conversion); spikec does not export it")
 
 
+# A sharded checkpoint's *.index.json: a weight name and a shard name per tensor (a 72B
+# model's is about 100 KB); far beyond that it is not an index.
+MAX_INDEX_BYTES = 64 << 20
+
+
 def _check_shard_index(folder: Path) -> None:
     """The shard names of a sharded checkpoint's index stay inside the folder: transformers
     joins them to the folder, so an absolute or `..` name would read a file from elsewhere."""
     for index in sorted(folder.glob("*.index.json")):
+        if index.stat().st_size > MAX_INDEX_BYTES:
+            raise SpikecError(f"{index}: {index.stat().st_size} bytes, over the {MAX_INDEX_BYTES} an index needs")
         try:
-            doc = json.loads(index.read_text(encoding="utf-8"))
-        except (OSError, UnicodeDecodeError, RecursionError, ValueError) as exc:
-            raise SpikecError(f"{index}: not valid JSON: {str(exc)[:200]}") from None
+            data = index.read_bytes()
+        except OSError as exc:
+            raise SpikecError(f"{index}: cannot read ({exc.strerror or exc})") from None
+        doc = parse_json(data, where=str(index), max_bytes=MAX_INDEX_BYTES)  # duplicate keys refused too
         weight_map = doc.get("weight_map") if isinstance(doc, dict) else None
         if not isinstance(weight_map, dict):
             raise SpikecError(f"{index}: field 'weight_map' must be an object of tensor name -> shard file")

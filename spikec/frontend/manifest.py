@@ -147,6 +147,69 @@ MAX_IO = 4096
 MAX_TEXT = 4096
 
 
+# What each family's adapter feeds the graphs (spikec/frontend/adapters: `mrope`,
+# `vision_feeds`, and the shared generation loop in frontend/generate.py), kept here without
+# importing the adapters (they need torch; a .sbin is opened without it). A manifest must
+# agree with its own family (`_check_family`): otherwise the first image or prompt would end
+# in a KeyError of an adapter or an ONNX Runtime rank error. tests/test_untrusted_more.py
+# checks this table against the adapters.
+MROPE_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_vl"})  # position_ids [3, batch, seq]
+_QWEN2_VISION = ("pixel_values", "rotary_pos_ids", "segment_ids")
+VISION_INPUTS: dict[str, tuple[str, ...]] = {
+    "qwen2_vl": _QWEN2_VISION,
+    "qwen2_5_vl": _QWEN2_VISION + ("window_segment_ids", "window_index", "reverse_index"),
+    "llava": ("pixel_values",),
+    "internvl": ("pixel_values",),
+    "idefics3": ("pixel_values", "patch_attention_mask"),
+}
+EMBED_INPUTS = ("input_ids",)
+LM_INPUTS = ("inputs_embeds", "attention_mask", "position_ids", "modality")  # then past_names(lm.num_layers)
+
+
+def _check_family(m: dict, where: str) -> None:
+    """A manifest of a known `family` agrees with itself: `position_ids.kind` and the rank
+    of `position_ids.shape` are the family's (mrope: [3, batch, seq]; else [batch, seq]),
+    the declared inputs of the vision, embed and lm graphs include what the family's
+    adapter and the generation loop feed, and the lm graph's `position_ids` input has the
+    family's rank. Fields that are absent are not required here. Raises SpikecError naming
+    `where` and the field."""
+    family = m.get("family")
+    if family not in VISION_INPUTS:
+        return  # no family (a single-graph model) or one generation refuses by name
+    mrope = family in MROPE_FAMILIES
+    kind, rank = ("mrope", 3) if mrope else ("1d", 2)
+    pos = m.get("position_ids")
+    if isinstance(pos, dict):
+        if pos.get("kind") is not None and pos["kind"] != kind:
+            raise SpikecError(f"{where}: field 'position_ids.kind' = {schema.describe(pos['kind'])} does not match "
+                              f"field 'family' = {family!r}, whose position ids are {kind!r}")
+        shape = pos.get("shape")
+        if isinstance(shape, list) and shape and len(shape) != rank:
+            raise SpikecError(f"{where}: field 'position_ids.shape' has rank {len(shape)}; family {family!r} "
+                              f"feeds position ids of rank {rank}")
+    graphs = m["graphs"]
+    layers = (m.get("lm") or {}).get("num_layers")
+    wanted = {"vision": VISION_INPUTS[family], "embed": EMBED_INPUTS,
+              "lm": LM_INPUTS + tuple(past_names(layers) if isinstance(layers, int) else ())}
+    for role, names in wanted.items():
+        entry = graphs.get(role)
+        if not isinstance(entry, dict) or entry.get("inputs") is None:
+            continue
+        declared = {io["name"]: io for io in entry["inputs"]}
+        missing = [n for n in names if n not in declared]
+        if missing and missing[0].startswith("past_key_values."):
+            raise SpikecError(f"{where}: field 'lm.num_layers' = {layers} implies KV-cache inputs that field "
+                              f"'graphs.lm.inputs' does not declare (e.g. {missing[0]!r})")
+        if missing:
+            raise SpikecError(f"{where}: field 'graphs.{role}.inputs' lacks {missing[0]!r}, which family {family!r} "
+                              f"feeds the {role} graph (declared: {schema.describe(sorted(declared))})")
+        if role == "lm":
+            shape = declared["position_ids"].get("shape")
+            if isinstance(shape, list) and len(shape) != rank:
+                raise SpikecError(f"{where}: field 'graphs.lm.inputs' declares 'position_ids' of rank {len(shape)}; "
+                                  f"family {family!r} feeds rank {rank}")
+
+
 def _check_io(value: object, where: str, field: str) -> None:
     """A graph's `inputs` or `outputs` list (field names it: "graphs.lm.inputs")."""
     items = schema.check(value, list, where=f"{where}: field '{field}'", max=MAX_IO)
@@ -166,7 +229,9 @@ def check_manifest(m: object, *, where: str, sbin: bool = False) -> dict:
 
     Types and ranges: `modality` maps names to distinct ids in 0..MAX_MODALITY_ID; `lm`
     dimensions, `merge.image_token_id` and `eos_token_id` are bounded integers; graph I/O
-    entries are objects with a string name; `timesteps` maps graphs to {modality: T}. The
+    entries are objects with a string name; `timesteps` maps graphs to {modality: T}; a
+    known `family` agrees with `position_ids` and the graphs' declared inputs
+    (`_check_family`). The
     path fields are checked by `check_paths` (in a .sbin, `processor` is never used as a
     path and is not checked: SbinModel.folder() chooses the folder). Returns `m`.
     Raises SpikecError naming `where` and the field."""
@@ -220,6 +285,7 @@ def check_manifest(m: object, *, where: str, sbin: bool = False) -> dict:
         for key in ("inputs", "outputs"):
             if key in entry:
                 _check_io(entry[key], where, f"graphs.{role}.{key}")
+    _check_family(m, where)
     if not sbin:
         check_paths(m, where=where)
     return m

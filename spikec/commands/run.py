@@ -88,6 +88,7 @@ def run_command(model_path, target, device, mode, image, prompt, max_new_tokens,
     """Run MODEL.sbin: image + prompt to text, or raw tensors (--inputs/-o)."""
     import numpy as np
 
+    from spikec import atomic
     from spikec.errors import SpikecError
     from spikec.runtime.model import load
     from spikec.schema import condense, naming_file
@@ -103,8 +104,6 @@ def run_command(model_path, target, device, mode, image, prompt, max_new_tokens,
         raise SpikecError(f"--device {device} applies to --target fpga only")
     if (stats or stats_json) and target == "ort":
         mode = "exact"
-    from spikec import atomic
-
     # before any work: an output that cannot be written, or that would replace an input
     inputs = [model_path, inputs_path, image]
     if output is not None:

@@ -21,6 +21,7 @@ import json
 import math
 import os
 import re
+import sys
 from typing import Any, Iterator
 
 from spikec.errors import SpikecError
@@ -95,7 +96,10 @@ def parse_json(data: bytes | bytearray | memoryview | str, *, where: str, max_by
     except RecursionError:
         raise SpikecError(f"{where}: not valid JSON (nested too deeply)") from None
     except (ValueError, TypeError) as exc:  # JSONDecodeError, the int digit limit, NaN/Infinity
-        raise SpikecError(f"{where}: not valid JSON ({condense(str(exc), 200)})") from None
+        text = str(exc)
+        if "int_max_str_digits" in text:  # Python's advice to raise its limit is not the user's to take
+            text = f"a number of more than {sys.get_int_max_str_digits()} digits"
+        raise SpikecError(f"{where}: not valid JSON ({condense(text, 200)})") from None
     if not _walk_ok(doc, max_depth, where):
         raise SpikecError(f"{where}: not valid JSON for spikec (nested more than {max_depth} deep)")
     return doc

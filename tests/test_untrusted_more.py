@@ -337,3 +337,12 @@ def test_calibration_rows_take_string_prompts_as_eval_does(tmp_path):
     (tmp_path / "data.jsonl").write_text(json.dumps({"image": "a.png", "prompt": 5}) + "\n")
     with pytest.raises(SpikecError, match="line 1: field 'prompt' must be a string"):
         image_prompt_pairs(tmp_path)
+
+
+def test_a_huge_number_is_named_without_pythons_advice():
+    from spikec.errors import SpikecError
+    from spikec.schema import parse_json
+
+    with pytest.raises(SpikecError, match="m.json: not valid JSON") as info:
+        parse_json('{"a": ' + "9" * 5000 + "}", where="m.json")
+    assert "digits" in str(info.value) and "set_int_max_str_digits" not in str(info.value)

@@ -84,10 +84,21 @@ def test_unwritable_output_folders_are_refused_before_work(run_cli, model, tmp_p
     assert "exact match" not in r.out  # refused before the evaluation ran
 
 
-def test_a_file_output_ending_in_a_separator_is_refused(tmp_path):
+def test_a_file_output_ending_in_a_separator_is_refused(run_cli, model, tmp_path):
+    """`-o out.sbin/` names a folder: refused, on the command line (where click's Path would
+    drop the slash) as in the API; compile's -o may still name a folder without a file suffix."""
     from spikec import atomic
     from spikec.errors import SpikecError
 
     with pytest.raises(SpikecError, match="path separator"):
         atomic.check_output(str(tmp_path / "m.sbin") + "/", is_dir=False)
-    assert not (tmp_path / "m.sbin").exists()
+    for args in (["disasm", str(model), "-o", f"{tmp_path}/d.s/"],
+                 ["report", str(model), "-o", f"{tmp_path}/r.html/"],
+                 ["compile", "tiny-llava", "-o", f"{tmp_path}/m.sbin/"],
+                 ["compile", "tiny-llava", "-o", str(model), "--report", f"{tmp_path}/r.json/"]):
+        r = run_cli(*args)
+        assert r.code == 2 and "ends in a path separator" in r.err, (args, r.err)
+    assert sorted(p.name for p in tmp_path.iterdir()) == []
+    from spikec.commands import OutputFile
+
+    assert OutputFile(file_suffixes=(".sbin",)).convert("folder/", None, None).name == "folder"

@@ -6,13 +6,14 @@ from pathlib import Path
 
 import click
 
+from spikec.commands import OutputFile
 from spikec.passes import PASSES, QDQ_PIPELINE, SPIKING_PIPELINE
 from spikec.passes.options import DEFAULT_CALIB_SAMPLES, DEFAULT_PERCENTILE
 
 
 @click.command("compile")
 @click.argument("input_path", metavar="INPUT", type=click.Path(path_type=Path))
-@click.option("-o", "--output", "output", required=True, type=click.Path(path_type=Path),
+@click.option("-o", "--output", "output", required=True, type=OutputFile(file_suffixes=(".sbin", ".onnx")),
               help="Output: MODEL.sbin (one file for `spikec run`; needed with --isa), or a .onnx file for a "
                    "single graph, or a folder for an export folder INPUT.")
 @click.option(
@@ -28,7 +29,7 @@ from spikec.passes.options import DEFAULT_CALIB_SAMPLES, DEFAULT_PERCENTILE
     help=f"Comma-separated pipeline (default: {','.join(SPIKING_PIPELINE)}; for a QDQ input: "
          f"{','.join(QDQ_PIPELINE)}). Known passes: {', '.join(sorted(PASSES))}.",
 )
-@click.option("--report", "report_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the JSON compile report here.")
+@click.option("--report", "report_path", type=OutputFile(), help="Write the JSON compile report here.")
 @click.option("--wbits", type=click.Choice(["8", "4"]), default="8", show_default=True, help="Weight bits (symmetric codes; scales per output channel or per --group-size).")
 @click.option("--int4-storage", type=click.Choice(["packed", "int8"]), default="packed", show_default=True,
               help="How a .sbin stores W4 codes: two per byte (half the file; onnxruntime's MatMulNBits reads them, "

@@ -6,11 +6,13 @@ from pathlib import Path
 
 import click
 
+from spikec.commands import OutputFile
+
 
 @click.command("disasm")
 @click.argument("model_path", metavar="MODEL.sbin", type=click.Path(path_type=Path))
 @click.option("--section", default="isa/program", show_default=True, help="The PROGRAM section to disassemble.")
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False),
+@click.option("-o", "--output", type=OutputFile(),
               help="Write the assembly here instead of printing it (re-assembles to identical bytes).")
 def disasm_command(model_path: Path, section: str, output: Path | None) -> None:
     """Disassemble MODEL.sbin's accelerator program (compile with --isa).

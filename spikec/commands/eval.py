@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from spikec.commands import OutputFile
+
 
 @click.command("eval")
 @click.argument("model", type=click.Path(path_type=Path))
@@ -20,7 +22,7 @@ import click
 @click.option("--mode", type=click.Choice(["fused", "exact", "fakequant"]), default="fused", show_default=True)
 @click.option("--limit", type=click.IntRange(1), help="Evaluate only the first N items.")
 @click.option("--max-new-tokens", type=click.IntRange(1, 256), default=8, show_default=True)
-@click.option("--json", "json_path", type=click.Path(path_type=Path, dir_okay=False), help="Write the result (with predictions) as JSON.")
+@click.option("--json", "json_path", type=OutputFile(), help="Write the result (with predictions) as JSON.")
 def eval_command(model, data_dir, target, device, mode, limit, max_new_tokens, json_path):
     """Exact match, ANLS and VQA accuracy of MODEL (checkpoint folder, export folder or .sbin) on --data, per type."""
     from spikec import atomic

@@ -6,10 +6,12 @@ from pathlib import Path
 
 import click
 
+from spikec.commands import OutputFile
+
 
 @click.command("report")
 @click.argument("model_path", metavar="MODEL.sbin", type=click.Path(path_type=Path))
-@click.option("-o", "--output", required=True, type=click.Path(path_type=Path, dir_okay=False),
+@click.option("-o", "--output", required=True, type=OutputFile(),
               help="The HTML file to write (self-contained: plots embedded as PNG data URIs).")
 @click.option("--images", "images_dir", type=click.Path(path_type=Path, file_okay=False),
               help="A folder of images: generate on each (exact mode) for spike rates and SOPs per layer.")

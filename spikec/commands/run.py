@@ -7,6 +7,8 @@ from pathlib import Path
 
 import click
 
+from spikec.commands import OutputFile
+
 
 def _print_stats(stats: dict) -> None:
     s = stats["summary"]
@@ -81,9 +83,9 @@ def _ort_errors() -> tuple[type[BaseException], ...]:
 @click.option("--inputs", "inputs_path", type=click.Path(path_type=Path, dir_okay=False),
               help="Raw input tensors (.npz keyed by graph input name).")
 @click.option("--graph", help="With --inputs: which graph to run (vision, embed, lm, ...).")
-@click.option("-o", "--output", type=click.Path(path_type=Path, dir_okay=False), help="With --inputs: write outputs (.npz).")
+@click.option("-o", "--output", type=OutputFile(), help="With --inputs: write outputs (.npz).")
 @click.option("--stats", is_flag=True, help="Print per-layer spike rate, SOPs and effective timesteps (runs exact mode).")
-@click.option("--stats-json", type=click.Path(path_type=Path, dir_okay=False), help="Also write the statistics as JSON.")
+@click.option("--stats-json", type=OutputFile(), help="Also write the statistics as JSON.")
 def run_command(model_path, target, device, mode, image, prompt, max_new_tokens, inputs_path, graph, output, stats, stats_json):
     """Run MODEL.sbin: image + prompt to text, or raw tensors (--inputs/-o)."""
     import numpy as np

@@ -169,6 +169,11 @@ def _set_config(ckpt, field: str, value) -> None:
     ("text_config.num_hidden_layers", -1, "field 'text_config.num_hidden_layers' must be in 1..1024, got -1"),
     ("vision_config.num_attention_heads", 0, "field 'vision_config.num_attention_heads' must be in 1..4096, got 0"),
     ("vision_config.hidden_size", 30, "field 'vision_config.hidden_size' (30) is not a multiple"),
+    ("text_config.max_position_embeddings", 0, "field 'text_config.max_position_embeddings' must be in 1..16777216, "
+                                               "got 0"),
+    ("text_config", None, "no 'text_config' object: transformers would build that half of the model from its defaults"),
+    ("vision_config", None, "no 'vision_config' object"),
+    ("text_config", [], "field 'text_config' must be an object, got list"),
 ])
 def test_bad_sizes_in_config_name_the_field(run_cli, ckpt, tmp_path, field, value, message):
     """Sizes are checked in config.json itself, before transformers divides by them or
@@ -193,6 +198,21 @@ def test_config_sizes_of_every_layout():
                             ({"vision_config": {"num_heads": True}}, "'vision_config.num_heads' must be an integer")]:
         with pytest.raises(SpikecError, match=re.escape(message)):
             check_config_sizes({**good, **change}, where="config.json")
+
+
+def test_sub_configs_of_every_layout():
+    """Qwen2-VL's published configs keep the text fields at the top level (transformers
+    moves them into text_config): accepted; other families, and a Qwen2-VL with neither,
+    are refused, since transformers would fill in its defaults."""
+    from spikec.frontend.loading import check_sub_configs
+
+    vision = {"embed_dim": 1280, "num_heads": 16}
+    check_sub_configs({"model_type": "qwen2_vl", "hidden_size": 1536, "vision_config": vision}, where="config.json")
+    check_sub_configs({"model_type": "llava", "text_config": {}, "vision_config": {}}, where="config.json")
+    for raw in ({"model_type": "llava", "hidden_size": 1536, "vision_config": vision},
+                {"model_type": "qwen2_vl", "vision_config": vision}):
+        with pytest.raises(SpikecError, match=re.escape("config.json: no 'text_config' object")):
+            check_sub_configs(raw, where="config.json")
 
 
 def _no_model_built(monkeypatch):

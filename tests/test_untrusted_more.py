@@ -319,7 +319,7 @@ def test_checkpoint_index_with_a_key_twice_is_refused(run_cli, tmp_path):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (ckpt / "a.safetensors").write_bytes(b"x")
-    (ckpt / "config.json").write_text('{"model_type": "llava"}')
+    (ckpt / "config.json").write_text('{"model_type": "llava", "text_config": {}, "vision_config": {}}')
     (ckpt / "model.safetensors.index.json").write_text(
         '{"weight_map": {"w": "a.safetensors", "w": "b.safetensors"}}')
     r = run_cli("export", str(ckpt), "-o", str(tmp_path / "out"))
@@ -346,3 +346,31 @@ def test_a_huge_number_is_named_without_pythons_advice():
     with pytest.raises(SpikecError, match="m.json: not valid JSON") as info:
         parse_json('{"a": ' + "9" * 5000 + "}", where="m.json")
     assert "digits" in str(info.value) and "set_int_max_str_digits" not in str(info.value)
+
+
+@pytest.mark.parametrize("t, ok", [(16, True), (17, False), (64, False), (0, False)])
+def test_manifest_timesteps_are_those_the_compiler_accepts(t, ok):
+    """A manifest's timesteps are bounded by what `spikec compile` accepts (reference.MAX_T),
+    not by a looser reader bound: a T the compiler could not have written is refused."""
+    from spikec.frontend import manifest as mf
+    from spikec.reference import MAX_T
+
+    assert mf.MAX_TIMESTEPS == MAX_T
+    m = _frontend_manifest()
+    m["timesteps"] = {"lm": {"vision": 3, "text": t}}
+    if ok:
+        mf.check_manifest(m, where="manifest.json", sbin=True)
+    else:
+        with pytest.raises(SpikecError, match=r"field 'timesteps\.lm\.text' must be in 1\.\.16"):
+            mf.check_manifest(m, where="manifest.json", sbin=True)
+
+
+def test_generation_length_range_is_one_for_every_command(run_cli):
+    """run, eval and report take the same --max-new-tokens range, the manifest's bound."""
+    from spikec.commands import MAX_NEW_TOKENS
+    from spikec.frontend import manifest as mf
+
+    assert MAX_NEW_TOKENS == mf.MAX_NEW_TOKENS
+    for command in ("run", "eval", "report"):
+        r = run_cli(command, "--max-new-tokens", str(MAX_NEW_TOKENS + 1), "x.sbin")
+        assert r.code == 2 and f"1<=x<={MAX_NEW_TOKENS}" in r.err, (command, r.err)

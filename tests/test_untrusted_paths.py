@@ -314,7 +314,7 @@ def test_checkpoint_shard_index_stays_inside(run_cli, tmp_path, shard):
     ckpt = tmp_path / "ckpt"
     ckpt.mkdir()
     (tmp_path / "outside.safetensors").write_bytes(b"x")
-    (ckpt / "config.json").write_text(json.dumps({"model_type": "llava"}))
+    (ckpt / "config.json").write_text(json.dumps({"model_type": "llava", "text_config": {}, "vision_config": {}}))
     (ckpt / "model.safetensors.index.json").write_text(json.dumps({"weight_map": {"w": shard}}))
     r = run_cli("export", str(ckpt), "-o", str(tmp_path / "out"))
     assert r.code != 0 and "weight_map shard" in r.err and "Traceback" not in r.err, r.err

@@ -7,6 +7,13 @@ from pathlib import Path
 
 import click
 
+# The most tokens one generation may produce: run, eval and report take the same range.
+# Equal to spikec.frontend.manifest.MAX_NEW_TOKENS (a checkpoint's generation_config default,
+# as exported; not imported here, which would load onnx_ir for `spikec --help`; a test keeps
+# the two equal).
+MAX_NEW_TOKENS = 4096
+NEW_TOKENS = click.IntRange(1, MAX_NEW_TOKENS)
+
 
 class OutputFile(click.Path):
     """A file output option: click.Path(path_type=Path, dir_okay=False) that refuses a name

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from spikec.commands import OutputFile
+from spikec.commands import NEW_TOKENS, OutputFile
 
 
 @click.command("eval")
@@ -21,7 +21,7 @@ from spikec.commands import OutputFile
               help="With --target fpga: the functional simulator, or the RTL co-simulation (slow).")
 @click.option("--mode", type=click.Choice(["fused", "exact", "fakequant"]), default="fused", show_default=True)
 @click.option("--limit", type=click.IntRange(1), help="Evaluate only the first N items.")
-@click.option("--max-new-tokens", type=click.IntRange(1, 256), default=8, show_default=True)
+@click.option("--max-new-tokens", type=NEW_TOKENS, default=8, show_default=True)
 @click.option("--json", "json_path", type=OutputFile(), help="Write the result (with predictions) as JSON.")
 def eval_command(model, data_dir, target, device, mode, limit, max_new_tokens, json_path):
     """Exact match, ANLS and VQA accuracy of MODEL (checkpoint folder, export folder or .sbin) on --data, per type."""

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from spikec.commands import OutputFile
+from spikec.commands import NEW_TOKENS, OutputFile
 
 
 @click.command("report")
@@ -18,7 +18,7 @@ from spikec.commands import OutputFile
 @click.option("--prompt", default="Describe the image.", show_default=True, help="The prompt used with every image.")
 @click.option("--max-images", type=click.IntRange(1, 1000), default=8, show_default=True,
               help="Use at most this many images of --images (sorted by name).")
-@click.option("--max-new-tokens", type=click.IntRange(1, 256), default=16, show_default=True)
+@click.option("--max-new-tokens", type=NEW_TOKENS, default=16, show_default=True)
 @click.option("--fpga/--no-fpga", default=None,
               help="The accelerator's cycles and energy from one image on the fpga target (default: when the "
                    ".sbin has isa/* sections and --images is given).")

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import click
 
-from spikec.commands import OutputFile
+from spikec.commands import NEW_TOKENS, OutputFile
 
 
 def _print_stats(stats: dict) -> None:
@@ -77,7 +77,7 @@ def _ort_errors() -> tuple[type[BaseException], ...]:
 @click.option("--image", type=click.Path(path_type=Path),
               help="Input image for generation (omit it for a text-only prompt, where the family allows one).")
 @click.option("--prompt", help="Text prompt for generation.")
-@click.option("--max-new-tokens", type=click.IntRange(1, 4096), default=None,
+@click.option("--max-new-tokens", type=NEW_TOKENS, default=None,
               help="The most tokens to generate (it stops earlier at EOS). Default: the checkpoint's "
                    "generation_config max_new_tokens, as exported; 32 where it sets none.")
 @click.option("--inputs", "inputs_path", type=click.Path(path_type=Path, dir_okay=False),

@@ -117,14 +117,14 @@ def _size_fields() -> dict[str, int]:
     return {"hidden_size": mf.MAX_HIDDEN, "embed_dim": mf.MAX_HIDDEN, "intermediate_size": mf.MAX_HIDDEN,
             "num_attention_heads": mf.MAX_HEADS, "num_heads": mf.MAX_HEADS, "num_key_value_heads": mf.MAX_HEADS,
             "head_dim": mf.MAX_HEAD_DIM, "num_hidden_layers": mf.MAX_LAYERS, "depth": mf.MAX_LAYERS,
-            "vocab_size": mf.MAX_TOKEN_ID}
+            "vocab_size": mf.MAX_TOKEN_ID, "max_position_embeddings": mf.MAX_POSITIONS}
 
 
 def check_config_sizes(raw: dict, *, where: str) -> None:
     """The sizes of a checkpoint's config.json (`raw`, parsed; `where` names the file), checked
     before transformers reads them: hidden_size, embed_dim, intermediate_size,
-    num_attention_heads, num_heads, num_key_value_heads, head_dim, num_hidden_layers, depth
-    and vocab_size, where present and not null, at the top level and in every `*_config`
+    num_attention_heads, num_heads, num_key_value_heads, head_dim, num_hidden_layers, depth,
+    vocab_size and max_position_embeddings, where present and not null, at the top level and in every `*_config`
     object, must be integers from 1 up to the bounds of manifest.json; the attention heads
     must divide the hidden size (hidden_size or embed_dim) and be a multiple of the key/value
     heads. Raises SpikecError naming the file and the field ('text_config.num_attention_heads').
@@ -151,6 +151,31 @@ def check_config_sizes(raw: dict, *, where: str) -> None:
                               f"'{prefix}num_key_value_heads' ({kv})")
         stack.extend((f"{prefix}{k}.", v) for k, v in sorted(cfg.items(), reverse=True)
                      if k.endswith("_config") and isinstance(v, dict))
+
+
+# Families whose published configs may keep the language model's fields at the top level
+# instead of in a text_config object (Qwen2-VL-2B/7B-Instruct's config.json does; transformers
+# moves them into text_config).
+TOP_LEVEL_TEXT_FAMILIES = frozenset({"qwen2_vl", "qwen2_5_vl"})
+
+
+def check_sub_configs(raw: dict, *, where: str) -> None:
+    """A checkpoint's config.json (`raw`, parsed; `where` names the file) must describe both
+    halves of the model: a `vision_config` object and a `text_config` object (or, for
+    TOP_LEVEL_TEXT_FAMILIES, the text fields at the top level, with hidden_size). Without
+    one, transformers builds that half from its config class's defaults (LLaVA: a
+    Llama-2-7B-sized language model), not from the checkpoint, and the mismatch shows up
+    only as missing or unused weights. Raises SpikecError naming the file and the field."""
+    for key in ("vision_config", "text_config"):
+        value = raw.get(key)
+        if isinstance(value, dict):
+            continue
+        if value is not None:
+            raise SpikecError(f"{where}: field '{key}' must be an object, got {type(value).__name__}")
+        if key == "text_config" and raw.get("model_type") in TOP_LEVEL_TEXT_FAMILIES and "hidden_size" in raw:
+            continue
+        raise SpikecError(f"{where}: no '{key}' object: transformers would build that half of the model from its "
+                          f"defaults, not from this checkpoint (a folder written by save_pretrained has one)")
 
 
 # Memory a load or an export needs beyond its tensors and beyond what the process holds when
@@ -232,6 +257,7 @@ def load_folder(folder: Path, *, allow_pickle: bool = False, stream: bool = Fals
     if not isinstance(raw, dict) or "model_type" not in raw:
         raise SpikecError(f"{cfg_path}: no model_type field")
     adapter = adapter_for(raw["model_type"], where=str(cfg_path))
+    check_sub_configs(raw, where=str(cfg_path))
     check_config_sizes(raw, where=str(cfg_path))  # before transformers divides by them
     from spikec.frontend import quantized
 

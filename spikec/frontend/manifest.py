@@ -30,7 +30,7 @@ from pathlib import Path
 from spikec import schema
 from spikec.atomic import write_text
 from spikec.errors import SpikecError
-from spikec.ops import MODALITY_IDS
+from spikec.ops import MAX_T, MODALITY_IDS
 from spikec.paths import check_name, check_relative, resolve_inside
 
 MANIFEST = "manifest.json"
@@ -141,7 +141,8 @@ MAX_HEAD_DIM = 65536
 MAX_HIDDEN = 1 << 20
 MAX_TOKEN_ID = (1 << 31) - 1
 MAX_MODALITY_ID = 255
-MAX_TIMESTEPS = 64
+MAX_TIMESTEPS = MAX_T  # what the compiler accepts (spikec.reference.MAX_T), so any manifest it writes reads back
+MAX_POSITIONS = 1 << 24  # a config's max_position_embeddings (16M tokens of context)
 MAX_GRAPHS = 64
 MAX_IO = 4096
 MAX_TEXT = 4096

@@ -321,12 +321,17 @@ def _is_gated_mlp_output(lin: Linear) -> bool:
     return p is not None and p.op_type == "Mul"
 
 
-def _online_hadamard(model: ir.Model, lin: Linear, rw: _Rewriter) -> bool:
+def _online_hadamard(model: ir.Model, lin: Linear, rw: _Rewriter, signs: bool = False) -> bool:
     """QuaRot's online Hadamard before a down projection: its input u becomes u @ H (H of
     order I, unnormalised, +-1 entries) and W' = H^T W / I, so u' @ W' = u @ W. u @ H is
     computed as one MatMul per Kronecker factor F (`hadamard_factors`): u reshaped
     [-1, P, f, S] and multiplied on the left by F^T [f, f] (a constant left operand, so it
-    stays a float op: quantize takes only x @ W products), then reshaped back. False (and
+    stays a float op: quantize takes only x @ W products), then reshaped back. With
+    `signs`, u is first multiplied by a seeded random sign vector s (a Mul; W' = H^T
+    diag(s) W / I): a randomized Hadamard, for inputs with a mean far from zero (a GELU's
+    output is nearly non-negative), whose mean a plain H, with a constant column, would
+    gather into one channel: the vision merger's 384-wide GELU output lost about a third of
+    what the rotation gains without it (docs/accuracy.md, scenetext-qwen2vl). False (and
     nothing changed) when I has no Hadamard matrix here."""
     u = lin.node.inputs[0]
     n = lin.w.shape[0]
@@ -336,6 +341,12 @@ def _online_hadamard(model: ir.Model, lin: Linear, rw: _Rewriter) -> bool:
     graph, base = model.graph, f"{lin.node.name}.online_hadamard"
     shape = ir.node("Shape", [u], name=f"{base}.shape")
     nodes, x, before = [shape], u, 1
+    if signs:
+        sv = np.random.default_rng([ROTATION_SEED, n, 1]).choice([-1.0, 1.0], size=n)
+        flip = ir.node("Mul", [u, rw.constant(f"{base}.signs", sv.astype(np.float32))], name=f"{base}.signs.mul")
+        flip.outputs[0].type, flip.outputs[0].shape = u.type, u.shape
+        nodes.append(flip)
+        x = flip.outputs[0]
     orders = [f.shape[0] for f in factors]
     for i, f in enumerate(factors):
         after = n // (before * orders[i])
@@ -357,7 +368,8 @@ def _online_hadamard(model: ir.Model, lin: Linear, rw: _Rewriter) -> bool:
             o.name = f"{k.name}.out"
     graph.insert_before(lin.node, nodes)
     lin.node.replace_input_with(0, back.outputs[0])
-    lin.w = kron_rows(factors, lin.w) / n  # H^T W / I, float64: _rotate_out rotates and stores it
+    w = lin.w.astype(np.float64) * (sv[:, None] if signs else 1.0)  # diag(s) W: x * s is exact
+    lin.w = kron_rows(factors, w) / n  # H^T (diag(s)) W / I, float64: _rotate_out rotates and stores it
     return True
 
 
@@ -488,6 +500,196 @@ def _rotate_lm(model: ir.Model, x0: ir.Value, norms: dict[int, list], rw: _Rewri
             "writers": writers, "norms_folded": folded, "online_hadamard": online_done}
 
 
+def mean_preserving_rotation(n: int) -> tuple[np.ndarray, str]:
+    """(Q float64 [n, n] orthogonal with Q 1 = 1, kind): `rotation_matrix(n)` times the
+    Householder reflection P = I - 2 u u^T / (u^T u), u = Q'^T 1 - 1, which maps Q'^T 1 back
+    to 1 (both have norm sqrt(n)). A LayerNorm commutes with such a Q: the mean of x Q is
+    the mean of x and (x - mean) Q has the norm of x - mean, so LayerNorm(x Q) with unit
+    scale and zero bias is LayerNorm(x) Q. (SliceGPT, Ashkboos et al. ICLR 2024, instead
+    makes the stream zero-mean and turns LayerNorm into RMSNorm; keeping the LayerNorm
+    keeps the vector unit's numerics of the graph as exported.)"""
+    q, kind = rotation_matrix(n)
+    ones = np.ones(n)
+    u = q.T @ ones - ones
+    if float(u @ u) < 1e-24:  # Q' already keeps 1
+        return q, kind
+    return q - 2.0 * np.outer(q @ u, u) / float(u @ u), f"{kind}+householder"
+
+
+@dataclass
+class _Norm:
+    """A norm reading the encoder's stream: its input, output, scale, shift (None: an
+    RMSNorm, or no bias) and the node/input index of each, to reset to 1 and 0."""
+
+    x: ir.Value
+    out: ir.Value
+    gamma: np.ndarray
+    beta: np.ndarray | None
+    gamma_at: tuple[ir.Node, int] | None
+    beta_at: tuple[ir.Node, int] | None
+
+
+def _encoder_norms(model: ir.Model) -> dict[int, _Norm]:
+    """LayerNormalization nodes (last axis, constant scale and bias) and RMSNorm patterns,
+    keyed by the id of the value they read."""
+    out: dict[int, _Norm] = {}
+    for m in match_functions(model):
+        if m.func == VecFunc.LAYERNORM:
+            ln = m.nodes[0]
+            has_b = len(ln.inputs) > 2 and ln.inputs[2] is not None
+            out[id(m.inputs[0])] = _Norm(m.inputs[0], ln.outputs[0], m.row[:m.L], m.row[m.L:] if has_b else None,
+                                         (ln, 1), (ln, 2) if has_b else None)
+        elif m.func == VecFunc.RMSNORM:
+            g = m.nodes[-1]
+            idx = [i for i, x in enumerate(g.inputs) if const_array(x) is not None]
+            out[id(m.inputs[0])] = _Norm(m.inputs[0], g.outputs[0], m.row, None,
+                                         (g, idx[0]) if g.op_type == "Mul" and idx else None, None)
+    return out
+
+
+def _conv_writer(v: ir.Value) -> ir.Node | None:
+    """The Conv whose output channels are the rows of `v`: a patch embedding, Conv with a
+    constant weight, no bias, every spatial output dimension 1, reshaped to [..., C]."""
+    p = v.producer()
+    if p is None or p.op_type != "Reshape" or p.domain not in ("", "ai.onnx") or _last_dim(v) is None:
+        return None
+    c = p.inputs[0].producer()
+    y = p.inputs[0]
+    if c is None or c.op_type != "Conv" or len(_uses(y)) != 1 or (len(c.inputs) > 2 and c.inputs[2] is not None):
+        return None
+    w = const_array(c.inputs[1]) if len(c.inputs) > 1 else None
+    dims = list(y.shape) if y.shape is not None else []
+    if w is None or len(dims) < 3 or dims[1] != w.shape[0] or any(d != 1 for d in dims[2:]) or w.shape[0] != _last_dim(v):
+        return None
+    return c
+
+
+def _stream_start(v: ir.Value) -> tuple[object, ir.Value]:
+    """The writer of the encoder's first stream value `v` (through ops that move whole rows):
+    a Linear, or a patch-embedding Conv (`_conv_writer`)."""
+    p = v.producer()
+    while p is not None and _moves_whole_rows(p, v) and _conv_writer(v) is None:
+        v = p.inputs[0]
+        p = v.producer()
+    conv = _conv_writer(v)
+    return (conv, v) if conv is not None else (_writer(v), v)
+
+
+class _NotRotated(Exception):
+    """The encoder's structure is not the one rotated here; nothing was changed."""
+
+
+def _rotate_encoder(model: ir.Model, rw: _Rewriter, online: bool) -> dict:
+    """QuaRot inside a vision encoder of pre-norm blocks (Qwen2-VL's, Qwen2.5-VL's): the
+    encoder's residual stream is rotated by Q of its width (`mean_preserving_rotation`, so
+    LayerNorms commute with it), folded into the weights as in the language model: the
+    patch embedding and every linear writing the stream (W Q), every linear reading a norm
+    of it (Q^T diag(gamma) W, bias + beta W; a merger that reads g norm rows concatenated
+    as one row, block-wise), the norms' scale 1 and bias 0; with `online`, an online
+    Hadamard before each linear writing the stream (attention output and MLP down
+    projection). The structure is
+    checked before anything changes: an encoder of another shape (CLIP's and SigLIP's
+    embeddings add position tables and a class token) raises _NotRotated with the reason."""
+    norms = _encoder_norms(model)
+    order = {id(n): i for i, n in enumerate(model.graph)}
+    starts = sorted((n for n in norms.values() if n.x.producer() is not None), key=lambda n: order[id(n.x.producer())])
+    if not starts:
+        raise _NotRotated("no norm in the encoder")
+    try:
+        first_writer, x0 = _stream_start(starts[0].x)
+    except SpikecError as exc:
+        raise _NotRotated(str(exc)) from None
+    n = _last_dim(x0)
+    # phase 1: walk the stream; nothing changes until the whole structure is known
+    stream, frontier, writers, readers_of = {id(x0)}, [x0], [], {}
+    while frontier:
+        v = frontier.pop()
+        if v.is_graph_output():
+            raise _NotRotated(f"the stream value '{v.name}' is a graph output")
+        for node in _uses(v):
+            if node.op_type in ("Shape", "Size"):
+                continue
+            norm = norms.get(id(v))
+            if norm is not None and norm.out.producer() is not None and _reads(norm, node):
+                continue
+            out = node.outputs[0] if node.outputs else None
+            if node.op_type == "Add" and node.domain in ("", "ai.onnx") and len(node.inputs) == 2:
+                other = node.inputs[1] if node.inputs[0] is v else node.inputs[0]
+                if other is None or id(other) in stream:
+                    raise _NotRotated(f"node '{node.name}' adds two stream values")
+                try:
+                    writers.append(_writer(other))
+                except SpikecError as exc:
+                    raise _NotRotated(str(exc)) from None
+            elif not (out is not None and _moves_whole_rows(node, out) and _last_dim(out) == n):
+                raise _NotRotated(f"the stream value '{v.name}' is read by {node.op_type} node '{node.name}'")
+            if id(out) not in stream:
+                stream.add(id(out))
+                frontier.append(out)
+    for norm in norms.values():
+        if id(norm.x) not in stream:
+            continue
+        readers = []
+        for node in _uses(norm.out):
+            g, lin = 1, _linear(node)
+            if lin is None and node.op_type == "Reshape" and isinstance(_last_dim(node.outputs[0]), int) \
+                    and _last_dim(node.outputs[0]) % n == 0 and len(_uses(node.outputs[0])) == 1:
+                g, lin = _last_dim(node.outputs[0]) // n, _linear(_uses(node.outputs[0])[0])  # g rows -> one
+                if lin is not None and lin.node.inputs[0] is not node.outputs[0]:
+                    lin = None
+            elif lin is not None and node.inputs[0] is not norm.out:
+                lin = None
+            if lin is None:
+                raise _NotRotated(f"a norm of the stream is read by {node.op_type} node '{node.name}', not by a linear")
+            if norm.beta is not None and np.any(norm.beta) and lin.bias is None:
+                raise _NotRotated(f"linear '{lin.node.name}' has no bias to take its norm's shift")
+            readers.append((lin, g))
+        if norm.gamma_at is None and not np.all(norm.gamma == 1):
+            raise _NotRotated("a norm's scale cannot be reset")
+        readers_of[id(norm.x)] = (norm, readers)
+    # phase 2: rewrite
+    q, kind = mean_preserving_rotation(n)
+    online_done = 0
+    if isinstance(first_writer, Linear):
+        writers.append(first_writer)
+    else:
+        w = const_array(first_writer.inputs[1]).astype(np.float64)
+        rw.set_input(first_writer, 1, np.tensordot(q.T, w, axes=([1], [0])))  # out channel j: sum_i Q[i, j] W[i]
+    for lin in writers:
+        if online and _online_hadamard(model, lin, rw, signs=True):
+            online_done += 1
+        _rotate_out(lin, q, rw)
+    n_readers = 0
+    for norm, readers in readers_of.values():
+        for lin, g in readers:
+            w = lin.w.astype(np.float64)
+            if norm.beta is not None and lin.bias is not None:
+                rw.set_bias(lin, lin.bias.astype(np.float64) + np.tile(norm.beta.astype(np.float64), g) @ w)
+            block = q.T @ np.diag(norm.gamma.astype(np.float64))
+            rw.set_weight(lin, np.kron(np.eye(g), block) @ w)
+            n_readers += 1
+        if norm.gamma_at is not None:
+            rw.set_input(*norm.gamma_at, np.ones(n, np.float32))
+        if norm.beta_at is not None:
+            rw.set_input(*norm.beta_at, np.zeros(n, np.float32))
+    return {"n": int(n), "matrix": kind, "writers": len(writers) + (0 if isinstance(first_writer, Linear) else 1),
+            "readers": n_readers, "norms_folded": len(readers_of), "online_hadamard": online_done}
+
+
+def _reads(norm: _Norm, node: ir.Node) -> bool:
+    """`node` is one of the norm's own nodes (it reads the norm's input)."""
+    seen, frontier = set(), [norm.out.producer()]
+    while frontier:
+        k = frontier.pop()
+        if k is None or id(k) in seen:
+            continue
+        if k is node:
+            return True
+        seen.add(id(k))
+        frontier += [x.producer() for x in k.inputs if x is not None and x is not norm.x]
+    return False
+
+
 def _rotate_table(node: ir.Node, rw: _Rewriter) -> dict:
     table = const_array(node.inputs[0])
     q, kind = rotation_matrix(table.shape[1])
@@ -527,10 +729,19 @@ def _rotate_stream(model: ir.Model, online_hadamard: bool) -> dict:
             and const_array(p.inputs[0]).ndim == 2:
         return _rotate_table(p, rw)
     if out is not None:
-        lin = _writer(out)
+        _writer(out)  # the projector's structure is required (SpikecError), the encoder's is not
+        try:
+            encoder = _rotate_encoder(model, rw, online_hadamard)
+        except _NotRotated as exc:
+            encoder = {"skipped": str(exc)}
+        lin = _writer(out)  # read again: the encoder's rewrite may have changed its weights
+        if "skipped" not in encoder:  # the projector's last linear as a down projection (QuaRot's online Hadamard)
+            encoder["projector_online_hadamard"] = bool(online_hadamard and _is_gated_mlp_output(lin)
+                                                        and _online_hadamard(model, lin, rw, signs=True))
         q, kind = rotation_matrix(lin.w.shape[1])
         _rotate_out(lin, q, rw)
-        return {"graph": "vision projector", "n": int(lin.w.shape[1]), "matrix": kind, "writers": 1}
+        return {"graph": "vision projector", "n": int(lin.w.shape[1]), "matrix": kind, "writers": 1,
+                "encoder": encoder}
     raise SpikecError("rotate: the graph has no output")
 
 

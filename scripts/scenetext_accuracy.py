@@ -46,6 +46,11 @@ ROWS: dict[str, tuple[str, str, dict, str | None]] = {
     "w4-4-4": ("w4", "W4 Tv/Tt = 4/4", dict(tv=4, tt=4, wbits=4), None),
     # the quantization methods at Tv/Tt = 3/4: can one of them close what Tv = 3 loses here?
     "w8-3-4-quarot": ("method", "W8 Tv/Tt = 3/4 + QuaRot rotation", dict(tv=3, tt=4, rotate=True), None),
+    # with the vision encoder rotated too (passes/rotate.py), which modality is the sensitive one?
+    "w4-3-4-quarot": ("method", "W4 Tv/Tt = 3/4 + QuaRot rotation", dict(tv=3, tt=4, wbits=4, rotate=True), None),
+    "ablate-4-2-quarot": ("method", "Tv/Tt = 4/2 + QuaRot rotation", dict(tv=4, tt=2, rotate=True), None),
+    "ablate-2-4-quarot": ("method", "Tv/Tt = 2/4 + QuaRot rotation", dict(tv=2, tt=4, rotate=True), None),
+    "w8-3-3-quarot": ("method", "W8 Tv/Tt = 3/3 + QuaRot rotation", dict(tv=3, tt=3, rotate=True), None),
     "w8-3-4-smooth": ("method", "W8 Tv/Tt = 3/4 + SmoothQuant 0.5", dict(tv=3, tt=4, smooth=0.5, calib=True), None),
     "w8-3-4-static": ("method", "W8 Tv/Tt = 3/4, static scales (percentile)",
                       dict(tv=3, tt=4, calib=True, act_scale="static", calib_method="percentile"), None),
@@ -206,9 +211,11 @@ def render(state: dict, args) -> str:
               "  at the other's two levels: vision 2 -> 4 at text 2 (2/2 vs 4/2) and at text 4 (2/4 vs 4/4), and text",
               "  2 -> 4 at vision 2 (2/2 vs 2/4) and at vision 4 (4/2 vs 4/4).",
               "- `rate-if`: the same (T+1)-bit codes as the TC-LIF row of the same Tv/Tt in 2^(T+1) - 1 timesteps.",
-              "- `method` rows: the quantization methods at Tv/Tt = 3/4: QuaRot's rotation of the language model's",
-              "  residual stream (passes/rotate.py), SmoothQuant with alpha 0.5, and static activation scales (99.99th",
-              f"  percentile), the last two from {args.calib_samples} image+question pairs of the training split."]
+              "- `method` rows: the quantization methods at Tv/Tt = 3/4: QuaRot's rotation (passes/rotate.py) of the",
+              "  language model's residual stream and of the vision encoder's (randomized online Hadamards before the",
+              "  encoder's attention output, MLP down projections and the merger's last linear), SmoothQuant with alpha",
+              f"  0.5, and static activation scales (99.99th percentile), the last two from {args.calib_samples} image+question",
+              "  pairs of the training split; and the modality ablation again with the rotation."]
     rows = state["rows"]
     if all(k in rows for k in ("w8-2-2", "ablate-4-2", "ablate-2-4", "w8-4-4")):
         same = {k: rows[k]["same_as_float"][0] for k in ("w8-2-2", "ablate-4-2", "ablate-2-4", "w8-4-4")}
@@ -221,6 +228,12 @@ def render(state: dict, args) -> str:
                   f" (EM {em['w8-2-2']:.1f}, {em['ablate-4-2']:.1f}, {em['ablate-2-4']:.1f}, {em['w8-4-4']:.1f} %)."
                   f" Raising T from 2 to 4 moves the agreement by {dv:.1f} items on average for vision and {dt:.1f} for text:",
                   f"  the {'text' if dt > dv else 'vision'} tokens are the more sensitive modality for this checkpoint."]
+    if all(k in rows for k in ("w8-3-4-quarot", "ablate-4-2-quarot", "ablate-2-4-quarot")):
+        fl, r = 100 * f["reading"], {k: 100 * rows[k]["reading"] for k in ("w8-3-4-quarot", "ablate-4-2-quarot",
+                                                                           "ablate-2-4-quarot")}
+        lines += [f"- With the rotation, reading at 3/4, 4/2 and 2/4: {r['w8-3-4-quarot']:.2f}, {r['ablate-4-2-quarot']:.2f}"
+                  f" and {r['ablate-2-4-quarot']:.2f} % (float {fl:.2f} %): giving vision 2 timesteps costs"
+                  f" {fl - r['ablate-2-4-quarot']:.1f} points, giving text 2 costs {fl - r['ablate-4-2-quarot']:.1f}."]
     missing = [m for m in missing if not (m == ROWS["w8-3-3"][1] and "uniform-3" in rows)]  # the same configuration
     if missing:
         lines.append("- Not measured yet: " + "; ".join(missing) + ".")

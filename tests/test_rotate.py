@@ -44,6 +44,28 @@ def test_rotation_is_orthogonal_and_deterministic(n):
     assert np.abs(x @ q).max() == pytest.approx(100.0 / np.sqrt(n))
 
 
+@pytest.mark.parametrize("n", [32, 96, 1000, 1280])  # 1000: no Hadamard here, the random orthogonal fallback
+def test_mean_preserving_rotation_commutes_with_layernorm(n):
+    """Q 1 = 1, so LayerNorm (unit scale, zero shift) of x Q is LayerNorm(x) Q: what lets
+    the vision encoder's LayerNorms stay as exported when its stream is rotated."""
+    from spikec.passes.rotate import mean_preserving_rotation
+
+    q, kind = mean_preserving_rotation(n)
+    np.testing.assert_allclose(q @ q.T, np.eye(n), atol=1e-10)
+    np.testing.assert_allclose(q @ np.ones(n), np.ones(n), atol=1e-10)
+    np.testing.assert_array_equal(q, mean_preserving_rotation(n)[0])
+    x = np.random.default_rng(0).standard_normal((4, n)) * 3 + 5
+    x[:, 7] += 200.0  # an outlier channel, as a ViT's residual stream has
+
+    def ln(v):
+        c = v - v.mean(-1, keepdims=True)
+        return c / np.sqrt((c * c).mean(-1, keepdims=True) + 1e-6)
+
+    np.testing.assert_allclose(ln(x @ q), ln(x) @ q, atol=1e-9)
+    assert np.abs(ln(x) @ q).max() < 0.5 * np.abs(ln(x)).max()  # the outlier is spread
+    assert kind.endswith("+householder")
+
+
 def test_with_rotation_places_the_pass_before_quantizing():
     names = ("fold-constants", "shape-inference", "vector-numerics", "quantize", "spike-rewrite")
     assert with_rotation(names) == ("fold-constants", "shape-inference", "rotate", "vector-numerics", "quantize",
@@ -108,6 +130,13 @@ def test_rotated_export_computes_the_same_function(name):
     assert sorted(done.values()) == ["language model", "token embedding", "vision projector"]
     lm = report.extra["graphs"]["lm"]["rotate"]
     assert lm["online_hadamard"] == 2 and lm["norms_folded"] == 5  # 2 layers: 2 down_proj; 2 x 2 + final norm
+    encoder = report.extra["graphs"]["vision"]["rotate"]["encoder"]
+    if name in ("tiny-qwen2-vl", "tiny-qwen2.5-vl"):  # pre-norm blocks on a patch-embedding stream: rotated
+        # 2 blocks: patch embedding + 2 x (attention out, MLP down) write; 2 x 2 norms + the merger's read
+        assert encoder["writers"] == 5 and encoder["norms_folded"] == 5 and encoder["online_hadamard"] == 4, encoder
+        assert encoder["projector_online_hadamard"] is True
+    else:  # CLIP's, InternViT's and SigLIP's embeddings add a position table: left as they are, with the reason
+        assert "is written to the residual stream but is not a linear layer's output" in encoder["skipped"], encoder
 
 
 def test_rotated_w4_compile_runs_and_stays_exact(tmp_path):
@@ -208,3 +237,19 @@ def test_calibration_feeds_are_rotated_with_the_model():
             assert lm["rotate"]["calibration_feeds_rotated"] == 2
     assert len(meds[0]) == 2 and all(m is not None for m in meds[0])
     np.testing.assert_allclose(meds[1], meds[0], atol=1e-4)
+
+
+def test_rotated_vision_encoder_on_the_accelerator_matches_ort(tmp_path):
+    """--rotate --isa on Qwen2-VL: the encoder's online Hadamards (sign Mul, Kronecker-factor
+    MatMuls) are host ops between kernels on the fpga target; its greedy tokens equal the
+    ORT target's (the same numerics on both)."""
+    out = tmp_path / "rot-isa.sbin"
+    root = _export("tiny-qwen2-vl")
+    report = compile_path(root / "export", out, options=SpikeOptions(tv=3, tt=4, rotate=True).validate(), isa=True)
+    assert report.extra["graphs"]["vision"]["rotate"]["encoder"]["online_hadamard"] == 4
+    ids = {}
+    for target in ("ort", "fpga"):
+        with load(out, target=target) as m:
+            g = m.generator()
+            ids[target] = g.generate_ids(g.prepare([sample_image()], ["describe the image"]), 3, stop_at_eos=False)
+    np.testing.assert_array_equal(ids["fpga"], ids["ort"])

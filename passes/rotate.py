@@ -597,8 +597,11 @@ def _rotate_encoder(model: ir.Model, rw: _Rewriter, online: bool) -> dict:
         raise _NotRotated("no norm in the encoder")
     try:
         first_writer, x0 = _stream_start(starts[0].x)
-    except SpikecError as exc:
-        raise _NotRotated(str(exc)) from None
+    except SpikecError:
+        p = starts[0].x.producer()
+        raise _NotRotated(f"its stream, read first by a norm, starts at '{starts[0].x.name}', made by {p.op_type} node "
+                          f"'{p.name}', not by a patch-embedding Conv or a linear layer (embeddings that add a position "
+                          "table or a class token, as CLIP's, InternViT's and SigLIP's)") from None
     n = _last_dim(x0)
     # phase 1: walk the stream; nothing changes until the whole structure is known
     stream, frontier, writers, readers_of = {id(x0)}, [x0], [], {}
@@ -734,6 +737,8 @@ def _rotate_stream(model: ir.Model, online_hadamard: bool) -> dict:
             encoder = _rotate_encoder(model, rw, online_hadamard)
         except _NotRotated as exc:
             encoder = {"skipped": str(exc)}
+            log.warning("rotate: the vision encoder is left unrotated (the projector, the embedding and the language "
+                        "model are rotated): %s", exc)
         lin = _writer(out)  # read again: the encoder's rewrite may have changed its weights
         if "skipped" not in encoder:  # the projector's last linear as a down projection (QuaRot's online Hadamard)
             encoder["projector_online_hadamard"] = bool(online_hadamard and _is_gated_mlp_output(lin)

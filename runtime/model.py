@@ -97,8 +97,8 @@ class CompiledModel:
         (`OrtGenerator.generate`). Raises SpikecError, with the CLI's wording, for: a file
         that cannot be read or that the processor refuses ("--image PATH: ..."); a prompt
         that is not a str, or that holds the image token more often than images are given
-        ("--prompt: ..."); max_new_tokens that is not an int >= 1 ("max_new_tokens
-        (--max-new-tokens): ..."; 0 is refused, as by the CLI); a processor that needs an
+        ("--prompt: ..."); max_new_tokens that is not an int in 1..4096 ("max_new_tokens
+        (--max-new-tokens): ..."; 0 and 4097 are refused, as by the CLI); a processor that needs an
         image when image is None (naming the family); logits that hold NaN or +inf; a model
         compiled from a single ONNX file, which runs raw tensors only (`check_generates`),
         before the image is read.

@@ -72,8 +72,10 @@ def test_text_only_generation_skips_the_vision_graph(name):
 
 
 @pytest.mark.parametrize("value,msg", [
-    (0, r"max_new_tokens \(--max-new-tokens\): 0 is not in the range x>=1"),
-    (-2, r"-2 is not in the range x>=1"),
+    (0, r"max_new_tokens \(--max-new-tokens\): 0 is not in the range 1<=x<=4096"),
+    (-2, r"-2 is not in the range 1<=x<=4096"),
+    (4097, r"max_new_tokens \(--max-new-tokens\): 4097 is not in the range 1<=x<=4096"),
+    (10**9, r"1000000000 is not in the range 1<=x<=4096"),
     (1.5, r"must be an integer >= 1, got 1.5"),
     (True, r"must be an integer >= 1, got True"),
     ("4", r"must be an integer >= 1, got '4'"),

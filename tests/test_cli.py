@@ -148,3 +148,43 @@ def test_wrong_kind_of_input_and_empty_pass_list(run_cli, tmp_path, tiny_mlp):
     r = run_cli("compile", str(tiny_mlp), "-o", str(tmp_path / "y.onnx"), "--passes", " , ")
     assert r.code == 1 and "--passes: the list is empty" in r.err, r.err
     assert not (tmp_path / "x.sbin").exists() and not (tmp_path / "y.onnx").exists()
+
+
+def _closed_stdout(monkeypatch):
+    """Make every print to stdout fail as a pipe closed by its reader does (`| head`)."""
+    import errno
+
+    import click
+
+    real = click.echo
+
+    def echo(message=None, file=None, nl=True, err=False, color=None):
+        if not err:
+            raise BrokenPipeError(errno.EPIPE, "Broken pipe")
+        return real(message, file=file, nl=nl, err=err, color=color)
+
+    monkeypatch.setattr(click, "echo", echo)
+
+
+def test_files_are_written_before_a_closed_stdout_ends_the_command(run_cli, tmp_path, tiny_mlp, monkeypatch):
+    """`spikec run ... -o out.npz --stats-json s.json | head`: the files the user asked for
+    are the product; the first print to a closed pipe ends the command (click exits 1), so
+    they are written before anything is printed (eval --json lost its file this way)."""
+    import json as _json
+
+    import numpy as np
+
+    import spikec.evaluate
+    from spikec.evaluate import EvalResult
+
+    sbin = tmp_path / "m.sbin"
+    assert run_cli("-q", "compile", str(tiny_mlp), "-o", str(sbin)).code == 0
+    np.savez(tmp_path / "in.npz", x=np.zeros((1, 3, 32), np.float32))
+    _closed_stdout(monkeypatch)
+    r = run_cli("run", str(sbin), "--inputs", str(tmp_path / "in.npz"), "-o", str(tmp_path / "out.npz"))
+    assert r.code == 1 and (tmp_path / "out.npz").is_file(), r.err
+    fixed = EvalResult(model="m", data="d", total=1, correct=1, by_type={"t": [1, 1]}, predictions=["x"],
+                       metric_sums={"t": {"exact_match": 1.0, "anls": 1.0, "vqa_accuracy": 1.0}})
+    monkeypatch.setattr(spikec.evaluate, "evaluate", lambda *a, **k: fixed)
+    r = run_cli("eval", str(tmp_path), "--data", str(tmp_path), "--json", str(tmp_path / "r.json"))
+    assert r.code == 1 and _json.loads((tmp_path / "r.json").read_text())["predictions"] == ["x"], r.err

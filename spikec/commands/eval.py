@@ -21,7 +21,8 @@ from spikec.commands import NEW_TOKENS, OutputFile
               help="With --target fpga: the functional simulator, or the RTL co-simulation (slow).")
 @click.option("--mode", type=click.Choice(["fused", "exact", "fakequant"]), default="fused", show_default=True)
 @click.option("--limit", type=click.IntRange(1), help="Evaluate only the first N items.")
-@click.option("--max-new-tokens", type=NEW_TOKENS, default=8, show_default=True)
+@click.option("--max-new-tokens", type=NEW_TOKENS, default=8, show_default=True,
+              help="The most tokens generated per item (it stops earlier at EOS; the data sets' answers are short).")
 @click.option("--json", "json_path", type=OutputFile(), help="Write the result (with predictions) as JSON.")
 def eval_command(model, data_dir, target, device, mode, limit, max_new_tokens, json_path):
     """Exact match, ANLS and VQA accuracy of MODEL (checkpoint folder, export folder or .sbin) on --data, per type."""
@@ -42,6 +43,10 @@ def eval_command(model, data_dir, target, device, mode, limit, max_new_tokens, j
         atomic.check_output(json_path, is_dir=False, inputs=[model, data_dir], option="--json")
     r = evaluate(model, data_dir, target=target, mode=mode, limit=limit, max_new_tokens=max_new_tokens, progress=progress,
                  device=device)
+    if json_path is not None:  # written before anything is printed (a closed stdout, `| head`, ends the command)
+        data = r.to_dict()
+        data["predictions"] = r.predictions
+        atomic.write_text(json_path, json.dumps(data, indent=2) + "\n")
     click.echo(f"{r.model}: {r.correct}/{r.total} = {100 * r.accuracy:.2f}% exact match ({r.seconds:.1f} s)")
     m = r.metrics()
     click.echo(f"  {'type':<10} {'items':>11} {'exact':>8} {'ANLS':>8} {'VQA acc':>8}")
@@ -49,7 +54,3 @@ def eval_command(model, data_dir, target, device, mode, limit, max_new_tokens, j
         mt = r.metrics(t)
         click.echo(f"  {t:<10} {c:>5}/{n:<5} {100 * c / n:>7.2f}% {100 * mt['anls']:>7.2f}% {100 * mt['vqa_accuracy']:>7.2f}%")
     click.echo(f"  {'all':<10} {r.correct:>5}/{r.total:<5} {100 * r.accuracy:>7.2f}% {100 * m['anls']:>7.2f}% {100 * m['vqa_accuracy']:>7.2f}%")
-    if json_path is not None:
-        data = r.to_dict()
-        data["predictions"] = r.predictions
-        atomic.write_text(json_path, json.dumps(data, indent=2) + "\n")

@@ -18,7 +18,8 @@ from spikec.commands import NEW_TOKENS, OutputFile
 @click.option("--prompt", default="Describe the image.", show_default=True, help="The prompt used with every image.")
 @click.option("--max-images", type=click.IntRange(1, 1000), default=8, show_default=True,
               help="Use at most this many images of --images (sorted by name).")
-@click.option("--max-new-tokens", type=NEW_TOKENS, default=16, show_default=True)
+@click.option("--max-new-tokens", type=NEW_TOKENS, default=16, show_default=True,
+              help="The most tokens generated per image and per evaluation item (it stops earlier at EOS).")
 @click.option("--fpga/--no-fpga", default=None,
               help="The accelerator's cycles and energy from one image on the fpga target (default: when the "
                    ".sbin has isa/* sections and --images is given).")

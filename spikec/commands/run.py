@@ -115,8 +115,10 @@ def run_command(model_path, target, device, mode, image, prompt, max_new_tokens,
     with naming_file(model_path):  # a graph's load error names its file
         model = load(model_path, target=target, mode=mode, device=device)
     with model:
+        # every file is written before anything is printed: a closed stdout (`| head`) ends
+        # the command at its first print, and the files the user asked for are its product
         if generating:
-            click.echo(model.generate(image, prompt, max_new_tokens=max_new_tokens))
+            text = model.generate(image, prompt, max_new_tokens=max_new_tokens)
         else:
             if not inputs_path.is_file():
                 raise SpikecError(f"--inputs {inputs_path}: no such file")
@@ -137,13 +139,15 @@ def run_command(model_path, target, device, mode, image, prompt, max_new_tokens,
                 with atomic.atomic_path(output) as tmp:
                     with open(tmp, "wb") as f:
                         np.savez(f, **outs)
-                click.echo(f"wrote {len(outs)} outputs to {output}")
-            else:
-                for k, v in outs.items():
-                    click.echo(f"{k}: {v.dtype} {list(v.shape)}")
-        if stats or stats_json:
-            report = model.stats()
-            if stats:
-                (_print_fpga if target == "fpga" else _print_stats)(report)
-            if stats_json:
-                atomic.write_text(stats_json, json.dumps(report, indent=2) + "\n")
+        report = model.stats() if stats or stats_json else None
+        if stats_json:
+            atomic.write_text(stats_json, json.dumps(report, indent=2) + "\n")
+        if generating:
+            click.echo(text)
+        elif output is not None:
+            click.echo(f"wrote {len(outs)} outputs to {output}")
+        else:
+            for k, v in outs.items():
+                click.echo(f"{k}: {v.dtype} {list(v.shape)}")
+        if stats:
+            (_print_fpga if target == "fpga" else _print_stats)(report)

@@ -179,16 +179,21 @@ class OrtGenerator:
         """Greedy decoding; returns the new token ids int64 [batch, 1 .. max_new_tokens]
         (the EOS that stopped a row included; rows done earlier are padded).
 
-        max_new_tokens: an int >= 1; anything else (0, negative, a float, a bool, a str)
-        raises SpikecError "max_new_tokens (--max-new-tokens): ...", as the CLI refuses it.
+        max_new_tokens: an int in 1..MAX_NEW_TOKENS (4096, the CLI's range); anything else (0,
+        negative, above the range, a float, a bool, a str) raises SpikecError
+        "max_new_tokens (--max-new-tokens): ...", as the CLI refuses it.
         Logits holding NaN or +inf (a non-finite activation propagated through the model,
         docs/passes.md "Non-finite activations") raise SpikecError naming the step, instead
         of an argmax over NaN picking an arbitrary token."""
         if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)):
             raise SpikecError(f"max_new_tokens (--max-new-tokens): must be an integer >= 1, got {max_new_tokens!r}")
         if max_new_tokens < 1:
-            raise SpikecError(f"max_new_tokens (--max-new-tokens): {int(max_new_tokens)} is not in the range x>=1 "
-                              "(generation makes at least one token; an EOS first gives an empty answer)")
+            raise SpikecError(f"max_new_tokens (--max-new-tokens): {int(max_new_tokens)} is not in the range "
+                              f"1<=x<={mf.MAX_NEW_TOKENS} (generation makes at least one token; an EOS first gives "
+                              "an empty answer)")
+        if max_new_tokens > mf.MAX_NEW_TOKENS:
+            raise SpikecError(f"max_new_tokens (--max-new-tokens): {int(max_new_tokens)} is not in the range "
+                              f"1<=x<={mf.MAX_NEW_TOKENS}")
 
         def checked(logits: np.ndarray, step: int) -> np.ndarray:
             last = np.asarray(logits)[:, -1]
@@ -238,7 +243,8 @@ class OrtGenerator:
 
         if not isinstance(prompt, str):
             raise SpikecError(f"--prompt: the prompt must be a string, not {type(prompt).__name__}")
-        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) or max_new_tokens < 1:
+        if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, (int, np.integer)) \
+                or not 1 <= max_new_tokens <= mf.MAX_NEW_TOKENS:
             self.generate_ids({}, max_new_tokens)  # raises its message, before any graph runs
         if image is None:
             text = format_prompt(self.adapter, self.processor, prompt, images=0)

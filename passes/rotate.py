@@ -331,7 +331,7 @@ def _online_hadamard(model: ir.Model, lin: Linear, rw: _Rewriter, signs: bool = 
     diag(s) W / I): a randomized Hadamard, for inputs with a mean far from zero (a GELU's
     output is nearly non-negative), whose mean a plain H, with a constant column, would
     gather into one channel: the vision merger's 384-wide GELU output lost about a third of
-    what the rotation gains without it (docs/accuracy.md, scenetext-qwen2vl). False (and
+    what the rotation gains without it (docs/passes.md, rotate). False (and
     nothing changed) when I has no Hadamard matrix here."""
     u = lin.node.inputs[0]
     n = lin.w.shape[0]
@@ -585,11 +585,11 @@ def _rotate_encoder(model: ir.Model, rw: _Rewriter, online: bool) -> dict:
     LayerNorms commute with it), folded into the weights as in the language model: the
     patch embedding and every linear writing the stream (W Q), every linear reading a norm
     of it (Q^T diag(gamma) W, bias + beta W; a merger that reads g norm rows concatenated
-    as one row, block-wise), the norms' scale 1 and bias 0; with `online`, an online
-    Hadamard before each linear writing the stream (attention output and MLP down
-    projection). The structure is
-    checked before anything changes: an encoder of another shape (CLIP's and SigLIP's
-    embeddings add position tables and a class token) raises _NotRotated with the reason."""
+    as one row, block-wise), the norms' scale 1 and bias 0; with `online`, a randomized
+    online Hadamard before each linear writing the stream (attention output and MLP down
+    projection). The structure is checked before anything changes: an encoder of another
+    shape (CLIP's, InternViT's and SigLIP's embeddings add position tables and a class
+    token) raises _NotRotated with the reason."""
     norms = _encoder_norms(model)
     order = {id(n): i for i, n in enumerate(model.graph)}
     starts = sorted((n for n in norms.values() if n.x.producer() is not None), key=lambda n: order[id(n.x.producer())])

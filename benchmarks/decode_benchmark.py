@@ -96,7 +96,8 @@ def print_decode(shape: LMShape, cfg: HwConfig, L: int, host: HostModel) -> dict
           f"{shape.heads} heads / {shape.kv_heads} KV heads of {shape.head_dim}, vocab {shape.vocab}), W4, Tt={T_TEXT}, "
           f"batch 1, context L={L} ==")
     print(f"  weights streamed per token: {shape.weights() / 1e9:.3f} G = {shape.weight_bytes(4) / 1e9:.4f} GB "
-          f"(program LOADs {c.prog.weight_load_bytes:,} B of weights; {c.prog.kv_load_bytes / 1e6:.2f} MB of KV cache); "
+          f"(program LOADs {c.prog.weight_load_bytes:,} B of weights, {c.prog.fifo_load_bytes / c.prog.weight_load_bytes:.0%} "
+          f"of them through the weight FIFO; {c.prog.kv_load_bytes / 1e6:.2f} MB of KV cache); "
           f"{t.instructions:,} instructions; DRAM read {t.dram_read / 1e9:.4f} GB, written {t.dram_write / 1e6:.3f} MB")
     print(f"  modeled device: {t.cycles:,} cycles at {cfg.clock_mhz:g} MHz = {r['dev_s'] * 1e3:.4f} ms/token -> "
           f"{r['tok_s']:.1f} tokens/s (load module busy {t.busy['load']:,}, compute {t.busy['compute']:,} of which "
@@ -164,12 +165,14 @@ def main() -> None:
     print("decode benchmark -- assumptions (everything below is modeled)")
     print(f"  hwconfig '{cfg.name}' (isa/configs/deploy.json): {cfg.clock_mhz:g} MHz (28 nm ASIC clock of TPUv1, ISCA 2017; "
           f"the RTL reaches 27.7 MHz on ECP5 for 'small', docs/synthesis.md), PE array {cfg.pe_rows}x{cfg.pe_cols} loading "
-          f"{cfg.pe_load_lines} rows/cycle, {cfg.vec_lanes} vector lanes, WGT {cfg.wgt_kib} KiB, INP {cfg.inp_kib} KiB, "
+          f"{cfg.pe_load_lines} rows/cycle, {cfg.vec_lanes} vector lanes, WGT {cfg.wgt_kib} KiB, weight FIFO {cfg.wfifo_kib} KiB, "
+          f"INP {cfg.inp_kib} KiB, "
           f"ACC {cfg.acc_kib} KiB, VEC {cfg.vec_kib} KiB, SCL {cfg.scl_kib} KiB, HBM {cfg.dram_gbps:g} GB/s "
           f"({cfg.dram_bytes_per_cycle:.1f} B/cycle), {cfg.dram_latency_cycles} cycles per DMA instruction")
     print(f"  energy: {e.source}: int32 add {e.int32_add} pJ, fp32 add {e.fp32_add} / mult {e.fp32_mult} pJ, SRAM "
-          f"{'/'.join(f'{p:g}' for _, p in e.sram64)} pJ per 64 bit (<= 8 KB / 32 KB / 1 MB; every deploy buffer is "
-          f"above 32 KB, so all are charged the 1 MB class: {e.sram_pj_per_byte(1 << 20):.2f} pJ/byte), HBM "
+          f"{'/'.join(f'{p:g}' for _, p in e.sram64)} pJ per 64 bit (<= 8 KB / 32 KB / 1 MB; every deploy buffer but the "
+          f"weight FIFO is above 32 KB, so all are charged the 1 MB class: {e.sram_pj_per_byte(1 << 20):.2f} pJ/byte; the "
+          f"FIFO {e.sram_pj_per_byte(cfg.wfifo_bytes):.2f} pJ/byte), HBM "
           f"{e.dram64:g} pJ per 64 bit ({e.dram_pj_per_bit:.2f} pJ/bit)")
     for cit in e.citations:
         print(f"    - {cit}")
@@ -201,13 +204,16 @@ def main() -> None:
         verdict = "MET" if v >= target else f"MISSED by {100 * (1 - v / target):.1f} %"
         print(f"  {name}: {fmt.format(v)} [{fmt.format(vh)}] -> {verdict}")
     t = r["c"].timing
-    print(f"  what limits it: the load module is busy {t.busy['load'] / t.cycles:.1%} of the step (the weights at "
-          f"full bandwidth would take {r['c'].prog.weight_load_bytes / (cfg.dram_gbps * 1e9) / r['dev_s']:.1%}; the rest "
-          f"is DMA latency, burst rounding and the KV cache); the vector unit ({t.vec_cycles:,} cycles: softmax, ENCODE, "
-          f"norms, SiLU) runs while the load module fills WGT ({cfg.buffer_bytes(Buffer.WGT) >> 20} MiB, "
-          f"{cfg.buffer_bytes(Buffer.WGT) / (cfg.dram_gbps * 1e3):.1f} us of HBM time) and then waits, so the part of a "
-          f"vector-only stretch beyond that (a layer's softmax over L) adds to the weight stream; energy is {r['e']['dram'] / r['ej']:.0%} HBM and {r['e']['sram'] / r['ej']:.0%} SRAM (every "
-          f"weight written to and read from WGT once)")
+    p = r["c"].prog
+    print(f"  what limits it: the compute module is busy {t.busy['compute'] / t.cycles:.1%} of the step (the weights at "
+          f"full bandwidth would take {p.weight_load_bytes / (cfg.dram_gbps * 1e9) / r['dev_s']:.1%}): it multiplies "
+          f"a tile through the weight FIFO ({p.fifo_load_bytes / p.weight_load_bytes:.0%} of the weight bytes) as it "
+          f"arrives, at the HBM rate, and a tile through WGT at the PE array's rate after the load module fetched it "
+          f"during vector work ({t.vec_cycles:,} cycles: softmax, ENCODE, norms, SiLU); so the FIFO's share, which saves "
+          f"each of its bytes a WGT write and read, adds its PE-array time to the step, and a vector stretch longer "
+          f"than WGT ({cfg.buffer_bytes(Buffer.WGT) >> 20} MiB, {cfg.buffer_bytes(Buffer.WGT) / (cfg.dram_gbps * 1e3):.1f}"
+          f" us of HBM time) holds tiles still to come (a layer's softmax over L); energy is "
+          f"{r['e']['dram'] / r['ej']:.0%} HBM and {r['e']['sram'] / r['ej']:.0%} SRAM")
 
     print(f"\n== context length (Qwen2-VL-7B-shaped) ==")
     for L in (256, 1024, 4096):
@@ -219,6 +225,9 @@ def main() -> None:
         print(f"\n== sensitivity (Qwen2-VL-7B-shaped, L={args.L}; one assumption changed at a time) ==")
         e45 = EnergyConstants(source="Horowitz 45 nm, unscaled", dram64=e.dram64)
         cases = [
+            ("no weight FIFO (every weight written to and read from WGT)", variant(cfg, wfifo_kib=0)),
+            ("PE array loading 64 rows of a tile per cycle (16 KiB of int4 weights from WGT per cycle)",
+             variant(cfg, pe_load_lines=64)),
             ("DMA latency 16 cycles per instruction", variant(cfg, dram_latency_cycles=16)),
             ("DMA latency 70 cycles (the HBM round trip, ~100 ns) per instruction", variant(cfg, dram_latency_cycles=70)),
             ("clock 1 GHz (same HBM bandwidth)", variant(cfg, clock_mhz=1000)),

@@ -30,7 +30,6 @@ estimate (docs/isa.md sections 7 and 9), not a measurement of hardware.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import tempfile
 import time
@@ -48,6 +47,7 @@ from spikec.passes import lower_isa
 from spikec.isa import costmodel
 from spikec.runtime.fpga_target import GPU_A100, KernelRunner, report
 from spikec.runtime.simulator import Simulator
+from spikec.testing.spmm_log import recorded_spmms
 
 ROOT = Path(__file__).resolve().parents[1]
 T_BY_MOD = [4, 3]  # modality 0 = text (Tt = 4), 1 = vision (Tv = 3)
@@ -105,21 +105,10 @@ def timeline(prog, cfg: HwConfig, spmm_counts) -> tuple[int, dict[str, float], d
                                    "instructions": t.instructions}
 
 
-@contextlib.contextmanager
 def record_spmm(sink: list, tag=lambda: None):
     """Record (tag, t, n, k, m, vectors, spikes, dense vectors) of every SPMM the simulator costs."""
-    orig = costmodel.instruction_cost
-
-    def wrapped(cfg, ins, vectors=None, spikes=None):
-        if ins.op == Opcode.SPMM:
-            sink.append((tag(), ins.t, ins.n, ins.k, ins.m, vectors, spikes, costmodel.spmm_dense_vectors(cfg, ins)))
-        return orig(cfg, ins, vectors, spikes)
-
-    costmodel.instruction_cost = wrapped
-    try:
-        yield sink
-    finally:
-        costmodel.instruction_cost = orig
+    return recorded_spmms(lambda cfg, ins, vectors, spikes: sink.append(
+        (tag(), ins.t, ins.n, ins.k, ins.m, vectors, spikes, costmodel.spmm_dense_vectors(cfg, ins))))
 
 
 def gpu_call(n: int, K: int, M: int, gpu=GPU_A100) -> float:

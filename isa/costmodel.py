@@ -20,7 +20,9 @@ import math
 from dataclasses import dataclass, field
 
 from spikec.isa.encoding import Instruction
-from spikec.isa.fields import ELEMENT_BYTES, AccMode, Buffer, EncodeDst, Opcode, ScaleMode, VecFlag, VecFunc, WeightFormat
+from spikec.errors import SpikecError
+from spikec.isa.fields import (ELEMENT_BYTES, AccMode, Buffer, EncodeDst, Opcode, ScaleMode, VecFlag, VecFunc, WeightFormat,
+                               WeightSource)
 from spikec.isa.hwconfig import EnergyConstants, HwConfig
 from spikec.isa.tiling import weight_bytes
 
@@ -105,6 +107,8 @@ class Cost:
     dram_write: int = 0
     sram_read: dict[Buffer, int] = field(default_factory=dict)  # bytes per buffer
     sram_write: dict[Buffer, int] = field(default_factory=dict)
+    fifo_read: int = 0  # bytes through the weight FIFO (charged its SRAM class)
+    fifo_write: int = 0
     pe_adds: int = 0  # int32 adds in the PE array
     fp_adds: int = 0
     fp_mults: int = 0
@@ -115,6 +119,8 @@ class Cost:
         if e is None:
             e = cfg.energy_constants
         sram = sum(n * e.sram_pj_per_byte(cfg.buffer_bytes(b)) for d in (self.sram_read, self.sram_write) for b, n in d.items())
+        if self.fifo_read or self.fifo_write:
+            sram += (self.fifo_read + self.fifo_write) * e.sram_pj_per_byte(cfg.wfifo_bytes)
         return {
             "dram": (self.dram_read + self.dram_write) / 8 * e.dram64,
             "sram": sram,
@@ -136,7 +142,9 @@ def dma_cost(cfg: HwConfig, ins: Instruction) -> Cost:
     # (the RTL's STORE engine; its tokens must order a later LOAD of the same bytes).
     c = Cost(cycles=cfg.dram_latency_cycles + ins.rows * _ceil(row_bytes, cfg.dram_bytes_per_cycle)
              + (ins.op == Opcode.STORE))
-    if ins.op == Opcode.LOAD:
+    if ins.op == Opcode.LOAD and ins.wfifo:
+        c.dram_read, c.fifo_write = total, total
+    elif ins.op == Opcode.LOAD:
         c.dram_read, c.sram_write = total, {buf: total}
     else:
         c.dram_write, c.sram_read = total, {buf: total}
@@ -175,8 +183,67 @@ def spmm_cost(cfg: HwConfig, ins: Instruction, vectors: int | None = None, spike
         Buffer.WGT: wbytes,  # every weight once (weight stationary)
         Buffer.ACC: acc_bytes * (kc - 1 + (ins.acc_mode == AccMode.ACCUMULATE)),
     }
+    if ins.wsrc == WeightSource.FIFO:  # the weights come through the FIFO instead of WGT
+        del c.sram_read[Buffer.WGT]
+        c.fifo_read = wbytes
     c.sram_write = {Buffer.ACC: acc_bytes * kc}
     return c
+
+
+def fifo_weight_bytes(ins: Instruction) -> int:
+    """Bytes an SPMM takes from the weight FIFO (its packed W), 0 when it reads WGT."""
+    if ins.op != Opcode.SPMM or ins.wsrc != WeightSource.FIFO:
+        return 0
+    return weight_bytes(ins.k, ins.m, 8 if ins.wfmt == WeightFormat.INT8 else 4)
+
+
+def fifo_feeders(loads, nbytes: int, where: str) -> int | None:
+    """How many of `loads` (the load module's next instructions, in order, as far as they
+    are fetched) feed an SPMM that takes `nbytes` from the weight FIFO: the LOADs with
+    `wfifo` whose bytes add up to exactly nbytes (docs/isa.md section 3, "The weight
+    FIFO"). None when the first is not such a LOAD yet, or they are not all fetched.
+    SpikecError (naming `where`) when a LOAD would straddle two SPMMs or a LOAD that is not
+    to the FIFO comes first."""
+    got = 0
+    for n, ins in enumerate(loads):
+        if not (ins.op == Opcode.LOAD and ins.wfifo):
+            if n == 0:
+                return None  # the load module has other LOADs to run first
+            raise SpikecError(f"{where}: takes {nbytes} bytes from the weight FIFO, but the LOADs to the FIFO before the "
+                              f"next other LOAD carry only {got}")
+        got += ins.rows * ins.cols
+        if got == nbytes:
+            return n + 1
+        if got > nbytes:
+            raise SpikecError(f"{where}: takes {nbytes} bytes from the weight FIFO, but its LOADs to the FIFO carry {got} "
+                              f"(a LOAD may not straddle two SPMMs)")
+    return None
+
+
+def fifo_times(cfg: HwConfig, load_free: int, loads: list[tuple[int, int, int]], spmm_start: int,
+               spmm_cycles: int) -> tuple[list[tuple[int, int]], int]:
+    """Timing of one SPMM reading the weight FIFO and the LOADs that feed it (cycles).
+
+    `loads`: (the time its popped tokens allow it to start, its dma_cost cycles, bytes) of
+    each feeding LOAD, in order; `load_free`: when the load module is free for the first.
+    Returns ((start, end) of each LOAD, the SPMM's end). The model (docs/isa.md section 7): a
+    LOAD starts when the load module and its tokens allow and runs at the DRAM rate, but
+    byte x can enter the FIFO only once the SPMM has taken byte x - F (F = wfifo_bytes), and
+    the SPMM takes its bytes no faster than its own cycles (B bytes in spmm_cycles) or the
+    DRAM rate, from spmm_start; the SPMM ends one cycle after its last byte arrived, at the
+    earliest spmm_cycles after it started."""
+    B = sum(nb for _, _, nb in loads)
+    t, cum = load_free, 0
+    spans: list[tuple[int, int]] = []
+    for ready, cycles, nb in loads:
+        start = max(t, ready)
+        cum += nb
+        over = cum - cfg.wfifo_bytes
+        t = start + cycles
+        if over > 0:  # the FIFO is full until the SPMM has taken `over` bytes
+            t = max(t, spmm_start + max(_ceil(over, cfg.dram_bytes_per_cycle), _ceil(spmm_cycles * over, B)))
+        spans.append((start, t))
+    return spans, max(spmm_start + spmm_cycles, t + 1)
 
 
 def encode_cost(cfg: HwConfig, ins: Instruction) -> Cost:

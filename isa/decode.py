@@ -53,7 +53,7 @@ from spikec.errors import SpikecError
 from spikec.isa import costmodel
 from spikec.isa.encoding import Instruction
 from spikec.isa.fields import (FORMATS, ELEMENT_BYTES, AccMode, Buffer, EncodeDst, Module, Neuron, Opcode, ScaleMode,
-                               VecFlag, VecFunc, WeightFormat, field as isa_field)
+                               VecFlag, VecFunc, WeightFormat, WeightSource, field as isa_field)
 from spikec.isa.hwconfig import HwConfig
 from spikec.isa.programs import ProgramBuilder
 from spikec.isa.tiling import weight_bytes
@@ -201,6 +201,12 @@ def wgt_slots(cfg: HwConfig) -> tuple[int, int]:
     return n, size
 
 
+def load_cycles(cfg: HwConfig, nbytes: int, align: int = 1) -> int:
+    """Cost-model cycles of the LOADs (`dma_shapes`) that move nbytes contiguous bytes."""
+    return sum(cfg.dram_latency_cycles + r * math.ceil(c / cfg.dram_bytes_per_cycle)
+               for r, c in dma_shapes(nbytes, 1, cfg, align))
+
+
 @functools.cache
 def _best_piece(cfg: HwConfig, pl: int, m: int) -> int:
     """The k-piece (rows: a multiple of pe_rows, int4 [k, m] in one WGT slot) of a part of
@@ -209,12 +215,8 @@ def _best_piece(cfg: HwConfig, pl: int, m: int) -> int:
     R = cfg.pe_rows
     kmax = (2 * wgt_slots(cfg)[1] // cfg.pe_cols) // R * R  # rows of a C-wide int4 tile in one slot
 
-    def load_cycles(nbytes: int) -> float:
-        return sum(cfg.dram_latency_cycles + r * math.ceil(c / cfg.dram_bytes_per_cycle)
-                   for r, c in dma_shapes(nbytes, 1, cfg))
-
     cands = range(R, min(kmax, -(-pl // R) * R) + 1, R)
-    return min(cands, key=lambda kp: (sum(load_cycles(m * min(kp, pl - k0) // 2) for k0 in range(0, pl, kp)), -kp))
+    return min(cands, key=lambda kp: (sum(load_cycles(cfg, m * min(kp, pl - k0) // 2) for k0 in range(0, pl, kp)), -kp))
 
 
 def _tiles(cfg: HwConfig, K: int, M: int) -> list[tuple[int, int, int, int]]:
@@ -416,6 +418,11 @@ class _Group:
     loads: list[dict]
     consumer: int  # compute instruction that pops the l2c token
     needs: list[object] = field(default_factory=list)  # regions it overwrites (released by compute)
+    at: int = -1  # emitted before this compute instruction (default: its consumer)
+
+    @property
+    def position(self) -> int:
+        return self.consumer if self.at < 0 else self.at
 
 
 @dataclass
@@ -423,6 +430,7 @@ class _Compute:
     op: Opcode
     kw: dict
     pop_s2c: bool = False
+    fifo: list[dict] = field(default_factory=list)  # LOADs into the weight FIFO that this SPMM reads
     stores: list[dict] = field(default_factory=list)  # STOREs fed by this instruction (c2s, in order)
     store_push: bool = False  # its (last) STORE pushes s2c
 
@@ -432,9 +440,10 @@ class DecodeProgram:
     """A decode step's (or a prefill's: `build_prefill`) instruction stream and what it moves.
 
     - `program`: the instructions (FINISH last);
-    - `weight_load_bytes`: bytes LOADed into WGT from the weights' region of DRAM (a decode
-      step of every layer and the head: each weight once, `shape.weight_bytes(4)`; a
-      prefill: every layer's weights once per chunk, the head's once); `kv_load_bytes`:
+    - `weight_load_bytes`: bytes LOADed into WGT or the weight FIFO from the weights' region
+      of DRAM (a decode step of every layer and the head: each weight once,
+      `shape.weight_bytes(4)`; a prefill: every layer's weights once per chunk, the head's
+      once); `fifo_load_bytes`: those of them through the weight FIFO; `kv_load_bytes`:
       KV-cache bytes LOADed;
     - `layers`, `head`: what it covers; `L`: context length (KV rows incl. this token or
       the prefill's last)."""
@@ -447,6 +456,7 @@ class DecodeProgram:
     program: list[Instruction]
     weight_load_bytes: int
     kv_load_bytes: int
+    fifo_load_bytes: int  # of weight_load_bytes, those streamed through the weight FIFO
     weights_end: int  # DRAM bytes [0, weights_end) hold the weights
     layout: dict = field(default_factory=dict)  # where everything lies: DRAM addresses (x_in, logits, consts, KV
     # cache, rope tables, per-layer constants c_scl / c_vec), `tiles` {(layer, product) or ("head",): [(dram, m0, m,
@@ -467,6 +477,11 @@ class _Planner:
         self.last_use: dict[object, int] = {}  # region -> last compute instruction touching it
         self.pending: list[dict] = []  # loads not yet attached to a consumer
         self.pending_needs: list[object] = []
+        self.fifo_pending: list[dict] = []  # weight-FIFO loads for the next SPMM
+        # What the weight-FIFO split (`_Step.tile_batch`) estimates with: each compute
+        # instruction's cost-model cycles (dense SPMMs), and the DMA cycles of the loads so far.
+        self.est: list[int] = []
+        self.load_cycles = 0
 
     # -- building
     def address(self, buf: Buffer, elem: int) -> int:
@@ -478,15 +493,34 @@ class _Planner:
         e = ELEMENT_BYTES[buf]
         off = 0
         for rows, cols in dma_shapes(n, e, self.cfg, self.cfg.buffer_unit(buf)):
-            self.pending.append(dict(buf=buf, sram=self.address(buf, sram + off), dram=dram + off * e, stride=cols * e,
-                                     rows=rows, cols=cols))
+            self.load_rows(buf, sram + off, dram + off * e, cols * e, rows, cols)
             off += rows * cols
         if needs is not None:
             self.pending_needs.append(needs)
 
     def load_rows(self, buf: Buffer, sram: int, dram: int, stride: int, rows: int, cols: int) -> None:
         """One 2-D LOAD as given (e.g. stride 0: one DRAM row repeated)."""
-        self.pending.append(dict(buf=buf, sram=self.address(buf, sram), dram=dram, stride=stride, rows=rows, cols=cols))
+        kw = dict(buf=buf, sram=self.address(buf, sram), dram=dram, stride=stride, rows=rows, cols=cols)
+        self.pending.append(kw)
+        if self.cfg.wfifo_bytes:
+            self.load_cycles += costmodel.dma_cost(self.cfg, Instruction(Opcode.LOAD, **kw)).cycles
+
+    def fifo_load(self, dram: int, n: int) -> None:
+        """LOADs of n contiguous DRAM bytes into the weight FIFO, for the next SPMM (which
+        reads them with wsrc FIFO)."""
+        off = 0
+        for rows, cols in dma_shapes(n, 1, self.cfg):
+            self.fifo_pending.append(dict(buf=Buffer.WGT, sram=0, dram=dram + off, stride=cols, rows=rows, cols=cols,
+                                          wfifo=1))
+            off += rows * cols
+
+    def close_group(self, consumer: int, at: int) -> None:
+        """The pending loads become one group popped by compute instruction `consumer` (a
+        later one) and emitted before instruction `at` (<= consumer): so a load can be
+        queued ahead of weight-FIFO loads whose SPMMs run before its consumer."""
+        assert self.pending and at <= consumer
+        self.groups.append(_Group(self.pending, consumer, self.pending_needs, at))
+        self.pending, self.pending_needs = [], []
 
     def op(self, op: Opcode, uses: tuple = (), pop_s2c: bool = False, **kw) -> int:
         """A compute instruction; it consumes the pending loads (if any) and touches `uses`."""
@@ -494,7 +528,10 @@ class _Planner:
         if self.pending:
             self.groups.append(_Group(self.pending, i, self.pending_needs))
             self.pending, self.pending_needs = [], []
-        self.compute.append(_Compute(op, kw, pop_s2c))
+        self.compute.append(_Compute(op, kw, pop_s2c, self.fifo_pending))
+        self.fifo_pending = []
+        if self.cfg.wfifo_bytes:
+            self.est.append(costmodel.instruction_cost(self.cfg, Instruction(op, **kw)).cycles)
         for r in uses:
             self.last_use[r] = i
         return i
@@ -515,7 +552,8 @@ class _Planner:
         the earliest compute instruction after the release of every region the group
         overwrites, in load order (pushes and pops pair up in order, one push per
         instruction)."""
-        assert not self.pending, "loads without a consumer"
+        assert not self.pending and not self.fifo_pending, "loads without a consumer"
+        assert all(a.consumer < b.consumer and a.position <= b.position for a, b in zip(self.groups, self.groups[1:]))
         push_at: set[int] = set()
         group_pops: list[bool] = []
         last = -1
@@ -525,7 +563,9 @@ class _Planner:
                 group_pops.append(False)
                 continue
             p = max(need, last + 1)
-            if p >= g.consumer:
+            # Before the group's place in the load queue: weight-FIFO loads queued after it
+            # feed SPMMs from there on, which could not run while it waits.
+            if p >= g.position:
                 raise SpikecError(f"decode program: a load group for compute instruction {g.consumer} cannot be "
                                   f"released before it (release at {p})")
             push_at.add(p)
@@ -538,17 +578,21 @@ class _Planner:
         """The program: each load group before its consumer, each compute instruction with its
         tokens, its STOREs after it (`schedule` places the c2l pushes)."""
         push_at, group_pops = self.schedule(release_of)
+        consumers = {g.consumer for g in self.groups}
         b = ProgramBuilder()
         gi = 0
         for i, c in enumerate(self.compute):
-            while gi < len(self.groups) and self.groups[gi].consumer == i:
+            while gi < len(self.groups) and self.groups[gi].position == i:
                 if group_pops[gi]:
                     b.pop(Module.COMPUTE, Module.LOAD)
                 for kw in self.groups[gi].loads:
                     b.emit(Opcode.LOAD, **kw)
                 b.push(Module.LOAD, Module.COMPUTE)
-                b.pop(Module.LOAD, Module.COMPUTE)
                 gi += 1
+            for kw in c.fifo:
+                b.emit(Opcode.LOAD, **kw)
+            if i in consumers:
+                b.pop(Module.LOAD, Module.COMPUTE)
             if c.pop_s2c:
                 b.pop(Module.STORE, Module.COMPUTE)
             b.emit(c.op, **c.kw)
@@ -584,7 +628,11 @@ class _Step:
         n, size = wgt_slots(cfg)
         self.slots = tuple(range(0, n * size, size))  # byte offsets
         self.items = 0  # WGT stream items so far
-        self.weight_bytes = 0  # weight bytes LOADed into WGT
+        self.weight_bytes = 0  # weight bytes LOADed (into WGT or the weight FIFO)
+        self.fifo_bytes = 0  # of which through the weight FIFO
+        # Where the compute work that the load module can fill with WGT loads began: (compute
+        # instruction, the planner's load_cycles then); see tile_batch.
+        self.mark = (0, 0)
         self.kv_load = 0  # KV-cache bytes LOADed
         self.chunk, self.p0, self.rows = 0, self.start, 1  # the chunk being planned: index, first position, rows
         self.layers_done = 0  # decoder layers planned so far, over all chunks (constant slots by parity)
@@ -604,14 +652,65 @@ class _Step:
         self.P.op(Opcode.ENCODE, (), src=src, dst=dst, dst_buf=EncodeDst.INP, n=n, len=length, t=self.t,
                   scale=ScaleMode.DYNAMIC, scl=scl)
 
-    def weight_tile(self, addr: int, inp: int, acc: int, m: int, k: int, overwrite: bool) -> None:
-        """Stream one int4 weight tile [k, m] into WGT and SPMM one encoded row with it into ACC."""
-        nbytes = weight_bytes(k, m, 4)
-        slot, item = self.wgt_item(addr, nbytes)
-        self.weight_bytes += nbytes
-        self.P.op(Opcode.SPMM, (item,), inp=inp, wgt=self.cfg.wgt_address(slot), acc=acc, n=1, k=k, m=m, acc_stride=m, t=self.t,
-                  neuron=int(Neuron.TCLIF), wfmt=WeightFormat.INT4,
-                  acc_mode=AccMode.OVERWRITE if overwrite else AccMode.ACCUMULATE)
+    def spmm_fields(self, inp: int, acc: int, n: int, m: int, k: int, acc_stride: int, overwrite: bool) -> dict:
+        """The fields of a weight tile's SPMM (int4 [k, m], TC-LIF of t planes) but its weight source."""
+        return dict(inp=inp, acc=acc, n=n, k=k, m=m, acc_stride=acc_stride, t=self.t, neuron=int(Neuron.TCLIF),
+                    wfmt=WeightFormat.INT4, acc_mode=AccMode.OVERWRITE if overwrite else AccMode.ACCUMULATE)
+
+    def tile_batch(self, tiles: list[tuple[int, dict]]) -> None:
+        """SPMM the weight tiles of one accumulation in order: (DRAM address, `spmm_fields`)
+        each; each tile streams once. Without a weight FIFO every tile goes through the next
+        WGT slot (`wgt_item`), its LOAD just before its SPMM in the program. With one
+        (cfg.wfifo_bytes), the last `wgt_share` tiles still go through WGT slots, but their
+        LOADs are queued before this batch, so the load module fetches them during the
+        compute work before it (vector functions, attention), when the FIFO could not take
+        them; the others stream through the FIFO, which saves a WGT write and read per byte
+        (docs/isa.md section 11)."""
+        P, cfg = self.P, self.cfg
+        w = self.wgt_share(tiles)
+        nf = len(tiles) - w
+        for _, kw in tiles:
+            self.weight_bytes += weight_bytes(kw["k"], kw["m"], 4)
+        if nf == 0:
+            for addr, kw in tiles:
+                slot, item = self.wgt_item(addr, weight_bytes(kw["k"], kw["m"], 4))
+                P.op(Opcode.SPMM, (item,), wgt=cfg.wgt_address(slot), **kw)
+            return
+        i0 = len(P.compute)
+        if P.pending:  # loads for this batch's first instruction (e.g. the head's s_w)
+            P.close_group(i0, i0)
+        slots = []
+        for j, (addr, kw) in enumerate(tiles[nf:]):
+            slots.append(self.wgt_item(addr, weight_bytes(kw["k"], kw["m"], 4)))
+            P.close_group(i0 + nf + j, i0)
+        self.mark = (i0 + nf, P.load_cycles)  # the next window starts after the last FIFO tile
+        for addr, kw in tiles[:nf]:
+            nbytes = weight_bytes(kw["k"], kw["m"], 4)
+            P.fifo_load(addr, nbytes)
+            self.fifo_bytes += nbytes
+            P.op(Opcode.SPMM, (), wsrc=int(WeightSource.FIFO), **kw)
+        for (slot, item), (_, kw) in zip(slots, tiles[nf:]):
+            P.op(Opcode.SPMM, (item,), wgt=cfg.wgt_address(slot), **kw)
+
+    def wgt_share(self, tiles: list[tuple[int, dict]]) -> int:
+        """How many of a batch's last tiles go through WGT: all without a weight FIFO; with
+        one, as many as the load module can fetch in the compute instructions planned since
+        the last FIFO tile (`mark`; their cost-model cycles, SPMMs dense) less the other
+        loads planned since (KV-cache tiles, constants), rounded up to whole tiles (a tile
+        too few leaves the DRAM idle, one too many costs only its WGT write and read), at
+        most the WGT slots. (Where the window outgrows what WGT holds, the last of these
+        LOADs wait for slots that the window's own work releases, as without a FIFO.)"""
+        if not self.cfg.wfifo_bytes:
+            return len(tiles)
+        P, (c0, l0) = self.P, self.mark
+        window = sum(P.est[c0:]) - (P.load_cycles - l0)
+        w = got = 0
+        for _, kw in reversed(tiles):
+            if got >= window or w >= len(self.slots):
+                break
+            got += load_cycles(self.cfg, weight_bytes(kw["k"], kw["m"], 4), self.cfg.wgt_addr_bytes)
+            w += 1
+        return w
 
     def product(self, key: tuple, K: int, M: int, x_vec: int, out_vec: int, scl_sw: list[int], bias: bool,
                 s_region: tuple, x_pitch: int | None = None) -> None:
@@ -634,9 +733,11 @@ class _Step:
         tl = _tiles(self.cfg, K, M)
         addrs = self.d.w_addr[key]
         assert len(addrs) == len(tl)
+        batch = []
         for (m0, m, k0, k), addr in zip(tl, addrs):
             hi = 0 if k0 < bounds[0][1] else 1
-            self.weight_tile(addr, s.I_x + k0, hi * M + m0, m, k, overwrite=k0 == bounds[hi][0])
+            batch.append((addr, self.spmm_fields(s.I_x + k0, hi * M + m0, 1, m, k, m, overwrite=k0 == bounds[hi][0])))
+        self.tile_batch(batch)
         flags = int(VecFlag.PER_ROW | (VecFlag.BIAS if bias else 0))
         for gi, (g0, gl) in enumerate(_deq_groups(self.cfg, M)):
             for hi in range(len(bounds)):
@@ -674,16 +775,14 @@ class _Step:
         flags = int(VecFlag.PER_ROW | (VecFlag.BIAS if bias else 0))
         groups = _deq_groups(cfg, M)
         for gi, (g0, gl) in enumerate(groups):
+            batch = []
             for (m0, m, k0, k), addr in zip(tl, addrs):
                 if not g0 <= m0 < g0 + gl:
                     continue
                 hi = 0 if k0 < bounds[0][1] else 1
-                nbytes = weight_bytes(k, m, 4)
-                slot, item = self.wgt_item(addr, nbytes)
-                self.weight_bytes += nbytes
-                self.P.op(Opcode.SPMM, (item,), inp=s.I_x + n * k0, wgt=cfg.wgt_address(slot), acc=hi * n * gl + m0 - g0,
-                          n=n, k=k, m=m, acc_stride=gl, t=self.t, neuron=int(Neuron.TCLIF), wfmt=WeightFormat.INT4,
-                          acc_mode=AccMode.OVERWRITE if k0 == bounds[hi][0] else AccMode.ACCUMULATE)
+                batch.append((addr, self.spmm_fields(s.I_x + n * k0, hi * n * gl + m0 - g0, n, m, k, gl,
+                                                     overwrite=k0 == bounds[hi][0])))
+            self.tile_batch(batch)
             for hi in range(len(bounds)):
                 dst = out_vec if len(bounds) == 1 else s.V_dn + hi * n * M
                 if len(groups) == 1:  # the rows of ACC and of out_vec are both M apart
@@ -831,9 +930,8 @@ class _Step:
         groups, tl = _deq_groups(self.cfg, shape.vocab), _tiles(self.cfg, H, shape.vocab)
         for gi, (g0, gl) in enumerate(groups):
             P.load(Buffer.SCL, s.S_h[gi % 2], d.h_scl + 4 * g0, gl, needs=("hs", gi - 2) if gi >= 2 else None)
-            for (m0, m, k0, k), addr in zip(tl, d.w_addr[("head",)]):
-                if g0 <= m0 < g0 + gl:
-                    self.weight_tile(addr, s.I_x + k0, m0 - g0, m, k, overwrite=k0 == 0)
+            self.tile_batch([(addr, self.spmm_fields(s.I_x + k0, m0 - g0, 1, m, k, m, overwrite=k0 == 0))
+                             for (m0, m, k0, k), addr in zip(tl, d.w_addr[("head",)]) if g0 <= m0 < g0 + gl])
             i = P.op(Opcode.VEC, (("hs", gi),), pop_s2c=gi >= 2, func=VecFunc.DEQ, flags=int(VecFlag.PER_ROW),
                      dst=s.V_lo[gi % 2], src0=0, src1=s.S_dyn, src2=s.S_h[gi % 2], n=1, len=gl)
             P.store(i, Buffer.VEC, s.V_lo[gi % 2], d.logits + 4 * g0, gl,
@@ -893,7 +991,7 @@ def _build(shape: LMShape, cfg: HwConfig, start: int, tokens: int, chunk: int, l
     if head:
         step.lm_head()
     prog = step.P.emit(dict(step.P.last_use))  # release points: the last compute instruction touching each region
-    return DecodeProgram(shape, cfg, L, layers, head, prog, step.weight_bytes, step.kv_load, dram.weights_end,
+    return DecodeProgram(shape, cfg, L, layers, head, prog, step.weight_bytes, step.kv_load, step.fifo_bytes, dram.weights_end,
                          _layout(shape, cfg, layers, head, kv_max, sram, dram), start=start, tokens=tokens, chunk=chunk)
 
 
@@ -994,7 +1092,8 @@ def timeline(prog: list[Instruction], cfg: HwConfig, spike_density: float, vecto
     """The simulator's timing without its functional work (runtime/simulator.py): each
     module runs its instructions in order, an instruction starting at max(its module's
     free time, the push time of each token it pops); cost per instruction from
-    isa/costmodel.py. Each SPMM processes `vector_density` x its dense spike vectors and
+    isa/costmodel.py; an SPMM that reads the weight FIFO runs with the LOADs that fill it
+    (costmodel.fifo_times). Each SPMM processes `vector_density` x its dense spike vectors and
     `spike_density` x n*k*t spikes (rounded), or `spmm_counts(i, ins)` -> (vectors,
     spikes) for the i-th SPMM when given. SpikecError on a deadlock, or on a density
     outside [0, 1]."""
@@ -1015,12 +1114,29 @@ def timeline(prog: list[Instruction], cfg: HwConfig, spike_density: float, vecto
             lst = per_mod[m]
             while ptr[m] < len(lst):
                 ins = lst[ptr[m]]
+                if ins.op == Opcode.LOAD and ins.wfifo:
+                    break  # it runs with the SPMM that reads it, below
                 qs = [q for bit, q in _POP[m].items() if getattr(ins, bit)]
                 if any(not tokens[q] for q in qs):
                     break
+                feed: list[Instruction] = []
+                if costmodel.fifo_weight_bytes(ins):
+                    loads = per_mod[Module.LOAD]
+                    n = costmodel.fifo_feeders(loads[ptr[Module.LOAD]:], costmodel.fifo_weight_bytes(ins), "timeline: SPMM")
+                    feed = loads[ptr[Module.LOAD]:ptr[Module.LOAD] + n] if n else []
+                    if not feed or sum(x.pop_next for x in feed) > len(tokens["c2l"]):
+                        break
                 start = t_free[m]
                 for q in qs:
                     start = max(start, tokens[q].popleft())
+                fifo_loads = []
+                for lins in feed:  # the LOADs that fill the weight FIFO for this SPMM
+                    lc = costmodel.instruction_cost(cfg, lins)
+                    fifo_loads.append((tokens["c2l"].popleft() if lins.pop_next else 0, lc.cycles, lins.rows * lins.cols))
+                    for k, v in lc.energy_pj(cfg).items():
+                        energy[k] += v
+                    rd += lc.dram_read
+                    ptr[Module.LOAD] += 1
                 if ins.op == Opcode.SPMM:
                     if spmm_counts is not None:
                         vectors, spikes = spmm_counts(spmm_i, ins)
@@ -1039,8 +1155,14 @@ def timeline(prog: list[Instruction], cfg: HwConfig, spike_density: float, vecto
                     energy[k] += v
                 rd += c.dram_read
                 wr += c.dram_write
-                t_free[m] = start + c.cycles
-                busy[m] += c.cycles
+                if feed:
+                    spans, end = costmodel.fifo_times(cfg, t_free[Module.LOAD], fifo_loads, start, c.cycles)
+                    t_free[Module.LOAD] = spans[-1][1]
+                    busy[Module.LOAD] += sum(e0 - s0 for s0, e0 in spans)
+                    t_free[m], busy[m] = end, busy[m] + end - start
+                else:
+                    t_free[m] = start + c.cycles
+                    busy[m] += c.cycles
                 for bit, q in _PUSH[m].items():
                     if getattr(ins, bit):
                         tokens[q].append(t_free[m])

@@ -17,11 +17,13 @@ from spikec.isa.fields import (
     FORMATS,
     VEC_OPERANDS,
     WORD_BYTES,
+    Buffer,
     EncodeDst,
     Format,
     Neuron,
     Opcode,
     VecFunc,
+    WeightSource,
 )
 
 # Precomputed from the table: (field, lsb) per opcode, and field name -> value index.
@@ -109,7 +111,17 @@ def check(ins: Instruction) -> None:
     for dep in ("pop_prev", "pop_next", "push_prev", "push_next"):
         if getattr(ins, dep) and dep not in fmt.deps:
             raise SpikecError(f"{where}: the {fmt.module.name.lower()} module has no '{dep}' queue")
+    if op == Opcode.LOAD and ins.wfifo:
+        # The weight FIFO has no addresses, and a LOAD into it ends when its SPMM has taken
+        # all but a FIFO's worth of its bytes, so a token pushed at its end could only be
+        # waited for by instructions after that SPMM (section 3, "The weight FIFO").
+        bad = [f"{name} = {getattr(ins, name)}" for name, ok in (("buf", ins.buf == Buffer.WGT), ("sram", ins.sram == 0),
+                                                                   ("push_next", ins.push_next == 0)) if not ok]
+        if bad:
+            raise SpikecError(f"{where} to the weight FIFO needs buf WGT, sram 0 and no push; got {', '.join(bad)}")
     if op == Opcode.SPMM:
+        if ins.wsrc == WeightSource.FIFO and ins.wgt:
+            raise SpikecError(f"{where}: weights from the FIFO (wsrc FIFO) need wgt = 0, got {ins.wgt}")
         if ins.acc_stride < ins.m:
             raise SpikecError(f"{where}: acc_stride {ins.acc_stride} < m {ins.m}: output rows would overlap")
         if ins.neuron == Neuron.IF and ins.t > MAX_IF_T:

@@ -78,6 +78,13 @@ class EncodeDst(enum.IntEnum):
     WGT = 1  # int8 codes (the right-hand operand of an activation x activation product), t <= 7
 
 
+class WeightSource(enum.IntEnum):
+    """Where an SPMM reads its weights (docs/isa.md section 3, "The weight FIFO")."""
+
+    WGT = 0  # the WGT buffer at the SPMM's `wgt` address
+    FIFO = 1  # the PE array's weight FIFO, fed in order by LOADs with wfifo = 1 (`wgt` must be 0)
+
+
 class ScaleMode(enum.IntEnum):
     DYNAMIC = 0  # per row s_i = max_j |x_ij| / (2**t - 1), written to SCL[scl + i]
     STATIC = 1  # one scale read from SCL[scl]
@@ -199,7 +206,13 @@ _DMA_FIELDS = (
 FORMATS: dict[Opcode, Format] = {
     f.opcode: f
     for f in (
-        Format(Opcode.LOAD, Module.LOAD, "2-D DMA, DRAM -> buffer", _DMA_FIELDS, ("pop_next", "push_next")),
+        Format(
+            Opcode.LOAD,
+            Module.LOAD,
+            "2-D DMA, DRAM -> buffer (or -> the weight FIFO)",
+            _DMA_FIELDS + (Field("wfifo", 1, "1: the rows go to the PE array's weight FIFO (buf WGT, sram 0, no push)"),),
+            ("pop_next", "push_next"),
+        ),
         Format(Opcode.STORE, Module.STORE, "2-D DMA, buffer -> DRAM", _DMA_FIELDS, ("pop_prev", "push_prev")),
         Format(
             Opcode.SPMM,
@@ -218,6 +231,7 @@ FORMATS: dict[Opcode, Format] = {
                 Field("wfmt", 1, "weight format", enum=WeightFormat),
                 Field("wtrans", 1, "1: W is stored [m, k] row-major (e.g. K^T), else [k, m]"),
                 Field("acc_mode", 1, "overwrite or accumulate into ACC", enum=AccMode),
+                Field("wsrc", 1, "weight source: WGT at wgt, or the weight FIFO (wgt 0)", enum=WeightSource),
             ),
             DEP_FIELDS,
         ),

@@ -6,10 +6,13 @@ Every field of _SPEC is required, unknown fields are rejected, and each bad valu
 SpikecError naming the file and the field. Buffer sizes are checked against the address
 widths of isa/fields.py, so every configured buffer is fully addressable.
 
-Three fields are optional (the built-in `default` and `small` leave them out, so their
+Some fields are optional (the built-in `default` and `small` leave them out, so their
 dictionaries, JSON and .sbin HWCONFIG sections are unchanged):
 - `pe_load_lines` (default 1): tile lines (rows, or columns with `wtrans`) the PE array
   loads per cycle (costmodel.spmm_cost);
+- `wgt_addr_bytes` (default 1): bytes per WGT address;
+- `wfifo_kib` (default 0: none): the PE array's weight FIFO, which LOADs with `wfifo`
+  fill and SPMMs with `wsrc` FIFO read (docs/isa.md section 3);
 - `energy` (default: Horowitz's 45 nm table, `EnergyConstants()`): the energy constants
   the cost model charges, with their sources (docs/isa.md sections 7 and 11);
 - `notes`: free-text strings (e.g. where the clock comes from); no effect.
@@ -55,6 +58,9 @@ _OPTIONAL_INT: dict[str, tuple[type, int, int, str, int]] = {
     # A WGT address names wgt_addr_bytes bytes (a power of two), so the field's 2**20
     # addresses reach a WGT larger than 1 MiB (docs/isa.md section 1, "WGT addresses").
     "wgt_addr_bytes": (int, 1, 64, "bytes per WGT address (a power of two)", 1),
+    # The PE array's weight FIFO (docs/isa.md section 3, "The weight FIFO"): weights LOADed
+    # into it stream to the array without a WGT write and read; 0 = no FIFO.
+    "wfifo_kib": (int, 0, 1 << 16, "weight FIFO size (KiB; 0: none)", 0),
 }
 
 
@@ -138,7 +144,7 @@ class EnergyConstants:
         return cls(**vals)  # type: ignore[arg-type]
 
 
-_OPTIONAL = ("pe_load_lines", "wgt_addr_bytes", "energy", "notes")
+_OPTIONAL = ("pe_load_lines", "wgt_addr_bytes", "wfifo_kib", "energy", "notes")
 
 _KIB_FIELD = {Buffer.INP: "inp_kib", Buffer.WGT: "wgt_kib", Buffer.ACC: "acc_kib", Buffer.VEC: "vec_kib", Buffer.SCL: "scl_kib"}
 
@@ -165,6 +171,7 @@ class HwConfig:
     # optional (omitted from to_dict when at their defaults)
     pe_load_lines: int = 1
     wgt_addr_bytes: int = 1
+    wfifo_kib: int = 0
     energy: EnergyConstants | None = None  # None: EnergyConstants() (Horowitz, 45 nm)
     notes: tuple[str, ...] = ()
 
@@ -193,6 +200,11 @@ class HwConfig:
             raise SpikecError(f"WGT byte offset {offset} is not a multiple of {self.wgt_addr_bytes} (wgt_addr_bytes of "
                               f"hardware configuration '{self.name}'): it has no WGT address")
         return offset // self.wgt_addr_bytes
+
+    @property
+    def wfifo_bytes(self) -> int:
+        """Bytes the PE array's weight FIFO holds (0: the configuration has none)."""
+        return self.wfifo_kib * 1024
 
     @property
     def dram_bytes(self) -> int:

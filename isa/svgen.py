@@ -44,6 +44,7 @@ from spikec.isa.fields import (
     VecFlag,
     VecFunc,
     WeightFormat,
+    WeightSource,
 )
 from spikec.isa.hwconfig import HwConfig
 
@@ -56,6 +57,7 @@ _ENUMS = (
     (AccMode, "ACC_MODE"),
     (EncodeDst, "ENCODE_DST"),
     (ScaleMode, "SCALE"),
+    (WeightSource, "WSRC"),
     (VecFunc, "VEC_FUNC"),
 )
 
@@ -143,6 +145,9 @@ def params(cfg: HwConfig) -> dict[str, int]:
         if getattr(cfg, key) != 1:
             raise SpikecError(f"hwconfig '{cfg.name}': {key} = {getattr(cfg, key)}; the RTL implements 1 only "
                               f"({meaning}); the RTL cannot be built for it")
+    if cfg.wfifo_kib:
+        raise SpikecError(f"hwconfig '{cfg.name}': wfifo_kib = {cfg.wfifo_kib}; the RTL has no weight FIFO (its core "
+                          f"faults on a LOAD with wfifo or an SPMM with wsrc FIFO); the RTL cannot be built for it")
     beat = dram_beat_bytes(cfg)
     elems = {b: cfg.buffer_elems(b) for b in Buffer}
     need = {

@@ -20,7 +20,8 @@
 // instruction's index and opcode and a reason code; the core then starts nothing more).
 // Fault codes: 1 illegal opcode, 2 NaN in an ENCODE input, 3 +-inf in an ENCODE input
 // with a dynamic scale, 4 static ENCODE scale not finite and > 0, 5 unimplemented
-// function, 6 VEC destination overlapping a source (not in place).
+// function, 6 VEC destination overlapping a source (not in place), 7 the weight FIFO (a
+// LOAD with wfifo or an SPMM with wsrc FIFO: modeled by the simulator, not built here).
 module spikec_core #(
     parameter int PE_ROWS = 4,
     parameter int PE_COLS = 4,
@@ -84,13 +85,14 @@ module spikec_core #(
   localparam int CQW = $clog2(CMD_QUEUE_DEPTH + 1);
   localparam int TQW = $clog2(TOKEN_QUEUE_DEPTH + 1);
   localparam logic [3:0] FAULT_ILLEGAL = 4'd1;
+  localparam logic [3:0] FAULT_NO_WFIFO = 4'd7;
 
   logic halted;
   assign halted = finished || fault;
 
   // ---------------------------------------------------------------- fetch
   logic [PCW-1:0] pc;
-  logic have, fetch_done, dispatch, illegal;
+  logic have, fetch_done, dispatch, illegal, no_wfifo;
   logic [OPW-1:0] fop;
   logic to_load, to_store, to_compute;
   logic [CQW-1:0] lq_count, cq_count, sq_count;
@@ -101,8 +103,10 @@ module spikec_core #(
   assign to_load = fop == OPW'(spikec_isa_pkg::OP_LOAD);
   assign to_store = fop == OPW'(spikec_isa_pkg::OP_STORE);
   assign to_compute = !to_load && !to_store && fop <= OPW'(spikec_isa_pkg::OP_FINISH);
-  assign illegal = have && !fetch_done && !halted && !(to_load || to_store || to_compute);
-  assign dispatch = have && !fetch_done && !halted &&
+  assign no_wfifo = (to_load && imem_data[spikec_isa_pkg::LOAD_WFIFO_LSB]) ||
+      (fop == OPW'(spikec_isa_pkg::OP_SPMM) && imem_data[spikec_isa_pkg::SPMM_WSRC_LSB]);
+  assign illegal = have && !fetch_done && !halted && (!(to_load || to_store || to_compute) || no_wfifo);
+  assign dispatch = have && !fetch_done && !halted && !no_wfifo &&
       ((to_load && lq_count < CQW'(CMD_QUEUE_DEPTH)) || (to_store && sq_count < CQW'(CMD_QUEUE_DEPTH)) ||
        (to_compute && cq_count < CQW'(CMD_QUEUE_DEPTH)));
   assign imem_addr = dispatch ? pc + PCW'(1) : pc;
@@ -446,7 +450,7 @@ module spikec_core #(
         fault_opcode <= c_op;
       end else if (illegal) begin
         fault <= 1'b1;
-        fault_code <= FAULT_ILLEGAL;
+        fault_code <= no_wfifo ? FAULT_NO_WFIFO : FAULT_ILLEGAL;
         fault_index <= pc;
         fault_opcode <= fop;
       end

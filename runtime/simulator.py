@@ -48,6 +48,7 @@ from spikec.isa.fields import (
     VecFlag,
     VecFunc,
     WeightFormat,
+    WeightSource,
 )
 from spikec.isa.hwconfig import HwConfig
 from spikec.isa import costmodel
@@ -64,13 +65,17 @@ def regions(ins: Instruction, wgt_unit: int = 1) -> list[tuple[Buffer, str, int,
     wgt_addr_bytes, docs/isa.md section 1). Used for bounds checks at load and race checks
     at run."""
     op = ins.op
+    if op == Opcode.LOAD and ins.wfifo:
+        return []  # the weight FIFO has no addresses: its order is the program's
     if op in (Opcode.LOAD, Opcode.STORE):
         buf = Buffer(ins.buf)
         start = ins.sram * (wgt_unit if buf == Buffer.WGT else 1)
         return [(buf, "w" if op == Opcode.LOAD else "r", start, ins.rows, ins.cols, ins.cols)]
     if op == Opcode.SPMM:
         wbytes = ins.k * ins.m if ins.wfmt == WeightFormat.INT8 else -(-ins.k * ins.m // 2)
-        out = [(Buffer.INP, "r", ins.inp, ins.n, ins.k, ins.k), (Buffer.WGT, "r", ins.wgt * wgt_unit, 1, wbytes, wbytes)]
+        out = [(Buffer.INP, "r", ins.inp, ins.n, ins.k, ins.k)]
+        if ins.wsrc == WeightSource.WGT:
+            out.append((Buffer.WGT, "r", ins.wgt * wgt_unit, 1, wbytes, wbytes))
         if ins.acc_mode == AccMode.ACCUMULATE:
             out.append((Buffer.ACC, "r", ins.acc, ins.n, ins.m, ins.acc_stride))
         return out + [(Buffer.ACC, "w", ins.acc, ins.n, ins.m, ins.acc_stride)]
@@ -119,6 +124,12 @@ def dram_span(ins: Instruction) -> tuple[int, int]:
     return ins.dram, ins.dram + (ins.rows - 1) * ins.stride + row_bytes
 
 
+def _dram_rows(ins: Instruction) -> np.ndarray:
+    """DRAM byte addresses [rows, row bytes] of a LOAD or STORE."""
+    row_bytes = ins.cols * ELEMENT_BYTES[Buffer(ins.buf)]
+    return ins.dram + np.arange(ins.rows, dtype=np.int64)[:, None] * ins.stride + np.arange(row_bytes, dtype=np.int64)
+
+
 def check_bounds(cfg: HwConfig, ins: Instruction, index: int = 0) -> None:
     """Every buffer and DRAM access of `ins` lies inside this configuration's memories."""
     where = f"instruction {index} ({ins.op.name})"
@@ -127,6 +138,9 @@ def check_bounds(cfg: HwConfig, ins: Instruction, index: int = 0) -> None:
         size = cfg.buffer_elems(buf)
         if end > size:
             raise SpikecError(f"{where}: {buf.name} elements [{start}, {end}) exceed the buffer's {size} elements (config '{cfg.name}')")
+    if costmodel.fifo_weight_bytes(ins) or (ins.op == Opcode.LOAD and ins.wfifo):
+        if not cfg.wfifo_bytes:
+            raise SpikecError(f"{where}: uses the weight FIFO, which config '{cfg.name}' does not have (wfifo_kib 0)")
     if ins.op in (Opcode.LOAD, Opcode.STORE):
         lo, hi = dram_span(ins)
         if hi > cfg.dram_bytes:
@@ -254,20 +268,32 @@ class Simulator(Device):
                 while cmd[m]:
                     i = cmd[m][0]
                     ins = prog[i]
+                    if ins.op == Opcode.LOAD and ins.wfifo:
+                        break  # it runs with the SPMM that reads it (`_fifo_spmm`)
                     pops = [q for bit, q in _POP[m].items() if getattr(ins, bit)]
                     pushes = [q for bit, q in _PUSH[m].items() if getattr(ins, bit)]
                     if any(not tokens[q] for q in pops) or any(len(tokens[q]) >= cfg.token_queue_depth for q in pushes):
                         break
+                    feed: list[int] = []
+                    if costmodel.fifo_weight_bytes(ins):
+                        n = costmodel.fifo_feeders((prog[j] for j in cmd[Module.LOAD]), costmodel.fifo_weight_bytes(ins),
+                                                   f"instruction {i} (SPMM)")
+                        feed = list(cmd[Module.LOAD])[:n] if n else []
+                        if not feed or sum(prog[j].pop_next for j in feed) > len(tokens["c2l"]):
+                            break
                     cmd[m].popleft()
                     start = t_free[m]
                     for q in pops:
                         tvc, ttime = tokens[q].popleft()
                         vc[m] = np.maximum(vc[m], tvc)
                         start = max(start, ttime)
-                    vc[m][m] += 1
-                    cost = self._execute(i, ins, m, vc, total)
-                    t_free[m] = start + cost.cycles
-                    self._account(m, cost)
+                    if feed:
+                        self._fifo_spmm(i, ins, feed, start, cmd, tokens, vc, t_free, total)
+                    else:
+                        vc[m][m] += 1
+                        cost = self._execute(i, ins, m, vc, total)
+                        t_free[m] = start + cost.cycles
+                        self._account(m, cost)
                     for q in pushes:
                         tokens[q].append((vc[m].copy(), t_free[m]))
                     progressed = True
@@ -288,6 +314,34 @@ class Simulator(Device):
 
     # ------------------------------------------------------------ internals
 
+    def _fifo_spmm(self, i: int, ins: Instruction, feed: list[int], start: int, cmd, tokens, vc, t_free, total) -> None:
+        """SPMM i, which reads the weight FIFO, with the LOADs `feed` (the load module's next
+        instructions) that fill it: the LOADs pop their tokens and read DRAM, the SPMM
+        multiplies their bytes; times from costmodel.fifo_times. The FIFO orders each LOAD
+        before its SPMM, so the SPMM's vector clock takes in the load module's."""
+        L, C = Module.LOAD, Module.COMPUTE
+        loads, chunks = [], []
+        for j in feed:
+            cmd[L].popleft()
+            lins = self.program[j]
+            ready = 0
+            if lins.pop_next:
+                tvc, ready = tokens["c2l"].popleft()
+                vc[L] = np.maximum(vc[L], tvc)
+            vc[L][L] += 1
+            chunks.append(self.dram[_dram_rows(lins)].ravel())
+            cost = costmodel.instruction_cost(self.config, lins)
+            loads.append((ready, cost.cycles, lins.rows * lins.cols, cost))
+        vc[C] = np.maximum(vc[C], vc[L])
+        vc[C][C] += 1
+        cost = self._execute(i, ins, C, vc, total, np.concatenate(chunks))
+        spans, end = costmodel.fifo_times(self.config, t_free[L], [x[:3] for x in loads], start, cost.cycles)
+        for (s0, e0), (*_, lcost) in zip(spans, loads):
+            self._account(L, lcost, e0 - s0)
+        t_free[L] = spans[-1][1]
+        t_free[C] = end
+        self._account(C, cost, end - start)
+
     def _deadlock(self, prog, cmd, tokens, fetch) -> str:
         waits = []
         for m in Module:
@@ -296,7 +350,12 @@ class Simulator(Device):
                 continue
             i = cmd[m][0]
             ins = prog[i]
+            if ins.op == Opcode.LOAD and ins.wfifo:
+                waits.append(f"load: instruction {i} (LOAD to the weight FIFO) waits for the SPMM that reads it")
+                continue
             why = [f"a token in {q} (from {_QUEUE_FROM[q]}; none pending)" for bit, q in _POP[m].items() if getattr(ins, bit) and not tokens[q]]
+            if costmodel.fifo_weight_bytes(ins):
+                why.append("its LOADs to the weight FIFO (and the c2l tokens they pop)")
             why += [f"room in {q} (full, depth {self.config.token_queue_depth})" for bit, q in _PUSH[m].items() if getattr(ins, bit) and len(tokens[q]) >= self.config.token_queue_depth]
             waits.append(f"{m.name.lower()}: instruction {i} ({ins.op.name}) waits for {' and '.join(why)}")
         if fetch < len(prog):
@@ -304,13 +363,15 @@ class Simulator(Device):
             waits.append(f"fetch: instruction {fetch} waits for room in the {mod.name.lower()} command queue (depth {self.config.cmd_queue_depth})")
         return "deadlock: " + "; ".join(waits)
 
-    def _account(self, m: Module, cost: costmodel.Cost) -> None:
+    def _account(self, m: Module, cost: costmodel.Cost, busy: int | None = None) -> None:
+        """Add an instruction's cost; `busy`: the cycles it held its module, when not its own
+        cycles (a weight-FIFO LOAD or SPMM waiting for the other)."""
         ctr = self._counters
-        setattr(ctr, f"busy_{m.name.lower()}", getattr(ctr, f"busy_{m.name.lower()}") + cost.cycles)
+        setattr(ctr, f"busy_{m.name.lower()}", getattr(ctr, f"busy_{m.name.lower()}") + (cost.cycles if busy is None else busy))
         ctr.dram_read_bytes += cost.dram_read
         ctr.dram_write_bytes += cost.dram_write
-        ctr.sram_read_bytes += sum(cost.sram_read.values())
-        ctr.sram_write_bytes += sum(cost.sram_write.values())
+        ctr.sram_read_bytes += sum(cost.sram_read.values()) + cost.fifo_read
+        ctr.sram_write_bytes += sum(cost.sram_write.values()) + cost.fifo_write
         for k, v in cost.energy_pj(self.config).items():
             ctr.energy_pj[k] += v
 
@@ -324,7 +385,7 @@ class Simulator(Device):
             out.append(idx)
         return out
 
-    def _execute(self, i: int, ins: Instruction, m: Module, vc, total) -> costmodel.Cost:
+    def _execute(self, i: int, ins: Instruction, m: Module, vc, total, fifo: np.ndarray | None = None) -> costmodel.Cost:
         cfg = self.config
         if ins.op == Opcode.FINISH:
             for other in (Module.LOAD, Module.STORE):
@@ -341,7 +402,7 @@ class Simulator(Device):
                     self._dma(ins, idx[0])
                     return costmodel.instruction_cost(cfg, ins)
                 if ins.op == Opcode.SPMM:
-                    vectors, spikes = self._spmm(ins, idx)
+                    vectors, spikes = self._spmm(ins, idx, fifo)
                     self._counters.spikes += spikes
                     self._counters.sops += spikes * ins.m
                     self._counters.spike_vectors += vectors
@@ -360,7 +421,7 @@ class Simulator(Device):
         buf = self.buffers[Buffer(ins.buf)]
         dt = np.dtype(ELEMENT_DTYPE[Buffer(ins.buf)])
         row_bytes = ins.cols * dt.itemsize
-        rows = ins.dram + np.arange(ins.rows, dtype=np.int64)[:, None] * ins.stride + np.arange(row_bytes, dtype=np.int64)
+        rows = _dram_rows(ins)
         if ins.op == Opcode.LOAD:
             buf[idx] = self.dram[rows].view(dt).ravel()
         else:
@@ -371,8 +432,8 @@ class Simulator(Device):
                 for r in range(ins.rows):  # overlapping rows: later rows win, in order
                     self.dram[rows[r]] = data[r]
 
-    def _weights(self, ins: Instruction, idx) -> np.ndarray:
-        raw = self.buffers[Buffer.WGT][idx]
+    def _weights(self, ins: Instruction, raw: np.ndarray) -> np.ndarray:
+        """W [k, m] int8 from the SPMM's weight bytes (WGT or FIFO)."""
         if ins.wfmt == WeightFormat.INT8:
             w = raw.view(np.int8)
         else:
@@ -381,13 +442,14 @@ class Simulator(Device):
         w = w.reshape((ins.m, ins.k) if ins.wtrans else (ins.k, ins.m))
         return w.T if ins.wtrans else w
 
-    def _spmm(self, ins: Instruction, idx) -> tuple[int, int]:
-        """ACC (+)= spiking product; returns (spike vectors processed, nonzero spikes)."""
+    def _spmm(self, ins: Instruction, idx, fifo: np.ndarray | None = None) -> tuple[int, int]:
+        """ACC (+)= spiking product, the weights from WGT or (`fifo`: its bytes) the weight
+        FIFO; returns (spike vectors processed, nonzero spikes)."""
         n, k, m, t = ins.n, ins.k, ins.m, ins.t
         qmax = 2**t - 1
         # The input neuron saturates: a code beyond +-(2**t - 1) fires on every plane.
         q = np.clip(self.buffers[Buffer.INP][idx[0]].astype(np.int64), -qmax, qmax).reshape(n, k)
-        w = self._weights(ins, idx[1])
+        w = self._weights(ins, self.buffers[Buffer.WGT][idx[1]] if fifo is None else fifo)
         R_ = self.config.pe_rows
         kc = -(-k // R_)
         if ins.neuron == Neuron.TCLIF:

@@ -15,6 +15,7 @@ import pytest
 
 from spikec.isa import costmodel
 from spikec.isa import decode as D
+from spikec.testing.spmm_log import recorded_spmms
 from spikec.isa.encoding import encode_program
 from spikec.isa.fields import Buffer, Opcode
 from spikec.isa.hwconfig import EnergyConstants, HwConfig
@@ -42,6 +43,18 @@ def test_program_is_balanced_and_finishes(cfg):
 HALVES = D.LMShape("halves", hidden=256, intermediate=16896, layers=1, heads=2, kv_heads=1, head_dim=128, vocab=512)
 
 
+def _run_timed(sim, p: D.DecodeProgram, cfg: HwConfig):
+    """Run program p on the simulator; the cost-only timeline, given the simulator's spike
+    counts, must be the simulator's timing and energy. Returns the simulator's counters."""
+    sim.load_program(encode_program(p.program))
+    rec = []
+    with recorded_spmms(lambda cfg, ins, vectors, spikes: rec.append((vectors, spikes))):
+        ctr = sim.run()
+    t = D.timeline(p.program, cfg, 0.0, spmm_counts=lambda i, ins: rec[i])
+    assert t.cycles == ctr.cycles and t.energy_total_pj == pytest.approx(ctr.energy_total_pj)
+    return ctr
+
+
 @pytest.mark.parametrize("shape, L, kv_max", [(TINY, 8, 64), (HALVES, 5, 16)], ids=["tiny", "halves"])
 def test_simulator_runs_the_program(cfg, shape, L, kv_max):
     """The functional simulator checks races, read-before-write, deadlock, FINISH ordering."""
@@ -53,23 +66,7 @@ def test_simulator_runs_the_program(cfg, shape, L, kv_max):
     sim.write(0, rng.integers(0, 256, p.weights_end, dtype=np.uint8).tobytes())
     sim.write(p.weights_end, (0.1 * rng.standard_normal((p.layout["end"] - p.weights_end) // 4)).astype("<f4").tobytes())
     sim.write(p.layout["consts"], np.array([1.0, 1e-6], "<f4").tobytes())  # ENCODE's unit scale, RMSNorm's eps
-    sim.load_program(encode_program(p.program))
-    rec = []
-    orig = costmodel.instruction_cost
-
-    def recording(c, ins, vectors=None, spikes=None):
-        if ins.op == Opcode.SPMM:
-            rec.append((vectors, spikes))
-        return orig(c, ins, vectors, spikes)
-
-    costmodel.instruction_cost = recording
-    try:
-        ctr = sim.run()
-    finally:
-        costmodel.instruction_cost = orig
-    # the cost-only timeline, given the simulator's spike counts, is the simulator's timing and energy
-    t = D.timeline(p.program, cfg, 0.0, spmm_counts=lambda i, ins: rec[i])
-    assert t.cycles == ctr.cycles and t.energy_total_pj == pytest.approx(ctr.energy_total_pj)
+    ctr = _run_timed(sim, p, cfg)
     assert 0 < ctr.cycles <= D.timeline(p.program, cfg, 1.0, 1.0).cycles
     logits = np.frombuffer(sim.read(p.layout["logits"], 4 * shape.vocab), "<f4")
     assert np.isfinite(logits).all()
@@ -523,3 +520,44 @@ def test_bad_arguments_name_what_is_wrong(cfg, call, match):
 
     with pytest.raises(SpikecError, match=match):
         call(cfg)
+
+
+# ---------------------------------------------------------------- the weight FIFO
+
+# How many of a batch's last tiles go through WGT (`_Step.wgt_share`), forced: none (every
+# weight tile through the FIFO, the LM head's s_w LOAD then grouped before its first FIFO
+# tile) and half; `deploy`'s own estimate is what the tests above run.
+SHARES = {"all-fifo": lambda self, tiles: 0, "half": lambda self, tiles: len(tiles) // 2}
+
+
+@pytest.mark.parametrize("share", SHARES, ids=list(SHARES))
+@pytest.mark.parametrize("shape, L, kv_max", [(TINY, 8, 64), (HALVES, 5, 16)], ids=["tiny", "halves"])
+def test_decode_step_through_the_weight_fifo_bit_exact(cfg, monkeypatch, share, shape, L, kv_max):
+    """With tiles through the weight FIFO the step's logits and KV rows stay the reference's,
+    bit for bit, and the cost-only timeline is the simulator's to the cycle."""
+    from spikec.runtime.simulator import Simulator
+
+    monkeypatch.setattr(D._Step, "wgt_share", SHARES[share])
+    p = D.build_decode(shape, cfg, L, kv_max=kv_max)
+    assert p.fifo_load_bytes > 0
+    assert p.weight_load_bytes == _weight_loads(p) == shape.weight_bytes(4)
+    prm = _model(p, np.random.default_rng(1))
+    sim = Simulator(cfg)
+    _write_model(sim, p, prm)
+    _run_timed(sim, p, cfg)
+    logits = np.frombuffer(sim.read(p.layout["logits"], 4 * shape.vocab), "<f4")
+    ref_logits, ref_kv = _reference(p, prm)
+    np.testing.assert_array_equal(logits, ref_logits.astype(np.float32))
+    off = ((shape.kv_heads * (p.layers - 1)) * p.layout["kv_max"] + L - 1) * shape.head_dim
+    k = np.frombuffer(sim.read(p.layout["kcache"] + off, shape.head_dim), np.int8)
+    np.testing.assert_array_equal(k, ref_kv[p.layers - 1, 0, 0])
+
+
+@pytest.mark.parametrize("share", SHARES, ids=list(SHARES))
+def test_prefill_through_the_weight_fifo_equals_decode_steps(cfg, monkeypatch, share):
+    """A prefill in chunks of 2 rows (SPMMs of n = 2 from the FIFO) leaves the KV cache and
+    logits as decode steps do (the test above, with the tiles forced through the FIFO)."""
+    monkeypatch.setattr(D._Step, "wgt_share", SHARES[share])
+    p = D.build_prefill(TINY, cfg, 3, start=3, chunk=2, kv_max=64)
+    assert any(i.op == Opcode.SPMM and i.n == 2 and i.wsrc for i in p.program)
+    test_prefill_equals_decode_steps(cfg, TINY, 3, 3, 2, 64)

@@ -30,7 +30,11 @@ def instructions(draw, op=None):
     for dep in fmt.deps:
         v[dep] = draw(st.integers(0, 1))
     # The cross-field rules of encoding.check.
+    if op == F.Opcode.LOAD and v["wfifo"]:
+        v.update(buf=int(F.Buffer.WGT), sram=0, push_next=0)
     if op == F.Opcode.SPMM:
+        if v["wsrc"] == F.WeightSource.FIFO:
+            v["wgt"] = 0
         v["acc_stride"] = max(v["acc_stride"], v["m"])
         if v["neuron"] == F.Neuron.IF:
             v["t"] = min(v["t"], 7)

@@ -488,6 +488,17 @@ def test_vec_overlap_fault(rtl):
     assert str(e.value).startswith("FAULT: instruction 1 (VEC):") and "overlaps" in str(e.value), str(e.value)
 
 
+@pytest.mark.parametrize("asm", [
+    "LOAD buf=WGT sram=0 dram=0x0 stride=16 rows=1 cols=16 wfifo=1",
+    "SPMM inp=0 wgt=0 acc=0 n=1 k=4 m=4 acc_stride=4 t=1 wsrc=FIFO",
+], ids=["load", "spmm"])
+def test_weight_fifo_is_a_fault(rtl, asm):
+    """The weight FIFO is modeled only (docs/isa.md section 3): the RTL stops with a fault
+    at an instruction that uses it rather than running it as a WGT access."""
+    msg = _run_fault(rtl, asm + "\nFINISH", Image(64))
+    assert msg.startswith("FAULT: instruction 0 (") and "weight FIFO" in msg, msg
+
+
 def spikec_isa_pkg_field(name: str) -> tuple[int, int]:
     """(lsb, width) of a field as the generated package states it."""
     text = svgen.package_text()

@@ -60,6 +60,10 @@ package spikec_isa_pkg;
   localparam int SCALE_DYNAMIC = 0;
   localparam int SCALE_STATIC = 1;
 
+  // WeightSource
+  localparam int WSRC_WGT = 0;
+  localparam int WSRC_FIFO = 1;
+
   // VecFunc
   localparam int VEC_FUNC_COPY = 0;
   localparam int VEC_FUNC_ADD = 1;
@@ -91,7 +95,7 @@ package spikec_isa_pkg;
   localparam int ELEM_BYTES_SCL = 4;
   localparam int ADDR_BITS_SCL = 18;
 
-  // LOAD: 2-D DMA, DRAM -> buffer (118 of 128 bits used)
+  // LOAD: 2-D DMA, DRAM -> buffer (or -> the weight FIFO) (119 of 128 bits used)
   localparam int LOAD_BUF_LSB = 7;
   localparam int LOAD_BUF_W = 3;
   localparam int LOAD_SRAM_LSB = 10;
@@ -104,7 +108,9 @@ package spikec_isa_pkg;
   localparam int LOAD_ROWS_W = 16;
   localparam int LOAD_COLS_LSB = 102;
   localparam int LOAD_COLS_W = 16;
-  localparam int LOAD_USED_BITS = 118;
+  localparam int LOAD_WFIFO_LSB = 118;
+  localparam int LOAD_WFIFO_W = 1;
+  localparam int LOAD_USED_BITS = 119;
 
   // STORE: 2-D DMA, buffer -> DRAM (118 of 128 bits used)
   localparam int STORE_BUF_LSB = 7;
@@ -121,7 +127,7 @@ package spikec_isa_pkg;
   localparam int STORE_COLS_W = 16;
   localparam int STORE_USED_BITS = 118;
 
-  // SPMM: spiking matrix product of a token group sharing t: ACC[n,m] (+)= S(INP[n,k]) @ W[k,m] (125 of 128 bits used)
+  // SPMM: spiking matrix product of a token group sharing t: ACC[n,m] (+)= S(INP[n,k]) @ W[k,m] (126 of 128 bits used)
   localparam int SPMM_INP_LSB = 7;
   localparam int SPMM_INP_W = 18;
   localparam int SPMM_WGT_LSB = 25;
@@ -146,7 +152,9 @@ package spikec_isa_pkg;
   localparam int SPMM_WTRANS_W = 1;
   localparam int SPMM_ACC_MODE_LSB = 124;
   localparam int SPMM_ACC_MODE_W = 1;
-  localparam int SPMM_USED_BITS = 125;
+  localparam int SPMM_WSRC_LSB = 125;
+  localparam int SPMM_WSRC_W = 1;
+  localparam int SPMM_USED_BITS = 126;
 
   // ENCODE: quantize float32 VEC rows to integer codes: q = clamp(rint(x / s), +-(2**t - 1)) (95 of 128 bits used)
   localparam int ENCODE_SRC_LSB = 7;

@@ -109,6 +109,7 @@ module tb_top;
       4'd4: reason = "static scale is not finite and > 0 (a device fault)";
       4'd5: reason = "unimplemented function in this RTL";
       4'd6: reason = "VEC destination overlaps a source other than in place (unsupported by this RTL)";
+      4'd7: reason = "the weight FIFO (LOAD wfifo, SPMM wsrc FIFO) is not in this RTL";
       default: reason = "unknown fault";
     endcase
   endfunction

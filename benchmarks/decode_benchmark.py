@@ -169,10 +169,12 @@ def main() -> None:
           f"INP {cfg.inp_kib} KiB, "
           f"ACC {cfg.acc_kib} KiB, VEC {cfg.vec_kib} KiB, SCL {cfg.scl_kib} KiB, HBM {cfg.dram_gbps:g} GB/s "
           f"({cfg.dram_bytes_per_cycle:.1f} B/cycle), {cfg.dram_latency_cycles} cycles per DMA instruction")
+    classes = " / ".join(f"{p:g}" for _, p in e.sram64) + " pJ per 64 bit (<= " + " / ".join(
+        f"{b // 1024} KB" for b, _ in e.sram64) + ")"
+    sizes = {b.name: cfg.buffer_bytes(b) for b in Buffer} | {"weight FIFO": cfg.wfifo_bytes}
+    charged = ", ".join(f"{n} {e.sram_pj_per_byte(v):.2f}" for n, v in sizes.items())
     print(f"  energy: {e.source}: int32 add {e.int32_add} pJ, fp32 add {e.fp32_add} / mult {e.fp32_mult} pJ, SRAM "
-          f"{'/'.join(f'{p:g}' for _, p in e.sram64)} pJ per 64 bit (<= 8 KB / 32 KB / 1 MB; every deploy buffer but the "
-          f"weight FIFO is above 32 KB, so all are charged the 1 MB class: {e.sram_pj_per_byte(1 << 20):.2f} pJ/byte; the "
-          f"FIFO {e.sram_pj_per_byte(cfg.wfifo_bytes):.2f} pJ/byte), HBM "
+          f"{classes}, a buffer charged the smallest class that holds it (pJ/byte: {charged}), HBM "
           f"{e.dram64:g} pJ per 64 bit ({e.dram_pj_per_bit:.2f} pJ/bit)")
     for cit in e.citations:
         print(f"    - {cit}")
@@ -226,6 +228,10 @@ def main() -> None:
         e45 = EnergyConstants(source="Horowitz 45 nm, unscaled", dram64=e.dram64)
         cases = [
             ("no weight FIFO (every weight written to and read from WGT)", variant(cfg, wfifo_kib=0)),
+            ("SRAM classes only Horowitz's (no 256 KB class: the weight FIFO charged the 1 MB class, as WGT)",
+             variant(cfg, energy=dataclasses.replace(e, sram64=tuple(c for c in e.sram64 if c[0] != 256 * 1024)))),
+            ("weight FIFO 32 KiB (32 KB class; too small to hold the HBM's 204 KB in flight, which the model does not "
+             "check)", variant(cfg, wfifo_kib=32)),
             ("PE array loading 64 rows of a tile per cycle (16 KiB of int4 weights from WGT per cycle)",
              variant(cfg, pe_load_lines=64)),
             ("DMA latency 16 cycles per instruction", variant(cfg, dram_latency_cycles=16)),

@@ -230,20 +230,24 @@ def fifo_times(cfg: HwConfig, load_free: int, loads: list[tuple[int, int, int]],
     LOAD starts when the load module and its tokens allow and runs at the DRAM rate, but
     byte x can enter the FIFO only once the SPMM has taken byte x - F (F = wfifo_bytes), and
     the SPMM takes its bytes no faster than its own cycles (B bytes in spmm_cycles) or the
-    DRAM rate, from spmm_start; the SPMM ends one cycle after its last byte arrived, at the
-    earliest spmm_cycles after it started."""
+    DRAM rate, from when both it and the first LOAD have started (it cannot work on bytes
+    not yet on their way); the SPMM ends one cycle after its last byte arrived, at the
+    earliest spmm_cycles after that start."""
     B = sum(nb for _, _, nb in loads)
     t, cum = load_free, 0
     spans: list[tuple[int, int]] = []
+    go = None  # when the SPMM starts taking bytes
     for ready, cycles, nb in loads:
         start = max(t, ready)
+        go = max(spmm_start, start) if go is None else go
         cum += nb
         over = cum - cfg.wfifo_bytes
         t = start + cycles
         if over > 0:  # the FIFO is full until the SPMM has taken `over` bytes
-            t = max(t, spmm_start + max(_ceil(over, cfg.dram_bytes_per_cycle), _ceil(spmm_cycles * over, B)))
+            t = max(t, go + max(_ceil(over, cfg.dram_bytes_per_cycle), _ceil(spmm_cycles * over, B)))
         spans.append((start, t))
-    return spans, max(spmm_start + spmm_cycles, t + 1)
+    assert go is not None, "an SPMM from the weight FIFO has at least one LOAD"
+    return spans, max(go + spmm_cycles, t + 1)
 
 
 def encode_cost(cfg: HwConfig, ins: Instruction) -> Cost:

@@ -270,6 +270,10 @@ class Simulator(Device):
                     ins = prog[i]
                     if ins.op == Opcode.LOAD and ins.wfifo:
                         break  # it runs with the SPMM that reads it (`_fifo_spmm`)
+                    if ins.op == Opcode.FINISH and cmd[Module.LOAD] and prog[cmd[Module.LOAD][0]].wfifo:
+                        j = cmd[Module.LOAD][0]
+                        raise SpikecError(f"instruction {j} (LOAD to the weight FIFO): no SPMM reads it before FINISH "
+                                          f"(instruction {i})")
                     pops = [q for bit, q in _POP[m].items() if getattr(ins, bit)]
                     pushes = [q for bit, q in _PUSH[m].items() if getattr(ins, bit)]
                     if any(not tokens[q] for q in pops) or any(len(tokens[q]) >= cfg.token_queue_depth for q in pushes):
@@ -350,12 +354,19 @@ class Simulator(Device):
                 continue
             i = cmd[m][0]
             ins = prog[i]
-            if ins.op == Opcode.LOAD and ins.wfifo:
-                waits.append(f"load: instruction {i} (LOAD to the weight FIFO) waits for the SPMM that reads it")
-                continue
             why = [f"a token in {q} (from {_QUEUE_FROM[q]}; none pending)" for bit, q in _POP[m].items() if getattr(ins, bit) and not tokens[q]]
+            if ins.op == Opcode.LOAD and ins.wfifo:
+                why.append("the SPMM that reads it from the weight FIFO")
+                waits.append(f"load: instruction {i} (LOAD to the weight FIFO) waits for {' and '.join(why)}")
+                continue
             if costmodel.fifo_weight_bytes(ins):
-                why.append("its LOADs to the weight FIFO (and the c2l tokens they pop)")
+                queued = 0
+                for j in cmd[Module.LOAD]:
+                    if not (prog[j].op == Opcode.LOAD and prog[j].wfifo):
+                        break
+                    queued += prog[j].rows * prog[j].cols
+                why.append(f"its LOADs to the weight FIFO (it takes {costmodel.fifo_weight_bytes(ins)} bytes; the load module's "
+                           f"queue has {queued} bytes of them next, and the c2l tokens they pop)")
             why += [f"room in {q} (full, depth {self.config.token_queue_depth})" for bit, q in _PUSH[m].items() if getattr(ins, bit) and len(tokens[q]) >= self.config.token_queue_depth]
             waits.append(f"{m.name.lower()}: instruction {i} ({ins.op.name}) waits for {' and '.join(why)}")
         if fetch < len(prog):

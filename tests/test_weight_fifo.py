@@ -73,7 +73,7 @@ def test_fifo_spmm_equals_the_wgt_spmm_and_the_reference(split):
 
 
 def test_fifo_bytes_are_charged_the_fifo_class():
-    """A FIFO's bytes cost the FIFO's SRAM class, not WGT's (deploy: 32 KiB against 32 MiB)."""
+    """A FIFO's bytes cost the FIFO's SRAM class, not WGT's (deploy: 256 KiB against 32 MiB)."""
     cfg = HwConfig.load("deploy")
     e = cfg.energy_constants
     spmm = I(Opcode.SPMM, n=1, k=512, m=512, acc_stride=512, t=4, wfmt=WeightFormat.INT4)
@@ -82,7 +82,8 @@ def test_fifo_bytes_are_charged_the_fifo_class():
     saved = w.energy_pj(cfg)["sram"] - f.energy_pj(cfg)["sram"]
     nbytes = 512 * 512 // 2
     assert f.fifo_read == nbytes and Buffer.WGT not in f.sram_read
-    assert saved == pytest.approx(nbytes * (e.sram_pj_per_byte(cfg.buffer_bytes(Buffer.WGT)) - e.sram_pj_per_byte(32 * 1024)))
+    assert saved == pytest.approx(nbytes * (e.sram_pj_per_byte(cfg.buffer_bytes(Buffer.WGT)) - e.sram_pj_per_byte(cfg.wfifo_bytes)))
+    assert e.sram_pj_per_byte(cfg.wfifo_bytes) < e.sram_pj_per_byte(cfg.buffer_bytes(Buffer.WGT))
     ld = I(Opcode.LOAD, buf=Buffer.WGT, sram=0, dram=0, stride=nbytes // 4, rows=4, cols=nbytes // 4, wfifo=1)
     c = costmodel.dma_cost(cfg, ld)
     assert c.fifo_write == nbytes and not c.sram_write and c.dram_read == nbytes
@@ -103,6 +104,10 @@ def test_fifo_times_by_hand():
     # Two LOADs; the second pops a token that arrives at 500.
     spans, end = costmodel.fifo_times(cfg, 34, [(0, 160, 1024), (500, 160, 1024)], 40, 100)
     assert spans == [(34, 194), (500, 660)] and end == 661
+    # The SPMM is there at 40 but its only LOAD starts at 500 (a token): its 300 cycles of
+    # work start with the bytes, so it ends at 800, not 661.
+    spans, end = costmodel.fifo_times(cfg, 0, [(500, 160, 1024)], 40, 300)
+    assert spans == [(500, 660)] and end == 800
 
 
 def test_fifo_backpressure_holds_the_load_module():
@@ -145,9 +150,24 @@ def test_fifo_rules_are_checked():
     prog[spmm_i:spmm_i + 1] = [half, half.replace(pop_prev=0, push_next=1, acc_mode=1)]
     with pytest.raises(SpikecError, match="straddle two SPMMs"):
         _run(prog)
-    # an SPMM from the FIFO with no LOAD to feed it
+    # an SPMM from the FIFO with no LOAD to feed it, or too few bytes
     prog = [x for x in (_program(True)) if not (x.op == Opcode.LOAD and x.wfifo)]
-    with pytest.raises(SpikecError, match="deadlock: .*its LOADs to the weight FIFO"):
+    with pytest.raises(SpikecError, match="deadlock: .*its LOADs to the weight FIFO .it takes 2048 bytes; the load "
+                                          "module's queue has 0 bytes"):
+        _run(prog)
+    prog = _program(True, split=True)
+    prog.pop(max(i for i, x in enumerate(prog) if x.op == Opcode.LOAD and x.wfifo))
+    with pytest.raises(SpikecError, match="queue has 1024 bytes of them next"):
+        _run(prog)
+    # a LOAD to the FIFO that waits for a token nobody pushes; one that no SPMM reads
+    prog = _program(True)
+    i = next(i for i, x in enumerate(prog) if x.op == Opcode.LOAD and x.wfifo)
+    prog[i] = prog[i].replace(pop_next=1)
+    with pytest.raises(SpikecError, match=r"LOAD to the weight FIFO\) waits for a token in c2l .* and the SPMM"):
+        _run(prog)
+    prog = _program(True)
+    prog.insert(i + 1, prog[i])
+    with pytest.raises(SpikecError, match="LOAD to the weight FIFO.: no SPMM reads it before FINISH"):
         _run(prog)
 
 
@@ -174,3 +194,11 @@ def test_the_rtl_is_not_built_with_a_fifo():
 
     with pytest.raises(SpikecError, match="wfifo_kib = 1; the RTL has no weight FIFO"):
         svgen.params(FIFO_SMALL)
+
+
+def test_deploy_fifo_holds_the_bytes_in_flight():
+    """The FIFO is the landing place of the HBM reads in flight, so it must hold bandwidth x
+    round trip (Little's law; ~100 ns for HBM, docs/isa.md section 3): the cost model does
+    not check it, the configuration must."""
+    cfg = HwConfig.load("deploy")
+    assert cfg.wfifo_bytes >= cfg.dram_gbps * 1e9 * 100e-9

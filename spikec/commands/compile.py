@@ -125,20 +125,22 @@ def compile_command(input_path: Path, output: Path, dump_dir: Path | None, pass_
     # and every value is formatted defensively (`_fmt`), so printing it cannot fail.
     if report_path is not None:
         atomic.write_text(report_path, report.to_json())
+    if not P.is_quiet():  # -q: the result line only; the tables are in --report / --dump-ir
+        # the pass column as wide as the longest name (per-graph passes read "lower-ort:lm")
+        width = max([28] + [len(str(r.name)) for r in report.passes])
+        click.echo(f"{'pass':<{width}} {'time (s)':>9} {'nodes':>7} {'param bytes':>12}  changed")
+        for r in report.passes:
+            click.echo(f"{_fmt(r.name, f'<{width}')} {_fmt(r.wall_s, '>9.3f')} {_fmt(r.nodes, '>7')} "
+                       f"{_fmt(r.parameter_bytes, '>12')}  {'yes' if r.modified else 'no'}")
+        graphs = report.extra.get("graphs") or {"": report.extra}
+        for role, extra in (graphs.items() if isinstance(graphs, dict) else ()):
+            _print_layers(str(role), extra if isinstance(extra, dict) else {})
+        if isa:
+            _print_isa(report.extra.get("isa") or {})
+        if dump_dir is not None:
+            click.echo(f"IR dumps and report.json in {dump_dir}")
+    # the result last, where a reader of the terminal looks for it
     click.echo(f"compiled {input_path} -> {output}")
-    if P.is_quiet():  # -q: the result line only; the tables are in --report / --dump-ir
-        return
-    click.echo(f"{'pass':<28} {'time (s)':>9} {'nodes':>7} {'param bytes':>12}  changed")
-    for r in report.passes:
-        click.echo(f"{_fmt(r.name, '<28')} {_fmt(r.wall_s, '>9.3f')} {_fmt(r.nodes, '>7')} "
-                   f"{_fmt(r.parameter_bytes, '>12')}  {'yes' if r.modified else 'no'}")
-    graphs = report.extra.get("graphs") or {"": report.extra}
-    for role, extra in (graphs.items() if isinstance(graphs, dict) else ()):
-        _print_layers(str(role), extra if isinstance(extra, dict) else {})
-    if isa:
-        _print_isa(report.extra.get("isa") or {})
-    if dump_dir is not None:
-        click.echo(f"IR dumps and report.json in {dump_dir}")
 
 
 def _fmt(value, spec: str = "") -> str:

@@ -207,14 +207,15 @@ def main() -> None:
         print(f"  {name}: {fmt.format(v)} [{fmt.format(vh)}] -> {verdict}")
     t = r["c"].timing
     p = r["c"].prog
-    print(f"  what limits it: the compute module is busy {t.busy['compute'] / t.cycles:.1%} of the step (the weights at "
-          f"full bandwidth would take {p.weight_load_bytes / (cfg.dram_gbps * 1e9) / r['dev_s']:.1%}): it multiplies "
-          f"a tile through the weight FIFO ({p.fifo_load_bytes / p.weight_load_bytes:.0%} of the weight bytes) as it "
-          f"arrives, at the HBM rate, and a tile through WGT at the PE array's rate after the load module fetched it "
-          f"during vector work ({t.vec_cycles:,} cycles: softmax, ENCODE, norms, SiLU); so the FIFO's share, which saves "
-          f"each of its bytes a WGT write and read, adds its PE-array time to the step, and a vector stretch longer "
-          f"than WGT ({cfg.buffer_bytes(Buffer.WGT) >> 20} MiB, {cfg.buffer_bytes(Buffer.WGT) / (cfg.dram_gbps * 1e3):.1f}"
-          f" us of HBM time) holds tiles still to come (a layer's softmax over L); energy is "
+    print(f"  what limits it: the load module is busy {t.busy['load'] / t.cycles:.1%} and the compute module "
+          f"{t.busy['compute'] / t.cycles:.1%} of the step (the weights at full bandwidth would take "
+          f"{p.weight_load_bytes / (cfg.dram_gbps * 1e9) / r['dev_s']:.1%}): the compute module multiplies a tile "
+          f"through the weight FIFO ({p.fifo_load_bytes / p.weight_load_bytes:.0%} of the weight bytes) as its bytes "
+          f"arrive and, between those, a tile the load module fetched into WGT during vector work ({t.vec_cycles:,} "
+          f"cycles: softmax, ENCODE, norms, SiLU), while the FIFO ({cfg.wfifo_kib} KiB) fills with the next; a vector "
+          f"stretch longer than WGT ({cfg.buffer_bytes(Buffer.WGT) >> 20} MiB, "
+          f"{cfg.buffer_bytes(Buffer.WGT) / (cfg.dram_gbps * 1e3):.1f} us of HBM time, a layer's softmax over L) holds "
+          f"tiles still to come; the rest is DMA latency, burst rounding and the KV cache; energy is "
           f"{r['e']['dram'] / r['ej']:.0%} HBM and {r['e']['sram'] / r['ej']:.0%} SRAM")
 
     print(f"\n== context length (Qwen2-VL-7B-shaped) ==")

@@ -233,6 +233,19 @@ def _tiles(cfg: HwConfig, K: int, M: int) -> list[tuple[int, int, int, int]]:
     return out
 
 
+def _interleave(nf: int, nw: int) -> list[bool]:
+    """The order a batch's SPMMs run in: nf FIFO tiles (False) and nw WGT tiles (True), a FIFO
+    tile first and the WGT tiles spread evenly among the rest, so that the PE array works
+    on a WGT tile while the FIFO fills with the next FIFO tile's bytes."""
+    out: list[bool] = []
+    f = g = 0
+    while f + g < nf + nw:
+        take_w = g < nw and (f == nf or (g + 1) * nf <= f * nw)
+        out.append(take_w)
+        g, f = (g + 1, f) if take_w else (g, f + 1)
+    return out
+
+
 def _deq_max(cfg: HwConfig) -> int:
     """Outputs of a DEQ group: the most whole m-tiles one VEC row holds."""
     return (MAX_LEN // cfg.pe_cols) * cfg.pe_cols
@@ -559,7 +572,11 @@ class _Planner:
         last = -1
         for g in self.groups:
             need = max([release_of[r] for r in g.needs if r in release_of], default=None)
-            if need is None:
+            # A group queued ahead of its consumer (`close_group`: several at one place) needs
+            # no token of its own when the one an earlier group popped already orders it (the
+            # load module runs in order, so the compute module had finished `need`): one
+            # push per compute instruction could otherwise not fit before its place.
+            if need is None or (g.at >= 0 and need <= last):
                 group_pops.append(False)
                 continue
             p = max(need, last + 1)
@@ -664,8 +681,10 @@ class _Step:
         (cfg.wfifo_bytes), the last `wgt_share` tiles still go through WGT slots, but their
         LOADs are queued before this batch, so the load module fetches them during the
         compute work before it (vector functions, attention), when the FIFO could not take
-        them; the others stream through the FIFO, which saves a WGT write and read per byte
-        (docs/isa.md section 11)."""
+        them; the others stream through the FIFO, which saves a WGT write and read per byte.
+        The SPMMs run in `_interleave` order (the WGT tiles among the FIFO ones, so the FIFO
+        fills while the PE array works on a WGT tile); the first of each accumulator region
+        in that order overwrites it (docs/isa.md section 11)."""
         P, cfg = self.P, self.cfg
         w = self.wgt_share(tiles)
         nf = len(tiles) - w
@@ -679,18 +698,29 @@ class _Step:
         i0 = len(P.compute)
         if P.pending:  # loads for this batch's first instruction (e.g. the head's s_w)
             P.close_group(i0, i0)
+        order = _interleave(nf, w)  # False: the next FIFO tile, True: the next WGT tile
+        wpos = [p for p, is_w in enumerate(order) if is_w]
         slots = []
         for j, (addr, kw) in enumerate(tiles[nf:]):
             slots.append(self.wgt_item(addr, weight_bytes(kw["k"], kw["m"], 4)))
-            P.close_group(i0 + nf + j, i0)
-        self.mark = (i0 + nf, P.load_cycles)  # the next window starts after the last FIFO tile
-        for addr, kw in tiles[:nf]:
-            nbytes = weight_bytes(kw["k"], kw["m"], 4)
-            P.fifo_load(addr, nbytes)
-            self.fifo_bytes += nbytes
-            P.op(Opcode.SPMM, (), wsrc=int(WeightSource.FIFO), **kw)
-        for (slot, item), (_, kw) in zip(slots, tiles[nf:]):
-            P.op(Opcode.SPMM, (item,), wgt=cfg.wgt_address(slot), **kw)
+            P.close_group(i0 + wpos[j], i0)
+        last_fifo = max(p for p, is_w in enumerate(order) if not is_w)
+        self.mark = (i0 + last_fifo + 1, P.load_cycles)  # the next window starts after the last FIFO tile
+        fifo, wgt = iter(tiles[:nf]), iter(zip(slots, tiles[nf:]))
+        started: set[int] = set()  # ACC regions written so far: the first tile of each overwrites
+        for is_w in order:
+            if is_w:
+                (slot, item), (_, kw) = next(wgt)
+                uses, src = (item,), dict(wgt=cfg.wgt_address(slot))
+            else:
+                addr, kw = next(fifo)
+                nbytes = weight_bytes(kw["k"], kw["m"], 4)
+                P.fifo_load(addr, nbytes)
+                self.fifo_bytes += nbytes
+                uses, src = (), dict(wsrc=int(WeightSource.FIFO))
+            mode = AccMode.ACCUMULATE if kw["acc"] in started else AccMode.OVERWRITE
+            started.add(kw["acc"])
+            P.op(Opcode.SPMM, uses, **(kw | src | dict(acc_mode=mode)))
 
     def wgt_share(self, tiles: list[tuple[int, dict]]) -> int:
         """How many of a batch's last tiles go through WGT: all without a weight FIFO; with

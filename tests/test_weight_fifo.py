@@ -202,3 +202,13 @@ def test_deploy_fifo_holds_the_bytes_in_flight():
     not check it, the configuration must."""
     cfg = HwConfig.load("deploy")
     assert cfg.wfifo_bytes >= cfg.dram_gbps * 1e9 * 100e-9
+
+
+def test_interleave_spreads_wgt_tiles_among_fifo_tiles():
+    F, W = False, True
+    assert D._interleave(3, 2) == [F, F, W, F, W]
+    assert D._interleave(1, 3) == [F, W, W, W]
+    assert D._interleave(4, 0) == [F] * 4
+    for nf, nw in ((5, 7), (66, 34), (1, 1)):
+        order = D._interleave(nf, nw)
+        assert order[0] is F and order.count(W) == nw and order.count(F) == nf

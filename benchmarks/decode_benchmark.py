@@ -118,8 +118,8 @@ def print_decode(shape: LMShape, cfg: HwConfig, L: int, host: HostModel) -> dict
     print(f"  (c) accelerator's own bound (weight bytes / {cfg.dram_gbps:g} GB/s): {r['bound_tok_s']:.1f} tokens/s -> "
           f"modeled device at {100 * r['frac']:.1f} % of it")
     print(f"  (paper's accelerator: {PAPER_ACC['tok_s']} tokens/s at {PAPER_ACC['watts']} W = "
-          f"{PAPER_ACC['watts'] / PAPER_ACC['tok_s'] * 1e3:.1f} mJ/token; this step's HBM traffic alone (W4 weights and "
-          f"KV cache) costs {r['e']['dram'] * 1e3:.1f} mJ/token here)")
+          f"{PAPER_ACC['watts'] / PAPER_ACC['tok_s'] * 1e3:.1f} mJ/token; this step's HBM traffic alone (W4 weights, KV "
+          f"cache, constants and tables, read and written) costs {r['e']['dram'] * 1e3:.1f} mJ/token here)")
     return r
 
 

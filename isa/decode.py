@@ -202,8 +202,9 @@ def wgt_slots(cfg: HwConfig) -> tuple[int, int]:
 
 
 def load_cycles(cfg: HwConfig, nbytes: int, align: int = 1) -> int:
-    """Cost-model cycles of the LOADs (`dma_shapes`) that move nbytes contiguous bytes."""
-    return sum(cfg.dram_latency_cycles + r * math.ceil(c / cfg.dram_bytes_per_cycle)
+    """Cost-model cycles (costmodel.dma_cost) of the LOADs (`dma_shapes`) that move nbytes
+    contiguous bytes."""
+    return sum(costmodel.dma_cost(cfg, Instruction(Opcode.LOAD, buf=Buffer.WGT, stride=c, rows=r, cols=c)).cycles
                for r, c in dma_shapes(nbytes, 1, cfg, align))
 
 

@@ -12,10 +12,10 @@ Two modes, bit-identical to each other and to `spikec.reference`:
 
 - fused (default): a spiking product is computed as integer products. onnxruntime's
   MatMulInteger takes uint8 activations with a zero point and int8 weights, so a
-  TC-LIF code |q| <= 127 (T <= 7) is one MatMulInteger of (q + 128) with zero point
+  TC-LIF code |q| <= 127 (T <= 7) is one integer product of (q + 128) with zero point
   128. Wider codes (T up to 16) are split into 7-bit digit groups, q = sum_j 128^j d_j,
   and accumulated Horner-style in int32 -- the same bit-serial identity as the spike
-  planes, seven planes at a time. Two speed-ups keep every bit:
+  planes, seven planes at a time. Three speed-ups keep every bit:
   * one-token products (decode) with 4-bit weight codes run on com.microsoft MatMulNBits
     over the integer codes (_nbits_matmul_fn): weights stored as u = w + 8 (zero point 8,
     block scales 1.0) and one sentinel activation 127 per 128-block, so the int8
@@ -25,8 +25,13 @@ Two modes, bit-identical to each other and to `spikec.reference`:
     (spikec/int4.py), in place. An If on the token count picks it; products sharing a code
     (Q/K/V, gate/up) are one call. With in_place (a model too large for copies of its
     weights) packed products run on it for every token count, and no int8 form is made.
-  * float32(acc) * s_x is one DequantizeLinear per row of the product (_scale_rows) in
-    place of a Cast and a Mul: the same rounding, one pass fewer over the product.
+  * a code of T <= 7 is one com.microsoft MatMulIntegerToFloat with both scales 1.0
+    (_scaled_product): its epilogue gives float32(acc) exactly while the tile is in cache,
+    then `* s_x` and `* s_w` in the reference's order. Where every use of an encoder's
+    codes is such a product, the encoder writes them as uint8 q + 128 with one
+    QuantizeLinear per token (_encode_u8_fn), a third of the int32 encoder's passes over x.
+  * wider codes and rate IF: float32(acc) * s_x is one DequantizeLinear per row of the
+    product (_scale_rows) in place of a Cast and a Mul: the same rounding, one pass fewer.
 - exact: the spike planes themselves. For TC-LIF, plane t of a code is
   sign(q) * bit_(T_max-1-t)(|q|) (zero planes at the top for tokens with fewer steps),
   accumulated as acc <- 2 acc + S_t @ W; for rate IF, plane t is [c > t] of the offset
@@ -119,13 +124,16 @@ def _nonfinite_nodes(src: str, axes: list[int] | None, extra_bad: str | None = N
     return n
 
 
-def _encode_fn(name: str, dynamic: bool, opset: int) -> onnx.FunctionProto:
-    """(x, s_tok, q_tok) -> (q int32, s float32 [..., N, 1]).
+def _encode_fn(name: str, dynamic: bool, opset: int, u8: bool = False, K: int | None = None) -> onnx.FunctionProto:
+    """(x, s_tok, q_tok) -> (q int32, s float32 [..., N, 1]); with u8, q is uint8 q + 128.
 
     s_tok / q_tok are the per-token static scale and largest code (float32, [..., N, 1]);
     for dynamic scales s_tok is unused and the scale is max|x| / Q per token.
     Non-finite rule (spikec.reference.encode_tokens): a token whose row of x holds NaN or
-    +-inf (or, static, whose scale is NaN) gets code 0 on its whole row and scale NaN."""
+    +-inf (or, static, whose scale is NaN) gets code 0 on its whole row and scale NaN.
+    u8 (codes |q| <= 127 feeding MatMulIntegerToFloat): see _encode_u8_fn."""
+    if u8:
+        return _encode_u8_fn(name, dynamic, opset, K)
     n = _nonfinite_nodes("x", [-1], None if dynamic else "s_tok")
     n += [_c("zero", 0.0), _c("one", 1.0), _c("nan", np.nan)]
     if dynamic:
@@ -149,6 +157,74 @@ def _encode_fn(name: str, dynamic: bool, opset: int) -> onnx.FunctionProto:
         helper.make_node("Max", ["r", "nq"], ["r1"]),
         helper.make_node("Min", ["r1", "q_tok"], ["r2"]),
         helper.make_node("Cast", ["r2"], ["q"], to=TensorProto.INT32),
+    ]
+    return _fn(name, ["x", "s_tok", "q_tok"], ["q", "s"], n, opset)
+
+
+def _encode_u8_fn(name: str, dynamic: bool, opset: int, K: int | None = None) -> onnx.FunctionProto:
+    """(x, s_tok, q_tok) -> (q + 128 as uint8, s float32 [..., N, 1]): _encode_fn's codes, offset
+    for MatMulIntegerToFloat's uint8 activations, in a third of its passes over x.
+
+    The codes are one QuantizeLinear per token (scale s, zero point 128: saturate(rint(x / s)
+    + 128) with one float32 division and round half to even, as the reference; tests check
+    ties), then the reference's clamp to +-q_tok on the uint8 codes, then code 0 (128) on
+    non-finite rows. K (x's last axis, when known and opset >= 21) makes it one
+    block-quantized QuantizeLinear (block_size K, scale [..., N, 1] as it is); without K,
+    x is flattened to [P, K] for a per-axis one (4 nodes more). The scale reads x without writing a tensor of its size but
+    |x|; a row holds a NaN iff ReduceSumSquare(x) is NaN (a sum of squares has no inf - inf;
+    it overflows to inf, never to NaN) and a +-inf without a NaN iff max|x| is inf (ReduceMax
+    may drop a NaN in onnxruntime, which only such a row, caught already, has)."""
+    n = [
+        _c("axes", [-1], np.int64),
+        helper.make_node("Abs", ["x"], ["ax"]),
+        helper.make_node("ReduceMax", ["ax", "axes"], ["amax"], keepdims=1),
+        helper.make_node("ReduceSumSquare", ["x", "axes"], ["ssq"], keepdims=1),
+        helper.make_node("IsNaN", ["ssq"], ["has_nan"]),
+        helper.make_node("IsInf", ["amax"], ["has_inf"]),
+        helper.make_node("Or", ["has_nan", "has_inf"], ["bad_x" if not dynamic else "bad"]),
+        _c("zero", 0.0), _c("one", 1.0), _c("nan", np.nan),
+    ]
+    if dynamic:
+        n += [
+            helper.make_node("Div", ["amax", "q_tok"], ["s0"]),
+            helper.make_node("Greater", ["s0", "zero"], ["pos"]),
+            helper.make_node("Where", ["pos", "s0", "one"], ["s1"]),
+        ]
+    else:
+        n += [
+            helper.make_node("IsNaN", ["s_tok"], ["bad_s"]),
+            helper.make_node("Or", ["bad_x", "bad_s"], ["bad"]),
+            helper.make_node("Identity", ["s_tok"], ["s1"]),
+        ]
+    n += [
+        helper.make_node("Where", ["bad", "one", "s1"], ["sd"]),  # the divisor: 1.0 for a bad token
+        helper.make_node("Where", ["bad", "nan", "s1"], ["s"]),
+        _c("zp1", [128], np.uint8),
+    ]
+    if K is not None:  # one block of K per token: the scale [..., N, 1] as it is
+        n += [helper.make_node("Shape", ["sd"], ["sd_shape"]),
+              helper.make_node("Expand", ["zp1", "sd_shape"], ["zp"]),
+              helper.make_node("QuantizeLinear", ["x", "sd", "zp"], ["u"], axis=-1, block_size=K)]
+    else:  # per axis over x as [P, K]
+        n += [helper.make_node("Shape", ["x"], ["x_shape"]),
+              helper.make_node("Flatten", ["x"], ["x2d"], axis=-1),
+              _c("m1", [-1], np.int64),
+              helper.make_node("Reshape", ["sd", "m1"], ["sd1"]),
+              helper.make_node("Shape", ["sd1"], ["rows"]),
+              helper.make_node("Expand", ["zp1", "rows"], ["zp"]),
+              helper.make_node("QuantizeLinear", ["x2d", "sd1", "zp"], ["u2d"], axis=0),
+              helper.make_node("Reshape", ["u2d", "x_shape"], ["u"])]
+    n += [
+        # the reference's clamp to +-q_tok (q_tok <= 127), on the offset codes
+        _c("c128", 128.0),
+        helper.make_node("Sub", ["c128", "q_tok"], ["lo_f"]),
+        helper.make_node("Add", ["c128", "q_tok"], ["hi_f"]),
+        helper.make_node("Cast", ["lo_f"], ["lo"], to=TensorProto.UINT8),
+        helper.make_node("Cast", ["hi_f"], ["hi"], to=TensorProto.UINT8),
+        helper.make_node("Max", ["u", "lo"], ["u_lo"]),
+        helper.make_node("Min", ["u_lo", "hi"], ["u_c"]),
+        _c("u128", 128, np.uint8),
+        helper.make_node("Where", ["bad", "u128", "u_c"], ["q"]),  # code 0 on a non-finite row
     ]
     return _fn(name, ["x", "s_tok", "q_tok"], ["q", "s"], n, opset)
 
@@ -178,22 +254,51 @@ def _code_fn(name: str, opset: int) -> onnx.FunctionProto:
     return _fn(name, ["b", "q_max"], ["q", "s"], n, opset)
 
 
-def _mmi(n: list, a: str, w8: str, out: str, offset: int, tag: str, groups: tuple[int, int] | None = None) -> None:
-    """out = int32 (a @ w) for int32 codes a with 0 <= a + offset <= 255, via MatMulInteger.
-
-    groups = (n_groups, G): w8 is the weight viewed as [n_groups, G, M] and out the int32
-    accumulators of the groups, [n_groups, P, M] over the P = prod(lead) tokens of a
-    (_group_rows)."""
+def _offset_codes(n: list, a: str, offset: int, tag: str, u8: bool = False) -> str:
+    """The uint8 activations a + offset (int32 codes a, 0 <= a + offset <= 255) and their
+    zero point f"{tag}_zp"; u8: a already holds them (an encoder's uint8 q + 128)."""
+    n.append(_c(f"{tag}_zp", offset, np.uint8))
+    if u8:
+        return a
     n += [
         _c(f"{tag}_off", offset, np.int32),
         helper.make_node("Add", [a, f"{tag}_off"], [f"{tag}_u32"]),
         helper.make_node("Cast", [f"{tag}_u32"], [f"{tag}_u8"], to=TensorProto.UINT8),
-        _c(f"{tag}_zp", offset, np.uint8),
     ]
-    src = f"{tag}_u8"
+    return f"{tag}_u8"
+
+
+def _mmi(n: list, a: str, w8: str, out: str, offset: int, tag: str, groups: tuple[int, int] | None = None,
+         u8: bool = False) -> None:
+    """out = int32 (a @ w) for int32 codes a with 0 <= a + offset <= 255, via MatMulInteger
+    (u8: a is already the uint8 a + 128).
+
+    groups = (n_groups, G): w8 is the weight viewed as [n_groups, G, M] and out the int32
+    accumulators of the groups, [n_groups, P, M] over the P = prod(lead) tokens of a
+    (_group_rows)."""
+    src = _offset_codes(n, a, offset, tag, u8)
     if groups:
         src = _group_rows(n, src, groups, tag)
     n.append(helper.make_node("MatMulInteger", [src, w8, f"{tag}_zp"], [out]))
+
+
+def _scaled_product(n: list, a: str, w8: str, s_w: str, out: str, tag: str, u8: bool = False) -> None:
+    """out = (float32(q @ w) * s_x) * s_w for TC-LIF codes |q| <= 127 (int32 q, or with u8 the
+    uint8 q + 128), s_x [..., N, 1] the function input "s_x", w8 int8 [K, M], s_w [M].
+
+    One com.microsoft MatMulIntegerToFloat with both scales 1.0 gives float32(acc) from its
+    epilogue, while the tile is in cache: MLAS converts the int32 sum and multiplies by
+    a_scale * b_scale = 1.0, which is exact (the zero point is subtracted in int32), so the
+    product is the same as MatMulInteger's and one pass over it fewer than a
+    MatMulInteger followed by a DequantizeLinear. Then the reference's two roundings."""
+    src = _offset_codes(n, a, 128, tag, u8)
+    n += [
+        _c(f"{tag}_one", 1.0),
+        helper.make_node("MatMulIntegerToFloat", [src, w8, f"{tag}_one", f"{tag}_one", f"{tag}_zp"], [f"{tag}_accf"],
+                         domain="com.microsoft"),
+        helper.make_node("Mul", [f"{tag}_accf", "s_x"], [f"{tag}_y0"]),  # float32(acc) * s_x
+        helper.make_node("Mul", [f"{tag}_y0", s_w], [out]),  # ... * s_w
+    ]
 
 
 def _group_rows(n: list, a: str, groups: tuple[int, int], tag: str) -> str:
@@ -251,7 +356,7 @@ def _group_tail(n: list, acc: str, n_groups: int, with_bias: bool, is_float: boo
 
 
 def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_bias: bool,
-               dql: bool = False, groups: tuple[int, int] | None = None) -> onnx.FunctionProto:
+               dql: bool = False, groups: tuple[int, int] | None = None, u8: bool = False) -> onnx.FunctionProto:
     """(q, s_x, w, s_w, [bias], off_tok, accb_tok, onehot) -> (y, [spikes]).
 
     tc-lif fused: `planes` is the number of 7-bit digit groups; exact: the number of
@@ -262,17 +367,27 @@ def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_
     groups = (n_groups, G) (tc-lif, group-wise s_w [n_groups, M]): w is the weight viewed as
     [n_groups, G, M]; every integer product is one batched MatMulInteger giving the groups'
     own int32 accumulators [n_groups, P, M] (the same digit / plane steps, exact in int32),
-    then _group_tail's float32 order."""
+    then _group_tail's float32 order.
+
+    u8 (fused TC-LIF, one digit group): q is an encoder's uint8 q + 128 (_encode_u8_fn)."""
     n: list[onnx.NodeProto] = [helper.make_node("Cast", ["w"], ["w8"], to=TensorProto.INT8)]
     inputs = ["q", "s_x", "w", "s_w"] + (["bias"] if with_bias else []) + ["off_tok", "accb_tok", "onehot"]
     outputs = ["y"]
+    if mode == "fused" and planes == 1 and neuron != "if" and not groups:
+        # one MatMulIntegerToFloat and the two scales (_scaled_product)
+        _scaled_product(n, "q", "w8", "s_w", "y1" if with_bias else "y", "g0", u8)
+        if with_bias:
+            n.append(helper.make_node("Add", ["y1", "bias"], ["y"]))
+        fp = _fn(name, inputs, outputs, n, opset)
+        fp.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        return fp
     _code_magnitude(n, neuron, mode, planes)
     if mode == "fused" and planes == 1:
         # |code| fits one 7-bit group: the product is one MatMulInteger, no digit split
         if neuron == "if":
             _mmi(n, "code", "w8", "acc0", 0, "g0", groups)
         else:
-            _mmi(n, "q", "w8", "acc0", 128, "g0", groups)
+            _mmi(n, "q", "w8", "acc0", 128, "g0", groups, u8)
         n.append(helper.make_node("Identity", ["acc0"], ["acc_s"]))
     elif mode == "fused":
         _digit_products(n, neuron, planes, groups)
@@ -456,17 +571,21 @@ def nbits_scales(N: int, K: int) -> np.ndarray:
     return np.ones(N * nbits_blocks(K), np.float32)
 
 
-def _nbits_activation(n: list, K: int, block: int, every_token: bool) -> None:
+def _nbits_activation(n: list, K: int, block: int, every_token: bool, u8: bool = False) -> None:
     """q -> nb_a: the codes as float32 rows [rows, blocks * block] in the sentinel layout
-    (each block's last element the sentinel 127, positions past K zero)."""
+    (each block's last element the sentinel 127, positions past K zero); u8: q is uint8 q + 128."""
     blocks, data = nbits_blocks(K, block), block - 1
     # where each element of a MatMulNBits row comes from in [q_0 .. q_(K-1), 127, 0]
     pos = np.arange(blocks * data)
     idx = np.empty((blocks, block), np.int64)
     idx[:, :data] = np.where(pos < K, pos, K + 1).reshape(blocks, data)  # codes, then 0s
     idx[:, data] = K  # the sentinel closing every block
-    n += [helper.make_node("Cast", ["q"], ["nb_qf"], to=TensorProto.FLOAT),
-          _c("nb_row", [-1 if every_token else 1, K], np.int64),
+    if u8:  # q + 128 - 128, exact in float32
+        n += [helper.make_node("Cast", ["q"], ["nb_uf"], to=TensorProto.FLOAT), _c("nb_128", 128.0),
+              helper.make_node("Sub", ["nb_uf", "nb_128"], ["nb_qf"])]
+    else:
+        n.append(helper.make_node("Cast", ["q"], ["nb_qf"], to=TensorProto.FLOAT))
+    n += [_c("nb_row", [-1 if every_token else 1, K], np.int64),
           helper.make_node("Reshape", ["nb_qf", "nb_row"], ["nb_q2"]),
           _c("nb_extra", [[float(NBITS_SENTINEL), 0.0]])]
     extra = "nb_extra"
@@ -503,39 +622,34 @@ def _nbits_products(n: list, K: int, parts: list[tuple[int, bool]], rank: int, b
               helper.make_node("Mul", [f"nb_r{i}", f"s_w{i}"], [outputs[i]])]
 
 
-def _nbits_matmul_fn(name: str, opset: int, K: int, parts: list[tuple[int, bool]], rank: int, dql: bool,
-                     block: int = NBITS_BLOCK, every_token: bool = False) -> onnx.FunctionProto:
+def _nbits_matmul_fn(name: str, opset: int, K: int, parts: list[tuple[int, bool]], rank: int,
+                     block: int = NBITS_BLOCK, every_token: bool = False, u8: bool = False) -> onnx.FunctionProto:
     """(q, s_x, then per part [w_i,] s_w_i, [bias_i], nb_b_i, nb_s_i) -> y_i: TC-LIF products
     of one code q (|q| <= 127, rank `rank`) by 4-bit weight codes, parts = [(M_i, has bias)]
     (Q/K/V, or gate/up, share their code: one call, one MatMulNBits each).
 
     One token (decode): com.microsoft MatMulNBits over the codes in the sentinel layout
     (spikec/int4.py; exact, see nbits_exact), which reads half the bytes of MatMulInteger's
-    int8 weights; more tokens: the fused mode's MatMulInteger per part over w_i. Both give
+    int8 weights; more tokens: the fused mode's MatMulIntegerToFloat per part over w_i
+    (_scaled_product). Both give
     float32(acc) * s_x exactly, then the reference's scale order; one If picks the path.
     every_token: MatMulNBits for any number of tokens and no w_i (weights used only where
-    they lie packed in the .sbin: no int8 copy)."""
+    they lie packed in the .sbin: no int8 copy). u8: q is an encoder's uint8 q + 128."""
     if every_token:
         n: list[onnx.NodeProto] = []
-        _nbits_activation(n, K, block, True)
+        _nbits_activation(n, K, block, True, u8)
         _nbits_products(n, K, parts, rank, block, True, [f"y1_{i}" for i in range(len(parts))])
     else:
         # Each branch ends in the Mul by s_w, a compute op: an If output that aliases another
         # tensor (a Reshape's) would be copied, a pass over a prefill's product.
         then_nodes: list[onnx.NodeProto] = []
-        _nbits_activation(then_nodes, K, block, False)
+        _nbits_activation(then_nodes, K, block, False, u8)
         then_out = [f"nb_y1_{i}" for i in range(len(parts))]
         _nbits_products(then_nodes, K, parts, rank, block, False, then_out)
-        else_nodes: list[onnx.NodeProto] = [
-            _c("g_off", 128, np.int32),
-            helper.make_node("Add", ["q", "g_off"], ["g_u32"]),
-            helper.make_node("Cast", ["g_u32"], ["g_u8"], to=TensorProto.UINT8),
-            _c("g_zp", 128, np.uint8),
-        ]
+        else_nodes: list[onnx.NodeProto] = []
+        a = _offset_codes(else_nodes, "q", 128, "g", u8)
         for i in range(len(parts)):
-            else_nodes.append(helper.make_node("MatMulInteger", ["g_u8", f"w{i}", "g_zp"], [f"mm_acc{i}"]))
-            _scale_rows(else_nodes, f"mm_acc{i}", f"mm_y0_{i}", dql)
-            else_nodes.append(helper.make_node("Mul", [f"mm_y0_{i}", f"s_w{i}"], [f"mm_y1_{i}"]))
+            _scaled_product(else_nodes, a, f"w{i}", f"s_w{i}", f"mm_y1_{i}", f"g{i}", u8=True)
 
         def outs(names):
             return [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in names]
@@ -623,6 +737,7 @@ class _Lowerer:
         self._n = 0
         self._views: dict[tuple, ir.Value] = {}  # (weight, groups) -> its [n_groups, G, M] view
         self._viewed: list[ir.Value] = []  # weights given a group view (dropped at the end if unused)
+        self._u8_codes: set[int] = set()  # ids of encoder outputs holding uint8 q + 128 (_encode_u8_fn)
 
     # -- helpers -------------------------------------------------------------
     def _const(self, base: str, array: np.ndarray) -> ir.Value:
@@ -693,13 +808,36 @@ class _Lowerer:
         # gives NaN rows for its tokens here, where the reference raises).
         return R.static_scale(c, T)
 
-    def encode(self, node: ir.Node, x: ir.Value, mod: ir.Value, T: np.ndarray) -> list[ir.Value]:
+    def encode(self, node: ir.Node, x: ir.Value, mod: ir.Value, T: np.ndarray, u8: bool = False) -> list[ir.Value]:
+        """(q, s) for x; u8: q as uint8 q + 128 (_encode_u8_fn), for consumers that take it
+        (codes_u8)."""
         dynamic = sops.attr(node, "act_scale", "dynamic") == "dynamic"
         s_tok = self._per_token(node, self.static_scales(node, T), mod, x, "scale")
         q_tok = self._per_token(node, ((np.int64(1) << T) - 1).astype(np.float32), mod, x, "qmax")
-        fname = self._function("EncodeDynamic" if dynamic else "EncodeStatic",
-                               lambda: _encode_fn("EncodeDynamic" if dynamic else "EncodeStatic", dynamic, self.opset))
-        return self._insert(node, fname, [x, s_tok, q_tok], n_out=2, domain=DOMAIN)
+        # block-quantized QuantizeLinear (one block of K per token) is opset 21's
+        K = x.shape[-1] if u8 and self.opset >= 21 and x.shape is not None and len(x.shape) else None
+        K = K if isinstance(K, int) else None
+        fname = ("EncodeDynamic" if dynamic else "EncodeStatic") + ("U8" if u8 else "") + (f"_K{K}" if K else "")
+        fname = self._function(fname, lambda: _encode_fn(fname, dynamic, self.opset, u8, K))
+        outs = self._insert(node, fname, [x, s_tok, q_tok], n_out=2, domain=DOMAIN)
+        if u8:
+            self._u8_codes.add(id(outs[0]))
+        return outs
+
+    def _u8_product(self, node: ir.Node) -> bool:
+        """Whether SpikeMatMul `node` takes its codes as uint8 q + 128: fused TC-LIF with
+        codes |q| <= 127 (T <= 7, one digit group)."""
+        return (self.mode == "fused" and (sops.attr(node, "neuron", "tc-lif") or "tc-lif") == "tc-lif"
+                and int(self.timesteps(node).max()) <= DIGIT_BITS)
+
+    def codes_u8(self, node: ir.Node, T: np.ndarray) -> bool:
+        """Whether SpikeEncode `node` can give its codes as uint8 q + 128 (_encode_u8_fn): T <= 7
+        and every use of them is the code input of a SpikeMatMul that takes them so."""
+        q = node.outputs[0]
+        if self.mode != "fused" or int(T.max()) > DIGIT_BITS or q.is_graph_output() or not q.uses():
+            return False
+        return all(user.domain == sops.DOMAIN and user.op_type == sops.SPIKE_MATMUL and idx == 0
+                   and self._u8_product(user) for user, idx in q.uses())
 
     def weight_groups(self, node: ir.Node, w: ir.Value, s_w: ir.Value, neuron: str) -> tuple[int, int] | None:
         """(n_groups, G) for group-wise weight scales s_w [n_groups, M], n_groups > 1; None for
@@ -776,19 +914,20 @@ class _Lowerer:
             planes = t_max if self.mode == "exact" else -(-t_max // DIGIT_BITS)
             off = np.zeros(len(T), np.int32)
             accb = np.zeros((len(T), 1), np.int32)
+        u8 = id(q) in self._u8_codes
         # the encoder's per-token scale has the product's leading shape: one DequantizeLinear
         # scales the int32 product by it (see _scale_rows)
         producer = s_x.producer()
         dql = (ROW_DEQUANTIZE and self.mode == "fused" and producer is not None and producer.domain == DOMAIN
                and producer.op_type.startswith("Encode") and w.shape is not None and len(w.shape) == 2
-               and not groups)
+               and not groups and (neuron == "if" or planes > 1))  # else _scaled_product's epilogue
         off_tok = self._per_token(node, off, mod, q, "offset")
         accb_tok = self._per_token(node, accb, mod, q, "accbias")
         onehot = self._per_token(node, np.eye(len(self.names), dtype=np.int64), mod, q, "onehot")
         name = (f"SpikeMatMul_{neuron.replace('-', '')}_{self.mode}_{planes}{'_dql' if dql else ''}{gtag}"
-                f"{'_bias' if bias is not None else ''}")
+                f"{'_u8' if u8 else ''}{'_bias' if bias is not None else ''}")
         fn = self._function(name, lambda: _matmul_fn(name, neuron, self.mode, planes, self.opset, bias is not None,
-                                                     dql, groups))
+                                                     dql, groups, u8))
         inputs = [q, s_x, w_in, s_w] + ([bias] if bias is not None else []) + [off_tok, accb_tok, onehot]
         outs = self._insert(node, fn, inputs, n_out=2 if self.mode == "exact" else 1, domain=DOMAIN)
         if self.mode == "exact":
@@ -850,9 +989,7 @@ class _Lowerer:
         K = int(first.inputs[3].shape[0])
         T = self.timesteps(first)
         rank = _rank(q)
-        producer = s_x.producer()
-        dql = (ROW_DEQUANTIZE and producer is not None and producer.domain == DOMAIN
-               and producer.op_type.startswith("Encode"))
+        u8 = id(q) in self._u8_codes
         block = NBITS_BLOCK
         parts, inputs = [], [q, s_x]
         for node in nodes:
@@ -868,9 +1005,8 @@ class _Lowerer:
                                       "weights": True, "one_token": "MatMulNBits",
                                       "tokens": "MatMulNBits" if every_token else "MatMulInteger"}
         sig = "_".join(f"{m}{'b' if has_b else ''}" for m, has_b in parts)
-        name = f"SpikeMatMul_tclif_nbits{block}_K{K}_{sig}_r{rank}{'_dql' if dql else ''}{'_all' if every_token else ''}"
-        fn = self._function(name, lambda: _nbits_matmul_fn(name, self.opset, K, parts, rank, dql, block,
-                                                            every_token))
+        name = f"SpikeMatMul_tclif_nbits{block}_K{K}_{sig}_r{rank}{'_u8' if u8 else ''}{'_all' if every_token else ''}"
+        fn = self._function(name, lambda: _nbits_matmul_fn(name, self.opset, K, parts, rank, block, every_token, u8))
         return self._insert(first, fn, inputs, n_out=len(nodes), domain=DOMAIN)
 
     def _packed(self, base: str, w: ir.Value) -> ir.Value:
@@ -897,7 +1033,8 @@ class _Lowerer:
         op = node.op_type
         if op == sops.SPIKE_ENCODE:
             x = node.inputs[0]
-            return self.encode(node, x, self._modality(node, x, 1), self.timesteps(node))
+            T = self.timesteps(node)
+            return self.encode(node, x, self._modality(node, x, 1), T, self.codes_u8(node, T))
         if op == sops.SPIKE_MATMUL:
             q, s_x = node.inputs[0], node.inputs[1]
             mod = self._modality(node, q, 2)
@@ -910,7 +1047,7 @@ class _Lowerer:
             x = node.inputs[0]
             mod = self._modality(node, x, 1)
             T = self.timesteps(node)
-            q, s = self.encode(node, x, mod, T)
+            q, s = self.encode(node, x, mod, T, self._u8_product(node))
             q.shape = x.shape
             bias = node.inputs[4] if len(node.inputs) > 4 else None
             return [self.matmul(node, q, s, mod, node.inputs[2], node.inputs[3], bias, T)]
@@ -940,6 +1077,9 @@ class _Lowerer:
             ir.convenience.replace_nodes_and_values(
                 self.graph, node, [node], self._pending, list(node.outputs), new_values[:1] if group else new_values
             )
+            for v in new_values:  # the replacement took the int32 codes' type
+                if id(v) in self._u8_codes:
+                    v.type = ir.TensorType(ir.DataType.UINT8)
             for other, value in zip(group[1:] if group else [], new_values[1:]):
                 count += 1  # its product is an output of the group's call
                 ir.convenience.replace_nodes_and_values(self.graph, other, [other], [], list(other.outputs), [value])
@@ -952,7 +1092,7 @@ class _Lowerer:
                 self.graph.initializers.pop(w.name)
         self.model.opset_imports[DOMAIN] = VERSION
         self.model.opset_imports.pop(sops.DOMAIN, None)
-        if any(name.startswith("SpikeMatMul_tclif_nbits") for name in self.functions):
+        if any(o.domain == "com.microsoft" for fp in self.functions.values() for o in fp.opset_import):
             self.model.opset_imports.setdefault("com.microsoft", 1)
         for fp in self.functions.values():
             f = ir.serde.deserialize_function(fp)

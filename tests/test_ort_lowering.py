@@ -17,7 +17,8 @@ from spikec.ort_lowering import STATS_PREFIX, lower_for_ort
 K, M = 24, 10
 
 
-def _linear_graph(*, neuron="tc-lif", act_scale="dynamic", timesteps=(4, 3), modality_input=True, bias=True, seed=0):
+def _linear_graph(*, neuron="tc-lif", act_scale="dynamic", timesteps=(4, 3), modality_input=True, bias=True, seed=0,
+                  opset=18):
     """x [B, S, K] -> SpikeEncode -> SpikeMatMul -> y [B, S, M]."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((K, M)).astype(np.float32)
@@ -51,7 +52,7 @@ def _linear_graph(*, neuron="tc-lif", act_scale="dynamic", timesteps=(4, 3), mod
     if modality_input:
         inputs.append(helper.make_tensor_value_info("modality", TensorProto.INT64, ["b", "s"]))
     graph = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", M])], inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("spikec", 1)])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset), helper.make_opsetid("spikec", 1)])
     model.ir_version = 10
     return ir.from_proto(model)
 
@@ -105,6 +106,65 @@ def test_lowered_matches_reference_bit_exact(case):
         np.testing.assert_array_equal(results[mode]["y"], expected, err_msg=mode)
     if "exact" in results:
         np.testing.assert_array_equal(results["exact"]["y"], results["fused"]["y"])
+
+
+def _hard_rows(x: np.ndarray, scale_hint: float) -> np.ndarray:
+    """x [2, 7, K] with rows that test every rule of the uint8 encoder (_encode_u8_fn)."""
+    x = x.copy()
+    x[0, 1, :] = 0.0  # all zero: scale 1.0, codes 0
+    x[0, 2, 5] = np.nan  # non-finite rows: codes 0, scale NaN, output row NaN
+    x[0, 3, 0] = np.inf
+    x[0, 4, 9] = -np.inf
+    # subnormal: max|x| / Q rounds to a subnormal scale so coarse that x / s passes Q (the
+    # clamp): 22 / 15 -> s = 1 ulp for a text token (T = 4), 10 / 7 -> 1 ulp at T = 3
+    tiny = np.float32(2.0**-149)
+    x[0, 5, :] = tiny * np.linspace(-22, 22, K).round().astype(np.float32)
+    x[1, 2, :] = tiny * np.linspace(-10, 10, K).round().astype(np.float32)
+    x[0, 6, :] = np.float32(3e38) * np.sign(x[0, 6, :])  # sum of squares overflows to inf, not NaN
+    x[1, 0, :] = x[1, 0, :] * 40 * scale_hint  # static: far beyond the calibrated clip (the clamp)
+    # ties and their neighbours at this row's dynamic scale: k + 0.5 times s
+    row = x[1, 1]
+    s = np.float32(np.abs(row).max() / np.float32(15))
+    row[1:9] = (np.arange(-4, 4, dtype=np.float32) + np.float32(0.5)) * s
+    row[9:17] = np.nextafter(row[1:9], np.float32(np.inf))
+    return x
+
+
+@pytest.mark.parametrize("opset", [18, 21])
+@pytest.mark.parametrize("act_scale", ["dynamic", "static"])
+def test_uint8_encoder_matches_reference_on_hard_rows(opset, act_scale):
+    """Fused TC-LIF with T <= 7 encodes straight to uint8 q + 128 (QuantizeLinear, then the
+    clamp and the non-finite rule on the uint8 codes; per-axis at opset 18, one block per
+    token at 21): equal to the reference on ties, non-finite, all-zero and subnormal rows,
+    rows whose sum of squares overflows, and (static) values far beyond the clip."""
+    feeds = _feeds()
+    feeds["x"] = _hard_rows(feeds["x"], 2.5)
+    feeds["modality"][1, 1] = feeds["modality"][0, 5] = 0  # the tie row and a subnormal row: Q = 15
+    feeds["modality"][1, 2] = 1  # the other subnormal row: Q = 7
+    x = feeds["x"]
+    for row, q_max in (((0, 5), 15), ((1, 2), 7)):  # the clamp is exercised
+        s = np.float32(np.abs(x[row]).max() / np.float32(q_max))
+        assert np.abs(np.rint(x[row] / s)).max() > q_max
+    for timesteps in ((4, 3), (7, 1)):
+        # no bias: the subnormal rows' outputs are subnormal too, and show their codes
+        case = dict(act_scale=act_scale, timesteps=timesteps, opset=opset, bias=False)
+        expected = sops.run_reference(_linear_graph(**case), feeds)[0]
+        model = _linear_graph(**case)
+        lower_for_ort(model, "fused")
+        encoders = [name for (_, name, _) in model.functions]
+        assert any(n.startswith("Encode") and "U8" in n for n in encoders), encoders
+        assert any(n.endswith(f"_K{K}") for n in encoders) == (opset >= 21), encoders
+        got = _run_ort(model, feeds)["y"]
+        assert np.isnan(got).any() and np.isnan(expected).any()
+        np.testing.assert_array_equal(got, expected)
+
+
+def test_uint8_codes_only_where_every_use_takes_them():
+    """Codes wider than 7 bits, rate IF and the exact mode keep the int32 encoder."""
+    for case, mode in ((dict(timesteps=(8, 3)), "fused"), (dict(neuron="if"), "fused"), (dict(), "exact")):
+        model = _linear_graph(**case)
+        lower_for_ort(model, mode)
+        assert not any("U8" in name for (_, name, _) in model.functions), (case, mode)
 
 
 def test_exact_mode_counts_spikes_per_modality():

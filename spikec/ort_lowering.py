@@ -213,7 +213,7 @@ def _encode_u8_fn(name: str, dynamic: bool, opset: int, K: int | None = None) ->
               helper.make_node("Shape", ["sd1"], ["rows"]),
               helper.make_node("Expand", ["zp1", "rows"], ["zp"]),
               helper.make_node("QuantizeLinear", ["x2d", "sd1", "zp"], ["u2d"], axis=0),
-              helper.make_node("Reshape", ["u2d", "x_shape"], ["u"])]
+              helper.make_node("Reshape", ["u2d", "x_shape"], ["u"], allowzero=1)]  # no tokens: [.., 0, K]
     n += [
         # the reference's clamp to +-q_tok (q_tok <= 127), on the offset codes
         _c("c128", 128.0),
@@ -326,6 +326,7 @@ def _group_tail(n: list, acc: str, n_groups: int, with_bias: bool, is_float: boo
         _c("g_m1", [-1], np.int64),
         helper.make_node("Slice", ["gq_shape", "g_zero1", "g_m1"], ["g_lead"]),  # [..., N]
         _c("g_one1", [1], np.int64),
+        _c("g_end", [2**62], np.int64),
         helper.make_node("Concat", ["g_lead", "g_one1"], ["g_sx_shape"], axis=0),
         helper.make_node("Expand", ["s_x", "g_sx_shape"], ["g_sx_e"]),  # s_x per token [..., N, 1]
         _c("g_col", [-1, 1], np.int64),
@@ -351,8 +352,12 @@ def _group_tail(n: list, acc: str, n_groups: int, with_bias: bool, is_float: boo
     for g in range(1, n_groups):
         n.append(helper.make_node("Add", [y, parts[g]], [f"g_y_{g}"]))
         y = f"g_y_{g}"
-    n += [helper.make_node("Concat", ["g_lead", "g_m1"], ["g_y_shape"], axis=0),
-          helper.make_node("Reshape", [y, "g_y_shape"], ["y"])]
+    # [..., N, M], M from s_w [n_groups, M]: with no tokens, lead holds a 0 that must stay
+    # (allowzero), and allowzero takes no -1 beside it
+    n += [helper.make_node("Shape", ["s_w"], ["g_sw_shape"]),
+          helper.make_node("Slice", ["g_sw_shape", "g_m1", "g_end"], ["g_m"]),
+          helper.make_node("Concat", ["g_lead", "g_m"], ["g_y_shape"], axis=0),
+          helper.make_node("Reshape", [y, "g_y_shape"], ["y"], allowzero=1)]
 
 
 def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_bias: bool,
@@ -383,7 +388,8 @@ def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_
         return fp
     _code_magnitude(n, neuron, mode, planes)
     if mode == "fused" and planes == 1:
-        # |code| fits one 7-bit group: the product is one MatMulInteger, no digit split
+        # |code| fits one 7-bit group: one MatMulInteger (rate IF, or group-wise: one batched
+        # call), no digit split
         if neuron == "if":
             _mmi(n, "code", "w8", "acc0", 0, "g0", groups)
         else:
@@ -531,7 +537,7 @@ def _scale_rows(n: list, acc: str, out: str, dql: bool) -> None:
         _c(f"{acc}_m1", [-1], np.int64),
         helper.make_node("Reshape", ["s_x", f"{acc}_m1"], [f"{acc}_sx1"]),
         helper.make_node("DequantizeLinear", [f"{acc}_2d", f"{acc}_sx1"], [f"{acc}_y2d"], axis=0),
-        helper.make_node("Reshape", [f"{acc}_y2d", f"{acc}_shape"], [out]),
+        helper.make_node("Reshape", [f"{acc}_y2d", f"{acc}_shape"], [out], allowzero=1),  # keeps a 0 axis
     ]
 
 
@@ -618,7 +624,7 @@ def _nbits_products(n: list, K: int, parts: list[tuple[int, bool]], rank: int, b
                   helper.make_node("Concat", ["nb_lead", f"nb_m{i}"], [f"nb_shape{i}"], axis=0)]
         else:  # one token: leading axes 1
             n += [_c(f"nb_shape{i}", [1] * (rank - 1) + [m], np.int64)]
-        n += [helper.make_node("Reshape", [f"nb_y0_{i}", f"nb_shape{i}"], [f"nb_r{i}"]),
+        n += [helper.make_node("Reshape", [f"nb_y0_{i}", f"nb_shape{i}"], [f"nb_r{i}"], allowzero=1),
               helper.make_node("Mul", [f"nb_r{i}", f"s_w{i}"], [outputs[i]])]
 
 
@@ -983,7 +989,7 @@ class _Lowerer:
 
     def nbits_group(self, nodes: list[ir.Node], every_token: bool) -> list[ir.Value]:
         """One call for the products of `nodes` (one nbits_key): MatMulNBits over their
-        concatenated weights for one token, MatMulInteger per product otherwise."""
+        concatenated weights for one token, MatMulIntegerToFloat per product otherwise."""
         first = nodes[0]
         q, s_x = first.inputs[0], first.inputs[1]
         K = int(first.inputs[3].shape[0])
@@ -1003,7 +1009,7 @@ class _Lowerer:
                 self._viewed.append(w)  # its int8 form is not used: dropped at the end
             self.layers[node.name] = {"K": K, "M": M, "timesteps": [int(t) for t in T], "neuron": "tc-lif",
                                       "weights": True, "one_token": "MatMulNBits",
-                                      "tokens": "MatMulNBits" if every_token else "MatMulInteger"}
+                                      "tokens": "MatMulNBits" if every_token else "MatMulIntegerToFloat"}
         sig = "_".join(f"{m}{'b' if has_b else ''}" for m, has_b in parts)
         name = f"SpikeMatMul_tclif_nbits{block}_K{K}_{sig}_r{rank}{'_u8' if u8 else ''}{'_all' if every_token else ''}"
         fn = self._function(name, lambda: _nbits_matmul_fn(name, self.opset, K, parts, rank, block, every_token, u8))
@@ -1104,9 +1110,11 @@ def lower_for_ort(model: ir.Model, mode: str = "fused", nbits: bool = True, in_p
     """Rewrite every spikec node of `model` in place into spikec.ort function calls.
 
     nbits (fused mode): one-token products with 4-bit weights and codes |q| <= 127 run on
-    MatMulNBits where that is exact (nbits_exact); False keeps MatMulInteger everywhere.
+    MatMulNBits where that is exact (nbits_exact); False keeps the integer products
+    (MatMulIntegerToFloat, or MatMulInteger for digit groups, rate IF and group-wise scales)
+    everywhere.
     in_place (for models whose weights must stay where they lie in the .sbin): products
     whose weights are packed 4-bit codes (int4.PackedInt4Tensor) run on MatMulNBits for
-    every token count, so their int8 form is never made; int8-stored weights keep
-    MatMulInteger (no 4-bit copy is made of them)."""
+    every token count, so their int8 form is never made; int8-stored weights keep the
+    integer products (no 4-bit copy is made of them)."""
     return _Lowerer(model, mode, nbits, in_place).run()

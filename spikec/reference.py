@@ -215,7 +215,8 @@ def static_scale(clip, T) -> np.ndarray:
     s = float32(clip) / float32(2**T - 1), elementwise over broadcast clip and T.
 
     The one definition of the fallback for a layer silent on the calibration data:
-    clip 0 (or a denormal quotient) gives ZERO_RANGE_SCALE = 1.0, as an all-zero row
+    clip 0 (or a quotient that underflows to 0; a positive subnormal one is kept) gives
+    ZERO_RANGE_SCALE = 1.0, as an all-zero row
     does with a dynamic scale (the compiler warns, naming the layer). A NaN clip (no
     calibration token of that modality) stays NaN; callers refuse it.
     """

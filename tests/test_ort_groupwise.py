@@ -146,6 +146,20 @@ def test_groupwise_timesteps_and_scales(kw):
     _check_all_modes(K, K // G, _feeds(K, rank=kw.get("rank", 3), seed=7), **kw)
 
 
+@pytest.mark.parametrize("rank", [3, 2])
+def test_groupwise_no_tokens(rank):
+    """No tokens (x [2, 0, K], or [0, K]): an empty y in every mode, as the reference."""
+    K, n_groups = 64, 2
+    lead = (2, 0) if rank == 3 else (0,)
+    feeds = {"x": np.zeros(lead + (K,), np.float32), "modality": np.zeros(lead, np.int64)}
+    want = sops.run_reference(_graph(K, n_groups, rank=rank), feeds)[0]
+    assert want.shape[:-1] == lead
+    for mode in MODES:
+        model = _graph(K, n_groups, rank=rank)
+        lower_for_ort(model, mode)
+        assert _run(model, feeds).shape == want.shape, mode
+
+
 @pytest.mark.parametrize("s", [1, 3])
 def test_one_token_w4_groupwise_is_exact_without_matmulnbits(s):
     """Decode (one token) with 4-bit weights: the per-channel case would take MatMulNBits;

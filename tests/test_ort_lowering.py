@@ -159,6 +159,23 @@ def test_uint8_encoder_matches_reference_on_hard_rows(opset, act_scale):
         np.testing.assert_array_equal(got, expected)
 
 
+EMPTY_CASES = [dict(), dict(act_scale="static"), dict(timesteps=(8, 3)), dict(neuron="if"), dict(opset=21)]
+
+
+@pytest.mark.parametrize("case", EMPTY_CASES, ids=[str(c) for c in EMPTY_CASES])
+@pytest.mark.parametrize("shape", [(2, 0), (0, 4)])
+def test_no_tokens_gives_an_empty_product(case, shape):
+    """A batch with no tokens (x [2, 0, K] or [0, 4, K]) gives an empty y in every mode, as the
+    reference does: every Reshape to a shape read at run time keeps its zeros (allowzero)."""
+    feeds = {"x": np.zeros(shape + (K,), np.float32), "modality": np.zeros(shape, np.int64)}
+    expected = sops.run_reference(_linear_graph(**case), feeds)[0]
+    assert expected.shape == shape + (M,)
+    for mode in ("fused", "exact", "fakequant"):
+        model = _linear_graph(**case)
+        lower_for_ort(model, mode)
+        assert _run_ort(model, feeds)["y"].shape == shape + (M,), mode
+
+
 def test_uint8_codes_only_where_every_use_takes_them():
     """Codes wider than 7 bits, rate IF and the exact mode keep the int32 encoder."""
     for case, mode in ((dict(timesteps=(8, 3)), "fused"), (dict(neuron="if"), "fused"), (dict(), "exact")):

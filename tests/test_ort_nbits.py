@@ -169,6 +169,20 @@ def test_every_token_on_packed_weights_matches_reference(K, timesteps):
                 np.testing.assert_array_equal(got, ref, err_msg=f"K={K} T={timesteps} s={s} worst={worst}")
 
 
+def test_no_tokens_on_every_token_and_one_token_paths():
+    """A batch with no tokens ([1, 0, K]) gives empty outputs on the every-token MatMulNBits
+    path and on the one-token If's other branch, as the reference does."""
+    K, widths, bias = 300, (7, 3), (True, False)
+    feeds = {"x": np.zeros((1, 0, K), np.float32), "modality": np.zeros((1, 0), np.int64)}
+    want = sops.run_reference(_graph(K, widths, bias), feeds)
+    for in_place in (True, False):
+        model = _packed(_graph(K, widths, bias))
+        lower_for_ort(model, "fused", in_place=in_place)
+        assert _calls(model)
+        for got, ref in zip(_run(model, feeds), want):
+            assert got.shape == ref.shape == (1, 0, got.shape[-1])
+
+
 def test_int8_weights_in_place_get_no_4_bit_copy():
     """In place, int8-stored weights (a 2.0 .sbin) stay on MatMulInteger: packing them would
     be a copy the model's memory budget does not have."""

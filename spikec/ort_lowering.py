@@ -167,19 +167,21 @@ def _encode_u8_fn(name: str, dynamic: bool, opset: int, K: int | None = None) ->
 
     The codes are one QuantizeLinear per token (scale s, zero point 128: saturate(rint(x / s)
     + 128) with one float32 division and round half to even, as the reference; tests check
-    ties), then the reference's clamp to +-q_tok on the uint8 codes, then code 0 (128) on
+    ties), then the reference's clamp to +-q_tok on the uint8 codes, to 0 (128) on
     non-finite rows. K (x's last axis, when known and opset >= 21) makes it one
     block-quantized QuantizeLinear (block_size K, scale [..., N, 1] as it is); without K,
-    x is flattened to [P, K] for a per-axis one (4 nodes more). The scale reads x without writing a tensor of its size but
-    |x|; a row holds a NaN iff ReduceSumSquare(x) is NaN (a sum of squares has no inf - inf;
-    it overflows to inf, never to NaN) and a +-inf without a NaN iff max|x| is inf (ReduceMax
-    may drop a NaN in onnxruntime, which only such a row, caught already, has)."""
+    x is flattened to [P, K] for a per-axis one (4 nodes more). The scale writes one tensor
+    of x's size, |x|, and reduces it twice: a row holds a NaN iff sum |x| is NaN (a sum of
+    non-negative terms has no inf - inf: it overflows to inf, never to NaN) and a +-inf
+    without a NaN iff max|x| is inf (ReduceMax may drop a NaN in onnxruntime, which only
+    such a row, caught already, has). ReduceSum is about 5x faster than ReduceSumSquare or
+    ReduceL1 here (0.11 against 0.6 ms for 256 x 8960 on 2 threads)."""
     n = [
         _c("axes", [-1], np.int64),
         helper.make_node("Abs", ["x"], ["ax"]),
         helper.make_node("ReduceMax", ["ax", "axes"], ["amax"], keepdims=1),
-        helper.make_node("ReduceSumSquare", ["x", "axes"], ["ssq"], keepdims=1),
-        helper.make_node("IsNaN", ["ssq"], ["has_nan"]),
+        helper.make_node("ReduceSum", ["ax", "axes"], ["asum"], keepdims=1),
+        helper.make_node("IsNaN", ["asum"], ["has_nan"]),
         helper.make_node("IsInf", ["amax"], ["has_inf"]),
         helper.make_node("Or", ["has_nan", "has_inf"], ["bad_x" if not dynamic else "bad"]),
         _c("zero", 0.0), _c("one", 1.0), _c("nan", np.nan),
@@ -215,16 +217,16 @@ def _encode_u8_fn(name: str, dynamic: bool, opset: int, K: int | None = None) ->
               helper.make_node("QuantizeLinear", ["x2d", "sd1", "zp"], ["u2d"], axis=0),
               helper.make_node("Reshape", ["u2d", "x_shape"], ["u"], allowzero=1)]  # no tokens: [.., 0, K]
     n += [
-        # the reference's clamp to +-q_tok (q_tok <= 127), on the offset codes
+        # the reference's clamp to +-q_tok (q_tok <= 127) on the offset codes; a non-finite
+        # row is clamped to [128, 128], code 0, whatever QuantizeLinear made of it
         _c("c128", 128.0),
-        helper.make_node("Sub", ["c128", "q_tok"], ["lo_f"]),
-        helper.make_node("Add", ["c128", "q_tok"], ["hi_f"]),
+        helper.make_node("Where", ["bad", "zero", "q_tok"], ["q_lim"]),
+        helper.make_node("Sub", ["c128", "q_lim"], ["lo_f"]),
+        helper.make_node("Add", ["c128", "q_lim"], ["hi_f"]),
         helper.make_node("Cast", ["lo_f"], ["lo"], to=TensorProto.UINT8),
         helper.make_node("Cast", ["hi_f"], ["hi"], to=TensorProto.UINT8),
         helper.make_node("Max", ["u", "lo"], ["u_lo"]),
-        helper.make_node("Min", ["u_lo", "hi"], ["u_c"]),
-        _c("u128", 128, np.uint8),
-        helper.make_node("Where", ["bad", "u128", "u_c"], ["q"]),  # code 0 on a non-finite row
+        helper.make_node("Min", ["u_lo", "hi"], ["q"]),
     ]
     return _fn(name, ["x", "s_tok", "q_tok"], ["q", "s"], n, opset)
 

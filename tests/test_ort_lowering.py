@@ -120,7 +120,7 @@ def _hard_rows(x: np.ndarray, scale_hint: float) -> np.ndarray:
     tiny = np.float32(2.0**-149)
     x[0, 5, :] = tiny * np.linspace(-22, 22, K).round().astype(np.float32)
     x[1, 2, :] = tiny * np.linspace(-10, 10, K).round().astype(np.float32)
-    x[0, 6, :] = np.float32(3e38) * np.sign(x[0, 6, :])  # sum of squares overflows to inf, not NaN
+    x[0, 6, :] = np.float32(3e38) * np.sign(x[0, 6, :])  # sum |x| overflows to inf, not NaN
     x[1, 0, :] = x[1, 0, :] * 40 * scale_hint  # static: far beyond the calibrated clip (the clamp)
     # ties and their neighbours at this row's dynamic scale: k + 0.5 times s
     row = x[1, 1]
@@ -136,7 +136,7 @@ def test_uint8_encoder_matches_reference_on_hard_rows(opset, act_scale):
     """Fused TC-LIF with T <= 7 encodes straight to uint8 q + 128 (QuantizeLinear, then the
     clamp and the non-finite rule on the uint8 codes; per-axis at opset 18, one block per
     token at 21): equal to the reference on ties, non-finite, all-zero and subnormal rows,
-    rows whose sum of squares overflows, and (static) values far beyond the clip."""
+    rows whose sum |x| overflows, and (static) values far beyond the clip."""
     feeds = _feeds()
     feeds["x"] = _hard_rows(feeds["x"], 2.5)
     feeds["modality"][1, 1] = feeds["modality"][0, 5] = 0  # the tie row and a subnormal row: Q = 15

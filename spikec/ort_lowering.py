@@ -12,10 +12,12 @@ Two modes, bit-identical to each other and to `spikec.reference`:
 
 - fused (default): a spiking product is computed as integer products. onnxruntime's
   MatMulInteger takes uint8 activations with a zero point and int8 weights, so a
-  TC-LIF code |q| <= 127 (T <= 7) is one integer product of (q + 128) with zero point
-  128. Wider codes (T up to 16) are split into 7-bit digit groups, q = sum_j 128^j d_j,
-  and accumulated Horner-style in int32 -- the same bit-serial identity as the spike
-  planes, seven planes at a time. Three speed-ups keep every bit:
+  TC-LIF code |q| <= 127 (T <= 7) is one integer product of q + a_zp as uint8 with zero
+  point a_zp = 2**T_max - 1 (code_offset: no int16 saturation on CPUs without VNNI for
+  T <= 6); digit groups and spike planes use 128. Wider codes (T up to 16) are split
+  into 7-bit digit groups, q = sum_j 128^j d_j, and accumulated Horner-style in int32 --
+  the same bit-serial identity as the spike planes, seven planes at a time. Three
+  speed-ups keep every bit:
   * one-token products (decode) with 4-bit weight codes run on com.microsoft MatMulNBits
     over the integer codes (_nbits_matmul_fn): weights stored as u = w + 8 (zero point 8,
     block scales 1.0) and one sentinel activation 127 per 128-block, so the int8
@@ -28,7 +30,7 @@ Two modes, bit-identical to each other and to `spikec.reference`:
   * a code of T <= 7 is one com.microsoft MatMulIntegerToFloat with both scales 1.0
     (_scaled_product): its epilogue gives float32(acc) exactly while the tile is in cache,
     then `* s_x` and `* s_w` in the reference's order. Where every use of an encoder's
-    codes is such a product, the encoder writes them as uint8 q + 128 with one
+    codes is such a product, the encoder writes them as uint8 q + a_zp with one
     QuantizeLinear per token (_encode_u8_fn), a third of the int32 encoder's passes over x.
   * wider codes and rate IF: float32(acc) * s_x is one DequantizeLinear per row of the
     product (_scale_rows) in place of a Cast and a Mul: the same rounding, one pass fewer.
@@ -87,6 +89,20 @@ DOMAIN = "spikec.ort"
 VERSION = 1
 STATS_PREFIX = "spikec.spikes/"
 DIGIT_BITS = 7  # |digit| <= 127: q + 128 fits uint8 for MatMulInteger
+
+
+def code_offset(t_max: int) -> int:
+    """The offset that makes TC-LIF codes |q| <= 2**t_max - 1 (t_max <= 7) uint8 activations of
+    MatMulInteger(ToFloat): 2**t_max - 1, the least that makes them non-negative, rather than
+    128. Why: on x86 CPUs without VNNI, MLAS multiplies uint8 by int8 with vpmaddubsw, which
+    sums two products into int16 with saturation (onnxruntime's quantization docs: "reduce
+    range" on such CPUs); codes a + offset <= 2 (2**t_max - 1) keep every pair within int16
+    for int8 weights while t_max <= 6 (2 * 126 * 127 = 32004), where 128 + q would overflow
+    it from |q| = 2 on. At t_max = 7 (offset 127, codes up to 254) the risk remains on such
+    CPUs; with VNNI (vpdpbusd) there is none."""
+    if not 1 <= t_max <= DIGIT_BITS:
+        raise ValueError(f"code_offset: t_max {t_max} outside 1..{DIGIT_BITS}")
+    return 2**t_max - 1
 MODES = ("fused", "exact", "fakequant")
 
 
@@ -125,7 +141,8 @@ def _nonfinite_nodes(src: str, axes: list[int] | None, extra_bad: str | None = N
 
 
 def _encode_fn(name: str, dynamic: bool, opset: int, u8: bool = False, K: int | None = None) -> onnx.FunctionProto:
-    """(x, s_tok, q_tok) -> (q int32, s float32 [..., N, 1]); with u8, q is uint8 q + 128.
+    """(x, s_tok, q_tok) -> (q int32, s float32 [..., N, 1]); with u8 (x, s_tok, q_tok, a_zp) ->
+    (uint8 q + a_zp, s): _encode_u8_fn.
 
     s_tok / q_tok are the per-token static scale and largest code (float32, [..., N, 1]);
     for dynamic scales s_tok is unused and the scale is max|x| / Q per token.
@@ -162,12 +179,13 @@ def _encode_fn(name: str, dynamic: bool, opset: int, u8: bool = False, K: int | 
 
 
 def _encode_u8_fn(name: str, dynamic: bool, opset: int, K: int | None = None) -> onnx.FunctionProto:
-    """(x, s_tok, q_tok) -> (q + 128 as uint8, s float32 [..., N, 1]): _encode_fn's codes, offset
-    for MatMulIntegerToFloat's uint8 activations, in a third of its passes over x.
+    """(x, s_tok, q_tok, a_zp) -> (q + a_zp as uint8, s float32 [..., N, 1]): _encode_fn's codes,
+    offset by a_zp (uint8 scalar, code_offset) for MatMulIntegerToFloat's uint8 activations,
+    in a third of _encode_fn's passes over x.
 
-    The codes are one QuantizeLinear per token (scale s, zero point 128: saturate(rint(x / s)
-    + 128) with one float32 division and round half to even, as the reference; tests check
-    ties), then the reference's clamp to +-q_tok on the uint8 codes, to 0 (128) on
+    The codes are one QuantizeLinear per token (scale s, zero point a_zp: saturate(rint(x / s)
+    + a_zp) with one float32 division and round half to even, as the reference; tests check
+    ties), then the reference's clamp to +-q_tok on the uint8 codes, to 0 (a_zp) on
     non-finite rows. K (x's last axis, when known and opset >= 21) makes it one
     block-quantized QuantizeLinear (block_size K, scale [..., N, 1] as it is); without K,
     x is flattened to [P, K] for a per-axis one (4 nodes more). The scale writes one tensor
@@ -201,7 +219,8 @@ def _encode_u8_fn(name: str, dynamic: bool, opset: int, K: int | None = None) ->
     n += [
         helper.make_node("Where", ["bad", "one", "s1"], ["sd"]),  # the divisor: 1.0 for a bad token
         helper.make_node("Where", ["bad", "nan", "s1"], ["s"]),
-        _c("zp1", [128], np.uint8),
+        _c("one_i", [1], np.int64),
+        helper.make_node("Reshape", ["a_zp", "one_i"], ["zp1"]),
     ]
     if K is not None:  # one block of K per token: the scale [..., N, 1] as it is
         n += [helper.make_node("Shape", ["sd"], ["sd_shape"]),
@@ -217,18 +236,18 @@ def _encode_u8_fn(name: str, dynamic: bool, opset: int, K: int | None = None) ->
               helper.make_node("QuantizeLinear", ["x2d", "sd1", "zp"], ["u2d"], axis=0),
               helper.make_node("Reshape", ["u2d", "x_shape"], ["u"], allowzero=1)]  # no tokens: [.., 0, K]
     n += [
-        # the reference's clamp to +-q_tok (q_tok <= 127) on the offset codes; a non-finite
-        # row is clamped to [128, 128], code 0, whatever QuantizeLinear made of it
-        _c("c128", 128.0),
+        # the reference's clamp to +-q_tok (q_tok <= a_zp) on the offset codes; a non-finite
+        # row is clamped to [a_zp, a_zp], code 0, whatever QuantizeLinear made of it
+        helper.make_node("Cast", ["a_zp"], ["zpf"], to=TensorProto.FLOAT),
         helper.make_node("Where", ["bad", "zero", "q_tok"], ["q_lim"]),
-        helper.make_node("Sub", ["c128", "q_lim"], ["lo_f"]),
-        helper.make_node("Add", ["c128", "q_lim"], ["hi_f"]),
+        helper.make_node("Sub", ["zpf", "q_lim"], ["lo_f"]),
+        helper.make_node("Add", ["zpf", "q_lim"], ["hi_f"]),
         helper.make_node("Cast", ["lo_f"], ["lo"], to=TensorProto.UINT8),
         helper.make_node("Cast", ["hi_f"], ["hi"], to=TensorProto.UINT8),
         helper.make_node("Max", ["u", "lo"], ["u_lo"]),
         helper.make_node("Min", ["u_lo", "hi"], ["q"]),
     ]
-    return _fn(name, ["x", "s_tok", "q_tok"], ["q", "s"], n, opset)
+    return _fn(name, ["x", "s_tok", "q_tok", "a_zp"], ["q", "s"], n, opset)
 
 
 def _code_fn(name: str, opset: int) -> onnx.FunctionProto:
@@ -256,47 +275,54 @@ def _code_fn(name: str, opset: int) -> onnx.FunctionProto:
     return _fn(name, ["b", "q_max"], ["q", "s"], n, opset)
 
 
-def _offset_codes(n: list, a: str, offset: int, tag: str, u8: bool = False) -> str:
-    """The uint8 activations a + offset (int32 codes a, 0 <= a + offset <= 255) and their
-    zero point f"{tag}_zp"; u8: a already holds them (an encoder's uint8 q + 128)."""
-    n.append(_c(f"{tag}_zp", offset, np.uint8))
+def _offset_codes(n: list, a: str, offset: int | str, tag: str, u8: bool = False) -> tuple[str, str]:
+    """(the uint8 activations a + offset, their zero point) for int32 codes a with
+    0 <= a + offset <= 255; offset an int, or the name of a uint8 scalar (a function input,
+    "a_zp"); u8: a already holds them (an encoder's uint8 codes, _encode_u8_fn)."""
+    if isinstance(offset, str):
+        zp = offset
+    else:
+        zp = f"{tag}_zp"
+        n.append(_c(zp, offset, np.uint8))
     if u8:
-        return a
+        return a, zp
     n += [
-        _c(f"{tag}_off", offset, np.int32),
+        helper.make_node("Cast", [zp], [f"{tag}_off"], to=TensorProto.INT32),
         helper.make_node("Add", [a, f"{tag}_off"], [f"{tag}_u32"]),
         helper.make_node("Cast", [f"{tag}_u32"], [f"{tag}_u8"], to=TensorProto.UINT8),
     ]
-    return f"{tag}_u8"
+    return f"{tag}_u8", zp
 
 
-def _mmi(n: list, a: str, w8: str, out: str, offset: int, tag: str, groups: tuple[int, int] | None = None,
+def _mmi(n: list, a: str, w8: str, out: str, offset: int | str, tag: str, groups: tuple[int, int] | None = None,
          u8: bool = False) -> None:
     """out = int32 (a @ w) for int32 codes a with 0 <= a + offset <= 255, via MatMulInteger
-    (u8: a is already the uint8 a + 128).
+    (u8: a is already the uint8 a + offset; _offset_codes).
 
     groups = (n_groups, G): w8 is the weight viewed as [n_groups, G, M] and out the int32
     accumulators of the groups, [n_groups, P, M] over the P = prod(lead) tokens of a
     (_group_rows)."""
-    src = _offset_codes(n, a, offset, tag, u8)
+    src, zp = _offset_codes(n, a, offset, tag, u8)
     if groups:
         src = _group_rows(n, src, groups, tag)
-    n.append(helper.make_node("MatMulInteger", [src, w8, f"{tag}_zp"], [out]))
+    n.append(helper.make_node("MatMulInteger", [src, w8, zp], [out]))
 
 
-def _scaled_product(n: list, a: str, w8: str, s_w: str, out: str, tag: str, u8: bool = False) -> None:
+def _scaled_product(n: list, a: str, w8: str, s_w: str, out: str, tag: str, u8: bool = False,
+                    offset: int | str = "a_zp") -> None:
     """out = (float32(q @ w) * s_x) * s_w for TC-LIF codes |q| <= 127 (int32 q, or with u8 the
-    uint8 q + 128), s_x [..., N, 1] the function input "s_x", w8 int8 [K, M], s_w [M].
+    uint8 q + offset), s_x [..., N, 1] the function input "s_x", w8 int8 [K, M], s_w [M];
+    offset (default: the function input "a_zp") as in _offset_codes (see CODE_OFFSET).
 
     One com.microsoft MatMulIntegerToFloat with both scales 1.0 gives float32(acc) from its
     epilogue, while the tile is in cache: MLAS converts the int32 sum and multiplies by
     a_scale * b_scale = 1.0, which is exact (the zero point is subtracted in int32), so the
     product is the same as MatMulInteger's and one pass over it fewer than a
     MatMulInteger followed by a DequantizeLinear. Then the reference's two roundings."""
-    src = _offset_codes(n, a, 128, tag, u8)
+    src, zp = _offset_codes(n, a, offset, tag, u8)
     n += [
         _c(f"{tag}_one", 1.0),
-        helper.make_node("MatMulIntegerToFloat", [src, w8, f"{tag}_one", f"{tag}_one", f"{tag}_zp"], [f"{tag}_accf"],
+        helper.make_node("MatMulIntegerToFloat", [src, w8, f"{tag}_one", f"{tag}_one", zp], [f"{tag}_accf"],
                          domain="com.microsoft"),
         helper.make_node("Mul", [f"{tag}_accf", "s_x"], [f"{tag}_y0"]),  # float32(acc) * s_x
         helper.make_node("Mul", [f"{tag}_y0", s_w], [out]),  # ... * s_w
@@ -376,9 +402,12 @@ def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_
     own int32 accumulators [n_groups, P, M] (the same digit / plane steps, exact in int32),
     then _group_tail's float32 order.
 
-    u8 (fused TC-LIF, one digit group): q is an encoder's uint8 q + 128 (_encode_u8_fn)."""
+    Fused TC-LIF with one digit group takes one more input, a_zp (uint8 scalar): the offset of
+    its uint8 codes (code_offset); u8: q already holds them (an encoder's, _encode_u8_fn)."""
     n: list[onnx.NodeProto] = [helper.make_node("Cast", ["w"], ["w8"], to=TensorProto.INT8)]
     inputs = ["q", "s_x", "w", "s_w"] + (["bias"] if with_bias else []) + ["off_tok", "accb_tok", "onehot"]
+    if mode == "fused" and planes == 1 and neuron != "if":
+        inputs.append("a_zp")
     outputs = ["y"]
     if mode == "fused" and planes == 1 and neuron != "if" and not groups:
         # one MatMulIntegerToFloat and the two scales (_scaled_product)
@@ -395,7 +424,7 @@ def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_
         if neuron == "if":
             _mmi(n, "code", "w8", "acc0", 0, "g0", groups)
         else:
-            _mmi(n, "q", "w8", "acc0", 128, "g0", groups, u8)
+            _mmi(n, "q", "w8", "acc0", "a_zp", "g0", groups, u8)
         n.append(helper.make_node("Identity", ["acc0"], ["acc_s"]))
     elif mode == "fused":
         _digit_products(n, neuron, planes, groups)
@@ -581,16 +610,18 @@ def nbits_scales(N: int, K: int) -> np.ndarray:
 
 def _nbits_activation(n: list, K: int, block: int, every_token: bool, u8: bool = False) -> None:
     """q -> nb_a: the codes as float32 rows [rows, blocks * block] in the sentinel layout
-    (each block's last element the sentinel 127, positions past K zero); u8: q is uint8 q + 128."""
+    (each block's last element the sentinel 127, positions past K zero); u8: q is uint8
+    q + a_zp (a_zp a uint8 scalar input)."""
     blocks, data = nbits_blocks(K, block), block - 1
     # where each element of a MatMulNBits row comes from in [q_0 .. q_(K-1), 127, 0]
     pos = np.arange(blocks * data)
     idx = np.empty((blocks, block), np.int64)
     idx[:, :data] = np.where(pos < K, pos, K + 1).reshape(blocks, data)  # codes, then 0s
     idx[:, data] = K  # the sentinel closing every block
-    if u8:  # q + 128 - 128, exact in float32
-        n += [helper.make_node("Cast", ["q"], ["nb_uf"], to=TensorProto.FLOAT), _c("nb_128", 128.0),
-              helper.make_node("Sub", ["nb_uf", "nb_128"], ["nb_qf"])]
+    if u8:  # (q + a_zp) - a_zp, exact in float32
+        n += [helper.make_node("Cast", ["q"], ["nb_uf"], to=TensorProto.FLOAT),
+              helper.make_node("Cast", ["a_zp"], ["nb_zpf"], to=TensorProto.FLOAT),
+              helper.make_node("Sub", ["nb_uf", "nb_zpf"], ["nb_qf"])]
     else:
         n.append(helper.make_node("Cast", ["q"], ["nb_qf"], to=TensorProto.FLOAT))
     n += [_c("nb_row", [-1 if every_token else 1, K], np.int64),
@@ -642,7 +673,8 @@ def _nbits_matmul_fn(name: str, opset: int, K: int, parts: list[tuple[int, bool]
     (_scaled_product). Both give
     float32(acc) * s_x exactly, then the reference's scale order; one If picks the path.
     every_token: MatMulNBits for any number of tokens and no w_i (weights used only where
-    they lie packed in the .sbin: no int8 copy). u8: q is an encoder's uint8 q + 128."""
+    they lie packed in the .sbin: no int8 copy). a_zp (uint8 scalar input): the offset of
+    the uint8 codes (code_offset); u8: q already holds them (an encoder's)."""
     if every_token:
         n: list[onnx.NodeProto] = []
         _nbits_activation(n, K, block, True, u8)
@@ -655,9 +687,9 @@ def _nbits_matmul_fn(name: str, opset: int, K: int, parts: list[tuple[int, bool]
         then_out = [f"nb_y1_{i}" for i in range(len(parts))]
         _nbits_products(then_nodes, K, parts, rank, block, False, then_out)
         else_nodes: list[onnx.NodeProto] = []
-        a = _offset_codes(else_nodes, "q", 128, "g", u8)
+        a, zp = _offset_codes(else_nodes, "q", "a_zp", "g", u8)
         for i in range(len(parts)):
-            _scaled_product(else_nodes, a, f"w{i}", f"s_w{i}", f"mm_y1_{i}", f"g{i}", u8=True)
+            _scaled_product(else_nodes, a, f"w{i}", f"s_w{i}", f"mm_y1_{i}", f"g{i}", True, zp)
 
         def outs(names):
             return [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in names]
@@ -670,7 +702,7 @@ def _nbits_matmul_fn(name: str, opset: int, K: int, parts: list[tuple[int, bool]
             helper.make_node("If", ["one_token"], [f"y1_{i}" for i in range(len(parts))], then_branch=then_g,
                              else_branch=else_g),
         ]
-    inputs, outputs = ["q", "s_x"], []
+    inputs, outputs = ["q", "s_x", "a_zp"], []
     for i, (m, with_bias) in enumerate(parts):
         inputs += ([] if every_token else [f"w{i}"]) + [f"s_w{i}"] + ([f"bias{i}"] if with_bias else [])
         inputs += [f"nb_b{i}", f"nb_s{i}"]
@@ -745,7 +777,7 @@ class _Lowerer:
         self._n = 0
         self._views: dict[tuple, ir.Value] = {}  # (weight, groups) -> its [n_groups, G, M] view
         self._viewed: list[ir.Value] = []  # weights given a group view (dropped at the end if unused)
-        self._u8_codes: set[int] = set()  # ids of encoder outputs holding uint8 q + 128 (_encode_u8_fn)
+        self._u8_codes: dict[int, ir.Value] = {}  # encoder outputs holding uint8 codes -> their a_zp
 
     # -- helpers -------------------------------------------------------------
     def _const(self, base: str, array: np.ndarray) -> ir.Value:
@@ -817,7 +849,7 @@ class _Lowerer:
         return R.static_scale(c, T)
 
     def encode(self, node: ir.Node, x: ir.Value, mod: ir.Value, T: np.ndarray, u8: bool = False) -> list[ir.Value]:
-        """(q, s) for x; u8: q as uint8 q + 128 (_encode_u8_fn), for consumers that take it
+        """(q, s) for x; u8: q as uint8 q + code_offset(T_max) (_encode_u8_fn), for consumers that take it
         (codes_u8)."""
         dynamic = sops.attr(node, "act_scale", "dynamic") == "dynamic"
         s_tok = self._per_token(node, self.static_scales(node, T), mod, x, "scale")
@@ -827,19 +859,25 @@ class _Lowerer:
         K = K if isinstance(K, int) else None
         fname = ("EncodeDynamic" if dynamic else "EncodeStatic") + ("U8" if u8 else "") + (f"_K{K}" if K else "")
         fname = self._function(fname, lambda: _encode_fn(fname, dynamic, self.opset, u8, K))
-        outs = self._insert(node, fname, [x, s_tok, q_tok], n_out=2, domain=DOMAIN)
-        if u8:
-            self._u8_codes.add(id(outs[0]))
+        if not u8:
+            return self._insert(node, fname, [x, s_tok, q_tok], n_out=2, domain=DOMAIN)
+        zp = self._zero_point(node, int(T.max()))
+        outs = self._insert(node, fname, [x, s_tok, q_tok, zp], n_out=2, domain=DOMAIN)
+        self._u8_codes[id(outs[0])] = zp
         return outs
 
+    def _zero_point(self, node: ir.Node, t_max: int) -> ir.Value:
+        """uint8 scalar: code_offset(t_max), the offset of node's uint8 codes."""
+        return self._const(f"{node.name}.a_zp", np.array(code_offset(t_max), np.uint8))
+
     def _u8_product(self, node: ir.Node) -> bool:
-        """Whether SpikeMatMul `node` takes its codes as uint8 q + 128: fused TC-LIF with
+        """Whether SpikeMatMul `node` takes its codes as uint8 (q + code_offset): fused TC-LIF with
         codes |q| <= 127 (T <= 7, one digit group)."""
         return (self.mode == "fused" and (sops.attr(node, "neuron", "tc-lif") or "tc-lif") == "tc-lif"
                 and int(self.timesteps(node).max()) <= DIGIT_BITS)
 
     def codes_u8(self, node: ir.Node, T: np.ndarray) -> bool:
-        """Whether SpikeEncode `node` can give its codes as uint8 q + 128 (_encode_u8_fn): T <= 7
+        """Whether SpikeEncode `node` can give its codes as uint8 (q + code_offset) (_encode_u8_fn): T <= 7
         and every use of them is the code input of a SpikeMatMul that takes them so."""
         q = node.outputs[0]
         if self.mode != "fused" or int(T.max()) > DIGIT_BITS or q.is_graph_output() or not q.uses():
@@ -923,6 +961,9 @@ class _Lowerer:
             off = np.zeros(len(T), np.int32)
             accb = np.zeros((len(T), 1), np.int32)
         u8 = id(q) in self._u8_codes
+        zp = None
+        if self.mode == "fused" and planes == 1 and neuron != "if":  # the codes' offset (code_offset)
+            zp = self._u8_codes[id(q)] if u8 else self._zero_point(node, t_max)
         # the encoder's per-token scale has the product's leading shape: one DequantizeLinear
         # scales the int32 product by it (see _scale_rows)
         producer = s_x.producer()
@@ -937,6 +978,7 @@ class _Lowerer:
         fn = self._function(name, lambda: _matmul_fn(name, neuron, self.mode, planes, self.opset, bias is not None,
                                                      dql, groups, u8))
         inputs = [q, s_x, w_in, s_w] + ([bias] if bias is not None else []) + [off_tok, accb_tok, onehot]
+        inputs += [zp] if zp is not None else []
         outs = self._insert(node, fn, inputs, n_out=2 if self.mode == "exact" else 1, domain=DOMAIN)
         if self.mode == "exact":
             stat = outs[1]
@@ -999,7 +1041,7 @@ class _Lowerer:
         rank = _rank(q)
         u8 = id(q) in self._u8_codes
         block = NBITS_BLOCK
-        parts, inputs = [], [q, s_x]
+        parts, inputs = [], [q, s_x, self._u8_codes[id(q)] if u8 else self._zero_point(first, int(T.max()))]
         for node in nodes:
             w, s_w = node.inputs[3], node.inputs[4]
             bias = node.inputs[5] if len(node.inputs) > 5 else None

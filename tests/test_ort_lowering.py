@@ -176,6 +176,28 @@ def test_no_tokens_gives_an_empty_product(case, shape):
         assert _run_ort(model, feeds)["y"].shape == shape + (M,), mode
 
 
+@pytest.mark.parametrize("timesteps,offset", [((4, 3), 15), ((6, 2), 63), ((7, 1), 127), ((1, 1), 1)])
+def test_uint8_codes_are_offset_by_their_largest_code(timesteps, offset):
+    """Fused TC-LIF codes reach MatMulIntegerToFloat as q + (2**T_max - 1), not q + 128: two
+    adjacent products of such codes by int8 weights then fit int16 while T_max <= 6, so MLAS'
+    vpmaddubsw path on CPUs without VNNI cannot saturate (code_offset); and still equal the
+    reference on both encoders' paths (with and without the uint8 encoder)."""
+    from spikec.ort_lowering import code_offset
+
+    assert code_offset(max(timesteps)) == offset
+    if max(timesteps) <= 6:
+        assert 2 * (2 * offset) * 127 <= 2**15 - 1
+    feeds = _feeds()
+    for act_scale in ("dynamic", "static"):
+        case = dict(timesteps=timesteps, act_scale=act_scale)
+        expected = sops.run_reference(_linear_graph(**case), feeds)[0]
+        model = _linear_graph(**case)
+        lower_for_ort(model, "fused")
+        zps = [v.const_value.numpy() for name, v in model.graph.initializers.items() if ".a_zp" in name]
+        assert zps and all(z.dtype == np.uint8 and z.shape == () and int(z) == offset for z in zps), zps
+        np.testing.assert_array_equal(_run_ort(model, feeds)["y"], expected)
+
+
 def test_uint8_codes_only_where_every_use_takes_them():
     """Codes wider than 7 bits, rate IF and the exact mode keep the int32 encoder."""
     for case, mode in ((dict(timesteps=(8, 3)), "fused"), (dict(neuron="if"), "fused"), (dict(), "exact")):

@@ -12,12 +12,14 @@ Two modes, bit-identical to each other and to `spikec.reference`:
 
 - fused (default): a spiking product is computed as integer products. onnxruntime's
   MatMulInteger takes uint8 activations with a zero point and int8 weights, so a
-  TC-LIF code |q| <= 127 (T <= 7) is one integer product of q + a_zp as uint8 with zero
-  point a_zp = 2**T_max - 1 (code_offset: no int16 saturation on CPUs without VNNI for
-  T <= 6); digit groups and spike planes use 128. Wider codes (T up to 16) are split
-  into 7-bit digit groups, q = sum_j 128^j d_j, and accumulated Horner-style in int32 --
-  the same bit-serial identity as the spike planes, seven planes at a time. Three
-  speed-ups keep every bit:
+  TC-LIF code |q| <= 2**b - 1 is one integer product of q + a_zp as uint8 with zero
+  point a_zp = 2**T_max - 1 (code_offset). Wider codes (T up to 16) are split into b-bit
+  digit groups, q = sum_j 2^(b j) d_j, and accumulated Horner-style in int32 -- the same
+  bit-serial identity as the spike planes, b planes at a time. b (digit_bits) is 7, or 6
+  where the weights reach |w| > 64: on x86 CPUs without VNNI (AVX2, e.g. AMD EPYC before
+  Zen 4) MLAS multiplies uint8 by int8 with vpmaddubsw, which sums two products into int16
+  with saturation, so every product here keeps 2 * max(a) * max|w| <= 32767 (U8S8_LIMIT;
+  uint8 codes up to 2 (2**b - 1)). Three speed-ups keep every bit:
   * one-token products (decode) with 4-bit weight codes run on com.microsoft MatMulNBits
     over the integer codes (_nbits_matmul_fn): weights stored as u = w + 8 (zero point 8,
     block scales 1.0) and one sentinel activation 127 per 128-block, so the int8
@@ -27,7 +29,7 @@ Two modes, bit-identical to each other and to `spikec.reference`:
     (spikec/int4.py), in place. An If on the token count picks it; products sharing a code
     (Q/K/V, gate/up) are one call. With in_place (a model too large for copies of its
     weights) packed products run on it for every token count, and no int8 form is made.
-  * a code of T <= 7 is one com.microsoft MatMulIntegerToFloat with both scales 1.0
+  * a code of one digit group is one com.microsoft MatMulIntegerToFloat with both scales 1.0
     (_scaled_product): its epilogue gives float32(acc) exactly while the tile is in cache,
     then `* s_x` and `* s_w` in the reference's order. Where every use of an encoder's
     codes is such a product, the encoder writes them as uint8 q + a_zp with one
@@ -88,18 +90,32 @@ log = logging.getLogger(__name__)
 DOMAIN = "spikec.ort"
 VERSION = 1
 STATS_PREFIX = "spikec.spikes/"
-DIGIT_BITS = 7  # |digit| <= 127: q + 128 fits uint8 for MatMulInteger
+DIGIT_BITS = 7  # the widest digit: |d| <= 127, so d + offset fits uint8
+U8S8_LIMIT = 2**15 - 1  # int16: where vpmaddubsw saturates the sum of two uint8 x int8 products
+
+
+def digit_bits(w_max: int) -> int:
+    """The widest signed digit b (|d| <= 2**b - 1, offset to uint8 d + 2**b - 1 <= 2 (2**b - 1))
+    whose products by int8 weights |w| <= w_max are exact on every MLAS kernel: 7 while
+    w_max <= 64, else 6 (4 * 63 * 128 = 32256 <= U8S8_LIMIT for any int8 weight).
+
+    Why: on x86 CPUs without VNNI (AVX2 only), MLAS' uint8 x int8 GEMM (MatMulInteger,
+    MatMulIntegerToFloat) multiplies with vpmaddubsw, which adds two adjacent products into
+    int16 with saturation; onnxruntime's quantization docs name it ("reduce_range" on such
+    CPUs). Measured with onnxruntime 1.32.0 on an AMD EPYC with AVX2: 255 x 127 twice gives
+    32767, not 64770. A uint8 activation a <= a_max is safe iff 2 a_max w_max <= U8S8_LIMIT.
+    VNNI (vpdpbusd), AMX and ARM accumulate in int32 and need none of this; the lowering does
+    not ask which CPU it runs on, so a .sbin gives the same graph and the same bits on every
+    machine."""
+    return DIGIT_BITS if 4 * (2**DIGIT_BITS - 1) * w_max <= U8S8_LIMIT else DIGIT_BITS - 1
 
 
 def code_offset(t_max: int) -> int:
     """The offset that makes TC-LIF codes |q| <= 2**t_max - 1 (t_max <= 7) uint8 activations of
     MatMulInteger(ToFloat): 2**t_max - 1, the least that makes them non-negative, rather than
-    128. Why: on x86 CPUs without VNNI, MLAS multiplies uint8 by int8 with vpmaddubsw, which
-    sums two products into int16 with saturation (onnxruntime's quantization docs: "reduce
-    range" on such CPUs); codes a + offset <= 2 (2**t_max - 1) keep every pair within int16
-    for int8 weights while t_max <= 6 (2 * 126 * 127 = 32004), where 128 + q would overflow
-    it from |q| = 2 on. At t_max = 7 (offset 127, codes up to 254) the risk remains on such
-    CPUs; with VNNI (vpdpbusd) there is none."""
+    128: codes up to 2 (2**t_max - 1), so that the products stay below int16 saturation on
+    CPUs without VNNI (digit_bits; t_max <= 6 is safe for any int8 weight,
+    2 * 126 * 128 = 32256)."""
     if not 1 <= t_max <= DIGIT_BITS:
         raise ValueError(f"code_offset: t_max {t_max} outside 1..{DIGIT_BITS}")
     return 2**t_max - 1
@@ -389,10 +405,11 @@ def _group_tail(n: list, acc: str, n_groups: int, with_bias: bool, is_float: boo
 
 
 def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_bias: bool,
-               dql: bool = False, groups: tuple[int, int] | None = None, u8: bool = False) -> onnx.FunctionProto:
+               dql: bool = False, groups: tuple[int, int] | None = None, u8: bool = False,
+               bits: int = DIGIT_BITS) -> onnx.FunctionProto:
     """(q, s_x, w, s_w, [bias], off_tok, accb_tok, onehot) -> (y, [spikes]).
 
-    tc-lif fused: `planes` is the number of 7-bit digit groups; exact: the number of
+    tc-lif fused: `planes` is the number of `bits`-bit digit groups (digit_bits); exact: the number of
     spike planes T_max. rate IF: off_tok is the per-token offset 2**(b_i-1) and accb_tok
     the folded int32 offset per token; fused splits c into digit groups, exact
     sums `planes` = 2**b_max - 1 binary planes.
@@ -427,7 +444,7 @@ def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_
             _mmi(n, "q", "w8", "acc0", "a_zp", "g0", groups, u8)
         n.append(helper.make_node("Identity", ["acc0"], ["acc_s"]))
     elif mode == "fused":
-        _digit_products(n, neuron, planes, groups)
+        _digit_products(n, neuron, planes, groups, bits)
     else:
         outputs.append("spikes")
         _spike_plane_products(n, neuron, planes, groups)
@@ -458,17 +475,20 @@ def _code_magnitude(n: list, neuron: str, mode: str, planes: int) -> None:
         n.append(helper.make_node("Sign", ["q"], ["sgn"]))
 
 
-def _digit_products(n: list, neuron: str, planes: int, groups: tuple[int, int] | None) -> None:
-    """fused, codes wider than 7 bits: acc_s = sum_j 128^j (d_j @ W) over the `planes` 7-bit
-    digit groups d_j of `mag` (signed by `sgn` for TC-LIF), Horner-style, most significant
-    first: acc <- 128 acc + d_j @ W (int32, exact)."""
+def _digit_products(n: list, neuron: str, planes: int, groups: tuple[int, int] | None,
+                    bits: int = DIGIT_BITS) -> None:
+    """fused, codes wider than one digit: acc_s = sum_j B^j (d_j @ W), B = 2**bits, over the
+    `planes` digit groups d_j of `mag` (signed by `sgn` for TC-LIF, offset by B - 1 to uint8,
+    so at most 2 (B - 1): digit_bits), Horner-style, most significant first:
+    acc <- B acc + d_j @ W (int32, exact). Rate IF's digits are >= 0 (offset 0, at most 127)."""
+    base = 2**bits
     for j in reversed(range(planes)):
-        n += [_c(f"m{j}", 128, np.int32)]
+        n += [_c(f"m{j}", base, np.int32)]
         src = "mag"
         if j > 0:  # the lowest group needs no shift
-            n += [_c(f"div{j}", 128**j, np.int32), helper.make_node("Div", ["mag", f"div{j}"], [f"sh{j}"])]
+            n += [_c(f"div{j}", base**j, np.int32), helper.make_node("Div", ["mag", f"div{j}"], [f"sh{j}"])]
             src = f"sh{j}"
-        if j < planes - 1:  # the highest group is already < 128
+        if j < planes - 1:  # the highest group is already < B
             n.append(helper.make_node("Mod", [src, f"m{j}"], [f"dig{j}"]))
         else:
             n.append(helper.make_node("Identity", [src], [f"dig{j}"]))
@@ -476,7 +496,7 @@ def _digit_products(n: list, neuron: str, planes: int, groups: tuple[int, int] |
             _mmi(n, f"dig{j}", "w8", f"p{j}", 0, f"g{j}", groups)
         else:
             n.append(helper.make_node("Mul", ["sgn", f"dig{j}"], [f"sd{j}"]))
-            _mmi(n, f"sd{j}", "w8", f"p{j}", 128, f"g{j}", groups)
+            _mmi(n, f"sd{j}", "w8", f"p{j}", base - 1, f"g{j}", groups)
         if j == planes - 1:
             n.append(helper.make_node("Identity", [f"p{j}"], [f"acc{j}"]))
         else:
@@ -502,14 +522,15 @@ def _spike_plane_products(n: list, neuron: str, planes: int, groups: tuple[int, 
             ]
             _mmi(n, f"s{t}", "w8", f"p{t}", 0, f"g{t}", groups)
         else:
-            # plane t (MSB first) of T_max: sign(q) * bit_(T_max-1-t)(|q|)
+            # plane t (MSB first) of T_max: sign(q) * bit_(T_max-1-t)(|q|), offset by 1 to
+            # uint8 0..2 (far below int16 saturation, digit_bits)
             n += [
                 _c(f"d{t}", 2 ** (planes - 1 - t), np.int32),
                 helper.make_node("Div", ["mag", f"d{t}"], [f"sh{t}"]),
                 helper.make_node("Mod", [f"sh{t}", "two"], [f"bit{t}"]),
                 helper.make_node("Mul", ["sgn", f"bit{t}"], [f"s{t}"]),
             ]
-            _mmi(n, f"s{t}", "w8", f"p{t}", 128, f"g{t}", groups)
+            _mmi(n, f"s{t}", "w8", f"p{t}", 1, f"g{t}", groups)
         # spikes fired by this plane, per token: sum_k |S_t|
         n += [
             helper.make_node("Abs", [f"s{t}"], [f"as{t}"]),
@@ -778,6 +799,7 @@ class _Lowerer:
         self._views: dict[tuple, ir.Value] = {}  # (weight, groups) -> its [n_groups, G, M] view
         self._viewed: list[ir.Value] = []  # weights given a group view (dropped at the end if unused)
         self._u8_codes: dict[int, ir.Value] = {}  # encoder outputs holding uint8 codes -> their a_zp
+        self._w_bounds: dict[int, int] = {}  # id(node) -> weight_bound(node)
 
     # -- helpers -------------------------------------------------------------
     def _const(self, base: str, array: np.ndarray) -> ir.Value:
@@ -870,15 +892,41 @@ class _Lowerer:
         """uint8 scalar: code_offset(t_max), the offset of node's uint8 codes."""
         return self._const(f"{node.name}.a_zp", np.array(code_offset(t_max), np.uint8))
 
+    def weight_bound(self, node: ir.Node) -> int:
+        """max |w| over the integer weights of SpikeMatMul / QuantLinear `node`: 7 for packed
+        4-bit codes (checked when the .sbin was read), max |w| of other constant weights (one
+        pass over them), else qmax of the op's bbits / wbits (a computed operand's codes are
+        clamped to it by their encoder), else 128 (any int8)."""
+        if id(node) in self._w_bounds:
+            return self._w_bounds[id(node)]
+        w = node.inputs[sops.w_val_index(node)] if len(node.inputs) > sops.w_val_index(node) else None
+        t = w.const_value if w is not None else None
+        bits = sops.attr(node, "bbits", sops.attr(node, "wbits"))
+        if isinstance(t, int4.PackedInt4Tensor):
+            bound = int4.CODE_MAX
+        elif t is not None:
+            bound = R.absmax_int(t.numpy())
+        else:
+            bound = R.qmax(int(bits)) if bits is not None else 128
+        self._w_bounds[id(node)] = bound
+        return bound
+
+    def code_digit_bits(self, node: ir.Node, t_max: int) -> int:
+        """The digit width of TC-LIF node's fused products (digit_bits): the weights are only
+        looked at where it matters, codes wider than 6 bits (T_max >= 7)."""
+        return DIGIT_BITS if t_max < DIGIT_BITS else digit_bits(self.weight_bound(node))
+
     def _u8_product(self, node: ir.Node) -> bool:
         """Whether SpikeMatMul `node` takes its codes as uint8 (q + code_offset): fused TC-LIF with
-        codes |q| <= 127 (T <= 7, one digit group)."""
-        return (self.mode == "fused" and (sops.attr(node, "neuron", "tc-lif") or "tc-lif") == "tc-lif"
-                and int(self.timesteps(node).max()) <= DIGIT_BITS)
+        codes of one digit group (T <= 6, or T = 7 by weights |w| <= 64: code_digit_bits)."""
+        if self.mode != "fused" or (sops.attr(node, "neuron", "tc-lif") or "tc-lif") != "tc-lif":
+            return False
+        t_max = int(self.timesteps(node).max())
+        return t_max <= self.code_digit_bits(node, t_max)
 
     def codes_u8(self, node: ir.Node, T: np.ndarray) -> bool:
         """Whether SpikeEncode `node` can give its codes as uint8 (q + code_offset) (_encode_u8_fn): T <= 7
-        and every use of them is the code input of a SpikeMatMul that takes them so."""
+        and every use of them is the code input of a SpikeMatMul that takes them so (_u8_product)."""
         q = node.outputs[0]
         if self.mode != "fused" or int(T.max()) > DIGIT_BITS or q.is_graph_output() or not q.uses():
             return False
@@ -948,16 +996,18 @@ class _Lowerer:
             fn = self._function(name, lambda: _fakequant_fn(name, self.opset, bias is not None, groups))
             return self._insert(node, fn, [q, s_x, w_in, s_w] + ([bias] if bias is not None else []),
                                 domain=DOMAIN)[0]
+        bits = DIGIT_BITS  # rate IF's digits are >= 0, offset 0: at most 127 (digit_bits)
         if neuron == "if":
-            bits = T + 1
-            b_max = int(bits.max())
+            b_tok = T + 1
+            b_max = int(b_tok.max())
             planes = (2**b_max - 1) if self.mode == "exact" else -(-b_max // DIGIT_BITS)
-            off = (np.int64(1) << (bits - 1)).astype(np.int32)
+            off = (np.int64(1) << (b_tok - 1)).astype(np.int32)
             if w.const_value is None:
                 raise SpikecError(f"node '{node.name}': rate-IF needs constant weights for its offset fold")
-            accb = np.stack([R.rate_if_bias_fold(w.const_value.numpy(), int(b)) for b in bits]).astype(np.int32)
+            accb = np.stack([R.rate_if_bias_fold(w.const_value.numpy(), int(b)) for b in b_tok]).astype(np.int32)
         else:
-            planes = t_max if self.mode == "exact" else -(-t_max // DIGIT_BITS)
+            bits = self.code_digit_bits(node, t_max)
+            planes = t_max if self.mode == "exact" else -(-t_max // bits)
             off = np.zeros(len(T), np.int32)
             accb = np.zeros((len(T), 1), np.int32)
         u8 = id(q) in self._u8_codes
@@ -973,10 +1023,11 @@ class _Lowerer:
         off_tok = self._per_token(node, off, mod, q, "offset")
         accb_tok = self._per_token(node, accb, mod, q, "accbias")
         onehot = self._per_token(node, np.eye(len(self.names), dtype=np.int64), mod, q, "onehot")
-        name = (f"SpikeMatMul_{neuron.replace('-', '')}_{self.mode}_{planes}{'_dql' if dql else ''}{gtag}"
+        dtag = f"x{bits}b" if bits != DIGIT_BITS and self.mode == "fused" and planes > 1 else ""
+        name = (f"SpikeMatMul_{neuron.replace('-', '')}_{self.mode}_{planes}{dtag}{'_dql' if dql else ''}{gtag}"
                 f"{'_u8' if u8 else ''}{'_bias' if bias is not None else ''}")
         fn = self._function(name, lambda: _matmul_fn(name, neuron, self.mode, planes, self.opset, bias is not None,
-                                                     dql, groups, u8))
+                                                     dql, groups, u8, bits))
         inputs = [q, s_x, w_in, s_w] + ([bias] if bias is not None else []) + [off_tok, accb_tok, onehot]
         inputs += [zp] if zp is not None else []
         outs = self._insert(node, fn, inputs, n_out=2 if self.mode == "exact" else 1, domain=DOMAIN)
@@ -991,6 +1042,8 @@ class _Lowerer:
             "M": int(shape[-1]) if shape is not None and isinstance(shape[-1], int) else None,
             "timesteps": [int(t) for t in T], "neuron": neuron, "weights": w.const_value is not None,
         }
+        if self.mode == "fused" and planes > 1:
+            self.layers[node.name]["digit_bits"] = bits
         if groups:
             self.layers[node.name]["group_size"] = groups[1]
         return outs[0]

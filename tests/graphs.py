@@ -38,8 +38,15 @@ def messy_linear(seed: int = 0) -> onnx.ModelProto:
     return model
 
 
-def run_ort(model_path, feeds: dict) -> list[np.ndarray]:
+def run_ort(model_path, feeds: dict, *, optimized: bool = True) -> list[np.ndarray]:
+    """The model's outputs on onnxruntime's CPU provider. optimized=False turns graph
+    optimizations off: a QDQ model then runs as its ONNX meaning (DequantizeLinear, float
+    MatMul), not fused into MLAS' int8 GEMMs, which on x86 CPUs without VNNI add two products
+    into int16 with saturation (spikec.ort_lowering.digit_bits)."""
     import onnxruntime as ort
 
-    sess = ort.InferenceSession(str(model_path), providers=["CPUExecutionProvider"])
+    so = ort.SessionOptions()
+    if not optimized:
+        so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    sess = ort.InferenceSession(str(model_path), so, providers=["CPUExecutionProvider"])
     return sess.run(None, feeds)

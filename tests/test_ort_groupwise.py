@@ -19,7 +19,8 @@ from spikec import ir as spir
 from spikec import ops as sops
 from spikec import reference as R
 from spikec.errors import SpikecError
-from spikec.ort_lowering import MODES, lower_for_ort
+from spikec.ort_lowering import MODES, U8S8_LIMIT, lower_for_ort
+from spikec.testing.integer_gemms import u8s8_pair_bounds
 
 M = 12
 
@@ -113,6 +114,9 @@ def _check_all_modes(K, n_groups, feeds, **kw):
                 # never the MatMulNBits path for group-wise scales (its sum over K is one accumulator)
                 assert "one_token" not in stats.layers.get("mm", {})
                 assert not any(n.op_type.startswith("SpikeMatMul_tclif_nbits") for n in model.graph)
+            if mode != "fakequant" and not nbits:  # every integer GEMM within int16 pairs (digit_bits)
+                bounds = u8s8_pair_bounds(spir.to_proto(model), feeds)
+                assert bounds and all(2 * a * b <= U8S8_LIMIT for _, a, b in bounds), bounds
             got = _run(model, feeds)
             assert got.dtype == np.float32 and got.shape == want.shape
             assert np.array_equal(got, want), f"{mode} nbits={nbits} K={K} n={n_groups} {kw}: " \
@@ -127,7 +131,8 @@ SHAPES = [(64, 32), (64, 64), (96, 32), (256, 32), (256, 64), (256, 128), (256, 
 @pytest.mark.parametrize("K,G", SHAPES, ids=[f"K{k}-G{g}" for k, g in SHAPES])
 @pytest.mark.parametrize("op", ["SpikeMatMul", "QuantLinear"])
 def test_groupwise_matches_reference_every_mode(K, G, op):
-    rng_cases = [dict(timesteps=(4, 3), bias=True), dict(timesteps=(7, 2), bias=False, rank=2)]
+    rng_cases = [dict(timesteps=(4, 3), bias=True), dict(timesteps=(7, 2), bias=False, rank=2),
+                 dict(timesteps=(7, 9), wbits=8)]  # 8-bit weights: 6-bit digits (digit_bits)
     if K == 256 or op == "QuantLinear":
         rng_cases = rng_cases[:1] if G != 32 else rng_cases
     for i, kw in enumerate(rng_cases):

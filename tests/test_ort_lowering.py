@@ -12,18 +12,23 @@ from onnx import TensorProto, helper, numpy_helper
 from spikec import ir as spir
 from spikec import ops as sops
 from spikec import reference as R
-from spikec.ort_lowering import STATS_PREFIX, lower_for_ort
+from spikec.ort_lowering import STATS_PREFIX, U8S8_LIMIT, digit_bits, lower_for_ort
+from spikec.testing.integer_gemms import u8s8_pair_bounds
 
 K, M = 24, 10
 
 
 def _linear_graph(*, neuron="tc-lif", act_scale="dynamic", timesteps=(4, 3), modality_input=True, bias=True, seed=0,
-                  opset=18):
-    """x [B, S, K] -> SpikeEncode -> SpikeMatMul -> y [B, S, M]."""
+                  opset=18, w_q=None, wbits=8):
+    """x [B, S, K] -> SpikeEncode -> SpikeMatMul -> y [B, S, M]; w_q: the int8 weight codes [K, M]
+    (default: random normal weights quantized to wbits)."""
     rng = np.random.default_rng(seed)
     w = rng.standard_normal((K, M)).astype(np.float32)
-    s_w = R.scale_per_channel(w, 8)
-    w_q = R.quantize(w, s_w, 127).astype(np.int8)
+    if w_q is None:
+        s_w = R.scale_per_channel(w, wbits)
+        w_q = R.quantize(w, s_w, R.qmax(wbits)).astype(np.int8)
+    else:
+        s_w = np.full(M, 0.01, np.float32)
     inits = [numpy_helper.from_array(w_q, "W_q"), numpy_helper.from_array(s_w, "s_w")]
     mm_inputs = ["q", "s_x", "modality" if modality_input else "", "W_q", "s_w"]
     if bias:
@@ -46,7 +51,7 @@ def _linear_graph(*, neuron="tc-lif", act_scale="dynamic", timesteps=(4, 3), mod
         mm_inputs.append("accb")
     nodes = [
         helper.make_node("SpikeEncode", ["x", "modality" if modality_input else ""], ["q", "s_x"], domain="spikec", name="enc", **enc_attrs),
-        helper.make_node("SpikeMatMul", mm_inputs, ["y"], domain="spikec", name="mm", wbits=8, **common),
+        helper.make_node("SpikeMatMul", mm_inputs, ["y"], domain="spikec", name="mm", wbits=wbits, **common),
     ]
     inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", K])]
     if modality_input:
@@ -133,7 +138,8 @@ def _hard_rows(x: np.ndarray, scale_hint: float) -> np.ndarray:
 @pytest.mark.parametrize("opset", [18, 21])
 @pytest.mark.parametrize("act_scale", ["dynamic", "static"])
 def test_uint8_encoder_matches_reference_on_hard_rows(opset, act_scale):
-    """Fused TC-LIF with T <= 7 encodes straight to uint8 q + 128 (QuantizeLinear, then the
+    """Fused TC-LIF codes of one digit group (T <= 6, or T = 7 by weights |w| <= 64: digit_bits)
+    encode straight to uint8 q + code_offset (QuantizeLinear, then the
     clamp and the non-finite rule on the uint8 codes; per-axis at opset 18, one block per
     token at 21): equal to the reference on ties, non-finite, all-zero and subnormal rows,
     rows whose sum |x| overflows, and (static) values far beyond the clip."""
@@ -145,9 +151,9 @@ def test_uint8_encoder_matches_reference_on_hard_rows(opset, act_scale):
     for row, q_max in (((0, 5), 15), ((1, 2), 7)):  # the clamp is exercised
         s = np.float32(np.abs(x[row]).max() / np.float32(q_max))
         assert np.abs(np.rint(x[row] / s)).max() > q_max
-    for timesteps in ((4, 3), (7, 1)):
+    for timesteps, wbits in (((4, 3), 8), ((7, 1), 4)):
         # no bias: the subnormal rows' outputs are subnormal too, and show their codes
-        case = dict(act_scale=act_scale, timesteps=timesteps, opset=opset, bias=False)
+        case = dict(act_scale=act_scale, timesteps=timesteps, opset=opset, bias=False, wbits=wbits)
         expected = sops.run_reference(_linear_graph(**case), feeds)[0]
         model = _linear_graph(**case)
         lower_for_ort(model, "fused")
@@ -176,26 +182,93 @@ def test_no_tokens_gives_an_empty_product(case, shape):
         assert _run_ort(model, feeds)["y"].shape == shape + (M,), mode
 
 
-@pytest.mark.parametrize("timesteps,offset", [((4, 3), 15), ((6, 2), 63), ((7, 1), 127), ((1, 1), 1)])
-def test_uint8_codes_are_offset_by_their_largest_code(timesteps, offset):
+@pytest.mark.parametrize("timesteps,offset,wbits", [((4, 3), 15, 8), ((6, 2), 63, 8), ((7, 1), 127, 4), ((1, 1), 1, 8)])
+def test_uint8_codes_are_offset_by_their_largest_code(timesteps, offset, wbits):
     """Fused TC-LIF codes reach MatMulIntegerToFloat as q + (2**T_max - 1), not q + 128: two
-    adjacent products of such codes by int8 weights then fit int16 while T_max <= 6, so MLAS'
-    vpmaddubsw path on CPUs without VNNI cannot saturate (code_offset); and still equal the
-    reference on both encoders' paths (with and without the uint8 encoder)."""
+    adjacent products of such codes by int8 weights then fit int16 (for 8-bit weights while
+    T_max <= 6, for |w| <= 64 at 7: digit_bits), so MLAS' vpmaddubsw path on CPUs without VNNI
+    cannot saturate (code_offset); and still equal the reference on both encoders' paths (with
+    and without the uint8 encoder)."""
     from spikec.ort_lowering import code_offset
 
     assert code_offset(max(timesteps)) == offset
-    if max(timesteps) <= 6:
-        assert 2 * (2 * offset) * 127 <= 2**15 - 1
+    assert 2 * (2 * offset) * R.qmax(wbits) <= U8S8_LIMIT
     feeds = _feeds()
     for act_scale in ("dynamic", "static"):
-        case = dict(timesteps=timesteps, act_scale=act_scale)
+        case = dict(timesteps=timesteps, act_scale=act_scale, wbits=wbits)
         expected = sops.run_reference(_linear_graph(**case), feeds)[0]
         model = _linear_graph(**case)
         lower_for_ort(model, "fused")
         zps = [v.const_value.numpy() for name, v in model.graph.initializers.items() if ".a_zp" in name]
         assert zps and all(z.dtype == np.uint8 and z.shape == () and int(z) == offset for z in zps), zps
         np.testing.assert_array_equal(_run_ort(model, feeds)["y"], expected)
+
+
+def test_digit_bits_keep_two_products_within_int16():
+    """digit_bits: the widest digit whose offset codes (up to 2 (2**b - 1)) times int8 weights
+    |w| <= w_max, two at a time, stay within int16; 7 bits for 4-bit weights."""
+    for w_max in range(129):
+        b = digit_bits(w_max)
+        assert 2 * (2 * (2**b - 1)) * w_max <= U8S8_LIMIT
+        assert b == 7 or 2 * (2 * (2**(b + 1) - 1)) * w_max > U8S8_LIMIT
+    assert digit_bits(7) == 7 and digit_bits(64) == 7 and digit_bits(65) == 6 and digit_bits(127) == 6
+
+
+def _extreme_case(wbits):
+    """Weights at +-qmax(wbits) in every column and activations whose codes are all +-Q or
+    random: the largest uint8 x int8 pairs a product can meet."""
+    qw = R.qmax(wbits)
+    w_q = np.full((K, M), qw, np.int8)
+    w_q[:, 1::2] = -qw
+    w_q[::3, 2] = -qw
+    rng = np.random.default_rng(5)
+    x = (rng.standard_normal((2, 7, K)) * 2).astype(np.float32)
+    x[0, :3] = 1.0  # every code +Q
+    x[1, :3] = -1.0  # every code -Q
+    x[0, 3, ::2] = -1.0
+    x[0, 3, 1::2] = 1.0
+    mod = np.zeros((2, 7), np.int64)
+    mod[:, 5:] = 1
+    return w_q, {"x": x, "modality": mod}
+
+
+SATURATION_CASES = [
+    (dict(timesteps=(4, 3)), 8), (dict(timesteps=(6, 6)), 8), (dict(timesteps=(7, 7)), 8),
+    (dict(timesteps=(7, 3)), 4), (dict(timesteps=(8, 8)), 8), (dict(timesteps=(12, 3)), 8),
+    (dict(timesteps=(16, 2)), 8), (dict(timesteps=(13, 5)), 4), (dict(timesteps=(7, 7), act_scale="static"), 8),
+    (dict(neuron="if", timesteps=(6, 6)), 8), (dict(neuron="if", timesteps=(7, 9), act_scale="static"), 8),
+]
+
+
+@pytest.mark.parametrize("case,wbits", SATURATION_CASES, ids=[f"{c}-W{b}" for c, b in SATURATION_CASES])
+@pytest.mark.parametrize("mode", ["fused", "exact"])
+def test_integer_gemms_stay_below_int16_saturation(case, wbits, mode):
+    """Every uint8 x int8 GEMM of the lowering keeps 2 * max(A) * max|B| within int16, seen on
+    one run whatever this CPU is (on x86 without VNNI, MLAS' vpmaddubsw saturates beyond:
+    T >= 7 codes by 8-bit weights gave wrong sums on an AVX2 EPYC before digit_bits), and
+    the result equals the reference on codes and weights at their extremes."""
+    if mode == "exact" and case.get("neuron") == "if" and max(case["timesteps"]) > 6:
+        pytest.skip("2**10 - 1 binary planes: exact IF is for small T (the fused case covers it)")
+    w_q, feeds = _extreme_case(wbits)
+    expected = sops.run_reference(_linear_graph(**case, w_q=w_q, wbits=wbits), feeds)[0]
+    model = _linear_graph(**case, w_q=w_q, wbits=wbits)
+    lower_for_ort(model, mode, nbits=False)  # MatMulNBits' If would hide its many-token branch's GEMM
+    bounds = u8s8_pair_bounds(spir.to_proto(model), feeds)
+    assert bounds, "no integer GEMM"
+    assert all(2 * a * b <= U8S8_LIMIT for _, a, b in bounds), bounds
+    np.testing.assert_array_equal(_run_ort(model, feeds)["y"], expected)
+
+
+def test_seven_bit_codes_by_8bit_weights_take_two_digit_groups():
+    """T = 7 codes stay one uint8 product (and the uint8 encoder) by 4-bit weights, and become
+    two 6-bit digit groups by weights beyond |w| = 64."""
+    for wbits, one_group in ((4, True), (7, True), (8, False)):
+        w_q, _ = _extreme_case(wbits)
+        model = _linear_graph(timesteps=(7, 7), w_q=w_q, wbits=wbits)
+        stats = lower_for_ort(model, "fused")
+        names = [name for (_, name, _) in model.functions]
+        assert any("U8" in n for n in names) == one_group, (wbits, names)
+        assert stats.layers["mm"].get("digit_bits") == (None if one_group else 6), stats.layers
 
 
 def test_uint8_codes_only_where_every_use_takes_them():

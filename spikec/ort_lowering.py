@@ -156,9 +156,12 @@ def _nonfinite_nodes(src: str, axes: list[int] | None, extra_bad: str | None = N
     return n
 
 
-def _encode_fn(name: str, dynamic: bool, opset: int, u8: bool = False, K: int | None = None) -> onnx.FunctionProto:
+def _encode_fn(name: str, dynamic: bool, opset: int, u8: bool = False, K: int | None = None,
+               offset: bool = False) -> onnx.FunctionProto:
     """(x, s_tok, q_tok) -> (q int32, s float32 [..., N, 1]); with u8 (x, s_tok, q_tok, a_zp) ->
-    (uint8 q + a_zp, s): _encode_u8_fn.
+    (uint8 q + a_zp, s): _encode_u8_fn; with offset (x, s_tok, q_tok, lo_tok, hi_tok) -> (q, s):
+    codes clamped to [lo_tok, hi_tok] instead of +-q_tok (an imported zero point z:
+    [-z, 2**(T+1) - 1 - z], spikec.ops.offset_code).
 
     s_tok / q_tok are the per-token static scale and largest code (float32, [..., N, 1]);
     for dynamic scales s_tok is unused and the scale is max|x| / Q per token.
@@ -186,12 +189,15 @@ def _encode_fn(name: str, dynamic: bool, opset: int, u8: bool = False, K: int | 
         helper.make_node("Where", ["bad", "zero", "x"], ["xc"]),  # its row codes as 0
         helper.make_node("Div", ["xc", "sd"], ["xs"]),
         helper.make_node("Round", ["xs"], ["r"]),  # half to even, as QuantizeLinear
-        helper.make_node("Neg", ["q_tok"], ["nq"]),
-        helper.make_node("Max", ["r", "nq"], ["r1"]),
-        helper.make_node("Min", ["r1", "q_tok"], ["r2"]),
-        helper.make_node("Cast", ["r2"], ["q"], to=TensorProto.INT32),
     ]
-    return _fn(name, ["x", "s_tok", "q_tok"], ["q", "s"], n, opset)
+    if offset:
+        n += [helper.make_node("Max", ["r", "lo_tok"], ["r1"]), helper.make_node("Min", ["r1", "hi_tok"], ["r2"])]
+    else:
+        n += [helper.make_node("Neg", ["q_tok"], ["nq"]),
+              helper.make_node("Max", ["r", "nq"], ["r1"]),
+              helper.make_node("Min", ["r1", "q_tok"], ["r2"])]
+    n.append(helper.make_node("Cast", ["r2"], ["q"], to=TensorProto.INT32))
+    return _fn(name, ["x", "s_tok", "q_tok"] + (["lo_tok", "hi_tok"] if offset else []), ["q", "s"], n, opset)
 
 
 def _encode_u8_fn(name: str, dynamic: bool, opset: int, K: int | None = None) -> onnx.FunctionProto:
@@ -879,6 +885,13 @@ class _Lowerer:
         # block-quantized QuantizeLinear (one block of K per token) is opset 21's
         K = x.shape[-1] if u8 and self.opset >= 21 and x.shape is not None and len(x.shape) else None
         K = K if isinstance(K, int) else None
+        z = self.zero_point(node)
+        if z is not None:  # an imported zero point: codes c - z of c in [0, 2**(T+1) - 1] (ops.offset_code)
+            lo = self._per_token(node, np.full(len(T), -z, np.float32), mod, x, "codemin")
+            hi = self._per_token(node, ((np.int64(2) << T) - 1 - z).astype(np.float32), mod, x, "codemax")
+            fname = ("EncodeDynamic" if dynamic else "EncodeStatic") + "Offset"
+            fname = self._function(fname, lambda: _encode_fn(fname, dynamic, self.opset, offset=True))
+            return self._insert(node, fname, [x, s_tok, q_tok, lo, hi], n_out=2, domain=DOMAIN)
         fname = ("EncodeDynamic" if dynamic else "EncodeStatic") + ("U8" if u8 else "") + (f"_K{K}" if K else "")
         fname = self._function(fname, lambda: _encode_fn(fname, dynamic, self.opset, u8, K))
         if not u8:
@@ -887,6 +900,16 @@ class _Lowerer:
         outs = self._insert(node, fname, [x, s_tok, q_tok, zp], n_out=2, domain=DOMAIN)
         self._u8_codes[id(outs[0])] = zp
         return outs
+
+    @staticmethod
+    def zero_point(node: ir.Node) -> int | None:
+        """The imported activation zero point z of an act_unsigned node (import-qdq, rate IF),
+        else None."""
+        if not sops.attr(node, "act_unsigned"):
+            return None
+        if sops.attr(node, "neuron") != "if":
+            raise SpikecError(f"node '{node.name}': an imported zero point (act_unsigned) needs the rate-IF neuron")
+        return int(sops.attr(node, "act_zero_point", 0) or 0)
 
     def _zero_point(self, node: ir.Node, t_max: int) -> ir.Value:
         """uint8 scalar: code_offset(t_max), the offset of node's uint8 codes."""
@@ -1001,10 +1024,18 @@ class _Lowerer:
             b_tok = T + 1
             b_max = int(b_tok.max())
             planes = (2**b_max - 1) if self.mode == "exact" else -(-b_max // DIGIT_BITS)
-            off = (np.int64(1) << (b_tok - 1)).astype(np.int32)
             if w.const_value is None:
                 raise SpikecError(f"node '{node.name}': rate-IF needs constant weights for its offset fold")
-            accb = np.stack([R.rate_if_bias_fold(w.const_value.numpy(), int(b)) for b in b_tok]).astype(np.int32)
+            z = self.zero_point(node)
+            if z is None:  # c = q + 2**(b-1), folded back by -2**(b-1) sum_k W
+                off = (np.int64(1) << (b_tok - 1)).astype(np.int32)
+                accb = np.stack([R.rate_if_bias_fold(w.const_value.numpy(), int(b)) for b in b_tok]).astype(np.int32)
+            else:  # an imported zero point: c = q + z in [0, 2**b - 1], folded back by -z sum_k W
+                off = np.full(len(T), z, np.int32)
+                fold = -z * w.const_value.numpy().astype(np.int64).sum(axis=-2)
+                if np.abs(fold).max(initial=0) > R.INT32_MAX:
+                    raise SpikecError(f"node '{node.name}': the zero point's folded bias does not fit int32")
+                accb = np.stack([fold.astype(np.int32)] * len(T))
         else:
             bits = self.code_digit_bits(node, t_max)
             planes = t_max if self.mode == "exact" else -(-t_max // bits)

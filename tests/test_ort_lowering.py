@@ -12,6 +12,7 @@ from onnx import TensorProto, helper, numpy_helper
 from spikec import ir as spir
 from spikec import ops as sops
 from spikec import reference as R
+from spikec.errors import SpikecError
 from spikec.ort_lowering import STATS_PREFIX, U8S8_LIMIT, digit_bits, lower_for_ort
 from spikec.testing.integer_gemms import u8s8_pair_bounds
 
@@ -269,6 +270,62 @@ def test_seven_bit_codes_by_8bit_weights_take_two_digit_groups():
         names = [name for (_, name, _) in model.functions]
         assert any("U8" in n for n in names) == one_group, (wbits, names)
         assert stats.layers["mm"].get("digit_bits") == (None if one_group else 6), stats.layers
+
+
+def _unsigned_graph(op, zero_point, T, w_q):
+    """Imported uint8 activations (import-qdq with --neuron if): static scale, zero point z,
+    codes c - z of c in [0, 2**(T+1) - 1]; one QuantLinear, or SpikeEncode + SpikeMatMul."""
+    clip = np.full((2, sops.CLIP_T), 2.0, np.float32).ravel().tolist()
+    attrs = dict(timesteps=[T, T], neuron="if", act_zero_point=zero_point, act_unsigned=1)
+    inits = [numpy_helper.from_array(w_q, "W_q"), numpy_helper.from_array(np.full(M, 0.01, np.float32), "s_w")]
+    if op == "QuantLinear":
+        nodes = [helper.make_node("QuantLinear", ["x", "modality", "W_q", "s_w"], ["y"], domain="spikec", name="mm",
+                                  wbits=8, act_scale="static", act_clip=clip, **attrs)]
+    else:
+        fold = (-zero_point * w_q.astype(np.int64).sum(axis=0)).astype(np.int32)
+        inits.append(numpy_helper.from_array(np.stack([fold, fold]), "accb"))
+        nodes = [helper.make_node("SpikeEncode", ["x", "modality"], ["q", "s_x"], domain="spikec", name="enc",
+                                  act_scale="static", act_clip=clip, **attrs),
+                 helper.make_node("SpikeMatMul", ["q", "s_x", "modality", "W_q", "s_w", "", "accb"], ["y"],
+                                  domain="spikec", name="mm", wbits=8, **attrs)]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", K]),
+                                           helper.make_tensor_value_info("modality", TensorProto.INT64, ["b", "s"])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["b", "s", M])], inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("spikec", 1)])
+    model.ir_version = 10
+    return ir.from_proto(model)
+
+
+@pytest.mark.parametrize("op", ["QuantLinear", "SpikeEncode"])
+@pytest.mark.parametrize("zero_point,T", [(0, 7), (128, 7), (37, 7), (255, 7), (3, 3)])
+def test_imported_zero_point_matches_reference(op, zero_point, T):
+    """Imported uint8 activations keep their zero point on onnxruntime: codes clamped to
+    [-z, 2**(T+1) - 1 - z] (not +-Q), the rate-IF count c = q + z, the fold -z sum W; every
+    mode equal to the reference (the lowering ignored the zero point before: a zero point of
+    128 turned -12.8 into -12.7), every integer GEMM within int16 pairs."""
+    w_q, feeds = _extreme_case(8)
+    rng = np.random.default_rng(zero_point + T)
+    x = feeds["x"] * 2
+    x[1, 4] = rng.uniform(-1e3, 1e3, K)  # far beyond the clip both ways
+    x[1, 5, 3] = np.nan
+    x[1, 6] = np.round(rng.uniform(-4, 4, K) * 64) / 64  # ties at the scale 2 / 127
+    feeds["x"] = x.astype(np.float32)
+    expected = sops.run_reference(_unsigned_graph(op, zero_point, T, w_q), feeds)[0]
+    assert np.isnan(expected[1, 5]).all() and np.isfinite(expected[0]).all()
+    for mode in ("fused", "exact", "fakequant"):
+        model = _unsigned_graph(op, zero_point, T, w_q)
+        lower_for_ort(model, mode)
+        if mode != "fakequant":
+            bounds = u8s8_pair_bounds(spir.to_proto(model), feeds)
+            assert bounds and all(2 * a * b <= U8S8_LIMIT for _, a, b in bounds), bounds
+        np.testing.assert_array_equal(_run_ort(model, feeds)["y"], expected, err_msg=mode)
+
+
+def test_zero_point_without_rate_if_is_refused():
+    model = _unsigned_graph("QuantLinear", 128, 7, _extreme_case(8)[0])
+    next(iter(model.graph)).attributes["neuron"] = ir.AttrString("neuron", "tc-lif")
+    with pytest.raises(SpikecError, match="node 'mm': an imported zero point .* needs the rate-IF neuron"):
+        lower_for_ort(model, "fused")
 
 
 def test_uint8_codes_only_where_every_use_takes_them():

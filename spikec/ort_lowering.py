@@ -885,7 +885,7 @@ class _Lowerer:
         # block-quantized QuantizeLinear (one block of K per token) is opset 21's
         K = x.shape[-1] if u8 and self.opset >= 21 and x.shape is not None and len(x.shape) else None
         K = K if isinstance(K, int) else None
-        z = self.zero_point(node)
+        z = self.imported_zero_point(node)
         if z is not None:  # an imported zero point: codes c - z of c in [0, 2**(T+1) - 1] (ops.offset_code)
             lo = self._per_token(node, np.full(len(T), -z, np.float32), mod, x, "codemin")
             hi = self._per_token(node, ((np.int64(2) << T) - 1 - z).astype(np.float32), mod, x, "codemax")
@@ -902,7 +902,7 @@ class _Lowerer:
         return outs
 
     @staticmethod
-    def zero_point(node: ir.Node) -> int | None:
+    def imported_zero_point(node: ir.Node) -> int | None:
         """The imported activation zero point z of an act_unsigned node (import-qdq, rate IF),
         else None."""
         if not sops.attr(node, "act_unsigned"):
@@ -1026,7 +1026,7 @@ class _Lowerer:
             planes = (2**b_max - 1) if self.mode == "exact" else -(-b_max // DIGIT_BITS)
             if w.const_value is None:
                 raise SpikecError(f"node '{node.name}': rate-IF needs constant weights for its offset fold")
-            z = self.zero_point(node)
+            z = self.imported_zero_point(node)
             if z is None:  # c = q + 2**(b-1), folded back by -2**(b-1) sum_k W
                 off = (np.int64(1) << (b_tok - 1)).astype(np.int32)
                 accb = np.stack([R.rate_if_bias_fold(w.const_value.numpy(), int(b)) for b in b_tok]).astype(np.int32)

@@ -220,29 +220,35 @@ def session_options(threads: int, spin: bool = False, profile: str | None = None
 class Runner:
     """One variant's language-model session, all made with the same SessionOptions.
 
-    spikec's is the graph that spikec.runtime.model.load(sbin, mode="fused") runs (the .sbin's
-    lm lowered by lower_for_ort in fused mode, weights handed over by spikec.ir.ort_session),
-    built here so that it gets these options too; check_against_load() compares it with
-    load()'s session bit for bit."""
+    spikec's is the session that spikec.runtime.model.load(sbin, mode="fused") makes for the
+    .sbin's lm (runtime/ort_target.py: StatsSession, with its one-token graph for decode
+    steps), built here so that it gets these options too; check_against_load() compares it
+    with load()'s session bit for bit."""
 
     def __init__(self, variant: str, path: Path, threads: int, spin: bool = False, profile: str | None = None) -> None:
         import onnxruntime as ort
 
         self.variant, self.path, self.threads, self.closer = variant, path, threads, None
-        opts = session_options(threads, spin, profile)
         if variant.startswith("spikec"):
-            from spikec import ir as spir
             from spikec.package import SbinModel
-            from spikec.ort_lowering import lower_for_ort
+            from spikec.runtime.ort_target import LM_ROLE, StatsSession
 
             sbin = SbinModel(path)
-            graph = sbin.model("lm")
             # -nbits: the runtime's "nbits" weight policy (runtime/ort_target.py): W4's packed
             # weights on MatMulNBits for every token count, no int8 form (MLAS still prepacks
-            # MatMulNBits' 4-bit weights: without it a decode step is about 100x slower)
-            lower_for_ort(graph, "fused", in_place=variant.endswith("-nbits"))
-            self.session, self.closer = spir.ort_session(graph, opts), sbin
+            # MatMulNBits' 4-bit weights: without it a decode step is about 100x slower).
+            # Otherwise "prepack" with the language model's one-token graph, as load() makes it.
+            weights = "nbits" if variant.endswith("-nbits") else "prepack"
+            one_token = sbin.model(LM_ROLE) if weights == "prepack" else None
+            made = iter(range(10))
+
+            def options():  # one per session; each profiles to a file of its own
+                return session_options(threads, spin, profile and f"{profile}-{next(made)}")
+
+            self.session = StatsSession(LM_ROLE, sbin.model(LM_ROLE), "fused", threads, weights, one_token, options)
+            self.closer = sbin
         else:
+            opts = session_options(threads, spin, profile)
             self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
         self.inputs = [i.name for i in self.session.get_inputs()]
 
@@ -259,8 +265,9 @@ class Runner:
             if not np.array_equal(a, b, equal_nan=True):
                 raise SystemExit(f"{self.variant}: the benchmark's session differs from spikec.runtime.model.load()")
 
-    def end_profiling(self) -> str:
-        return self.session.end_profiling()
+    def end_profiling(self) -> list[str]:
+        traces = self.session.end_profiling()  # spikec's: one per session (the one-token graph's too)
+        return traces if isinstance(traces, list) else [traces]
 
     def close(self) -> None:
         if self.closer is not None:
@@ -364,9 +371,9 @@ def profile(shape: str, files: dict[str, Path], phase_feeds: dict, args, runs: i
             r.run(feeds)  # warm-up, dropped below
             for _ in range(runs):
                 r.run(feeds)
-            trace = r.end_profiling()
+            tables = [aggregate(trace, skip_runs=2) for trace in r.end_profiling()]
             r.close()
-            result.setdefault(v, {})[phase] = aggregate(trace, skip_runs=2)
+            result.setdefault(v, {})[phase] = next((t for t in tables if t), {})  # the session that ran
     return result
 
 

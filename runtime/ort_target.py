@@ -26,12 +26,21 @@ log = logging.getLogger(__name__)
 
 class StatsSession:
     """An onnxruntime session that hides the exact mode's stats outputs from callers
-    and accumulates them (spikes and tokens per modality, per spiking product)."""
+    and accumulates them (spikes and tokens per modality, per spiking product).
+
+    one_token_model: a second copy of `model` (the language model, run a token at a time
+    while it generates). Where its fused W4 products can run one token on MatMulNBits
+    (lower_for_ort(one_token=True)), it becomes a session of its own that every call of one
+    token goes to (LoweringStats.one_token_dims all 1 in the feeds), and `model` is lowered
+    without MatMulNBits: no If on the token count in either graph, and each weight is held
+    in one form per session, as the single graph with the If held both. A W4 decode step at
+    Qwen2-VL-2B widths (2 text layers, 2 threads, AVX2) took 20.2 ms with the If against ORT
+    int4's 18.3 ms, and 16.0 against 15.7 ms so (docs/ort-target.md).
+    options: a function giving fresh onnxruntime SessionOptions (one per session; the
+    benchmark's profiling and spinning settings), in place of the default."""
 
     def __init__(self, role: str, model: ir.Model, mode: str, threads: int | None = None,
-                 weights: str = "prepack") -> None:
-        import onnxruntime as ort
-
+                 weights: str = "prepack", one_token_model: ir.Model | None = None, options=None) -> None:
         if weights not in WEIGHT_POLICIES:
             raise SpikecError(f"weights policy '{weights}' is not one of {', '.join(WEIGHT_POLICIES)}")
         self.role, self.weights = role, weights
@@ -39,24 +48,27 @@ class StatsSession:
         # prepacked MatMulInteger; nbits: every packed product on MatMulNBits (MLAS' 4-bit
         # prepacked copy); in-place: MatMulInteger over int8 read in place, nothing
         # prepacked. See choose_weight_policy.
-        if weights == "in-place":
+        one_token = None
+        if one_token_model is not None and mode == "fused" and weights == "prepack":
+            try:
+                one_token = lower_for_ort(one_token_model, mode, one_token=True)
+            except SpikecError as exc:  # no product takes the one-token path: one graph, as below
+                log.debug("graph '%s': no one-token graph (%s)", role, exc)
+        if weights == "in-place" or one_token is not None:
             lowered = lower_for_ort(model, mode, nbits=False)
         else:
             lowered = lower_for_ort(model, mode, in_place=weights == "nbits")
         self.layers = lowered.layers or {}
-        opts = ort.SessionOptions()
-        opts.log_severity_level = 3
-        if threads:
-            opts.intra_op_num_threads = threads
-        if weights == "in-place":
-            # (MatMulNBits, which is never run unprepacked -- MLAS then takes a path about 100x
-            # slower: decode at 2B widths 922 ms against 9.3 ms -- is not used here)
-            opts.add_session_config_entry("session.disable_prepacking", "1")
-        try:
-            # weights reach onnxruntime as views of the .sbin's memory map, not copies
-            self.session = spir.ort_session(model, opts)
-        except Exception as exc:  # onnxruntime raises its own exception types
-            raise SpikecError(f"graph '{role}': onnxruntime cannot load the lowered graph: {exc}") from None
+        make_options = options or (lambda: _session_options(threads, weights))
+        self.session = _ort_session(role, model, make_options())
+        self.one_token_session, self.token_axes = None, []
+        if one_token is not None:
+            self.one_token_session = _ort_session(role, one_token_model, make_options())
+            self.token_axes = [(i.name, axis) for i in self.session.get_inputs()
+                               for axis, d in enumerate(i.shape) if d in one_token.one_token_dims]
+            for name, info in one_token.layers.items():  # which products take one token on MatMulNBits
+                if "one_token" in info:
+                    self.layers.setdefault(name, dict(info))["one_token"] = info["one_token"]
         self.input_names = [i.name for i in self.session.get_inputs()]
         outputs = [o.name for o in self.session.get_outputs()]
         self.output_names = [o for o in outputs if not o.startswith(STATS_PREFIX)]
@@ -64,16 +76,28 @@ class StatsSession:
         self.counts: dict[str, np.ndarray] = collections.defaultdict(lambda: 0)
         self.calls = 0
 
+    def session_for(self, feeds: dict) -> "object":
+        """The one-token session for a call whose token axes are all 1, else the main one."""
+        if self.one_token_session is not None and all(np.shape(feeds[n])[a] == 1 for n, a in self.token_axes):
+            return self.one_token_session
+        return self.session
+
     def run(self, output_names, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise SpikecError(f"graph '{self.role}': missing inputs {missing} (expects {self.input_names})")
         wanted = list(output_names) if output_names else self.output_names
-        outs = self.session.run(wanted + self.stats_names, {n: feeds[n] for n in self.input_names})
+        session = self.session_for(feeds)
+        outs = session.run(wanted + self.stats_names, {n: feeds[n] for n in self.input_names})
         for name, value in zip(self.stats_names, outs[len(wanted):]):
             self.counts[name[len(STATS_PREFIX):]] = self.counts[name[len(STATS_PREFIX):]] + value
         self.calls += 1
         return outs[: len(wanted)]
+
+    def end_profiling(self) -> list[str]:
+        """onnxruntime's profile files of this session's graphs (where profiling was on)."""
+        sessions = [self.session] + ([self.one_token_session] if self.one_token_session is not None else [])
+        return [s.end_profiling() for s in sessions]
 
     def get_inputs(self):
         return self.session.get_inputs()
@@ -82,12 +106,35 @@ class StatsSession:
         return [o for o in self.session.get_outputs() if not o.name.startswith(STATS_PREFIX)]
 
 
+def _session_options(threads: int | None, weights: str):
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    if weights == "in-place":
+        # (MatMulNBits, which is never run unprepacked -- MLAS then takes a path about 100x
+        # slower: decode at 2B widths 922 ms against 9.3 ms -- is not used here)
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+    return opts
+
+
+def _ort_session(role: str, lowered: ir.Model, opts):
+    try:
+        # weights reach onnxruntime as views of the .sbin's memory map, not copies
+        return spir.ort_session(lowered, opts)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise SpikecError(f"graph '{role}': onnxruntime cannot load the lowered graph: {exc}") from None
+
+
 # onnxruntime "prepacks" constant integer weights into its own layout: a copy of every
 # weight in anonymous memory, for faster products (Qwen2-VL-2B widths, W8: 500 vs 769 ms
 # per decode step on 2 threads; MatMulNBits is about 100x slower unprepacked). What is
 # copied is bounded by this share of the memory available (choose_weight_policy); beyond
 # it the weights are used where they lie in files, so any model runs in bounded memory.
 PREPACK_MEMORY_SHARE = 0.25
+LM_ROLE = "lm"  # the manifest's graph role of the language model (spikec/frontend/manifest.py)
 WEIGHT_POLICIES = ("prepack", "nbits", "in-place")
 
 
@@ -134,8 +181,9 @@ def create_sessions(sbin, mode: str = "fused", threads: int | None = None) -> di
                                          "in-place": "used in place, not prepacked"}[policy])
     sessions = {}
     for role in sbin.roles:
-        model = sbin.model(role)
-        sessions[role] = StatsSession(role, model, mode, threads, policy)
+        # the language model generates a token at a time: its one-token calls get a graph of their own
+        one_token = sbin.model(role) if role == LM_ROLE else None
+        sessions[role] = StatsSession(role, sbin.model(role), mode, threads, policy, one_token)
     return sessions
 
 

@@ -689,7 +689,8 @@ def _nbits_products(n: list, K: int, parts: list[tuple[int, bool]], rank: int, b
 
 
 def _nbits_matmul_fn(name: str, opset: int, K: int, parts: list[tuple[int, bool]], rank: int,
-                     block: int = NBITS_BLOCK, every_token: bool = False, u8: bool = False) -> onnx.FunctionProto:
+                     block: int = NBITS_BLOCK, every_token: bool = False, u8: bool = False,
+                     one_token: bool = False) -> onnx.FunctionProto:
     """(q, s_x, then per part [w_i,] s_w_i, [bias_i], nb_b_i, nb_s_i) -> y_i: TC-LIF products
     of one code q (|q| <= 127, rank `rank`) by 4-bit weight codes, parts = [(M_i, has bias)]
     (Q/K/V, or gate/up, share their code: one call, one MatMulNBits each).
@@ -700,12 +701,14 @@ def _nbits_matmul_fn(name: str, opset: int, K: int, parts: list[tuple[int, bool]
     (_scaled_product). Both give
     float32(acc) * s_x exactly, then the reference's scale order; one If picks the path.
     every_token: MatMulNBits for any number of tokens and no w_i (weights used only where
-    they lie packed in the .sbin: no int8 copy). a_zp (uint8 scalar input): the offset of
-    the uint8 codes (code_offset); u8: q already holds them (an encoder's)."""
-    if every_token:
+    they lie packed in the .sbin: no int8 copy). one_token: the one-token path alone, no If and
+    no w_i (a graph lowered for one token; more tokens fail in its Reshape). a_zp (uint8
+    scalar input): the offset of the uint8 codes (code_offset); u8: q already holds them (an
+    encoder's)."""
+    if every_token or one_token:
         n: list[onnx.NodeProto] = []
-        _nbits_activation(n, K, block, True, u8)
-        _nbits_products(n, K, parts, rank, block, True, [f"y1_{i}" for i in range(len(parts))])
+        _nbits_activation(n, K, block, every_token, u8)
+        _nbits_products(n, K, parts, rank, block, every_token, [f"y1_{i}" for i in range(len(parts))])
     else:
         # Each branch ends in the Mul by s_w, a compute op: an If output that aliases another
         # tensor (a Reshape's) would be copied, a pass over a prefill's product.
@@ -731,13 +734,80 @@ def _nbits_matmul_fn(name: str, opset: int, K: int, parts: list[tuple[int, bool]
         ]
     inputs, outputs = ["q", "s_x", "a_zp"], []
     for i, (m, with_bias) in enumerate(parts):
-        inputs += ([] if every_token else [f"w{i}"]) + [f"s_w{i}"] + ([f"bias{i}"] if with_bias else [])
+        inputs += ([] if every_token or one_token else [f"w{i}"]) + [f"s_w{i}"] + ([f"bias{i}"] if with_bias else [])
         inputs += [f"nb_b{i}", f"nb_s{i}"]
         outputs.append(f"y{i}")
         if with_bias:
             n.append(helper.make_node("Add", [f"y1_{i}", f"bias{i}"], [f"y{i}"]))
         else:
             n.append(helper.make_node("Identity", [f"y1_{i}"], [f"y{i}"]))
+    fp = _fn(name, inputs, outputs, n, opset)
+    fp.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return fp
+
+
+def _one_token_nbits_fn(name: str, opset: int, K: int, parts: list[tuple[int, bool]], rank: int, dynamic: bool,
+                        block: int = NBITS_BLOCK) -> onnx.FunctionProto:
+    """(x, mod, q_tab, s_tab, then per part s_w_i, [bias_i], nb_b_i, nb_s_i) -> y_i: one token's
+    TC-LIF SpikeEncode and the MatMulNBits products of its code in one call, for a graph
+    lowered for one token (lower_for_ort(one_token=True), a decode step).
+
+    x float32 [1, ..., 1, K] (rank `rank`), mod int64 [1, ..., 1] (rank - 1); q_tab / s_tab
+    float32 [n_mod]: per modality the largest code 2**T - 1 and the static scale (unused for
+    dynamic scales). The same numbers as _encode_fn followed by _nbits_matmul_fn's products
+    (spikec.reference.encode_tokens, then (float32(acc) * s) * s_w_i (+ bias_i)), in fewer and
+    cheaper nodes: the non-finite test and the scale are scalars, the codes stay float32
+    (no int32 or uint8 form, no casts), and the sentinel layout is Pad, Reshape to
+    [blocks, block - 1], Concat of the sentinel column and Reshape: a few row copies where a
+    Gather copies element by element (about 90 us for K = 8960 on 2 threads)."""
+    blocks, data = nbits_blocks(K, block), block - 1
+    n = _nonfinite_nodes("x", None, None if dynamic else "s_tok")  # `bad`: a scalar, one token
+    n.insert(0, helper.make_node("Gather", ["q_tab", "mod"], ["q_tok"], axis=0))
+    if not dynamic:
+        n.insert(0, helper.make_node("Gather", ["s_tab", "mod"], ["s_tok"], axis=0))
+    n += [_c("zero", 0.0), _c("one", 1.0), _c("nan", np.nan)]
+    if dynamic:
+        n += [
+            helper.make_node("Abs", ["x"], ["ax"]),
+            helper.make_node("ReduceMax", ["ax"], ["amax"], keepdims=0),
+            helper.make_node("Div", ["amax", "q_tok"], ["s0"]),
+            helper.make_node("Greater", ["s0", "zero"], ["pos"]),
+            helper.make_node("Where", ["pos", "s0", "one"], ["s1"]),
+        ]
+    else:
+        n += [helper.make_node("Identity", ["s_tok"], ["s1"])]
+    n += [
+        helper.make_node("Where", ["bad", "one", "s1"], ["sd"]),  # the divisor: 1.0 for a bad token
+        helper.make_node("Where", ["bad", "nan", "s1"], ["s"]),  # [1, ..., 1] (rank - 1): broadcasts over acc
+        helper.make_node("Where", ["bad", "zero", "x"], ["xc"]),  # its codes 0
+        helper.make_node("Div", ["xc", "sd"], ["xs"]),
+        helper.make_node("Round", ["xs"], ["r"]),  # half to even, as the reference
+        helper.make_node("Neg", ["q_tok"], ["nq"]),
+        helper.make_node("Max", ["r", "nq"], ["r1"]),
+        helper.make_node("Min", ["r1", "q_tok"], ["codes"]),
+    ]
+    src = "codes"
+    if blocks * data != K:  # zero codes up to whole blocks
+        n += [_c("pads", [0] * (2 * rank - 1) + [blocks * data - K], np.int64),
+              helper.make_node("Pad", ["codes", "pads"], ["codes_p"])]
+        src = "codes_p"
+    n += [_c("blk_shape", [blocks, data], np.int64),
+          helper.make_node("Reshape", [src, "blk_shape"], ["codes_b"]),
+          _c("sentinel", np.full((blocks, 1), float(NBITS_SENTINEL))),
+          helper.make_node("Concat", ["codes_b", "sentinel"], ["a_b"], axis=1),
+          _c("a_shape", [1] * (rank - 1) + [blocks * block], np.int64),
+          helper.make_node("Reshape", ["a_b", "a_shape"], ["nb_a"])]
+    inputs, outputs = ["x", "mod", "q_tab", "s_tab"], []
+    for i, (m, with_bias) in enumerate(parts):
+        y = f"y{i}"
+        n += [helper.make_node("MatMulNBits", ["nb_a", f"nb_b{i}", f"nb_s{i}"], [f"acc{i}"], domain="com.microsoft",
+                               K=blocks * block, N=m, bits=4, block_size=block, accuracy_level=4),
+              helper.make_node("Mul", [f"acc{i}", "s"], [f"t{i}"]),
+              helper.make_node("Mul", [f"t{i}", f"s_w{i}"], [f"u{i}" if with_bias else y])]
+        if with_bias:
+            n.append(helper.make_node("Add", [f"u{i}", f"bias{i}"], [y]))
+        inputs += [f"s_w{i}"] + ([f"bias{i}"] if with_bias else []) + [f"nb_b{i}", f"nb_s{i}"]
+        outputs.append(y)
     fp = _fn(name, inputs, outputs, n, opset)
     fp.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     return fp
@@ -788,13 +858,20 @@ class LoweringStats:
     nodes: int = 0
     stats_outputs: tuple[str, ...] = ()
     layers: dict | None = None
+    # the graph inputs' symbolic axes whose sizes are all 1 exactly when a call is one token
+    # (batch 1, a decode step): where the one-token MatMulNBits products run. Set where some
+    # product takes that path and every such axis is named on a graph input; None otherwise.
+    one_token_dims: tuple[str, ...] | None = None
 
 
 class _Lowerer:
-    def __init__(self, model: ir.Model, mode: str, nbits: bool = True, in_place: bool = False) -> None:
+    def __init__(self, model: ir.Model, mode: str, nbits: bool = True, in_place: bool = False,
+                 one_token: bool = False) -> None:
         if mode not in MODES:
             raise SpikecError(f"--mode: '{mode}' is not one of {', '.join(MODES)}")
-        self.model, self.mode, self.nbits, self.in_place = model, mode, nbits, in_place
+        if one_token and (mode != "fused" or not nbits or in_place):
+            raise SpikecError("a one-token lowering is fused mode's, with nbits on and weights not in place")
+        self.model, self.mode, self.nbits, self.in_place, self.one_token = model, mode, nbits, in_place, one_token
         self.graph = model.graph
         self.names = sops.modalities(model)
         self.opset = max(model.opset_imports.get("", 18), 18)
@@ -806,6 +883,7 @@ class _Lowerer:
         self._viewed: list[ir.Value] = []  # weights given a group view (dropped at the end if unused)
         self._u8_codes: dict[int, ir.Value] = {}  # encoder outputs holding uint8 codes -> their a_zp
         self._w_bounds: dict[int, int] = {}  # id(node) -> weight_bound(node)
+        self._absorbed: dict[int, ir.Node] = {}  # one_token: id(group's first product) -> its encoder
 
     # -- helpers -------------------------------------------------------------
     def _const(self, base: str, array: np.ndarray) -> ir.Value:
@@ -1115,10 +1193,76 @@ class _Lowerer:
         # every token on MatMulNBits when weights are used in place: the group must be all packed
         return (id(q), id(s_x), tuple(int(t) for t in T), K, packed and self.in_place)
 
+    def absorbable_encoder(self, nodes: list[ir.Node]) -> ir.Node | None:
+        """The SpikeEncode whose code the products of `nodes` (one nbits_key) take, where
+        nothing else reads its outputs and its T is theirs (so nbits_key's bound holds for its
+        codes): one_token lowers the two as one call (_one_token_nbits_fn). None otherwise."""
+        q, s_x = nodes[0].inputs[0], nodes[0].inputs[1]
+        enc = q.producer()
+        if (enc is None or enc.domain != sops.DOMAIN or enc.op_type != sops.SPIKE_ENCODE or s_x.producer() is not enc
+                or (sops.attr(enc, "neuron", "tc-lif") or "tc-lif") != "tc-lif" or sops.attr(enc, "act_unsigned")
+                or not np.array_equal(self.timesteps(enc), self.timesteps(nodes[0])) or _rank(enc.inputs[0]) != _rank(q)):
+            return None
+        members = {id(n) for n in nodes}
+        for index, v in enumerate(enc.outputs[:2]):
+            if v.is_graph_output() or any(id(user) not in members or i != index for user, i in v.uses()):
+                return None
+        return enc if len(enc.outputs) == 2 else None
+
+    @staticmethod
+    def token_dims(q: ir.Value) -> list[str] | None:
+        """The names of q's token axes (all but the last) that must be 1 for one token; None
+        where one is unnamed or a fixed size other than 1. A code without a shape has its
+        encoder input's token axes (as _rank)."""
+        producer = q.producer()
+        if q.shape is None and producer is not None and producer.domain in (sops.DOMAIN, DOMAIN) and producer.inputs:
+            return _Lowerer.token_dims(producer.inputs[0])
+        if q.shape is None:
+            return None
+        names = []
+        for d in list(q.shape)[:-1]:
+            if isinstance(d, int):
+                if d != 1:
+                    return None
+            elif isinstance(d, ir.SymbolicDim) and d.value:
+                names.append(d.value)
+            else:
+                return None
+        return names
+
+    def one_token_group(self, nodes: list[ir.Node], enc: ir.Node) -> list[ir.Value]:
+        """The encoder `enc` and the products of `nodes` as one _one_token_nbits_fn call."""
+        first = nodes[0]
+        x = enc.inputs[0]
+        T = self.timesteps(enc)
+        K, rank = int(first.inputs[3].shape[0]), _rank(x)
+        dynamic = sops.attr(enc, "act_scale", "dynamic") == "dynamic"
+        mod = self._modality(enc, x, 1)
+        q_tab = self._const(f"{enc.name}.qmax", ((np.int64(1) << T) - 1).astype(np.float32))
+        s_tab = self._const(f"{enc.name}.scale", self.static_scales(enc, T))
+        parts, inputs = [], [x, mod, q_tab, s_tab]
+        for node in nodes:
+            w, s_w = node.inputs[3], node.inputs[4]
+            bias = node.inputs[5] if len(node.inputs) > 5 else None
+            M = int(w.shape[1])
+            parts.append((M, bias is not None))
+            inputs += [s_w] + ([bias] if bias is not None else [])
+            inputs += [self._packed(node.name, w), self._const(f"{node.name}.nbits_s", nbits_scales(M, K))]
+            self._viewed.append(w)  # its int8 form is not used: dropped at the end
+            self.layers[node.name] = {"K": K, "M": M, "timesteps": [int(t) for t in T], "neuron": "tc-lif",
+                                      "weights": True, "one_token": "MatMulNBits", "tokens": "one (MatMulNBits)"}
+        sig = "_".join(f"{m}{'b' if has_b else ''}" for m, has_b in parts)
+        name = f"SpikeEncodeMatMul_tclif_nbits{NBITS_BLOCK}_{'dyn' if dynamic else 'static'}_K{K}_{sig}_r{rank}"
+        fn = self._function(name, lambda: _one_token_nbits_fn(name, self.opset, K, parts, rank, dynamic))
+        return self._insert(first, fn, inputs, n_out=len(nodes), domain=DOMAIN)
+
     def nbits_group(self, nodes: list[ir.Node], every_token: bool) -> list[ir.Value]:
         """One call for the products of `nodes` (one nbits_key): MatMulNBits over their
-        concatenated weights for one token, MatMulIntegerToFloat per product otherwise."""
+        concatenated weights for one token, MatMulIntegerToFloat per product otherwise
+        (one_token: MatMulNBits alone, with their encoder where absorbable_encoder allows)."""
         first = nodes[0]
+        if id(first) in self._absorbed:
+            return self.one_token_group(nodes, self._absorbed[id(first)])
         q, s_x = first.inputs[0], first.inputs[1]
         K = int(first.inputs[3].shape[0])
         T = self.timesteps(first)
@@ -1131,16 +1275,18 @@ class _Lowerer:
             bias = node.inputs[5] if len(node.inputs) > 5 else None
             M = int(w.shape[1])
             parts.append((M, bias is not None))
-            inputs += ([] if every_token else [w]) + [s_w] + ([bias] if bias is not None else [])
+            inputs += ([] if every_token or self.one_token else [w]) + [s_w] + ([bias] if bias is not None else [])
             inputs += [self._packed(node.name, w), self._const(f"{node.name}.nbits_s", nbits_scales(M, K))]
-            if every_token:
+            if every_token or self.one_token:
                 self._viewed.append(w)  # its int8 form is not used: dropped at the end
+            tokens = "MatMulNBits" if every_token else "one (MatMulNBits)" if self.one_token else "MatMulIntegerToFloat"
             self.layers[node.name] = {"K": K, "M": M, "timesteps": [int(t) for t in T], "neuron": "tc-lif",
-                                      "weights": True, "one_token": "MatMulNBits",
-                                      "tokens": "MatMulNBits" if every_token else "MatMulIntegerToFloat"}
+                                      "weights": True, "one_token": "MatMulNBits", "tokens": tokens}
         sig = "_".join(f"{m}{'b' if has_b else ''}" for m, has_b in parts)
-        name = f"SpikeMatMul_tclif_nbits{block}_K{K}_{sig}_r{rank}{'_u8' if u8 else ''}{'_all' if every_token else ''}"
-        fn = self._function(name, lambda: _nbits_matmul_fn(name, self.opset, K, parts, rank, block, every_token, u8))
+        tag = "_all" if every_token else "_one" if self.one_token else ""
+        name = f"SpikeMatMul_tclif_nbits{block}_K{K}_{sig}_r{rank}{'_u8' if u8 else ''}{tag}"
+        fn = self._function(name, lambda: _nbits_matmul_fn(name, self.opset, K, parts, rank, block, every_token, u8,
+                                                           self.one_token))
         return self._insert(first, fn, inputs, n_out=len(nodes), domain=DOMAIN)
 
     def _packed(self, base: str, w: ir.Value) -> ir.Value:
@@ -1196,8 +1342,19 @@ class _Lowerer:
                 groups.setdefault(key, []).append(node)
         first = {id(g[0]): (g, key[-1]) for key, g in groups.items()}  # key[-1]: every token on MatMulNBits
         followers = {id(n) for g in groups.values() for n in g[1:]}
+        one_token_dims = self.one_token_dims([g for key, g in groups.items() if not key[-1]])
+        if self.one_token:
+            if one_token_dims is None:
+                raise SpikecError("no product of this graph runs on MatMulNBits for one token under named token axes: "
+                                  "nothing to lower for one token")
+            for g in groups.values():
+                enc = self.absorbable_encoder(g)
+                if enc is not None:
+                    self._absorbed[id(g[0])] = enc
+            self.pin_token_dims(one_token_dims)
+        absorbed = {id(enc) for enc in self._absorbed.values()}
         for node in list(self.graph):
-            if node.domain != sops.DOMAIN or id(node) in followers:
+            if node.domain != sops.DOMAIN or id(node) in followers or id(node) in absorbed:
                 continue
             count += 1
             self._pending, self._stat_outputs = [], []
@@ -1220,6 +1377,10 @@ class _Lowerer:
             for stat in self._stat_outputs:
                 self.graph.outputs.append(stat)
                 self.stats.append(stat.name)
+            enc = self._absorbed.get(id(node))
+            if enc is not None:  # its outputs' only readers were just replaced
+                self.graph.remove(enc, safe=True)
+                count += 1
         for w in self._viewed:  # weights now read only through their group views: one copy
             if (not w.uses() and not w.is_graph_output() and not w.is_graph_input()
                     and self.graph.initializers.get(w.name) is w):
@@ -1231,10 +1392,32 @@ class _Lowerer:
         for fp in self.functions.values():
             f = ir.serde.deserialize_function(fp)
             self.model.functions[f.identifier()] = f
-        return LoweringStats(count, tuple(self.stats), self.layers)
+        return LoweringStats(count, tuple(self.stats), self.layers, one_token_dims)
+
+    def one_token_dims(self, groups: list[list[ir.Node]]) -> tuple[str, ...] | None:
+        """LoweringStats.one_token_dims for the one-token-capable product groups."""
+        if not groups:
+            return None
+        names: list[str] = []
+        for g in groups:
+            dims = self.token_dims(g[0].inputs[0])
+            if dims is None:
+                return None
+            names += [d for d in dims if d not in names]
+        on_inputs = {d.value for v in self.graph.inputs if v.shape is not None
+                     for d in v.shape if isinstance(d, ir.SymbolicDim)}
+        return tuple(names) if names and set(names) <= on_inputs else None
+
+    def pin_token_dims(self, dims: tuple[str, ...]) -> None:
+        """Graph inputs' token axes `dims` become 1: onnxruntime then refuses a call of more
+        tokens (this lowering's products take one) and folds the shapes that follow."""
+        for v in self.graph.inputs:
+            if v.shape is not None and any(isinstance(d, ir.SymbolicDim) and d.value in dims for d in v.shape):
+                v.shape = ir.Shape([1 if isinstance(d, ir.SymbolicDim) and d.value in dims else d for d in v.shape])
 
 
-def lower_for_ort(model: ir.Model, mode: str = "fused", nbits: bool = True, in_place: bool = False) -> LoweringStats:
+def lower_for_ort(model: ir.Model, mode: str = "fused", nbits: bool = True, in_place: bool = False,
+                  one_token: bool = False) -> LoweringStats:
     """Rewrite every spikec node of `model` in place into spikec.ort function calls.
 
     nbits (fused mode): one-token products with 4-bit weights and codes |q| <= 127 run on
@@ -1244,5 +1427,12 @@ def lower_for_ort(model: ir.Model, mode: str = "fused", nbits: bool = True, in_p
     in_place (for models whose weights must stay where they lie in the .sbin): products
     whose weights are packed 4-bit codes (int4.PackedInt4Tensor) run on MatMulNBits for
     every token count, so their int8 form is never made; int8-stored weights keep the
-    integer products (no 4-bit copy is made of them)."""
-    return _Lowerer(model, mode, nbits, in_place).run()
+    integer products (no 4-bit copy is made of them).
+    one_token (fused, nbits): a graph only ever run on one token (batch 1: a decode step).
+    Its one-token products take MatMulNBits without the If on the token count and their
+    int8 weights are left out; an encoder read only by such a product group is lowered
+    with it as one call (_one_token_nbits_fn); the token axes (LoweringStats.one_token_dims)
+    of the graph inputs become 1, so onnxruntime refuses more tokens. Raises SpikecError
+    where no product takes that path (one_token_dims would be None). The same bits as
+    the default lowering run on one token."""
+    return _Lowerer(model, mode, nbits, in_place, one_token).run()

@@ -15,13 +15,16 @@ from spikec import reference as R
 from spikec.ort_lowering import NBITS_BLOCK, lower_for_ort, nbits_blocks, nbits_exact, nbits_pack
 
 
-def _graph(K: int, widths=(10,), bias=(True,), timesteps=(4, 3), seed=0, wbits=4, w_extreme=True) -> ir.Model:
-    """x [B, S, K] -> one SpikeEncode -> SpikeMatMul per width (Q/K/V-like, sharing the code)."""
+def _graph(K: int, widths=(10,), bias=(True,), timesteps=(4, 3), seed=0, wbits=4, w_extreme=True,
+           act_scale="dynamic") -> ir.Model:
+    """x [B, S, K] -> one SpikeEncode -> SpikeMatMul per width (Q/K/V-like, sharing the code).
+    Static scales: clip 2.5 for modality 0 and 0.75 for 1 at every T."""
     rng = np.random.default_rng(seed)
     qw = R.qmax(wbits)
     inits, nodes, outputs = [], [], []
+    static = {} if act_scale == "dynamic" else {"act_clip": [2.5] * sops.CLIP_T + [0.75] * sops.CLIP_T}
     nodes.append(helper.make_node("SpikeEncode", ["x", "modality"], ["q", "s_x"], domain="spikec", name="enc",
-                                  timesteps=list(timesteps), neuron="tc-lif", act_scale="dynamic"))
+                                  timesteps=list(timesteps), neuron="tc-lif", act_scale=act_scale, **static))
     for i, (m, has_bias) in enumerate(zip(widths, bias)):
         w_q = rng.integers(-qw, qw + 1, (K, m)).astype(np.int8)
         if w_extreme:  # columns at the code bounds: the largest sums
@@ -189,3 +192,101 @@ def test_int8_weights_in_place_get_no_4_bit_copy():
     model = _graph(300)
     lower_for_ort(model, "fused", in_place=True)
     assert not _calls(model)
+
+
+# ---------------------------------------------------------------- one-token graphs (decode steps)
+
+
+def _one_token_feeds(K: int, case: str, mod: int, seed: int = 0) -> dict:
+    rng = np.random.default_rng(seed)
+    x = (rng.standard_normal((1, 1, K)) * 1.3).astype(np.float32)
+    if case == "worst":  # every dynamic code at +-(2**T - 1)
+        x = np.where(rng.random((1, 1, K)) < 0.5, -1.0, 1.0).astype(np.float32)
+    elif case == "ties":  # x / s exactly k + 1/2 for the dynamic scale 8 / 15 (T = 4) and static 2.5 / 15
+        x = ((rng.integers(-15, 15, (1, 1, K)) + 0.5) * (2.5 / 15)).astype(np.float32)
+    elif case in ("nan", "inf", "-inf"):
+        x[0, 0, K // 2] = float(case)
+    elif case == "zero":
+        x[:] = 0.0
+    return {"x": x, "modality": np.full((1, 1), mod, np.int64)}
+
+
+def _functions_ops(model: ir.Model) -> set[str]:
+    return {n.op_type for f in model.functions.values() for n in f.graph.all_nodes()}
+
+
+@pytest.mark.parametrize("K", [24, NBITS_BLOCK - 1, 2 * (NBITS_BLOCK - 1), 1536, 8960])
+@pytest.mark.parametrize("timesteps", [(4, 3), (6, 2), (1, 1)])
+@pytest.mark.parametrize("act_scale", ["dynamic", "static"])
+def test_one_token_graph_matches_reference(K, timesteps, act_scale):
+    """lower_for_ort(one_token=True): the encoder and its MatMulNBits products are one call,
+    no If and no int8 weight are left, and one token gives the reference's bits (codes at
+    their bounds, ties, zero rows, NaN and +-inf rows; both modalities)."""
+    widths, bias = (7, 3), (True, False)
+    for case in ("random", "worst", "ties", "zero", "nan", "inf", "-inf"):
+        for mod in (0, 1):
+            feeds = _one_token_feeds(K, case, mod, seed=K)
+            want = sops.run_reference(_graph(K, widths, bias, timesteps=timesteps, act_scale=act_scale), feeds)
+            model = _graph(K, widths, bias, timesteps=timesteps, act_scale=act_scale)
+            stats = lower_for_ort(model, "fused", one_token=True)
+            assert stats.one_token_dims == ("b", "s")
+            assert [n.op_type for n in model.graph] == [f"SpikeEncodeMatMul_tclif_nbits{NBITS_BLOCK}_"
+                                                        f"{act_scale[:3] if act_scale == 'dynamic' else act_scale}"
+                                                        f"_K{K}_7b_3_r3"]
+            assert "If" not in _functions_ops(model) and not any(n.startswith("W") for n in model.graph.initializers)
+            assert [list(v.shape) for v in model.graph.inputs] == [[1, 1, K], [1, 1]]
+            for got, ref in zip(_run(model, feeds), want):
+                np.testing.assert_array_equal(got, ref, err_msg=f"K={K} T={timesteps} {act_scale} {case} mod={mod}")
+
+
+def test_one_token_graph_equals_the_default_graph_on_one_token():
+    """The default lowering (the If picks MatMulNBits for one token) and the one-token graph
+    give the same bits, the one-token graph refuses more tokens, and the default graph's
+    one_token_dims name the axes that make a call one token."""
+    K, widths, bias = 1536, (48, 8, 8), (True, True, False)
+    default, one = _graph(K, widths, bias), _graph(K, widths, bias)
+    assert lower_for_ort(default, "fused").one_token_dims == ("b", "s")
+    lower_for_ort(one, "fused", one_token=True)
+    for seed in range(3):
+        feeds = _feeds(K, 1, seed=seed)
+        for a, b in zip(_run(default, feeds), _run(one, feeds)):
+            np.testing.assert_array_equal(a, b)
+    with pytest.raises(Exception, match="dimensions"):  # onnxruntime: invalid dimensions for input x
+        _run(one, _feeds(K, 2))
+    assert lower_for_ort(_graph(K), "fused", nbits=False).one_token_dims is None
+
+
+def test_one_token_graph_keeps_a_shared_code_apart():
+    """A code that a product off MatMulNBits (8-bit weights) also reads keeps its encoder;
+    the 4-bit products still run one token on MatMulNBits without an If, the 8-bit one on
+    MatMulIntegerToFloat, all the reference's bits."""
+    K, widths, bias = 300, (7, 3), (True, False)
+
+    def graph():
+        model = _graph(K, widths, bias)
+        mm1 = next(n for n in model.graph if n.name == "mm1")
+        mm1.attributes["wbits"] = ir.AttrInt64("wbits", 8)
+        return model
+
+    model = graph()
+    stats = lower_for_ort(model, "fused", one_token=True)
+    ops = [n.op_type for n in model.graph]
+    assert any(op.startswith("EncodeDynamic") for op in ops) and f"SpikeMatMul_tclif_nbits{NBITS_BLOCK}_K{K}_7b_r3_u8_one" in ops
+    assert stats.layers["mm0"]["tokens"] == "one (MatMulNBits)" and "one_token" not in stats.layers["mm1"]
+    assert "If" not in _functions_ops(model)
+    for case in ("random", "worst", "nan"):
+        feeds = _one_token_feeds(K, case, 1)
+        for got, ref in zip(_run(model, feeds), sops.run_reference(graph(), feeds)):
+            np.testing.assert_array_equal(got, ref, err_msg=case)
+
+
+def test_one_token_graph_needs_a_one_token_product():
+    """Nothing takes MatMulNBits (8-bit weights; T = 7 at K = 8960, beyond nbits_exact): a
+    one-token lowering is refused before the graph is touched."""
+    from spikec.errors import SpikecError
+
+    for model in (_graph(64, wbits=8, w_extreme=False), _graph(8960, timesteps=(7, 2))):
+        before = [n.op_type for n in model.graph]
+        with pytest.raises(SpikecError, match="nothing to lower for one token"):
+            lower_for_ort(model, "fused", one_token=True)
+        assert [n.op_type for n in model.graph] == before

@@ -28,7 +28,7 @@ ARCHS = ["tiny-llava", "tiny-qwen2-vl"]
 
 
 @functools.cache
-def compiled(name: str, tv: int = 3, tt: int = 4, tensor_bytes: int | None = None) -> str:
+def compiled(name: str, tv: int = 3, tt: int = 4, tensor_bytes: int | None = None, wbits: int = 8) -> str:
     """A compiled .sbin; `tensor_bytes` lowers spikec.ir.BIG_TENSOR_BYTES so that the tiny
     model's weights are spilled while compiling and stored as mapped TENSOR sections."""
     import tempfile
@@ -36,11 +36,11 @@ def compiled(name: str, tv: int = 3, tt: int = 4, tensor_bytes: int | None = Non
 
     from spikec import ir as spir
 
-    out = Path(tempfile.mkdtemp(prefix="spikec-test-sbin-")) / f"{name}-{tv}-{tt}-{tensor_bytes}.sbin"
+    out = Path(tempfile.mkdtemp(prefix="spikec-test-sbin-")) / f"{name}-{tv}-{tt}-{tensor_bytes}-w{wbits}.sbin"
     with pytest.MonkeyPatch.context() as mp:
         if tensor_bytes is not None:
             mp.setattr(spir, "BIG_TENSOR_BYTES", tensor_bytes)
-        compile_path(exported(name), out, options=SpikeOptions(tv=tv, tt=tt).validate())
+        compile_path(exported(name), out, options=SpikeOptions(tv=tv, tt=tt, wbits=wbits).validate())
     return str(out)
 
 
@@ -115,6 +115,34 @@ def test_generation_at_T8_equals_fake_quantized_tokens(name):
         ids_f = fake.generator().generate_ids(fake.generator().prepare([image], ["What is in the image?"]), 8)
     assert ids_s.shape == (1, 8)
     np.testing.assert_array_equal(ids_s, ids_f)
+
+
+@pytest.mark.parametrize("name", ARCHS)
+def test_w4_decode_steps_take_the_one_token_graph(name):
+    """W4, fused: the language model's one-token calls go to its one-token graph
+    (runtime/ort_target.py StatsSession, lower_for_ort(one_token=True)), multi-token calls
+    to the main graph, and a decode step's logits and KV cache equal the exact mode's spike
+    planes bit for bit."""
+    path = compiled(name, wbits=4)
+    with load(path, mode="fused") as fused, load(path, mode="exact") as exact:
+        lm = fused.sessions["lm"]
+        assert lm.one_token_session is not None and exact.sessions["lm"].one_token_session is None
+        assert any(info.get("one_token") == "MatMulNBits" for info in lm.layers.values())
+        feeds = lm_feeds(fused)
+        n = feeds["modality"].shape[1]
+        head = {k: (v[..., : n - 1] if k == "position_ids" else v[:, : n - 1]) if k in
+                ("inputs_embeds", "position_ids", "modality", "attention_mask") else v for k, v in feeds.items()}
+        assert lm.session_for(head) is lm.session
+        past = exact.sessions["lm"].run(None, head)[1:]
+        step = {k: (v[..., n - 1:] if k == "position_ids" else v[:, n - 1:]) for k, v in feeds.items()
+                if k in ("inputs_embeds", "position_ids", "modality")}
+        step["attention_mask"] = feeds["attention_mask"]
+        step.update(zip([k for k in feeds if k.startswith("past_key_values.")], past))
+        assert lm.session_for(step) is lm.one_token_session
+        got, want = lm.run(None, step), exact.sessions["lm"].run(None, step)
+        assert len(got) == len(want) > 1
+        for a, b in zip(got, want):
+            np.testing.assert_array_equal(a, b)
 
 
 def test_sbin_is_deterministic(tmp_path):

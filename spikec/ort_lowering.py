@@ -635,35 +635,38 @@ def nbits_scales(N: int, K: int) -> np.ndarray:
     return np.ones(N * nbits_blocks(K), np.float32)
 
 
+def _sentinel_layout(n: list, src: str, rank: int, K: int, block: int, lead: list[int]) -> None:
+    """src (float32 codes [..., K], rank `rank`) -> nb_a [*lead, blocks * block]: each block
+    block - 1 codes then the sentinel 127, zero codes past K. Two Pads and two Reshapes:
+    row copies, where a Gather by index copies element by element (about 90 us for one
+    token of K = 8960 on 2 threads, 35 ms of a 256-token prefill at 2B widths, 2 layers)."""
+    blocks, data = nbits_blocks(K, block), block - 1
+    if blocks * data != K:  # zero codes up to whole blocks
+        n += [_c("nb_pads", [0] * (2 * rank - 1) + [blocks * data - K], np.int64),
+              helper.make_node("Pad", [src, "nb_pads"], ["nb_padded"])]
+        src = "nb_padded"
+    n += [_c("nb_blocks", [-1, blocks, data], np.int64),
+          helper.make_node("Reshape", [src, "nb_blocks"], ["nb_rows"]),
+          _c("nb_close", [0, 0, 0, 0, 0, 1], np.int64),
+          _c("nb_sentinel", float(NBITS_SENTINEL)),
+          helper.make_node("Pad", ["nb_rows", "nb_close", "nb_sentinel"], ["nb_closed"]),
+          _c("nb_shape", list(lead) + [blocks * block], np.int64),
+          helper.make_node("Reshape", ["nb_closed", "nb_shape"], ["nb_a"])]
+
+
 def _nbits_activation(n: list, K: int, block: int, every_token: bool, u8: bool = False) -> None:
     """q -> nb_a: the codes as float32 rows [rows, blocks * block] in the sentinel layout
-    (each block's last element the sentinel 127, positions past K zero); u8: q is uint8
-    q + a_zp (a_zp a uint8 scalar input)."""
-    blocks, data = nbits_blocks(K, block), block - 1
-    # where each element of a MatMulNBits row comes from in [q_0 .. q_(K-1), 127, 0]
-    pos = np.arange(blocks * data)
-    idx = np.empty((blocks, block), np.int64)
-    idx[:, :data] = np.where(pos < K, pos, K + 1).reshape(blocks, data)  # codes, then 0s
-    idx[:, data] = K  # the sentinel closing every block
+    (_sentinel_layout); u8: q is uint8 q + a_zp (a_zp a uint8 scalar input)."""
     if u8:  # (q + a_zp) - a_zp, exact in float32
         n += [helper.make_node("Cast", ["q"], ["nb_uf"], to=TensorProto.FLOAT),
               helper.make_node("Cast", ["a_zp"], ["nb_zpf"], to=TensorProto.FLOAT),
               helper.make_node("Sub", ["nb_uf", "nb_zpf"], ["nb_qf"])]
     else:
         n.append(helper.make_node("Cast", ["q"], ["nb_qf"], to=TensorProto.FLOAT))
-    n += [_c("nb_row", [-1 if every_token else 1, K], np.int64),
-          helper.make_node("Reshape", ["nb_qf", "nb_row"], ["nb_q2"]),
-          _c("nb_extra", [[float(NBITS_SENTINEL), 0.0]])]
-    extra = "nb_extra"
-    if every_token:  # the two extra columns for every row
-        n += [helper.make_node("Shape", ["nb_q2"], ["nb_rows"], end=1),
-              _c("nb_two", [2], np.int64),
-              helper.make_node("Concat", ["nb_rows", "nb_two"], ["nb_eshape"], axis=0),
-              helper.make_node("Expand", ["nb_extra", "nb_eshape"], ["nb_extra_rows"])]
-        extra = "nb_extra_rows"
-    n += [helper.make_node("Concat", ["nb_q2", extra], ["nb_q3"], axis=1),
-          _c("nb_idx", idx.reshape(-1), np.int64),
-          helper.make_node("Gather", ["nb_q3", "nb_idx"], ["nb_a"], axis=1)]
+    rows = -1 if every_token else 1
+    n += [_c("nb_row", [rows, K], np.int64),
+          helper.make_node("Reshape", ["nb_qf", "nb_row"], ["nb_q2"])]
+    _sentinel_layout(n, "nb_q2", 2, K, block, [rows])
 
 
 def _nbits_products(n: list, K: int, parts: list[tuple[int, bool]], rank: int, block: int, every_token: bool,
@@ -757,10 +760,8 @@ def _one_token_nbits_fn(name: str, opset: int, K: int, parts: list[tuple[int, bo
     dynamic scales). The same numbers as _encode_fn followed by _nbits_matmul_fn's products
     (spikec.reference.encode_tokens, then (float32(acc) * s) * s_w_i (+ bias_i)), in fewer and
     cheaper nodes: the non-finite test and the scale are scalars, the codes stay float32
-    (no int32 or uint8 form, no casts), and the sentinel layout is Pad, Reshape to
-    [blocks, block - 1], Concat of the sentinel column and Reshape: a few row copies where a
-    Gather copies element by element (about 90 us for K = 8960 on 2 threads)."""
-    blocks, data = nbits_blocks(K, block), block - 1
+    (no int32 or uint8 form, no casts), and the sentinel layout is _sentinel_layout's."""
+    blocks = nbits_blocks(K, block)
     n = _nonfinite_nodes("x", None, None if dynamic else "s_tok")  # `bad`: a scalar, one token
     n.insert(0, helper.make_node("Gather", ["q_tab", "mod"], ["q_tok"], axis=0))
     if not dynamic:
@@ -786,17 +787,7 @@ def _one_token_nbits_fn(name: str, opset: int, K: int, parts: list[tuple[int, bo
         helper.make_node("Max", ["r", "nq"], ["r1"]),
         helper.make_node("Min", ["r1", "q_tok"], ["codes"]),
     ]
-    src = "codes"
-    if blocks * data != K:  # zero codes up to whole blocks
-        n += [_c("pads", [0] * (2 * rank - 1) + [blocks * data - K], np.int64),
-              helper.make_node("Pad", ["codes", "pads"], ["codes_p"])]
-        src = "codes_p"
-    n += [_c("blk_shape", [blocks, data], np.int64),
-          helper.make_node("Reshape", [src, "blk_shape"], ["codes_b"]),
-          _c("sentinel", np.full((blocks, 1), float(NBITS_SENTINEL))),
-          helper.make_node("Concat", ["codes_b", "sentinel"], ["a_b"], axis=1),
-          _c("a_shape", [1] * (rank - 1) + [blocks * block], np.int64),
-          helper.make_node("Reshape", ["a_b", "a_shape"], ["nb_a"])]
+    _sentinel_layout(n, "codes", rank, K, block, [1] * (rank - 1))
     inputs, outputs = ["x", "mod", "q_tab", "s_tab"], []
     for i, (m, with_bias) in enumerate(parts):
         y = f"y{i}"

@@ -72,9 +72,11 @@ def registered_invariants() -> dict[str, Invariant]:
 # ---------------------------------------------------------------- loading
 
 
-def _iter_tensor_protos(graph: onnx.GraphProto) -> Iterable[onnx.TensorProto]:
-    """Every TensorProto of a graph: initializers and tensor attributes, recursively."""
-    yield from graph.initializer
+def _iter_tensor_protos(graph: onnx.GraphProto, initializers: bool = True) -> Iterable[onnx.TensorProto]:
+    """Every TensorProto of a graph: initializers and tensor attributes, recursively (this
+    graph's own initializers only with `initializers`; a subgraph's always)."""
+    if initializers:
+        yield from graph.initializer
     for node in graph.node:
         for attr in node.attribute:
             if attr.HasField("t"):
@@ -229,11 +231,9 @@ def check_self_contained(proto: onnx.ModelProto, *, where: str, initializers: bo
     where no folder exists to resolve a location against, and onnxruntime would resolve it
     against the current directory (an arbitrary read). With `initializers=False` the main
     graph's initializers are left to the caller (a .sbin resolves them to its own sections)."""
-    tensors = _iter_tensor_protos(proto.graph)
-    if not initializers:
-        skip = {id(t) for t in proto.graph.initializer}
-        tensors = (t for t in tensors if id(t) not in skip)
-    for t in tensors:
+    # (not by id() of the initializers: protobuf's Python wrappers are made on access and
+    # freed after, so an id can differ between two reads or be reused by another tensor)
+    for t in _iter_tensor_protos(proto.graph, initializers):
         if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
             raise SpikecError(f"{where}: tensor '{t.name[:80]}' refers to external data; an embedded graph "
                               f"must be self-contained")

@@ -1008,12 +1008,16 @@ class _Lowerer:
         looked at where it matters, codes wider than 6 bits (T_max >= 7)."""
         return DIGIT_BITS if t_max < DIGIT_BITS else digit_bits(self.weight_bound(node))
 
-    def _u8_product(self, node: ir.Node) -> bool:
+    def _u8_product(self, node: ir.Node, t_codes: int = 0) -> bool:
         """Whether SpikeMatMul `node` takes its codes as uint8 (q + code_offset): fused TC-LIF with
-        codes of one digit group (T <= 6, or T = 7 by weights |w| <= 64: code_digit_bits)."""
+        codes of one digit group (T <= 6, or T = 7 by weights |w| <= 64: code_digit_bits).
+        t_codes: the largest T of the encoder whose codes it would take, whose offset
+        code_offset(t_codes) they then carry: the int16 bound holds for that offset, not
+        only for the product's own T (an encoder of T 7 read by a product of T 4 by 8-bit
+        weights gave codes up to 254 to a product bounded for 30)."""
         if self.mode != "fused" or (sops.attr(node, "neuron", "tc-lif") or "tc-lif") != "tc-lif":
             return False
-        t_max = int(self.timesteps(node).max())
+        t_max = max(int(self.timesteps(node).max()), t_codes)
         return t_max <= self.code_digit_bits(node, t_max)
 
     def codes_u8(self, node: ir.Node, T: np.ndarray) -> bool:
@@ -1023,7 +1027,7 @@ class _Lowerer:
         if self.mode != "fused" or int(T.max()) > DIGIT_BITS or q.is_graph_output() or not q.uses():
             return False
         return all(user.domain == sops.DOMAIN and user.op_type == sops.SPIKE_MATMUL and idx == 0
-                   and self._u8_product(user) for user, idx in q.uses())
+                   and self._u8_product(user, int(T.max())) for user, idx in q.uses())
 
     def weight_groups(self, node: ir.Node, w: ir.Value, s_w: ir.Value, neuron: str) -> tuple[int, int] | None:
         """(n_groups, G) for group-wise weight scales s_w [n_groups, M], n_groups > 1; None for

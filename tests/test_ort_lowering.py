@@ -262,6 +262,31 @@ def test_integer_gemms_stay_below_int16_saturation(case, wbits, mode):
     np.testing.assert_array_equal(_run_ort(model, feeds)["y"], expected)
 
 
+@pytest.mark.parametrize("enc_T,mm_T", [((7, 4), (4, 4)), ((7, 4), (5, 4)), ((6, 3), (4, 3)), ((4, 4), (4, 4))])
+def test_codes_of_a_wider_encoder_stay_below_int16_saturation(enc_T, mm_T):
+    """An encoder whose largest T is above its 8-bit product's gives that product codes offset
+    by code_offset of the encoder's T (found by a helper's random-graph trial: encoder T (7, 4)
+    read by a product of T (4, 4) gave codes up to 254 to a product bounded for 30, off by
+    up to 255 on an AVX2 EPYC even for the tokens whose T agree). Tokens of the modality
+    whose T agree (the others are refused by the reference) equal the reference, and every
+    uint8 x int8 GEMM keeps the int16 bound."""
+    w_q, feeds = _extreme_case(8)
+    feeds["modality"][:] = 1  # the modality whose T the encoder and the product share
+
+    def graph():
+        model = _linear_graph(timesteps=enc_T, w_q=w_q, wbits=8)
+        mm = next(n for n in model.graph if n.name == "mm")
+        mm.attributes["timesteps"] = ir.AttrInt64s("timesteps", list(mm_T))
+        return model
+
+    expected = sops.run_reference(graph(), feeds)[0]
+    model = graph()
+    lower_for_ort(model, "fused", nbits=False)
+    bounds = u8s8_pair_bounds(spir.to_proto(model), feeds)
+    assert bounds and all(2 * a * b <= U8S8_LIMIT for _, a, b in bounds), bounds
+    np.testing.assert_array_equal(_run_ort(model, feeds)["y"], expected)
+
+
 def test_seven_bit_codes_by_8bit_weights_take_two_digit_groups():
     """T = 7 codes stay one uint8 product (and the uint8 encoder) by 4-bit weights, and become
     two 6-bit digit groups by weights beyond |w| = 64."""

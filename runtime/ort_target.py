@@ -59,6 +59,7 @@ class StatsSession:
         else:
             lowered = lower_for_ort(model, mode, in_place=weights == "nbits")
         self.layers = lowered.layers or {}
+        self.modality_inputs, self.modalities = lowered.modality_inputs, lowered.modalities
         make_options = options or (lambda: _session_options(threads, weights))
         self.session = _ort_session(role, model, make_options())
         self.one_token_session, self.token_axes = None, []
@@ -86,6 +87,12 @@ class StatsSession:
         missing = [n for n in self.input_names if n not in feeds]
         if missing:
             raise SpikecError(f"graph '{self.role}': missing inputs {missing} (expects {self.input_names})")
+        for name in self.modality_inputs:  # onnxruntime's Gather would take -1 as the last modality
+            ids = np.asarray(feeds[name])
+            if ids.size and (ids.min() < 0 or ids.max() >= len(self.modalities)):
+                bad = int(ids.min()) if ids.min() < 0 else int(ids.max())
+                raise SpikecError(f"graph '{self.role}': input '{name}' holds modality id {bad}; this model's "
+                                  f"modalities are 0..{len(self.modalities) - 1} ({', '.join(self.modalities)})")
         wanted = list(output_names) if output_names else self.output_names
         session = self.session_for(feeds)
         outs = session.run(wanted + self.stats_names, {n: feeds[n] for n in self.input_names})

@@ -853,6 +853,10 @@ class LoweringStats:
     # (batch 1, a decode step): where the one-token MatMulNBits products run. Set where some
     # product takes that path and every such axis is named on a graph input; None otherwise.
     one_token_dims: tuple[str, ...] | None = None
+    # graph inputs read as per-token modality ids, and the model's modality names: ids
+    # outside 0..len - 1 must be refused before a run (Gather would wrap -1 silently)
+    modality_inputs: tuple[str, ...] = ()
+    modalities: tuple[str, ...] = ()
 
 
 class _Lowerer:
@@ -875,6 +879,7 @@ class _Lowerer:
         self._u8_codes: dict[int, ir.Value] = {}  # encoder outputs holding uint8 codes -> their a_zp
         self._w_bounds: dict[int, int] = {}  # id(node) -> weight_bound(node)
         self._absorbed: dict[int, ir.Node] = {}  # one_token: id(group's first product) -> its encoder
+        self._modality_inputs: list[str] = []  # graph inputs read as modality ids
 
     # -- helpers -------------------------------------------------------------
     def _const(self, base: str, array: np.ndarray) -> ir.Value:
@@ -895,6 +900,8 @@ class _Lowerer:
         """The per-token modality tensor of a node: its input, or a constant of x's token shape."""
         mod = node.inputs[mod_index] if len(node.inputs) > mod_index else None
         if mod is not None:
+            if mod.is_graph_input() and mod.name not in self._modality_inputs:
+                self._modality_inputs.append(mod.name)
             return mod
         const = sops.attr(node, "modality_id")
         if const is None:
@@ -1337,11 +1344,15 @@ class _Lowerer:
                 groups.setdefault(key, []).append(node)
         first = {id(g[0]): (g, key[-1]) for key, g in groups.items()}  # key[-1]: every token on MatMulNBits
         followers = {id(n) for g in groups.values() for n in g[1:]}
-        one_token_dims = self.one_token_dims([g for key, g in groups.items() if not key[-1]])
+        one_token_groups = [g for key, g in groups.items() if not key[-1]]
+        one_token_dims = self.one_token_dims(one_token_groups)
         if self.one_token:
+            if not one_token_groups:
+                raise SpikecError("no product of this graph runs on MatMulNBits for one token (TC-LIF codes by 4-bit "
+                                  "weights within nbits_exact): nothing to lower for one token")
             if one_token_dims is None:
-                raise SpikecError("no product of this graph runs on MatMulNBits for one token under named token axes: "
-                                  "nothing to lower for one token")
+                raise SpikecError("the token axes of its one-token products are not all named axes of the graph inputs "
+                                  "(a fixed size, an unnamed axis or no shape): a one-token call could not be told apart")
             for g in groups.values():
                 enc = self.absorbable_encoder(g)
                 if enc is not None:
@@ -1387,7 +1398,8 @@ class _Lowerer:
         for fp in self.functions.values():
             f = ir.serde.deserialize_function(fp)
             self.model.functions[f.identifier()] = f
-        return LoweringStats(count, tuple(self.stats), self.layers, one_token_dims)
+        return LoweringStats(count, tuple(self.stats), self.layers, one_token_dims, tuple(self._modality_inputs),
+                             tuple(self.names))
 
     def one_token_dims(self, groups: list[list[ir.Node]]) -> tuple[str, ...] | None:
         """LoweringStats.one_token_dims for the one-token-capable product groups."""

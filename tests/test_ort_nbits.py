@@ -290,3 +290,7 @@ def test_one_token_graph_needs_a_one_token_product():
         with pytest.raises(SpikecError, match="nothing to lower for one token"):
             lower_for_ort(model, "fused", one_token=True)
         assert [n.op_type for n in model.graph] == before
+    unnamed = _graph(64)  # the runtime could not tell a one-token call: refused, not guessed
+    unnamed.graph.inputs[0].shape = ir.Shape([None, None, 64])
+    with pytest.raises(SpikecError, match="could not be told apart"):
+        lower_for_ort(unnamed, "fused", one_token=True)

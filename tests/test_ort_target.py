@@ -173,6 +173,13 @@ def test_run_cli_generation_inputs_and_errors(run_cli, tmp_path):
     assert r.code != 0 and "not an image" in r.err and "Traceback" not in r.err
     r = run_cli("run", path, "--inputs", str(tmp_path / "in.npz"))
     assert r.code != 0 and "--graph" in r.err
+    for bad_id in (-1, 2):  # onnxruntime's Gather would take -1 as the last modality, silently
+        feeds_bad = dict(feeds, modality=np.where(np.arange(feeds["modality"].shape[1]) == 3, bad_id,
+                                                  feeds["modality"]).astype(np.int64))
+        np.savez(tmp_path / "bad_mod.npz", **feeds_bad)
+        r = run_cli("run", path, "--inputs", str(tmp_path / "bad_mod.npz"), "--graph", "lm", "-o", str(tmp_path / "o.npz"))
+        assert r.code != 0 and f"input 'modality' holds modality id {bad_id}" in r.err and "Traceback" not in r.err
+        assert not (tmp_path / "o.npz").exists()
     r = run_cli("run", str(tmp_path / "in.npz"), "--inputs", str(tmp_path / "in.npz"))
     assert r.code != 0 and "bad magic" in r.err
     r = run_cli("inspect", path)

@@ -34,8 +34,8 @@ class StatsSession:
     token goes to (LoweringStats.one_token_dims all 1 in the feeds), and `model` is lowered
     without MatMulNBits: no If on the token count in either graph, and each weight is held
     in one form per session, as the single graph with the If held both. A W4 decode step at
-    Qwen2-VL-2B widths (2 text layers, 2 threads, AVX2) took 20.2 ms with the If against ORT
-    int4's 18.3 ms, and 16.0 against 15.7 ms so (docs/ort-target.md).
+    Qwen2-VL-2B widths (2 text layers, 2 threads, AVX2) ran at 0.91-0.93x the speed of ORT's
+    MatMulNBits model with the If and at 0.97-0.98x so (docs/ort-target.md).
     options: a function giving fresh onnxruntime SessionOptions (one per session; the
     benchmark's profiling and spinning settings), in place of the default."""
 

@@ -170,13 +170,27 @@ def _encode_fn(name: str, dynamic: bool, opset: int, u8: bool = False, K: int | 
     u8 (codes |q| <= 127 feeding MatMulIntegerToFloat): see _encode_u8_fn."""
     if u8:
         return _encode_u8_fn(name, dynamic, opset, K)
-    n = _nonfinite_nodes("x", [-1], None if dynamic else "s_tok")
+    n = _encoder_nodes(dynamic, [-1], ("lo_tok", "hi_tok") if offset else None, "r2")
+    n.append(helper.make_node("Cast", ["r2"], ["q"], to=TensorProto.INT32))
+    return _fn(name, ["x", "s_tok", "q_tok"] + (["lo_tok", "hi_tok"] if offset else []), ["q", "s"], n, opset)
+
+
+def _encoder_nodes(dynamic: bool, axes: list[int] | None, clamp: tuple[str, str] | None,
+                   codes: str) -> list[onnx.NodeProto]:
+    """spikec.reference.encode_tokens as nodes over x (float32), q_tok (the largest code per
+    token) and, static, s_tok: the scale `s` (max|x| / q_tok, 1.0 where that is 0, or s_tok;
+    NaN for a bad token) and float32 codes `codes` = clip(round(x / s), -q_tok, q_tok), or
+    clipped to `clamp` = (lo, hi) (an imported zero point's range), 0 on a bad token's row.
+    axes: the token's features ([-1], keepdims); None reduces every axis to scalars (one token)."""
+    n = _nonfinite_nodes("x", axes, None if dynamic else "s_tok")
     n += [_c("zero", 0.0), _c("one", 1.0), _c("nan", np.nan)]
     if dynamic:
+        n.append(helper.make_node("Abs", ["x"], ["ax"]))
+        if axes is None:
+            n.append(helper.make_node("ReduceMax", ["ax"], ["amax"], keepdims=0))
+        else:
+            n += [_c("axes", axes, np.int64), helper.make_node("ReduceMax", ["ax", "axes"], ["amax"], keepdims=1)]
         n += [
-            helper.make_node("Abs", ["x"], ["ax"]),
-            _c("axes", [-1], np.int64),
-            helper.make_node("ReduceMax", ["ax", "axes"], ["amax"], keepdims=1),
             helper.make_node("Div", ["amax", "q_tok"], ["s0"]),
             helper.make_node("Greater", ["s0", "zero"], ["pos"]),
             helper.make_node("Where", ["pos", "s0", "one"], ["s1"]),
@@ -190,14 +204,13 @@ def _encode_fn(name: str, dynamic: bool, opset: int, u8: bool = False, K: int | 
         helper.make_node("Div", ["xc", "sd"], ["xs"]),
         helper.make_node("Round", ["xs"], ["r"]),  # half to even, as QuantizeLinear
     ]
-    if offset:
-        n += [helper.make_node("Max", ["r", "lo_tok"], ["r1"]), helper.make_node("Min", ["r1", "hi_tok"], ["r2"])]
+    if clamp:
+        n += [helper.make_node("Max", ["r", clamp[0]], ["r1"]), helper.make_node("Min", ["r1", clamp[1]], [codes])]
     else:
         n += [helper.make_node("Neg", ["q_tok"], ["nq"]),
               helper.make_node("Max", ["r", "nq"], ["r1"]),
-              helper.make_node("Min", ["r1", "q_tok"], ["r2"])]
-    n.append(helper.make_node("Cast", ["r2"], ["q"], to=TensorProto.INT32))
-    return _fn(name, ["x", "s_tok", "q_tok"] + (["lo_tok", "hi_tok"] if offset else []), ["q", "s"], n, opset)
+              helper.make_node("Min", ["r1", "q_tok"], [codes])]
+    return n
 
 
 def _encode_u8_fn(name: str, dynamic: bool, opset: int, K: int | None = None) -> onnx.FunctionProto:
@@ -762,31 +775,11 @@ def _one_token_nbits_fn(name: str, opset: int, K: int, parts: list[tuple[int, bo
     cheaper nodes: the non-finite test and the scale are scalars, the codes stay float32
     (no int32 or uint8 form, no casts), and the sentinel layout is _sentinel_layout's."""
     blocks = nbits_blocks(K, block)
-    n = _nonfinite_nodes("x", None, None if dynamic else "s_tok")  # `bad`: a scalar, one token
-    n.insert(0, helper.make_node("Gather", ["q_tab", "mod"], ["q_tok"], axis=0))
+    n = [helper.make_node("Gather", ["q_tab", "mod"], ["q_tok"], axis=0)]
     if not dynamic:
-        n.insert(0, helper.make_node("Gather", ["s_tab", "mod"], ["s_tok"], axis=0))
-    n += [_c("zero", 0.0), _c("one", 1.0), _c("nan", np.nan)]
-    if dynamic:
-        n += [
-            helper.make_node("Abs", ["x"], ["ax"]),
-            helper.make_node("ReduceMax", ["ax"], ["amax"], keepdims=0),
-            helper.make_node("Div", ["amax", "q_tok"], ["s0"]),
-            helper.make_node("Greater", ["s0", "zero"], ["pos"]),
-            helper.make_node("Where", ["pos", "s0", "one"], ["s1"]),
-        ]
-    else:
-        n += [helper.make_node("Identity", ["s_tok"], ["s1"])]
-    n += [
-        helper.make_node("Where", ["bad", "one", "s1"], ["sd"]),  # the divisor: 1.0 for a bad token
-        helper.make_node("Where", ["bad", "nan", "s1"], ["s"]),  # [1, ..., 1] (rank - 1): broadcasts over acc
-        helper.make_node("Where", ["bad", "zero", "x"], ["xc"]),  # its codes 0
-        helper.make_node("Div", ["xc", "sd"], ["xs"]),
-        helper.make_node("Round", ["xs"], ["r"]),  # half to even, as the reference
-        helper.make_node("Neg", ["q_tok"], ["nq"]),
-        helper.make_node("Max", ["r", "nq"], ["r1"]),
-        helper.make_node("Min", ["r1", "q_tok"], ["codes"]),
-    ]
+        n.append(helper.make_node("Gather", ["s_tab", "mod"], ["s_tok"], axis=0))
+    # one token: `bad` and the scale are scalars; s [1, ..., 1] (rank - 1) broadcasts over acc
+    n += _encoder_nodes(dynamic, None, None, "codes")
     _sentinel_layout(n, "codes", rank, K, block, [1] * (rank - 1))
     inputs, outputs = ["x", "mod", "q_tab", "s_tab"], []
     for i, (m, with_bias) in enumerate(parts):

@@ -135,9 +135,11 @@ def _c(name: str, value, dtype=np.float32) -> onnx.NodeProto:
     return helper.make_node("Constant", [], [name], value=onnx.numpy_helper.from_array(np.asarray(value, dtype=dtype), name))
 
 
-def _nonfinite_nodes(src: str, axes: list[int] | None, extra_bad: str | None = None) -> list[onnx.NodeProto]:
+def _nonfinite_nodes(src: str, axes: list[int] | None, extra_bad: str | None = None,
+                     test: bool = True) -> list[onnx.NodeProto]:
     """Nodes computing `bad` (bool, keepdims over `axes`; all axes when None): True where the
-    reduced slice of `src` holds NaN or +-inf (or where `extra_bad` is True).
+    reduced slice of `src` holds NaN or +-inf (or where `extra_bad` is True). Without `test`,
+    only `nf_sum` (float32): NaN there, +-0 elsewhere.
 
     0 * x is +-0 for a finite x and NaN for NaN and +-inf, and a sum that meets a NaN is NaN
     in every order, so IsNaN(ReduceSum(x * 0)) is exact. (ReduceMax and Max do not
@@ -150,6 +152,8 @@ def _nonfinite_nodes(src: str, axes: list[int] | None, extra_bad: str | None = N
         n.append(helper.make_node("ReduceSum", ["nf_z"], ["nf_sum"], keepdims=0))
     else:
         n += [_c("nf_axes", axes, np.int64), helper.make_node("ReduceSum", ["nf_z", "nf_axes"], ["nf_sum"], keepdims=1)]
+    if not test:
+        return n
     n.append(helper.make_node("IsNaN", ["nf_sum"], ["bad0" if extra_bad else "bad"]))
     if extra_bad:
         n += [helper.make_node("IsNaN", [extra_bad], ["bad1"]), helper.make_node("Or", ["bad0", "bad1"], ["bad"])]
@@ -176,13 +180,22 @@ def _encode_fn(name: str, dynamic: bool, opset: int, u8: bool = False, K: int | 
 
 
 def _encoder_nodes(dynamic: bool, axes: list[int] | None, clamp: tuple[str, str] | None,
-                   codes: str) -> list[onnx.NodeProto]:
+                   codes: str, scaled_only: bool = False) -> list[onnx.NodeProto]:
     """spikec.reference.encode_tokens as nodes over x (float32), q_tok (the largest code per
     token) and, static, s_tok: the scale `s` (max|x| / q_tok, 1.0 where that is 0, or s_tok;
     NaN for a bad token) and float32 codes `codes` = clip(round(x / s), -q_tok, q_tok), or
     clipped to `clamp` = (lo, hi) (an imported zero point's range), 0 on a bad token's row.
-    axes: the token's features ([-1], keepdims); None reduces every axis to scalars (one token)."""
-    n = _nonfinite_nodes("x", axes, None if dynamic else "s_tok")
+    axes: the token's features ([-1], keepdims); None reduces every axis to scalars (one token).
+
+    scaled_only: for codes whose every use is a product multiplied by `s` (_one_token_nbits_fn),
+    a bad token's codes are left as they come, in 3 nodes fewer (5 static). Its output row
+    is NaN all the same, as the reference's (code 0, scale NaN): float32(acc) * NaN is NaN
+    whatever acc is (MatMulNBits turns NaN or inf codes into some int8, no fault). So no
+    Where picks code 0 and a divisor of 1.0: s = s1 + sum(x * 0), that sum NaN for exactly
+    a bad token (_nonfinite_nodes; with a static scale, s_tok NaN makes s NaN too) and +-0
+    otherwise, and s1 + (+-0) = s1 for every s1 >= 0 (IEEE 754: x + (+-0) = x for x != 0,
+    +0 + (+-0) = +0)."""
+    n = _nonfinite_nodes("x", axes, None if dynamic or scaled_only else "s_tok", test=not scaled_only)
     n += [_c("zero", 0.0), _c("one", 1.0), _c("nan", np.nan)]
     if dynamic:
         n.append(helper.make_node("Abs", ["x"], ["ax"]))
@@ -197,13 +210,17 @@ def _encoder_nodes(dynamic: bool, axes: list[int] | None, clamp: tuple[str, str]
         ]
     else:
         n += [helper.make_node("Identity", ["s_tok"], ["s1"])]
-    n += [
-        helper.make_node("Where", ["bad", "one", "s1"], ["sd"]),  # the divisor: 1.0 for a bad token
-        helper.make_node("Where", ["bad", "nan", "s1"], ["s"]),
-        helper.make_node("Where", ["bad", "zero", "x"], ["xc"]),  # its row codes as 0
-        helper.make_node("Div", ["xc", "sd"], ["xs"]),
-        helper.make_node("Round", ["xs"], ["r"]),  # half to even, as QuantizeLinear
-    ]
+    if scaled_only:
+        n += [helper.make_node("Add", ["s1", "nf_sum"], ["s"]),  # NaN for a bad token, else s1
+              helper.make_node("Div", ["x", "s1"], ["xs"])]
+    else:
+        n += [
+            helper.make_node("Where", ["bad", "one", "s1"], ["sd"]),  # the divisor: 1.0 for a bad token
+            helper.make_node("Where", ["bad", "nan", "s1"], ["s"]),
+            helper.make_node("Where", ["bad", "zero", "x"], ["xc"]),  # its row codes as 0
+            helper.make_node("Div", ["xc", "sd"], ["xs"]),
+        ]
+    n.append(helper.make_node("Round", ["xs"], ["r"]))  # half to even, as QuantizeLinear
     if clamp:
         n += [helper.make_node("Max", ["r", clamp[0]], ["r1"]), helper.make_node("Min", ["r1", clamp[1]], [codes])]
     else:
@@ -779,7 +796,7 @@ def _one_token_nbits_fn(name: str, opset: int, K: int, parts: list[tuple[int, bo
     if not dynamic:
         n.append(helper.make_node("Gather", ["s_tab", "mod"], ["s_tok"], axis=0))
     # one token: `bad` and the scale are scalars; s [1, ..., 1] (rank - 1) broadcasts over acc
-    n += _encoder_nodes(dynamic, None, None, "codes")
+    n += _encoder_nodes(dynamic, None, None, "codes", scaled_only=True)
     _sentinel_layout(n, "codes", rank, K, block, [1] * (rank - 1))
     inputs, outputs = ["x", "mod", "q_tab", "s_tab"], []
     for i, (m, with_bias) in enumerate(parts):

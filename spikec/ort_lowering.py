@@ -67,7 +67,9 @@ Non-finite activations (docs/passes.md): a token whose input row holds NaN or +-
 encoded as code 0 with scale NaN, so its output row is NaN, in every mode, exactly as
 spikec.reference.encode_tokens; the encoders detect such rows with IsNaN(ReduceSum(x * 0))
 (exact: 0 * x is NaN only for NaN and +-inf, and a sum meeting a NaN is NaN), never with
-ReduceMax or Max, which do not propagate NaN in onnxruntime.
+ReduceMax or Max, which do not propagate NaN in onnxruntime. The one-token graph's encoder,
+whose codes only products multiplied by its scale read, makes only the scale NaN
+(_encoder_nodes, scaled_only): the output row is the same NaN row.
 """
 
 from __future__ import annotations
@@ -185,7 +187,8 @@ def _encoder_nodes(dynamic: bool, axes: list[int] | None, clamp: tuple[str, str]
     token) and, static, s_tok: the scale `s` (max|x| / q_tok, 1.0 where that is 0, or s_tok;
     NaN for a bad token) and float32 codes `codes` = clip(round(x / s), -q_tok, q_tok), or
     clipped to `clamp` = (lo, hi) (an imported zero point's range), 0 on a bad token's row.
-    axes: the token's features ([-1], keepdims); None reduces every axis to scalars (one token).
+    axes: the token's features ([-1], keepdims); None reduces every axis to scalars (one token:
+    then q_tok, s_tok and the `clamp` bounds are rank-0 scalars too, and the clamp is one Clip).
 
     scaled_only: for codes whose every use is a product multiplied by `s` (_one_token_nbits_fn),
     a bad token's codes are left as they come, in 3 nodes fewer (5 static). Its output row
@@ -221,7 +224,9 @@ def _encoder_nodes(dynamic: bool, axes: list[int] | None, clamp: tuple[str, str]
             helper.make_node("Div", ["xc", "sd"], ["xs"]),
         ]
     n.append(helper.make_node("Round", ["xs"], ["r"]))  # half to even, as QuantizeLinear
-    if clamp:
+    if clamp and axes is None:  # scalar bounds (onnxruntime's Clip takes no other)
+        n.append(helper.make_node("Clip", ["r", clamp[0], clamp[1]], [codes]))
+    elif clamp:
         n += [helper.make_node("Max", ["r", clamp[0]], ["r1"]), helper.make_node("Min", ["r1", clamp[1]], [codes])]
     else:
         n += [helper.make_node("Neg", ["q_tok"], ["nq"]),
@@ -781,24 +786,24 @@ def _nbits_matmul_fn(name: str, opset: int, K: int, parts: list[tuple[int, bool]
 
 def _one_token_nbits_fn(name: str, opset: int, K: int, parts: list[tuple[int, bool]], rank: int, dynamic: bool,
                         block: int = NBITS_BLOCK) -> onnx.FunctionProto:
-    """(x, mod, q_tab, s_tab, then per part s_w_i, [bias_i], nb_b_i, nb_s_i) -> y_i: one token's
-    TC-LIF SpikeEncode and the MatMulNBits products of its code in one call, for a graph
-    lowered for one token (lower_for_ort(one_token=True), a decode step).
+    """(x, q_tok, nq_tok, [s_tok], then per part s_w_i, [bias_i], nb_b_i, nb_s_i) -> y_i: one
+    token's TC-LIF SpikeEncode and the MatMulNBits products of its code in one call, for a
+    graph lowered for one token (lower_for_ort(one_token=True), a decode step).
 
-    x float32 [1, ..., 1, K] (rank `rank`), mod int64 [1, ..., 1] (rank - 1); q_tab / s_tab
-    float32 [n_mod]: per modality the largest code 2**T - 1 and the static scale (unused for
-    dynamic scales). The same numbers as _encode_fn followed by _nbits_matmul_fn's products
-    (spikec.reference.encode_tokens, then (float32(acc) * s) * s_w_i (+ bias_i)), in fewer and
-    cheaper nodes: the non-finite test and the scale are scalars, the codes stay float32
-    (no int32 or uint8 form, no casts), and the sentinel layout is _sentinel_layout's."""
+    x float32 [1, ..., 1, K] (rank `rank`); q_tok, nq_tok, s_tok float32 scalars (rank 0): the
+    token's largest code 2**T - 1, its negation, and (static scales only) its scale, gathered
+    by its modality outside, once per graph for every group of the same table
+    (_Lowerer.token_scalar). The same numbers as _encode_fn followed by _nbits_matmul_fn's
+    products (spikec.reference.encode_tokens, then (float32(acc) * s) * s_w_i (+ bias_i)), in
+    fewer and cheaper nodes: the non-finite test and the scale are scalars, the clamp is one
+    Clip, the codes stay float32 (no int32 or uint8 form, no casts), a bad token's codes are
+    left as they come (_encoder_nodes' scaled_only), and the sentinel layout is
+    _sentinel_layout's."""
     blocks = nbits_blocks(K, block)
-    n = [helper.make_node("Gather", ["q_tab", "mod"], ["q_tok"], axis=0)]
-    if not dynamic:
-        n.append(helper.make_node("Gather", ["s_tab", "mod"], ["s_tok"], axis=0))
-    # one token: `bad` and the scale are scalars; s [1, ..., 1] (rank - 1) broadcasts over acc
-    n += _encoder_nodes(dynamic, None, None, "codes", scaled_only=True)
+    # one token: the non-finite test, the scale and the bounds are scalars; s broadcasts over acc
+    n = _encoder_nodes(dynamic, None, ("nq_tok", "q_tok"), "codes", scaled_only=True)
     _sentinel_layout(n, "codes", rank, K, block, [1] * (rank - 1))
-    inputs, outputs = ["x", "mod", "q_tab", "s_tab"], []
+    inputs, outputs = ["x", "q_tok", "nq_tok"] + ([] if dynamic else ["s_tok"]), []
     for i, (m, with_bias) in enumerate(parts):
         y = f"y{i}"
         n += [helper.make_node("MatMulNBits", ["nb_a", f"nb_b{i}", f"nb_s{i}"], [f"acc{i}"], domain="com.microsoft",
@@ -889,6 +894,7 @@ class _Lowerer:
         self._u8_codes: dict[int, ir.Value] = {}  # encoder outputs holding uint8 codes -> their a_zp
         self._w_bounds: dict[int, int] = {}  # id(node) -> weight_bound(node)
         self._absorbed: dict[int, ir.Node] = {}  # one_token: id(group's first product) -> its encoder
+        self._token_scalars: dict = {}  # one_token: (table bytes, id(mod)) or id(mod) -> its scalar
         self._modality_inputs: list[str] = []  # graph inputs read as modality ids
 
     # -- helpers -------------------------------------------------------------
@@ -1250,9 +1256,12 @@ class _Lowerer:
         K, rank = int(first.inputs[3].shape[0]), _rank(x)
         dynamic = sops.attr(enc, "act_scale", "dynamic") == "dynamic"
         mod = self._modality(enc, x, 1)
-        q_tab = self._const(f"{enc.name}.qmax", ((np.int64(1) << T) - 1).astype(np.float32))
-        s_tab = self._const(f"{enc.name}.scale", self.static_scales(enc, T))
-        parts, inputs = [], [x, mod, q_tab, s_tab]
+        q_tab = ((np.int64(1) << T) - 1).astype(np.float32)
+        inputs = [x, self.token_scalar(first, f"{enc.name}.qmax", q_tab, mod),
+                  self.token_scalar(first, f"{enc.name}.qmax_neg", -q_tab, mod)]
+        if not dynamic:
+            inputs.append(self.token_scalar(first, f"{enc.name}.scale", self.static_scales(enc, T), mod))
+        parts = []
         for node in nodes:
             w, s_w = node.inputs[3], node.inputs[4]
             bias = node.inputs[5] if len(node.inputs) > 5 else None
@@ -1268,9 +1277,23 @@ class _Lowerer:
         fn = self._function(name, lambda: _one_token_nbits_fn(name, self.opset, K, parts, rank, dynamic))
         return self._insert(first, fn, inputs, n_out=len(nodes), domain=DOMAIN)
 
+    def token_scalar(self, before: ir.Node, base: str, table: np.ndarray, mod: ir.Value) -> ir.Value:
+        """table[m] (float32 [n_mod] by modality) for the one token of a one-token graph, as a
+        rank-0 scalar: a Gather by its modality made a scalar (mod holds one id), made once
+        per graph for each table and modality value (every layer's encoders of the same T
+        share their largest code)."""
+        if id(mod) not in self._token_scalars:  # (mod, its scalar id); mod kept, so its id is not reused
+            shape = self._const(f"{base}.scalar_shape", np.zeros(0, np.int64))
+            self._token_scalars[id(mod)] = (mod, self._insert(before, "Reshape", [mod, shape])[0])
+        key = (table.tobytes(), id(mod))
+        if key not in self._token_scalars:
+            scalar_mod = self._token_scalars[id(mod)][1]
+            self._token_scalars[key] = self._insert(before, "Gather", [self._const(base, table), scalar_mod], axis=0)[0]
+        return self._token_scalars[key]
+
     def nbits_group(self, nodes: list[ir.Node], every_token: bool) -> list[ir.Value]:
-        """One call for the products of `nodes` (one nbits_key): MatMulNBits over their
-        concatenated weights for one token, MatMulIntegerToFloat per product otherwise
+        """One call for the products of `nodes` (one nbits_key): MatMulNBits per product for
+        one token, MatMulIntegerToFloat per product otherwise
         (one_token: MatMulNBits alone, with their encoder where absorbable_encoder allows)."""
         first = nodes[0]
         if id(first) in self._absorbed:

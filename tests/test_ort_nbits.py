@@ -230,13 +230,55 @@ def test_one_token_graph_matches_reference(K, timesteps, act_scale):
             model = _graph(K, widths, bias, timesteps=timesteps, act_scale=act_scale)
             stats = lower_for_ort(model, "fused", one_token=True)
             assert stats.one_token_dims == ("b", "s")
-            assert [n.op_type for n in model.graph] == [f"SpikeEncodeMatMul_tclif_nbits{NBITS_BLOCK}_"
-                                                        f"{act_scale[:3] if act_scale == 'dynamic' else act_scale}"
-                                                        f"_K{K}_7b_3_r3"]
+            ops = [n.op_type for n in model.graph]  # the token's scalars (Reshape, Gather), then the call
+            assert ops[-1] == (f"SpikeEncodeMatMul_tclif_nbits{NBITS_BLOCK}_"
+                               f"{act_scale[:3] if act_scale == 'dynamic' else act_scale}_K{K}_7b_3_r3")
+            assert ops[:-1] == ["Reshape"] + ["Gather"] * (2 if act_scale == "dynamic" else 3)
             assert "If" not in _functions_ops(model) and not any(n.startswith("W") for n in model.graph.initializers)
             assert [list(v.shape) for v in model.graph.inputs] == [[1, 1, K], [1, 1]]
             for got, ref in zip(_run(model, feeds), want):
                 np.testing.assert_array_equal(got, ref, err_msg=f"K={K} T={timesteps} {act_scale} {case} mod={mod}")
+
+
+def _chain(K: int, act_scale: str, timesteps=((4, 3), (4, 3))) -> ir.Model:
+    """x [B, S, K] -> SpikeEncode -> SpikeMatMul [K, K] -> SpikeEncode -> SpikeMatMul [K, 8]:
+    two one-token groups (two layers' worth) of the given timesteps."""
+    rng = np.random.default_rng(3)
+    static = {} if act_scale == "dynamic" else {"act_clip": [2.5] * sops.CLIP_T + [0.75] * sops.CLIP_T}
+    nodes, inits, src = [], [], "x"
+    for i, (T, m) in enumerate(zip(timesteps, (K, 8))):
+        nodes += [helper.make_node("SpikeEncode", [src, "modality"], [f"q{i}", f"s{i}"], domain="spikec", name=f"enc{i}",
+                                   timesteps=list(T), neuron="tc-lif", act_scale=act_scale, **static),
+                  helper.make_node("SpikeMatMul", [f"q{i}", f"s{i}", "modality", f"W{i}", f"s_w{i}"], [f"y{i}"],
+                                   domain="spikec", name=f"mm{i}", timesteps=list(T), neuron="tc-lif", wbits=4)]
+        inits += [numpy_helper.from_array(rng.integers(-7, 8, (K, m)).astype(np.int8), f"W{i}"),
+                  numpy_helper.from_array((rng.random(m) * 0.1 + 0.01).astype(np.float32), f"s_w{i}")]
+        src = f"y{i}"
+    inputs = [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["b", "s", K]),
+              helper.make_tensor_value_info("modality", TensorProto.INT64, ["b", "s"])]
+    model = helper.make_model(helper.make_graph(nodes, "g", inputs,
+                                                [helper.make_tensor_value_info("y1", TensorProto.FLOAT, ["b", "s", 8])],
+                                                inits),
+                              opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("spikec", 1)])
+    model.ir_version = 10
+    return ir.from_proto(model)
+
+
+@pytest.mark.parametrize("act_scale", ["dynamic", "static"])
+def test_one_token_groups_share_their_token_scalars(act_scale):
+    """Two groups whose encoders have the same timesteps share one scalar modality id and
+    one Gather per table of largest codes (static scales differ per encoder only in value:
+    here equal, so shared too); other timesteps get their own; the reference's bits."""
+    for timesteps, gathers in (((4, 3), (4, 3)), 2), (((4, 3), (6, 2)), 4):
+        model, ref = _chain(32, act_scale, timesteps), _chain(32, act_scale, timesteps)
+        lower_for_ort(model, "fused", one_token=True)
+        ops = [n.op_type for n in model.graph]
+        static = act_scale == "static"
+        assert ops.count("Reshape") == 1 and ops.count("Gather") == gathers + static * (gathers // 2), ops
+        for case in ("random", "nan", "zero"):
+            for mod in (0, 1):
+                feeds = _one_token_feeds(32, case, mod)
+                np.testing.assert_array_equal(_run(model, feeds)[0], sops.run_reference(ref, feeds)[0])
 
 
 def test_one_token_graph_equals_the_default_graph_on_one_token():

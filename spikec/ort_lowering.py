@@ -894,7 +894,7 @@ class _Lowerer:
         self._u8_codes: dict[int, ir.Value] = {}  # encoder outputs holding uint8 codes -> their a_zp
         self._w_bounds: dict[int, int] = {}  # id(node) -> weight_bound(node)
         self._absorbed: dict[int, ir.Node] = {}  # one_token: id(group's first product) -> its encoder
-        self._token_scalars: dict = {}  # one_token: (table bytes, id(mod)) or id(mod) -> its scalar
+        self._token_scalars: dict = {}  # one_token: id(mod) -> (mod, its scalar id); (table bytes, id(mod)) -> table[mod]
         self._modality_inputs: list[str] = []  # graph inputs read as modality ids
 
     # -- helpers -------------------------------------------------------------

@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.spikec-installed
 
-.PHONY: demo test test-slow venv clean rtl-tools report-tools synth-tools synth-report data-tools
+.PHONY: demo test test-slow venv ortops clean rtl-tools report-tools synth-tools synth-report data-tools
 
 # `make demo MODEL=path/to/checkpoint` runs the demo on another checkpoint folder.
 MODEL ?= models/digits-llava
@@ -57,15 +57,26 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
+# spikec's onnxruntime custom-op library (runtime/ortops/: W4 decode steps in one kernel per
+# product). build.sh fetches onnxruntime's C/C++ headers from the npm registry (PyPI's wheels
+# have none), checked by sha512, and compiles with g++. The runtime falls back to stock
+# operators without it (the same bits): the demo goes on if it cannot be built; the tests
+# require it (SPIKEC_REQUIRE_ORTOPS=1), so that it is tested.
+ORTOPS_LIB := build/ortops/libspikec_ortops.so
+$(ORTOPS_LIB): runtime/ortops/spikec_ortops.cc runtime/ortops/build.sh
+	bash runtime/ortops/build.sh $@
+ortops: $(ORTOPS_LIB)
+
 demo: $(STAMP)
+	@$(MAKE) --no-print-directory ortops || echo "warning: spikec's onnxruntime custom ops not built; stock operators only" >&2
 	MODEL="$(MODEL)" PATH="$(abspath $(VENV))/bin:$$PATH" bash scripts/demo.sh
 
 # Two pytest workers (pytest-xdist) on the 2-core build machines: the suite took 21 min in
 # one process on an AVX2 EPYC, 15 in two. One BLAS/OpenMP thread per worker, so the two do
 # not fight over the cores; onnxruntime sessions keep their own thread counts.
 PYTEST_PARALLEL := -n auto --dist worksteal
-test: $(STAMP)
-	OMP_NUM_THREADS=1 $(PY) -m pytest $(PYTEST_PARALLEL)
+test: $(STAMP) $(ORTOPS_LIB)
+	OMP_NUM_THREADS=1 SPIKEC_REQUIRE_ORTOPS=1 $(PY) -m pytest $(PYTEST_PARALLEL)
 
 # The slow suite renders `spikec report` pages in headless Chromium (Debian's package),
 # installed only here: the default suite and the main job do not need a browser.
@@ -75,8 +86,8 @@ report-tools:
 	  $(SUDO) apt-get install -y --no-install-recommends chromium \
 	  || { $(SUDO) apt-get update && $(SUDO) apt-get install -y --no-install-recommends chromium; }; }
 
-test-slow: $(STAMP) report-tools
-	SPIKEC_SLOW=1 $(PY) -m pytest  # one process: the real-size checks need the memory
+test-slow: $(STAMP) $(ORTOPS_LIB) report-tools
+	SPIKEC_SLOW=1 SPIKEC_REQUIRE_ORTOPS=1 $(PY) -m pytest  # one process: the real-size checks need the memory
 
 clean:
 	rm -rf out build dist *.egg-info .pytest_cache

@@ -19,6 +19,9 @@ and times the language model on onnxruntime, every variant in the same process:
              MatMulNBits over the integer codes where that is exact (spikec/ort_lowering.py,
              "nbits"), reading the .sbin's packed 4-bit sections in place; the others on
              MatMulInteger over int8 codes unpacked at load
+  spikec-w4-stock  the same .sbin with spikec's custom-op library off (SPIKEC_ORTOPS=0):
+             decode's one-token graph on stock operators only. spikec-w4 uses the library
+             (runtime/ortops/: one SpikeEncodeMatMulNBits node per product) where it is built
   spikec-w4-nbits  the same .sbin under the runtime's "nbits" weight policy (a W4 model
              too large to prepack int8, runtime/ort_target.py: choose_weight_policy): every
              product with packed weights on MatMulNBits, whatever the token count, no int8
@@ -51,7 +54,8 @@ With --profile DIR, each variant is then run under onnxruntime's profiler
 nodes is printed by op type, per phase.
 
     python benchmarks/ort_benchmark.py [--only tiny large 2b] [--layers 2] [--seq 256] [--repeat 20]
-        [--threads 2] [--variants float ort-int8 ort-int4 spikec-w8 spikec-w4 spikec-w4-nbits] [--block-size 32]
+        [--threads 2] [--variants float ort-int8 ort-int4 spikec-w8 spikec-w4 spikec-w4-stock spikec-w4-nbits]
+        [--block-size 32]
         [--accuracy-level 4] [--spin] [--profile DIR] [--workdir DIR [--reuse]]
 
 --reuse takes the checkpoint, export, quantized models and .sbin files a previous run left
@@ -75,7 +79,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SHAPES = ("tiny", "large", "2b")
-VARIANTS = ("float", "ort-int8", "ort-int4", "spikec-w8", "spikec-w4", "spikec-w4-nbits")
+VARIANTS = ("float", "ort-int8", "ort-int4", "spikec-w8", "spikec-w4", "spikec-w4-stock", "spikec-w4-nbits")
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -188,16 +192,17 @@ def prepare(shape: str, tmp: Path, args) -> tuple[Path, dict[str, Path]]:
             out = tmp / f"{shape}-lm-int4-b{args.block_size}-l{args.accuracy_level}.onnx"
             files[v] = step(f"MatMulNBits int4 (block {args.block_size})",
                             lambda: ort_int4(lm, out, args.block_size, args.accuracy_level), out)
-        elif v == "spikec-w4-nbits":
-            continue  # the spikec-w4 file, run under another weight policy (below)
+        elif v in ("spikec-w4-nbits", "spikec-w4-stock"):
+            continue  # the spikec-w4 file, run another way (below)
         elif v.startswith("spikec-w"):
             bits = int(v[len("spikec-w"):])
             sbin = tmp / f"{shape}-w{bits}.sbin"
             step(f"spikec compile --wbits {bits}", lambda: compile_path(
                 export_dir, sbin, options=SpikeOptions(tv=3, tt=4, wbits=bits).validate()), sbin)
             files[v] = sbin
-    if "spikec-w4-nbits" in args.variants and "spikec-w4" in files:
-        files["spikec-w4-nbits"] = files["spikec-w4"]
+    for v in ("spikec-w4-nbits", "spikec-w4-stock"):
+        if v in args.variants and "spikec-w4" in files:
+            files[v] = files["spikec-w4"]
     return export_dir, files
 
 
@@ -245,7 +250,9 @@ class Runner:
             def options():  # one per session; each profiles to a file of its own
                 return session_options(threads, spin, profile and f"{profile}-{next(made)}")
 
-            self.session = StatsSession(LM_ROLE, sbin.model(LM_ROLE), "fused", threads, weights, one_token, options)
+            # -stock: the custom-op library off, the one-token graph on stock operators only
+            self.session = StatsSession(LM_ROLE, sbin.model(LM_ROLE), "fused", threads, weights, one_token, options,
+                                        ortops=not variant.endswith("-stock"))
             self.closer = sbin
         else:
             opts = session_options(threads, spin, profile)
@@ -417,7 +424,7 @@ def print_profile(shape: str, prof: dict, top: int = 12) -> None:
 
 
 RATIOS = (("spikec-w8", "ort-int8", "w8/int8"), ("spikec-w4", "ort-int4", "w4/nbits"),
-          ("spikec-w4-nbits", "ort-int4", "w4nb/nbits"),
+          ("spikec-w4-stock", "ort-int4", "w4st/nbits"), ("spikec-w4-nbits", "ort-int4", "w4nb/nbits"),
           ("spikec-w8", "float", "w8/float"), ("spikec-w4", "float", "w4/float"))
 
 

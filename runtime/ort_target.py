@@ -20,6 +20,8 @@ import onnx_ir as ir
 from spikec import ir as spir
 from spikec.errors import SpikecError
 from spikec.ort_lowering import MODES, STATS_PREFIX, lower_for_ort
+from spikec.runtime.ortops import library as ortops_library
+from spikec.runtime.ortops import register as register_ortops
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +38,15 @@ class StatsSession:
     in one form per session, as the single graph with the If held both. A W4 decode step at
     Qwen2-VL-2B widths (2 text layers, 2 threads, AVX2) ran at 0.91-0.93x the speed of ORT's
     MatMulNBits model with the If and at 0.97-0.98x so (docs/ort-target.md).
+    ortops: where spikec's custom-op library is built and loads (spikec.runtime.ortops), the
+    one-token graph runs each encoder and product as one SpikeEncodeMatMulNBits node
+    (lower_for_ort(ortops=True)); False, or no library, keeps the stock-operator graph.
     options: a function giving fresh onnxruntime SessionOptions (one per session; the
     benchmark's profiling and spinning settings), in place of the default."""
 
     def __init__(self, role: str, model: ir.Model, mode: str, threads: int | None = None,
-                 weights: str = "prepack", one_token_model: ir.Model | None = None, options=None) -> None:
+                 weights: str = "prepack", one_token_model: ir.Model | None = None, options=None,
+                 ortops: bool = True) -> None:
         if weights not in WEIGHT_POLICIES:
             raise SpikecError(f"weights policy '{weights}' is not one of {', '.join(WEIGHT_POLICIES)}")
         self.role, self.weights = role, weights
@@ -49,9 +55,10 @@ class StatsSession:
         # prepacked copy); in-place: MatMulInteger over int8 read in place, nothing
         # prepacked. See choose_weight_policy.
         one_token = None
+        library = ortops_library() if ortops else None
         if one_token_model is not None and mode == "fused" and weights == "prepack":
             try:
-                one_token = lower_for_ort(one_token_model, mode, one_token=True)
+                one_token = lower_for_ort(one_token_model, mode, one_token=True, ortops=library is not None)
             except SpikecError as exc:  # no product takes the one-token path: one graph, as below
                 log.debug("graph '%s': no one-token graph (%s)", role, exc)
         if weights == "in-place" or one_token is not None:
@@ -64,7 +71,10 @@ class StatsSession:
         self.session = _ort_session(role, model, make_options())
         self.one_token_session, self.token_axes = None, []
         if one_token is not None:
-            self.one_token_session = _ort_session(role, one_token_model, make_options())
+            one_token_options = make_options()
+            if library is not None:
+                register_ortops(one_token_options, library)
+            self.one_token_session = _ort_session(role, one_token_model, one_token_options)
             self.token_axes = [(i.name, axis) for i in self.session.get_inputs()
                                for axis, d in enumerate(i.shape) if d in one_token.one_token_dims]
             for name, info in one_token.layers.items():  # which products take one token on MatMulNBits

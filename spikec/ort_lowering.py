@@ -637,6 +637,11 @@ def _scale_rows(n: list, acc: str, out: str, dql: bool) -> None:
 ROW_DEQUANTIZE = True  # fused: float32(acc) * s_x as one DequantizeLinear (_scale_rows)
 NBITS_BLOCK = int4.BLOCK  # MatMulNBits block length along K: 127 codes and the sentinel
 NBITS_SENTINEL = 127  # the sentinel activation: every block's max |a| is exactly 127
+# spikec's own ONNX Runtime custom ops (runtime/ortops/spikec_ortops.cc), used only where the
+# runtime has the library: lower_for_ort(one_token=True, ortops=True).
+ORTOPS_DOMAIN = "spikec.ortops"
+ORTOPS_VERSION = 1
+ORTOPS_ENCODE_MATMUL = "SpikeEncodeMatMulNBits"
 
 
 nbits_blocks = int4.blocks  # blocks of the sentinel layout: block - 1 codes and the sentinel each
@@ -876,12 +881,15 @@ class LoweringStats:
 
 class _Lowerer:
     def __init__(self, model: ir.Model, mode: str, nbits: bool = True, in_place: bool = False,
-                 one_token: bool = False) -> None:
+                 one_token: bool = False, ortops: bool = False) -> None:
         if mode not in MODES:
             raise SpikecError(f"--mode: '{mode}' is not one of {', '.join(MODES)}")
         if one_token and (mode != "fused" or not nbits or in_place):
             raise SpikecError("a one-token lowering is fused mode's, with nbits on and weights not in place")
+        if ortops and not one_token:
+            raise SpikecError("the spikec.ortops custom ops are for a one-token lowering only")
         self.model, self.mode, self.nbits, self.in_place, self.one_token = model, mode, nbits, in_place, one_token
+        self.ortops = ortops
         self.graph = model.graph
         self.names = sops.modalities(model)
         self.opset = max(model.opset_imports.get("", 18), 18)
@@ -1257,10 +1265,13 @@ class _Lowerer:
         dynamic = sops.attr(enc, "act_scale", "dynamic") == "dynamic"
         mod = self._modality(enc, x, 1)
         q_tab = ((np.int64(1) << T) - 1).astype(np.float32)
-        inputs = [x, self.token_scalar(first, f"{enc.name}.qmax", q_tab, mod),
-                  self.token_scalar(first, f"{enc.name}.qmax_neg", -q_tab, mod)]
+        q_tok = self.token_scalar(first, f"{enc.name}.qmax", q_tab, mod)
+        s_tok = None if dynamic else self.token_scalar(first, f"{enc.name}.scale", self.static_scales(enc, T), mod)
+        if self.ortops:
+            return self.ortops_group(nodes, x, q_tok, s_tok, K, T)
+        inputs = [x, q_tok, self.token_scalar(first, f"{enc.name}.qmax_neg", -q_tab, mod)]
         if not dynamic:
-            inputs.append(self.token_scalar(first, f"{enc.name}.scale", self.static_scales(enc, T), mod))
+            inputs.append(s_tok)
         parts = []
         for node in nodes:
             w, s_w = node.inputs[3], node.inputs[4]
@@ -1276,6 +1287,26 @@ class _Lowerer:
         name = f"SpikeEncodeMatMul_tclif_nbits{NBITS_BLOCK}_{'dyn' if dynamic else 'static'}_K{K}_{sig}_r{rank}"
         fn = self._function(name, lambda: _one_token_nbits_fn(name, self.opset, K, parts, rank, dynamic))
         return self._insert(first, fn, inputs, n_out=len(nodes), domain=DOMAIN)
+
+    def ortops_group(self, nodes: list[ir.Node], x: ir.Value, q_tok: ir.Value, s_tok: ir.Value | None, K: int,
+                     T: np.ndarray) -> list[ir.Value]:
+        """one_token_group on the spikec.ortops custom op: one SpikeEncodeMatMulNBits node per
+        product (x, q_tok, s_tok, packed weights, s_w, bias; runtime/ortops/spikec_ortops.cc),
+        each encoding the token itself (K floats: cheaper than a node between them)."""
+        outputs = []
+        for node in nodes:
+            w, s_w = node.inputs[3], node.inputs[4]
+            bias = node.inputs[5] if len(node.inputs) > 5 else None
+            inputs = [x, q_tok, s_tok, self._packed(node.name, w), s_w] + ([bias] if bias is not None else [])
+            y = self._insert(node, ORTOPS_ENCODE_MATMUL, inputs, domain=ORTOPS_DOMAIN)[0]
+            y.producer().name = f"{node.name}/{ORTOPS_ENCODE_MATMUL}"
+            outputs.append(y)
+            self._viewed.append(w)  # its int8 form is not used: dropped at the end
+            self.layers[node.name] = {"K": K, "M": int(w.shape[1]), "timesteps": [int(t) for t in T],
+                                      "neuron": "tc-lif", "weights": True,
+                                      "one_token": f"{ORTOPS_DOMAIN}.{ORTOPS_ENCODE_MATMUL}",
+                                      "tokens": f"one ({ORTOPS_DOMAIN}.{ORTOPS_ENCODE_MATMUL})"}
+        return outputs
 
     def token_scalar(self, before: ir.Node, base: str, table: np.ndarray, mod: ir.Value) -> ir.Value:
         """table[m] (float32 [n_mod] by modality) for the one token of a one-token graph, as a
@@ -1428,6 +1459,8 @@ class _Lowerer:
         self.model.opset_imports.pop(sops.DOMAIN, None)
         if any(o.domain == "com.microsoft" for fp in self.functions.values() for o in fp.opset_import):
             self.model.opset_imports.setdefault("com.microsoft", 1)
+        if self.ortops:
+            self.model.opset_imports[ORTOPS_DOMAIN] = ORTOPS_VERSION
         for fp in self.functions.values():
             f = ir.serde.deserialize_function(fp)
             self.model.functions[f.identifier()] = f
@@ -1457,7 +1490,7 @@ class _Lowerer:
 
 
 def lower_for_ort(model: ir.Model, mode: str = "fused", nbits: bool = True, in_place: bool = False,
-                  one_token: bool = False) -> LoweringStats:
+                  one_token: bool = False, ortops: bool = False) -> LoweringStats:
     """Rewrite every spikec node of `model` in place into spikec.ort function calls.
 
     nbits (fused mode): one-token products with 4-bit weights and codes |q| <= 127 run on
@@ -1474,5 +1507,9 @@ def lower_for_ort(model: ir.Model, mode: str = "fused", nbits: bool = True, in_p
     with it as one call (_one_token_nbits_fn); the token axes (LoweringStats.one_token_dims)
     of the graph inputs become 1, so onnxruntime refuses more tokens. Raises SpikecError
     where no product takes that path (one_token_dims would be None). The same bits as
-    the default lowering run on one token."""
-    return _Lowerer(model, mode, nbits, in_place, one_token).run()
+    the default lowering run on one token.
+    ortops (one_token only): each such encoder and product group becomes one
+    spikec.ortops.SpikeEncodeMatMulNBits node per product, spikec's own onnxruntime custom op
+    (runtime/ortops/: the session must register its library), the same bits in one node
+    instead of about fifteen."""
+    return _Lowerer(model, mode, nbits, in_place, one_token, ortops).run()

@@ -87,3 +87,19 @@ def tiny_mlp(tmp_path_factory):
     from spikec.testing.examples import tiny_mlp_block
 
     return tiny_mlp_block(tmp_path_factory.mktemp("tiny") / "tiny_mlp.onnx")
+
+
+@pytest.fixture(scope="session")
+def ortops_library():
+    """The path of spikec's onnxruntime custom-op library (spikec.runtime.ortops). `make test`
+    builds it and sets SPIKEC_REQUIRE_ORTOPS=1, which turns its absence into a failure; a bare
+    pytest run without it skips the tests that need it, saying why."""
+    from spikec.runtime import ortops
+
+    path = ortops.library()
+    if path is None:
+        message = f"spikec's custom-op library is not built or does not load ({ortops.DEFAULT_LIBRARY}; `make ortops`)"
+        if os.environ.get("SPIKEC_REQUIRE_ORTOPS") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+    return path

@@ -118,16 +118,23 @@ def test_generation_at_T8_equals_fake_quantized_tokens(name):
 
 
 @pytest.mark.parametrize("name", ARCHS)
-def test_w4_decode_steps_take_the_one_token_graph(name):
+@pytest.mark.parametrize("ortops", [True, False], ids=["ortops", "stock"])
+def test_w4_decode_steps_take_the_one_token_graph(name, ortops, request, monkeypatch):
     """W4, fused: the language model's one-token calls go to its one-token graph
-    (runtime/ort_target.py StatsSession, lower_for_ort(one_token=True)), multi-token calls
-    to the main graph, and a decode step's logits and KV cache equal the exact mode's spike
-    planes bit for bit."""
+    (runtime/ort_target.py StatsSession, lower_for_ort(one_token=True)): on spikec's custom
+    op where its library is built (runtime/ortops/), on stock operators with SPIKEC_ORTOPS=0;
+    multi-token calls to the main graph; and a decode step's logits and KV cache equal the
+    exact mode's spike planes bit for bit."""
+    if ortops:
+        request.getfixturevalue("ortops_library")
+    else:
+        monkeypatch.setenv("SPIKEC_ORTOPS", "0")
     path = compiled(name, wbits=4)
     with load(path, mode="fused") as fused, load(path, mode="exact") as exact:
         lm = fused.sessions["lm"]
         assert lm.one_token_session is not None and exact.sessions["lm"].one_token_session is None
-        assert any(info.get("one_token") == "MatMulNBits" for info in lm.layers.values())
+        paths = {info["one_token"] for info in lm.layers.values() if "one_token" in info}
+        assert paths == {"spikec.ortops.SpikeEncodeMatMulNBits" if ortops else "MatMulNBits"}, paths
         feeds = lm_feeds(fused)
         n = feeds["modality"].shape[1]
         head = {k: (v[..., : n - 1] if k == "position_ids" else v[:, : n - 1]) if k in

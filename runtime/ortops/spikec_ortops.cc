@@ -1,0 +1,309 @@
+// spikec's ONNX Runtime custom ops (domain "spikec.ortops", version 1).
+//
+// SpikeEncodeMatMulNBits: one token's TC-LIF SpikeEncode and one spiking matrix product
+// over 4-bit weight codes packed in the .sbin's TENSOR_INT4 layout, in one kernel. It is
+// the one-token graph's product group (spikec/ort_lowering.py: _one_token_nbits_fn, an
+// encoder, the sentinel layout, MatMulNBits and the scale Muls: about 15 nodes around each
+// product) as one node, computing the same bits:
+//
+//   inputs  0 x      float32 [1, ..., 1, K]   the token (one token only)
+//           1 q_tok  float32 scalar           its largest code Q = 2^T - 1 (T <= 7)
+//           2 s_tok  float32 scalar, optional its static scale; absent: dynamic, max|x| / Q
+//           3 w      uint8 [N, ceil(K / 127), 64]  spikec/int4.py's layout: u = w + 8, two per
+//                    byte (even k low nibble), 127 codes and one zero-weight slot per block
+//           4 s_w    float32, N elements      per-column weight scale
+//           5 bias   float32, N elements, optional
+//   output  0 y      float32 [1, ..., 1, N]
+//
+// Numerics (shared/design/SEMANTICS.md sections 1 and 3; spikec.reference.encode_tokens and
+// spiking_matmul), in the order of the ONNX function it replaces:
+//   s1 = max|x| / Q, or 1.0 where that is not > 0 (dynamic), or s_tok (static)
+//   s  = s1 + sum_k(x_k * 0)    NaN exactly for a token holding NaN or +-inf (or s_tok NaN)
+//   q_k = clamp(rint(x_k / s1), -Q, Q)          round half to even (the FPU's default mode)
+//   acc_n = sum_k q_k * w_kn                    int32, exact (|acc| < 2^31 by the compiler's bound)
+//   y_n = (float32(acc_n) * s) * s_w[n] (+ bias[n])   three float32 roundings, in this order
+// Compiled with -ffp-contract=off: no fused multiply-add may merge two of those roundings.
+// A bad token (s NaN) gives acc = 0 and so a NaN row, as the reference's code 0 and scale NaN.
+//
+// The product reads the packed bytes where they lie (the .sbin's mapped section), 4 bits a
+// weight; columns are split over onnxruntime's intra-op threads (KernelContext::ParallelFor).
+// On x86-64 with AVX2, vpmaddubsw multiplies the unsigned nibbles u (0..15) by the signed
+// codes (|q| <= 127): a pair's sum is at most 2 * 15 * 127 = 3810 and two pairs' 7620, far
+// from int16 saturation; vpmaddwd widens to int32. sum_k q_k * u_kn - 8 * sum_k q_k removes
+// the zero point exactly. Elsewhere a plain loop computes the same integers.
+
+#define ORT_API_MANUAL_INIT
+#include <onnxruntime_cxx_api.h>
+#undef ORT_API_MANUAL_INIT
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define SPIKEC_X86 1
+#endif
+
+namespace {
+
+constexpr int64_t kBlockBytes = 64;     // 128 nibbles: 127 codes and the zero-weight slot
+constexpr int64_t kCodesPerBlock = 127;
+constexpr int32_t kZeroNibble = 8;      // u = w + 8
+constexpr float kMaxQ = 127.0f;         // codes must fit int8 (T <= 7)
+// Below this many weight bytes a product runs on the calling thread: waking a second one
+// costs more (tens of microseconds with spinning off) than reading 256 KiB.
+constexpr int64_t kParallelBytes = 256 * 1024;
+constexpr int64_t kTaskBytes = 256 * 1024;  // weight bytes per ParallelFor task
+constexpr int64_t kPrefetchBytes = 1024;
+
+// One token's codes de-interleaved to the packed layout: qe[b * 64 + j] is the code at
+// block position 2j (low nibble of byte j), qo[...] at 2j + 1 (high nibble); zero at the
+// zero-weight slot and past K.
+struct TokenCodes {
+  std::vector<int8_t> qe, qo;
+  int32_t sum = 0;  // sum_k q_k, for the zero point
+  float s = 0.0f;   // the product's scale (NaN for a bad token)
+};
+
+// spikec.reference.encode_tokens for one token, as _encoder_nodes(scaled_only=True).
+void Encode(const float* x, int64_t K, int64_t blocks, float q, const float* s_static, TokenCodes* out) {
+  float nf = 0.0f, amax = 0.0f;
+  for (int64_t k = 0; k < K; ++k) {
+    nf += x[k] * 0.0f;
+    const float a = std::fabs(x[k]);
+    amax = a > amax ? a : amax;
+  }
+  float s1;
+  if (s_static == nullptr) {
+    const float s0 = amax / q;
+    s1 = s0 > 0.0f ? s0 : 1.0f;
+  } else {
+    s1 = *s_static;
+  }
+  out->s = s1 + nf;
+  out->qe.assign(static_cast<size_t>(blocks * kBlockBytes), 0);
+  out->qo.assign(static_cast<size_t>(blocks * kBlockBytes), 0);
+  out->sum = 0;
+  if (std::isnan(out->s)) return;  // every output is NaN whatever the codes: leave them 0
+  for (int64_t k = 0; k < K; ++k) {
+    float r = std::nearbyint(x[k] / s1);
+    r = r < -q ? -q : (r > q ? q : r);
+    const int8_t c = static_cast<int8_t>(r);
+    const int64_t b = k / kCodesPerBlock, p = k % kCodesPerBlock;
+    (p % 2 == 0 ? out->qe : out->qo)[static_cast<size_t>(b * kBlockBytes + p / 2)] = c;
+    out->sum += c;
+  }
+}
+
+// sum_k q_k * u_kn for columns [n0, n1).
+void DotColumnsScalar(const uint8_t* w, int64_t blocks, const int8_t* qe, const int8_t* qo, int64_t n0, int64_t n1,
+                      int32_t* acc) {
+  const int64_t bytes = blocks * kBlockBytes;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* col = w + n * bytes;
+    int32_t a = 0;
+    for (int64_t j = 0; j < bytes; ++j) a += (col[j] & 0x0F) * qe[j] + (col[j] >> 4) * qo[j];
+    acc[n] = a;
+  }
+}
+
+#ifdef SPIKEC_X86
+__attribute__((target("avx2"))) inline __m256i DotBlockAvx2(const uint8_t* col, const int8_t* qe, const int8_t* qo,
+                                                             __m256i acc) {
+  const __m256i mask = _mm256_set1_epi8(0x0F), ones = _mm256_set1_epi16(1);
+  for (int h = 0; h < 2; ++h) {
+    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col + 32 * h));
+    const __m256i lo = _mm256_and_si256(v, mask);
+    const __m256i hi = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+    const __m256i e = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qe + 32 * h));
+    const __m256i o = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(qo + 32 * h));
+    const __m256i p = _mm256_add_epi16(_mm256_maddubs_epi16(lo, e), _mm256_maddubs_epi16(hi, o));
+    acc = _mm256_add_epi32(acc, _mm256_madd_epi16(p, ones));
+  }
+  return acc;
+}
+
+__attribute__((target("avx2"))) inline int32_t HorizontalSum(__m256i v) {
+  __m128i s = _mm_add_epi32(_mm256_castsi256_si128(v), _mm256_extracti128_si256(v, 1));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(1, 0, 3, 2)));
+  s = _mm_add_epi32(s, _mm_shuffle_epi32(s, _MM_SHUFFLE(2, 3, 0, 1)));
+  return _mm_cvtsi128_si32(s);
+}
+
+// One column at a time: each column's bytes follow the last one's, so the product reads
+// one sequential stream (measured, LM head 151936 x 1536, one thread: 16 ms, against 38 ms
+// reading four columns side by side), with a software prefetch 16 lines ahead (14.7 ms;
+// MLAS' MatMulNBits 18.4 ms on its prepacked copy).
+__attribute__((target("avx2"))) void DotColumnsAvx2(const uint8_t* w, int64_t blocks, const int8_t* qe,
+                                                     const int8_t* qo, int64_t n0, int64_t n1, int32_t* acc) {
+  const int64_t bytes = blocks * kBlockBytes;
+  for (int64_t n = n0; n < n1; ++n) {
+    const uint8_t* c = w + n * bytes;
+    __m256i a = _mm256_setzero_si256();
+    for (int64_t j = 0; j < bytes; j += kBlockBytes) {
+      _mm_prefetch(reinterpret_cast<const char*>(c + j + kPrefetchBytes), _MM_HINT_T0);
+      a = DotBlockAvx2(c + j, qe + j, qo + j, a);
+    }
+    acc[n] = HorizontalSum(a);
+  }
+}
+
+const bool kHasAvx2 = __builtin_cpu_supports("avx2");
+#endif
+
+struct ProductTask {
+  const uint8_t* w;
+  int64_t blocks, N, columns_per_task;
+  const TokenCodes* codes;
+  const float* s_w;
+  const float* bias;
+  float* y;
+  int32_t* acc;
+};
+
+void RunColumns(const ProductTask& t, int64_t n0, int64_t n1) {
+  if (!std::isnan(t.codes->s)) {
+#ifdef SPIKEC_X86
+    if (kHasAvx2) {
+      DotColumnsAvx2(t.w, t.blocks, t.codes->qe.data(), t.codes->qo.data(), n0, n1, t.acc);
+    } else {
+      DotColumnsScalar(t.w, t.blocks, t.codes->qe.data(), t.codes->qo.data(), n0, n1, t.acc);
+    }
+#else
+    DotColumnsScalar(t.w, t.blocks, t.codes->qe.data(), t.codes->qo.data(), n0, n1, t.acc);
+#endif
+  } else {
+    std::fill(t.acc + n0, t.acc + n1, 0);  // codes (and their sum) 0: acc 0, y NaN through s
+  }
+  const int32_t zero_point = kZeroNibble * t.codes->sum;
+  const float s = t.codes->s;
+  for (int64_t n = n0; n < n1; ++n) {
+    float v = static_cast<float>(t.acc[n] - zero_point) * s;
+    v = v * t.s_w[n];
+    if (t.bias != nullptr) v = v + t.bias[n];
+    t.y[n] = v;
+  }
+}
+
+void RunTask(void* data, size_t i) {
+  const auto& t = *static_cast<const ProductTask*>(data);
+  const int64_t n0 = static_cast<int64_t>(i) * t.columns_per_task;
+  RunColumns(t, n0, std::min(t.N, n0 + t.columns_per_task));
+}
+
+int64_t Elements(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+[[noreturn]] void Fail(const std::string& what) {
+  ORT_CXX_API_THROW("SpikeEncodeMatMulNBits: " + what, ORT_INVALID_ARGUMENT);
+}
+
+struct SpikeEncodeMatMulNBitsKernel {
+  SpikeEncodeMatMulNBitsKernel(const OrtApi& /*api*/, const OrtKernelInfo* /*info*/) {}
+
+  void Compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    const auto x = ctx.GetInput(0);
+    const auto q_in = ctx.GetInput(1);
+    const auto s_in = ctx.GetInput(2);
+    const auto w_in = ctx.GetInput(3);
+    const auto sw_in = ctx.GetInput(4);
+    const size_t n_inputs = ctx.GetInputCount();  // a missing last optional input may be absent
+    const Ort::ConstValue bias_in = n_inputs > 5 ? ctx.GetInput(5) : Ort::ConstValue{nullptr};
+
+    std::vector<int64_t> x_shape = x.GetTensorTypeAndShapeInfo().GetShape();
+    if (x_shape.empty()) Fail("x has no feature axis");
+    const int64_t K = x_shape.back();
+    if (K < 1 || Elements(x_shape) != K) Fail("x must be one token [1, ..., 1, K]");
+    if (q_in.GetTensorTypeAndShapeInfo().GetElementCount() != 1) Fail("q_tok must be a scalar");
+    const float q = *q_in.GetTensorData<float>();
+    if (!(q >= 1.0f && q <= kMaxQ && q == std::nearbyint(q))) Fail("q_tok must be an integer in 1..127");
+    const float* s_static = nullptr;
+    if (s_in != nullptr) {
+      if (s_in.GetTensorTypeAndShapeInfo().GetElementCount() != 1) Fail("s_tok must be a scalar");
+      s_static = s_in.GetTensorData<float>();
+    }
+    const std::vector<int64_t> w_shape = w_in.GetTensorTypeAndShapeInfo().GetShape();
+    const int64_t blocks = (K + kCodesPerBlock - 1) / kCodesPerBlock;
+    if (w_shape.size() != 3 || w_shape[1] != blocks || w_shape[2] != kBlockBytes) {
+      Fail("w must be uint8 [N, ceil(K / 127), 64] for K = " + std::to_string(K));
+    }
+    const int64_t N = w_shape[0];
+    if (sw_in.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(N)) {
+      Fail("s_w must have N = " + std::to_string(N) + " elements");
+    }
+    const float* bias = nullptr;
+    if (bias_in != nullptr) {
+      if (bias_in.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(N)) {
+        Fail("bias must have N = " + std::to_string(N) + " elements");
+      }
+      bias = bias_in.GetTensorData<float>();
+    }
+
+    std::vector<int64_t> y_shape = x_shape;
+    y_shape.back() = N;
+    auto y = ctx.GetOutput(0, y_shape);
+    if (N == 0) return;
+
+    // Per call, not per kernel: onnxruntime may run one session from several threads at once.
+    TokenCodes codes;
+    Encode(x.GetTensorData<float>(), K, blocks, q, s_static, &codes);
+    std::vector<int32_t> acc(static_cast<size_t>(N));
+    const int64_t per_task = std::max<int64_t>(1, kTaskBytes / (blocks * kBlockBytes));
+    ProductTask task{w_in.GetTensorData<uint8_t>(), blocks, N, per_task, &codes, sw_in.GetTensorData<float>(), bias,
+                     y.GetTensorMutableData<float>(), acc.data()};
+    const int64_t tasks = (N + per_task - 1) / per_task;
+    if (N * blocks * kBlockBytes < kParallelBytes || tasks < 2) {
+      RunColumns(task, 0, N);
+    } else {
+      ctx.ParallelFor(RunTask, static_cast<size_t>(tasks), 0, &task);
+    }
+  }
+};
+
+struct SpikeEncodeMatMulNBitsOp : Ort::CustomOpBase<SpikeEncodeMatMulNBitsOp, SpikeEncodeMatMulNBitsKernel> {
+  void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const {
+    return new SpikeEncodeMatMulNBitsKernel(api, info);
+  }
+  const char* GetName() const { return "SpikeEncodeMatMulNBits"; }
+  size_t GetInputTypeCount() const { return 6; }
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    return index == 3 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index == 2 || index == 5 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
+                                    : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
+}  // namespace
+
+extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL RegisterCustomOps(OrtSessionOptions* options, const OrtApiBase* api_base) {
+  // The header's API version (ORT_API_VERSION) is the oldest onnxruntime this library needs.
+  const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
+  if (api == nullptr) return nullptr;  // cannot even report: onnxruntime is older than the header
+  Ort::InitApi(api);
+  static SpikeEncodeMatMulNBitsOp op;
+  static std::mutex lock;
+  static std::vector<Ort::CustomOpDomain> domains;  // alive as long as the sessions that use them
+  try {
+    std::lock_guard<std::mutex> guard(lock);
+    Ort::CustomOpDomain domain{"spikec.ortops"};
+    domain.Add(&op);
+    Ort::UnownedSessionOptions(options).Add(domain);
+    domains.push_back(std::move(domain));
+  } catch (const Ort::Exception& e) {
+    return api->CreateStatus(ORT_FAIL, e.what());
+  }
+  return nullptr;
+}

@@ -19,9 +19,10 @@ and times the language model on onnxruntime, every variant in the same process:
              MatMulNBits over the integer codes where that is exact (spikec/ort_lowering.py,
              "nbits"), reading the .sbin's packed 4-bit sections in place; the others on
              MatMulInteger over int8 codes unpacked at load
-  spikec-w4-stock  the same .sbin with spikec's custom-op library off (SPIKEC_ORTOPS=0):
-             decode's one-token graph on stock operators only. spikec-w4 uses the library
-             (runtime/ortops/: one SpikeEncodeMatMulNBits node per product) where it is built
+  spikec-w8-stock, spikec-w4-stock  the same .sbin files with spikec's custom-op library
+             off (SPIKEC_ORTOPS=0): stock operators only. spikec-w8 and -w4 use the library
+             where it is built (runtime/ortops/: each product's scales and bias in one
+             ScaleRowsColumns pass; W4 decode steps one SpikeEncodeMatMulNBits per product)
   spikec-w4-nbits  the same .sbin under the runtime's "nbits" weight policy (a W4 model
              too large to prepack int8, runtime/ort_target.py: choose_weight_policy): every
              product with packed weights on MatMulNBits, whatever the token count, no int8
@@ -54,7 +55,8 @@ With --profile DIR, each variant is then run under onnxruntime's profiler
 nodes is printed by op type, per phase.
 
     python benchmarks/ort_benchmark.py [--only tiny large 2b] [--layers 2] [--seq 256] [--repeat 20]
-        [--threads 2] [--variants float ort-int8 ort-int4 spikec-w8 spikec-w4 spikec-w4-stock spikec-w4-nbits]
+        [--threads 2] [--variants float ort-int8 ort-int4 spikec-w8 spikec-w8-stock spikec-w4 spikec-w4-stock
+                    spikec-w4-nbits]
         [--block-size 32]
         [--accuracy-level 4] [--spin] [--profile DIR] [--workdir DIR [--reuse]]
 
@@ -79,7 +81,8 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SHAPES = ("tiny", "large", "2b")
-VARIANTS = ("float", "ort-int8", "ort-int4", "spikec-w8", "spikec-w4", "spikec-w4-stock", "spikec-w4-nbits")
+VARIANTS = ("float", "ort-int8", "ort-int4", "spikec-w8", "spikec-w8-stock", "spikec-w4", "spikec-w4-stock",
+            "spikec-w4-nbits")
 
 
 # ---------------------------------------------------------------- checkpoints
@@ -192,17 +195,18 @@ def prepare(shape: str, tmp: Path, args) -> tuple[Path, dict[str, Path]]:
             out = tmp / f"{shape}-lm-int4-b{args.block_size}-l{args.accuracy_level}.onnx"
             files[v] = step(f"MatMulNBits int4 (block {args.block_size})",
                             lambda: ort_int4(lm, out, args.block_size, args.accuracy_level), out)
-        elif v in ("spikec-w4-nbits", "spikec-w4-stock"):
-            continue  # the spikec-w4 file, run another way (below)
+        elif v.endswith(("-nbits", "-stock")):
+            continue  # the spikec-w4 or -w8 file, run another way (below)
         elif v.startswith("spikec-w"):
             bits = int(v[len("spikec-w"):])
             sbin = tmp / f"{shape}-w{bits}.sbin"
             step(f"spikec compile --wbits {bits}", lambda: compile_path(
                 export_dir, sbin, options=SpikeOptions(tv=3, tt=4, wbits=bits).validate()), sbin)
             files[v] = sbin
-    for v in ("spikec-w4-nbits", "spikec-w4-stock"):
-        if v in args.variants and "spikec-w4" in files:
-            files[v] = files["spikec-w4"]
+    for v in ("spikec-w8-stock", "spikec-w4-stock", "spikec-w4-nbits"):
+        base = v.rsplit("-", 1)[0]
+        if v in args.variants and base in files:
+            files[v] = files[base]
     return export_dir, files
 
 
@@ -424,7 +428,8 @@ def print_profile(shape: str, prof: dict, top: int = 12) -> None:
 
 
 RATIOS = (("spikec-w8", "ort-int8", "w8/int8"), ("spikec-w4", "ort-int4", "w4/nbits"),
-          ("spikec-w4-stock", "ort-int4", "w4st/nbits"), ("spikec-w4-nbits", "ort-int4", "w4nb/nbits"),
+          ("spikec-w8-stock", "ort-int8", "w8st/int8"), ("spikec-w4-stock", "ort-int4", "w4st/nbits"),
+          ("spikec-w4-nbits", "ort-int4", "w4nb/nbits"),
           ("spikec-w8", "float", "w8/float"), ("spikec-w4", "float", "w4/float"))
 
 

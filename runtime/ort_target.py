@@ -61,14 +61,18 @@ class StatsSession:
                 one_token = lower_for_ort(one_token_model, mode, one_token=True, ortops=library is not None)
             except SpikecError as exc:  # no product takes the one-token path: one graph, as below
                 log.debug("graph '%s': no one-token graph (%s)", role, exc)
+        tail_ops = library is not None and mode == "fused"  # spikec.ortops.ScaleRowsColumns after each product
         if weights == "in-place" or one_token is not None:
-            lowered = lower_for_ort(model, mode, nbits=False)
+            lowered = lower_for_ort(model, mode, nbits=False, ortops=tail_ops)
         else:
-            lowered = lower_for_ort(model, mode, in_place=weights == "nbits")
+            lowered = lower_for_ort(model, mode, in_place=weights == "nbits", ortops=tail_ops)
         self.layers = lowered.layers or {}
         self.modality_inputs, self.modalities = lowered.modality_inputs, lowered.modalities
         make_options = options or (lambda: _session_options(threads, weights))
-        self.session = _ort_session(role, model, make_options())
+        main_options = make_options()
+        if tail_ops:
+            register_ortops(main_options, library)
+        self.session = _ort_session(role, model, main_options)
         self.one_token_session, self.token_axes = None, []
         if one_token is not None:
             one_token_options = make_options()

@@ -366,7 +366,7 @@ def _mmi(n: list, a: str, w8: str, out: str, offset: int | str, tag: str, groups
 
 
 def _scaled_product(n: list, a: str, w8: str, s_w: str, out: str, tag: str, u8: bool = False,
-                    offset: int | str = "a_zp") -> None:
+                    offset: int | str = "a_zp", ortops_bias: str | None | bool = False) -> None:
     """out = (float32(q @ w) * s_x) * s_w for TC-LIF codes |q| <= 127 (int32 q, or with u8 the
     uint8 q + offset), s_x [..., N, 1] the function input "s_x", w8 int8 [K, M], s_w [M];
     offset (default: the function input "a_zp") as in _offset_codes (see CODE_OFFSET).
@@ -375,12 +375,23 @@ def _scaled_product(n: list, a: str, w8: str, s_w: str, out: str, tag: str, u8: 
     epilogue, while the tile is in cache: MLAS converts the int32 sum and multiplies by
     a_scale * b_scale = 1.0, which is exact (the zero point is subtracted in int32), so the
     product is the same as MatMulInteger's and one pass over it fewer than a
-    MatMulInteger followed by a DequantizeLinear. Then the reference's two roundings."""
+    MatMulInteger followed by a DequantizeLinear. Then the reference's two roundings.
+
+    ortops_bias (not False): the two roundings and the bias (its name, or None for none) as
+    one spikec.ortops.ScaleRowsColumns node, one pass over the product where the Muls and the
+    Add take two or three (runtime/ortops/: the session must register the library); `out`
+    then includes the bias."""
     src, zp = _offset_codes(n, a, offset, tag, u8)
     n += [
         _c(f"{tag}_one", 1.0),
         helper.make_node("MatMulIntegerToFloat", [src, w8, f"{tag}_one", f"{tag}_one", zp], [f"{tag}_accf"],
                          domain="com.microsoft"),
+    ]
+    if ortops_bias is not False:
+        n.append(helper.make_node(ORTOPS_SCALE, [f"{tag}_accf", "s_x", s_w] + ([ortops_bias] if ortops_bias else []),
+                                  [out], domain=ORTOPS_DOMAIN))
+        return
+    n += [
         helper.make_node("Mul", [f"{tag}_accf", "s_x"], [f"{tag}_y0"]),  # float32(acc) * s_x
         helper.make_node("Mul", [f"{tag}_y0", s_w], [out]),  # ... * s_w
     ]
@@ -447,7 +458,7 @@ def _group_tail(n: list, acc: str, n_groups: int, with_bias: bool, is_float: boo
 
 def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_bias: bool,
                dql: bool = False, groups: tuple[int, int] | None = None, u8: bool = False,
-               bits: int = DIGIT_BITS) -> onnx.FunctionProto:
+               bits: int = DIGIT_BITS, ortops: bool = False) -> onnx.FunctionProto:
     """(q, s_x, w, s_w, [bias], off_tok, accb_tok, onehot) -> (y, [spikes]).
 
     tc-lif fused: `planes` is the number of `bits`-bit digit groups (digit_bits); exact: the number of
@@ -461,7 +472,9 @@ def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_
     then _group_tail's float32 order.
 
     Fused TC-LIF with one digit group takes one more input, a_zp (uint8 scalar): the offset of
-    its uint8 codes (code_offset); u8: q already holds them (an encoder's, _encode_u8_fn)."""
+    its uint8 codes (code_offset); u8: q already holds them (an encoder's, _encode_u8_fn);
+    ortops: its tail (scales and bias) is one spikec.ortops.ScaleRowsColumns node
+    (_scaled_product)."""
     n: list[onnx.NodeProto] = [helper.make_node("Cast", ["w"], ["w8"], to=TensorProto.INT8)]
     inputs = ["q", "s_x", "w", "s_w"] + (["bias"] if with_bias else []) + ["off_tok", "accb_tok", "onehot"]
     if mode == "fused" and planes == 1 and neuron != "if":
@@ -469,11 +482,16 @@ def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_
     outputs = ["y"]
     if mode == "fused" and planes == 1 and neuron != "if" and not groups:
         # one MatMulIntegerToFloat and the two scales (_scaled_product)
-        _scaled_product(n, "q", "w8", "s_w", "y1" if with_bias else "y", "g0", u8)
-        if with_bias:
-            n.append(helper.make_node("Add", ["y1", "bias"], ["y"]))
+        if ortops:
+            _scaled_product(n, "q", "w8", "s_w", "y", "g0", u8, ortops_bias="bias" if with_bias else None)
+        else:
+            _scaled_product(n, "q", "w8", "s_w", "y1" if with_bias else "y", "g0", u8)
+            if with_bias:
+                n.append(helper.make_node("Add", ["y1", "bias"], ["y"]))
         fp = _fn(name, inputs, outputs, n, opset)
         fp.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+        if ortops:
+            fp.opset_import.append(helper.make_opsetid(ORTOPS_DOMAIN, ORTOPS_VERSION))
         return fp
     _code_magnitude(n, neuron, mode, planes)
     if mode == "fused" and planes == 1:
@@ -642,6 +660,7 @@ NBITS_SENTINEL = 127  # the sentinel activation: every block's max |a| is exactl
 ORTOPS_DOMAIN = "spikec.ortops"
 ORTOPS_VERSION = 1
 ORTOPS_ENCODE_MATMUL = "SpikeEncodeMatMulNBits"
+ORTOPS_SCALE = "ScaleRowsColumns"
 
 
 nbits_blocks = int4.blocks  # blocks of the sentinel layout: block - 1 codes and the sentinel each
@@ -886,10 +905,8 @@ class _Lowerer:
             raise SpikecError(f"--mode: '{mode}' is not one of {', '.join(MODES)}")
         if one_token and (mode != "fused" or not nbits or in_place):
             raise SpikecError("a one-token lowering is fused mode's, with nbits on and weights not in place")
-        if ortops and not one_token:
-            raise SpikecError("the spikec.ortops custom ops are for a one-token lowering only")
         self.model, self.mode, self.nbits, self.in_place, self.one_token = model, mode, nbits, in_place, one_token
-        self.ortops = ortops
+        self.ortops = ortops and mode == "fused"
         self.graph = model.graph
         self.names = sops.modalities(model)
         self.opset = max(model.opset_imports.get("", 18), 18)
@@ -1159,10 +1176,11 @@ class _Lowerer:
         accb_tok = self._per_token(node, accb, mod, q, "accbias")
         onehot = self._per_token(node, np.eye(len(self.names), dtype=np.int64), mod, q, "onehot")
         dtag = f"x{bits}b" if bits != DIGIT_BITS and self.mode == "fused" and planes > 1 else ""
+        tail_op = self.ortops and self.mode == "fused" and planes == 1 and neuron != "if" and not groups
         name = (f"SpikeMatMul_{neuron.replace('-', '')}_{self.mode}_{planes}{dtag}{'_dql' if dql else ''}{gtag}"
-                f"{'_u8' if u8 else ''}{'_bias' if bias is not None else ''}")
+                f"{'_u8' if u8 else ''}{'_bias' if bias is not None else ''}{'_ortops' if tail_op else ''}")
         fn = self._function(name, lambda: _matmul_fn(name, neuron, self.mode, planes, self.opset, bias is not None,
-                                                     dql, groups, u8, bits))
+                                                     dql, groups, u8, bits, tail_op))
         inputs = [q, s_x, w_in, s_w] + ([bias] if bias is not None else []) + [off_tok, accb_tok, onehot]
         inputs += [zp] if zp is not None else []
         outs = self._insert(node, fn, inputs, n_out=2 if self.mode == "exact" else 1, domain=DOMAIN)
@@ -1459,7 +1477,8 @@ class _Lowerer:
         self.model.opset_imports.pop(sops.DOMAIN, None)
         if any(o.domain == "com.microsoft" for fp in self.functions.values() for o in fp.opset_import):
             self.model.opset_imports.setdefault("com.microsoft", 1)
-        if self.ortops:
+        if self.ortops and (any(n.domain == ORTOPS_DOMAIN for n in self.graph)
+                            or any(o.domain == ORTOPS_DOMAIN for fp in self.functions.values() for o in fp.opset_import)):
             self.model.opset_imports[ORTOPS_DOMAIN] = ORTOPS_VERSION
         for fp in self.functions.values():
             f = ir.serde.deserialize_function(fp)
@@ -1508,8 +1527,10 @@ def lower_for_ort(model: ir.Model, mode: str = "fused", nbits: bool = True, in_p
     of the graph inputs become 1, so onnxruntime refuses more tokens. Raises SpikecError
     where no product takes that path (one_token_dims would be None). The same bits as
     the default lowering run on one token.
-    ortops (one_token only): each such encoder and product group becomes one
-    spikec.ortops.SpikeEncodeMatMulNBits node per product, spikec's own onnxruntime custom op
-    (runtime/ortops/: the session must register its library), the same bits in one node
-    instead of about fifteen."""
+    ortops (fused mode; the session must then register runtime/ortops/'s library): spikec's
+    own onnxruntime custom ops, the same bits in fewer passes and nodes. With one_token,
+    each such encoder and product group becomes one spikec.ortops.SpikeEncodeMatMulNBits
+    node per product (instead of about fifteen nodes); every product on
+    MatMulIntegerToFloat gets its scales and bias as one spikec.ortops.ScaleRowsColumns
+    node (one pass over the product instead of two or three)."""
     return _Lowerer(model, mode, nbits, in_place, one_token, ortops).run()

@@ -25,7 +25,21 @@
 // Compiled with -ffp-contract=off: no fused multiply-add may merge two of those roundings.
 // A bad token (s NaN) gives acc = 0 and so a NaN row, as the reference's code 0 and scale NaN.
 //
-// The product reads the packed bytes where they lie (the .sbin's mapped section), 4 bits a
+// ScaleRowsColumns: the spiking product's dequantizing tail in one pass, for prefill's
+// products on com.microsoft MatMulIntegerToFloat (whose output, with both scales 1.0, is
+// float32(acc) exactly; spikec/ort_lowering.py: _scaled_product):
+//
+//   inputs  0 a      float32 [..., T, M]    float32(acc)
+//           1 s_x    float32, T elements (one per row of a) or 1
+//           2 s_w    float32, M elements
+//           3 bias   float32, M elements, optional
+//   output  0 y      float32 [..., T, M]    y = (a * s_x) * s_w (+ bias), three roundings in order
+//
+// The stock graph takes two or three elementwise passes over the product for this (Mul,
+// Mul, Add), each a read and a write of memory at prefill's sizes (256 x 151936 logits:
+// 16-17 ms a pass on two threads); this is one.
+//
+// SpikeEncodeMatMulNBits' product reads the packed bytes where they lie (the .sbin's mapped section), 4 bits a
 // weight; columns are split over onnxruntime's intra-op threads (KernelContext::ParallelFor).
 // On x86-64 with AVX2, vpmaddubsw multiplies the unsigned nibbles u (0..15) by the signed
 // codes (|q| <= 127): a pair's sum is at most 2 * 15 * 127 = 3810 and two pairs' 7620, far
@@ -60,6 +74,9 @@ constexpr float kMaxQ = 127.0f;         // codes must fit int8 (T <= 7)
 constexpr int64_t kParallelBytes = 256 * 1024;
 constexpr int64_t kTaskBytes = 256 * 1024;  // weight bytes per ParallelFor task
 constexpr int64_t kPrefetchBytes = 1024;
+// Outputs above this size are written with non-temporal stores (ScaleRowsColumns): they
+// do not fit the cache anyway (32 MiB of L3 on the machine measured).
+constexpr int64_t kStreamBytes = 32 << 20;
 
 // One token's codes de-interleaved to the packed layout: qe[b * 64 + j] is the code at
 // block position 2j (low nibble of byte j), qo[...] at 2j + 1 (high nibble); zero at the
@@ -269,6 +286,143 @@ struct SpikeEncodeMatMulNBitsKernel {
   }
 };
 
+struct ScaleTask {
+  const float* a;
+  const float* s_x;  // per row, or nullptr (then s_x_scalar)
+  float s_x_scalar;
+  const float* s_w;
+  const float* bias;
+  float* y;
+  int64_t M, rows_per_task, rows;
+  bool stream;  // non-temporal stores: the output is larger than the last-level cache
+};
+
+#ifdef SPIKEC_X86
+// The same three roundings, eight columns at a time (vmulps, vaddps: IEEE single precision,
+// as the scalar loop), with non-temporal stores: an output larger than the cache is not
+// read into it before being written (the LM head's 256 x 151936 logits: 24.7 -> see
+// docs/ort-target.md).
+__attribute__((target("avx2"))) void ScaleRowsStreamAvx2(const ScaleTask& t, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float sx = t.s_x != nullptr ? t.s_x[r] : t.s_x_scalar;
+    const __m256 vsx = _mm256_set1_ps(sx);
+    const float* a = t.a + r * t.M;
+    float* y = t.y + r * t.M;
+    int64_t c = 0;
+    for (; c < t.M && (reinterpret_cast<uintptr_t>(y + c) & 31) != 0; ++c) {  // to a 32-byte boundary
+      float v = a[c] * sx;
+      v = v * t.s_w[c];
+      y[c] = t.bias != nullptr ? v + t.bias[c] : v;
+    }
+    for (; c + 8 <= t.M; c += 8) {
+      __m256 v = _mm256_mul_ps(_mm256_loadu_ps(a + c), vsx);
+      v = _mm256_mul_ps(v, _mm256_loadu_ps(t.s_w + c));
+      if (t.bias != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(t.bias + c));
+      _mm256_stream_ps(y + c, v);
+    }
+    for (; c < t.M; ++c) {
+      float v = a[c] * sx;
+      v = v * t.s_w[c];
+      y[c] = t.bias != nullptr ? v + t.bias[c] : v;
+    }
+  }
+  _mm_sfence();
+}
+#endif
+
+void ScaleRows(const ScaleTask& t, int64_t r0, int64_t r1) {
+#ifdef SPIKEC_X86
+  if (kHasAvx2 && t.stream) {
+    ScaleRowsStreamAvx2(t, r0, r1);
+    return;
+  }
+#endif
+  for (int64_t r = r0; r < r1; ++r) {
+    const float sx = t.s_x != nullptr ? t.s_x[r] : t.s_x_scalar;
+    const float* __restrict a = t.a + r * t.M;
+    const float* __restrict sw = t.s_w;
+    float* __restrict y = t.y + r * t.M;
+    if (t.bias != nullptr) {
+      const float* __restrict b = t.bias;
+      for (int64_t c = 0; c < t.M; ++c) {
+        float v = a[c] * sx;
+        v = v * sw[c];
+        y[c] = v + b[c];
+      }
+    } else {
+      for (int64_t c = 0; c < t.M; ++c) {
+        const float v = a[c] * sx;
+        y[c] = v * sw[c];
+      }
+    }
+  }
+}
+
+void ScaleTaskRun(void* data, size_t i) {
+  const auto& t = *static_cast<const ScaleTask*>(data);
+  const int64_t r0 = static_cast<int64_t>(i) * t.rows_per_task;
+  ScaleRows(t, r0, std::min(t.rows, r0 + t.rows_per_task));
+}
+
+[[noreturn]] void FailScale(const std::string& what) {
+  ORT_CXX_API_THROW("ScaleRowsColumns: " + what, ORT_INVALID_ARGUMENT);
+}
+
+struct ScaleRowsColumnsKernel {
+  ScaleRowsColumnsKernel(const OrtApi& /*api*/, const OrtKernelInfo* /*info*/) {}
+
+  void Compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    const auto a = ctx.GetInput(0);
+    const auto sx_in = ctx.GetInput(1);
+    const auto sw_in = ctx.GetInput(2);
+    const Ort::ConstValue bias_in = ctx.GetInputCount() > 3 ? ctx.GetInput(3) : Ort::ConstValue{nullptr};
+    const std::vector<int64_t> shape = a.GetTensorTypeAndShapeInfo().GetShape();
+    if (shape.empty()) FailScale("a must have a last (column) axis");
+    const int64_t M = shape.back();
+    const int64_t rows = M > 0 ? Elements(shape) / M : 0;
+    const size_t n_sx = sx_in.GetTensorTypeAndShapeInfo().GetElementCount();
+    if (n_sx != 1 && n_sx != static_cast<size_t>(rows)) {
+      FailScale("s_x must have one element per row of a (" + std::to_string(rows) + ") or one");
+    }
+    if (sw_in.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(M)) {
+      FailScale("s_w must have M = " + std::to_string(M) + " elements");
+    }
+    const float* bias = nullptr;
+    if (bias_in != nullptr) {
+      if (bias_in.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(M)) {
+        FailScale("bias must have M = " + std::to_string(M) + " elements");
+      }
+      bias = bias_in.GetTensorData<float>();
+    }
+    auto y = ctx.GetOutput(0, shape);
+    if (rows == 0 || M == 0) return;
+    const float* sx = sx_in.GetTensorData<float>();
+    const int64_t per_task = std::max<int64_t>(1, kTaskBytes / (M * 4));
+    ScaleTask task{a.GetTensorData<float>(), n_sx == 1 ? nullptr : sx, sx[0], sw_in.GetTensorData<float>(),
+                   bias, y.GetTensorMutableData<float>(), M, per_task, rows, rows * M * 4 > kStreamBytes};
+    const int64_t tasks = (rows + per_task - 1) / per_task;
+    if (rows * M * 4 < kParallelBytes || tasks < 2) {
+      ScaleRows(task, 0, rows);
+    } else {
+      ctx.ParallelFor(ScaleTaskRun, static_cast<size_t>(tasks), 0, &task);
+    }
+  }
+};
+
+struct ScaleRowsColumnsOp : Ort::CustomOpBase<ScaleRowsColumnsOp, ScaleRowsColumnsKernel> {
+  void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const { return new ScaleRowsColumnsKernel(api, info); }
+  const char* GetName() const { return "ScaleRowsColumns"; }
+  size_t GetInputTypeCount() const { return 4; }
+  ONNXTensorElementDataType GetInputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+  OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
+    return index == 3 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
+                      : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
+  }
+  size_t GetOutputTypeCount() const { return 1; }
+  ONNXTensorElementDataType GetOutputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+};
+
 struct SpikeEncodeMatMulNBitsOp : Ort::CustomOpBase<SpikeEncodeMatMulNBitsOp, SpikeEncodeMatMulNBitsKernel> {
   void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const {
     return new SpikeEncodeMatMulNBitsKernel(api, info);
@@ -293,13 +447,15 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL Regist
   const OrtApi* api = api_base->GetApi(ORT_API_VERSION);
   if (api == nullptr) return nullptr;  // cannot even report: onnxruntime is older than the header
   Ort::InitApi(api);
-  static SpikeEncodeMatMulNBitsOp op;
+  static SpikeEncodeMatMulNBitsOp encode_matmul;
+  static ScaleRowsColumnsOp scale;
   static std::mutex lock;
   static std::vector<Ort::CustomOpDomain> domains;  // alive as long as the sessions that use them
   try {
     std::lock_guard<std::mutex> guard(lock);
     Ort::CustomOpDomain domain{"spikec.ortops"};
-    domain.Add(&op);
+    domain.Add(&encode_matmul);
+    domain.Add(&scale);
     Ort::UnownedSessionOptions(options).Add(domain);
     domains.push_back(std::move(domain));
   } catch (const Ort::Exception& e) {

@@ -1,0 +1,174 @@
+"""spikec's onnxruntime custom ops (runtime/ortops/, lower_for_ort(ortops=True)): the stock
+graph's bits in fewer nodes and passes, on one and two threads, and clear errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_ir as ir
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+from test_ort_nbits import _feeds, _graph, _one_token_feeds, _run
+
+from spikec import ir as spir
+from spikec import ops as sops
+from spikec.ort_lowering import NBITS_BLOCK, lower_for_ort, nbits_blocks
+
+
+# ------------------------------------------------ SpikeEncodeMatMulNBits (W4, one token)
+
+
+def _run_ortops(model: ir.Model, feeds_list, library: str, threads: int = 1) -> list[list[np.ndarray]]:
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.register_custom_ops_library(library)
+    sess = ort.InferenceSession(spir.to_proto(model).SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return [sess.run(None, feeds) for feeds in feeds_list]
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    return a.dtype == b.dtype and a.shape == b.shape and np.array_equal(a.view(np.uint32), b.view(np.uint32))
+
+
+@pytest.mark.parametrize("K", [24, NBITS_BLOCK - 1, 2 * (NBITS_BLOCK - 1), 1536, 8960])
+@pytest.mark.parametrize("timesteps", [(4, 3), (6, 2), (1, 1)])
+@pytest.mark.parametrize("act_scale", ["dynamic", "static"])
+def test_ortops_one_token_graph_matches_reference_and_stock(K, timesteps, act_scale, ortops_library):
+    """lower_for_ort(one_token=True, ortops=True): one spikec.ortops.SpikeEncodeMatMulNBits
+    node per product, no If, no MatMulNBits and no int8 weight left; one token gives the
+    reference's numbers and the stock one-token graph's bits, NaN rows included (codes at
+    their bounds, ties, zero, NaN and +-inf rows; both modalities)."""
+    widths, bias = (7, 3), (True, False)
+
+    def graph():
+        return _graph(K, widths, bias, timesteps=timesteps, act_scale=act_scale)
+
+    model, stock = graph(), graph()
+    stats = lower_for_ort(model, "fused", one_token=True, ortops=True)
+    lower_for_ort(stock, "fused", one_token=True)
+    assert stats.one_token_dims == ("b", "s")
+    ops = [n.op_type for n in model.graph]
+    assert ops == ["Reshape"] + ["Gather"] * (1 if act_scale == "dynamic" else 2) + ["SpikeEncodeMatMulNBits"] * 2
+    assert model.opset_imports["spikec.ortops"] == 1 and not model.functions
+    assert not any(n.startswith("W") for n in model.graph.initializers)
+    assert stats.layers["mm0"]["tokens"] == "one (spikec.ortops.SpikeEncodeMatMulNBits)"
+    feeds = [_one_token_feeds(K, case, mod, seed=K) for case in ("random", "worst", "ties", "zero", "nan", "inf", "-inf")
+             for mod in (0, 1)]
+    got = _run_ortops(model, feeds, ortops_library)
+    want = [_run(stock, f) for f in feeds]
+    for f, g, w in zip(feeds, got, want):
+        ref = sops.run_reference(graph(), f)
+        for a, b, r in zip(g, w, ref):
+            assert _same_bits(a, b), (K, timesteps, act_scale)
+            np.testing.assert_array_equal(a, r)
+
+
+def test_ortops_threads_and_column_split(ortops_library):
+    """A product big enough to be split over onnxruntime's threads (over 256 KiB of packed
+    weights) gives the same bits on one and two threads, and the reference's, on random
+    tokens, worst-case codes and weight columns at +-7."""
+    K, widths, bias = 1536, (700, 5), (True, True)
+    model, ref = _graph(K, widths, bias), _graph(K, widths, bias)
+    lower_for_ort(model, "fused", one_token=True, ortops=True)
+    feeds = [_one_token_feeds(K, case, mod, seed=seed) for case in ("random", "worst") for mod in (0, 1)
+             for seed in range(2)]
+    one, two = _run_ortops(model, feeds, ortops_library, 1), _run_ortops(model, feeds, ortops_library, 2)
+    for f, a, b in zip(feeds, one, two):
+        for x, y, r in zip(a, b, sops.run_reference(ref, f)):
+            assert _same_bits(x, y)
+            np.testing.assert_array_equal(x, r)
+
+
+def test_ortops_refuses_what_it_cannot_compute(ortops_library):
+    """onnxruntime reports the kernel's own checks by name: more than one token, weights of
+    another K, a largest code beyond int8."""
+    K, N = 300, 4
+    blocks = nbits_blocks(K)
+    w = np.full((N, blocks, 64), 0x88, np.uint8)
+
+    def session(x_shape, w_arr, q):
+        inits = [numpy_helper.from_array(w_arr, "w"), numpy_helper.from_array(np.ones(N, np.float32), "sw"),
+                 numpy_helper.from_array(np.float32(q), "q")]
+        node = helper.make_node("SpikeEncodeMatMulNBits", ["x", "q", "", "w", "sw"], ["y"], domain="spikec.ortops")
+        g = helper.make_graph([node], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, None)],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("spikec.ortops", 1)])
+        m.ir_version = 10
+        opts = ort.SessionOptions()
+        opts.register_custom_ops_library(ortops_library)
+        s = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        return s.run(None, {"x": np.ones(x_shape, np.float32)})[0]
+
+    y = session((1, K), w, 15.0)  # codes 15 (max|x| / 15 = 1/15) by weight 0: zeros
+    assert y.shape == (1, N) and not y.any()
+    for x_shape, w_arr, q, what in (((2, K), w, 15.0, "one token"), ((1, K), w[:, :-1], 15.0, "w must be uint8"),
+                                    ((1, K), w, 255.0, "q_tok")):
+        with pytest.raises(Exception, match=f"SpikeEncodeMatMulNBits: .*{what}"):
+            session(x_shape, w_arr, q)
+
+
+# ------------------------------------------------------- ScaleRowsColumns (any token count)
+
+
+def _tail_ops(model: ir.Model) -> set[str]:
+    return {n.op_type for f in model.functions.values() for n in f.graph.all_nodes() if n.domain == "spikec.ortops"}
+
+
+@pytest.mark.parametrize("wbits", [8, 4])
+@pytest.mark.parametrize("act_scale", ["dynamic", "static"])
+def test_ortops_tail_matches_reference_and_stock(wbits, act_scale, ortops_library):
+    """lower_for_ort(ortops=True), any token count (nbits off: every product on
+    MatMulIntegerToFloat): each product's scales and bias are one ScaleRowsColumns, and the
+    outputs are the stock graph's bits and the reference's numbers, on random rows, codes at
+    their bounds, NaN and +-inf rows, zero rows, widths that are not a multiple of 8."""
+    K, widths, bias = 300, (13, 8, 1), (True, False, True)
+
+    def graph():
+        return _graph(K, widths, bias, wbits=wbits, act_scale=act_scale)
+
+    model, stock = graph(), graph()
+    lower_for_ort(model, "fused", nbits=False, ortops=True)
+    lower_for_ort(stock, "fused", nbits=False)
+    assert _tail_ops(model) == {"ScaleRowsColumns"} and not _tail_ops(stock)
+    feeds = []
+    for seed, tokens in ((0, 1), (1, 5), (2, 37)):
+        f = _feeds(K, tokens, seed=seed)
+        f["x"][0, tokens // 2, 3] = np.nan if seed == 1 else np.inf  # one bad row among good ones
+        feeds += [f, _feeds(K, tokens, seed=seed, worst=True)]
+    zero = _feeds(K, 4)
+    zero["x"][:] = 0.0
+    feeds.append(zero)
+    for threads in (1, 2):
+        for f, got in zip(feeds, _run_ortops(model, feeds, ortops_library, threads)):
+            for a, b, r in zip(got, _run(stock, f), sops.run_reference(graph(), f)):
+                assert _same_bits(a, b), (wbits, act_scale, threads)
+                np.testing.assert_array_equal(a, r)
+
+
+def test_ortops_tail_on_an_output_larger_than_the_cache(ortops_library):
+    """An output over 32 MiB takes ScaleRowsColumns' non-temporal stores: the same bits as
+    the stock Muls on one and two threads, with and without a bias, and an odd width."""
+    rng = np.random.default_rng(5)
+    T, M = 61, 140_001  # 34 MB of float32; rows start off 32-byte boundaries
+    a = (rng.integers(-2**20, 2**20, (T, M))).astype(np.float32)
+    s_x = (rng.random((T, 1)) * 1e-3).astype(np.float32)
+    s_w = (rng.random(M) * 0.05).astype(np.float32)
+    b = rng.standard_normal(M).astype(np.float32)
+    for with_bias in (False, True):
+        node = helper.make_node("ScaleRowsColumns", ["a", "sx", "sw"] + (["b"] if with_bias else []), ["y"],
+                                domain="spikec.ortops")
+        g = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
+                                            for n in ("a", "sx", "sw", "b")[: 4 if with_bias else 3]],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
+        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("spikec.ortops", 1)])
+        m.ir_version = 10
+        want = (a * s_x) * s_w
+        if with_bias:
+            want = want + b
+        feeds = {"a": a, "sx": s_x, "sw": s_w, "b": b} if with_bias else {"a": a, "sx": s_x, "sw": s_w}
+        for threads in (1, 2):
+            opts = ort.SessionOptions()
+            opts.intra_op_num_threads = threads
+            opts.register_custom_ops_library(ortops_library)
+            sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+            assert _same_bits(sess.run(None, feeds)[0], want.astype(np.float32))

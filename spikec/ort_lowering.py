@@ -661,6 +661,7 @@ ORTOPS_DOMAIN = "spikec.ortops"
 ORTOPS_VERSION = 1
 ORTOPS_ENCODE_MATMUL = "SpikeEncodeMatMulNBits"
 ORTOPS_SCALE = "ScaleRowsColumns"
+ORTOPS_ENCODE_U8 = "SpikeEncodeU8"
 
 
 nbits_blocks = int4.blocks  # blocks of the sentinel layout: block - 1 codes and the sentinel each
@@ -1009,6 +1010,16 @@ class _Lowerer:
             fname = ("EncodeDynamic" if dynamic else "EncodeStatic") + "Offset"
             fname = self._function(fname, lambda: _encode_fn(fname, dynamic, self.opset, offset=True))
             return self._insert(node, fname, [x, s_tok, q_tok, lo, hi], n_out=2, domain=DOMAIN)
+        if u8 and self.ortops and _rank(mod) == _rank(x) - 1:  # one spikec.ortops node; its tables: one per token
+            zp = self._zero_point(node, int(T.max()))
+            outs = self._insert(node, ORTOPS_ENCODE_U8, [x, s_tok, q_tok, zp], n_out=2, domain=ORTOPS_DOMAIN,
+                                dynamic=int(dynamic))
+            outs[0].producer().name = f"{node.name}/{ORTOPS_ENCODE_U8}"
+            if x.shape is not None:  # what the products' lowering reads (_rank), as a function call's outputs
+                outs[0].type, outs[0].shape = ir.TensorType(ir.DataType.UINT8), ir.Shape(list(x.shape))
+                outs[1].type, outs[1].shape = ir.TensorType(ir.DataType.FLOAT), ir.Shape(list(x.shape)[:-1] + [1])
+            self._u8_codes[id(outs[0])] = zp
+            return outs
         fname = ("EncodeDynamic" if dynamic else "EncodeStatic") + ("U8" if u8 else "") + (f"_K{K}" if K else "")
         fname = self._function(fname, lambda: _encode_fn(fname, dynamic, self.opset, u8, K))
         if not u8:
@@ -1532,5 +1543,6 @@ def lower_for_ort(model: ir.Model, mode: str = "fused", nbits: bool = True, in_p
     each such encoder and product group becomes one spikec.ortops.SpikeEncodeMatMulNBits
     node per product (instead of about fifteen nodes); every product on
     MatMulIntegerToFloat gets its scales and bias as one spikec.ortops.ScaleRowsColumns
-    node (one pass over the product instead of two or three)."""
+    node (one pass over the product instead of two or three), and an encoder giving such
+    products uint8 codes is one spikec.ortops.SpikeEncodeU8 node (two reads of x)."""
     return _Lowerer(model, mode, nbits, in_place, one_token, ortops).run()

@@ -118,9 +118,10 @@ def _tail_ops(model: ir.Model) -> set[str]:
 @pytest.mark.parametrize("act_scale", ["dynamic", "static"])
 def test_ortops_tail_matches_reference_and_stock(wbits, act_scale, ortops_library):
     """lower_for_ort(ortops=True), any token count (nbits off: every product on
-    MatMulIntegerToFloat): each product's scales and bias are one ScaleRowsColumns, and the
-    outputs are the stock graph's bits and the reference's numbers, on random rows, codes at
-    their bounds, NaN and +-inf rows, zero rows, widths that are not a multiple of 8."""
+    MatMulIntegerToFloat): the encoder is one SpikeEncodeU8 node, each product's scales and
+    bias one ScaleRowsColumns, and the outputs are the stock graph's bits and the
+    reference's numbers, on random rows, codes at their bounds, ties, NaN and +-inf rows,
+    zero rows, rows of K = 300 (not a multiple of 8) and widths that are not either."""
     K, widths, bias = 300, (13, 8, 1), (True, False, True)
 
     def graph():
@@ -130,6 +131,7 @@ def test_ortops_tail_matches_reference_and_stock(wbits, act_scale, ortops_librar
     lower_for_ort(model, "fused", nbits=False, ortops=True)
     lower_for_ort(stock, "fused", nbits=False)
     assert _tail_ops(model) == {"ScaleRowsColumns"} and not _tail_ops(stock)
+    assert [n.op_type for n in model.graph if n.domain == "spikec.ortops"] == ["SpikeEncodeU8"]
     feeds = []
     for seed, tokens in ((0, 1), (1, 5), (2, 37)):
         f = _feeds(K, tokens, seed=seed)
@@ -137,7 +139,10 @@ def test_ortops_tail_matches_reference_and_stock(wbits, act_scale, ortops_librar
         feeds += [f, _feeds(K, tokens, seed=seed, worst=True)]
     zero = _feeds(K, 4)
     zero["x"][:] = 0.0
-    feeds.append(zero)
+    ties = _feeds(K, 6, seed=4)  # x / s at k + 1/2 for the static scale 2.5 / 15 (T = 4)
+    ties["x"] = ((np.random.default_rng(4).integers(-15, 15, (1, 6, K)) + 0.5) * (2.5 / 15)).astype(np.float32)
+    ties["modality"][:] = 0
+    feeds += [zero, ties]
     for threads in (1, 2):
         for f, got in zip(feeds, _run_ortops(model, feeds, ortops_library, threads)):
             for a, b, r in zip(got, _run(stock, f), sops.run_reference(graph(), f)):
@@ -172,3 +177,27 @@ def test_ortops_tail_on_an_output_larger_than_the_cache(ortops_library):
             opts.register_custom_ops_library(ortops_library)
             sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
             assert _same_bits(sess.run(None, feeds)[0], want.astype(np.float32))
+
+
+def test_ortops_encoder_static_tables_with_zero_subnormal_and_huge_clips(ortops_library):
+    """Static scales from clips of 0 (scale 1.0), a subnormal one (codes clamped) and one near
+    the float32 maximum (codes 0): SpikeEncodeU8 and ScaleRowsColumns give the stock graph's
+    bits and the reference's numbers. (NaN and inf clips are refused before: no calibrated
+    scale, a scale that is not finite.)"""
+    K, widths, bias = 40, (9,), (True,)
+    for clips in ((0.0, 0.75), (1e-44, 3e38)):
+        def graph():
+            model = _graph(K, widths, bias, wbits=8, act_scale="static")
+            enc = next(n for n in model.graph if n.name == "enc")
+            table = [float(clips[0])] * sops.CLIP_T + [float(clips[1])] * sops.CLIP_T
+            enc.attributes["act_clip"] = ir.AttrFloat32s("act_clip", table)
+            return model
+
+        model, stock = graph(), graph()
+        lower_for_ort(model, "fused", nbits=False, ortops=True)
+        lower_for_ort(stock, "fused", nbits=False)
+        feeds = [_feeds(K, 7, seed=seed) for seed in range(3)]
+        for f, got in zip(feeds, _run_ortops(model, feeds, ortops_library)):
+            for a, b, r in zip(got, _run(stock, f), sops.run_reference(graph(), f)):
+                assert _same_bits(a, b), clips
+                np.testing.assert_array_equal(a, r)

@@ -39,6 +39,21 @@
 // Mul, Add), each a read and a write of memory at prefill's sizes (256 x 151936 logits:
 // 16-17 ms a pass on two threads); this is one.
 //
+// SpikeEncodeU8: the TC-LIF encoder of prefill's products, their uint8 codes in one read
+// of x for the scale and one for the codes (spikec/ort_lowering.py: _encode_u8_fn, about
+// fifteen nodes and passes):
+//
+//   inputs  0 x      float32 [..., T, K]
+//           1 s_tok  float32, T elements     per-token static scale (read only when static)
+//           2 q_tok  float32, T elements     per-token largest code Q = 2^T - 1
+//           3 a_zp   uint8 scalar            the codes' offset (>= every Q, <= 127)
+//   attribute dynamic (int, 1: s1 = max|x| / Q, 1.0 where that is not > 0; 0: s1 = s_tok)
+//   outputs 0 q      uint8 [..., T, K]       a_zp + clamp(rint(x / s1), -Q, Q); a_zp on a bad row
+//           1 s      float32 [..., T, 1]     s1; NaN on a bad row
+// A bad row holds NaN or +-inf (or has a NaN static scale): spikec.reference.encode_tokens'
+// non-finite rule (code 0, scale NaN). x / s1 is one IEEE division, rint rounds half to
+// even (vroundps / nearbyint), as QuantizeLinear and the reference.
+//
 // SpikeEncodeMatMulNBits' product reads the packed bytes where they lie (the .sbin's mapped section), 4 bits a
 // weight; columns are split over onnxruntime's intra-op threads (KernelContext::ParallelFor).
 // On x86-64 with AVX2, vpmaddubsw multiplies the unsigned nibbles u (0..15) by the signed
@@ -54,6 +69,7 @@
 #include <cmath>
 #include <cstdint>
 #include <cstring>
+#include <limits>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -286,6 +302,144 @@ struct SpikeEncodeMatMulNBitsKernel {
   }
 };
 
+struct EncodeTask {
+  const float* x;
+  const float* s_tok;
+  const float* q_tok;
+  uint8_t zp;
+  bool dynamic;
+  uint8_t* q;
+  float* s;
+  int64_t K, rows_per_task, rows;
+};
+
+#ifdef SPIKEC_X86
+// a_zp + clamp(rint(x / s1), -Q, Q) for one row, eight at a time: vdivps and vroundps are
+// the scalar loop's IEEE division and round-half-to-even.
+__attribute__((target("avx2"))) int64_t QuantizeRowAvx2(const float* x, int64_t K, float s1, float Q, uint8_t zp,
+                                                         uint8_t* q) {
+  const __m256 vs = _mm256_set1_ps(s1), hi = _mm256_set1_ps(Q), lo = _mm256_set1_ps(-Q);
+  const __m256i vzp = _mm256_set1_epi32(zp);
+  int64_t k = 0;
+  for (; k + 8 <= K; k += 8) {
+    __m256 r = _mm256_round_ps(_mm256_div_ps(_mm256_loadu_ps(x + k), vs), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+    r = _mm256_min_ps(_mm256_max_ps(r, lo), hi);
+    const __m256i c = _mm256_add_epi32(_mm256_cvttps_epi32(r), vzp);  // 0 .. 254
+    const __m128i c16 = _mm_packus_epi32(_mm256_castsi256_si128(c), _mm256_extracti128_si256(c, 1));
+    _mm_storel_epi64(reinterpret_cast<__m128i*>(q + k), _mm_packus_epi16(c16, c16));
+  }
+  return k;
+}
+#endif
+
+void EncodeRows(const EncodeTask& t, int64_t r0, int64_t r1) {
+  for (int64_t r = r0; r < r1; ++r) {
+    const float* x = t.x + r * t.K;
+    uint8_t* q = t.q + r * t.K;
+    bool bad = false;
+    float amax = 0.0f;
+    for (int64_t k = 0; k < t.K; ++k) {
+      const float a = std::fabs(x[k]);
+      bad |= !(a <= std::numeric_limits<float>::max());  // NaN or inf
+      amax = a > amax ? a : amax;
+    }
+    const float Q = t.q_tok[r];
+    float s1;
+    if (t.dynamic) {
+      const float s0 = amax / Q;
+      s1 = s0 > 0.0f ? s0 : 1.0f;
+    } else {
+      s1 = t.s_tok[r];
+      bad |= std::isnan(s1);
+    }
+    if (bad) {
+      std::memset(q, t.zp, static_cast<size_t>(t.K));
+      t.s[r] = std::numeric_limits<float>::quiet_NaN();
+      continue;
+    }
+    t.s[r] = s1;
+    int64_t k = 0;
+#ifdef SPIKEC_X86
+    if (kHasAvx2) k = QuantizeRowAvx2(x, t.K, s1, Q, t.zp, q);
+#endif
+    for (; k < t.K; ++k) {
+      float v = std::nearbyint(x[k] / s1);
+      v = v < -Q ? -Q : (v > Q ? Q : v);
+      q[k] = static_cast<uint8_t>(static_cast<int32_t>(v) + t.zp);
+    }
+  }
+}
+
+void EncodeTaskRun(void* data, size_t i) {
+  const auto& t = *static_cast<const EncodeTask*>(data);
+  const int64_t r0 = static_cast<int64_t>(i) * t.rows_per_task;
+  EncodeRows(t, r0, std::min(t.rows, r0 + t.rows_per_task));
+}
+
+[[noreturn]] void FailEncode(const std::string& what) {
+  ORT_CXX_API_THROW("SpikeEncodeU8: " + what, ORT_INVALID_ARGUMENT);
+}
+
+struct SpikeEncodeU8Kernel {
+  SpikeEncodeU8Kernel(const OrtApi& /*api*/, const OrtKernelInfo* info) {
+    dynamic_ = Ort::ConstKernelInfo(info).GetAttribute<int64_t>("dynamic") != 0;
+  }
+
+  void Compute(OrtKernelContext* context) {
+    Ort::KernelContext ctx(context);
+    const auto x = ctx.GetInput(0);
+    const auto s_in = ctx.GetInput(1);
+    const auto q_in = ctx.GetInput(2);
+    const auto zp_in = ctx.GetInput(3);
+    const std::vector<int64_t> shape = x.GetTensorTypeAndShapeInfo().GetShape();
+    if (shape.empty()) FailEncode("x must have a last (feature) axis");
+    const int64_t K = shape.back();
+    const int64_t rows = K > 0 ? Elements(shape) / K : Elements(std::vector<int64_t>(shape.begin(), shape.end() - 1));
+    if (q_in.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(rows) ||
+        (!dynamic_ && s_in.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(rows))) {
+      FailEncode("s_tok and q_tok must have one element per token (" + std::to_string(rows) + ")");
+    }
+    if (zp_in.GetTensorTypeAndShapeInfo().GetElementCount() != 1) FailEncode("a_zp must be a scalar");
+    const uint8_t zp = *zp_in.GetTensorData<uint8_t>();
+    const float* q_tok = q_in.GetTensorData<float>();
+    for (int64_t r = 0; r < rows; ++r) {
+      if (!(q_tok[r] >= 0.0f && q_tok[r] <= static_cast<float>(zp) && q_tok[r] == std::nearbyint(q_tok[r]))) {
+        FailEncode("q_tok must hold integers in 0..a_zp (" + std::to_string(zp) + ")");
+      }
+    }
+    std::vector<int64_t> s_shape(shape.begin(), shape.end());
+    s_shape.back() = 1;
+    auto q = ctx.GetOutput(0, shape);
+    auto s = ctx.GetOutput(1, s_shape);
+    if (rows == 0) return;
+    const int64_t per_task = std::max<int64_t>(1, kTaskBytes / std::max<int64_t>(1, K * 4));
+    EncodeTask task{x.GetTensorData<float>(), dynamic_ ? nullptr : s_in.GetTensorData<float>(), q_tok, zp, dynamic_,
+                    q.GetTensorMutableData<uint8_t>(), s.GetTensorMutableData<float>(), K, per_task, rows};
+    const int64_t tasks = (rows + per_task - 1) / per_task;
+    if (rows * K * 4 < kParallelBytes || tasks < 2) {
+      EncodeRows(task, 0, rows);
+    } else {
+      ctx.ParallelFor(EncodeTaskRun, static_cast<size_t>(tasks), 0, &task);
+    }
+  }
+
+ private:
+  bool dynamic_;
+};
+
+struct SpikeEncodeU8Op : Ort::CustomOpBase<SpikeEncodeU8Op, SpikeEncodeU8Kernel> {
+  void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const { return new SpikeEncodeU8Kernel(api, info); }
+  const char* GetName() const { return "SpikeEncodeU8"; }
+  size_t GetInputTypeCount() const { return 4; }
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    return index == 3 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+  size_t GetOutputTypeCount() const { return 2; }
+  ONNXTensorElementDataType GetOutputType(size_t index) const {
+    return index == 0 ? ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8 : ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+  }
+};
+
 struct ScaleTask {
   const float* a;
   const float* s_x;  // per row, or nullptr (then s_x_scalar)
@@ -449,6 +603,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL Regist
   Ort::InitApi(api);
   static SpikeEncodeMatMulNBitsOp encode_matmul;
   static ScaleRowsColumnsOp scale;
+  static SpikeEncodeU8Op encode_u8;
   static std::mutex lock;
   static std::vector<Ort::CustomOpDomain> domains;  // alive as long as the sessions that use them
   try {
@@ -456,6 +611,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL Regist
     Ort::CustomOpDomain domain{"spikec.ortops"};
     domain.Add(&encode_matmul);
     domain.Add(&scale);
+    domain.Add(&encode_u8);
     Ort::UnownedSessionOptions(options).Add(domain);
     domains.push_back(std::move(domain));
   } catch (const Ort::Exception& e) {

@@ -1187,7 +1187,12 @@ class _Lowerer:
         accb_tok = self._per_token(node, accb, mod, q, "accbias")
         onehot = self._per_token(node, np.eye(len(self.names), dtype=np.int64), mod, q, "onehot")
         dtag = f"x{bits}b" if bits != DIGIT_BITS and self.mode == "fused" and planes > 1 else ""
-        tail_op = self.ortops and self.mode == "fused" and planes == 1 and neuron != "if" and not groups
+        # ScaleRowsColumns takes one s_w per column of a constant [K, M] weight (not an attention
+        # product's per-tensor scale of an activation operand) and one s_x per row
+        tail_op = (self.ortops and self.mode == "fused" and planes == 1 and neuron != "if" and not groups
+                   and w.const_value is not None and w.shape is not None and len(w.shape) == 2
+                   and s_w.const_value is not None and s_w.const_value.size == w.shape[1]
+                   and _rank(s_x) == _rank(q))
         name = (f"SpikeMatMul_{neuron.replace('-', '')}_{self.mode}_{planes}{dtag}{'_dql' if dql else ''}{gtag}"
                 f"{'_u8' if u8 else ''}{'_bias' if bias is not None else ''}{'_ortops' if tail_op else ''}")
         fn = self._function(name, lambda: _matmul_fn(name, neuron, self.mode, planes, self.opset, bias is not None,

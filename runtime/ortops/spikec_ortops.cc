@@ -18,7 +18,7 @@
 // Numerics (shared/design/SEMANTICS.md sections 1 and 3; spikec.reference.encode_tokens and
 // spiking_matmul), in the order of the ONNX function it replaces:
 //   s1 = max|x| / Q, or 1.0 where that is not > 0 (dynamic), or s_tok (static)
-//   s  = s1 + sum_k(x_k * 0)    NaN exactly for a token holding NaN or +-inf (or s_tok NaN)
+//   s  = s1, or NaN (the reference's quiet NaN) for a token holding NaN or +-inf (or s_tok NaN)
 //   q_k = clamp(rint(x_k / s1), -Q, Q)          round half to even (the FPU's default mode)
 //   acc_n = sum_k q_k * w_kn                    int32, exact (|acc| < 2^31 by the compiler's bound)
 //   y_n = (float32(acc_n) * s) * s_w[n] (+ bias[n])   three float32 roundings, in this order
@@ -54,8 +54,9 @@
 // non-finite rule (code 0, scale NaN). x / s1 is one IEEE division, rint rounds half to
 // even (vroundps / nearbyint), as QuantizeLinear and the reference.
 //
-// SpikeEncodeMatMulNBits' product reads the packed bytes where they lie (the .sbin's mapped section), 4 bits a
-// weight; columns are split over onnxruntime's intra-op threads (KernelContext::ParallelFor).
+// SpikeEncodeMatMulNBits' product reads the packed bytes where they lie (the .sbin's
+// mapped section), 4 bits a weight; columns are split over onnxruntime's intra-op threads
+// (KernelContext::ParallelFor), as are the other two ops' rows.
 // On x86-64 with AVX2, vpmaddubsw multiplies the unsigned nibbles u (0..15) by the signed
 // codes (|q| <= 127): a pair's sum is at most 2 * 15 * 127 = 3810 and two pairs' 7620, far
 // from int16 saturation; vpmaddwd widens to int32. sum_k q_k * u_kn - 8 * sum_k q_k removes
@@ -105,10 +106,11 @@ struct TokenCodes {
 
 // spikec.reference.encode_tokens for one token, as _encoder_nodes(scaled_only=True).
 void Encode(const float* x, int64_t K, int64_t blocks, float q, const float* s_static, TokenCodes* out) {
-  float nf = 0.0f, amax = 0.0f;
+  bool bad = false;
+  float amax = 0.0f;
   for (int64_t k = 0; k < K; ++k) {
-    nf += x[k] * 0.0f;
     const float a = std::fabs(x[k]);
+    bad |= !(a <= std::numeric_limits<float>::max());  // NaN or inf
     amax = a > amax ? a : amax;
   }
   float s1;
@@ -118,7 +120,10 @@ void Encode(const float* x, int64_t K, int64_t blocks, float q, const float* s_s
   } else {
     s1 = *s_static;
   }
-  out->s = s1 + nf;
+  // A bad token's scale is the reference's quiet NaN (0x7fc00000), whichever NaN or inf
+  // the row held (the stock graph's s1 + sum(x * 0) carries a payload that depends on the
+  // order its sum meets them: NaN payloads are not part of the contract).
+  out->s = bad || std::isnan(s1) ? std::numeric_limits<float>::quiet_NaN() : s1;
   out->qe.assign(static_cast<size_t>(blocks * kBlockBytes), 0);
   out->qo.assign(static_cast<size_t>(blocks * kBlockBytes), 0);
   out->sum = 0;
@@ -394,7 +399,7 @@ struct SpikeEncodeU8Kernel {
     const std::vector<int64_t> shape = x.GetTensorTypeAndShapeInfo().GetShape();
     if (shape.empty()) FailEncode("x must have a last (feature) axis");
     const int64_t K = shape.back();
-    const int64_t rows = K > 0 ? Elements(shape) / K : Elements(std::vector<int64_t>(shape.begin(), shape.end() - 1));
+    const int64_t rows = Elements(std::vector<int64_t>(shape.begin(), shape.end() - 1));
     if (q_in.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(rows) ||
         (!dynamic_ && s_in.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(rows))) {
       FailEncode("s_tok and q_tok must have one element per token (" + std::to_string(rows) + ")");
@@ -454,8 +459,8 @@ struct ScaleTask {
 #ifdef SPIKEC_X86
 // The same three roundings, eight columns at a time (vmulps, vaddps: IEEE single precision,
 // as the scalar loop), with non-temporal stores: an output larger than the cache is not
-// read into it before being written (the LM head's 256 x 151936 logits: 24.7 -> see
-// docs/ort-target.md).
+// read into it before being written (256 x 151936 logits on two threads: 16.4 ms, against
+// 24.7 ms with ordinary stores and 36-41 ms for the stock graph's two Muls).
 __attribute__((target("avx2"))) void ScaleRowsStreamAvx2(const ScaleTask& t, int64_t r0, int64_t r1) {
   for (int64_t r = r0; r < r1; ++r) {
     const float sx = t.s_x != nullptr ? t.s_x[r] : t.s_x_scalar;
@@ -534,7 +539,7 @@ struct ScaleRowsColumnsKernel {
     const std::vector<int64_t> shape = a.GetTensorTypeAndShapeInfo().GetShape();
     if (shape.empty()) FailScale("a must have a last (column) axis");
     const int64_t M = shape.back();
-    const int64_t rows = M > 0 ? Elements(shape) / M : 0;
+    const int64_t rows = Elements(std::vector<int64_t>(shape.begin(), shape.end() - 1));
     const size_t n_sx = sx_in.GetTensorTypeAndShapeInfo().GetElementCount();
     if (n_sx != 1 && n_sx != static_cast<size_t>(rows)) {
       FailScale("s_x must have one element per row of a (" + std::to_string(rows) + ") or one");

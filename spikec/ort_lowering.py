@@ -3,7 +3,10 @@
 Every spikec node becomes a call to a function in the domain `spikec.ort` whose body
 uses only standard ONNX ops; onnxruntime inlines model-local functions when it
 builds a session, so users need no native library. (PyOp custom ops from
-onnxruntime-extensions would also work, but cross into Python on every call.)
+onnxruntime-extensions would also work, but cross into Python on every call.) With
+`ortops=True` three steps of the fused mode take spikec's own C++ custom ops instead
+(domain `spikec.ortops`, runtime/ortops/; the runtime asks for them where their library
+loads): the same bits in fewer passes and nodes (ORTOPS_* below).
 Per-node constants -- T, scales and code widths per modality, the rate-IF offset
 fold -- become small initializers passed as function inputs, so one function body
 serves every node of a variant and the graph stays readable in Netron.

@@ -38,9 +38,11 @@ class StatsSession:
     in one form per session, as the single graph with the If held both. A W4 decode step at
     Qwen2-VL-2B widths (2 text layers, 2 threads, AVX2) ran at 0.91-0.93x the speed of ORT's
     MatMulNBits model with the If and at 0.97-0.98x so (docs/ort-target.md).
-    ortops: where spikec's custom-op library is built and loads (spikec.runtime.ortops), the
-    one-token graph runs each encoder and product as one SpikeEncodeMatMulNBits node
-    (lower_for_ort(ortops=True)); False, or no library, keeps the stock-operator graph.
+    ortops: in fused mode, where spikec's custom-op library is built and loads
+    (spikec.runtime.ortops), both graphs are lowered onto its ops (lower_for_ort(ortops=True):
+    encoders and product tails, and in the one-token graph each encoder and product as one
+    SpikeEncodeMatMulNBits node) and their sessions register it; False, or no library,
+    keeps the stock-operator graphs (the same numbers).
     options: a function giving fresh onnxruntime SessionOptions (one per session; the
     benchmark's profiling and spinning settings), in place of the default."""
 
@@ -55,30 +57,23 @@ class StatsSession:
         # prepacked copy); in-place: MatMulInteger over int8 read in place, nothing
         # prepacked. See choose_weight_policy.
         one_token = None
-        library = ortops_library() if ortops else None
+        library = ortops_library() if ortops and mode == "fused" else None
         if one_token_model is not None and mode == "fused" and weights == "prepack":
             try:
                 one_token = lower_for_ort(one_token_model, mode, one_token=True, ortops=library is not None)
             except SpikecError as exc:  # no product takes the one-token path: one graph, as below
                 log.debug("graph '%s': no one-token graph (%s)", role, exc)
-        tail_ops = library is not None and mode == "fused"  # spikec.ortops.ScaleRowsColumns after each product
         if weights == "in-place" or one_token is not None:
-            lowered = lower_for_ort(model, mode, nbits=False, ortops=tail_ops)
+            lowered = lower_for_ort(model, mode, nbits=False, ortops=library is not None)
         else:
-            lowered = lower_for_ort(model, mode, in_place=weights == "nbits", ortops=tail_ops)
+            lowered = lower_for_ort(model, mode, in_place=weights == "nbits", ortops=library is not None)
         self.layers = lowered.layers or {}
         self.modality_inputs, self.modalities = lowered.modality_inputs, lowered.modalities
         make_options = options or (lambda: _session_options(threads, weights))
-        main_options = make_options()
-        if tail_ops:
-            register_ortops(main_options, library)
-        self.session = _ort_session(role, model, main_options)
+        self.session = _ort_session(role, model, self._options(make_options, library))
         self.one_token_session, self.token_axes = None, []
         if one_token is not None:
-            one_token_options = make_options()
-            if library is not None:
-                register_ortops(one_token_options, library)
-            self.one_token_session = _ort_session(role, one_token_model, one_token_options)
+            self.one_token_session = _ort_session(role, one_token_model, self._options(make_options, library))
             self.token_axes = [(i.name, axis) for i in self.session.get_inputs()
                                for axis, d in enumerate(i.shape) if d in one_token.one_token_dims]
             for name, info in one_token.layers.items():  # which products take one token on MatMulNBits
@@ -90,6 +85,14 @@ class StatsSession:
         self.stats_names = [o for o in outputs if o.startswith(STATS_PREFIX)]
         self.counts: dict[str, np.ndarray] = collections.defaultdict(lambda: 0)
         self.calls = 0
+
+    @staticmethod
+    def _options(make_options, library: str | None):
+        """Fresh SessionOptions, with spikec's custom-op library registered where it is used."""
+        options = make_options()
+        if library is not None:
+            register_ortops(options, library)
+        return options
 
     def session_for(self, feeds: dict) -> "object":
         """The one-token session for a call whose token axes are all 1, else the main one."""

@@ -89,7 +89,7 @@ constexpr float kMaxQ = 127.0f;         // codes must fit int8 (T <= 7)
 // Below this many weight bytes a product runs on the calling thread: waking a second one
 // costs more (tens of microseconds with spinning off) than reading 256 KiB.
 constexpr int64_t kParallelBytes = 256 * 1024;
-constexpr int64_t kTaskBytes = 256 * 1024;  // weight bytes per ParallelFor task
+constexpr int64_t kTaskBytes = 256 * 1024;  // bytes of work per ParallelFor piece
 constexpr int64_t kPrefetchBytes = 1024;
 // Outputs above this size are written with non-temporal stores (ScaleRowsColumns): they
 // do not fit the cache anyway (32 MiB of L3 on the machine measured).
@@ -196,7 +196,7 @@ const bool kHasAvx2 = __builtin_cpu_supports("avx2");
 
 struct ProductTask {
   const uint8_t* w;
-  int64_t blocks, N, columns_per_task;
+  int64_t blocks, N;
   const TokenCodes* codes;
   const float* s_w;
   const float* bias;
@@ -228,16 +228,34 @@ void RunColumns(const ProductTask& t, int64_t n0, int64_t n1) {
   }
 }
 
-void RunTask(void* data, size_t i) {
-  const auto& t = *static_cast<const ProductTask*>(data);
-  const int64_t n0 = static_cast<int64_t>(i) * t.columns_per_task;
-  RunColumns(t, n0, std::min(t.N, n0 + t.columns_per_task));
-}
-
 int64_t Elements(const std::vector<int64_t>& shape) {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;
   return n;
+}
+
+// Runs `Run(task, i0, i1)` over [0, n), `bytes_per_item` bytes of work per item: on the
+// calling thread when the work is under kParallelBytes (waking a thread costs more), else
+// in pieces of about kTaskBytes over onnxruntime's intra-op threads.
+template <typename Task, void (*Run)(const Task&, int64_t, int64_t)>
+void SplitOverThreads(const Ort::KernelContext& ctx, const Task& task, int64_t n, int64_t bytes_per_item) {
+  struct Pieces {
+    const Task* task;
+    int64_t n, per_piece;
+    static void RunPiece(void* data, size_t i) {
+      const auto& p = *static_cast<const Pieces*>(data);
+      const int64_t i0 = static_cast<int64_t>(i) * p.per_piece;
+      Run(*p.task, i0, std::min(p.n, i0 + p.per_piece));
+    }
+  };
+  const int64_t bytes = std::max<int64_t>(1, bytes_per_item);
+  Pieces pieces{&task, n, std::max<int64_t>(1, kTaskBytes / bytes)};
+  const int64_t count = (n + pieces.per_piece - 1) / pieces.per_piece;
+  if (n * bytes < kParallelBytes || count < 2) {
+    Run(task, 0, n);
+  } else {
+    ctx.ParallelFor(Pieces::RunPiece, static_cast<size_t>(count), 0, &pieces);
+  }
 }
 
 [[noreturn]] void Fail(const std::string& what) {
@@ -295,15 +313,9 @@ struct SpikeEncodeMatMulNBitsKernel {
     TokenCodes codes;
     Encode(x.GetTensorData<float>(), K, blocks, q, s_static, &codes);
     std::vector<int32_t> acc(static_cast<size_t>(N));
-    const int64_t per_task = std::max<int64_t>(1, kTaskBytes / (blocks * kBlockBytes));
-    ProductTask task{w_in.GetTensorData<uint8_t>(), blocks, N, per_task, &codes, sw_in.GetTensorData<float>(), bias,
+    ProductTask task{w_in.GetTensorData<uint8_t>(), blocks, N, &codes, sw_in.GetTensorData<float>(), bias,
                      y.GetTensorMutableData<float>(), acc.data()};
-    const int64_t tasks = (N + per_task - 1) / per_task;
-    if (N * blocks * kBlockBytes < kParallelBytes || tasks < 2) {
-      RunColumns(task, 0, N);
-    } else {
-      ctx.ParallelFor(RunTask, static_cast<size_t>(tasks), 0, &task);
-    }
+    SplitOverThreads<ProductTask, RunColumns>(ctx, task, N, blocks * kBlockBytes);
   }
 };
 
@@ -315,7 +327,7 @@ struct EncodeTask {
   bool dynamic;
   uint8_t* q;
   float* s;
-  int64_t K, rows_per_task, rows;
+  int64_t K;
 };
 
 #ifdef SPIKEC_X86
@@ -375,12 +387,6 @@ void EncodeRows(const EncodeTask& t, int64_t r0, int64_t r1) {
   }
 }
 
-void EncodeTaskRun(void* data, size_t i) {
-  const auto& t = *static_cast<const EncodeTask*>(data);
-  const int64_t r0 = static_cast<int64_t>(i) * t.rows_per_task;
-  EncodeRows(t, r0, std::min(t.rows, r0 + t.rows_per_task));
-}
-
 [[noreturn]] void FailEncode(const std::string& what) {
   ORT_CXX_API_THROW("SpikeEncodeU8: " + what, ORT_INVALID_ARGUMENT);
 }
@@ -417,15 +423,9 @@ struct SpikeEncodeU8Kernel {
     auto q = ctx.GetOutput(0, shape);
     auto s = ctx.GetOutput(1, s_shape);
     if (rows == 0) return;
-    const int64_t per_task = std::max<int64_t>(1, kTaskBytes / std::max<int64_t>(1, K * 4));
     EncodeTask task{x.GetTensorData<float>(), dynamic_ ? nullptr : s_in.GetTensorData<float>(), q_tok, zp, dynamic_,
-                    q.GetTensorMutableData<uint8_t>(), s.GetTensorMutableData<float>(), K, per_task, rows};
-    const int64_t tasks = (rows + per_task - 1) / per_task;
-    if (rows * K * 4 < kParallelBytes || tasks < 2) {
-      EncodeRows(task, 0, rows);
-    } else {
-      ctx.ParallelFor(EncodeTaskRun, static_cast<size_t>(tasks), 0, &task);
-    }
+                    q.GetTensorMutableData<uint8_t>(), s.GetTensorMutableData<float>(), K};
+    SplitOverThreads<EncodeTask, EncodeRows>(ctx, task, rows, K * 4);
   }
 
  private:
@@ -452,7 +452,7 @@ struct ScaleTask {
   const float* s_w;
   const float* bias;
   float* y;
-  int64_t M, rows_per_task, rows;
+  int64_t M;
   bool stream;  // non-temporal stores: the output is larger than the last-level cache
 };
 
@@ -517,12 +517,6 @@ void ScaleRows(const ScaleTask& t, int64_t r0, int64_t r1) {
   }
 }
 
-void ScaleTaskRun(void* data, size_t i) {
-  const auto& t = *static_cast<const ScaleTask*>(data);
-  const int64_t r0 = static_cast<int64_t>(i) * t.rows_per_task;
-  ScaleRows(t, r0, std::min(t.rows, r0 + t.rows_per_task));
-}
-
 [[noreturn]] void FailScale(const std::string& what) {
   ORT_CXX_API_THROW("ScaleRowsColumns: " + what, ORT_INVALID_ARGUMENT);
 }
@@ -557,15 +551,9 @@ struct ScaleRowsColumnsKernel {
     auto y = ctx.GetOutput(0, shape);
     if (rows == 0 || M == 0) return;
     const float* sx = sx_in.GetTensorData<float>();
-    const int64_t per_task = std::max<int64_t>(1, kTaskBytes / (M * 4));
     ScaleTask task{a.GetTensorData<float>(), n_sx == 1 ? nullptr : sx, sx[0], sw_in.GetTensorData<float>(),
-                   bias, y.GetTensorMutableData<float>(), M, per_task, rows, rows * M * 4 > kStreamBytes};
-    const int64_t tasks = (rows + per_task - 1) / per_task;
-    if (rows * M * 4 < kParallelBytes || tasks < 2) {
-      ScaleRows(task, 0, rows);
-    } else {
-      ctx.ParallelFor(ScaleTaskRun, static_cast<size_t>(tasks), 0, &task);
-    }
+                   bias, y.GetTensorMutableData<float>(), M, rows * M * 4 > kStreamBytes};
+    SplitOverThreads<ScaleTask, ScaleRows>(ctx, task, rows, M * 4);
   }
 };
 

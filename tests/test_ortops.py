@@ -245,13 +245,14 @@ def test_ortops_tail_of_a_zero_width_product(ortops_library):
     assert _run(stock, f)[0].shape == (1, 3, 0)
 
 
-@pytest.mark.parametrize("wbits", [8, 4])
-def test_ortops_on_a_compiled_model_with_spiking_attention(wbits, ortops_library, monkeypatch, tmp_path):
+def test_ortops_on_a_compiled_model_with_spiking_attention(ortops_library, monkeypatch, tmp_path):
     """A compiled tiny LLaVA whose attention products spike too (--spike-attention: the
     right operand an activation's per-tensor code, its s_w one scalar): the ops take only the
     weight products (found by CI: a ScaleRowsColumns given an attention product's scalar
     s_w), and the language model's prefill and decode-step outputs with the library equal
-    those without it (SPIKEC_ORTOPS=0) and exact mode's spike planes, bit for bit."""
+    those without it (SPIKEC_ORTOPS=0) and exact mode's spike planes, bit for bit. W4: its
+    prefill takes SpikeEncodeU8 and ScaleRowsColumns, its decode steps SpikeEncodeMatMulNBits."""
+    wbits = 4
     from spike_graphs import exported, lm_feeds
 
     from spikec.compiler import compile_path

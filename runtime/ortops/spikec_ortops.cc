@@ -258,11 +258,14 @@ void SplitOverThreads(const Ort::KernelContext& ctx, const Task& task, int64_t n
   }
 }
 
-[[noreturn]] void Fail(const std::string& what) {
-  ORT_CXX_API_THROW("SpikeEncodeMatMulNBits: " + what, ORT_INVALID_ARGUMENT);
+// A bad input, reported by onnxruntime as "<op>: <what>".
+[[noreturn]] void Fail(const char* op, const std::string& what) {
+  ORT_CXX_API_THROW(std::string(op) + ": " + what, ORT_INVALID_ARGUMENT);
 }
 
 struct SpikeEncodeMatMulNBitsKernel {
+  static constexpr const char* kOp = "SpikeEncodeMatMulNBits";
+
   SpikeEncodeMatMulNBitsKernel(const OrtApi& /*api*/, const OrtKernelInfo* /*info*/) {}
 
   void Compute(OrtKernelContext* context) {
@@ -276,30 +279,30 @@ struct SpikeEncodeMatMulNBitsKernel {
     const Ort::ConstValue bias_in = n_inputs > 5 ? ctx.GetInput(5) : Ort::ConstValue{nullptr};
 
     std::vector<int64_t> x_shape = x.GetTensorTypeAndShapeInfo().GetShape();
-    if (x_shape.empty()) Fail("x has no feature axis");
+    if (x_shape.empty()) Fail(kOp, "x has no feature axis");
     const int64_t K = x_shape.back();
-    if (K < 1 || Elements(x_shape) != K) Fail("x must be one token [1, ..., 1, K]");
-    if (q_in.GetTensorTypeAndShapeInfo().GetElementCount() != 1) Fail("q_tok must be a scalar");
+    if (K < 1 || Elements(x_shape) != K) Fail(kOp, "x must be one token [1, ..., 1, K]");
+    if (q_in.GetTensorTypeAndShapeInfo().GetElementCount() != 1) Fail(kOp, "q_tok must be a scalar");
     const float q = *q_in.GetTensorData<float>();
-    if (!(q >= 1.0f && q <= kMaxQ && q == std::nearbyint(q))) Fail("q_tok must be an integer in 1..127");
+    if (!(q >= 1.0f && q <= kMaxQ && q == std::nearbyint(q))) Fail(kOp, "q_tok must be an integer in 1..127");
     const float* s_static = nullptr;
     if (s_in != nullptr) {
-      if (s_in.GetTensorTypeAndShapeInfo().GetElementCount() != 1) Fail("s_tok must be a scalar");
+      if (s_in.GetTensorTypeAndShapeInfo().GetElementCount() != 1) Fail(kOp, "s_tok must be a scalar");
       s_static = s_in.GetTensorData<float>();
     }
     const std::vector<int64_t> w_shape = w_in.GetTensorTypeAndShapeInfo().GetShape();
     const int64_t blocks = (K + kCodesPerBlock - 1) / kCodesPerBlock;
     if (w_shape.size() != 3 || w_shape[1] != blocks || w_shape[2] != kBlockBytes) {
-      Fail("w must be uint8 [N, ceil(K / 127), 64] for K = " + std::to_string(K));
+      Fail(kOp, "w must be uint8 [N, ceil(K / 127), 64] for K = " + std::to_string(K));
     }
     const int64_t N = w_shape[0];
     if (sw_in.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(N)) {
-      Fail("s_w must have N = " + std::to_string(N) + " elements");
+      Fail(kOp, "s_w must have N = " + std::to_string(N) + " elements");
     }
     const float* bias = nullptr;
     if (bias_in != nullptr) {
       if (bias_in.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(N)) {
-        Fail("bias must have N = " + std::to_string(N) + " elements");
+        Fail(kOp, "bias must have N = " + std::to_string(N) + " elements");
       }
       bias = bias_in.GetTensorData<float>();
     }
@@ -387,11 +390,9 @@ void EncodeRows(const EncodeTask& t, int64_t r0, int64_t r1) {
   }
 }
 
-[[noreturn]] void FailEncode(const std::string& what) {
-  ORT_CXX_API_THROW("SpikeEncodeU8: " + what, ORT_INVALID_ARGUMENT);
-}
-
 struct SpikeEncodeU8Kernel {
+  static constexpr const char* kOp = "SpikeEncodeU8";
+
   SpikeEncodeU8Kernel(const OrtApi& /*api*/, const OrtKernelInfo* info) {
     dynamic_ = Ort::ConstKernelInfo(info).GetAttribute<int64_t>("dynamic") != 0;
   }
@@ -403,19 +404,19 @@ struct SpikeEncodeU8Kernel {
     const auto q_in = ctx.GetInput(2);
     const auto zp_in = ctx.GetInput(3);
     const std::vector<int64_t> shape = x.GetTensorTypeAndShapeInfo().GetShape();
-    if (shape.empty()) FailEncode("x must have a last (feature) axis");
+    if (shape.empty()) Fail(kOp, "x must have a last (feature) axis");
     const int64_t K = shape.back();
     const int64_t rows = Elements(std::vector<int64_t>(shape.begin(), shape.end() - 1));
     if (q_in.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(rows) ||
         (!dynamic_ && s_in.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(rows))) {
-      FailEncode("s_tok and q_tok must have one element per token (" + std::to_string(rows) + ")");
+      Fail(kOp, "s_tok and q_tok must have one element per token (" + std::to_string(rows) + ")");
     }
-    if (zp_in.GetTensorTypeAndShapeInfo().GetElementCount() != 1) FailEncode("a_zp must be a scalar");
+    if (zp_in.GetTensorTypeAndShapeInfo().GetElementCount() != 1) Fail(kOp, "a_zp must be a scalar");
     const uint8_t zp = *zp_in.GetTensorData<uint8_t>();
     const float* q_tok = q_in.GetTensorData<float>();
     for (int64_t r = 0; r < rows; ++r) {
       if (!(q_tok[r] >= 0.0f && q_tok[r] <= static_cast<float>(zp) && q_tok[r] == std::nearbyint(q_tok[r]))) {
-        FailEncode("q_tok must hold integers in 0..a_zp (" + std::to_string(zp) + ")");
+        Fail(kOp, "q_tok must hold integers in 0..a_zp (" + std::to_string(zp) + ")");
       }
     }
     std::vector<int64_t> s_shape(shape.begin(), shape.end());
@@ -517,11 +518,9 @@ void ScaleRows(const ScaleTask& t, int64_t r0, int64_t r1) {
   }
 }
 
-[[noreturn]] void FailScale(const std::string& what) {
-  ORT_CXX_API_THROW("ScaleRowsColumns: " + what, ORT_INVALID_ARGUMENT);
-}
-
 struct ScaleRowsColumnsKernel {
+  static constexpr const char* kOp = "ScaleRowsColumns";
+
   ScaleRowsColumnsKernel(const OrtApi& /*api*/, const OrtKernelInfo* /*info*/) {}
 
   void Compute(OrtKernelContext* context) {
@@ -531,20 +530,20 @@ struct ScaleRowsColumnsKernel {
     const auto sw_in = ctx.GetInput(2);
     const Ort::ConstValue bias_in = ctx.GetInputCount() > 3 ? ctx.GetInput(3) : Ort::ConstValue{nullptr};
     const std::vector<int64_t> shape = a.GetTensorTypeAndShapeInfo().GetShape();
-    if (shape.empty()) FailScale("a must have a last (column) axis");
+    if (shape.empty()) Fail(kOp, "a must have a last (column) axis");
     const int64_t M = shape.back();
     const int64_t rows = Elements(std::vector<int64_t>(shape.begin(), shape.end() - 1));
     const size_t n_sx = sx_in.GetTensorTypeAndShapeInfo().GetElementCount();
     if (n_sx != 1 && n_sx != static_cast<size_t>(rows)) {
-      FailScale("s_x must have one element per row of a (" + std::to_string(rows) + ") or one");
+      Fail(kOp, "s_x must have one element per row of a (" + std::to_string(rows) + ") or one");
     }
     if (sw_in.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(M)) {
-      FailScale("s_w must have M = " + std::to_string(M) + " elements");
+      Fail(kOp, "s_w must have M = " + std::to_string(M) + " elements");
     }
     const float* bias = nullptr;
     if (bias_in != nullptr) {
       if (bias_in.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(M)) {
-        FailScale("bias must have M = " + std::to_string(M) + " elements");
+        Fail(kOp, "bias must have M = " + std::to_string(M) + " elements");
       }
       bias = bias_in.GetTensorData<float>();
     }

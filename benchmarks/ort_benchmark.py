@@ -21,8 +21,9 @@ and times the language model on onnxruntime, every variant in the same process:
              MatMulInteger over int8 codes unpacked at load
   spikec-w8-stock, spikec-w4-stock  the same .sbin files with spikec's custom-op library
              off (SPIKEC_ORTOPS=0): stock operators only. spikec-w8 and -w4 use the library
-             where it is built (runtime/ortops/: each product's scales and bias in one
-             ScaleRowsColumns pass; W4 decode steps one SpikeEncodeMatMulNBits per product)
+             where it is built (runtime/ortops/: each product by a constant weight, with
+             its scales and bias, one SpikeMatMulIntegerToFloat, an integer GEMM that sums
+             the low-bit codes in int16; W4 decode steps one SpikeEncodeMatMulNBits per product)
   spikec-w4-nbits  the same .sbin under the runtime's "nbits" weight policy (a W4 model
              too large to prepack int8, runtime/ort_target.py: choose_weight_policy): every
              product with packed weights on MatMulNBits, whatever the token count, no int8

@@ -112,7 +112,14 @@ class StatsSession:
                                   f"modalities are 0..{len(self.modalities) - 1} ({', '.join(self.modalities)})")
         wanted = list(output_names) if output_names else self.output_names
         session = self.session_for(feeds)
-        outs = session.run(wanted + self.stats_names, {n: feeds[n] for n in self.input_names})
+        try:
+            outs = session.run(wanted + self.stats_names, {n: feeds[n] for n in self.input_names})
+        except Exception as exc:  # onnxruntime raises its own exception types
+            if type(exc).__module__ != ORT_ERRORS_MODULE:
+                raise
+            # e.g. a spikec.ortops kernel refusing a weight that does not fit its input: the
+            # custom ops' outputs carry no shapes, so onnxruntime finds it only when it runs
+            raise SpikecError(f"graph '{self.role}': onnxruntime cannot run it: {exc}") from exc
         for name, value in zip(self.stats_names, outs[len(wanted):]):
             self.counts[name[len(STATS_PREFIX):]] = self.counts[name[len(STATS_PREFIX):]] + value
         self.calls += 1
@@ -142,6 +149,9 @@ def _session_options(threads: int | None, weights: str):
         # slower: decode at 2B widths 922 ms against 9.3 ms -- is not used here)
         opts.add_session_config_entry("session.disable_prepacking", "1")
     return opts
+
+
+ORT_ERRORS_MODULE = "onnxruntime.capi.onnxruntime_pybind11_state"  # where onnxruntime's exception types live
 
 
 def _ort_session(role: str, lowered: ir.Model, opts):

@@ -380,20 +380,21 @@ def _scaled_product(n: list, a: str, w8: str, s_w: str, out: str, tag: str, u8: 
     product is the same as MatMulInteger's and one pass over it fewer than a
     MatMulInteger followed by a DequantizeLinear. Then the reference's two roundings.
 
-    ortops_bias (not False): the two roundings and the bias (its name, or None for none) as
-    one spikec.ortops.ScaleRowsColumns node, one pass over the product where the Muls and the
-    Add take two or three (runtime/ortops/: the session must register the library); `out`
-    then includes the bias."""
+    ortops_bias (not False): the whole product, its two roundings and the bias (its name, or
+    None for none) as one spikec.ortops.SpikeMatMulIntegerToFloat node (runtime/ortops/: the
+    session must register the library; w8 must be a constant [K, M] and s_x have one element
+    per row): no pass over the product after it, and an integer GEMM that accumulates the
+    low-bit codes in int16; `out` then includes the bias."""
     src, zp = _offset_codes(n, a, offset, tag, u8)
+    if ortops_bias is not False:
+        n.append(helper.make_node(ORTOPS_MATMUL, [src, w8, zp, "s_x", s_w] + ([ortops_bias] if ortops_bias else []),
+                                  [out], domain=ORTOPS_DOMAIN))
+        return
     n += [
         _c(f"{tag}_one", 1.0),
         helper.make_node("MatMulIntegerToFloat", [src, w8, f"{tag}_one", f"{tag}_one", zp], [f"{tag}_accf"],
                          domain="com.microsoft"),
     ]
-    if ortops_bias is not False:
-        n.append(helper.make_node(ORTOPS_SCALE, [f"{tag}_accf", "s_x", s_w] + ([ortops_bias] if ortops_bias else []),
-                                  [out], domain=ORTOPS_DOMAIN))
-        return
     n += [
         helper.make_node("Mul", [f"{tag}_accf", "s_x"], [f"{tag}_y0"]),  # float32(acc) * s_x
         helper.make_node("Mul", [f"{tag}_y0", s_w], [out]),  # ... * s_w
@@ -476,8 +477,8 @@ def _matmul_fn(name: str, neuron: str, mode: str, planes: int, opset: int, with_
 
     Fused TC-LIF with one digit group takes one more input, a_zp (uint8 scalar): the offset of
     its uint8 codes (code_offset); u8: q already holds them (an encoder's, _encode_u8_fn);
-    ortops: its tail (scales and bias) is one spikec.ortops.ScaleRowsColumns node
-    (_scaled_product)."""
+    ortops: the product with its scales and bias is one spikec.ortops.SpikeMatMulIntegerToFloat
+    node (_scaled_product)."""
     n: list[onnx.NodeProto] = [helper.make_node("Cast", ["w"], ["w8"], to=TensorProto.INT8)]
     inputs = ["q", "s_x", "w", "s_w"] + (["bias"] if with_bias else []) + ["off_tok", "accb_tok", "onehot"]
     if mode == "fused" and planes == 1 and neuron != "if":
@@ -663,7 +664,7 @@ NBITS_SENTINEL = 127  # the sentinel activation: every block's max |a| is exactl
 ORTOPS_DOMAIN = "spikec.ortops"
 ORTOPS_VERSION = 1
 ORTOPS_ENCODE_MATMUL = "SpikeEncodeMatMulNBits"
-ORTOPS_SCALE = "ScaleRowsColumns"
+ORTOPS_MATMUL = "SpikeMatMulIntegerToFloat"
 ORTOPS_ENCODE_U8 = "SpikeEncodeU8"
 
 
@@ -1190,7 +1191,7 @@ class _Lowerer:
         accb_tok = self._per_token(node, accb, mod, q, "accbias")
         onehot = self._per_token(node, np.eye(len(self.names), dtype=np.int64), mod, q, "onehot")
         dtag = f"x{bits}b" if bits != DIGIT_BITS and self.mode == "fused" and planes > 1 else ""
-        # ScaleRowsColumns takes one s_w per column of a constant [K, M] weight (not an attention
+        # SpikeMatMulIntegerToFloat takes one s_w per column of a constant [K, M] weight (not an attention
         # product's per-tensor scale of an activation operand) and one s_x per row
         tail_op = (self.ortops and self.mode == "fused" and planes == 1 and neuron != "if" and not groups
                    and w.const_value is not None and w.shape is not None and len(w.shape) == 2
@@ -1550,7 +1551,8 @@ def lower_for_ort(model: ir.Model, mode: str = "fused", nbits: bool = True, in_p
     own onnxruntime custom ops, the same bits in fewer passes and nodes. With one_token,
     each such encoder and product group becomes one spikec.ortops.SpikeEncodeMatMulNBits
     node per product (instead of about fifteen nodes); every product on
-    MatMulIntegerToFloat gets its scales and bias as one spikec.ortops.ScaleRowsColumns
-    node (one pass over the product instead of two or three), and an encoder giving such
+    MatMulIntegerToFloat by a constant weight is, with its scales and bias, one
+    spikec.ortops.SpikeMatMulIntegerToFloat node (no pass over the product after the
+    GEMM, where the stock graph takes two or three), and an encoder giving such
     products uint8 codes is one spikec.ortops.SpikeEncodeU8 node (two reads of x)."""
     return _Lowerer(model, mode, nbits, in_place, one_token, ortops).run()

@@ -113,7 +113,7 @@ def test_ortops_refuses_what_it_cannot_compute(ortops_library):
             session(x_shape, w_arr, q)
 
 
-# ------------------------------------------------------- ScaleRowsColumns (any token count)
+# ---------------------------------------------- SpikeMatMulIntegerToFloat (any token count)
 
 
 def _tail_ops(model: ir.Model) -> set[str]:
@@ -124,8 +124,8 @@ def _tail_ops(model: ir.Model) -> set[str]:
 @pytest.mark.parametrize("act_scale", ["dynamic", "static"])
 def test_ortops_tail_matches_reference_and_stock(wbits, act_scale, ortops_library):
     """lower_for_ort(ortops=True), any token count (nbits off: every product on
-    MatMulIntegerToFloat): the encoder is one SpikeEncodeU8 node, each product's scales and
-    bias one ScaleRowsColumns, and the outputs are the stock graph's bits and the
+    MatMulIntegerToFloat): the encoder is one SpikeEncodeU8 node, each product with its scales
+    and bias one SpikeMatMulIntegerToFloat, and the outputs are the stock graph's bits and the
     reference's numbers, on random rows, codes at their bounds, ties, NaN and +-inf rows,
     zero rows, rows of K = 300 (not a multiple of 8) and widths that are not either."""
     K, widths, bias = 300, (13, 8, 1), (True, False, True)
@@ -136,7 +136,7 @@ def test_ortops_tail_matches_reference_and_stock(wbits, act_scale, ortops_librar
     model, stock = graph(), graph()
     lower_for_ort(model, "fused", nbits=False, ortops=True)
     lower_for_ort(stock, "fused", nbits=False)
-    assert _tail_ops(model) == {"ScaleRowsColumns"} and not _tail_ops(stock)
+    assert _tail_ops(model) == {"SpikeMatMulIntegerToFloat"} and not _tail_ops(stock)
     assert [n.op_type for n in model.graph if n.domain == "spikec.ortops"] == ["SpikeEncodeU8"]
     feeds = []
     for seed, tokens in ((0, 1), (1, 5), (2, 37)):
@@ -156,38 +156,87 @@ def test_ortops_tail_matches_reference_and_stock(wbits, act_scale, ortops_librar
                 np.testing.assert_array_equal(a, r)
 
 
-def test_ortops_tail_on_an_output_larger_than_the_cache(ortops_library):
-    """An output over 32 MiB takes ScaleRowsColumns' non-temporal stores: the same bits as
-    the stock Muls on one and two threads, with and without a bias, and an odd width."""
-    rng = np.random.default_rng(5)
-    T, M = 61, 140_001  # 34 MB of float32; rows start off 32-byte boundaries
-    a = (rng.integers(-2**20, 2**20, (T, M))).astype(np.float32)
-    s_x = (rng.random((T, 1)) * 1e-3).astype(np.float32)
-    s_w = (rng.random(M) * 0.05).astype(np.float32)
-    b = rng.standard_normal(M).astype(np.float32)
-    for with_bias in (False, True):
-        node = helper.make_node("ScaleRowsColumns", ["a", "sx", "sw"] + (["b"] if with_bias else []), ["y"],
-                                domain="spikec.ortops")
-        g = helper.make_graph([node], "g", [helper.make_tensor_value_info(n, TensorProto.FLOAT, None)
-                                            for n in ("a", "sx", "sw", "b")[: 4 if with_bias else 3]],
-                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)])
-        m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("spikec.ortops", 1)])
-        m.ir_version = 10
-        want = (a * s_x) * s_w
-        if with_bias:
-            want = want + b
-        feeds = {"a": a, "sx": s_x, "sw": s_w, "b": b} if with_bias else {"a": a, "sx": s_x, "sw": s_w}
-        for threads in (1, 2):
-            opts = ort.SessionOptions()
-            opts.intra_op_num_threads = threads
-            opts.register_custom_ops_library(ortops_library)
-            sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
-            assert _same_bits(sess.run(None, feeds)[0], want.astype(np.float32))
+def _spike_matmul(ortops_library, a, w, zp, s_x, s_w, bias=None, threads=2, constant=True):
+    """One SpikeMatMulIntegerToFloat node: a uint8 [..., K], w int8 [K, N] (an initializer, or a
+    graph input with constant=False), zp uint8."""
+    names = ["a", "w", "zp", "sx", "sw"] + (["b"] if bias is not None else [])
+    node = helper.make_node("SpikeMatMulIntegerToFloat", names, ["y"], domain="spikec.ortops")
+    vals = {"a": a, "w": w, "zp": np.uint8(zp), "sx": s_x, "sw": s_w, "b": bias}
+    inits = [numpy_helper.from_array(np.asarray(vals[n]), n) for n in names[1:] if constant or n != "w"]
+    inputs = [helper.make_tensor_value_info(n, helper.np_dtype_to_tensor_dtype(np.asarray(vals[n]).dtype), None)
+              for n in names if n == "a" or (n == "w" and not constant)]
+    g = helper.make_graph([node], "g", inputs, [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)], inits)
+    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 18), helper.make_opsetid("spikec.ortops", 1)])
+    m.ir_version = 10
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.register_custom_ops_library(ortops_library)
+    sess = ort.InferenceSession(m.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    return sess.run(None, {"a": a} if constant else {"a": a, "w": w})[0]
+
+
+def _spike_matmul_want(a, w, zp, s_x, s_w, bias=None):
+    """The contract in numpy: acc = (a - zp) @ w exactly (int64, here below 2^31), then
+    (float32(acc) * s_x) * s_w (+ bias), each a float32 rounding."""
+    acc = (a.astype(np.int64) - int(zp)) @ w.astype(np.int64)
+    y = (acc.astype(np.float32) * s_x) * s_w
+    return y + bias if bias is not None else y
+
+
+@pytest.mark.parametrize("case", ["spike-codes", "worst-weights", "wide-codes", "ragged", "not-constant", "large"])
+def test_spike_matmul_integer_to_float_is_exact(case, ortops_library):
+    """SpikeMatMulIntegerToFloat's int16 windows (runtime/ortops/: a panel's window is the
+    longest whose int16 sums cannot overflow for the call's largest code) give exactly
+    (a - zp) @ w, then the contract's roundings, on one and two threads:
+    - spike codes (TC-LIF T = 4 with offset 15: 0..30) by normal-like int8 weights (long windows)
+    - the same codes by weights all +-127 (window of 4 k-steps: every lane at its bound)
+    - codes up to 255 by +-127 (vpmaddubsw would saturate: the plain loop)
+    - K, N and the row count off the layouts' multiples (4, 16, 6), a zero-point of 0
+    - a weight that is a graph input (packed per call)
+    - an output over 32 MiB (non-temporal stores), rows starting off 32-byte boundaries"""
+    rng = np.random.default_rng(11)
+    rows, K, N, zp, amax = 37, 300, 40, 15, 30
+    if case == "ragged":
+        rows, K, N, zp, amax = 7, 301, 33, 0, 60
+    if case == "large":
+        rows, K, N = 61, 64, 140_001
+    a = rng.integers(0, amax + 1, (1, rows, K)).astype(np.uint8)
+    if case == "wide-codes":
+        zp, a = 128, rng.integers(0, 256, (1, rows, K)).astype(np.uint8)
+    a[0, 0, :] = amax if case != "wide-codes" else 255  # a row of codes at their bound
+    if case in ("worst-weights", "wide-codes"):
+        w = np.where(rng.random((K, N)) < 0.5, -127, 127).astype(np.int8)
+    else:
+        w = np.clip(np.rint(rng.standard_normal((K, N)) * 30), -127, 127).astype(np.int8)
+        w[:, 0] = 127  # a column at the bound
+    s_x = (rng.random((1, rows, 1)) * 1e-2).astype(np.float32)
+    s_w = (rng.random(N) * 0.05).astype(np.float32)
+    bias = rng.standard_normal(N).astype(np.float32) if case != "ragged" else None
+    want = _spike_matmul_want(a, w, zp, s_x, s_w, bias)
+    for threads in (1, 2):
+        got = _spike_matmul(ortops_library, a, w, zp, s_x, s_w, bias, threads, constant=case != "not-constant")
+        assert got.shape == want.shape
+        assert _same_bits(got, want), (case, threads)
+
+
+def test_spike_matmul_integer_to_float_refuses_bad_shapes(ortops_library):
+    rng = np.random.default_rng(2)
+    a = rng.integers(0, 31, (1, 3, 8)).astype(np.uint8)
+    w = rng.integers(-127, 128, (8, 5)).astype(np.int8)
+    s_x, s_w = np.ones((1, 3, 1), np.float32), np.ones(5, np.float32)
+    y = _spike_matmul(ortops_library, a[:, :0], w, 15, s_x[:, :0], s_w)  # no rows
+    assert y.shape == (1, 0, 5)
+    for args, what in (((a[..., :7], w, 15, s_x, s_w), "a must be uint8"),
+                       ((a, w, 15, s_x, s_w[:4]), "s_w must have N"),
+                       ((a, w, 15, np.ones((1, 2, 1), np.float32), s_w), "s_x must have one element per row"),
+                       ((a, w, 15, s_x, s_w, np.ones(3, np.float32)), "bias must have N")):
+        with pytest.raises(Exception, match=f"SpikeMatMulIntegerToFloat: {what}"):
+            _spike_matmul(ortops_library, *args)
 
 
 def test_ortops_encoder_static_tables_with_zero_subnormal_and_huge_clips(ortops_library):
     """Static scales from clips of 0 (scale 1.0), a subnormal one (codes clamped) and one near
-    the float32 maximum (codes 0): SpikeEncodeU8 and ScaleRowsColumns give the stock graph's
+    the float32 maximum (codes 0): SpikeEncodeU8 and SpikeMatMulIntegerToFloat give the stock graph's
     bits and the reference's numbers. (NaN and inf clips are refused before: no calibrated
     scale, a scale that is not finite.)"""
     K, widths, bias = 40, (9,), (True,)
@@ -248,10 +297,10 @@ def test_ortops_tail_of_a_zero_width_product(ortops_library):
 def test_ortops_on_a_compiled_model_with_spiking_attention(ortops_library, monkeypatch, tmp_path):
     """A compiled tiny LLaVA whose attention products spike too (--spike-attention: the
     right operand an activation's per-tensor code, its s_w one scalar): the ops take only the
-    weight products (found by CI: a ScaleRowsColumns given an attention product's scalar
-    s_w), and the language model's prefill and decode-step outputs with the library equal
+    weight products (found by CI: the tail op before SpikeMatMulIntegerToFloat was given an
+    attention product's scalar s_w), and the language model's prefill and decode-step outputs with the library equal
     those without it (SPIKEC_ORTOPS=0) and exact mode's spike planes, bit for bit. W4: its
-    prefill takes SpikeEncodeU8 and ScaleRowsColumns, its decode steps SpikeEncodeMatMulNBits."""
+    prefill takes SpikeEncodeU8 and SpikeMatMulIntegerToFloat, its decode steps SpikeEncodeMatMulNBits."""
     wbits = 4
     from spike_graphs import exported, lm_feeds
 

@@ -312,7 +312,7 @@ def _length_leading_zero(data, t):
 def test_a_packed_k_that_does_not_fit_its_input(w4, tmp_path, run_cli):
     """Found by a newcomer's trial: K - 1 codes packed in the same bytes pass every nibble
     check; the graph then does not fit. Refused where the input's width is known (the ops
-    check), else by onnxruntime when the graph is loaded: exit 1, file and graph named."""
+    check), else by onnxruntime when the graph is loaded or run: exit 1, file and graph named."""
     from spikec import ops as sops
     from test_ort_nbits import _graph
 

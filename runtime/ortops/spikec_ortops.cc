@@ -25,19 +25,33 @@
 // Compiled with -ffp-contract=off: no fused multiply-add may merge two of those roundings.
 // A bad token (s NaN) gives acc = 0 and so a NaN row, as the reference's code 0 and scale NaN.
 //
-// ScaleRowsColumns: the spiking product's dequantizing tail in one pass, for prefill's
-// products on com.microsoft MatMulIntegerToFloat (whose output, with both scales 1.0, is
-// float32(acc) exactly; spikec/ort_lowering.py: _scaled_product):
+// SpikeMatMulIntegerToFloat: a spiking product of prefill (any token count), the integer
+// GEMM and the contract's two roundings in one kernel, for products by a constant weight
+// (spikec/ort_lowering.py: _scaled_product, which on stock operators is a
+// com.microsoft.MatMulIntegerToFloat giving float32(acc) and two or three elementwise passes):
 //
-//   inputs  0 a      float32 [..., T, M]    float32(acc)
-//           1 s_x    float32, T elements (one per row of a) or 1
-//           2 s_w    float32, M elements
-//           3 bias   float32, M elements, optional
-//   output  0 y      float32 [..., T, M]    y = (a * s_x) * s_w (+ bias), three roundings in order
+//   inputs  0 a      uint8 [..., T, K]      the codes q plus a_zp (spikec.ort_lowering.code_offset)
+//           1 b      int8 [K, N]            the weight codes; a constant initializer (packed once
+//                                           per session; else packed per call)
+//           2 a_zp   uint8 scalar
+//           3 s_x    float32, T elements (one per row of a) or 1
+//           4 s_w    float32, N elements
+//           5 bias   float32, N elements, optional
+//   output  0 y      float32 [..., T, N]    y = (float32(acc) * s_x) * s_w (+ bias), where
+//                                           acc = sum_k (a_k - a_zp) * b_kn in int32
 //
-// The stock graph takes two or three elementwise passes over the product for this (Mul,
-// Mul, Add), each a read and a write of memory at prefill's sizes (256 x 151936 logits:
-// 16-17 ms a pass on two threads); this is one.
+// The integer sum is exact whatever the codes (int32 arithmetic modulo 2^32, as
+// MatMulInteger's). Speed comes from the codes being narrow: TC-LIF codes of T <= 4 steps
+// with their offset are 0..30, so vpmaddubsw's int16 pair sums can be added up in int16 over
+// several k-steps before being widened to int32 once, where an 8-bit activation GEMM
+// (MLAS' AVX2 U8S8 kernel) widens after every vpmaddubsw. How long a window stays exact is
+// decided per panel of 16 columns from the weights (the largest sum of |w| any int16 lane
+// meets in a window of 1, 2, ..., 64 k-steps, computed when packing) and per call from the
+// largest code: a_max * bound <= 32767. A panel where even one step could saturate (codes
+// above 128) takes a plain loop. Rows are tiled 6 at a time (a hand-written AVX2 micro-kernel:
+// GCC spilled the intrinsics version's twelve accumulators), columns 16 at a time, and the
+// panels are split over onnxruntime's threads; outputs over 32 MiB are written with
+// non-temporal stores, bypassing the cache.
 //
 // SpikeEncodeU8: the TC-LIF encoder of prefill's products, their uint8 codes in one read
 // of x for the scale and one for the codes (spikec/ort_lowering.py: _encode_u8_fn, about
@@ -56,7 +70,8 @@
 //
 // SpikeEncodeMatMulNBits' product reads the packed bytes where they lie (the .sbin's
 // mapped section), 4 bits a weight; columns are split over onnxruntime's intra-op threads
-// (KernelContext::ParallelFor), as are the other two ops' rows.
+// (KernelContext::ParallelFor), as are SpikeEncodeU8's rows and SpikeMatMulIntegerToFloat's
+// panels.
 // On x86-64 with AVX2, vpmaddubsw multiplies the unsigned nibbles u (0..15) by the signed
 // codes (|q| <= 127): a pair's sum is at most 2 * 15 * 127 = 3810 and two pairs' 7620, far
 // from int16 saturation; vpmaddwd widens to int32. sum_k q_k * u_kn - 8 * sum_k q_k removes
@@ -71,6 +86,9 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <memory>
+#include <new>
+#include <cstdlib>
 #include <mutex>
 #include <string>
 #include <vector>
@@ -91,8 +109,8 @@ constexpr float kMaxQ = 127.0f;         // codes must fit int8 (T <= 7)
 constexpr int64_t kParallelBytes = 256 * 1024;
 constexpr int64_t kTaskBytes = 256 * 1024;  // bytes of work per ParallelFor piece
 constexpr int64_t kPrefetchBytes = 1024;
-// Outputs above this size are written with non-temporal stores (ScaleRowsColumns): they
-// do not fit the cache anyway (32 MiB of L3 on the machine measured).
+// Outputs above this size are written with non-temporal stores (SpikeMatMulIntegerToFloat):
+// they do not fit the cache anyway (32 MiB of L3 on the machine measured).
 constexpr int64_t kStreamBytes = 32 << 20;
 
 // One token's codes de-interleaved to the packed layout: qe[b * 64 + j] is the code at
@@ -446,123 +464,417 @@ struct SpikeEncodeU8Op : Ort::CustomOpBase<SpikeEncodeU8Op, SpikeEncodeU8Kernel>
   }
 };
 
-struct ScaleTask {
-  const float* a;
+// ------------------------------------------------------------ SpikeMatMulIntegerToFloat
+
+constexpr int64_t kPanel = 16;          // columns per packed weight panel: two vectors of 8
+constexpr int64_t kTileRows = 6;        // rows per micro-kernel tile (12 int16 accumulators)
+constexpr int64_t kChunkSteps = 256;    // k-steps (4 k each) per cache chunk: 16 KiB of a panel
+constexpr int64_t kBlockTiles = 40;     // tiles per row block: 240 rows x 1 KiB per chunk in L2
+constexpr int kWindowLevels = 7;        // accumulation windows of 1, 2, 4, ..., 64 k-steps
+constexpr int64_t kInt16Max = 32767;
+
+// Memory aligned to 64 bytes (the packed layouts are read with aligned 32-byte loads).
+template <typename T>
+struct AlignedArray {
+  explicit AlignedArray(size_t n) : data(static_cast<T*>(std::aligned_alloc(64, ((n * sizeof(T) + 63) / 64) * 64 + 64))) {
+    if (data == nullptr) throw std::bad_alloc();
+  }
+  ~AlignedArray() { std::free(data); }
+  AlignedArray(const AlignedArray&) = delete;
+  AlignedArray& operator=(const AlignedArray&) = delete;
+  T* data;
+};
+
+// An int8 weight [K, N] in the micro-kernel's layout, made once per kernel (the weight is a
+// constant initializer) or per call. Panel p holds columns 16p .. 16p + 15; k-step s of it is
+// 64 bytes: for vector v (columns 8v .. 8v + 7) and column c, the four weights k = 4s .. 4s + 3
+// (zero past K and N), so that one vpmaddubsw against a row's four broadcast codes gives two
+// int16 pair sums per column.
+struct PackedWeights {
+  PackedWeights(const int8_t* w, int64_t K_, int64_t N_)
+      : K(K_), N(N_), steps((K_ + 3) / 4), panels((N_ + kPanel - 1) / kPanel),
+        bytes(static_cast<size_t>(std::max<int64_t>(1, steps * panels * 64))),
+        col_sum(static_cast<size_t>(panels * kPanel), 0),
+        window_bound(static_cast<size_t>(panels * kWindowLevels), 0) {
+    int8_t* out = bytes.data;
+    std::vector<int32_t> lane(static_cast<size_t>(steps * 32));  // |w| pair sums per step and lane
+    for (int64_t p = 0; p < panels; ++p) {
+      std::fill(lane.begin(), lane.end(), 0);
+      for (int64_t s = 0; s < steps; ++s) {
+        for (int64_t c = 0; c < kPanel; ++c) {
+          const int64_t n = p * kPanel + c;
+          for (int64_t j = 0; j < 4; ++j) {
+            const int64_t k = 4 * s + j;
+            const int8_t v = (k < K && n < N) ? w[k * N + n] : 0;
+            out[(p * steps + s) * 64 + (c / 8) * 32 + (c % 8) * 4 + j] = v;
+            col_sum[static_cast<size_t>(n)] += v;
+            // int16 lane (c, j / 2) of vpmaddubsw's result sums k = 4s + 2 (j / 2) and the next
+            lane[static_cast<size_t>(s * 32 + c * 2 + j / 2)] += std::abs(static_cast<int32_t>(v));
+          }
+        }
+      }
+      // window_bound[level]: the largest sum of |w| pair sums any int16 lane sees over an
+      // aligned window of 2^level k-steps, so a_max * bound <= 32767 keeps every int16 partial
+      // sum exact (and each vpmaddubsw pair below saturation) for codes 0 <= a <= a_max.
+      std::vector<int64_t> win(lane.begin(), lane.end());
+      int64_t len = steps;
+      for (int level = 0; level < kWindowLevels; ++level) {
+        int64_t best = 0;
+        for (int64_t i = 0; i < len * 32; ++i) best = std::max(best, win[static_cast<size_t>(i)]);
+        window_bound[static_cast<size_t>(p * kWindowLevels + level)] = best;
+        const int64_t next = (len + 1) / 2;
+        for (int64_t s = 0; s < next; ++s) {
+          for (int64_t l = 0; l < 32; ++l) {
+            const int64_t a = win[static_cast<size_t>(2 * s * 32 + l)];
+            const int64_t b = 2 * s + 1 < len ? win[static_cast<size_t>((2 * s + 1) * 32 + l)] : 0;
+            win[static_cast<size_t>(s * 32 + l)] = a + b;
+          }
+        }
+        len = next;
+      }
+    }
+  }
+  // The longest window (k-steps) over which panel p's int16 sums stay exact for codes <= a_max;
+  // 0 where even one k-step could saturate (then the panel takes the plain loop).
+  int64_t Window(int64_t p, int32_t a_max) const {
+    int64_t steps_ok = 0;
+    for (int level = 0; level < kWindowLevels; ++level) {
+      if (static_cast<int64_t>(a_max) * window_bound[static_cast<size_t>(p * kWindowLevels + level)] > kInt16Max) break;
+      steps_ok = int64_t{1} << level;
+    }
+    return steps_ok;
+  }
+  const int64_t K, N, steps, panels;
+  AlignedArray<int8_t> bytes;
+  std::vector<int32_t> col_sum;      // sum_k w_kn per column (0 past N), for the zero point
+  std::vector<int64_t> window_bound;
+};
+
+struct GemmTask {
+  const PackedWeights* w;
+  const int32_t* a_packed;  // [tiles][steps][6]: four uint8 codes of a row per int32
+  int64_t rows, tiles;
+  int32_t a_max;
+  uint8_t zp;
   const float* s_x;  // per row, or nullptr (then s_x_scalar)
   float s_x_scalar;
   const float* s_w;
   const float* bias;
   float* y;
-  int64_t M;
-  bool stream;  // non-temporal stores: the output is larger than the last-level cache
+  bool stream;
 };
 
-#ifdef SPIKEC_X86
-// The same three roundings, eight columns at a time (vmulps, vaddps: IEEE single precision,
-// as the scalar loop), with non-temporal stores: an output larger than the cache is not
-// read into it before being written (256 x 151936 logits on two threads: 16.4 ms, against
-// 24.7 ms with ordinary stores and 36-41 ms for the stock graph's two Muls).
-__attribute__((target("avx2"))) void ScaleRowsStreamAvx2(const ScaleTask& t, int64_t r0, int64_t r1) {
-  for (int64_t r = r0; r < r1; ++r) {
-    const float sx = t.s_x != nullptr ? t.s_x[r] : t.s_x_scalar;
-    const __m256 vsx = _mm256_set1_ps(sx);
-    const float* a = t.a + r * t.M;
-    float* y = t.y + r * t.M;
-    int64_t c = 0;
-    for (; c < t.M && (reinterpret_cast<uintptr_t>(y + c) & 31) != 0; ++c) {  // to a 32-byte boundary
-      float v = a[c] * sx;
-      v = v * t.s_w[c];
-      y[c] = t.bias != nullptr ? v + t.bias[c] : v;
-    }
-    for (; c + 8 <= t.M; c += 8) {
-      __m256 v = _mm256_mul_ps(_mm256_loadu_ps(a + c), vsx);
-      v = _mm256_mul_ps(v, _mm256_loadu_ps(t.s_w + c));
-      if (t.bias != nullptr) v = _mm256_add_ps(v, _mm256_loadu_ps(t.bias + c));
-      _mm256_stream_ps(y + c, v);
-    }
-    for (; c < t.M; ++c) {
-      float v = a[c] * sx;
-      v = v * t.s_w[c];
-      y[c] = t.bias != nullptr ? v + t.bias[c] : v;
-    }
-  }
-  _mm_sfence();
-}
-#endif
+struct PackRowsTask {
+  const uint8_t* a;
+  int64_t rows, K, steps;
+  int32_t* out;
+  int32_t* tile_max;  // per tile: its largest code
+};
 
-void ScaleRows(const ScaleTask& t, int64_t r0, int64_t r1) {
-#ifdef SPIKEC_X86
-  if (kHasAvx2 && t.stream) {
-    ScaleRowsStreamAvx2(t, r0, r1);
-    return;
-  }
-#endif
-  for (int64_t r = r0; r < r1; ++r) {
-    const float sx = t.s_x != nullptr ? t.s_x[r] : t.s_x_scalar;
-    const float* __restrict a = t.a + r * t.M;
-    const float* __restrict sw = t.s_w;
-    float* __restrict y = t.y + r * t.M;
-    if (t.bias != nullptr) {
-      const float* __restrict b = t.bias;
-      for (int64_t c = 0; c < t.M; ++c) {
-        float v = a[c] * sx;
-        v = v * sw[c];
-        y[c] = v + b[c];
+void PackRowTiles(const PackRowsTask& t, int64_t t0, int64_t t1) {
+  for (int64_t tile = t0; tile < t1; ++tile) {
+    uint8_t amax = 0;
+    int32_t* out = t.out + tile * t.steps * kTileRows;
+    for (int64_t r = 0; r < kTileRows; ++r) {
+      const int64_t m = tile * kTileRows + r;
+      const uint8_t* a = m < t.rows ? t.a + m * t.K : nullptr;
+      for (int64_t s = 0; s < t.steps; ++s) {
+        uint8_t q[4] = {0, 0, 0, 0};
+        if (a != nullptr) {
+          for (int64_t j = 0; j < 4 && 4 * s + j < t.K; ++j) {
+            q[j] = a[4 * s + j];
+            amax = std::max(amax, q[j]);
+          }
+        }
+        std::memcpy(out + s * kTileRows + r, q, 4);
       }
+    }
+    t.tile_max[tile] = amax;
+  }
+}
+
+// acc[r][c] += sum over k-steps [s0, s0 + n) of row r's four codes . column c's four weights,
+// the plain loop (CPUs without AVX2; panels whose int16 window would be empty).
+void TileScalar(const int32_t* a, const int8_t* b, int64_t n, int32_t* acc) {
+  for (int64_t s = 0; s < n; ++s) {
+    for (int64_t r = 0; r < kTileRows; ++r) {
+      uint8_t q[4];
+      std::memcpy(q, a + s * kTileRows + r, 4);
+      for (int64_t c = 0; c < kPanel; ++c) {
+        const int8_t* wc = b + s * 64 + (c / 8) * 32 + (c % 8) * 4;
+        int32_t sum = 0;
+        for (int j = 0; j < 4; ++j) sum += static_cast<int32_t>(q[j]) * wc[j];
+        acc[r * kPanel + c] += sum;
+      }
+    }
+  }
+}
+
+#ifdef SPIKEC_X86
+alignas(32) const int16_t kOnes16[16] = {1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1};
+
+// The micro-kernel: a 6 x 16 tile over n k-steps (n <= the panel's window), in int16
+// (vpmaddubsw: uint8 codes x int8 weights, two products a lane; vpaddw), then widened once
+// (vpmaddwd by ones) and added to the int32 tile. Accumulating in int16 over the window,
+// where MLAS widens after every vpmaddubsw, is what low-bit spike codes buy: about a third
+// fewer vector instructions per multiply-add. Registers: ymm0-11 the tile, ymm12-13 the
+// weights of the step, ymm14 a row's broadcast codes, ymm15 a product.
+#define SPIKEC_ROW(r, c0, c1)                          \
+  "vpbroadcastd " #r "*4(%[pa]), %%ymm14\n\t"          \
+  "vpmaddubsw %%ymm12, %%ymm14, %%ymm15\n\t"           \
+  "vpaddw %%ymm15, %%" #c0 ", %%" #c0 "\n\t"           \
+  "vpmaddubsw %%ymm13, %%ymm14, %%ymm15\n\t"           \
+  "vpaddw %%ymm15, %%" #c1 ", %%" #c1 "\n\t"
+#define SPIKEC_WIDEN(c, off)                           \
+  "vpmaddwd %%" #c ", %%ymm15, %%ymm14\n\t"            \
+  "vpaddd " #off "(%[acc]), %%ymm14, %%ymm14\n\t"      \
+  "vmovdqa %%ymm14, " #off "(%[acc])\n\t"
+__attribute__((target("avx2"))) void TileAvx2(const int32_t* a, const int8_t* b, int64_t n, int32_t* acc) {
+  if (n <= 0) return;
+  asm volatile(
+      "vpxor %%xmm0, %%xmm0, %%xmm0\n\t"
+      "vpxor %%xmm1, %%xmm1, %%xmm1\n\t"
+      "vpxor %%xmm2, %%xmm2, %%xmm2\n\t"
+      "vpxor %%xmm3, %%xmm3, %%xmm3\n\t"
+      "vpxor %%xmm4, %%xmm4, %%xmm4\n\t"
+      "vpxor %%xmm5, %%xmm5, %%xmm5\n\t"
+      "vpxor %%xmm6, %%xmm6, %%xmm6\n\t"
+      "vpxor %%xmm7, %%xmm7, %%xmm7\n\t"
+      "vpxor %%xmm8, %%xmm8, %%xmm8\n\t"
+      "vpxor %%xmm9, %%xmm9, %%xmm9\n\t"
+      "vpxor %%xmm10, %%xmm10, %%xmm10\n\t"
+      "vpxor %%xmm11, %%xmm11, %%xmm11\n\t"
+      "1:\n\t"
+      "vmovdqa (%[pb]), %%ymm12\n\t"
+      "vmovdqa 32(%[pb]), %%ymm13\n\t"
+      SPIKEC_ROW(0, ymm0, ymm1) SPIKEC_ROW(1, ymm2, ymm3) SPIKEC_ROW(2, ymm4, ymm5)
+      SPIKEC_ROW(3, ymm6, ymm7) SPIKEC_ROW(4, ymm8, ymm9) SPIKEC_ROW(5, ymm10, ymm11)
+      "add $24, %[pa]\n\t"
+      "add $64, %[pb]\n\t"
+      "dec %[n]\n\t"
+      "jnz 1b\n\t"
+      "vmovdqa (%[ones]), %%ymm15\n\t"
+      SPIKEC_WIDEN(ymm0, 0) SPIKEC_WIDEN(ymm1, 32) SPIKEC_WIDEN(ymm2, 64) SPIKEC_WIDEN(ymm3, 96)
+      SPIKEC_WIDEN(ymm4, 128) SPIKEC_WIDEN(ymm5, 160) SPIKEC_WIDEN(ymm6, 192) SPIKEC_WIDEN(ymm7, 224)
+      SPIKEC_WIDEN(ymm8, 256) SPIKEC_WIDEN(ymm9, 288) SPIKEC_WIDEN(ymm10, 320) SPIKEC_WIDEN(ymm11, 352)
+      "vzeroupper\n\t"
+      : [pa] "+r"(a), [pb] "+r"(b), [n] "+r"(n)
+      : [acc] "r"(acc), [ones] "r"(kOnes16)
+      : "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9", "xmm10", "xmm11",
+        "xmm12", "xmm13", "xmm14", "xmm15", "memory", "cc");
+}
+// A tile whose only row is its first (a decode step's one token): the weights' bytes, not
+// the arithmetic, bound it, so each product is widened at once (vpmaddubsw, vpmaddwd, vpaddd
+// into int32) and a call takes any number of k-steps. Exact while one vpmaddubsw pair cannot
+// saturate (a window of at least one step).
+__attribute__((target("avx2"))) void TileOneRowAvx2(const int32_t* a, const int8_t* b, int64_t n, int32_t* acc) {
+  if (n <= 0) return;
+  asm volatile(
+      "vpxor %%xmm0, %%xmm0, %%xmm0\n\t"
+      "vpxor %%xmm1, %%xmm1, %%xmm1\n\t"
+      "vmovdqa (%[ones]), %%ymm15\n\t"
+      "1:\n\t"
+      "prefetcht0 1024(%[pb])\n\t"
+      "vpbroadcastd (%[pa]), %%ymm14\n\t"
+      "vpmaddubsw (%[pb]), %%ymm14, %%ymm12\n\t"
+      "vpmaddubsw 32(%[pb]), %%ymm14, %%ymm13\n\t"
+      "vpmaddwd %%ymm15, %%ymm12, %%ymm12\n\t"
+      "vpmaddwd %%ymm15, %%ymm13, %%ymm13\n\t"
+      "vpaddd %%ymm12, %%ymm0, %%ymm0\n\t"
+      "vpaddd %%ymm13, %%ymm1, %%ymm1\n\t"
+      "add $24, %[pa]\n\t"
+      "add $64, %[pb]\n\t"
+      "dec %[n]\n\t"
+      "jnz 1b\n\t"
+      "vpaddd (%[acc]), %%ymm0, %%ymm0\n\t"
+      "vmovdqa %%ymm0, (%[acc])\n\t"
+      "vpaddd 32(%[acc]), %%ymm1, %%ymm1\n\t"
+      "vmovdqa %%ymm1, 32(%[acc])\n\t"
+      "vzeroupper\n\t"
+      : [pa] "+r"(a), [pb] "+r"(b), [n] "+r"(n)
+      : [acc] "r"(acc), [ones] "r"(kOnes16)
+      : "xmm0", "xmm1", "xmm12", "xmm13", "xmm14", "xmm15", "memory", "cc");
+}
+#undef SPIKEC_ROW
+#undef SPIKEC_WIDEN
+
+// y for one row and 16 columns: (float32(acc - zp * colsum) * s_x) * s_w (+ bias), eight at a
+// time (vcvtdq2ps rounds to nearest even as the scalar conversion; vmulps, vaddps).
+__attribute__((target("avx2"))) void StoreRowAvx2(const int32_t* acc, const int32_t* col_sum, int32_t zp, float sx,
+                                                  const float* s_w, const float* bias, float* y, bool stream) {
+  const __m256i vzp = _mm256_set1_epi32(zp);
+  const __m256 vsx = _mm256_set1_ps(sx);
+  for (int v = 0; v < 2; ++v) {
+    const __m256i a = _mm256_sub_epi32(_mm256_load_si256(reinterpret_cast<const __m256i*>(acc + 8 * v)),
+                                       _mm256_mullo_epi32(vzp, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(col_sum + 8 * v))));
+    __m256 r = _mm256_mul_ps(_mm256_cvtepi32_ps(a), vsx);
+    r = _mm256_mul_ps(r, _mm256_loadu_ps(s_w + 8 * v));
+    if (bias != nullptr) r = _mm256_add_ps(r, _mm256_loadu_ps(bias + 8 * v));
+    if (stream) {
+      _mm256_stream_ps(y + 8 * v, r);
     } else {
-      for (int64_t c = 0; c < t.M; ++c) {
-        const float v = a[c] * sx;
-        y[c] = v * sw[c];
-      }
+      _mm256_storeu_ps(y + 8 * v, r);
     }
   }
 }
 
-struct ScaleRowsColumnsKernel {
-  static constexpr const char* kOp = "ScaleRowsColumns";
+const bool kHasAvx2Gemm = __builtin_cpu_supports("avx2");
+#endif
 
-  ScaleRowsColumnsKernel(const OrtApi& /*api*/, const OrtKernelInfo* /*info*/) {}
+void RunPanels(const GemmTask& t, int64_t p0, int64_t p1) {
+  const PackedWeights& w = *t.w;
+  const int64_t block_tiles = std::min(kBlockTiles, t.tiles);
+  AlignedArray<int32_t> acc(static_cast<size_t>(block_tiles * kTileRows * kPanel));
+  bool streamed = false;
+  for (int64_t t0 = 0; t0 < t.tiles; t0 += block_tiles) {
+    const int64_t t1 = std::min(t.tiles, t0 + block_tiles);
+    for (int64_t p = p0; p < p1; ++p) {
+      const int8_t* b = w.bytes.data + p * w.steps * 64;
+      std::memset(acc.data, 0, static_cast<size_t>((t1 - t0) * kTileRows * kPanel) * sizeof(int32_t));
+      int64_t window = w.Window(p, t.a_max);
+#ifdef SPIKEC_X86
+      const bool fast = kHasAvx2Gemm && window > 0;
+#else
+      const bool fast = false;
+#endif
+      if (!fast) window = kChunkSteps;
+      for (int64_t s0 = 0; s0 < w.steps; s0 += kChunkSteps) {
+        const int64_t s1 = std::min(w.steps, s0 + kChunkSteps);
+        for (int64_t tile = t0; tile < t1; ++tile) {
+          const int32_t* a = t.a_packed + tile * w.steps * kTileRows;
+          int32_t* acc_tile = acc.data + (tile - t0) * kTileRows * kPanel;
+#ifdef SPIKEC_X86
+          if (fast && t.rows - tile * kTileRows == 1) {
+            TileOneRowAvx2(a + s0 * kTileRows, b + s0 * 64, s1 - s0, acc_tile);
+            continue;
+          }
+#endif
+          for (int64_t s = s0; s < s1; s += window) {
+            const int64_t n = std::min(window, s1 - s);
+#ifdef SPIKEC_X86
+            if (fast) {
+              TileAvx2(a + s * kTileRows, b + s * 64, n, acc_tile);
+              continue;
+            }
+#endif
+            TileScalar(a + s * kTileRows, b + s * 64, n, acc_tile);
+          }
+        }
+      }
+      const int64_t n0 = p * kPanel, cols = std::min(kPanel, w.N - n0);
+      for (int64_t m = t0 * kTileRows; m < std::min(t.rows, t1 * kTileRows); ++m) {
+        const int32_t* row = acc.data + (m - t0 * kTileRows) * kPanel;
+        const float sx = t.s_x != nullptr ? t.s_x[m] : t.s_x_scalar;
+        float* y = t.y + m * w.N + n0;
+        const float* bias = t.bias != nullptr ? t.bias + n0 : nullptr;
+#ifdef SPIKEC_X86
+        if (kHasAvx2Gemm && cols == kPanel) {
+          const bool stream = t.stream && (reinterpret_cast<uintptr_t>(y) & 31) == 0;
+          StoreRowAvx2(row, w.col_sum.data() + n0, t.zp, sx, t.s_w + n0, bias, y, stream);
+          streamed |= stream;
+          continue;
+        }
+#endif
+        for (int64_t c = 0; c < cols; ++c) {
+          // int32 arithmetic modulo 2^32, as MatMulInteger's accumulator
+          const auto a = static_cast<int32_t>(static_cast<uint32_t>(row[c]) -
+                                              static_cast<uint32_t>(t.zp) * static_cast<uint32_t>(w.col_sum[static_cast<size_t>(n0 + c)]));
+          float v = static_cast<float>(a) * sx;
+          v = v * t.s_w[n0 + c];
+          y[c] = bias != nullptr ? v + bias[c] : v;
+        }
+      }
+    }
+  }
+#ifdef SPIKEC_X86
+  if (streamed) _mm_sfence();
+#endif
+}
+
+struct SpikeMatMulIntegerToFloatKernel {
+  static constexpr const char* kOp = "SpikeMatMulIntegerToFloat";
+
+  SpikeMatMulIntegerToFloatKernel(const OrtApi& /*api*/, const OrtKernelInfo* info) {
+    int is_constant = 0;
+    const Ort::ConstValue w = Ort::ConstKernelInfo(info).GetTensorConstantInput(1, &is_constant);
+    if (is_constant) packed_ = Pack(w);
+  }
+
+  static std::shared_ptr<const PackedWeights> Pack(const Ort::ConstValue& w) {
+    const std::vector<int64_t> shape = w.GetTensorTypeAndShapeInfo().GetShape();
+    if (shape.size() != 2 || shape[0] < 0 || shape[1] < 0) Fail(kOp, "b must be int8 [K, N]");
+    return std::make_shared<const PackedWeights>(w.GetTensorData<int8_t>(), shape[0], shape[1]);
+  }
 
   void Compute(OrtKernelContext* context) {
     Ort::KernelContext ctx(context);
-    const auto a = ctx.GetInput(0);
-    const auto sx_in = ctx.GetInput(1);
-    const auto sw_in = ctx.GetInput(2);
-    const Ort::ConstValue bias_in = ctx.GetInputCount() > 3 ? ctx.GetInput(3) : Ort::ConstValue{nullptr};
-    const std::vector<int64_t> shape = a.GetTensorTypeAndShapeInfo().GetShape();
-    if (shape.empty()) Fail(kOp, "a must have a last (column) axis");
-    const int64_t M = shape.back();
+    const auto a_in = ctx.GetInput(0);
+    const auto zp_in = ctx.GetInput(2);
+    const auto sx_in = ctx.GetInput(3);
+    const auto sw_in = ctx.GetInput(4);
+    const Ort::ConstValue bias_in = ctx.GetInputCount() > 5 ? ctx.GetInput(5) : Ort::ConstValue{nullptr};
+    const std::shared_ptr<const PackedWeights> w = packed_ ? packed_ : Pack(ctx.GetInput(1));
+    const std::vector<int64_t> shape = a_in.GetTensorTypeAndShapeInfo().GetShape();
+    if (shape.empty() || shape.back() != w->K) {
+      Fail(kOp, "a must be uint8 [..., K] with K = " + std::to_string(w->K) + " (b's rows)");
+    }
     const int64_t rows = Elements(std::vector<int64_t>(shape.begin(), shape.end() - 1));
+    if (zp_in.GetTensorTypeAndShapeInfo().GetElementCount() != 1) Fail(kOp, "a_zp must be a scalar");
     const size_t n_sx = sx_in.GetTensorTypeAndShapeInfo().GetElementCount();
     if (n_sx != 1 && n_sx != static_cast<size_t>(rows)) {
       Fail(kOp, "s_x must have one element per row of a (" + std::to_string(rows) + ") or one");
     }
-    if (sw_in.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(M)) {
-      Fail(kOp, "s_w must have M = " + std::to_string(M) + " elements");
+    if (sw_in.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(w->N)) {
+      Fail(kOp, "s_w must have N = " + std::to_string(w->N) + " elements");
     }
     const float* bias = nullptr;
     if (bias_in != nullptr) {
-      if (bias_in.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(M)) {
-        Fail(kOp, "bias must have M = " + std::to_string(M) + " elements");
+      if (bias_in.GetTensorTypeAndShapeInfo().GetElementCount() != static_cast<size_t>(w->N)) {
+        Fail(kOp, "bias must have N = " + std::to_string(w->N) + " elements");
       }
       bias = bias_in.GetTensorData<float>();
     }
-    auto y = ctx.GetOutput(0, shape);
-    if (rows == 0 || M == 0) return;
+    std::vector<int64_t> y_shape = shape;
+    y_shape.back() = w->N;
+    auto y = ctx.GetOutput(0, y_shape);
+    if (rows == 0 || w->N == 0) return;
+
+    const int64_t tiles = (rows + kTileRows - 1) / kTileRows;
+    AlignedArray<int32_t> a_packed(static_cast<size_t>(tiles * std::max<int64_t>(1, w->steps) * kTileRows));
+    std::vector<int32_t> tile_max(static_cast<size_t>(tiles), 0);
+    PackRowsTask pack{a_in.GetTensorData<uint8_t>(), rows, w->K, w->steps, a_packed.data, tile_max.data()};
+    SplitOverThreads<PackRowsTask, PackRowTiles>(ctx, pack, tiles, kTileRows * w->K);
     const float* sx = sx_in.GetTensorData<float>();
-    ScaleTask task{a.GetTensorData<float>(), n_sx == 1 ? nullptr : sx, sx[0], sw_in.GetTensorData<float>(),
-                   bias, y.GetTensorMutableData<float>(), M, rows * M * 4 > kStreamBytes};
-    SplitOverThreads<ScaleTask, ScaleRows>(ctx, task, rows, M * 4);
+    GemmTask task{w.get(), a_packed.data, rows, tiles, *std::max_element(tile_max.begin(), tile_max.end()),
+                  *zp_in.GetTensorData<uint8_t>(), n_sx == 1 ? nullptr : sx, sx[0], sw_in.GetTensorData<float>(),
+                  bias, y.GetTensorMutableData<float>(), rows * w->N * 4 > kStreamBytes};
+    // a panel's work: its weights (steps x 64 bytes) against every row
+    SplitOverThreads<GemmTask, RunPanels>(ctx, task, w->panels, w->steps * 64 * std::max<int64_t>(1, rows / 8));
   }
+
+ private:
+  std::shared_ptr<const PackedWeights> packed_;
 };
 
-struct ScaleRowsColumnsOp : Ort::CustomOpBase<ScaleRowsColumnsOp, ScaleRowsColumnsKernel> {
-  void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const { return new ScaleRowsColumnsKernel(api, info); }
-  const char* GetName() const { return "ScaleRowsColumns"; }
-  size_t GetInputTypeCount() const { return 4; }
-  ONNXTensorElementDataType GetInputType(size_t /*index*/) const { return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT; }
+struct SpikeMatMulIntegerToFloatOp : Ort::CustomOpBase<SpikeMatMulIntegerToFloatOp, SpikeMatMulIntegerToFloatKernel> {
+  void* CreateKernel(const OrtApi& api, const OrtKernelInfo* info) const {
+    return new SpikeMatMulIntegerToFloatKernel(api, info);
+  }
+  const char* GetName() const { return "SpikeMatMulIntegerToFloat"; }
+  size_t GetInputTypeCount() const { return 6; }
+  ONNXTensorElementDataType GetInputType(size_t index) const {
+    switch (index) {
+      case 0:
+      case 2:
+        return ONNX_TENSOR_ELEMENT_DATA_TYPE_UINT8;
+      case 1:
+        return ONNX_TENSOR_ELEMENT_DATA_TYPE_INT8;
+      default:
+        return ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT;
+    }
+  }
   OrtCustomOpInputOutputCharacteristic GetInputCharacteristic(size_t index) const {
-    return index == 3 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
+    return index == 5 ? OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_OPTIONAL
                       : OrtCustomOpInputOutputCharacteristic::INPUT_OUTPUT_REQUIRED;
   }
   size_t GetOutputTypeCount() const { return 1; }
@@ -594,7 +906,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL Regist
   if (api == nullptr) return nullptr;  // cannot even report: onnxruntime is older than the header
   Ort::InitApi(api);
   static SpikeEncodeMatMulNBitsOp encode_matmul;
-  static ScaleRowsColumnsOp scale;
+  static SpikeMatMulIntegerToFloatOp matmul;
   static SpikeEncodeU8Op encode_u8;
   static std::mutex lock;
   static std::vector<Ort::CustomOpDomain> domains;  // alive as long as the sessions that use them
@@ -602,7 +914,7 @@ extern "C" __attribute__((visibility("default"))) OrtStatus* ORT_API_CALL Regist
     std::lock_guard<std::mutex> guard(lock);
     Ort::CustomOpDomain domain{"spikec.ortops"};
     domain.Add(&encode_matmul);
-    domain.Add(&scale);
+    domain.Add(&matmul);
     domain.Add(&encode_u8);
     Ort::UnownedSessionOptions(options).Add(domain);
     domains.push_back(std::move(domain));

@@ -118,7 +118,8 @@ def run_command(model_path, target, device, mode, image, prompt, max_new_tokens,
         # every file is written before anything is printed: a closed stdout (`| head`) ends
         # the command at its first print, and the files the user asked for are its product
         if generating:
-            text = model.generate(image, prompt, max_new_tokens=max_new_tokens)
+            with naming_file(model_path):  # an error running a graph names its file
+                text = model.generate(image, prompt, max_new_tokens=max_new_tokens)
         else:
             if not inputs_path.is_file():
                 raise SpikecError(f"--inputs {inputs_path}: no such file")

@@ -41,8 +41,10 @@ class StatsSession:
     ortops: in fused mode, where spikec's custom-op library is built and loads
     (spikec.runtime.ortops), both graphs are lowered onto its ops (lower_for_ort(ortops=True):
     encoders and product tails, and in the one-token graph each encoder and product as one
-    SpikeEncodeMatMulNBits node) and their sessions register it; False, or no library,
-    keeps the stock-operator graphs (the same numbers).
+    SpikeEncodeMatMulNBits node; prefill's products SpikeMatMulIntegerToFloat, which holds
+    each weight packed as MLAS' prepacking did, so not under the "in-place" policy) and their
+    sessions register it; False, or no library, keeps the stock-operator graphs (the same
+    numbers).
     options: a function giving fresh onnxruntime SessionOptions (one per session; the
     benchmark's profiling and spinning settings), in place of the default."""
 
@@ -64,7 +66,9 @@ class StatsSession:
             except SpikecError as exc:  # no product takes the one-token path: one graph, as below
                 log.debug("graph '%s': no one-token graph (%s)", role, exc)
         if weights == "in-place" or one_token is not None:
-            lowered = lower_for_ort(model, mode, nbits=False, ortops=library is not None)
+            # in place: no weight copied, not even into spikec.ortops' packed layout
+            lowered = lower_for_ort(model, mode, nbits=False, ortops=library is not None,
+                                    weight_copies=weights != "in-place")
         else:
             lowered = lower_for_ort(model, mode, in_place=weights == "nbits", ortops=library is not None)
         self.layers = lowered.layers or {}
@@ -172,13 +176,23 @@ LM_ROLE = "lm"  # the manifest's graph role of the language model (spikec/fronte
 WEIGHT_POLICIES = ("prepack", "nbits", "in-place")
 
 
+def packed_copy_factor() -> int:
+    """Bytes the "prepack" policy holds per byte of a packed 4-bit section (two weights): 2
+    for the prefill session's int8 form, plus 1 for MLAS' 4-bit copy in the one-token session
+    on stock operators (MatMulNBits prepacks); spikec.ortops' SpikeEncodeMatMulNBits reads
+    the section in place, so 2 where that library loads."""
+    return 2 if ortops_library() is not None else 3
+
+
 def choose_weight_policy(sbin) -> str:
     """How a .sbin's graphs hold their weights in onnxruntime, the fastest that copies at
     most PREPACK_MEMORY_SHARE of the available memory ("prepack" when that cannot be read):
 
     - "prepack": everything prepacked; W4 one-token products on MatMulNBits over the packed
       sections, multi-token ones on MatMulInteger over int8 unpacked into a mapped temporary
-      file (copies: about 1 byte per int8 weight, 1.5 per packed 4-bit one);
+      file (copies: about 1 byte per int8 weight, 1.5 per packed 4-bit one; 1 where spikec's
+      custom ops load, whose one-token kernel reads the packed sections without MLAS' copy:
+      packed_copy_factor);
     - "nbits": every product with packed 4-bit weights on MatMulNBits for any token count,
       MLAS' 4-bit prepacked copy only (about half a byte per weight; prefill about 2x
       slower than MatMulInteger);
@@ -193,7 +207,7 @@ def choose_weight_policy(sbin) -> str:
     int8 = sum(sbin.file.sections[n].size for n in sbin.file.names(SectionKind.TENSOR))
     packed = sum(sbin.file.sections[n].size for n in sbin.file.names(SectionKind.TENSOR_INT4))
     available = available_bytes()
-    if available is None or int8 + 3 * packed <= PREPACK_MEMORY_SHARE * available:
+    if available is None or int8 + packed_copy_factor() * packed <= PREPACK_MEMORY_SHARE * available:
         return "prepack"
     if packed:
         if packed > PREPACK_MEMORY_SHARE * available:

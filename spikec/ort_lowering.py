@@ -905,13 +905,14 @@ class LoweringStats:
 
 class _Lowerer:
     def __init__(self, model: ir.Model, mode: str, nbits: bool = True, in_place: bool = False,
-                 one_token: bool = False, ortops: bool = False) -> None:
+                 one_token: bool = False, ortops: bool = False, weight_copies: bool = True) -> None:
         if mode not in MODES:
             raise SpikecError(f"--mode: '{mode}' is not one of {', '.join(MODES)}")
         if one_token and (mode != "fused" or not nbits or in_place):
             raise SpikecError("a one-token lowering is fused mode's, with nbits on and weights not in place")
         self.model, self.mode, self.nbits, self.in_place, self.one_token = model, mode, nbits, in_place, one_token
         self.ortops = ortops and mode == "fused"
+        self.weight_copies = weight_copies  # may an op hold a packed copy of a weight (lower_for_ort)
         self.graph = model.graph
         self.names = sops.modalities(model)
         self.opset = max(model.opset_imports.get("", 18), 18)
@@ -1193,7 +1194,8 @@ class _Lowerer:
         dtag = f"x{bits}b" if bits != DIGIT_BITS and self.mode == "fused" and planes > 1 else ""
         # SpikeMatMulIntegerToFloat takes one s_w per column of a constant [K, M] weight (not an attention
         # product's per-tensor scale of an activation operand) and one s_x per row
-        tail_op = (self.ortops and self.mode == "fused" and planes == 1 and neuron != "if" and not groups
+        tail_op = (self.ortops and self.weight_copies and self.mode == "fused" and planes == 1 and neuron != "if"
+                   and not groups
                    and w.const_value is not None and w.shape is not None and len(w.shape) == 2
                    and s_w.const_value is not None and s_w.const_value.size == w.shape[1]
                    and _rank(s_x) == _rank(q))
@@ -1219,6 +1221,8 @@ class _Lowerer:
             self.layers[node.name]["digit_bits"] = bits
         if groups:
             self.layers[node.name]["group_size"] = groups[1]
+        if tail_op:
+            self.layers[node.name]["tokens"] = f"any ({ORTOPS_DOMAIN}.{ORTOPS_MATMUL})"
         return outs[0]
 
     def nbits_key(self, node: ir.Node) -> tuple | None:
@@ -1529,7 +1533,7 @@ class _Lowerer:
 
 
 def lower_for_ort(model: ir.Model, mode: str = "fused", nbits: bool = True, in_place: bool = False,
-                  one_token: bool = False, ortops: bool = False) -> LoweringStats:
+                  one_token: bool = False, ortops: bool = False, weight_copies: bool = True) -> LoweringStats:
     """Rewrite every spikec node of `model` in place into spikec.ort function calls.
 
     nbits (fused mode): one-token products with 4-bit weights and codes |q| <= 127 run on
@@ -1554,5 +1558,9 @@ def lower_for_ort(model: ir.Model, mode: str = "fused", nbits: bool = True, in_p
     MatMulIntegerToFloat by a constant weight is, with its scales and bias, one
     spikec.ortops.SpikeMatMulIntegerToFloat node (no pass over the product after the
     GEMM, where the stock graph takes two or three), and an encoder giving such
-    products uint8 codes is one spikec.ortops.SpikeEncodeU8 node (two reads of x)."""
-    return _Lowerer(model, mode, nbits, in_place, one_token, ortops).run()
+    products uint8 codes is one spikec.ortops.SpikeEncodeU8 node (two reads of x).
+    weight_copies=False (ortops): no op that holds a copy of a weight, as
+    SpikeMatMulIntegerToFloat holds each weight packed for its kernel (the runtime's
+    "in-place" weight policy, where nothing may be copied: those products stay on
+    MatMulIntegerToFloat, which then reads the weight where it lies)."""
+    return _Lowerer(model, mode, nbits, in_place, one_token, ortops, weight_copies).run()

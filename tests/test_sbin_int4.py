@@ -25,6 +25,7 @@ from spikec.package import SbinModel
 from spikec.passes.options import SpikeOptions
 from spikec.runtime import ort_target
 from spikec.runtime.model import load
+from spikec.runtime.ortops import library as ortops_library
 
 
 @pytest.fixture(scope="module")
@@ -136,6 +137,9 @@ def test_packed_weights_give_the_same_bits(w4, monkeypatch, mode, policy):
             one_token = ("MatMulNBits", "spikec.ortops.SpikeEncodeMatMulNBits")
             assert any(info.get("one_token") in one_token for info in layers) == (policy != "in-place")
             assert any(info.get("tokens") == "MatMulNBits" for info in layers) == (policy == "nbits")
+            # spikec's integer GEMM packs its weights: never where nothing may be copied
+            gemm = any(info.get("tokens") == "any (spikec.ortops.SpikeMatMulIntegerToFloat)" for info in layers)
+            assert gemm == (policy != "in-place" and ortops_library() is not None)
 
 
 def test_weight_policy_follows_the_memory_available(w4, monkeypatch):
@@ -148,8 +152,11 @@ def test_weight_policy_follows_the_memory_available(w4, monkeypatch):
         sizes = {k: sum(m.file.sections[n].size for n in m.file.names(k))
                  for k in (SectionKind.TENSOR, SectionKind.TENSOR_INT4)}
         int8, nib = sizes[SectionKind.TENSOR], sizes[SectionKind.TENSOR_INT4]
-        for available, want in ((None, "prepack"), (4 * (int8 + 3 * nib), "prepack"),
-                                (4 * (int8 + 3 * nib) - 4, "nbits"), (4 * nib, "nbits"), (4 * nib - 4, "nbits")):
+        # 2 bytes per packed byte with spikec's one-token op, which copies nothing; 3 with MLAS'
+        copies = int8 + (2 if ortops_library() is not None else 3) * nib
+        assert ort_target.packed_copy_factor() * nib + int8 == copies
+        for available, want in ((None, "prepack"), (4 * copies, "prepack"),
+                                (4 * copies - 4, "nbits"), (4 * nib, "nbits"), (4 * nib - 4, "nbits")):
             monkeypatch.setattr(memory, "available_bytes", lambda a=available: a)
             assert ort_target.choose_weight_policy(m) == want, available
 

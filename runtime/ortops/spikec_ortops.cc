@@ -469,7 +469,7 @@ struct SpikeEncodeU8Op : Ort::CustomOpBase<SpikeEncodeU8Op, SpikeEncodeU8Kernel>
 constexpr int64_t kPanel = 16;          // columns per packed weight panel: two vectors of 8
 constexpr int64_t kTileRows = 6;        // rows per micro-kernel tile (12 int16 accumulators)
 constexpr int64_t kChunkSteps = 256;    // k-steps (4 k each) per cache chunk: 16 KiB of a panel
-constexpr int64_t kBlockTiles = 40;     // tiles per row block: 240 rows x 1 KiB per chunk in L2
+constexpr int64_t kBlockTiles = 48;     // tiles per row block at most: 288 rows x 1 KiB a chunk, in L2
 constexpr int kWindowLevels = 7;        // accumulation windows of 1, 2, 4, ..., 64 k-steps
 constexpr int64_t kInt16Max = 32767;
 
@@ -723,7 +723,10 @@ const bool kHasAvx2Gemm = __builtin_cpu_supports("avx2");
 
 void RunPanels(const GemmTask& t, int64_t p0, int64_t p1) {
   const PackedWeights& w = *t.w;
-  const int64_t block_tiles = std::min(kBlockTiles, t.tiles);
+  // Row blocks of equal size: each block reads the panels' weights once more (a 256-token
+  // prefill is one block)
+  const int64_t blocks = (t.tiles + kBlockTiles - 1) / kBlockTiles;
+  const int64_t block_tiles = (t.tiles + blocks - 1) / blocks;
   AlignedArray<int32_t> acc(static_cast<size_t>(block_tiles * kTileRows * kPanel));
   bool streamed = false;
   for (int64_t t0 = 0; t0 < t.tiles; t0 += block_tiles) {

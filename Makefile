@@ -74,9 +74,10 @@ demo: $(STAMP)
 # Two pytest workers (pytest-xdist) on the 2-core build machines: the suite took 21 min in
 # one process on an AVX2 EPYC, 15 in two. One BLAS/OpenMP thread per worker, so the two do
 # not fight over the cores; onnxruntime sessions keep their own thread counts.
+# --durations: the slowest tests in every run's log, to keep the suite under 15 minutes.
 PYTEST_PARALLEL := -n auto --dist worksteal
 test: $(STAMP) $(ORTOPS_LIB)
-	OMP_NUM_THREADS=1 SPIKEC_REQUIRE_ORTOPS=1 $(PY) -m pytest $(PYTEST_PARALLEL)
+	OMP_NUM_THREADS=1 SPIKEC_REQUIRE_ORTOPS=1 $(PY) -m pytest $(PYTEST_PARALLEL) --durations=25
 
 # The slow suite renders `spikec report` pages in headless Chromium (Debian's package),
 # installed only here: the default suite and the main job do not need a browser.

@@ -76,7 +76,10 @@ def attention_graph(H: int, K: int, N: int | str, T: list[int], transpose: bool)
 
 
 @functools.cache
+@functools.lru_cache(maxsize=None)
 def compiled_isa(tv: int, tt: int) -> str:
+    """The tiny LLaVA compiled with its ISA program at Tv/Tt = tv/tt, once per test process
+    (a compile takes 15-30 s; six tests share (3, 4)). Shared: a test that changes it copies it first."""
     out = Path(tempfile.mkdtemp(prefix="spikec-test-isa-")) / f"tiny-llava-{tv}-{tt}.sbin"
     compile_path(exported("tiny-llava"), out, options=SpikeOptions(tv=tv, tt=tt).validate(), isa=True)
     return str(out)

@@ -118,9 +118,7 @@ class StatsSession:
         session = self.session_for(feeds)
         try:
             outs = session.run(wanted + self.stats_names, {n: feeds[n] for n in self.input_names})
-        except Exception as exc:  # onnxruntime raises its own exception types
-            if type(exc).__module__ != ORT_ERRORS_MODULE:
-                raise
+        except ort_errors() as exc:
             # e.g. a spikec.ortops kernel refusing a weight that does not fit its input: the
             # custom ops' outputs carry no shapes, so onnxruntime finds it only when it runs
             raise SpikecError(f"graph '{self.role}': onnxruntime cannot run it: {exc}") from exc
@@ -155,7 +153,13 @@ def _session_options(threads: int | None, weights: str):
     return opts
 
 
-ORT_ERRORS_MODULE = "onnxruntime.capi.onnxruntime_pybind11_state"  # where onnxruntime's exception types live
+def ort_errors() -> tuple[type[BaseException], ...]:
+    """The exception types onnxruntime raises when a session cannot load or run a graph
+    (inputs that do not fit it, a kernel refusing its inputs)."""
+    from onnxruntime.capi import onnxruntime_pybind11_state as state
+
+    return tuple(getattr(state, n) for n in ("Fail", "InvalidArgument", "InvalidGraph", "NotImplemented",
+                                               "RuntimeException", "EPFail") if hasattr(state, n))
 
 
 def _ort_session(role: str, lowered: ir.Model, opts):

@@ -106,6 +106,11 @@ def test_single_graph_sbin_runs_tensors_and_refuses_generation(run_cli, tmp_path
     np.savez(tmp_path / "in.npz", x=np.zeros((1, 3, 32), np.float32))
     r = run_cli("run", str(sbin), "--inputs", str(tmp_path / "in.npz"))
     assert r.code == 0 and "float32 [1, 3, 32]" in r.out, r.err
+    # inputs that do not fit the graph: onnxruntime's refusal, with the file, graph and inputs named
+    np.savez(tmp_path / "short.npz", x=np.zeros((1, 3, 31), np.float32))
+    r = run_cli("run", str(sbin), "--inputs", str(tmp_path / "short.npz"))
+    assert r.code == 1 and "Traceback" not in r.err and f"{sbin}: graph" in r.err, r.err
+    assert f"cannot run on --inputs {tmp_path / 'short.npz'}" in r.err, r.err
     # a file that is not an .npz: said so (numpy's own message spoke of pickled data)
     (tmp_path / "bad.npz").write_text("garbage")
     r = run_cli("run", str(sbin), "--inputs", str(tmp_path / "bad.npz"))

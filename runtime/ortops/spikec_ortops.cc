@@ -718,7 +718,6 @@ __attribute__((target("avx2"))) void StoreRowAvx2(const int32_t* acc, const int3
   }
 }
 
-const bool kHasAvx2Gemm = __builtin_cpu_supports("avx2");
 #endif
 
 void RunPanels(const GemmTask& t, int64_t p0, int64_t p1) {
@@ -736,7 +735,7 @@ void RunPanels(const GemmTask& t, int64_t p0, int64_t p1) {
       std::memset(acc.data, 0, static_cast<size_t>((t1 - t0) * kTileRows * kPanel) * sizeof(int32_t));
       int64_t window = w.Window(p, t.a_max);
 #ifdef SPIKEC_X86
-      const bool fast = kHasAvx2Gemm && window > 0;
+      const bool fast = kHasAvx2 && window > 0;
 #else
       const bool fast = false;
 #endif
@@ -771,7 +770,7 @@ void RunPanels(const GemmTask& t, int64_t p0, int64_t p1) {
         float* y = t.y + m * w.N + n0;
         const float* bias = t.bias != nullptr ? t.bias + n0 : nullptr;
 #ifdef SPIKEC_X86
-        if (kHasAvx2Gemm && cols == kPanel) {
+        if (kHasAvx2 && cols == kPanel) {
           const bool stream = t.stream && (reinterpret_cast<uintptr_t>(y) & 31) == 0;
           StoreRowAvx2(row, w.col_sum.data() + n0, t.zp, sx, t.s_w + n0, bias, y, stream);
           streamed |= stream;

@@ -55,14 +55,6 @@ def _print_fpga(r: dict) -> None:
                "are on neither side)")
 
 
-def _ort_errors() -> tuple[type[BaseException], ...]:
-    """The exceptions onnxruntime raises when a session's inputs do not fit its graph."""
-    from onnxruntime.capi import onnxruntime_pybind11_state as state
-
-    return tuple(getattr(state, n) for n in ("Fail", "InvalidArgument", "InvalidGraph", "NotImplemented",
-                                               "RuntimeException", "EPFail") if hasattr(state, n))
-
-
 @click.command("run")
 @click.argument("model_path", metavar="MODEL.sbin", type=click.Path(path_type=Path))
 @click.option("--target", type=click.Choice(["ort", "fpga"]), default="ort", show_default=True,
@@ -93,6 +85,7 @@ def run_command(model_path, target, device, mode, image, prompt, max_new_tokens,
     from spikec import atomic
     from spikec.errors import SpikecError
     from spikec.runtime.model import load
+    from spikec.runtime.ort_target import ort_errors
     from spikec.schema import condense, naming_file
 
     generating = image is not None or prompt is not None
@@ -133,9 +126,13 @@ def run_command(model_path, target, device, mode, image, prompt, max_new_tokens,
                 raise SpikecError(f"{where}: not a readable .npz ({exc})") from None
             try:
                 outs = model.run(feeds, graph=graph)
-            except _ort_errors() as exc:  # the inputs do not fit the graph (type, shape, rank)
+            except (SpikecError, *ort_errors()) as exc:  # the inputs do not fit the graph (type, shape, rank)
+                # onnxruntime's error, raised as it is or as the ORT target's SpikecError
+                cause = exc.__cause__ if isinstance(exc, SpikecError) else exc
+                if not isinstance(cause, ort_errors()):
+                    raise
                 raise SpikecError(f"{model_path}: graph '{graph or '?'}' cannot run on --inputs {inputs_path}: "
-                                  f"{condense(exc)}") from exc
+                                  f"{condense(cause)}") from exc
             if output is not None:
                 with atomic.atomic_path(output) as tmp:
                     with open(tmp, "wb") as f:
